@@ -1,0 +1,309 @@
+"""
+The shared algebra of low-rank tensor formats.
+
+A format is described once, by the *labels* of its factors' dimensions: every dimension of
+every factor is a tensor mode (``"m<k>"``), a rank bond (``"b<j>"``) or a fixed boundary of
+size one (``"e<j>"``). From that description alone this module derives the einsum of the
+dense tensor, the contraction of a batch of inputs with the factors, the gather of entries or
+rows by mixed-radix indices, parameter counts and truncation to a subset of rank indices.
+Contractions are planned once with :func:`opt_einsum.contract_expression` and cached per
+operand shapes, so the contraction order (and whether the dense tensor is ever formed) is
+decided by FLOP count.
+
+This module is pure torch: it knows nothing of Pyro, priors or training.
+"""
+
+import math
+from functools import lru_cache
+
+import opt_einsum
+import torch
+
+__all__ = ["TensorFormat", "check_shape", "check_ranks"]
+
+
+def check_shape(shape, name="shape"):
+    """Validate a tensor shape: a non-empty sequence of positive ints. Returns a tuple."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of positive ints, got {shape!r}") from None
+    if not shape:
+        raise ValueError(f"{name} must have at least one mode, got {shape!r}")
+    for size in shape:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{name} must be a sequence of positive ints, got {shape!r}")
+    return shape
+
+
+def check_ranks(ranks, num_bonds, name="ranks"):
+    """
+    Validate ranks: an int (the same for every bond) or one positive int per bond.
+    Returns a tuple of length ``num_bonds``.
+    """
+    if isinstance(ranks, int) and not isinstance(ranks, bool):
+        ranks = (ranks,) * num_bonds
+    try:
+        ranks = tuple(ranks)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {ranks!r}") from None
+    if len(ranks) != num_bonds:
+        raise ValueError(f"{name} must have one entry per rank bond ({num_bonds}), got {ranks!r}")
+    for rank in ranks:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"{name} must be positive ints (a rank is at least 1), got {ranks!r}")
+    return ranks
+
+
+@lru_cache(maxsize=256)
+def _expression(equation, shapes):
+    return opt_einsum.contract_expression(equation, *shapes)
+
+
+def _einsum(equation, *operands):
+    """Contract with a path planned once per (equation, shapes) and reused."""
+    return _expression(equation, tuple(tuple(op.shape) for op in operands))(*operands, backend="torch")
+
+
+class TensorFormat:
+    """
+    Base class of the four formats. Subclasses set :attr:`name` and implement
+    :meth:`_layout` (the labels of each factor's dimensions) and :meth:`decompose`.
+
+    A format object holds no factors: it is the *layout* of a tensor of a given ``shape`` at
+    given ``ranks``, and its methods take the factors as a list of tensors. Its matrix view
+    has the first ``row_modes`` modes as rows and the others as columns
+    (``W = full().reshape(prod(shape[:row_modes]), -1)``), which is how tensorized layers
+    read a weight of shape ``(out, in)``.
+
+    :param tuple shape: the sizes of the tensor's modes.
+    :param ranks: an int, or one int per rank bond.
+    :param int row_modes: how many leading modes index the rows of the matrix view.
+    """
+
+    name = None
+
+    def __init__(self, shape, ranks, row_modes=None):
+        self.shape = check_shape(shape)
+        self.num_bonds = self._num_bonds(len(self.shape))
+        self.ranks = check_ranks(ranks, self.num_bonds)
+        if row_modes is None:
+            row_modes = self._default_row_modes(len(self.shape))
+        if not isinstance(row_modes, int) or not 0 <= row_modes <= len(self.shape):
+            raise ValueError(f"row_modes must be an int in [0, {len(self.shape)}], got {row_modes!r}")
+        self.row_modes = row_modes
+        self.labels = self._layout()
+
+    # ----- what a subclass defines -----
+
+    @staticmethod
+    def _num_bonds(order):
+        raise NotImplementedError
+
+    @staticmethod
+    def _default_row_modes(order):
+        return order // 2
+
+    def _layout(self):
+        """One tuple of labels per factor, e.g. ``[("e0", "m0", "b0"), ("b0", "m1", "e1")]``."""
+        raise NotImplementedError
+
+    @classmethod
+    def decompose(cls, tensor, ranks, **kwargs):
+        """Factors of ``tensor`` at ``ranks`` (an initialization from a dense tensor)."""
+        raise NotImplementedError
+
+    # ----- derived layout -----
+
+    def __repr__(self):
+        return f"{type(self).__name__}(shape={self.shape}, ranks={self.ranks})"
+
+    def with_ranks(self, ranks):
+        """The same layout at other ranks."""
+        return type(self)(self.shape, ranks, row_modes=self.row_modes)
+
+    def label_size(self, label):
+        kind, index = label[0], int(label[1:])
+        if kind == "m":
+            return self.shape[index]
+        if kind == "b":
+            return self.ranks[index]
+        return 1
+
+    @property
+    def factor_shapes(self):
+        """The shape of every factor, in order."""
+        return [tuple(self.label_size(lab) for lab in labels) for labels in self.labels]
+
+    @property
+    def bonds(self):
+        """For each rank bond, the ``(factor, dim)`` pairs that carry its index."""
+        found = [[] for _ in range(self.num_bonds)]
+        for f, labels in enumerate(self.labels):
+            for d, lab in enumerate(labels):
+                if lab[0] == "b":
+                    found[int(lab[1:])].append((f, d))
+        return found
+
+    @property
+    def row_shape(self):
+        return self.shape[: self.row_modes]
+
+    @property
+    def col_shape(self):
+        return self.shape[self.row_modes :]
+
+    @property
+    def matrix_shape(self):
+        return math.prod(self.row_shape), math.prod(self.col_shape)
+
+    def num_params(self, ranks=None):
+        """The number of entries in the factors (at ``ranks``, default the format's own)."""
+        fmt = self if ranks is None else self.with_ranks(ranks)
+        return sum(math.prod(s) for s in fmt.factor_shapes)
+
+    @property
+    def dense_size(self):
+        return math.prod(self.shape)
+
+    # ----- einsum equations -----
+
+    def _symbols(self):
+        labels = sorted({lab for labels in self.labels for lab in labels})
+        labels += ["batch"]
+        return {lab: opt_einsum.get_symbol(i) for i, lab in enumerate(labels)}
+
+    def _equation(self, operand_labels, output_labels):
+        sym = self._symbols()
+        inputs = ",".join("".join(sym[lab] for lab in labels) for labels in operand_labels)
+        return inputs + "->" + "".join(sym[lab] for lab in output_labels)
+
+    def check_factors(self, factors):
+        factors = list(factors)
+        expected = self.factor_shapes
+        if len(factors) != len(expected):
+            raise ValueError(f"factors must be {len(expected)} tensors for {self!r}, got {len(factors)}")
+        for k, (factor, shape) in enumerate(zip(factors, expected)):
+            if tuple(factor.shape) != shape:
+                raise ValueError(f"factors[{k}] must have shape {shape} for {self!r}, got {tuple(factor.shape)}")
+        return factors
+
+    # ----- the algebra -----
+
+    def full(self, factors):
+        """The dense tensor, of shape :attr:`shape`."""
+        factors = self.check_factors(factors)
+        modes = [f"m{k}" for k in range(len(self.shape))]
+        return _einsum(self._equation(self.labels, modes), *factors)
+
+    def to_matrix(self, factors):
+        """The dense matrix view, of shape :attr:`matrix_shape`."""
+        return self.full(factors).reshape(self.matrix_shape)
+
+    def contract(self, x, factors):
+        """
+        ``x @ W.T`` for the matrix view ``W`` (rows: out, columns: in), without forming ``W``
+        unless that is the cheapest contraction order for this batch size.
+
+        :param torch.Tensor x: inputs of shape ``(..., prod(col_shape))``.
+        :returns: outputs of shape ``(..., prod(row_shape))``.
+        """
+        factors = self.check_factors(factors)
+        cols = self.matrix_shape[1]
+        if x.shape[-1] != cols:
+            raise ValueError(f"x must have last dimension {cols} (the product of {self.col_shape}), got {tuple(x.shape)}")
+        batch_shape = x.shape[:-1]
+        xt = x.reshape(-1, *self.col_shape)
+        p = self.row_modes
+        x_labels = ["batch"] + [f"m{k}" for k in range(p, len(self.shape))]
+        out_labels = ["batch"] + [f"m{k}" for k in range(p)]
+        y = _einsum(self._equation([x_labels] + self.labels, out_labels), xt, *factors)
+        return y.reshape(*batch_shape, self.matrix_shape[0])
+
+    def _gathered(self, factors, index, modes):
+        """Index the mode dimensions ``modes`` of every factor by the columns of ``index``."""
+        operands, labels = [], []
+        for factor, labs in zip(factors, self.labels):
+            picked = [d for d, lab in enumerate(labs) if lab[0] == "m" and int(lab[1:]) in modes]
+            if picked:
+                rest = [d for d in range(factor.dim()) if d not in picked]
+                moved = factor.permute(*picked, *rest)
+                factor = moved[tuple(index[:, int(labs[d][1:])] for d in picked)]
+                labs = ("batch",) + tuple(labs[d] for d in rest)
+            operands.append(factor)
+            labels.append(labs)
+        return operands, labels
+
+    def unravel(self, flat_index, shape):
+        """Mixed-radix digits of flat indices into ``shape`` (row-major), as columns."""
+        digits = []
+        for size in reversed(shape):
+            digits.append(flat_index % size)
+            flat_index = torch.div(flat_index, size, rounding_mode="floor")
+        return torch.stack(digits[::-1], dim=-1)
+
+    def entries(self, factors, index):
+        """
+        The entries at multi-indices, without forming the dense tensor.
+
+        :param torch.Tensor index: long tensor of shape ``(n, len(shape))``.
+        :returns: a tensor of shape ``(n,)``.
+        """
+        factors = self.check_factors(factors)
+        index = self.check_index(index, self.shape, "index")
+        operands, labels = self._gathered(factors, index, set(range(len(self.shape))))
+        return _einsum(self._equation(labels, ["batch"]), *operands)
+
+    def rows(self, factors, row_index):
+        """
+        Rows of the matrix view for flat row indices (mixed-radix over :attr:`row_shape`),
+        without forming the matrix: shape ``(n, prod(col_shape))``.
+        """
+        factors = self.check_factors(factors)
+        row_index = torch.as_tensor(row_index)
+        if row_index.dtype not in (torch.int32, torch.int64) or row_index.dim() != 1:
+            raise TypeError(f"row_index must be a 1-d integer tensor, got {row_index.dtype} of shape {tuple(row_index.shape)}")
+        rows = self.matrix_shape[0]
+        if row_index.numel() and (row_index.min() < 0 or row_index.max() >= rows):
+            raise ValueError(f"row_index must lie in [0, {rows}), got values in [{int(row_index.min())}, {int(row_index.max())}]")
+        p = self.row_modes
+        digits = self.unravel(row_index.long(), self.row_shape)
+        operands, labels = self._gathered(factors, digits, set(range(p)))
+        out = ["batch"] + [f"m{k}" for k in range(p, len(self.shape))]
+        return _einsum(self._equation(labels, out), *operands).reshape(len(row_index), -1)
+
+    @staticmethod
+    def check_index(index, shape, name):
+        index = torch.as_tensor(index)
+        if index.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be an integer tensor, got dtype {index.dtype}")
+        if index.dim() != 2 or index.shape[1] != len(shape):
+            raise ValueError(f"{name} must have shape (n, {len(shape)}), got {tuple(index.shape)}")
+        sizes = torch.tensor(shape)
+        if index.numel() and ((index < 0).any() or (index >= sizes).any()):
+            raise ValueError(f"{name} must have every column k in [0, shape[k]) for shape {shape}")
+        return index.long()
+
+    def truncate(self, factors, keep):
+        """
+        Keep a subset of the rank indices of every bond.
+
+        :param list keep: one 1-d long tensor (or list of ints) per bond, the indices to keep.
+        :returns: ``(format, factors)``: the format at the new ranks and its factors.
+        """
+        factors = self.check_factors(factors)
+        if len(keep) != self.num_bonds:
+            raise ValueError(f"keep must have one entry per bond ({self.num_bonds}), got {len(keep)}")
+        keep = [torch.as_tensor(k, dtype=torch.long).reshape(-1) for k in keep]
+        for b, k in enumerate(keep):
+            if k.numel() == 0 or k.min() < 0 or k.max() >= self.ranks[b] or k.unique().numel() != k.numel():
+                raise ValueError(f"keep[{b}] must be distinct indices in [0, {self.ranks[b]}), at least one")
+        new = list(factors)
+        for b, pairs in enumerate(self.bonds):
+            for f, d in pairs:
+                new[f] = new[f].index_select(d, keep[b].to(new[f].device))
+        return self.with_ranks(tuple(k.numel() for k in keep)), new
+
+    def max_ranks(self):
+        """The largest rank each bond can usefully have for this shape."""
+        raise NotImplementedError
