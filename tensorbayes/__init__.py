@@ -1,0 +1,23 @@
+"""
+tensorbayes: compact neural networks trained from scratch as Bayesian low-rank tensors.
+
+Every large weight is a low-rank tensor (CP, Tucker, TT or TTM) whose rank indices carry
+shrinkage priors; stochastic variational inference in Pyro decides the ranks during training.
+
+Usage::
+
+    import tensorbayes as tb
+    model = tb.models.TensorCompletion(shape=(20, 30, 40), format="tucker", max_rank=8)
+    guide = tb.guides.MeanField(model)
+    history = tb.fit(model, guide, (index, values), epochs=20, batch_size=1024)
+    tb.ranks(model, guide)      # {"tensor": (3, 4, 2)}
+    tb.prune(model, guide)
+"""
+
+from . import data, formats, guides, infer, models, priors
+from .infer import fit
+from .rank import compression_report, prune, ranks
+
+__version__ = "0.1.0"
+
+__all__ = ["compression_report", "data", "fit", "formats", "guides", "infer", "models", "priors", "prune", "ranks"]

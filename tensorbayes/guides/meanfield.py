@@ -1,0 +1,202 @@
+"""
+The mean-field guide of tensorbayes models, and the closed-form λ M-step.
+
+:class:`MeanField` puts an independent Normal on every factor entry of every
+:class:`~tensorbayes.models.LowRankTensor` in a model (learned loc and scale, reparameterized)
+and a point mass (default) or a LogNormal on every rank scale λ. Its KL terms are analytic, so
+it is meant for :class:`pyro.infer.TraceMeanField_ELBO`. With ``lambda_update="closed_form"``
+(the default for point masses) λ is not a gradient parameter: :meth:`MeanField.update_lambdas`
+sets it to the maximizer of ``E_q[log p(factors | λ)] + log p(λ)`` (METHOD.md §3), damped.
+"""
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.nn import PyroModule
+
+from ..models.tensor import LowRankTensor
+
+__all__ = ["MeanField", "low_rank_tensors"]
+
+_LAMBDA_GUIDES = ("delta", "lognormal")
+_LAMBDA_UPDATES = ("closed_form", "gradient")
+
+
+def low_rank_tensors(model):
+    """The :class:`LowRankTensor` modules of a model, by their path in it."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LowRankTensor)}
+
+
+def _inverse_softplus(x):
+    return x + torch.log(-torch.expm1(-x))
+
+
+class TensorPosterior(torch.nn.Module):
+    """The variational parameters of one low-rank tensor: its factors' locs and scales, its λ."""
+
+    def __init__(self, tensor, init_scale, lambda_guide, lambda_update, generator=None):
+        super().__init__()
+        layout = tensor.layout
+        loc_std = tensor.init_loc_scale()
+        self.locs = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(s, generator=generator) * loc_std) for s in layout.factor_shapes]
+        )
+        raw = _inverse_softplus(torch.tensor(init_scale * loc_std))
+        self.raw_scales = torch.nn.ParameterList([torch.nn.Parameter(torch.full(s, float(raw))) for s in layout.factor_shapes])
+        lambdas = [torch.full((r,), loc_std**2) for r in layout.ranks]
+        self.lambda_guide = lambda_guide
+        self.lambda_update = lambda_update
+        if lambda_update == "closed_form":
+            for b, lam in enumerate(lambdas):
+                self.register_buffer(f"log_lambda{b}", lam.log())
+        else:
+            self.log_lambdas = torch.nn.ParameterList([torch.nn.Parameter(lam.log()) for lam in lambdas])
+        if lambda_guide == "lognormal":
+            self.raw_lambda_scales = torch.nn.ParameterList(
+                [torch.nn.Parameter(torch.full((r,), float(_inverse_softplus(torch.tensor(0.1))))) for r in layout.ranks]
+            )
+
+    def log_lambda(self, b):
+        if self.lambda_update == "closed_form":
+            return getattr(self, f"log_lambda{b}")
+        return self.log_lambdas[b]
+
+    def set_log_lambda(self, b, value):
+        if self.lambda_update == "closed_form":
+            setattr(self, f"log_lambda{b}", value)
+        else:
+            self.log_lambdas[b] = torch.nn.Parameter(value)
+
+    def scales(self):
+        return [F.softplus(raw) for raw in self.raw_scales]
+
+
+class MeanField(PyroModule):
+    """
+    Mean-field guide for every :class:`~tensorbayes.models.LowRankTensor` in ``model``.
+
+    Usage::
+
+        guide = MeanField(model)
+        loss = pyro.infer.TraceMeanField_ELBO().differentiable_loss(model, guide, index, values)
+
+    :param model: a Pyro model (a :class:`~pyro.nn.PyroModule`) holding low-rank tensors.
+    :param str lambda_guide: "delta" (a point estimate of λ, default) or "lognormal".
+    :param str lambda_update: "closed_form" (the damped M-step; default with "delta") or
+        "gradient" (λ is an ordinary variational parameter; forced with "lognormal").
+    :param float init_scale: initial posterior standard deviation of a factor entry, relative
+        to the spread of its initial loc.
+    :param int seed: seed of the random initial locs (default: drawn from torch's generator).
+    """
+
+    def __init__(self, model, lambda_guide="delta", lambda_update=None, init_scale=0.1, seed=None):
+        super().__init__()
+        if lambda_guide not in _LAMBDA_GUIDES:
+            raise ValueError(f"lambda_guide must be one of {_LAMBDA_GUIDES}, got {lambda_guide!r}")
+        if lambda_update is None:
+            lambda_update = "closed_form" if lambda_guide == "delta" else "gradient"
+        if lambda_update not in _LAMBDA_UPDATES:
+            raise ValueError(f"lambda_update must be one of {_LAMBDA_UPDATES}, got {lambda_update!r}")
+        if lambda_guide == "lognormal" and lambda_update == "closed_form":
+            raise ValueError("lambda_update='closed_form' needs lambda_guide='delta'")
+        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
+            raise ValueError(f"init_scale must be a positive number, got {init_scale!r}")
+        tensors = low_rank_tensors(model)
+        if not tensors:
+            raise ValueError("model holds no LowRankTensor: MeanField has nothing to approximate")
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self._model_tensors = tensors  # plain dict: not registered as submodules of the guide
+        self.posteriors = torch.nn.ModuleDict(
+            {
+                _key(name): TensorPosterior(t, init_scale, lambda_guide, lambda_update, generator)
+                for name, t in tensors.items()
+            }
+        )
+        self.lambda_guide = lambda_guide
+        self.lambda_update = lambda_update
+
+    def tensors(self):
+        """Pairs ``(model tensor, its posterior parameters)``."""
+        return [(t, self.posteriors[_key(name)]) for name, t in self._model_tensors.items()]
+
+    def forward(self, *args, **kwargs):
+        """Sample λ and every factor from the variational distribution."""
+        for tensor, post in self.tensors():
+            for b in range(len(tensor.layout.ranks)):
+                log_lam = post.log_lambda(b)
+                if self.lambda_guide == "delta":
+                    q = dist.Delta(log_lam.exp(), event_dim=1)
+                else:
+                    q = dist.LogNormal(log_lam, F.softplus(post.raw_lambda_scales[b])).to_event(1)
+                pyro.sample(tensor.lambda_site(b), q)
+            for k, (loc, scale) in enumerate(zip(post.locs, post.scales())):
+                pyro.sample(tensor.factor_site(k), dist.Normal(loc, scale).to_event(loc.dim()))
+
+    # ----- summaries of the posterior -----
+
+    def lambdas(self, tensor_name=None):
+        """The point estimates (or LogNormal medians) of λ, per tensor and bond."""
+        out = {name: [post.log_lambda(b).detach().exp() for b in range(len(t.layout.ranks))]
+               for (name, t), (_, post) in zip(self._model_tensors.items(), self.tensors())}
+        return out if tensor_name is None else out[tensor_name]
+
+    def factor_means(self, tensor):
+        return [loc.detach() for loc in self._posterior(tensor).locs]
+
+    def factor_scales(self, tensor):
+        return [s.detach() for s in self._posterior(tensor).scales()]
+
+    def _posterior(self, tensor):
+        for t, post in self.tensors():
+            if t is tensor:
+                return post
+        raise ValueError("tensor is not part of the model this guide was built for")
+
+    # ----- the closed-form M-step -----
+
+    @torch.no_grad()
+    def update_lambdas(self, step_size=1.0):
+        """
+        One damped closed-form update of every λ point estimate (METHOD.md §3):
+        ``λ ← λ^(1-s) λ*^s`` where ``λ*`` maximizes ``E_q[log p(factors | λ)] + log p(λ)`` given
+        the current factor posteriors, bond by bond.
+        """
+        if self.lambda_update != "closed_form":
+            raise RuntimeError("update_lambdas needs lambda_update='closed_form'")
+        for tensor, post in self.tensors():
+            for b in range(len(tensor.layout.ranks)):
+                lambdas = [post.log_lambda(i).exp() for i in range(len(tensor.layout.ranks))]
+                second = [loc**2 + s**2 for loc, s in zip(post.locs, post.scales())]
+                m, d = tensor.slice_moments(second, lambdas)[b]
+                new = tensor.prior.damped_update(lambdas[b], m, d, step_size)
+                post.set_log_lambda(b, new.log())
+
+    @torch.no_grad()
+    def set_posterior(self, tensor, locs, scales=None, lambdas=None):
+        """Overwrite the posterior of ``tensor``: factor locs, optionally scales and λ."""
+        post = self._posterior(tensor)
+        for k, loc in enumerate(locs):
+            post.locs[k].copy_(loc)
+            if scales is not None:
+                post.raw_scales[k].copy_(_inverse_softplus(scales[k].clamp_min(1e-12)))
+        for b, lam in enumerate(lambdas or []):
+            post.set_log_lambda(b, lam.log().to(post.log_lambda(b)))
+
+    def truncate(self, tensor, keep):
+        """Keep the rank indices ``keep`` (one index tensor per bond) of ``tensor``'s posterior."""
+        post = self._posterior(tensor)
+        layout = tensor.layout
+        _, locs = layout.truncate(list(post.locs), keep)
+        _, raws = layout.truncate(list(post.raw_scales), keep)
+        for k in range(len(locs)):
+            post.locs[k] = torch.nn.Parameter(locs[k].detach().clone())
+            post.raw_scales[k] = torch.nn.Parameter(raws[k].detach().clone())
+        for b, idx in enumerate(keep):
+            post.set_log_lambda(b, post.log_lambda(b).detach()[idx].clone())
+            if self.lambda_guide == "lognormal":
+                post.raw_lambda_scales[b] = torch.nn.Parameter(post.raw_lambda_scales[b].detach()[idx].clone())
+
+
+def _key(name):
+    return name.replace(".", "__") or "_root"

@@ -1,0 +1,225 @@
+"""
+Fitting a tensorbayes model: stochastic variational inference over minibatches.
+
+:func:`fit` is the training loop: it draws minibatches, computes the ELBO with
+:class:`pyro.infer.TraceMeanField_ELBO` (the likelihood scaled by ``num_data / batch`` through
+the model's data plate), steps a torch Adam optimizer on the model's and the guide's
+parameters, ramps the KL term in after a warm-up, applies the closed-form λ M-step, records a
+:class:`History`, and stops with :class:`NonFiniteError` naming the first site that turned NaN.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+from pyro.infer import TraceMeanField_ELBO
+from pyro.poutine.messenger import Messenger
+from tqdm.auto import tqdm
+
+__all__ = ["History", "NonFiniteError", "fit"]
+
+
+class NonFiniteError(FloatingPointError):
+    """The ELBO or a gradient became NaN or infinite during :func:`fit`."""
+
+
+@dataclass
+class History:
+    """What :func:`fit` recorded, one entry per epoch (``elbo``, ``beta``, ``noise``, ``lambdas``)."""
+
+    elbo: list = field(default_factory=list)
+    beta: list = field(default_factory=list)
+    noise: list = field(default_factory=list)
+    lambdas: list = field(default_factory=list)
+    steps: int = 0
+
+    def __len__(self):
+        return len(self.elbo)
+
+
+class KLScale(Messenger):
+    """Multiply the log density of every latent (unobserved) site by ``beta``: a KL warm-up."""
+
+    def __init__(self, beta):
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.beta
+
+
+@dataclass
+class Schedule:
+    """
+    The default schedule of the SVI loop, in steps.
+
+    For ``warmup`` steps the KL term is off (β = 0), λ is not updated and a learned noise is
+    held at its initial value, so that the factors first fit the data. β then ramps linearly
+    to 1 over ``ramp`` steps; the λ M-step and the noise start with it.
+    """
+
+    warmup: int
+    ramp: int
+
+    def beta(self, step):
+        if step < self.warmup:
+            return 0.0
+        return min(1.0, (step - self.warmup + 1) / max(1, self.ramp))
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _as_tensors(data):
+    if isinstance(data, torch.Tensor):
+        data = (data,)
+    if not isinstance(data, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in data):
+        raise TypeError("data must be a tensor or a tuple of tensors with the same first dimension")
+    n = data[0].shape[0]
+    if any(t.shape[0] != n for t in data):
+        raise ValueError(f"data must be tensors with the same first dimension, got {[tuple(t.shape) for t in data]}")
+    if n == 0:
+        raise ValueError("data must hold at least one example")
+    return tuple(data), n
+
+
+def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=0.01, warmup=None, ramp=None,
+        lambda_step=0.1, num_particles=1, init="auto", init_sweeps=40, seed=None, progress=True):
+    """
+    Fit ``guide`` to the posterior of ``model`` by SVI on minibatches of ``data``.
+
+    The model is called as ``model(*batch, num_data=N)``: it must put its likelihood under a
+    ``pyro.plate("data", num_data, subsample=...)`` so that the minibatch ELBO is the full-data
+    ELBO in expectation.
+
+    :param model: a tensorbayes model (e.g. :class:`~tensorbayes.models.TensorCompletion`).
+    :param guide: its guide (e.g. :class:`~tensorbayes.guides.MeanField`).
+    :param data: a tuple of tensors sharing their first (example) dimension.
+    :param int epochs: passes over the data.
+    :param int batch_size: examples per step (clipped to the data size).
+    :param float lr: Adam's learning rate.
+    :param int warmup: steps with no KL term and no λ update (default: 20 % of the steps).
+    :param int ramp: steps over which β rises from 0 to 1 after the warm-up (default: 20 %).
+    :param float lambda_step: damping of the closed-form λ update, in (0, 1].
+    :param int num_particles: samples per ELBO estimate.
+    :param str init: "auto" (default) starts a :class:`~tensorbayes.models.TensorCompletion`
+        with a :class:`~tensorbayes.guides.MeanField` guide by closed-form coordinate ascent
+        (:func:`~tensorbayes.infer.cavi.coordinate_ascent`), prunes the rank indices it
+        switched off and re-fits at the pruned ranks before SVI, which then needs no warm-up;
+        "cavi" insists on it, "none" goes straight to SVI.
+    :param int init_sweeps: coordinate-ascent sweeps before pruning (half as many after).
+    :param int seed: seeds the minibatch order and the ELBO's samples.
+    :param bool progress: show a tqdm progress bar.
+    :returns: the :class:`History` of the fit.
+    """
+    for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (num_particles, "num_particles")):
+        _check_positive_int(value, name)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not (isinstance(lambda_step, (int, float)) and 0 < lambda_step <= 1):
+        raise ValueError(f"lambda_step must be in (0, 1], got {lambda_step!r}")
+    data, num_data = _as_tensors(data)
+    if hasattr(model, "check_data"):
+        data = tuple(t for t in model.check_data(*data) if t is not None)
+    if init not in ("auto", "cavi", "none"):
+        raise ValueError(f"init must be 'auto', 'cavi' or 'none', got {init!r}")
+    _check_positive_int(init_sweeps, "init_sweeps")
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    initialized = init != "none" and _coordinate_ascent_init(model, guide, data, init, init_sweeps, progress)
+    if initialized:
+        warmup = 0 if warmup is None else warmup
+        ramp = 0 if ramp is None else ramp
+    batch_size = min(batch_size, num_data)
+    steps_per_epoch = math.ceil(num_data / batch_size)
+    total = epochs * steps_per_epoch
+    schedule = Schedule(
+        warmup=int(0.2 * total) if warmup is None else warmup,
+        ramp=int(0.2 * total) if ramp is None else ramp,
+    )
+    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
+
+    elbo = TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    guide(*[t[:1] for t in data], num_data=num_data)  # materialize lazily built parameters
+    noise = [p for name, p in model.named_parameters() if name.endswith("log_noise")]
+    others = [p for name, p in model.named_parameters() if not name.endswith("log_noise")]
+    optimizer = torch.optim.Adam(
+        [{"params": list(guide.parameters()) + others}, {"params": noise}], lr=lr
+    )
+    closed_form = getattr(guide, "lambda_update", None) == "closed_form"
+    history = History()
+    bar = tqdm(total=total, disable=not progress, desc="fit", leave=False)
+    step = 0
+    for epoch in range(epochs):
+        order = torch.randperm(num_data, generator=generator)
+        epoch_loss = 0.0
+        for start in range(0, num_data, batch_size):
+            idx = order[start : start + batch_size]
+            batch = [t[idx] for t in data]
+            beta = schedule.beta(step)
+            optimizer.param_groups[1]["lr"] = lr if step >= schedule.warmup else 0.0
+            with KLScale(beta):
+                loss = elbo.differentiable_loss(model, guide, *batch, num_data=num_data)
+            if not torch.isfinite(loss):
+                raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if closed_form and step >= schedule.warmup:
+                guide.update_lambdas(lambda_step)
+            epoch_loss += loss.item()
+            step += 1
+            bar.update()
+        history.elbo.append(-epoch_loss / steps_per_epoch)
+        history.beta.append(beta)
+        history.noise.append(model.noise.item() if hasattr(model, "noise") else None)
+        if hasattr(guide, "lambdas"):
+            history.lambdas.append({k: [v.clone() for v in vs] for k, vs in guide.lambdas().items()})
+        bar.set_postfix(elbo=f"{history.elbo[-1]:.4g}", beta=f"{beta:.2f}")
+    bar.close()
+    history.steps = step
+    return history
+
+
+def _coordinate_ascent_init(model, guide, data, init, sweeps, progress):
+    """Run the closed-form initialization where the model and guide allow it."""
+    from ..guides import MeanField
+    from ..models import TensorCompletion
+    from ..rank import prune
+    from .cavi import coordinate_ascent
+
+    fits = isinstance(model, TensorCompletion) and isinstance(guide, MeanField) and guide.lambda_update == "closed_form"
+    if not fits:
+        if init == "cavi":
+            raise ValueError("init='cavi' needs a TensorCompletion model and a MeanField guide with closed-form λ")
+        return False
+    coordinate_ascent(model, guide, *data, sweeps=sweeps, progress=progress)
+    prune(model, guide)
+    coordinate_ascent(model, guide, *data, sweeps=max(1, sweeps // 2), warmup=0, progress=progress)
+    return True
+
+
+def _diagnose(model, guide, batch, num_data, step, epoch):
+    """Name the first parameter or sample site that is not finite."""
+    where = f"at step {step} (epoch {epoch})"
+    for owner, module in (("guide", guide), ("model", model)):
+        for name, p in module.named_parameters():
+            if not torch.isfinite(p).all():
+                return f"ELBO is not finite {where}: {owner} parameter '{name}' holds NaN or infinite values"
+    with torch.no_grad():
+        guide_trace = pyro.poutine.trace(guide).get_trace(*batch, num_data=num_data)
+        model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(*batch, num_data=num_data)
+        for trace, owner in ((guide_trace, "guide"), (model_trace, "model")):
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                if not torch.isfinite(site["value"]).all():
+                    return f"ELBO is not finite {where}: the {owner}'s sample site '{name}' has a NaN or infinite value"
+                log_p = site["fn"].log_prob(site["value"])
+                if not torch.isfinite(log_p).all():
+                    return f"ELBO is not finite {where}: the {owner}'s log density at site '{name}' is not finite"
+    return f"ELBO is not finite {where}, though every parameter and site is finite (overflow in the loss)"

@@ -1,0 +1,86 @@
+"""
+Bayesian tensor completion: observed entries of a tensor under a Normal likelihood.
+
+The model of METHOD.md §2 with the simplest forward model: the observed value at a multi-index
+is the low-rank tensor's entry plus Normal noise. The data plate is subsampled, so that the
+likelihood of a minibatch is scaled by ``num_data / batch`` and the ELBO is the full-data ELBO.
+"""
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+
+from .tensor import LowRankTensor
+
+__all__ = ["TensorCompletion"]
+
+
+class TensorCompletion(PyroModule):
+    """
+    ``values[n] ~ Normal(T[index[n]], noise)`` for a low-rank tensor ``T`` with rank priors.
+
+    Usage::
+
+        model = TensorCompletion((20, 30, 40), format="tucker", max_rank=8)
+        guide = tb.guides.MeanField(model)
+        tb.fit(model, guide, (index, values), epochs=50, batch_size=1024)
+
+    :param tuple shape: the sizes of the tensor's modes.
+    :param str format: "cp", "tucker", "tt" or "ttm".
+    :param max_rank: upper bound on the ranks (an int or one per bond).
+    :param prior: "half_cauchy", "log_uniform" or "gamma" (or a prior object).
+    :param noise: the noise standard deviation; ``None`` (default) learns it as a point
+        estimate, a positive number fixes it.
+    :param kwargs: passed on to :class:`LowRankTensor` (``prior_kwargs``, ``core_scale``, ...).
+    """
+
+    def __init__(self, shape, format="tt", max_rank=8, prior="half_cauchy", noise=None, **kwargs):
+        super().__init__()
+        self.tensor = LowRankTensor(shape, format=format, max_rank=max_rank, prior=prior, **kwargs)
+        if noise is None:
+            self.log_noise = torch.nn.Parameter(torch.zeros(()))
+        elif isinstance(noise, (int, float)) and noise > 0 and torch.isfinite(torch.tensor(noise)):
+            self.register_buffer("log_noise", torch.tensor(float(noise)).log())
+        else:
+            raise ValueError(f"noise must be None (learned) or a positive number, got {noise!r}")
+
+    @property
+    def shape(self):
+        return self.tensor.layout.shape
+
+    @property
+    def learns_noise(self):
+        return isinstance(self.log_noise, torch.nn.Parameter)
+
+    @property
+    def noise(self):
+        return self.log_noise.exp()
+
+    def check_data(self, index, values=None):
+        """Validate observed multi-indices (and values); returns them as tensors."""
+        index = self.tensor.layout.check_index(index, self.shape, "index")
+        if values is not None:
+            values = torch.as_tensor(values)
+            if not values.is_floating_point():
+                raise TypeError(f"values must be a floating point tensor, got dtype {values.dtype}")
+            if values.shape != index.shape[:1]:
+                raise ValueError(f"values must have shape ({index.shape[0]},) to match index, got {tuple(values.shape)}")
+            if not torch.isfinite(values).all():
+                raise ValueError("values must be finite: found NaN or infinite observed values")
+        return index, values
+
+    def forward(self, index, values=None, *, num_data=None):
+        """
+        :param torch.Tensor index: observed multi-indices, shape ``(batch, order)``.
+        :param torch.Tensor values: observed values, shape ``(batch,)``, or ``None`` to sample.
+        :param int num_data: the size of the whole data set this batch was drawn from
+            (default: the batch itself); it scales the likelihood.
+        :returns: the tensor's entries at ``index`` (the noiseless mean).
+        """
+        factors, _ = self.tensor()
+        mean = self.tensor.layout.entries(factors, index)
+        batch = index.shape[0]
+        with pyro.plate("data", size=num_data or batch, subsample=torch.arange(batch, device=index.device)):
+            pyro.sample("obs", dist.Normal(mean, self.noise.to(mean)), obs=values)
+        return mean
