@@ -23,6 +23,9 @@ from ..formats.canonical import canonicalize
 
 __all__ = ["coordinate_ascent", "factor_design"]
 
+#: Largest number of entries of the (n, block, block) outer products formed at once.
+_OUTER_PRODUCT_BUDGET = 2**24
+
 
 def factor_design(layout, factors, index, f):
     """
@@ -71,17 +74,17 @@ def _from_blocks(blocks, labels, shape):
 def _solve_blocks(design, slices, num_slices, values, precision, noise_var):
     """Per slice: ``Λ = diag(precision) + AᵀA / σ²``, mean ``Λ⁻¹ Aᵀy / σ²``; returns (mean, 1/diag Λ)."""
     block = design.shape[1]
-    gram = design.new_zeros(num_slices, block, block)
-    rhs = design.new_zeros(num_slices, block)
-    order = torch.argsort(slices)
-    counts = torch.bincount(slices, minlength=num_slices).tolist()
-    start = 0
-    for s, count in enumerate(counts):
-        if count:
+    rhs = design.new_zeros(num_slices, block).index_add_(0, slices, design * values.unsqueeze(-1))
+    if design.shape[0] * block * block <= _OUTER_PRODUCT_BUDGET:
+        outer = design.unsqueeze(-1) * design.unsqueeze(-2)
+        gram = design.new_zeros(num_slices, block, block).index_add_(0, slices, outer)
+    else:  # one Gram matrix per slice, without the (n, block, block) outer products
+        gram = design.new_zeros(num_slices, block, block)
+        order = torch.argsort(slices)
+        start = 0
+        for s, count in enumerate(torch.bincount(slices, minlength=num_slices).tolist()):
             rows = order[start : start + count]
-            a = design[rows]
-            gram[s] = a.T @ a
-            rhs[s] = a.T @ values[rows]
+            gram[s] = design[rows].T @ design[rows]
             start += count
     gram = gram / noise_var + torch.diag_embed(precision)
     rhs = rhs / noise_var
@@ -126,7 +129,7 @@ def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=3, warmu
     scales = [s.detach().clone() for s in post.scales()]
     noises = []
     for sweep in tqdm(range(sweeps), disable=not progress, desc="coordinate ascent", leave=False):
-        if sweep >= warmup:
+        if sweep >= warmup and layout.name != "cp":  # CP has no rotation gauge to fix
             locs = canonicalize(layout, locs)[0]
         for f in list(range(len(locs))) + list(range(len(locs) - 2, 0, -1)):
             design, slices, num_slices = factor_design(layout, locs, index, f)

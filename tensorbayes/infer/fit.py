@@ -87,7 +87,7 @@ def _as_tensors(data):
     return tuple(data), n
 
 
-def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=0.01, warmup=None, ramp=None,
+def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None, ramp=None,
         lambda_step=0.1, num_particles=1, init="auto", init_sweeps=40, seed=None, progress=True):
     """
     Fit ``guide`` to the posterior of ``model`` by SVI on minibatches of ``data``.
@@ -101,7 +101,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=0.01, warmup=None
     :param data: a tuple of tensors sharing their first (example) dimension.
     :param int epochs: passes over the data.
     :param int batch_size: examples per step (clipped to the data size).
-    :param float lr: Adam's learning rate.
+    :param float lr: Adam's learning rate (default 0.01, or 0.001 after the closed-form start,
+        whose fit larger steps would first undo).
     :param int warmup: steps with no KL term and no λ update (default: 20 % of the steps).
     :param int ramp: steps over which β rises from 0 to 1 after the warm-up (default: 20 %).
     :param float lambda_step: damping of the closed-form λ update, in (0, 1].
@@ -118,7 +119,7 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=0.01, warmup=None
     """
     for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (num_particles, "num_particles")):
         _check_positive_int(value, name)
-    if not (isinstance(lr, (int, float)) and lr > 0):
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not (isinstance(lambda_step, (int, float)) and 0 < lambda_step <= 1):
         raise ValueError(f"lambda_step must be in (0, 1], got {lambda_step!r}")
@@ -131,6 +132,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=0.01, warmup=None
     if seed is not None:
         pyro.set_rng_seed(seed)
     initialized = init != "none" and _coordinate_ascent_init(model, guide, data, init, init_sweeps, progress)
+    if lr is None:
+        lr = 1e-3 if initialized else 1e-2
     if initialized:
         warmup = 0 if warmup is None else warmup
         ramp = 0 if ramp is None else ramp
