@@ -5,12 +5,13 @@ Each format is a layout (shape, ranks) whose methods take the factors as a list 
 :meth:`~TensorFormat.full`, :meth:`~TensorFormat.contract`, :meth:`~TensorFormat.entries`,
 :meth:`~TensorFormat.rows`, :meth:`~TensorFormat.num_params`, :meth:`~TensorFormat.truncate`
 and :meth:`~TensorFormat.decompose`. :func:`get_format` maps the ``format=`` strings used across
-the package ("cp", "tucker", "tt", "ttm") to their classes.
+the package ("cp", "tucker", "tt", "ttm") to their classes, and :func:`decompose` fits the
+factors of a dense tensor in any of them.
 """
 
-from .base import TensorFormat, check_ranks, check_shape
+from .base import TensorFormat, check_dense, check_ranks, check_shape
 from .cp import CP
-from .tt import TT
+from .tt import TT, clip_train_ranks, tt_svd
 from .ttm import TTM
 from .tucker import Tucker
 
@@ -26,4 +27,35 @@ def get_format(name):
     return FORMATS[name.lower()]
 
 
-__all__ = ["CP", "FORMATS", "TT", "TTM", "TensorFormat", "Tucker", "check_ranks", "check_shape", "get_format"]
+def decompose(tensor, format, ranks, **kwargs):
+    """
+    The factors of a dense tensor in a format: ``get_format(format).decompose(tensor, ranks)``.
+
+    Usage::
+
+        factors = decompose(weight, "ttm", 8, shape=(4, 7, 4, 7, 5, 5, 5, 5))
+
+    :param torch.Tensor tensor: the dense tensor.
+    :param format: "cp", "tucker", "tt" or "ttm" (or a format class).
+    :param ranks: an int, or one rank per bond.
+    :param kwargs: passed to the format's ``decompose`` (e.g. ``shape=``, ``n_iter_max=``).
+    :returns: the list of factors.
+    """
+    return get_format(format).decompose(tensor, ranks, **kwargs)
+
+
+__all__ = [
+    "CP",
+    "FORMATS",
+    "TT",
+    "TTM",
+    "TensorFormat",
+    "Tucker",
+    "check_dense",
+    "check_ranks",
+    "check_shape",
+    "clip_train_ranks",
+    "decompose",
+    "get_format",
+    "tt_svd",
+]

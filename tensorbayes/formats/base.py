@@ -19,7 +19,7 @@ from functools import lru_cache
 import opt_einsum
 import torch
 
-__all__ = ["TensorFormat", "check_shape", "check_ranks"]
+__all__ = ["TensorFormat", "check_dense", "check_ranks", "check_shape", "leading_left_singular_vectors", "unfold"]
 
 
 def check_shape(shape, name="shape"):
@@ -55,9 +55,107 @@ def check_ranks(ranks, num_bonds, name="ranks"):
     return ranks
 
 
+def check_dense(tensor, shape=None, name="tensor"):
+    """
+    Validate a dense tensor to decompose: a float32 or float64 :class:`torch.Tensor` with at
+    least one mode, every size positive, all entries finite. Returns it, viewed as ``shape`` if given
+    (e.g. a weight matrix ``(out, in)`` viewed as its tensorized modes).
+
+    :param torch.Tensor tensor: the dense tensor.
+    :param tuple shape: the shape to view it as (same number of entries), or ``None`` for its own.
+    :param str name: the argument's name, for error messages.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"{name} must have a floating-point dtype, float32 or float64 (for the SVDs), got {tensor.dtype}"
+        )
+    if shape is None:
+        check_shape(tuple(tensor.shape), name=f"{name}.shape")
+    else:
+        shape = check_shape(shape, name="shape")
+        if math.prod(shape) != tensor.numel():
+            raise ValueError(
+                f"shape {shape} must have as many entries as {name} of shape {tuple(tensor.shape)} "
+                f"({math.prod(shape)} != {tensor.numel()})"
+            )
+        tensor = tensor.reshape(shape)
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} must have finite entries (no NaN or inf)")
+    return tensor
+
+
+def unfold(tensor, mode):
+    """The mode-``mode`` unfolding: a matrix ``(tensor.shape[mode], -1)``, other modes in order."""
+    return tensor.movedim(mode, 0).reshape(tensor.shape[mode], -1)
+
+
+def leading_left_singular_vectors(matrix, rank):
+    """
+    The ``rank`` leading left singular vectors of ``matrix`` (orthonormal columns, by
+    decreasing singular value). When the matrix has fewer than ``rank`` columns, the
+    singular vectors are completed to ``rank`` orthonormal columns (a QR completion, no
+    randomness), so ``rank`` may be anything up to ``matrix.shape[0]``.
+
+    :param torch.Tensor matrix: a matrix ``(rows, cols)``.
+    :param int rank: how many columns, at most ``rows``.
+    :returns: a matrix ``(rows, rank)``.
+    """
+    rows = matrix.shape[0]
+    if not 1 <= rank <= rows:
+        raise ValueError(f"rank must be in [1, {rows}] (the number of rows), got {rank!r}")
+    u = torch.linalg.svd(matrix, full_matrices=False)[0]
+    if u.shape[1] < rank:
+        complete = torch.linalg.qr(u, mode="complete")[0]
+        u = torch.cat([u, complete[:, u.shape[1] :]], dim=1)
+    return u[:, :rank]
+
+
+def _chain_path(order):
+    """
+    An opt_einsum path (pairs of positions in the shrinking operand list, each result
+    appended at the end) that contracts the operands in ``order``, a permutation of
+    ``range(n)``, one after another into one accumulator.
+    """
+    ops = list(range(len(order)))
+    acc, path = order[0], []
+    for i in order[1:]:
+        path.append(tuple(sorted((ops.index(acc), ops.index(i)))))
+        ops = [o for o in ops if o not in (acc, i)] + [("acc", i)]
+        acc = ("acc", i)
+    return path
+
+
+def _candidate_paths(num_operands):
+    """
+    Paths to compare with opt_einsum's own (greedy beyond a few operands, which can miss a
+    cheap sweep by an order of magnitude on long trains): chains forward and backward over
+    the operands, operand 0 swept from the last one back, and all the others before operand 0
+    (for a contraction with an input, forming the dense weight first).
+    """
+    n = num_operands
+    if n < 3:
+        return []
+    orders = [
+        list(range(n)),
+        list(range(n - 1, -1, -1)),
+        [0] + list(range(n - 1, 0, -1)),
+        list(range(1, n)) + [0],
+    ]
+    return [_chain_path(order) for order in orders]
+
+
 @lru_cache(maxsize=256)
 def _expression(equation, shapes):
-    return opt_einsum.contract_expression(equation, *shapes)
+    """The cheapest (by FLOP count, then largest intermediate) of opt_einsum's path and the chains."""
+    best = None
+    for optimize in ["auto"] + _candidate_paths(len(shapes)):
+        info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=optimize)[1]
+        key = (info.opt_cost, info.largest_intermediate)
+        if best is None or key < best[0]:
+            best = key, optimize
+    return opt_einsum.contract_expression(equation, *shapes, optimize=best[1])
 
 
 def _einsum(equation, *operands):
@@ -89,7 +187,7 @@ class TensorFormat:
         self.ranks = check_ranks(ranks, self.num_bonds)
         if row_modes is None:
             row_modes = self._default_row_modes(len(self.shape))
-        if not isinstance(row_modes, int) or not 0 <= row_modes <= len(self.shape):
+        if isinstance(row_modes, bool) or not isinstance(row_modes, int) or not 0 <= row_modes <= len(self.shape):
             raise ValueError(f"row_modes must be an int in [0, {len(self.shape)}], got {row_modes!r}")
         self.row_modes = row_modes
         self.labels = self._layout()
@@ -110,7 +208,11 @@ class TensorFormat:
 
     @classmethod
     def decompose(cls, tensor, ranks, **kwargs):
-        """Factors of ``tensor`` at ``ranks`` (an initialization from a dense tensor)."""
+        """
+        Factors of a dense ``tensor`` at ``ranks``, in this format's layout and with the
+        tensor's dtype and device (an initialization from a dense tensor). Each format
+        documents its algorithm and whether ranks beyond what the shape allows are clipped.
+        """
         raise NotImplementedError
 
     # ----- derived layout -----
@@ -179,11 +281,17 @@ class TensorFormat:
         return inputs + "->" + "".join(sym[lab] for lab in output_labels)
 
     def check_factors(self, factors):
-        factors = list(factors)
+        """Validate factors: one tensor per factor, each of the layout's shape. Returns a list."""
+        try:
+            factors = list(factors)
+        except TypeError:
+            raise TypeError(f"factors must be a sequence of tensors, got {type(factors).__name__}") from None
         expected = self.factor_shapes
         if len(factors) != len(expected):
             raise ValueError(f"factors must be {len(expected)} tensors for {self!r}, got {len(factors)}")
         for k, (factor, shape) in enumerate(zip(factors, expected)):
+            if not isinstance(factor, torch.Tensor):
+                raise TypeError(f"factors[{k}] must be a torch.Tensor, got {type(factor).__name__}")
             if tuple(factor.shape) != shape:
                 raise ValueError(f"factors[{k}] must have shape {shape} for {self!r}, got {tuple(factor.shape)}")
         return factors
@@ -210,7 +318,9 @@ class TensorFormat:
         """
         factors = self.check_factors(factors)
         cols = self.matrix_shape[1]
-        if x.shape[-1] != cols:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != cols:
             raise ValueError(f"x must have last dimension {cols} (the product of {self.col_shape}), got {tuple(x.shape)}")
         batch_shape = x.shape[:-1]
         xt = x.reshape(-1, *self.col_shape)
@@ -236,6 +346,8 @@ class TensorFormat:
 
     def unravel(self, flat_index, shape):
         """Mixed-radix digits of flat indices into ``shape`` (row-major), as columns."""
+        if not shape:
+            return flat_index.new_zeros(flat_index.shape + (0,))
         digits = []
         for size in reversed(shape):
             digits.append(flat_index % size)
@@ -267,6 +379,8 @@ class TensorFormat:
         if row_index.numel() and (row_index.min() < 0 or row_index.max() >= rows):
             raise ValueError(f"row_index must lie in [0, {rows}), got values in [{int(row_index.min())}, {int(row_index.max())}]")
         p = self.row_modes
+        if p == 0:  # a single row: nothing to gather
+            return self.to_matrix(factors).expand(len(row_index), -1)
         digits = self.unravel(row_index.long(), self.row_shape)
         operands, labels = self._gathered(factors, digits, set(range(p)))
         out = ["batch"] + [f"m{k}" for k in range(p, len(self.shape))]
@@ -279,7 +393,7 @@ class TensorFormat:
             raise TypeError(f"{name} must be an integer tensor, got dtype {index.dtype}")
         if index.dim() != 2 or index.shape[1] != len(shape):
             raise ValueError(f"{name} must have shape (n, {len(shape)}), got {tuple(index.shape)}")
-        sizes = torch.tensor(shape)
+        sizes = torch.tensor(shape, device=index.device)
         if index.numel() and ((index < 0).any() or (index >= sizes).any()):
             raise ValueError(f"{name} must have every column k in [0, shape[k]) for shape {shape}")
         return index.long()
@@ -292,9 +406,17 @@ class TensorFormat:
         :returns: ``(format, factors)``: the format at the new ranks and its factors.
         """
         factors = self.check_factors(factors)
+        try:
+            keep = list(keep)
+        except TypeError:
+            raise TypeError(f"keep must be a sequence with one entry per bond, got {type(keep).__name__}") from None
         if len(keep) != self.num_bonds:
             raise ValueError(f"keep must have one entry per bond ({self.num_bonds}), got {len(keep)}")
-        keep = [torch.as_tensor(k, dtype=torch.long).reshape(-1) for k in keep]
+        keep = [torch.as_tensor(k) for k in keep]
+        for b, k in enumerate(keep):
+            if k.numel() and k.dtype not in (torch.int32, torch.int64):
+                raise TypeError(f"keep[{b}] must hold integer indices, got dtype {k.dtype}")
+        keep = [k.to(torch.long).reshape(-1) for k in keep]
         for b, k in enumerate(keep):
             if k.numel() == 0 or k.min() < 0 or k.max() >= self.ranks[b] or k.unique().numel() != k.numel():
                 raise ValueError(f"keep[{b}] must be distinct indices in [0, {self.ranks[b]}), at least one")

@@ -1,10 +1,57 @@
-"""Tensor-train format: cores ``G_k`` of shape ``(r_{k-1}, I_k, r_k)`` with ``r_0 = r_d = 1``."""
+"""
+Tensor-train format: cores ``G_k`` of shape ``(r_{k-1}, I_k, r_k)`` with ``r_0 = r_d = 1``.
+
+:meth:`TT.decompose` fits the cores of a dense tensor by TT-SVD (:func:`tt_svd`), which the
+tensor-train matrix format (:mod:`.ttm`) reuses over its merged modes.
+"""
 
 import math
 
-from .base import TensorFormat
+import torch
 
-__all__ = ["TT"]
+from .base import TensorFormat, check_dense
+
+__all__ = ["TT", "clip_train_ranks", "tt_svd"]
+
+
+def clip_train_ranks(sizes, ranks):
+    """
+    Clip the internal ranks of a train with mode sizes ``sizes`` to what the shape allows:
+    ``r_k <= r_{k-1} * sizes[k]`` and ``r_k <= sizes[k + 1] * r_{k+1}`` (with ``r_0 = r_d = 1``),
+    which also bounds ``r_k`` by the sizes of the two sides of bond ``k``.
+
+    :param tuple sizes: the size of each core's mode (``d`` of them).
+    :param tuple ranks: the requested ranks (``d - 1`` positive ints).
+    :returns: a tuple of ``d - 1`` ranks.
+    """
+    ranks = list(ranks)
+    for k in reversed(range(len(ranks))):
+        ranks[k] = min(ranks[k], sizes[k + 1] * (ranks[k + 1] if k + 1 < len(ranks) else 1))
+    for k in range(len(ranks)):
+        ranks[k] = min(ranks[k], (ranks[k - 1] if k > 0 else 1) * sizes[k])
+    return tuple(ranks)
+
+
+def tt_svd(tensor, ranks):
+    """
+    TT-SVD: sequential truncated SVDs, left to right. Core ``k`` holds the ``r_k`` leading
+    left singular vectors of the remainder unfolded as ``(r_{k-1} * I_k, -1)``; the singular
+    values pass on to the remainder, so every core but the last is left-orthonormal and the
+    last carries the norm. A tensor of TT ranks at most ``ranks`` is recovered exactly.
+
+    :param torch.Tensor tensor: a dense tensor of order ``d``.
+    :param tuple ranks: ``d - 1`` positive ints, clipped by :func:`clip_train_ranks`.
+    :returns: the cores, core ``k`` of shape ``(r_{k-1}, I_k, r_k)``.
+    """
+    sizes = tuple(tensor.shape)
+    ranks = clip_train_ranks(sizes, ranks)
+    cores, rest, left = [], tensor.reshape(1, -1), 1
+    for k, rank in enumerate(ranks):
+        u, s, vh = torch.linalg.svd(rest.reshape(left * sizes[k], -1), full_matrices=False)
+        cores.append(u[:, :rank].reshape(left, sizes[k], rank))
+        rest, left = s[:rank, None] * vh[:rank], rank
+    cores.append(rest.reshape(left, sizes[-1], 1))
+    return cores
 
 
 class TT(TensorFormat):
@@ -35,3 +82,19 @@ class TT(TensorFormat):
         return tuple(
             min(math.prod(self.shape[: k + 1]), math.prod(self.shape[k + 1 :])) for k in range(self.num_bonds)
         )
+
+    @classmethod
+    def decompose(cls, tensor, ranks, shape=None):
+        """
+        TT-SVD (:func:`tt_svd`). The ranks are clipped to what the shape allows
+        (:func:`clip_train_ranks`), so the cores may be smaller than asked: read the ranks off
+        their shapes.
+
+        :param torch.Tensor tensor: the dense tensor, any floating dtype and device.
+        :param ranks: an int, or one rank per internal bond.
+        :param tuple shape: view ``tensor`` as this shape first (same number of entries).
+        :returns: the cores ``[G_1, ..., G_d]``, core ``k`` of shape ``(r_{k-1}, I_k, r_k)``.
+        """
+        tensor = check_dense(tensor, shape)
+        fmt = cls(tensor.shape, ranks)
+        return tt_svd(tensor, fmt.ranks)
