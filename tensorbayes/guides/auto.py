@@ -9,6 +9,7 @@ factors) is the same variational family with λ fitted by gradient.
 
 from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
+from pyro.infer.autoguide.initialization import InitMessenger
 
 from ..priors import init_improper_to_feasible
 from .meanfield import low_rank_tensors
@@ -36,7 +37,10 @@ def auto_mean_field(model, init_scale=0.1):
     sites = lambda_sites(model)
     if not sites:
         raise ValueError("model holds no LowRankTensor with a rank bond: there is no λ to put a point mass on")
-    guide = AutoGuideList(model)
-    guide.append(AutoDelta(poutine.block(model, expose=sites), init_loc_fn=init_improper_to_feasible))
-    guide.append(AutoNormal(poutine.block(model, hide=sites), init_scale=init_scale))
+    # the autoguides trace the model to find their sites: start λ where an improper prior
+    # (log-uniform) cannot be sampled
+    prototype = InitMessenger(init_improper_to_feasible)(model)
+    guide = AutoGuideList(prototype)
+    guide.append(AutoDelta(poutine.block(prototype, expose=sites), init_loc_fn=init_improper_to_feasible))
+    guide.append(AutoNormal(poutine.block(prototype, hide=sites), init_scale=init_scale))
     return guide

@@ -15,6 +15,8 @@ not propagated), which makes it a variational EM in the spirit of Bayesian ALS; 
 writes for each entry is the mean-field one, ``1 / Λ_ii``.
 """
 
+import math
+
 import torch
 from tqdm.auto import tqdm
 
@@ -23,8 +25,8 @@ from ..formats.canonical import canonicalize
 
 __all__ = ["coordinate_ascent", "factor_design"]
 
-#: Largest number of entries of the (n, block, block) outer products formed at once.
-_OUTER_PRODUCT_BUDGET = 2**24
+#: Coordinate-ascent sweeps of a fresh fit, per format: CP's extra components die more slowly.
+DEFAULT_SWEEPS = {"cp": 100, "tucker": 40, "tt": 40, "ttm": 40}
 
 
 def factor_design(layout, factors, index, f):
@@ -71,30 +73,76 @@ def _from_blocks(blocks, labels, shape):
     return moved.permute(*[order.index(d) for d in range(len(shape))])
 
 
-def _solve_blocks(design, slices, num_slices, values, precision, noise_var):
-    """Per slice: ``Λ = diag(precision) + AᵀA / σ²``, mean ``Λ⁻¹ Aᵀy / σ²``; returns (mean, 1/diag Λ)."""
-    block = design.shape[1]
-    rhs = design.new_zeros(num_slices, block).index_add_(0, slices, design * values.unsqueeze(-1))
-    if design.shape[0] * block * block <= _OUTER_PRODUCT_BUDGET:
-        outer = design.unsqueeze(-1) * design.unsqueeze(-2)
-        gram = design.new_zeros(num_slices, block, block).index_add_(0, slices, outer)
-    else:  # one Gram matrix per slice, without the (n, block, block) outer products
-        gram = design.new_zeros(num_slices, block, block)
-        order = torch.argsort(slices)
-        start = 0
-        for s, count in enumerate(torch.bincount(slices, minlength=num_slices).tolist()):
-            rows = order[start : start + count]
-            gram[s] = design[rows].T @ design[rows]
-            start += count
+def _solve_blocks(gram, rhs, precision, noise_var):
+    """Per slice: ``Λ = diag(precision) + G / σ²``, mean ``Λ⁻¹ r / σ²``; returns (mean, 1/diag Λ)."""
     gram = gram / noise_var + torch.diag_embed(precision)
-    rhs = rhs / noise_var
-    mean = torch.linalg.solve(gram, rhs.unsqueeze(-1)).squeeze(-1)
+    jitter = torch.finfo(gram.dtype).eps * torch.diagonal(gram, dim1=-2, dim2=-1).amax(-1, keepdim=True)
+    gram = gram + torch.diag_embed(jitter.expand_as(precision))  # a slice with no observation
+    mean = torch.linalg.solve(gram, (rhs / noise_var).unsqueeze(-1)).squeeze(-1)
     return mean, 1.0 / torch.diagonal(gram, dim1=-2, dim2=-1)
 
 
+def _slice_grams(design, slices, num_slices):
+    """``Σ_{n in slice} A_n A_nᵀ`` for every slice: rows grouped by slice, zero-padded, one bmm."""
+    order = torch.argsort(slices)
+    counts = torch.bincount(slices, minlength=num_slices)
+    starts = torch.cumsum(counts, 0) - counts
+    sorted_slices = slices[order]
+    position = torch.arange(len(order), device=slices.device) - starts[sorted_slices]
+    padded = design.new_zeros(num_slices, int(counts.max()), design.shape[1])
+    padded[sorted_slices, position] = design[order]
+    return padded.transpose(1, 2) @ padded
+
+
+def _slice_statistics(layout, locs, second_moments, index, values, f):
+    """
+    Per slice of factor ``f``: ``Σ_n E[A_n A_nᵀ]`` and ``Σ_n E[A_n] y_n``. With
+    ``second_moments`` (CP only, whose design entries are single products of independent
+    entries) the Gram's diagonal gets ``Σ_n E[A_n²] - E[A_n]²``, the other factors' variance.
+    """
+    design, slices, num_slices = factor_design(layout, locs, index, f)
+    rhs = design.new_zeros(num_slices, design.shape[1]).index_add_(0, slices, design * values.unsqueeze(-1))
+    gram = _slice_grams(design, slices, num_slices)
+    if second_moments is not None:
+        expected_square = factor_design(layout, second_moments, index, f)[0]
+        excess = design.new_zeros(num_slices, design.shape[1]).index_add_(0, slices, expected_square - design**2)
+        gram = gram + torch.diag_embed(excess)
+    return gram, rhs, design, slices
+
+
+def spectral_factors(shape, rank, index, values):
+    """
+    CP factors from the observed entries alone: for every mode, the leading left singular
+    vectors of the sparse mode unfolding of the zero-filled data scaled by the inverse of the
+    observed fraction (a randomized SVD of a sparse matrix: the dense tensor is never formed).
+    Columns beyond what a mode's unfolding offers are small random vectors.
+
+    :returns: one ``(shape[k], rank)`` factor per mode.
+    """
+    total = math.prod(shape)
+    scaled = values * (total / values.shape[0])
+    factors = []
+    for k, size in enumerate(shape):
+        columns = torch.zeros_like(index[:, 0])
+        stride = 1
+        for j in reversed(range(len(shape))):
+            if j != k:
+                columns = columns + index[:, j] * stride
+                stride *= shape[j]
+        unfolding = torch.sparse_coo_tensor(torch.stack([index[:, k], columns]), scaled, (size, stride),
+                                            check_invariants=True).coalesce()
+        q = min(rank, size, stride)
+        u, s, _ = torch.svd_lowrank(unfolding, q=q, niter=4)
+        factor = 0.01 * torch.randn(size, rank, dtype=values.dtype, device=values.device)
+        factor[:, :q] = u * s[0] ** (1.0 / len(shape))
+        factors.append(factor)
+    return factors
+
+
 @torch.no_grad()
-def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=3, warmup_noise=0.1, noise_floor=1e-4,
-                      progress=False):
+def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=4, warmup_noise=1.0, noise_decay=0.5,
+                      noise_floor=1e-4,
+                      propagate_variance=None, progress=False):
     """
     Closed-form mean-field updates of ``guide`` for a
     :class:`~tensorbayes.models.TensorCompletion` ``model`` on all of its data.
@@ -112,11 +160,32 @@ def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=3, warmu
         times the data's standard deviation (learning both from the start collapses every
         rank while the fit is still poor, METHOD.md §5); 0 continues from the current state.
     :param float warmup_noise: the noise during the warm-up, relative to the data's spread.
+    :param float noise_decay: during the warm-up a learned noise is annealed: it starts at
+        ``warmup_noise`` times the data's spread and is multiplied by ``noise_decay`` every
+        sweep, so that the dominant structure is fitted first (a small noise from the start
+        lets every index fit noise; learning it at once collapses every rank). After the
+        warm-up it is the expected squared residual under the posterior: the squared residual of
+        the mean plus each entry's variance through every factor (given the others' means).
     :param float noise_floor: lower bound on the learned noise variance, relative to the data's.
+    A fresh CP fit (``warmup > 0``) starts from :func:`spectral_factors`: from random factors
+    an over-factored CP fit forms near-cancelling pairs of components that never separate.
+
+    :param bool propagate_variance: use the other factors' variances in each update (exact
+        mean-field coordinate ascent; CP only, and its default, where it is what removes
+        over-factored, near-cancelling pairs of components). Otherwise (Tucker, TT and TTM,
+        whose design entries are sums of products and would need whole second-moment cores) the other
+        factors enter at their means and the factor means are moved to the canonical gauge
+        (:func:`~tensorbayes.formats.canonical.canonicalize`) before every sweep, which is what
+        lets the rank scales separate there.
     :returns: the noise standard deviation after each sweep (a list).
     """
     index, values = model.check_data(index, values)
     tensor = model.tensor
+    if propagate_variance is None:
+        propagate_variance = tensor.layout.name == "cp"
+    elif propagate_variance and tensor.layout.name != "cp":
+        raise ValueError("propagate_variance=True is implemented for CP only")
+
     layout = tensor.layout
     post = guide._posterior(tensor)
     locs = [loc.detach().clone() for loc in post.locs]
@@ -127,19 +196,26 @@ def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=3, warmu
     noise_var = warmup_noise**2 * data_var if fresh else model.noise.to(dtype) ** 2
     lambdas = [post.log_lambda(b).exp().to(dtype) for b in range(len(layout.ranks))]
     scales = [s.detach().clone() for s in post.scales()]
+    if layout.name == "cp" and warmup > 0:
+        locs = spectral_factors(layout.shape, layout.ranks[0], index, values)
     noises = []
+    spread = {}
     for sweep in tqdm(range(sweeps), disable=not progress, desc="coordinate ascent", leave=False):
-        if sweep >= warmup and layout.name != "cp":  # CP has no rotation gauge to fix
+        if sweep >= warmup and not propagate_variance:
             locs = canonicalize(layout, locs)[0]
         for f in list(range(len(locs))) + list(range(len(locs) - 2, 0, -1)):
-            design, slices, num_slices = factor_design(layout, locs, index, f)
+            second = [m**2 + sc**2 for m, sc in zip(locs, scales)] if propagate_variance else None
+            gram, rhs, design, slices = _slice_statistics(layout, locs, second, index, values, f)
             variance = tensor.prior_variances(lambdas)[f].expand(layout.factor_shapes[f])
             precision = 1.0 / _to_blocks(variance, layout.labels[f])
-            mean, var = _solve_blocks(design, slices, num_slices, values, precision, noise_var)
+            mean, var = _solve_blocks(gram, rhs, precision, noise_var)
             locs[f] = _from_blocks(mean, layout.labels[f], layout.factor_shapes[f])
             scales[f] = _from_blocks(var.sqrt(), layout.labels[f], layout.factor_shapes[f])
+            spread[f] = (design**2 * var[slices]).sum(-1)  # Var of each entry through factor f
         if sweep < warmup:
             noises.append(float(noise_var.sqrt()))
+            if fresh:
+                noise_var = noise_var * noise_decay**2
             continue
         second = [loc**2 + s**2 for loc, s in zip(locs, scales)]
         for b in range(len(lambdas)):
@@ -147,7 +223,8 @@ def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=3, warmu
             lambdas[b] = tensor.prior.update(m, d)
         if model.learns_noise:
             residual = values - layout.entries(locs, index)
-            noise_var = (residual.pow(2).mean()).clamp_min(noise_floor * data_var)
+            expected = residual.pow(2) + sum(spread.values())
+            noise_var = expected.mean().clamp_min(noise_floor * data_var)
         noises.append(float(noise_var.sqrt()))
     guide.set_posterior(tensor, locs, scales, lambdas)
     if model.learns_noise:

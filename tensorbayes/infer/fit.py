@@ -88,7 +88,7 @@ def _as_tensors(data):
 
 
 def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None, ramp=None,
-        lambda_step=0.1, num_particles=1, init="auto", init_sweeps=40, seed=None, progress=True):
+        lambda_step=0.1, num_particles=1, init="auto", init_sweeps=None, seed=None, progress=True):
     """
     Fit ``guide`` to the posterior of ``model`` by SVI on minibatches of ``data``.
 
@@ -112,7 +112,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         (:func:`~tensorbayes.infer.cavi.coordinate_ascent`), prunes the rank indices it
         switched off and re-fits at the pruned ranks before SVI, which then needs no warm-up;
         "cavi" insists on it, "none" goes straight to SVI.
-    :param int init_sweeps: coordinate-ascent sweeps before pruning (half as many after).
+    :param int init_sweeps: coordinate-ascent sweeps before pruning, half as many after (default:
+        :data:`~tensorbayes.infer.cavi.DEFAULT_SWEEPS` of the format).
     :param int seed: seeds the minibatch order and the ELBO's samples.
     :param bool progress: show a tqdm progress bar.
     :returns: the :class:`History` of the fit.
@@ -126,9 +127,11 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
     data, num_data = _as_tensors(data)
     if hasattr(model, "check_data"):
         data = tuple(t for t in model.check_data(*data) if t is not None)
+    _check_finite_parameters(model, guide)
     if init not in ("auto", "cavi", "none"):
         raise ValueError(f"init must be 'auto', 'cavi' or 'none', got {init!r}")
-    _check_positive_int(init_sweeps, "init_sweeps")
+    if init_sweeps is not None:
+        _check_positive_int(init_sweeps, "init_sweeps")
     if seed is not None:
         pyro.set_rng_seed(seed)
     initialized = init != "none" and _coordinate_ascent_init(model, guide, data, init, init_sweeps, progress)
@@ -165,12 +168,18 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
             batch = [t[idx] for t in data]
             beta = schedule.beta(step)
             optimizer.param_groups[1]["lr"] = lr if step >= schedule.warmup else 0.0
-            with KLScale(beta):
-                loss = elbo.differentiable_loss(model, guide, *batch, num_data=num_data)
+            try:
+                with KLScale(beta):
+                    loss = elbo.differentiable_loss(model, guide, *batch, num_data=num_data)
+            except ValueError as error:  # Pyro's validation refuses a NaN parameter of a distribution
+                if _non_finite_parameter(model, guide) is None:
+                    raise
+                raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch)) from error
             if not torch.isfinite(loss):
                 raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch))
             optimizer.zero_grad()
             loss.backward()
+            _check_finite_gradients(model, guide, step, epoch)
             optimizer.step()
             if closed_form and step >= schedule.warmup:
                 guide.update_lambdas(lambda_step)
@@ -193,26 +202,50 @@ def _coordinate_ascent_init(model, guide, data, init, sweeps, progress):
     from ..guides import MeanField
     from ..models import TensorCompletion
     from ..rank import prune
-    from .cavi import coordinate_ascent
+    from .cavi import DEFAULT_SWEEPS, coordinate_ascent
 
     fits = isinstance(model, TensorCompletion) and isinstance(guide, MeanField) and guide.lambda_update == "closed_form"
     if not fits:
         if init == "cavi":
             raise ValueError("init='cavi' needs a TensorCompletion model and a MeanField guide with closed-form λ")
         return False
+    sweeps = sweeps or DEFAULT_SWEEPS[model.tensor.layout.name]
     coordinate_ascent(model, guide, *data, sweeps=sweeps, progress=progress)
     prune(model, guide)
     coordinate_ascent(model, guide, *data, sweeps=max(1, sweeps // 2), warmup=0, progress=progress)
     return True
 
 
-def _diagnose(model, guide, batch, num_data, step, epoch):
-    """Name the first parameter or sample site that is not finite."""
-    where = f"at step {step} (epoch {epoch})"
+def _non_finite_parameter(model, guide):
+    """``(owner, name)`` of the first parameter holding NaN or infinite values, or ``None``."""
     for owner, module in (("guide", guide), ("model", model)):
         for name, p in module.named_parameters():
             if not torch.isfinite(p).all():
-                return f"ELBO is not finite {where}: {owner} parameter '{name}' holds NaN or infinite values"
+                return owner, name
+    return None
+
+
+def _check_finite_gradients(model, guide, step, epoch):
+    for owner, module in (("guide", guide), ("model", model)):
+        for name, p in module.named_parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                raise NonFiniteError(
+                    f"gradient is not finite at step {step} (epoch {epoch}): {owner} parameter '{name}'"
+                )
+
+
+def _check_finite_parameters(model, guide):
+    found = _non_finite_parameter(model, guide)
+    if found is not None:
+        raise NonFiniteError(f"before fitting: {found[0]} parameter '{found[1]}' holds NaN or infinite values")
+
+
+def _diagnose(model, guide, batch, num_data, step, epoch):
+    """Name the first parameter or sample site that is not finite."""
+    where = f"at step {step} (epoch {epoch})"
+    found = _non_finite_parameter(model, guide)
+    if found is not None:
+        return f"ELBO is not finite {where}: {found[0]} parameter '{found[1]}' holds NaN or infinite values"
     with torch.no_grad():
         guide_trace = pyro.poutine.trace(guide).get_trace(*batch, num_data=num_data)
         model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(*batch, num_data=num_data)

@@ -6,6 +6,8 @@ is the low-rank tensor's entry plus Normal noise. The data plate is subsampled, 
 likelihood of a minibatch is scaled by ``num_data / batch`` and the ELBO is the full-data ELBO.
 """
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -40,8 +42,9 @@ class TensorCompletion(PyroModule):
         self.tensor = LowRankTensor(shape, format=format, max_rank=max_rank, prior=prior, **kwargs)
         if noise is None:
             self.log_noise = torch.nn.Parameter(torch.zeros(()))
-        elif isinstance(noise, (int, float)) and noise > 0 and torch.isfinite(torch.tensor(noise)):
-            self.register_buffer("log_noise", torch.tensor(float(noise)).log())
+            self.fixed_noise = None
+        elif isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 < noise < math.inf:
+            self.fixed_noise = float(noise)  # a Python float: exact in any dtype the model is cast to
         else:
             raise ValueError(f"noise must be None (learned) or a positive number, got {noise!r}")
 
@@ -51,11 +54,14 @@ class TensorCompletion(PyroModule):
 
     @property
     def learns_noise(self):
-        return isinstance(self.log_noise, torch.nn.Parameter)
+        return self.fixed_noise is None
 
     @property
     def noise(self):
-        return self.log_noise.exp()
+        """The noise standard deviation (a 0-d tensor)."""
+        if self.learns_noise:
+            return self.log_noise.exp()
+        return torch.tensor(self.fixed_noise, dtype=torch.float64)
 
     def check_data(self, index, values=None):
         """Validate observed multi-indices (and values); returns them as tensors."""
