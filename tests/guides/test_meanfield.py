@@ -1,0 +1,214 @@
+"""
+MeanField: its sites mirror the model's, it trains with TraceMeanField_ELBO, and the closed-form
+λ M-step is the prior's update of statistics computed here by hand.
+"""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+
+from tensorbayes.data import planted_tensor
+from tensorbayes.guides import MeanField
+from tensorbayes.models import LowRankTensor, TensorCompletion
+
+D = torch.float64
+
+CASES = [
+    pytest.param("tt", (4, 5, 6), 3, id="tt"),
+    pytest.param("ttm", (2, 3, 4, 3, 2), 3, id="ttm-odd"),
+    pytest.param("tucker", (4, 5, 6), 3, id="tucker"),
+    pytest.param("cp", (4, 5, 6), 3, id="cp"),
+]
+
+
+def _setup(fmt="tt", shape=(4, 5, 6), max_rank=3, noise=0.1, **guide_kwargs):
+    planted = planted_tensor(shape, "cp", 2, observed=0.4, noise=0.05, seed=0, dtype=D)
+    model = TensorCompletion(shape, format=fmt, max_rank=max_rank, noise=noise)
+    guide = MeanField(model, seed=0, **guide_kwargs)
+    model.double()
+    guide.double()
+    return planted, model, guide
+
+
+def _sample_sites(trace):
+    return {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != "data"}
+
+
+@pytest.mark.parametrize("fmt, shape, max_rank", CASES)
+def test_guide_sites_match_the_model(fmt, shape, max_rank):
+    planted, model, guide = _setup(fmt, shape, max_rank)
+    args = (planted.train_index, planted.train_values)
+    guide_trace = poutine.trace(guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    g, m = _sample_sites(guide_trace), _sample_sites(model_trace)
+    assert list(g) == list(m)
+    assert len(g) == model.tensor.layout.num_bonds + len(model.tensor.layout.factor_shapes)
+    for name in g:
+        assert g[name]["value"].shape == m[name]["value"].shape
+        assert g[name]["fn"].event_shape == m[name]["fn"].event_shape
+        assert g[name]["fn"].batch_shape == m[name]["fn"].batch_shape == ()
+        assert g[name]["value"].dtype == D
+    for k, shape_k in enumerate(model.tensor.layout.factor_shapes):
+        assert tuple(g[f"tensor.factor{k}"]["value"].shape) == shape_k
+    for b, r in enumerate(model.tensor.layout.ranks):
+        lam = g[f"tensor.lambda{b}"]
+        assert isinstance(lam["fn"], dist.Delta) and lam["value"].shape == (r,) and (lam["value"] > 0).all()
+
+
+@pytest.mark.parametrize("lambda_update", ["closed_form", "gradient"])
+def test_differentiable_loss_reaches_every_parameter(lambda_update):
+    planted, model, guide = _setup("tucker", lambda_update=lambda_update)
+    loss = TraceMeanField_ELBO().differentiable_loss(
+        model, guide, planted.train_index, planted.train_values, num_data=3 * len(planted.train_values)
+    )
+    assert loss.dtype == D and torch.isfinite(loss)
+    loss.backward()
+    post = guide.posteriors["tensor"]
+    named = dict(guide.named_parameters())
+    for k in range(len(post.locs)):
+        for kind in ("locs", "raw_scales"):
+            grad = named[f"posteriors.tensor.{kind}.{k}"].grad
+            assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, (kind, k)
+    if lambda_update == "gradient":
+        for b in range(model.tensor.layout.num_bonds):
+            grad = named[f"posteriors.tensor.log_lambdas.{b}"].grad
+            assert grad is not None and grad.abs().sum() > 0
+    else:
+        assert not any("lambda" in n for n in named)
+
+
+def test_lambda_buffers_follow_double():
+    _, model, guide = _setup("tt")
+    buffers = dict(guide.named_buffers())
+    assert set(buffers) == {"posteriors.tensor.log_lambda0", "posteriors.tensor.log_lambda1"}
+    assert all(b.dtype == D for b in buffers.values())
+    guide.update_lambdas(0.5)
+    assert all(lam.dtype == D for lam in guide.lambdas()["tensor"])
+
+
+def _set_random_posterior(model, guide, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    tensor = model.tensor
+    locs = [torch.randn(s, generator=gen, dtype=D) for s in tensor.layout.factor_shapes]
+    scales = [torch.rand(s, generator=gen, dtype=D) * 0.3 + 0.01 for s in tensor.layout.factor_shapes]
+    lambdas = [torch.rand(r, generator=gen, dtype=D) + 0.2 for r in tensor.layout.ranks]
+    guide.set_posterior(tensor, locs, scales, lambdas)
+    return locs, scales, lambdas
+
+
+@pytest.mark.parametrize("prior", ["half_cauchy", "gamma", "log_uniform"])
+def test_update_lambdas_is_the_prior_update_of_hand_computed_moments(prior):
+    shape = (3, 4, 5)
+    model = TensorCompletion(shape, format="tt", max_rank=(2, 3), prior=prior, noise=0.1)
+    guide = MeanField(model, seed=1)
+    model.double()
+    guide.double()
+    locs, scales, (lam0, lam1) = _set_random_posterior(model, guide)
+    # the stored parameters round-trip (scales through the softplus)
+    torch.testing.assert_close(guide.factor_scales(model.tensor)[1], scales[1], rtol=1e-10, atol=1e-12)
+    e0, e1, e2 = [loc**2 + s**2 for loc, s in zip(locs, scales)]
+    update = model.tensor.prior.update
+    # bond 0: G0[0, i, j] ~ N(0, λ0_j); G1[j, i, l] ~ N(0, λ0_j λ1_l)
+    m0 = e0.sum((0, 1)) + (e1 / lam1.reshape(1, 1, -1)).sum((1, 2))
+    d0 = 1 * 3 + 4 * 3
+    new0 = update(m0, torch.full_like(m0, d0))
+    # bond 1, bond by bond: with the freshly updated λ0; G2[l, i, 0] ~ N(0, λ1_l)
+    m1 = (e1 / new0.reshape(-1, 1, 1)).sum((0, 1)) + e2.sum((1, 2))
+    d1 = 2 * 4 + 5 * 1
+    new1 = update(m1, torch.full_like(m1, d1))
+    guide.update_lambdas(step_size=1)
+    got0, got1 = guide.lambdas()["tensor"]
+    torch.testing.assert_close(got0, new0, rtol=1e-10, atol=0)
+    torch.testing.assert_close(got1, new1, rtol=1e-10, atol=0)
+    assert not torch.allclose(got0, lam0)
+
+
+def test_update_lambdas_damped_is_geometric():
+    model = TensorCompletion((3, 4, 5), format="cp", max_rank=3, noise=0.1)
+    guide = MeanField(model, seed=1)
+    model.double()
+    guide.double()
+    _, _, (lam,) = _set_random_posterior(model, guide)
+    guide.update_lambdas(1.0)
+    (full_step,) = guide.lambdas()["tensor"]
+    guide.set_posterior(model.tensor, guide.factor_means(model.tensor), guide.factor_scales(model.tensor), [lam])
+    guide.update_lambdas(0.25)
+    (damped,) = guide.lambdas()["tensor"]
+    torch.testing.assert_close(damped, lam**0.75 * full_step**0.25, rtol=1e-10, atol=0)
+
+
+def test_lognormal_lambda_guide():
+    planted, model, guide = _setup("tt", lambda_guide="lognormal")
+    assert guide.lambda_update == "gradient"
+    named = dict(guide.named_parameters())
+    lam_params = [n for n in named if "lambda" in n]
+    assert sorted(lam_params) == sorted(
+        [f"posteriors.tensor.log_lambdas.{b}" for b in range(2)]
+        + [f"posteriors.tensor.raw_lambda_scales.{b}" for b in range(2)]
+    )
+    trace = poutine.trace(guide).get_trace(planted.train_index, planted.train_values)
+    fn = trace.nodes["tensor.lambda0"]["fn"]
+    assert isinstance(fn.base_dist, dist.LogNormal)
+    loss = TraceMeanField_ELBO().differentiable_loss(model, guide, planted.train_index, planted.train_values)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for n in lam_params:
+        assert named[n].grad is not None and named[n].grad.abs().sum() > 0, n
+    with pytest.raises(RuntimeError, match="closed_form"):
+        guide.update_lambdas()
+    with pytest.raises(ValueError, match="lambda_update"):
+        MeanField(model, lambda_guide="lognormal", lambda_update="closed_form")
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(lambda_guide="normal"), "lambda_guide"),
+        (dict(lambda_update="newton"), "lambda_update"),
+        (dict(init_scale=0), "init_scale"),
+        (dict(init_scale=-0.1), "init_scale"),
+        (dict(init_scale="big"), "init_scale"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, name):
+    model = TensorCompletion((3, 4, 5), noise=0.1)
+    with pytest.raises(ValueError, match=name):
+        MeanField(model, **kwargs)
+
+
+def test_model_without_tensor_is_rejected():
+    with pytest.raises(ValueError, match="LowRankTensor"):
+        MeanField(pyro.nn.PyroModule())
+
+
+def test_initial_posterior_and_seed():
+    model = TensorCompletion((4, 5, 6), format="tt", max_rank=3, noise=0.1)
+    a, b, c = MeanField(model, seed=3), MeanField(model, seed=3), MeanField(model, seed=4)
+    la, lb, lc = [g.factor_means(model.tensor) for g in (a, b, c)]
+    assert all(torch.equal(x, y) for x, y in zip(la, lb))
+    assert not torch.equal(la[1], lc[1])
+    # the scales start at init_scale times the locs' spread, all equal
+    std = model.tensor.init_loc_scale()
+    for s in a.factor_scales(model.tensor):
+        torch.testing.assert_close(s, torch.full_like(s, 0.1 * std), rtol=1e-5, atol=0)
+    assert len(a.factor_means(model.tensor)) == 3
+
+
+def test_standalone_tensor_guide_names():
+    tensor = LowRankTensor((3, 4, 5), format="cp", max_rank=2)
+    guide = MeanField(tensor, seed=0)
+    trace = poutine.trace(guide).get_trace()
+    names = [n for n, s in trace.nodes.items() if s["type"] == "sample"]
+    assert names == ["lambda0", "factor0", "factor1", "factor2"]
+    assert list(guide.posteriors) == ["_root"]
+
+
+def test_guide_scales_are_softplus_of_raw():
+    _, model, guide = _setup("cp")
+    post = guide.posteriors["tensor"]
+    for raw, s in zip(post.raw_scales, guide.factor_scales(model.tensor)):
+        torch.testing.assert_close(s, F.softplus(raw.detach()))

@@ -1,0 +1,86 @@
+"""
+Conjugate coordinate updates for completion: the linear design of one factor, and the sweeps
+that write a fitted posterior into a MeanField guide.
+"""
+
+import pytest
+import torch
+
+from tensorbayes.data import planted_tensor
+from tensorbayes.formats import CP, TT, TTM, Tucker
+from tensorbayes.guides import MeanField
+from tensorbayes.infer.cavi import coordinate_ascent, factor_design
+from tensorbayes.models import TensorCompletion
+
+D = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These small fits run fastest, and least disturbed by other jobs on the machine, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [TT((3, 4, 5), (2, 3)), TTM((2, 3, 4, 3, 2), (3, 2)), Tucker((3, 4, 5), (2, 3, 2)), CP((3, 4, 5), 3)],
+    ids=["tt", "ttm-odd", "tucker", "cp"],
+)
+def test_factor_design_is_linear_in_the_factor(layout):
+    gen = torch.Generator().manual_seed(0)
+    factors = [torch.randn(s, generator=gen, dtype=D) for s in layout.factor_shapes]
+    index = torch.stack([torch.randint(s, (40,), generator=gen) for s in layout.shape], dim=1)
+    entries = layout.entries(factors, index)
+    for f, labels in enumerate(layout.labels):
+        design, slices, num_slices = factor_design(layout, factors, index, f)
+        mode_dims = [d for d, lab in enumerate(labels) if lab[0] == "m"]
+        rest = [d for d in range(factors[f].dim()) if d not in mode_dims]
+        blocks = factors[f].permute(*mode_dims, *rest).reshape(num_slices, -1)
+        assert design.shape == (40, blocks.shape[1])
+        assert slices.shape == (40,) and int(slices.max()) < num_slices
+        torch.testing.assert_close((design * blocks[slices]).sum(-1), entries, rtol=1e-10, atol=1e-10)
+        # and changing factor f changes the entries by design @ Δblocks
+        delta = torch.randn(factors[f].shape, generator=gen, dtype=D)
+        moved = list(factors)
+        moved[f] = factors[f] + delta
+        delta_blocks = delta.permute(*mode_dims, *rest).reshape(num_slices, -1)
+        torch.testing.assert_close(
+            layout.entries(moved, index) - entries, (design * delta_blocks[slices]).sum(-1), rtol=1e-9, atol=1e-9
+        )
+
+
+def test_coordinate_ascent_fits_and_writes_the_guide():
+    shape = (4, 5, 6)
+    planted = planted_tensor(shape, "tt", (2, 2), observed=0.7, noise=0.01, seed=0, dtype=D)
+    model = TensorCompletion(shape, format="tt", max_rank=3)
+    guide = MeanField(model, seed=0)
+    model.double()
+    guide.double()
+    before = [loc.clone() for loc in guide.factor_means(model.tensor)]
+    noises = coordinate_ascent(model, guide, planted.train_index, planted.train_values, sweeps=8, warmup=2)
+    assert len(noises) == 8 and all(n > 0 for n in noises)
+    tensor = model.tensor
+    locs = guide.factor_means(tensor)
+    assert all(not torch.equal(a, b) for a, b in zip(before, locs))
+    fitted = tensor.layout.entries(locs, planted.train_index)
+    assert (fitted - planted.train_values).norm() / planted.train_values.norm() < 0.05
+    assert planted.relative_error(tensor.layout.entries(locs, planted.test_index)) < 0.1
+    for s in guide.factor_scales(tensor):
+        assert torch.isfinite(s).all() and (s > 0).all() and s.std() > 0
+    assert all((lam > 0).all() and torch.isfinite(lam).all() for lam in guide.lambdas()["tensor"])
+    # the learned noise is written into the model, and it is the last one returned
+    assert model.noise.item() == pytest.approx(noises[-1], rel=1e-6)
+    assert model.noise.item() < 0.2
+
+
+def test_coordinate_ascent_checks_data():
+    model = TensorCompletion((4, 5, 6), format="tt", max_rank=2)
+    guide = MeanField(model, seed=0)
+    index = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    with pytest.raises(ValueError, match="values"):
+        coordinate_ascent(model, guide, index, torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="index"):
+        coordinate_ascent(model, guide, index + 1, torch.tensor([1.0, 2.0]))

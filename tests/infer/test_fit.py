@@ -1,0 +1,251 @@
+"""
+fit: argument checking (with nothing touched on error), the NaN guard, the History it records,
+seeding, and silence without a progress bar.
+"""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+import tensorbayes as tb
+from tensorbayes.data import planted_tensor
+from tensorbayes.guides import MeanField
+from tensorbayes.models import TensorCompletion
+
+SHAPE = (4, 5, 6)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These small fits run fastest, and least disturbed by other jobs on the machine, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _problem(noise=None, seed=0, **guide_kwargs):
+    planted = planted_tensor(SHAPE, "tt", (2, 2), observed=0.5, noise=0.05, seed=0, dtype=torch.float32)
+    model = TensorCompletion(SHAPE, format="tt", max_rank=3, noise=noise)
+    guide = MeanField(model, seed=seed, **guide_kwargs)
+    return planted, model, guide
+
+
+def _state(model, guide):
+    return {k: v.detach().clone() for k, v in list(model.state_dict().items()) + list(guide.state_dict().items())}
+
+
+def _same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _nan_values(p):
+    values = p.train_values.clone()
+    values[3] = float("nan")
+    return p.train_index, values
+
+
+def _bad_index(p):
+    index = p.train_index.clone()
+    index[0, 2] = SHAPE[2]
+    return index, p.train_values
+
+
+@pytest.mark.parametrize(
+    "kwargs, data, error, name",
+    [
+        (dict(batch_size=0), None, ValueError, "batch_size"),
+        (dict(epochs=0), None, ValueError, "epochs"),
+        (dict(epochs=1.5), None, ValueError, "epochs"),
+        (dict(lr=0), None, ValueError, "lr"),
+        (dict(lr=-0.01), None, ValueError, "lr"),
+        (dict(lambda_step=2), None, ValueError, "lambda_step"),
+        (dict(lambda_step=0), None, ValueError, "lambda_step"),
+        (dict(num_particles=0), None, ValueError, "num_particles"),
+        (dict(init="x"), None, ValueError, "init"),
+        (dict(init_sweeps=0), None, ValueError, "init_sweeps"),
+        (dict(), _nan_values, ValueError, "values"),
+        (dict(), _bad_index, ValueError, "index"),
+        (dict(), lambda p: (p.train_index, p.train_values[:-1]), ValueError, "data"),
+        (dict(), lambda p: (p.train_index[:0], p.train_values[:0]), ValueError, "data"),
+        (dict(), lambda p: [p.train_index.tolist(), p.train_values], TypeError, "data"),
+    ],
+    ids=["batch_size", "epochs", "epochs-float", "lr-0", "lr-neg", "lambda_step-2", "lambda_step-0",
+         "num_particles", "init", "init_sweeps", "nan-values", "index-range", "lengths", "empty", "not-tensors"],
+)
+def test_bad_input_names_the_argument_and_changes_nothing(kwargs, data, error, name):
+    planted, model, guide = _problem()
+    data = (planted.train_index, planted.train_values) if data is None else data(planted)
+    before = _state(model, guide)
+    args = dict(epochs=1, batch_size=32, progress=False, seed=0, init="none")
+    args.update(kwargs)
+    with pytest.raises(error, match=name):
+        tb.fit(model, guide, data, **args)
+    assert _same_state(before, _state(model, guide))
+    assert model.tensor.layout.ranks == (3, 3)
+
+
+def test_init_cavi_needs_a_closed_form_meanfield_guide():
+    planted, model, _ = _problem()
+    guide = MeanField(model, seed=0, lambda_update="gradient")
+    before = _state(model, guide)
+    with pytest.raises(ValueError, match="init"):
+        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, init="cavi", progress=False)
+    assert _same_state(before, _state(model, guide))
+
+
+def _poison(guide):
+    with torch.no_grad():
+        guide.posteriors["tensor"].locs[1][0, 1, 2] = float("nan")
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_nan_parameter_is_named_without_validation():
+    planted, model, guide = _problem()
+    _poison(guide)
+    pyro.enable_validation(False)
+    try:
+        with pytest.raises(tb.infer.NonFiniteError, match=r"posteriors\.tensor\.locs\.1"):
+            tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=32,
+                   progress=False, seed=0, init="none")
+    finally:
+        pyro.enable_validation(True)
+
+
+@pytest.mark.parametrize("init", ["none", "auto"])
+def test_nan_parameter_is_named(init):
+    planted, model, guide = _problem()
+    _poison(guide)
+    with pytest.raises(tb.infer.NonFiniteError, match=r"posteriors\.tensor\.locs\.1"):
+        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=32,
+               progress=False, seed=0, init=init)
+
+
+def test_nan_during_training_is_named():
+    """A gradient that turns NaN mid-fit (here forced by a hook) stops fit, naming the parameter."""
+    planted, model, guide = _problem()
+    loc = guide.posteriors["tensor"].locs[2]
+    calls = []
+
+    def poison(grad):
+        calls.append(1)
+        return grad * float("nan") if len(calls) == 3 else grad
+
+    loc.register_hook(poison)
+    with pytest.raises(tb.infer.NonFiniteError, match=r"posteriors\.tensor\.locs\.2"):
+        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=5, batch_size=16,
+               progress=False, seed=0, init="none")
+    assert len(calls) == 3
+
+
+def test_history_has_one_entry_per_epoch():
+    planted, model, guide = _problem()
+    n = len(planted.train_values)
+    history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=3, batch_size=16,
+                     progress=False, seed=0, init="none")
+    assert isinstance(history, tb.infer.History)
+    assert len(history) == len(history.elbo) == 3
+    assert len(history.beta) == len(history.noise) == len(history.lambdas) == 3
+    assert all(isinstance(e, float) and math.isfinite(e) for e in history.elbo)
+    assert history.steps == 3 * math.ceil(n / 16)
+    assert all(0 <= b <= 1 for b in history.beta) and history.beta[-1] == 1.0
+    assert all(v > 0 for v in history.noise)
+    assert set(history.lambdas[-1]) == {"tensor"}
+    assert all((lam > 0).all() for lam in history.lambdas[-1]["tensor"])
+
+
+def test_fit_changes_the_guide():
+    planted, model, guide = _problem()
+    before = _state(model, guide)
+    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=2, batch_size=16,
+           progress=False, seed=0, init="none")
+    after = _state(model, guide)
+    for k in before:
+        if "locs" in k or "raw_scales" in k or "log_lambda" in k:
+            assert not torch.equal(before[k], after[k]), k
+
+
+def test_seed_makes_fits_identical():
+    runs = []
+    for _ in range(2):
+        planted, model, guide = _problem()
+        pyro.set_rng_seed(123 + len(runs))  # the global state differs: only seed= may decide
+        history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=2, batch_size=16,
+                         progress=False, seed=7, init="none")
+        runs.append((history, _state(model, guide)))
+    (h1, s1), (h2, s2) = runs
+    assert h1.elbo == h2.elbo
+    assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+    # and another seed gives another fit
+    planted, model, guide = _problem()
+    h3 = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=2, batch_size=16,
+                progress=False, seed=8, init="none")
+    assert h3.elbo != h1.elbo
+
+
+def test_progress_false_is_silent(capsys):
+    planted, model, guide = _problem()
+    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=32,
+           progress=False, seed=0, init="none")
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+    planted, model, guide = _problem()
+    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=32,
+           progress=True, seed=0, init="none")
+    assert "fit" in capsys.readouterr().err
+
+
+# ----- Bayesian behaviour -----
+
+
+def _posterior_std(model, guide, samples=200):
+    """Std over draws of factors from the guide (Normal(loc, scale)) of every entry of the tensor."""
+    tensor = model.tensor
+    layout = tensor.layout
+    locs, scales = guide.factor_means(tensor), guide.factor_scales(tensor)
+    gen = torch.Generator().manual_seed(0)
+    index = torch.cartesian_prod(*[torch.arange(s) for s in layout.shape])
+
+    def draw():
+        return [m + s * torch.randn(m.shape, generator=gen, dtype=m.dtype) for m, s in zip(locs, scales)]
+
+    return torch.stack([layout.entries(draw(), index) for _ in range(samples)]).std(0)
+
+
+@pytest.mark.slow
+def test_more_data_gives_a_narrower_posterior():
+    shape = (8, 9, 10)
+    stds = {}
+    for observed in (0.2, 0.8):
+        planted = planted_tensor(shape, "tt", (2, 2), observed=observed, noise=0.05, seed=0, dtype=torch.float32)
+        model = TensorCompletion(shape, format="tt", max_rank=4)
+        guide = MeanField(model, seed=0)
+        initial = [s.clone() for s in guide.factor_scales(model.tensor)]
+        n = len(planted.train_values)
+        # the same number of SVI steps (160) for both
+        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=40, batch_size=math.ceil(n / 4),
+               lr=0.03, progress=False, seed=0, init="none")
+        scales = guide.factor_scales(model.tensor)
+        for s, s0 in zip(scales, initial):
+            # learned, not pinned at their initial (constant) value
+            assert (s - s0).abs().max() > 0.2 * s0.max()
+            assert s.std() > 0.05 * s.mean()
+            assert torch.isfinite(s).all() and (s > 0).all()
+        stds[observed] = _posterior_std(model, guide).mean().item()
+    assert stds[0.8] < 0.6 * stds[0.2], stds
+
+
+@pytest.mark.slow
+def test_more_data_gives_a_narrower_posterior_with_default_fit():
+    shape = (8, 9, 10)
+    stds = {}
+    for observed in (0.2, 0.8):
+        planted = planted_tensor(shape, "tt", (2, 2), observed=observed, noise=0.05, seed=0, dtype=torch.float32)
+        model = TensorCompletion(shape, format="tt", max_rank=4)
+        guide = MeanField(model, seed=0)
+        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=3, batch_size=1024,
+               progress=False, seed=0)
+        stds[observed] = _posterior_std(model, guide).mean().item()
+    assert stds[0.8] < 0.6 * stds[0.2], stds

@@ -1,0 +1,222 @@
+"""
+Rank readout, pruning and the compression report on posteriors whose means are a planted
+low-rank tensor embedded in larger ranks.
+"""
+
+import math
+
+import pytest
+import torch
+from pyro import poutine
+
+import tensorbayes as tb
+from tensorbayes.data import planted_tensor
+from tensorbayes.guides import MeanField
+from tensorbayes.models import TensorCompletion
+
+D = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These small fits run fastest, and least disturbed by other jobs on the machine, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+CASES = [
+    pytest.param("tt", (6, 7, 8), (2, 3), (5, 5), id="tt"),
+    pytest.param("ttm", (3, 4, 5, 3, 4), (2, 3), (5, 5), id="ttm-odd"),
+    pytest.param("tucker", (6, 7, 8), (2, 3, 4), (5, 5, 5), id="tucker"),
+    pytest.param("cp", (6, 7, 8), (3,), (5,), id="cp"),
+]
+
+
+def _num_params(fmt, shape, ranks):
+    """Parameter count written out per format."""
+    if fmt == "tt":
+        r = (1,) + tuple(ranks) + (1,)
+        return sum(r[k] * shape[k] * r[k + 1] for k in range(len(shape)))
+    if fmt == "ttm":
+        cores = (len(shape) + 1) // 2
+        r = (1,) + tuple(ranks) + (1,)
+        sizes = [shape[k] * (shape[cores + k] if cores + k < len(shape) else 1) for k in range(cores)]
+        return sum(r[k] * sizes[k] * r[k + 1] for k in range(cores))
+    if fmt == "tucker":
+        return math.prod(ranks) + sum(i * r for i, r in zip(shape, ranks))
+    return ranks[0] * sum(shape)
+
+
+def _embed(layout, small, planted, seed=0):
+    """
+    Factors of ``layout`` (the larger ranks) holding ``planted`` (at the smaller ranks of
+    ``small``) in their leading block. The extra indices of each bond carry random junk on one
+    side of the bond and zeros on the other, so the tensor is unchanged.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    factors = []
+    for shape, p in zip(layout.factor_shapes, planted):
+        f = torch.zeros(shape, dtype=D)
+        f[tuple(slice(0, s) for s in p.shape)] = p
+        factors.append(f)
+    for b, pairs in enumerate(layout.bonds):
+        f, d = pairs[0]
+        index = []
+        for dd, lab in enumerate(layout.labels[f]):
+            if dd == d:
+                index.append(slice(small.ranks[b], None))
+            elif lab[0] == "b":
+                index.append(slice(0, small.ranks[int(lab[1:])]))
+            else:
+                index.append(slice(None))
+        block = factors[f][tuple(index)]
+        factors[f][tuple(index)] = torch.randn(block.shape, generator=gen, dtype=D)
+    return factors
+
+
+def _setup(fmt, shape, ranks, max_rank):
+    planted = planted_tensor(shape, fmt, ranks, observed=0.3, noise=0.0, seed=0, dtype=D)
+    model = TensorCompletion(shape, format=fmt, max_rank=max_rank, noise=0.1)
+    guide = MeanField(model, seed=0)
+    model.double()
+    guide.double()
+    tensor = model.tensor
+    assert tensor.layout.ranks == tuple(max_rank)
+    locs = _embed(tensor.layout, planted.format, planted.factors)
+    torch.testing.assert_close(tensor.layout.full(locs), planted.full, rtol=1e-12, atol=1e-12)
+    gen = torch.Generator().manual_seed(1)
+    scales = [torch.rand(s, generator=gen, dtype=D) * 0.01 + 0.001 for s in tensor.layout.factor_shapes]
+    guide.set_posterior(tensor, locs, scales)
+    return planted, model, guide
+
+
+@pytest.mark.parametrize("fmt, shape, ranks, max_rank", CASES)
+def test_ranks_and_prune_recover_the_embedded_tensor(fmt, shape, ranks, max_rank):
+    planted, model, guide = _setup(fmt, shape, ranks, max_rank)
+    tensor = model.tensor
+    mean_before = tensor.layout.full(guide.factor_means(tensor))
+    assert tb.ranks(model, guide) == {"tensor": tuple(ranks)}
+
+    assert tb.prune(model, guide) == {"tensor": tuple(ranks)}
+    layout = tensor.layout
+    assert layout.ranks == tuple(ranks)
+    assert tensor.max_ranks == tuple(max_rank)
+    post = guide.posteriors["tensor"]
+    assert [tuple(p.shape) for p in post.locs] == layout.factor_shapes
+    assert [tuple(p.shape) for p in post.raw_scales] == layout.factor_shapes
+    assert all(isinstance(p, torch.nn.Parameter) for p in list(post.locs) + list(post.raw_scales))
+    lambdas = guide.lambdas()["tensor"]
+    assert [len(lam) for lam in lambdas] == list(ranks)
+    assert all(torch.isfinite(lam).all() and (lam > 0).all() for lam in lambdas)
+    assert layout.num_params() == _num_params(fmt, shape, ranks)
+    assert layout.num_params() < _num_params(fmt, shape, max_rank)
+
+    mean_after = layout.full(guide.factor_means(tensor))
+    assert (mean_after - mean_before).norm() / mean_before.norm() < 1e-6
+    # the pruned model and guide still run together, with matching sites
+    guide_trace = poutine.trace(guide).get_trace(planted.train_index, planted.train_values)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        planted.train_index, planted.train_values
+    )
+    for k, s in enumerate(layout.factor_shapes):
+        name = tensor.factor_site(k)
+        assert tuple(guide_trace.nodes[name]["value"].shape) == s
+        assert model_trace.nodes[name]["fn"].event_shape == s
+    # a second prune has nothing left to remove
+    assert tb.prune(model, guide) == {"tensor": tuple(ranks)}
+    assert tensor.layout.ranks == tuple(ranks)
+
+
+@pytest.mark.parametrize("fmt, shape, ranks, max_rank", [CASES[0], CASES[2]])
+def test_ranks_ignore_the_gauge(fmt, shape, ranks, max_rank):
+    """A random change of basis on every bond spreads the tensor over all indices: same ranks."""
+    planted, model, guide = _setup(fmt, shape, ranks, max_rank)
+    tensor = model.tensor
+    layout = tensor.layout
+    locs = guide.factor_means(tensor)
+    full = layout.full(locs)
+    gen = torch.Generator().manual_seed(2)
+    for b, ((f, d), (g, e)) in enumerate(layout.bonds):
+        r = layout.ranks[b]
+        mix = torch.randn(r, r, generator=gen, dtype=D) + 3 * torch.eye(r, dtype=D)
+        locs[f] = torch.movedim(torch.movedim(locs[f], d, -1) @ mix, -1, d)
+        locs[g] = torch.movedim(torch.movedim(locs[g], e, -1) @ torch.linalg.inv(mix).T, -1, e)
+    torch.testing.assert_close(layout.full(locs), full, rtol=1e-9, atol=1e-9)
+    guide.set_posterior(tensor, locs)
+    # every index of every bond now carries weight in the raw factors ...
+    for b, ((f, d), _) in enumerate(layout.bonds):
+        norms = torch.movedim(locs[f], d, 0).reshape(layout.ranks[b], -1).norm(dim=1)
+        assert (norms > 1e-3 * norms.max()).all()
+    # ... but the readout is a property of the tensor
+    assert tb.ranks(model, guide) == {"tensor": tuple(ranks)}
+    tb.prune(model, guide)
+    after = tensor.layout.full(guide.factor_means(tensor))
+    assert (after - full).norm() / full.norm() < 1e-6
+
+
+def test_threshold_decides():
+    planted, model, guide = _setup("tt", (6, 7, 8), (2, 3), (5, 5))
+    weights = tb.rank.bond_weights(model, guide)["tensor"]
+    # the planted spectra spread over [1, 2]: the smallest kept weight is at least half the largest
+    smallest = min(float(w[r - 1] / w[0]) for w, r in zip(weights, (2, 3)))
+    assert 0.4 < smallest < 1
+    assert tb.ranks(model, guide, threshold=0.99) == {"tensor": (1, 1)}
+    assert tb.ranks(model, guide, threshold=smallest * 0.99) == {"tensor": (2, 3)}
+
+
+@pytest.mark.parametrize("threshold", [0, 1, -0.1, 1.5, "0.1", None])
+def test_threshold_out_of_range(threshold):
+    planted, model, guide = _setup("cp", (6, 7, 8), (3,), (5,))
+    for fn in (tb.ranks, tb.prune):
+        with pytest.raises(ValueError, match="threshold"):
+            fn(model, guide, threshold=threshold)
+    with pytest.raises(ValueError, match="threshold"):
+        tb.compression_report(model, guide, threshold=threshold)
+    assert model.tensor.layout.ranks == (5,)
+
+
+@pytest.mark.parametrize("fmt, shape, ranks, max_rank", CASES)
+def test_compression_report(fmt, shape, ranks, max_rank):
+    planted, model, guide = _setup(fmt, shape, ranks, max_rank)
+    dense = math.prod(shape)
+    (row,) = tb.compression_report(model, guide)
+    assert row["tensor"] == "tensor" and row["format"] == fmt and row["shape"] == tuple(shape)
+    assert row["max_ranks"] == tuple(max_rank) and row["ranks"] == tuple(ranks)
+    assert row["params_max"] == _num_params(fmt, shape, max_rank)
+    assert row["params"] == _num_params(fmt, shape, ranks)
+    assert row["dense"] == dense
+    assert row["compression"] == pytest.approx(dense / _num_params(fmt, shape, ranks))
+    # without a guide: the ranks the layout has
+    (row,) = tb.compression_report(model)
+    assert row["ranks"] == tuple(max_rank) and row["params"] == _num_params(fmt, shape, max_rank)
+    assert row["compression"] == pytest.approx(dense / _num_params(fmt, shape, max_rank))
+    tb.prune(model, guide)
+    (row,) = tb.compression_report(model)
+    assert row["ranks"] == tuple(ranks) and row["params"] == _num_params(fmt, shape, ranks)
+    assert row["params_max"] == _num_params(fmt, shape, max_rank)
+
+
+# ----- rank recovery by the default fit -----
+
+RECOVERY = [
+    pytest.param("tt", (10, 12, 14), (3, 2), 6, id="tt"),
+    pytest.param("ttm", (10, 12, 14, 16), (3,), 6, id="ttm"),
+    pytest.param("tucker", (10, 12, 14), (3, 4, 2), 8, id="tucker"),
+    pytest.param("cp", (12, 14, 16), 3, 6, id="cp"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt, shape, ranks, max_rank", RECOVERY)
+def test_fit_recovers_the_planted_ranks(fmt, shape, ranks, max_rank):
+    planted = planted_tensor(shape, fmt, ranks, observed=0.3, noise=0.01, seed=0, dtype=torch.float32)
+    model = TensorCompletion(shape, format=fmt, max_rank=max_rank)
+    guide = MeanField(model, seed=0)
+    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=3, batch_size=1024,
+           progress=False, seed=0)
+    found = tb.ranks(model, guide)["tensor"]
+    tensor = model.tensor
+    error = planted.relative_error(tensor.layout.entries(guide.factor_means(tensor), planted.test_index))
+    assert found == planted.ranks, f"found ranks {found} (planted {planted.ranks}), held-out error {error:.4f}"
+    assert error < 0.05, f"held-out relative error {error:.4f}"
