@@ -9,3 +9,9 @@ from .completion import TensorCompletion
 from .tensor import LowRankTensor
 
 __all__ = ["LowRankTensor", "TensorCompletion"]
+
+# Tensorized layers (Linear, Conv2d, Embedding) and the conversion of whole networks.
+from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, factorize
+from .tensorize import tensorize
+
+__all__ += ["FactorizationError", "TensorizedConv2d", "TensorizedEmbedding", "TensorizedLinear", "factorize", "tensorize"]

@@ -146,12 +146,18 @@ class LowRankTensor(PyroModule):
             factors.append(pyro.sample(self.factor_site(k), dist.Normal(torch.zeros_like(scale), scale).to_event(len(shape))))
         return factors, lambdas
 
+    #: The variance :meth:`init_loc_scale` aims the tensor's entries at (1 by default; a
+    #: tensorized layer sets its own, e.g. ``1 / fan_in`` for Kaiming (fan_in, gain 1)).
+    init_variance = 1.0
+
     def init_loc_scale(self):
         """
-        The standard deviation that makes a tensor of i.i.d. Normal factors have entries of
-        unit variance: every sum over a bond of size ``R`` multiplies the variance by ``R``.
+        The standard deviation ``s`` that makes a tensor of i.i.d. ``N(0, s²)`` factors have
+        entries of variance :attr:`init_variance`: an entry is a sum over every bond's index
+        of products of one entry of each of the ``F`` factors, so its variance is
+        ``s^(2F) Π_b R_b``, and ``s = (init_variance / Π_b R_b) ** (1 / (2F))``.
         """
-        return math.prod(self.layout.ranks) ** (-0.5 / len(self.layout.labels))
+        return (self.init_variance / math.prod(self.layout.ranks)) ** (0.5 / len(self.layout.labels))
 
 
 def _clip_ranks(max_rank, probe):

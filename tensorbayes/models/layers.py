@@ -1,0 +1,759 @@
+"""
+Tensorized neural-network layers whose weight is a :class:`~.tensor.LowRankTensor` with
+rank-shrinkage priors.
+
+:class:`TensorizedLinear`, :class:`TensorizedConv2d` and :class:`TensorizedEmbedding` are the
+Bayesian, low-rank counterparts of :class:`torch.nn.Linear`, :class:`torch.nn.Conv2d` and
+:class:`torch.nn.Embedding` (METHOD.md §1-2). Each holds its weight as a child module
+``weight``, a :class:`~.tensor.LowRankTensor` whose factors and rank scales are Pyro sample
+sites (``<layer>.weight.factor<k>``, ``<layer>.weight.lambda<b>``), so that a
+:class:`~tensorbayes.guides.MeanField` guide finds it like any other low-rank tensor. Every
+forward pass draws the factors once (from the prior, or from the guide under SVI) and uses them:
+
+- :class:`TensorizedLinear` computes ``x @ W.T + b`` either by contracting the input with the
+  factors or by reconstructing ``W`` and calling :func:`torch.nn.functional.linear`, whichever
+  costs fewer FLOPs for the batch at hand (:meth:`TensorizedLinear.choose_path`);
+- :class:`TensorizedConv2d` reconstructs the kernel and calls
+  :func:`torch.nn.functional.conv2d` (the kernel is small next to the activations);
+- :class:`TensorizedEmbedding` gathers only the rows it is asked for, by mixed-radix indexing
+  into the factors, so a table of 10¹² virtual rows is never formed.
+
+The biases are plain :class:`torch.nn.Parameter` s: point estimates fitted by SVI alongside
+the guide's parameters, not Bayesian sample sites.
+
+A size ``n`` is tensorized by :func:`factorize` into ``d`` balanced factors (``784 -> (4, 7,
+4, 7)``); a size that does not factor well raises :class:`FactorizationError` (a
+:class:`ValueError`) that suggests explicit shapes or a padded size.
+
+Initialization: the guide's initial factor locs (``MeanField``, through
+:meth:`LowRankTensor.init_loc_scale <.tensor.LowRankTensor.init_loc_scale>`) are scaled so that
+the reconstructed weight has the variance of a Kaiming (fan_in, gain 1) initialization of
+the dense layer, ``Var W = 1 / fan_in`` (``fan_in = in_features`` for a linear layer,
+``in_channels * kh * kw`` for a convolution), and ``Var W = 1`` for an embedding (as
+:class:`torch.nn.Embedding`'s ``N(0, 1)``). Draws from the prior (and autoguides initialized
+from it) are not scaled: the prior's scales are the rank scales λ.
+"""
+
+import math
+from functools import lru_cache
+from numbers import Integral, Real
+
+import opt_einsum
+import torch
+import torch.nn.functional as F
+from pyro.nn import PyroModule
+
+from ..formats import get_format
+from ..formats.base import _candidate_paths
+from .tensor import LowRankTensor
+
+__all__ = [
+    "FactorizationError",
+    "MAX_RATIO",
+    "TensorizedConv2d",
+    "TensorizedEmbedding",
+    "TensorizedLinear",
+    "factorize",
+    "padded_shape",
+]
+
+#: The default bound on ``largest / smallest`` factor accepted by :func:`factorize`.
+MAX_RATIO = 4.0
+
+#: The orders (modes per side) tried, largest first, when a layer picks its own.
+AUTO_ORDERS = (4, 3, 2)
+
+_PATHS = ("auto", "contract", "dense")
+
+
+class FactorizationError(ValueError):
+    """A size that cannot be split into balanced factors (a :class:`ValueError`)."""
+
+
+# ----- factoring sizes -----
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+@lru_cache(maxsize=1024)
+def _prime_factors(n):
+    """The prime factors of ``n``, with multiplicity, ascending (trial division)."""
+    primes, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            primes.append(p)
+            n //= p
+        p += 1 if p == 2 else 2
+    if n > 1:
+        primes.append(n)
+    return tuple(primes)
+
+
+def _divisors(primes):
+    divisors = {1}
+    for p in primes:
+        divisors |= {d * p for d in divisors}
+    return sorted(divisors)
+
+
+def _iroot_ceil(n, d):
+    """The smallest int ``f`` with ``f ** d >= n``."""
+    f = max(1, int(round(n ** (1.0 / d))))
+    while f**d < n:
+        f += 1
+    while f > 1 and (f - 1) ** d >= n:
+        f -= 1
+    return f
+
+
+def _interleave(factors):
+    """Ascending factors reordered small, large, small, large, ... (see :func:`factorize`)."""
+    s = sorted(factors)
+    out, lo, hi = [], 0, len(s) - 1
+    while lo <= hi:
+        out.append(s[lo])
+        if lo != hi:
+            out.append(s[hi])
+        lo, hi = lo + 1, hi - 1
+    return tuple(out)
+
+
+def _best_split(n, d, divisors):
+    """The non-decreasing ``d``-tuple of divisors with product ``n`` and the least max/min ratio
+    (ties: the least spread of log-sizes), every factor at least 2; ``None`` if there is none."""
+    best = [None, None]  # key, factors
+
+    def search(rest, k, lo, prefix):
+        if k == 1:
+            if rest >= lo:
+                factors = prefix + (rest,)
+                key = (factors[-1] / factors[0], sum(math.log(f) ** 2 for f in factors))
+                if best[0] is None or key < best[0]:
+                    best[:] = key, factors
+            return
+        first = prefix[0] if prefix else None
+        for f in divisors:
+            if f < lo:
+                continue
+            if f**k > rest:
+                break
+            if rest % f:
+                continue
+            # the largest factor is at least ceil((rest / f) ** (1 / (k - 1))): bound the ratio
+            if best[0] is not None:
+                smallest = first if first is not None else f
+                if _iroot_ceil(rest // f, k - 1) / smallest > best[0][0]:
+                    continue
+            search(rest // f, k - 1, f, prefix + (f,))
+
+    search(n, d, 2, ())
+    return best[1]
+
+
+def padded_shape(n, d):
+    """
+    The near-balanced shape of ``d`` factors whose product is the smallest of its kind at
+    least ``n``: every factor is ``f`` or ``f - 1`` for ``f = ceil(n ** (1/d))``, as many
+    ``f - 1`` as the product allows, and at least 2 when ``d > 1`` (ordered as by
+    :func:`factorize`). The padding
+    ``prod(shape) - n`` is at most a fraction of about ``d / f`` of ``n``.
+
+    :param int n: the size to cover.
+    :param int d: the number of factors.
+    """
+    n = _check_positive_int(n, "n")
+    d = _check_positive_int(d, "d")
+    if d == 1:
+        return (n,)
+    f = max(2, _iroot_ceil(n, d))
+    shape = [f] * d
+    for i in range(d):
+        if f > 2 and math.prod(shape[:i] + [f - 1] + shape[i + 1 :]) >= n:
+            shape[i] = f - 1
+    return _interleave(shape)
+
+
+def factorize(n, d, max_ratio=MAX_RATIO, name="n"):
+    """
+    ``n`` as a product of ``d`` balanced factors, e.g. ``factorize(784, 4) == (4, 7, 4, 7)``
+    and ``factorize(625, 4) == (5, 5, 5, 5)``.
+
+    Of all the ways to write ``n`` as ``d`` factors of at least 2, the one with the least ratio
+    ``largest / smallest`` is chosen (ties: the factors' log-sizes closest to equal). The
+    factors are returned alternating small and large (ascending ``s_1..s_d`` as ``s_1, s_d,
+    s_2, s_{d-1}, ...``), which keeps the products of leading and of trailing modes close,
+    and so the largest ranks a tensor train allows (``min(prod left, prod right)``) high.
+
+    :param int n: the size to split.
+    :param int d: the number of factors (``d = 1`` returns ``(n,)``).
+    :param float max_ratio: the largest ``largest / smallest`` accepted.
+    :param str name: the argument's name in error messages (e.g. ``"in_features"``).
+    :raises FactorizationError: (a :class:`ValueError`) when ``n`` is prime, has fewer than
+        ``d`` prime factors, or only splits with a ratio above ``max_ratio``; the message
+        suggests explicit shapes or a padded size.
+    """
+    n = _check_positive_int(n, name)
+    d = _check_positive_int(d, "d")
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, Real) or not max_ratio >= 1:
+        raise ValueError(f"max_ratio must be a number >= 1, got {max_ratio!r}")
+    if d == 1:
+        return (n,)
+    pad = padded_shape(n, d)
+    advice = (
+        f"pass an explicit shape (in_shape/out_shape, row_shape/col_shape) whose product is {name}, "
+        f"or pad {name} to {math.prod(pad)} = {' x '.join(map(str, pad))}"
+    )
+    primes = _prime_factors(n)
+    if len(primes) < d:
+        if len(primes) == 1:
+            what = f"{name}={n} is prime"
+        else:
+            what = f"{name}={n} = {' x '.join(map(str, primes))} has only {len(primes)} prime factors"
+        raise FactorizationError(f"{what}: it cannot be split into {d} factors of at least 2; {advice}")
+    split = _best_split(n, d, _divisors(primes))
+    ratio = split[-1] / split[0]
+    if ratio > max_ratio:
+        raise FactorizationError(
+            f"{name}={n} factors too unevenly into {d} modes: the most balanced split is "
+            f"{' x '.join(map(str, split))} (largest/smallest = {ratio:.3g} > max_ratio={max_ratio:g}); {advice}"
+        )
+    return _interleave(split)
+
+
+def _check_shape_arg(shape, size, name, size_name, at_least=False):
+    """Validate an explicit shape against the size it factors (equal, or at least with padding)."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of positive ints, got {shape!r}") from None
+    if not shape or any(isinstance(s, bool) or not isinstance(s, Integral) or s < 1 for s in shape):
+        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {shape!r}")
+    shape = tuple(int(s) for s in shape)
+    prod = math.prod(shape)
+    if at_least and prod < size:
+        raise ValueError(f"{name}={shape} must have a product of at least {size_name}={size}, got {prod}")
+    if not at_least and prod != size:
+        raise ValueError(f"{name}={shape} must have a product equal to {size_name}={size}, got {prod}")
+    return shape
+
+
+def _auto_shapes(sizes, order, pad=()):
+    """
+    Factor every size of ``sizes`` (``{name: n}``) into the same number of modes: ``order`` if
+    given, else the largest of :data:`AUTO_ORDERS` for which all of them factor. Sizes named
+    in ``pad`` may be padded (:func:`padded_shape`) when they do not factor at any order
+    tried (an exact split at a lower order is preferred to a padded one at a higher order).
+    """
+    orders = AUTO_ORDERS if order is None else (_check_positive_int(order, "order"),)
+    errors = []
+    for allow_pad in (False, True) if pad else (False,):
+        for d in orders:
+            try:
+                shapes = {}
+                for name, n in sizes.items():
+                    try:
+                        shapes[name] = factorize(n, d, name=name)
+                    except FactorizationError:
+                        if not (allow_pad and name in pad):
+                            raise
+                        shapes[name] = padded_shape(n, d)
+                return shapes
+            except FactorizationError as e:
+                errors.append(str(e))
+    if order is None:
+        raise FactorizationError(
+            f"could not factor {', '.join(f'{k}={v}' for k, v in sizes.items())} into the same number of "
+            f"balanced modes (tried {AUTO_ORDERS}): {errors[-1]}"
+        )
+    raise FactorizationError(errors[-1])
+
+
+def _check_init_variance(value, default):
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, Real) or not (0 < value < math.inf):
+        raise ValueError(f"init_variance must be a positive number or None, got {value!r}")
+    return float(value)
+
+
+def _low_rank_weight(shape, row_modes, format, max_rank, prior, prior_kwargs, init_variance):
+    weight = LowRankTensor(
+        shape, format=format, max_rank=max_rank, prior=prior, prior_kwargs=prior_kwargs, row_modes=row_modes
+    )
+    weight.init_variance = init_variance
+    return weight
+
+
+def _factors_like(factors, x):
+    """The factors in ``x``'s dtype and device (a draw from the prior is in the default dtype)."""
+    return [f.to(dtype=x.dtype, device=x.device) for f in factors]
+
+
+# ----- FLOP counts -----
+
+
+@lru_cache(maxsize=256)
+def _planned_cost(equation, shapes):
+    """
+    The FLOP count (opt_einsum's) of the path that :func:`~tensorbayes.formats.base._einsum`
+    plans for ``equation`` at ``shapes``: the cheapest of opt_einsum's own and the chains.
+    """
+    best = None
+    for optimize in ["auto"] + _candidate_paths(len(shapes)):
+        info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=optimize)[1]
+        key = (info.opt_cost, info.largest_intermediate)
+        if best is None or key < best:
+            best = key
+    return int(best[0])
+
+
+def contract_flops(layout, batch_size):
+    """FLOPs of ``layout.contract`` on a batch: the planned einsum of the input with the factors."""
+    p = layout.row_modes
+    x_labels = ["batch"] + [f"m{k}" for k in range(p, len(layout.shape))]
+    out_labels = ["batch"] + [f"m{k}" for k in range(p)]
+    equation = layout._equation([x_labels] + layout.labels, out_labels)
+    shapes = ((batch_size,) + layout.col_shape,) + tuple(layout.factor_shapes)
+    return _planned_cost(equation, shapes)
+
+
+def dense_flops(layout, batch_size):
+    """FLOPs of reconstructing ``W`` (the planned einsum of :meth:`full`) plus ``F.linear``
+    counted as opt_einsum counts a matrix product, ``2 * batch * out * in``."""
+    modes = [f"m{k}" for k in range(len(layout.shape))]
+    equation = layout._equation(layout.labels, modes)
+    rows, cols = layout.matrix_shape
+    return _planned_cost(equation, tuple(layout.factor_shapes)) + 2 * batch_size * rows * cols
+
+
+# ----- layers -----
+
+
+class TensorizedLinear(PyroModule):
+    """
+    A Bayesian linear layer ``y = x W^T + b`` whose weight ``W`` (``out_features x
+    in_features``) is a low-rank tensor with rank-shrinkage priors.
+
+    ``W`` is the matrix view of a :class:`~.tensor.LowRankTensor` of shape ``out_shape +
+    in_shape`` (the out modes are its rows): for TTM, core ``k`` pairs out mode ``k`` with in
+    mode ``k`` (so ``len(in_shape) == len(out_shape)``); for CP, Tucker and TT the ``2d``
+    modes are the out modes, then the in modes.
+
+    The forward pass draws the factors once and computes the output on the cheaper of two
+    paths (:meth:`choose_path`, by FLOP count): ``"contract"``, the input contracted with the
+    factors (:meth:`~tensorbayes.formats.TensorFormat.contract`, its path planned once per
+    batch size by opt_einsum and cached), or ``"dense"``, ``W`` reconstructed and
+    :func:`torch.nn.functional.linear`. The attribute :attr:`path` forces one of them.
+
+    The bias is a plain :class:`torch.nn.Parameter` (a point estimate, not a sample site),
+    initialized as :class:`torch.nn.Linear`'s, uniform on ``±1/sqrt(in_features)``. The
+    guide's initial weight has the variance of a Kaiming (fan_in, gain 1) dense layer,
+    ``Var W = 1 / in_features`` (see the module docs).
+
+    Usage::
+
+        layer = TensorizedLinear(784, 625, format="ttm", max_rank=20)   # (4,7,4,7) -> (5,5,5,5)
+        y = layer(x)                          # inside a Pyro model: samples layer.weight's sites
+
+    :param int in_features: the width of the input.
+    :param int out_features: the width of the output.
+    :param str format: "cp", "tucker", "tt" or "ttm".
+    :param max_rank: an int or one int per rank bond (clipped to what the shape allows).
+    :param prior: the hyperprior on λ: "half_cauchy", "log_uniform" or "gamma" (or an object).
+    :param tuple in_shape: the in modes (product ``in_features``); default :func:`factorize`.
+    :param tuple out_shape: the out modes (product ``out_features``); default :func:`factorize`.
+    :param bool bias: whether to add a bias.
+    :param int order: the number of modes each side is split into when a shape is not given
+        (default: that of the given shape, else the largest of 4, 3, 2 for which both sizes
+        factor with ``largest/smallest <= MAX_RATIO``).
+    :param dict prior_kwargs: hyperparameters of the prior (e.g. ``{"eta": 1.0}``).
+    :param float init_variance: the variance of the guide's initial ``W`` (default
+        ``1 / in_features``).
+    """
+
+    def __init__(
+        self,
+        in_features,
+        out_features,
+        format="ttm",
+        max_rank=8,
+        prior="half_cauchy",
+        in_shape=None,
+        out_shape=None,
+        bias=True,
+        order=None,
+        prior_kwargs=None,
+        init_variance=None,
+    ):
+        super().__init__()
+        self.in_features = _check_positive_int(in_features, "in_features")
+        self.out_features = _check_positive_int(out_features, "out_features")
+        fmt = get_format(format)
+        in_shape, out_shape = _side_shapes(
+            {"in_features": self.in_features, "out_features": self.out_features},
+            {"in_features": ("in_shape", in_shape), "out_features": ("out_shape", out_shape)},
+            order,
+        )
+        if fmt.name == "ttm" and len(in_shape) != len(out_shape):
+            raise ValueError(
+                f"a TTM weight pairs out mode k with in mode k: in_shape={in_shape} and out_shape={out_shape} "
+                "must have the same number of modes"
+            )
+        self.in_shape, self.out_shape = in_shape, out_shape
+        self.weight = _low_rank_weight(
+            out_shape + in_shape, len(out_shape), fmt, max_rank, prior, prior_kwargs,
+            _check_init_variance(init_variance, 1.0 / self.in_features),
+        )
+        if bias:
+            bound = 1.0 / math.sqrt(self.in_features)
+            self.bias = torch.nn.Parameter(torch.empty(self.out_features).uniform_(-bound, bound))
+        else:
+            self.bias = None
+        self.path = "auto"
+
+    @property
+    def path(self):
+        """``"auto"`` (by :meth:`choose_path`), ``"contract"`` or ``"dense"``."""
+        return self.__dict__["_path"]
+
+    @path.setter
+    def path(self, value):
+        if value not in _PATHS:
+            raise ValueError(f"path must be one of {_PATHS}, got {value!r}")
+        self.__dict__["_path"] = value
+
+    @property
+    def layout(self):
+        return self.weight.layout
+
+    def flop_counts(self, batch_size):
+        """``{"contract": ..., "dense": ...}``: the FLOPs of either path for ``batch_size`` rows
+        (opt_einsum's count of the planned contractions; ``F.linear`` as ``2 * batch * out * in``;
+        the bias, added on both paths, is left out)."""
+        batch_size = _check_positive_int(batch_size, "batch_size")
+        return {"contract": contract_flops(self.layout, batch_size), "dense": dense_flops(self.layout, batch_size)}
+
+    def choose_path(self, batch_size):
+        """``"contract"`` when contracting the input with the factors costs fewer FLOPs than
+        reconstructing ``W`` and multiplying, else ``"dense"`` (on a tie: ``"dense"``, one BLAS
+        call). The FLOP counts depend only on the shapes and are cached."""
+        flops = self.flop_counts(batch_size)
+        return "contract" if flops["contract"] < flops["dense"] else "dense"
+
+    def _check_input(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating point tensor, got dtype {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape (..., in_features={self.in_features}), got {tuple(x.shape)}")
+
+    def forward(self, x):
+        """
+        :param torch.Tensor x: inputs of shape ``(..., in_features)``, floating point.
+        :returns: outputs of shape ``(..., out_features)`` in ``x``'s dtype.
+        """
+        self._check_input(x)
+        factors, _ = self.weight()
+        factors = _factors_like(factors, x)
+        bias = None if self.bias is None else self.bias.to(dtype=x.dtype, device=x.device)
+        path = self.path
+        if path == "auto":
+            path = self.choose_path(max(1, math.prod(x.shape[:-1])))
+        if path == "contract":
+            y = self.layout.contract(x, factors)
+            return y if bias is None else y + bias
+        return F.linear(x, self.layout.to_matrix(factors), bias)
+
+    def extra_repr(self):
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, in_shape={self.in_shape}, "
+            f"out_shape={self.out_shape}, format={self.layout.name!r}, ranks={self.layout.ranks}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+def _side_shapes(sizes, given, order, pad=()):
+    """
+    The shapes of several sizes: explicit ones validated, the others factored into as many
+    modes as ``order`` (default: as many as an explicit shape has, else chosen).
+    ``given`` maps each size's name to ``(shape argument's name, shape or None)``.
+    """
+    shapes = {}
+    for size_name, (arg, shape) in given.items():
+        if shape is not None:
+            shapes[size_name] = _check_shape_arg(shape, sizes[size_name], arg, size_name, at_least=size_name in pad)
+    missing = {k: v for k, v in sizes.items() if k not in shapes}
+    if missing:
+        if order is None and shapes:
+            order = len(next(iter(shapes.values())))
+        shapes.update(_auto_shapes(missing, order, pad=pad))
+    return tuple(shapes[k] for k in sizes)
+
+
+def _pair(value, name):
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        value = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, Integral) for v in value):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+class TensorizedConv2d(PyroModule):
+    """
+    A Bayesian 2-d convolution whose kernel ``(out_channels, in_channels, kh, kw)`` is a
+    low-rank tensor with rank-shrinkage priors.
+
+    The kernel is the matrix view ``(out_channels, in_channels * kh * kw)`` of a
+    :class:`~.tensor.LowRankTensor` whose columns flatten ``(in modes..., window)`` row-major,
+    the kernel window ``kh * kw`` being one extra mode (left out when ``kh * kw == 1``):
+
+    - CP, Tucker, TT: shape ``out_shape + in_shape + (kh * kw,)``, the out modes as rows;
+    - TTM: shape ``out_shape + (1,) + in_shape + (kh * kw,)``: the window is a core of its own,
+      ``(r, 1, kh * kw, 1)``, pairing it with an out mode of size 1, so the channel cores
+      keep their shapes and the window gets a rank bond of its own (rather than folding the
+      window into the last in mode, which would multiply that core's size by ``kh * kw``).
+
+    The forward pass reconstructs the kernel from the factors and calls
+    :func:`torch.nn.functional.conv2d`: the kernel is small next to the activations, so the
+    dense-kernel path is always taken. The bias is a plain :class:`torch.nn.Parameter`; the
+    guide's initial kernel has ``Var = 1 / (in_channels * kh * kw)``, Kaiming (fan_in, gain 1).
+
+    Usage::
+
+        conv = TensorizedConv2d(64, 128, 3, padding=1, format="tucker", max_rank=16)
+
+    :param int in_channels: input channels.
+    :param int out_channels: output channels.
+    :param kernel_size: an int or ``(kh, kw)``.
+    :param stride: as :func:`torch.nn.functional.conv2d`.
+    :param padding: as :func:`torch.nn.functional.conv2d` (ints, a pair, "same" or "valid").
+    :param dilation: as :func:`torch.nn.functional.conv2d`.
+    :param bool bias: whether to add a bias.
+    :param str format: "cp", "tucker", "tt" or "ttm".
+    :param max_rank: an int or one int per rank bond (clipped to what the shape allows).
+    :param prior: the hyperprior on λ.
+    :param tuple in_shape: the modes of ``in_channels`` (default :func:`factorize`).
+    :param tuple out_shape: the modes of ``out_channels`` (default :func:`factorize`).
+    :param int order: modes per side when a shape is not given (as :class:`TensorizedLinear`).
+    :param dict prior_kwargs: hyperparameters of the prior.
+    :param float init_variance: the variance of the guide's initial kernel (default
+        ``1 / (in_channels * kh * kw)``).
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias=True,
+        format="ttm",
+        max_rank=8,
+        prior="half_cauchy",
+        in_shape=None,
+        out_shape=None,
+        order=None,
+        prior_kwargs=None,
+        init_variance=None,
+    ):
+        super().__init__()
+        self.in_channels = _check_positive_int(in_channels, "in_channels")
+        self.out_channels = _check_positive_int(out_channels, "out_channels")
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        if min(self.kernel_size) < 1:
+            raise ValueError(f"kernel_size must be positive, got {kernel_size!r}")
+        self.stride = _pair(stride, "stride")
+        if min(self.stride) < 1:
+            raise ValueError(f"stride must be positive, got {stride!r}")
+        self.padding = padding if isinstance(padding, str) else _pair(padding, "padding")
+        if isinstance(padding, str) and padding not in ("same", "valid"):
+            raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
+        if padding == "same" and self.stride != (1, 1):
+            raise ValueError(f"padding='same' needs stride=1 (as torch.nn.Conv2d), got stride={stride!r}")
+        if not isinstance(padding, str) and min(self.padding) < 0:
+            raise ValueError(f"padding must be non-negative, got {padding!r}")
+        self.dilation = _pair(dilation, "dilation")
+        if min(self.dilation) < 1:
+            raise ValueError(f"dilation must be positive, got {dilation!r}")
+        fmt = get_format(format)
+        in_shape, out_shape = _side_shapes(
+            {"in_channels": self.in_channels, "out_channels": self.out_channels},
+            {"in_channels": ("in_shape", in_shape), "out_channels": ("out_shape", out_shape)},
+            order,
+        )
+        if fmt.name == "ttm" and len(in_shape) != len(out_shape):
+            raise ValueError(
+                f"a TTM kernel pairs out mode k with in mode k: in_shape={in_shape} and out_shape={out_shape} "
+                "must have the same number of modes"
+            )
+        self.in_shape, self.out_shape = in_shape, out_shape
+        window = self.kernel_size[0] * self.kernel_size[1]
+        rows, cols = out_shape, in_shape
+        if window > 1:
+            rows, cols = (out_shape + (1,), in_shape + (window,)) if fmt.name == "ttm" else (out_shape, in_shape + (window,))
+        fan_in = self.in_channels * window
+        self.weight = _low_rank_weight(
+            rows + cols, len(rows), fmt, max_rank, prior, prior_kwargs, _check_init_variance(init_variance, 1.0 / fan_in)
+        )
+        if bias:
+            bound = 1.0 / math.sqrt(fan_in)
+            self.bias = torch.nn.Parameter(torch.empty(self.out_channels).uniform_(-bound, bound))
+        else:
+            self.bias = None
+
+    @property
+    def layout(self):
+        return self.weight.layout
+
+    def kernel(self, factors):
+        """The dense kernel ``(out_channels, in_channels, kh, kw)`` of given factors."""
+        return self.layout.to_matrix(factors).reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def forward(self, x):
+        """
+        :param torch.Tensor x: images ``(batch, in_channels, H, W)`` or ``(in_channels, H, W)``.
+        :returns: :func:`torch.nn.functional.conv2d` of ``x`` with the sampled kernel.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating point tensor, got dtype {x.dtype}")
+        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
+            raise ValueError(
+                f"x must have shape (batch, in_channels={self.in_channels}, H, W) or (in_channels, H, W), "
+                f"got {tuple(x.shape)}"
+            )
+        factors, _ = self.weight()
+        kernel = self.kernel(_factors_like(factors, x))
+        bias = None if self.bias is None else self.bias.to(dtype=x.dtype, device=x.device)
+        return F.conv2d(x, kernel, bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self):
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, in_shape={self.in_shape}, out_shape={self.out_shape}, "
+            f"format={self.layout.name!r}, ranks={self.layout.ranks}, bias={self.bias is not None}"
+        )
+
+
+class TensorizedEmbedding(PyroModule):
+    """
+    A Bayesian embedding table ``(num_embeddings, embedding_dim)`` held as a low-rank tensor
+    with rank-shrinkage priors; a lookup gathers only the rows it needs.
+
+    The table is the matrix view of a :class:`~.tensor.LowRankTensor` of shape ``row_shape +
+    col_shape`` (TTM: core ``k`` pairs row mode ``k`` with column mode ``k``). Row ``i`` is
+    the mixed-radix multi-index of ``i`` over ``row_shape``, and a lookup indexes each factor
+    by its digit (:meth:`~tensorbayes.formats.TensorFormat.rows`), so the cost is linear in the
+    number of indices and the table is never formed: ``10**12`` virtual rows are fine.
+
+    When ``num_embeddings`` does not factor into balanced modes it is padded up to the next
+    near-balanced product (:func:`padded_shape`), or an explicit ``row_shape`` may have a
+    product larger than ``num_embeddings``: the extra rows are never indexed (a lookup checks
+    ``0 <= index < num_embeddings``). The guide's initial table has entries of variance 1, as
+    :class:`torch.nn.Embedding`'s ``N(0, 1)``.
+
+    Usage::
+
+        emb = TensorizedEmbedding(10_000_000, 128, format="ttm", max_rank=16)
+        vectors = emb(torch.tensor([[1, 5], [7, 9_999_999]]))     # (2, 2, 128)
+
+    :param int num_embeddings: the number of rows.
+    :param int embedding_dim: the width of a row.
+    :param str format: "cp", "tucker", "tt" or "ttm".
+    :param max_rank: an int or one int per rank bond (clipped to what the shape allows).
+    :param prior: the hyperprior on λ.
+    :param tuple row_shape: the row modes (product at least ``num_embeddings``).
+    :param tuple col_shape: the column modes (product ``embedding_dim``).
+    :param bool padding: pad ``num_embeddings`` when it does not factor (default); ``False``
+        raises :class:`FactorizationError` instead. (Not :class:`torch.nn.Embedding`'s
+        ``padding_idx``: there is no row kept at zero.)
+    :param int order: modes per side when a shape is not given (as :class:`TensorizedLinear`).
+    :param dict prior_kwargs: hyperparameters of the prior.
+    :param float init_variance: the variance of the guide's initial entries (default 1).
+    """
+
+    def __init__(
+        self,
+        num_embeddings,
+        embedding_dim,
+        format="ttm",
+        max_rank=8,
+        prior="half_cauchy",
+        row_shape=None,
+        col_shape=None,
+        padding=True,
+        order=None,
+        prior_kwargs=None,
+        init_variance=None,
+    ):
+        super().__init__()
+        self.num_embeddings = _check_positive_int(num_embeddings, "num_embeddings")
+        self.embedding_dim = _check_positive_int(embedding_dim, "embedding_dim")
+        if not isinstance(padding, bool):
+            raise TypeError(f"padding must be a bool, got {padding!r}")
+        fmt = get_format(format)
+        row_shape, col_shape = _side_shapes(
+            {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim},
+            {"num_embeddings": ("row_shape", row_shape), "embedding_dim": ("col_shape", col_shape)},
+            order,
+            pad=("num_embeddings",) if padding else (),
+        )
+        if fmt.name == "ttm" and len(row_shape) != len(col_shape):
+            raise ValueError(
+                f"a TTM table pairs row mode k with column mode k: row_shape={row_shape} and col_shape={col_shape} "
+                "must have the same number of modes"
+            )
+        self.row_shape, self.col_shape = row_shape, col_shape
+        self.weight = _low_rank_weight(
+            row_shape + col_shape, len(row_shape), fmt, max_rank, prior, prior_kwargs,
+            _check_init_variance(init_variance, 1.0),
+        )
+
+    @property
+    def layout(self):
+        return self.weight.layout
+
+    @property
+    def num_padding_rows(self):
+        """Rows of the tensor beyond ``num_embeddings`` (never indexed)."""
+        return math.prod(self.row_shape) - self.num_embeddings
+
+    def _check_indices(self, indices):
+        if not isinstance(indices, torch.Tensor):
+            raise TypeError(f"indices must be a torch.Tensor of integers, got {type(indices).__name__}")
+        if indices.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"indices must be an integer tensor (int64 or int32), got dtype {indices.dtype}")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_embeddings):
+            raise ValueError(
+                f"indices must lie in [0, num_embeddings={self.num_embeddings}), "
+                f"got values in [{int(indices.min())}, {int(indices.max())}]"
+            )
+
+    def forward(self, indices):
+        """
+        :param torch.Tensor indices: row indices of any shape, int64 or int32.
+        :returns: the rows, of shape ``(*indices.shape, embedding_dim)``.
+        """
+        self._check_indices(indices)
+        factors, _ = self.weight()
+        flat = indices.reshape(-1).long()
+        rows = self.layout.rows(factors, flat)
+        return rows.reshape(*indices.shape, self.embedding_dim)
+
+    def extra_repr(self):
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, row_shape={self.row_shape}, col_shape={self.col_shape}, "
+            f"format={self.layout.name!r}, ranks={self.layout.ranks}"
+        )

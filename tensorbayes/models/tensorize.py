@@ -1,0 +1,170 @@
+"""
+Turn an ordinary torch network into a Bayesian tensorized one.
+
+:func:`tensorize` copies a :class:`torch.nn.Module` and swaps its large
+:class:`torch.nn.Linear`, :class:`torch.nn.Conv2d` and :class:`torch.nn.Embedding` layers for
+:class:`~.layers.TensorizedLinear`, :class:`~.layers.TensorizedConv2d` and
+:class:`~.layers.TensorizedEmbedding`, whose weights are low-rank tensors with rank-shrinkage
+priors; the copy is then made a :class:`~pyro.nn.PyroModule` throughout
+(:func:`pyro.nn.module.to_pyro_module_`), so it runs as a Pyro model whose sample sites have
+hierarchical names (``"0.weight.factor0"``) and whose remaining plain weights are
+``pyro.param`` point estimates.
+"""
+
+import copy
+import math
+import warnings
+
+import torch
+from pyro.nn import PyroModule
+from pyro.nn.module import to_pyro_module_
+
+from ..formats import get_format
+from ..priors import get_prior
+from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear
+
+__all__ = ["tensorize", "weight_matrix_shape"]
+
+
+_REPLACED = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)
+
+
+def _replaceable_type(module):
+    """``module``'s class if it is exactly one of the replaced classes (or its PyroModule form);
+    a subclass may override ``forward`` or have its weight read directly by its parent (as
+    :class:`torch.nn.MultiheadAttention` reads ``out_proj.weight``), so it is left alone."""
+    for cls in _REPLACED:
+        if type(module) is cls or type(module) is PyroModule[cls]:
+            return cls
+    return None
+
+
+def weight_matrix_shape(module):
+    """
+    The ``(rows, cols)`` of a layer's weight as a matrix, which the size rule of
+    :func:`tensorize` reads: ``(out_features, in_features)`` for a linear layer,
+    ``(out_channels, in_channels * kh * kw / groups)`` for a convolution, and
+    ``(num_embeddings, embedding_dim)`` for an embedding; ``None`` for any other module.
+    """
+    if isinstance(module, torch.nn.Linear):
+        return module.out_features, module.in_features
+    if isinstance(module, torch.nn.Conv2d):
+        return module.out_channels, math.prod(module.weight.shape[1:])
+    if isinstance(module, torch.nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    return None
+
+
+def _unsupported(module):
+    """Why a layer of a supported type cannot be replaced faithfully, or ``None``."""
+    if isinstance(module, torch.nn.Conv2d):
+        if module.groups != 1:
+            return f"groups={module.groups} (only groups=1 is tensorized)"
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r} (only 'zeros' is tensorized)"
+    if isinstance(module, torch.nn.Embedding):
+        for attr, default in (("padding_idx", None), ("max_norm", None), ("scale_grad_by_freq", False), ("sparse", False)):
+            if getattr(module, attr) != default:
+                return f"{attr}={getattr(module, attr)!r} (not supported by TensorizedEmbedding)"
+    return None
+
+
+def _replacement(module, format, max_rank, prior, kwargs):
+    weight = module.weight
+    factory = dict(dtype=weight.dtype, device=weight.device)
+    if isinstance(module, torch.nn.Linear):
+        new = TensorizedLinear(
+            module.in_features, module.out_features, format=format, max_rank=max_rank, prior=prior,
+            bias=module.bias is not None, **kwargs,
+        )
+    elif isinstance(module, torch.nn.Conv2d):
+        new = TensorizedConv2d(
+            module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+            padding=module.padding, dilation=module.dilation, bias=module.bias is not None,
+            format=format, max_rank=max_rank, prior=prior, **kwargs,
+        )
+    else:
+        new = TensorizedEmbedding(
+            module.num_embeddings, module.embedding_dim, format=format, max_rank=max_rank, prior=prior, **kwargs
+        )
+    new.to(**factory)
+    if getattr(module, "bias", None) is not None:
+        new.bias = torch.nn.Parameter(module.bias.detach().clone())
+    return new
+
+
+def tensorize(module, format="ttm", max_rank=8, prior="half_cauchy", min_features=128, **kwargs):
+    """
+    A Bayesian tensorized copy of ``module``: every large :class:`~torch.nn.Linear`,
+    :class:`~torch.nn.Conv2d` and :class:`~torch.nn.Embedding` is replaced by its tensorized
+    equivalent, and the copy is converted to run under Pyro. ``module`` itself is not changed.
+    Only those exact classes (or their ``PyroModule[...]`` forms) are replaced, not subclasses,
+    which may override ``forward`` or have their weight read directly by their parent (as
+    :class:`torch.nn.MultiheadAttention` reads ``out_proj.weight``).
+
+    **Size rule**: a layer is replaced when both sides of its weight as a matrix
+    (:func:`weight_matrix_shape`: ``(out, in)``, ``(out_channels, in_channels * kh * kw)``,
+    ``(num_embeddings, embedding_dim)``) are at least ``min_features``; smaller layers stay
+    dense (as ``pyro.param`` point estimates, like every other parameter of the copy).
+
+    A replaced layer keeps its sizes, stride/padding/dilation and its bias (copied as the
+    initial value of a plain parameter); its weight is not copied: it becomes a low-rank
+    tensor whose initial posterior is set by the guide (Kaiming-scaled, see
+    :mod:`~tensorbayes.models.layers`). A layer whose sizes cannot be factored into balanced
+    modes (e.g. a prime width), or with options the tensorized layers do not reproduce
+    (grouped convolutions, ``padding_idx``, ...), is left dense with a warning naming it.
+
+    Usage::
+
+        net = torch.nn.Sequential(torch.nn.Linear(784, 625), torch.nn.ReLU(), torch.nn.Linear(625, 10))
+        model = tensorize(net, format="ttm", max_rank=16)   # 784 -> 625 tensorized, 625 -> 10 kept
+        guide = tb.guides.MeanField(model)                   # sites "0.weight.factor0", ...
+
+    :param torch.nn.Module module: the network (not modified).
+    :param str format: "cp", "tucker", "tt" or "ttm", for every replaced layer.
+    :param max_rank: the rank bound of every replaced layer.
+    :param prior: the rank prior of every replaced layer.
+    :param int min_features: the size rule's threshold.
+    :param kwargs: passed to every replaced layer's constructor (keywords that all three
+        take: ``order``, ``prior_kwargs``, ``init_variance``).
+    :returns: the tensorized copy, a :class:`~pyro.nn.PyroModule` (of ``module``'s class).
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if isinstance(min_features, bool) or not isinstance(min_features, int) or min_features < 1:
+        raise ValueError(f"min_features must be a positive int, got {min_features!r}")
+    get_format(format)  # fail early, before copying, on a bad format or prior
+    get_prior(prior, **(kwargs.get("prior_kwargs") or {}))
+    if isinstance(module, (TensorizedLinear, TensorizedConv2d, TensorizedEmbedding)):
+        new = copy.deepcopy(module)
+        to_pyro_module_(new)
+        return new
+
+    root = copy.deepcopy(module)
+
+    def replace(child, path):
+        """The tensorized layer for ``child`` (at ``path``), or ``None`` to keep it."""
+        if _replaceable_type(child) is None:
+            return None
+        if min(weight_matrix_shape(child)) < min_features:
+            return None
+        reason = _unsupported(child)
+        if reason is None:
+            try:
+                return _replacement(child, format, max_rank, prior, kwargs)
+            except FactorizationError as e:
+                reason = str(e)
+        warnings.warn(f"tensorize: left {path or 'the module'} ({type(child).__name__}) dense: {reason}", stacklevel=3)
+        return None
+
+    top = replace(root, "")
+    if top is not None:
+        root = top
+    else:
+        for path, parent in list(root.named_modules()):
+            for name, child in list(parent.named_children()):
+                new = replace(child, f"{path}.{name}" if path else name)
+                if new is not None:
+                    setattr(parent, name, new)
+    to_pyro_module_(root)
+    return root

@@ -1,0 +1,434 @@
+"""
+Tensorized layers: exactness against the dense layer for the same factor values (both paths
+of the linear layer, convolution with stride/padding/dilation, embedding rows), the FLOP-count
+path choice, gradients, Kaiming-scaled guide initialization, a mean-field ELBO on a tiny
+classifier, factoring sizes and argument checking.
+"""
+
+import math
+
+import opt_einsum
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+from pyro.nn import PyroModule
+
+from tensorbayes.guides import MeanField
+from tensorbayes.models import (
+    FactorizationError,
+    LowRankTensor,
+    TensorizedConv2d,
+    TensorizedEmbedding,
+    TensorizedLinear,
+    factorize,
+)
+from tensorbayes.models.layers import padded_shape
+
+D = torch.float64
+FORMATS = ["cp", "tucker", "tt", "ttm"]
+
+
+def _site_values(tensor, dtype=D, requires_grad=False, seed=0):
+    """Values for every sample site of a LowRankTensor: positive λ, Normal factors."""
+    gen = torch.Generator().manual_seed(seed)
+    lambdas = [torch.rand(r, generator=gen, dtype=dtype) + 0.5 for r in tensor.layout.ranks]
+    factors = [
+        torch.randn(s, generator=gen, dtype=dtype).requires_grad_(requires_grad) for s in tensor.layout.factor_shapes
+    ]
+    data = {tensor.lambda_site(b): lam for b, lam in enumerate(lambdas)}
+    data.update({tensor.factor_site(k): f for k, f in enumerate(factors)})
+    return data, factors
+
+
+def _linear(format, **kwargs):
+    kwargs.setdefault("max_rank", 3)
+    return TensorizedLinear(12, 8, format=format, in_shape=(3, 4), out_shape=(2, 4), **kwargs).double()
+
+
+# ----- factoring sizes -----
+
+
+def test_factorize_balanced():
+    assert factorize(784, 4) == (4, 7, 4, 7)
+    assert factorize(625, 4) == (5, 5, 5, 5)
+    assert factorize(12, 2) == (3, 4)
+    assert factorize(8, 3) == (2, 2, 2)
+    assert factorize(7, 1) == (7,)
+    assert factorize(10**12, 4) == (1000,) * 4
+    for n, d in [(784, 4), (1000, 3), (4096, 4), (2 * 3 * 5 * 7 * 11, 3)]:
+        shape = factorize(n, d)
+        assert math.prod(shape) == n and len(shape) == d and min(shape) >= 2
+
+
+@pytest.mark.parametrize(
+    "n, d, match",
+    [(13, 2, "n=13 is prime"), (6, 4, "only 2 prime factors"), (202, 2, "too unevenly"), (176, 4, "too unevenly")],
+)
+def test_factorize_refuses_with_advice(n, d, match):
+    with pytest.raises(FactorizationError, match=match) as info:
+        factorize(n, d)
+    assert isinstance(info.value, ValueError)
+    assert "explicit shape" in str(info.value) and "pad n to" in str(info.value)
+
+
+def test_factorize_max_ratio_and_padding():
+    assert factorize(202, 2, max_ratio=60) == (2, 101)
+    assert padded_shape(13, 2) == (4, 4)
+    assert padded_shape(10_000_019, 4) == (56, 57, 56, 56)
+    for n, d in [(13, 2), (10_000_019, 4), (5, 3), (1, 2)]:
+        shape = padded_shape(n, d)
+        assert math.prod(shape) >= n and min(shape) >= 2 and max(shape) - min(shape) <= 1
+    with pytest.raises(ValueError, match="d must be"):
+        factorize(12, 0)
+
+
+# ----- TensorizedLinear -----
+
+
+@pytest.mark.parametrize("path", ["contract", "dense", "auto"])
+@pytest.mark.parametrize("format", FORMATS)
+def test_linear_matches_dense_layer(format, path, monkeypatch):
+    layer = _linear(format)
+    layer.path = path
+    assert layer.layout.shape == (2, 4, 3, 4) and layer.layout.matrix_shape == (8, 12)
+    if path == "contract":  # the contraction never asks for the dense weight
+        monkeypatch.setattr(layer.layout, "to_matrix", lambda *a: pytest.fail("dense path taken"))
+    if path == "dense":
+        monkeypatch.setattr(layer.layout, "contract", lambda *a: pytest.fail("contract path taken"))
+    data, factors = _site_values(layer.weight)
+    x = torch.randn(2, 5, 12, dtype=D)
+    y = poutine.condition(layer, data=data)(x)
+    monkeypatch.undo()
+    expected = F.linear(x, layer.layout.to_matrix(factors), layer.bias)
+    assert y.shape == (2, 5, 8) and y.dtype == D
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["contract", "dense"])
+def test_linear_without_bias(path):
+    layer = _linear("ttm", bias=False)
+    layer.path = path
+    assert layer.bias is None
+    data, factors = _site_values(layer.weight)
+    x = torch.randn(3, 12, dtype=D)
+    y = poutine.condition(layer, data=data)(x)
+    torch.testing.assert_close(y, x @ layer.layout.to_matrix(factors).T, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_site_names_and_prior_draw():
+    layer = TensorizedLinear(12, 8, format="tt", max_rank=2, in_shape=(3, 4), out_shape=(2, 4))
+    trace = poutine.trace(layer).get_trace(torch.randn(4, 12))
+    samples = [n for n, s in trace.nodes.items() if s["type"] == "sample"]
+    assert samples == ["weight.lambda0", "weight.lambda1", "weight.lambda2"] + [f"weight.factor{k}" for k in range(4)]
+    assert "bias" in [n for n, s in trace.nodes.items() if s["type"] == "param"]
+    # a draw from the prior (default dtype) works with float64 inputs too
+    assert layer.double()(torch.randn(4, 12, dtype=D)).dtype == D
+
+
+def _ttm_counts(batch, r):
+    """FLOPs of the 12 -> 8 TTM layer (cores (1,2,3,r), (r,4,4,1)), counted by hand as
+    opt_einsum counts: 2 x the product of the sizes of a pairwise contraction's indices."""
+    sweep = 2 * batch * 3 * 4 * 2 * r + 2 * batch * 4 * 2 * r * 4  # x with core 1, then core 2
+    weight_first = 2 * 2 * 3 * 4 * 4 * r + 2 * batch * 8 * 12  # form W, then multiply
+    dense = 2 * 2 * 3 * 4 * 4 * r + 2 * batch * 8 * 12
+    return min(sweep, weight_first), dense
+
+
+@pytest.mark.parametrize("rank", [1, 2, 6])
+def test_choose_path_follows_hand_counted_flops(rank):
+    layer = _linear("ttm", max_rank=rank)
+    assert layer.layout.ranks == (rank,)
+    seen = set()
+    for batch in [1, 2, 3, 4, 7, 16, 100, 10_000]:
+        contract, dense = _ttm_counts(batch, rank)
+        assert layer.flop_counts(batch) == {"contract": contract, "dense": dense}
+        expected = "contract" if contract < dense else "dense"
+        assert layer.choose_path(batch) == expected
+        seen.add(expected)
+    # at rank 1 the sweep (112 B) always beats forming W (192 + 192 B); above, a big batch flips it
+    assert seen == ({"contract"} if rank == 1 else {"contract", "dense"})
+
+
+def _optimal_counts(layout, batch):
+    """Independent FLOP counts: opt_einsum's optimal paths on equations written from the labels."""
+    labels = sorted({lab for labs in layout.labels for lab in labs} | {"batch"})
+    sym = {lab: opt_einsum.get_symbol(i) for i, lab in enumerate(labels)}
+    p, order = layout.row_modes, len(layout.shape)
+    factors = ",".join("".join(sym[lab] for lab in labs) for labs in layout.labels)
+    x = sym["batch"] + "".join(sym[f"m{k}"] for k in range(p, order))
+    out = sym["batch"] + "".join(sym[f"m{k}"] for k in range(p))
+    full = "".join(sym[f"m{k}"] for k in range(order))
+    shapes = layout.factor_shapes
+    contract = opt_einsum.contract_path(
+        f"{x},{factors}->{out}", (batch,) + layout.col_shape, *shapes, shapes=True, optimize="optimal"
+    )[1].opt_cost
+    rows, cols = layout.matrix_shape
+    dense = opt_einsum.contract_path(f"{factors}->{full}", *shapes, shapes=True, optimize="optimal")[1].opt_cost
+    return int(contract), int(dense) + 2 * batch * rows * cols
+
+
+@pytest.mark.parametrize("rank", [2, 6])
+@pytest.mark.parametrize("format", FORMATS)
+def test_choose_path_takes_the_fewer_flops(format, rank):
+    layer = _linear(format, max_rank=rank)
+    for batch in [1, 2, 3, 8, 64, 4096]:
+        contract, dense = _optimal_counts(layer.layout, batch)
+        counts = layer.flop_counts(batch)
+        assert counts["dense"] == dense
+        # the contraction's count is that of the path actually planned: never below the optimum
+        assert contract <= counts["contract"] <= dense
+        assert layer.choose_path(batch) == ("contract" if counts["contract"] < counts["dense"] else "dense")  # tie: dense
+        if max(contract, dense) > 1.2 * min(contract, dense):  # a clear case: the optimum agrees
+            assert layer.choose_path(batch) == ("contract" if contract < dense else "dense")
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_a_single_input_to_a_big_layer_is_contracted(format):
+    layer = TensorizedLinear(784, 625, format=format, max_rank=8)
+    assert layer.in_shape == (4, 7, 4, 7) and layer.out_shape == (5, 5, 5, 5)
+    counts = layer.flop_counts(1)
+    assert counts["contract"] * 2 < counts["dense"] and layer.choose_path(1) == "contract"
+
+
+@pytest.mark.parametrize("path", ["contract", "dense"])
+@pytest.mark.parametrize("format", FORMATS)
+def test_linear_gradients_reach_every_factor(format, path):
+    layer = _linear(format)
+    layer.path = path
+    data, factors = _site_values(layer.weight, requires_grad=True)
+    x = torch.randn(6, 12, dtype=D)
+    y = poutine.condition(layer, data=data)(x)
+    (y**2).sum().backward()
+    for k, f in enumerate(factors):
+        assert f.grad is not None and f.grad.abs().sum() > 0, f"factor {k}"
+    assert layer.bias.grad is not None and layer.bias.grad.abs().sum() > 0
+
+
+# ----- TensorizedConv2d -----
+
+
+@pytest.mark.parametrize(
+    "kernel_size, stride, padding, dilation",
+    [(3, 1, 0, 1), ((3, 2), 2, 1, 1), (3, (2, 1), 2, 2), ((2, 3), 1, "same", 2), (1, 1, 0, 1)],
+)
+@pytest.mark.parametrize("format", FORMATS)
+def test_conv_matches_dense_conv(format, kernel_size, stride, padding, dilation):
+    conv = TensorizedConv2d(
+        4, 6, kernel_size, stride=stride, padding=padding, dilation=dilation, format=format, max_rank=3,
+        in_shape=(2, 2), out_shape=(2, 3),
+    ).double()
+    kh, kw = conv.kernel_size
+    window = (kh * kw,) if kh * kw > 1 else ()  # the window is one extra mode (none for 1x1)
+    if format == "ttm":  # ... paired with an out mode of size 1
+        expected_shape = (2, 3) + (1,) * len(window) + (2, 2) + window
+    else:
+        expected_shape = (2, 3, 2, 2) + window
+    assert conv.layout.shape == expected_shape
+    assert conv.layout.matrix_shape == (6, 4 * kh * kw)
+    data, factors = _site_values(conv.weight)
+    x = torch.randn(2, 4, 9, 8, dtype=D)
+    y = poutine.condition(conv, data=data)(x)
+    kernel = conv.layout.to_matrix(factors).reshape(6, 4, kh, kw)
+    expected = F.conv2d(x, kernel, conv.bias, stride, padding, dilation)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    # unbatched input
+    y1 = poutine.condition(conv, data=data)(x[0])
+    torch.testing.assert_close(y1, expected[0], rtol=1e-12, atol=1e-12)
+
+
+def test_conv_gradients_and_sites():
+    conv = TensorizedConv2d(4, 6, 3, padding=1, format="tucker", max_rank=2, in_shape=(2, 2), out_shape=(2, 3)).double()
+    data, factors = _site_values(conv.weight, requires_grad=True)
+    poutine.condition(conv, data=data)(torch.randn(1, 4, 5, 5, dtype=D)).sum().backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in factors)
+    trace = poutine.trace(conv).get_trace(torch.randn(1, 4, 5, 5))
+    assert "weight.factor0" in trace.nodes and "weight.lambda0" in trace.nodes
+
+
+# ----- TensorizedEmbedding -----
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_embedding_rows_equal_the_table(format):
+    emb = TensorizedEmbedding(29, 12, format=format, max_rank=3, row_shape=(2, 3, 5), col_shape=(2, 2, 3))
+    assert emb.num_padding_rows == 1 and emb.layout.matrix_shape == (30, 12)
+    data, factors = _site_values(emb.weight)
+    indices = torch.randint(0, 29, (4, 5))
+    indices[0, 0] = 28  # the last real row
+    out = poutine.condition(emb, data=data)(indices)
+    table = emb.layout.to_matrix(factors)
+    assert out.shape == (4, 5, 12)
+    torch.testing.assert_close(out, table[indices], rtol=1e-12, atol=1e-12)
+    # int32 indices and a 0-d index
+    torch.testing.assert_close(poutine.condition(emb, data=data)(indices.int()), out)
+    torch.testing.assert_close(poutine.condition(emb, data=data)(torch.tensor(7)), table[7])
+
+
+def test_embedding_gradients():
+    emb = TensorizedEmbedding(30, 12, format="ttm", max_rank=3, row_shape=(5, 6), col_shape=(3, 4))
+    data, factors = _site_values(emb.weight, requires_grad=True)
+    out = poutine.condition(emb, data=data)(torch.arange(30))
+    (out**2).sum().backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in factors)
+
+
+def test_embedding_with_a_trillion_virtual_rows():
+    emb = TensorizedEmbedding(10**12, 16, format="ttm", max_rank=2)
+    assert emb.row_shape == (1000,) * 4 and math.prod(emb.col_shape) == 16
+    assert emb.weight.layout.num_params() < 10**5
+    data, factors = _site_values(emb.weight)
+    indices = torch.tensor([0, 123_456_789_012, 10**12 - 1])
+    out = poutine.condition(emb, data=data)(indices)
+    assert out.shape == (3, 16)
+    # each row against the entries at its full multi-indices (a different gather)
+    layout = emb.layout
+    for i, row in zip(indices, out):
+        digits = layout.unravel(i.reshape(1), layout.row_shape).expand(16, -1)
+        cols = layout.unravel(torch.arange(16), layout.col_shape)
+        torch.testing.assert_close(row, layout.entries(factors, torch.cat([digits, cols], 1)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="num_embeddings"):
+        emb(torch.tensor([10**12]))
+
+
+def test_embedding_pads_sizes_that_do_not_factor():
+    emb = TensorizedEmbedding(10_000_019, 16, max_rank=2)  # a prime number of rows
+    assert emb.row_shape == (56, 57, 56, 56) and emb.col_shape == (2, 2, 2, 2)
+    assert emb.num_padding_rows == math.prod(emb.row_shape) - 10_000_019 == 10_093
+    assert emb(torch.tensor([10_000_018])).shape == (1, 16)
+    # an exact split at a lower order is preferred to padding: 176 = 4 x 11 x 4
+    assert TensorizedEmbedding(176, 16, max_rank=2).row_shape == (4, 11, 4)
+    with pytest.raises(FactorizationError, match="num_embeddings=13 is prime"):
+        TensorizedEmbedding(13, 8, padding=False)
+    # 8 = 2 x 2 x 2 sets the order (3), 13 is padded to 18 = 2 x 3 x 3
+    assert TensorizedEmbedding(13, 8, max_rank=2).row_shape == padded_shape(13, 3) == (2, 3, 3)
+
+
+# ----- initialization -----
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_initial_weight_has_kaiming_variance(format):
+    layer = TensorizedLinear(256, 64, format=format, max_rank=4, in_shape=(16, 16), out_shape=(8, 8))
+    target = 1 / 256
+    assert layer.weight.init_variance == target
+    layout = layer.layout
+    s = layer.weight.init_loc_scale()
+    assert s ** (2 * len(layout.labels)) * math.prod(layout.ranks) == pytest.approx(target)
+    second = []
+    for seed in range(30):  # many layers' initial posterior means
+        guide = MeanField(layer, seed=seed)
+        second.append(layout.to_matrix(guide.factor_means(layer.weight)).pow(2).mean())
+    assert torch.stack(second).mean().item() == pytest.approx(target, rel=0.3)
+
+
+def test_initial_variance_of_conv_and_embedding():
+    conv = TensorizedConv2d(8, 16, 3, format="ttm", max_rank=4)
+    assert conv.weight.init_variance == pytest.approx(1 / 72)
+    emb = TensorizedEmbedding(100, 16, format="cp", max_rank=4)
+    assert emb.weight.init_variance == 1.0
+    custom = TensorizedLinear(16, 16, init_variance=0.5)
+    assert custom.weight.init_variance == 0.5
+    assert LowRankTensor((3, 4), format="cp", max_rank=2).init_variance == 1.0  # the default
+
+
+# ----- inside a Pyro model -----
+
+
+class TinyClassifier(PyroModule):
+    def __init__(self, format):
+        super().__init__()
+        self.conv = TensorizedConv2d(4, 6, 3, padding=1, format=format, max_rank=2, in_shape=(2, 2), out_shape=(2, 3))
+        self.fc = TensorizedLinear(6 * 4 * 4, 12, format=format, max_rank=2, in_shape=(4, 4, 6), out_shape=(2, 2, 3))
+        self.emb = TensorizedEmbedding(30, 12, format=format, max_rank=2, row_shape=(2, 3, 5), col_shape=(2, 2, 3))
+        self.out = PyroModule[torch.nn.Linear](12, 3)
+
+    def forward(self, images, tokens, labels=None, num_data=None):
+        h = torch.relu(self.conv(images)).flatten(1)
+        h = torch.relu(self.fc(h)) + self.emb(tokens).mean(1)
+        logits = self.out(h)
+        batch = images.shape[0]
+        with pyro.plate("data", num_data or batch, subsample=torch.arange(batch)):
+            pyro.sample("obs", dist.Categorical(logits=logits), obs=labels)
+        return logits
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_mean_field_elbo_on_a_tiny_classifier(format):
+    model = TinyClassifier(format)
+    guide = MeanField(model, seed=0)
+    assert set(guide.posteriors.keys()) == {"conv__weight", "fc__weight", "emb__weight"}
+    images, tokens, labels = torch.randn(5, 4, 4, 4), torch.randint(0, 30, (5, 3)), torch.randint(0, 3, (5,))
+    loss = TraceMeanField_ELBO().differentiable_loss(model, guide, images, tokens, labels, num_data=100)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, param in guide.named_parameters():
+        if "locs" in name:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert model.fc.bias.grad is not None and model.out.weight.grad is not None
+
+
+# ----- bad input -----
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="in_shape"):
+        TensorizedLinear(12, 8, in_shape=(3, 5), out_shape=(2, 4))
+    with pytest.raises(ValueError, match="out_shape"):
+        TensorizedLinear(12, 8, in_shape=(3, 4), out_shape=(3, 4))
+    with pytest.raises(ValueError, match="same number of modes"):
+        TensorizedLinear(12, 8, format="ttm", in_shape=(3, 4), out_shape=(2, 2, 2))
+    TensorizedLinear(12, 8, format="tt", in_shape=(3, 4), out_shape=(2, 2, 2))  # fine outside TTM
+    with pytest.raises(ValueError, match="max_rank"):
+        TensorizedLinear(12, 8, in_shape=(3, 4), out_shape=(2, 4), max_rank=0)
+    with pytest.raises(ValueError, match="in_features"):
+        TensorizedLinear(0, 8)
+    with pytest.raises(ValueError, match="in_features=13 is prime"):
+        TensorizedLinear(13, 8)
+    with pytest.raises(ValueError, match="format"):
+        TensorizedLinear(12, 8, format="svd")
+    with pytest.raises(ValueError, match="init_variance"):
+        TensorizedLinear(12, 8, init_variance=-1.0)
+    with pytest.raises(ValueError, match="kernel_size"):
+        TensorizedConv2d(4, 6, 0, in_shape=(2, 2), out_shape=(2, 3))
+    with pytest.raises(ValueError, match="in_shape"):
+        TensorizedConv2d(4, 6, 3, in_shape=(2, 3), out_shape=(2, 3))
+    with pytest.raises(ValueError, match="padding='same' needs stride=1"):
+        TensorizedConv2d(4, 6, 3, stride=2, padding="same", in_shape=(2, 2), out_shape=(2, 3))
+    with pytest.raises(ValueError, match="row_shape"):
+        TensorizedEmbedding(31, 12, row_shape=(2, 3, 5), col_shape=(2, 2, 3))
+    with pytest.raises(ValueError, match="row_shape"):
+        TensorizedEmbedding(29, 12, row_shape=(2, 3, 5), col_shape=(2, 2, 3), padding=False)
+    with pytest.raises(ValueError, match="col_shape"):
+        TensorizedEmbedding(30, 12, row_shape=(2, 3, 5), col_shape=(2, 2, 2))
+    layer = _linear("cp")
+    with pytest.raises(ValueError, match="path"):
+        layer.path = "fast"
+    assert layer.path == "auto"
+
+
+def test_bad_inputs_name_the_argument():
+    layer = _linear("ttm")
+    with pytest.raises(ValueError, match="in_features=12"):
+        layer(torch.randn(3, 11, dtype=D))
+    with pytest.raises(ValueError, match="in_features=12"):
+        layer(torch.tensor(1.0, dtype=D))
+    with pytest.raises(TypeError, match="floating point"):
+        layer(torch.ones(3, 12, dtype=torch.long))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        layer([[0.0] * 12])
+    conv = TensorizedConv2d(4, 6, 3, in_shape=(2, 2), out_shape=(2, 3))
+    with pytest.raises(ValueError, match="in_channels=4"):
+        conv(torch.randn(1, 5, 6, 6))
+    with pytest.raises(TypeError, match="floating point"):
+        conv(torch.ones(1, 4, 6, 6, dtype=torch.int64))
+    emb = TensorizedEmbedding(29, 12, row_shape=(2, 3, 5), col_shape=(2, 2, 3))
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, num_embeddings=29\)"):
+        emb(torch.tensor([29]))  # a padding row
+    with pytest.raises(ValueError, match="indices"):
+        emb(torch.tensor([-1]))
+    with pytest.raises(TypeError, match="indices must be an integer tensor"):
+        emb(torch.tensor([1.0]))

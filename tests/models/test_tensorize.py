@@ -1,0 +1,146 @@
+"""
+tensorize: which layers are replaced (the size rule), the original left unchanged, biases
+copied, unfactorable layers left dense with a warning, and the copy running under Pyro with
+hierarchical site names that a MeanField guide follows.
+"""
+
+import copy
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+from pyro.nn import PyroModule
+
+from tensorbayes.guides import MeanField
+from tensorbayes.models import TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, tensorize
+from tensorbayes.models.tensorize import weight_matrix_shape
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(1024, 128)
+        self.small_conv = torch.nn.Conv2d(3, 16, 3, padding=1)  # (16, 27): stays
+        self.conv = torch.nn.Conv2d(16, 128, 3, stride=2, padding=1)  # (128, 144): replaced
+        self.head = torch.nn.Sequential(torch.nn.Linear(128 * 2 * 2, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+
+    def forward(self, images, tokens):
+        h = torch.relu(self.conv(torch.relu(self.small_conv(images)))).flatten(1)
+        return self.head(h) + self.emb(tokens).mean(1)[:, :10]
+
+
+def _sites(trace, kind):
+    return [name for name, site in trace.nodes.items() if site["type"] == kind]
+
+
+def test_replaces_only_big_layers_and_leaves_the_original_alone():
+    net = Net()
+    before = copy.deepcopy(net.state_dict())
+    model = tensorize(net, format="ttm", max_rank=4, min_features=128)
+    # the size rule, on the weight as a matrix
+    assert weight_matrix_shape(net.conv) == (128, 144) and weight_matrix_shape(net.small_conv) == (16, 27)
+    assert isinstance(model.emb, TensorizedEmbedding)
+    assert isinstance(model.conv, TensorizedConv2d) and model.conv.stride == (2, 2) and model.conv.padding == (1, 1)
+    assert isinstance(model.head[0], TensorizedLinear)
+    assert type(model.small_conv) is PyroModule[torch.nn.Conv2d]
+    assert type(model.head[2]) is PyroModule[torch.nn.Linear]
+    assert isinstance(model, PyroModule) and isinstance(model, Net)
+    # biases copied (values, not the same tensors)
+    torch.testing.assert_close(model.conv.bias.detach(), net.conv.bias.detach())
+    torch.testing.assert_close(model.head[0].bias.detach(), net.head[0].bias.detach())
+    assert model.head[0].bias.data_ptr() != net.head[0].bias.data_ptr()
+    # the original: same classes, same values
+    assert type(net) is Net and not any(isinstance(m, PyroModule) for m in net.modules())
+    assert type(net.conv) is torch.nn.Conv2d and type(net.head[0]) is torch.nn.Linear
+    after = net.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_runs_under_pyro_with_hierarchical_site_names():
+    model = tensorize(Net(), format="tt", max_rank=2, min_features=128)
+    images, tokens = torch.randn(2, 3, 4, 4), torch.randint(0, 1024, (2, 3))
+    trace = poutine.trace(model).get_trace(images, tokens)
+    samples = _sites(trace, "sample")
+    for layer in ["emb", "conv", "head.0"]:
+        tensor = model.get_submodule(layer).weight
+        expected = [f"{layer}.weight.lambda{b}" for b in range(tensor.layout.num_bonds)]
+        expected += [f"{layer}.weight.factor{k}" for k in range(len(tensor.layout.labels))]
+        assert [s for s in samples if s.startswith(layer + ".")] == expected
+    assert len(samples) == sum(
+        m.layout.num_bonds + len(m.layout.labels) for m in (model.emb.weight, model.conv.weight, model.head[0].weight)
+    )
+    params = _sites(trace, "param")
+    assert {"conv.bias", "head.0.bias", "small_conv.weight", "small_conv.bias", "head.2.weight"} <= set(params)
+    assert trace.nodes["_RETURN"]["value"].shape == (2, 10)
+
+
+def test_mean_field_guide_on_a_tensorized_network():
+    net = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Linear(128, 3))
+    body = tensorize(net, format="cp", max_rank=3)
+
+    class Model(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x, y=None):
+            logits = self.body(x)
+            with pyro.plate("data", 50, subsample=torch.arange(len(x))):
+                pyro.sample("obs", pyro.distributions.Categorical(logits=logits), obs=y)
+
+    model = Model()
+    guide = MeanField(model, seed=0)
+    assert list(guide.posteriors.keys()) == ["body__0__weight"]
+    guide_sites = _sites(poutine.trace(guide).get_trace(), "sample")
+    assert guide_sites == ["body.0.weight.lambda0"] + [f"body.0.weight.factor{k}" for k in range(len(body[0].layout.labels))]
+    loss = TraceMeanField_ELBO().differentiable_loss(model, guide, torch.randn(4, 256), torch.tensor([0, 1, 2, 0]))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(loc.grad is not None for loc in guide.posteriors["body__0__weight"].locs)
+
+
+def test_a_layer_that_does_not_factor_stays_dense_with_a_warning():
+    net = torch.nn.Sequential(torch.nn.Linear(131, 128), torch.nn.Linear(128, 128))
+    with pytest.warns(UserWarning, match=r"left 0 \(Linear\) dense: .*in_features=131 is prime"):
+        model = tensorize(net, min_features=128)
+    assert type(model[0]) is PyroModule[torch.nn.Linear]
+    assert isinstance(model[1], TensorizedLinear)
+    grouped = torch.nn.Sequential(torch.nn.Conv2d(128, 128, 3, groups=2))
+    with pytest.warns(UserWarning, match="groups=2"):
+        assert type(tensorize(grouped)[0]) is PyroModule[torch.nn.Conv2d]
+
+
+def test_subclasses_and_pyro_modules():
+    attention = torch.nn.MultiheadAttention(128, 4)  # its out_proj (a Linear subclass) is read directly
+    model = tensorize(attention)
+    assert not any(isinstance(m, TensorizedLinear) for m in model.modules())
+    x = torch.randn(3, 1, 128)
+    torch.testing.assert_close(model(x, x, x)[0], attention(x, x, x)[0])
+    already = torch.nn.Sequential(torch.nn.Linear(128, 128))
+    pyro.nn.module.to_pyro_module_(already)  # a network already converted to Pyro
+    assert isinstance(tensorize(already)[0], TensorizedLinear)
+
+
+def test_a_big_module_at_the_root_and_the_threshold():
+    linear = torch.nn.Linear(256, 256)
+    layer = tensorize(linear, format="tucker", max_rank=2)
+    assert isinstance(layer, TensorizedLinear) and type(linear) is torch.nn.Linear
+    assert _sites(poutine.trace(layer).get_trace(torch.randn(1, 256)), "sample")[-1].startswith("weight.factor")
+    assert isinstance(tensorize(linear, min_features=257), PyroModule[torch.nn.Linear])
+    # keyword arguments reach the layers
+    assert tensorize(linear, order=2).in_shape == (16, 16)
+
+
+def test_bad_arguments():
+    net = torch.nn.Linear(256, 256)
+    with pytest.raises(ValueError, match="min_features"):
+        tensorize(net, min_features=0)
+    with pytest.raises(ValueError, match="format"):
+        tensorize(net, format="svd")
+    with pytest.raises(ValueError, match="prior"):
+        tensorize(net, prior="laplace")
+    with pytest.raises(TypeError, match="module"):
+        tensorize("net")
+    assert type(net) is torch.nn.Linear
