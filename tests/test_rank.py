@@ -17,14 +17,6 @@ from tensorbayes.models import TensorCompletion
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These small fits run fastest, and least disturbed by other jobs on the machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 CASES = [
     pytest.param("tt", (6, 7, 8), (2, 3), (5, 5), id="tt"),
     pytest.param("ttm", (3, 4, 5, 3, 4), (2, 3), (5, 5), id="ttm-odd"),

@@ -15,15 +15,6 @@ from tensorbayes.models import TensorCompletion
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These small fits run fastest, and least disturbed by other jobs on the machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(
     "layout",
     [TT((3, 4, 5), (2, 3)), TTM((2, 3, 4, 3, 2), (3, 2)), Tucker((3, 4, 5), (2, 3, 2)), CP((3, 4, 5), 3)],

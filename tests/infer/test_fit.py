@@ -17,15 +17,6 @@ from tensorbayes.models import TensorCompletion
 SHAPE = (4, 5, 6)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These small fits run fastest, and least disturbed by other jobs on the machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _problem(noise=None, seed=0, **guide_kwargs):
     planted = planted_tensor(SHAPE, "tt", (2, 2), observed=0.5, noise=0.05, seed=0, dtype=torch.float32)
     model = TensorCompletion(SHAPE, format="tt", max_rank=3, noise=noise)
