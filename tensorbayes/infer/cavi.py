@@ -140,7 +140,7 @@ def spectral_factors(shape, rank, index, values):
 
 
 @torch.no_grad()
-def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=4, warmup_noise=1.0, noise_decay=0.5,
+def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=4, warmup_noise=0.5, noise_decay=0.5,
                       noise_floor=1e-4,
                       propagate_variance=None, progress=False):
     """
@@ -156,16 +156,19 @@ def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=4, warmu
     :param torch.Tensor index: observed multi-indices ``(n, order)``.
     :param torch.Tensor values: observed values ``(n,)``.
     :param int sweeps: passes over the factors.
-    :param int warmup: first sweeps with λ held and a learned noise held at ``warmup_noise``
-        times the data's standard deviation (learning both from the start collapses every
-        rank while the fit is still poor, METHOD.md §5); 0 continues from the current state.
+    :param int warmup: sweeps with λ held (learning λ and the noise from the start collapses
+        every rank while the fit is still poor, METHOD.md §5); with a learned noise, the number
+        of times the warm-up lowers it (see ``noise_decay``); 0 continues from the current state.
+        The warm-up never takes more than half of the sweeps.
     :param float warmup_noise: the noise during the warm-up, relative to the data's spread.
     :param float noise_decay: during the warm-up a learned noise is annealed: it starts at
-        ``warmup_noise`` times the data's spread and is multiplied by ``noise_decay`` every
-        sweep, so that the dominant structure is fitted first (a small noise from the start
-        lets every index fit noise; learning it at once collapses every rank). After the
-        warm-up it is the expected squared residual under the posterior: the squared residual of
-        the mean plus each entry's variance through every factor (given the others' means).
+        ``warmup_noise`` times the data's spread and is multiplied by ``noise_decay`` after
+        every sweep whose mean squared residual is within twice its variance (the fit has
+        caught up), so that the dominant structure is fitted first (a small noise from the
+        start lets every index fit noise; learning it at once collapses every rank). After the
+        warm-up it is the expected squared residual under the posterior (the squared residual
+        of the mean plus each entry's variance through every factor, given the others' means),
+        and never rises.
     :param float noise_floor: lower bound on the learned noise variance, relative to the data's.
     A fresh CP fit (``warmup > 0``) starts from :func:`spectral_factors`: from random factors
     an over-factored CP fit forms near-cancelling pairs of components that never separate.
@@ -200,8 +203,10 @@ def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=4, warmu
         locs = spectral_factors(layout.shape, layout.ranks[0], index, values)
     noises = []
     spread = {}
+    annealed = 0  # how often a fresh warm-up has lowered the noise
+    warming = warmup > 0
     for sweep in tqdm(range(sweeps), disable=not progress, desc="coordinate ascent", leave=False):
-        if sweep >= warmup and not propagate_variance:
+        if not warming and not propagate_variance:
             locs = canonicalize(layout, locs)[0]
         for f in list(range(len(locs))) + list(range(len(locs) - 2, 0, -1)):
             second = [m**2 + sc**2 for m, sc in zip(locs, scales)] if propagate_variance else None
@@ -212,10 +217,12 @@ def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=4, warmu
             locs[f] = _from_blocks(mean, layout.labels[f], layout.factor_shapes[f])
             scales[f] = _from_blocks(var.sqrt(), layout.labels[f], layout.factor_shapes[f])
             spread[f] = (design**2 * var[slices]).sum(-1)  # Var of each entry through factor f
-        if sweep < warmup:
+        if warming:
             noises.append(float(noise_var.sqrt()))
-            if fresh:
-                noise_var = noise_var * noise_decay**2
+            if fresh and (values - layout.entries(locs, index)).pow(2).mean() <= 2 * noise_var:
+                noise_var = noise_var * noise_decay**2  # the fit has caught up with the noise: lower it
+                annealed += 1
+            warming = (annealed if fresh else sweep + 1) < warmup and sweep + 1 < sweeps // 2
             continue
         second = [loc**2 + s**2 for loc, s in zip(locs, scales)]
         for b in range(len(lambdas)):
@@ -224,7 +231,9 @@ def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=4, warmu
         if model.learns_noise:
             residual = values - layout.entries(locs, index)
             expected = residual.pow(2) + sum(spread.values())
-            noise_var = expected.mean().clamp_min(noise_floor * data_var)
+            # never up: a noise that rises with a poor fit strengthens the shrinkage, which
+            # worsens the fit, until every rank collapses
+            noise_var = torch.minimum(expected.mean(), noise_var).clamp_min(noise_floor * data_var)
         noises.append(float(noise_var.sqrt()))
     guide.set_posterior(tensor, locs, scales, lambdas)
     if model.learns_noise:
