@@ -122,6 +122,23 @@ class PlantedTensor:
         )
 
 
+def _check_bond_ranks(cls, shape, ranks, what):
+    """An int, or a sequence with one rank per bond of ``cls`` at ``shape`` (``what`` names it)."""
+    if isinstance(ranks, int) and not isinstance(ranks, bool):
+        return ranks
+    try:
+        ranks = tuple(ranks)
+    except TypeError:
+        raise TypeError(f"ranks must be an int or a sequence of ints, got {ranks!r}") from None
+    num_bonds = cls._num_bonds(len(shape))
+    if len(ranks) != num_bonds:
+        raise ValueError(
+            f"ranks must have one entry per rank bond: a {cls.__name__} of {what} has {num_bonds} bond(s), "
+            f"but ranks has {len(ranks)} entries {ranks!r}"
+        )
+    return ranks
+
+
 def planted_tensor(shape, format, ranks, observed=0.3, noise=0.01, seed=0, dtype=torch.float64):
     """
     Draw a tensor of known ranks in a given format, observe a random fraction of its entries
@@ -154,17 +171,7 @@ def planted_tensor(shape, format, ranks, observed=0.3, noise=0.01, seed=0, dtype
     numel = math.prod(shape)
     if numel < 2:
         raise ValueError(f"shape must have at least two entries in all (a standard deviation is needed), got {shape}")
-    num_bonds = cls._num_bonds(len(shape))
-    if not (isinstance(ranks, int) and not isinstance(ranks, bool)):
-        try:
-            ranks = tuple(ranks)
-        except TypeError:
-            raise TypeError(f"ranks must be an int or a sequence of ints, got {ranks!r}") from None
-        if len(ranks) != num_bonds:
-            raise ValueError(
-                f"ranks must have one entry per rank bond: shape {shape} has {len(shape)} modes, so a "
-                f"{cls.__name__} has {num_bonds} bond(s), but ranks has {len(ranks)} entries {ranks!r}"
-            )
+    ranks = _check_bond_ranks(cls, shape, ranks, f"shape {shape}")
     fmt = cls(shape, ranks)
     _check_attainable(fmt)
     observed = _check_real(observed, "observed")

@@ -69,7 +69,7 @@ import numpy as np
 import torch
 
 from ..formats import TTM, TensorFormat, check_shape, get_format
-from .planted import _check_attainable, _check_real, _draw
+from .planted import _check_attainable, _check_bond_ranks, _check_real, _draw
 
 __all__ = ["ACTIVATIONS", "TeacherStudent", "teacher_student"]
 
@@ -209,17 +209,7 @@ def teacher_student(
                 f"rank bond), got in_shape={in_shape} and out_shape={out_shape}"
             )
     shape = out_shape + in_shape
-    num_bonds = cls._num_bonds(len(shape))
-    if not (isinstance(ranks, int) and not isinstance(ranks, bool)):
-        try:
-            ranks = tuple(ranks)
-        except TypeError:
-            raise TypeError(f"ranks must be an int or a sequence of ints, got {ranks!r}") from None
-        if len(ranks) != num_bonds:
-            raise ValueError(
-                f"ranks must have one entry per rank bond: a {cls.__name__} of shape out_shape + in_shape = "
-                f"{shape} has {num_bonds} bond(s), but ranks has {len(ranks)} entries {ranks!r}"
-            )
+    ranks = _check_bond_ranks(cls, shape, ranks, f"shape out_shape + in_shape = {shape}")
     fmt = TTM(shape, ranks) if cls is TTM else cls(shape, ranks, row_modes=len(out_shape))
     _check_attainable(fmt)
     num_classes = _check_int(num_classes, "num_classes", 2)

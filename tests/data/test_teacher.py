@@ -8,26 +8,9 @@ import torch
 from tensorbayes.data import TeacherStudent, teacher_student
 from tensorbayes.formats import TT, TTM
 
-# as in test_planted.py: the planted rank is attained with a smallest singular value of at
-# least 5 % of the largest, and no more.
-MIN_RATIO = 0.05
-ZERO = 1e-10
+from tests.data.rank_checks import assert_rank, unfolding
 
 SMALL = dict(num_train=64, num_test=32)
-
-
-def unfolding(tensor, row_modes):
-    cols = [k for k in range(tensor.dim()) if k not in row_modes]
-    rows = math.prod(tensor.shape[k] for k in row_modes)
-    return tensor.permute(*row_modes, *cols).reshape(rows, -1)
-
-
-def assert_rank(matrix, rank):
-    s = torch.linalg.svdvals(matrix)
-    assert len(s) >= rank
-    assert s[rank - 1] >= MIN_RATIO * s[0], f"rank {rank} is barely attained: {s / s[0]}"
-    if len(s) > rank:
-        assert s[rank] <= ZERO * s[0], f"rank exceeds {rank}: {s / s[0]}"
 
 
 def test_defaults():
