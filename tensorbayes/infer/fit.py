@@ -9,6 +9,8 @@ parameters, ramps the KL term in after a warm-up, applies the closed-form λ M-s
 """
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 
 import pyro
@@ -26,12 +28,20 @@ class NonFiniteError(FloatingPointError):
 
 @dataclass
 class History:
-    """What :func:`fit` recorded, one entry per epoch (``elbo``, ``beta``, ``noise``, ``lambdas``)."""
+    """
+    What :func:`fit` recorded, one entry per epoch: ``elbo`` (mean over the epoch's steps),
+    ``beta``, ``noise``, ``lambdas`` and ``ranks`` (per tensor, for a
+    :class:`~tensorbayes.guides.MeanField` guide), and with ``eval_data`` the held-out
+    ``accuracy`` (a classifier) or relative ``error`` (a regression or completion).
+    """
 
     elbo: list = field(default_factory=list)
     beta: list = field(default_factory=list)
     noise: list = field(default_factory=list)
     lambdas: list = field(default_factory=list)
+    ranks: list = field(default_factory=list)
+    accuracy: list = field(default_factory=list)
+    error: list = field(default_factory=list)
     steps: int = 0
 
     def __len__(self):
@@ -74,21 +84,56 @@ def _check_positive_int(value, name):
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _as_tensors(data):
+def _as_tensors(data, name="data"):
     if isinstance(data, torch.Tensor):
         data = (data,)
     if not isinstance(data, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in data):
-        raise TypeError("data must be a tensor or a tuple of tensors with the same first dimension")
+        raise TypeError(f"{name} must be a tensor, a tuple of tensors with the same first dimension, or a DataLoader")
     n = data[0].shape[0]
     if any(t.shape[0] != n for t in data):
-        raise ValueError(f"data must be tensors with the same first dimension, got {[tuple(t.shape) for t in data]}")
+        raise ValueError(f"{name} must be tensors with the same first dimension, got {[tuple(t.shape) for t in data]}")
     if n == 0:
-        raise ValueError("data must hold at least one example")
+        raise ValueError(f"{name} must hold at least one example")
     return tuple(data), n
 
 
+class _TensorBatches:
+    """Minibatches of a tuple of tensors, reshuffled every epoch by a seeded generator."""
+
+    def __init__(self, data, batch_size, generator):
+        self.data, self.num_data = _as_tensors(data)
+        self.batch_size = min(batch_size, self.num_data)
+        self.generator = generator
+
+    def __len__(self):
+        return math.ceil(self.num_data / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.num_data, generator=self.generator)
+        for start in range(0, self.num_data, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield [t[idx] for t in self.data]
+
+
+class _LoaderBatches:
+    """Minibatches of a :class:`torch.utils.data.DataLoader` (its own sampler decides the order)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.num_data = len(loader.dataset)
+        self.data = None
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield list(batch) if isinstance(batch, (tuple, list)) else [batch]
+
+
 def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None, ramp=None,
-        lambda_step=0.1, num_particles=1, init="auto", init_sweeps=None, seed=None, progress=True):
+        lambda_step=0.1, num_particles=1, init="auto", init_sweeps=None, eval_data=None, eval_samples=20,
+        checkpoint=None, resume=False, seed=None, progress=True):
     """
     Fit ``guide`` to the posterior of ``model`` by SVI on minibatches of ``data``.
 
@@ -98,7 +143,9 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
 
     :param model: a tensorbayes model (e.g. :class:`~tensorbayes.models.TensorCompletion`).
     :param guide: its guide (e.g. :class:`~tensorbayes.guides.MeanField`).
-    :param data: a tuple of tensors sharing their first (example) dimension.
+    :param data: a tuple of tensors sharing their first (example) dimension, or a
+        :class:`torch.utils.data.DataLoader` of such tuples (``batch_size`` is then the loader's,
+        and its sampler decides the order: seed it for reproducible runs).
     :param int epochs: passes over the data.
     :param int batch_size: examples per step (clipped to the data size).
     :param float lr: Adam's learning rate (default 0.01, or 0.001 after the closed-form start,
@@ -114,87 +161,168 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         "cavi" insists on it, "none" goes straight to SVI.
     :param int init_sweeps: coordinate-ascent sweeps before pruning, half as many after (default:
         :data:`~tensorbayes.infer.cavi.DEFAULT_SWEEPS` of the format).
+    :param tuple eval_data: held-out ``(*inputs, target)`` evaluated after every epoch with
+        :func:`~tensorbayes.infer.predict` (``eval_samples`` draws): accuracy when the model
+        returns class probabilities, relative error otherwise.
+    :param checkpoint: a file written after every epoch (to a temporary file, then renamed, so
+        a crash never leaves it half-written): model, guide, optimizer, random states, history.
+    :param bool resume: continue from ``checkpoint`` if it exists (the same seed and data then
+        give the same parameters as an uninterrupted run).
     :param int seed: seeds the minibatch order and the ELBO's samples.
     :param bool progress: show a tqdm progress bar.
     :returns: the :class:`History` of the fit.
     """
-    for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (num_particles, "num_particles")):
+    for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (num_particles, "num_particles"),
+                        (eval_samples, "eval_samples")):
         _check_positive_int(value, name)
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not (isinstance(lambda_step, (int, float)) and 0 < lambda_step <= 1):
         raise ValueError(f"lambda_step must be in (0, 1], got {lambda_step!r}")
-    data, num_data = _as_tensors(data)
-    if hasattr(model, "check_data"):
-        data = tuple(t for t in model.check_data(*data) if t is not None)
-    _check_finite_parameters(model, guide)
     if init not in ("auto", "cavi", "none"):
         raise ValueError(f"init must be 'auto', 'cavi' or 'none', got {init!r}")
     if init_sweeps is not None:
         _check_positive_int(init_sweeps, "init_sweeps")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+    if eval_data is not None:
+        eval_data, _ = _as_tensors(eval_data, "eval_data")
+        if len(eval_data) < 2:
+            raise ValueError("eval_data must be (*inputs, target): at least two tensors")
+    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
+    if isinstance(data, torch.utils.data.DataLoader):
+        batches = _LoaderBatches(data)
+    else:
+        batches = _TensorBatches(data, batch_size, generator)
+        if hasattr(model, "check_data"):
+            batches.data = tuple(t for t in model.check_data(*batches.data) if t is not None)
+    _check_finite_parameters(model, guide)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    initialized = init != "none" and _coordinate_ascent_init(model, guide, data, init, init_sweeps, progress)
+
+    state = _load_checkpoint(checkpoint, model, guide) if resume and os.path.exists(checkpoint) else None
+    if state is None:
+        initialized = (init != "none" and batches.data is not None
+                       and _coordinate_ascent_init(model, guide, batches.data, init, init_sweeps, progress))
+    else:
+        initialized = state["initialized"]
     if lr is None:
         lr = 1e-3 if initialized else 1e-2
-    if initialized:
-        warmup = 0 if warmup is None else warmup
-        ramp = 0 if ramp is None else ramp
-    batch_size = min(batch_size, num_data)
-    steps_per_epoch = math.ceil(num_data / batch_size)
-    total = epochs * steps_per_epoch
-    schedule = Schedule(
-        warmup=int(0.2 * total) if warmup is None else warmup,
-        ramp=int(0.2 * total) if ramp is None else ramp,
-    )
-    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
+    total = epochs * len(batches)
+    default = 0 if initialized else int(0.2 * total)
+    schedule = Schedule(warmup=default if warmup is None else warmup, ramp=default if ramp is None else ramp)
 
     elbo = TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
-    guide(*[t[:1] for t in data], num_data=num_data)  # materialize lazily built parameters
     noise = [p for name, p in model.named_parameters() if name.endswith("log_noise")]
     others = [p for name, p in model.named_parameters() if not name.endswith("log_noise")]
-    optimizer = torch.optim.Adam(
-        [{"params": list(guide.parameters()) + others}, {"params": noise}], lr=lr
-    )
+    optimizer = torch.optim.Adam([{"params": list(guide.parameters()) + others}, {"params": noise}], lr=lr)
     closed_form = getattr(guide, "lambda_update", None) == "closed_form"
-    history = History()
-    bar = tqdm(total=total, disable=not progress, desc="fit", leave=False)
-    step = 0
-    for epoch in range(epochs):
-        order = torch.randperm(num_data, generator=generator)
+    history, step, first_epoch = History(), 0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        history, step, first_epoch = state["history"], state["step"], state["epoch"] + 1
+        generator.set_state(state["generator"])
+        pyro.util.set_rng_state(state["rng"])
+    bar = tqdm(total=total, initial=step, disable=not progress, desc="fit", leave=False)
+    for epoch in range(first_epoch, epochs):
         epoch_loss = 0.0
-        for start in range(0, num_data, batch_size):
-            idx = order[start : start + batch_size]
-            batch = [t[idx] for t in data]
+        for batch in batches:
             beta = schedule.beta(step)
             optimizer.param_groups[1]["lr"] = lr if step >= schedule.warmup else 0.0
-            try:
-                with KLScale(beta):
-                    loss = elbo.differentiable_loss(model, guide, *batch, num_data=num_data)
-            except ValueError as error:  # Pyro's validation refuses a NaN parameter of a distribution
-                if _non_finite_parameter(model, guide) is None:
-                    raise
-                raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch)) from error
-            if not torch.isfinite(loss):
-                raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch))
-            optimizer.zero_grad()
-            loss.backward()
-            _check_finite_gradients(model, guide, step, epoch)
-            optimizer.step()
+            loss = _step(model, guide, elbo, optimizer, batch, batches.num_data, beta, step, epoch)
             if closed_form and step >= schedule.warmup:
                 guide.update_lambdas(lambda_step)
-            epoch_loss += loss.item()
+            epoch_loss += loss
             step += 1
             bar.update()
-        history.elbo.append(-epoch_loss / steps_per_epoch)
-        history.beta.append(beta)
-        history.noise.append(model.noise.item() if hasattr(model, "noise") else None)
-        if hasattr(guide, "lambdas"):
-            history.lambdas.append({k: [v.clone() for v in vs] for k, vs in guide.lambdas().items()})
+        _record(history, model, guide, -epoch_loss / len(batches), beta, eval_data, eval_samples)
         bar.set_postfix(elbo=f"{history.elbo[-1]:.4g}", beta=f"{beta:.2f}")
+        history.steps = step
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, model, guide, optimizer, history, step, epoch, generator, initialized)
     bar.close()
-    history.steps = step
     return history
+
+
+def _step(model, guide, elbo, optimizer, batch, num_data, beta, step, epoch):
+    """One SVI step; returns the loss. Stops with :class:`NonFiniteError` naming where a NaN began."""
+    try:
+        with KLScale(beta):
+            loss = elbo.differentiable_loss(model, guide, *batch, num_data=num_data)
+    except ValueError as error:  # Pyro's validation refuses a NaN parameter of a distribution
+        if _non_finite_parameter(model, guide) is None:
+            raise
+        raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch)) from error
+    if not torch.isfinite(loss):
+        raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch))
+    optimizer.zero_grad()
+    loss.backward()
+    _check_finite_gradients(model, guide, step, epoch)
+    optimizer.step()
+    return loss.item()
+
+
+def _record(history, model, guide, elbo, beta, eval_data, eval_samples):
+    """Append one epoch's summaries to ``history``."""
+    from ..rank import ranks
+    from .predict import predict
+
+    history.elbo.append(elbo)
+    history.beta.append(beta)
+    history.noise.append(model.noise.item() if hasattr(model, "noise") else None)
+    if hasattr(guide, "lambdas"):
+        history.lambdas.append({k: [v.clone() for v in vs] for k, vs in guide.lambdas().items()})
+        history.ranks.append(ranks(model, guide))
+    if eval_data is not None:
+        *inputs, target = eval_data
+        mean, _ = predict(model, guide, *inputs, num_samples=eval_samples)
+        if mean.dim() == 2 and not target.is_floating_point():
+            history.accuracy.append((mean.argmax(-1) == target).double().mean().item())
+        else:
+            history.error.append(((mean - target).norm() / target.norm()).item())
+
+
+def _save_checkpoint(path, model, guide, optimizer, history, step, epoch, generator, initialized):
+    """Write atomically: to a temporary file in the same folder, then rename over ``path``."""
+    state = {
+        "model": model.state_dict(), "guide": guide.state_dict(), "optimizer": optimizer.state_dict(),
+        "ranks": {name: t.layout.ranks for name, t in _low_rank_tensors(model).items()},
+        "history": history, "step": step, "epoch": epoch, "generator": generator.get_state(),
+        "rng": pyro.util.get_rng_state(), "initialized": initialized,
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _load_checkpoint(path, model, guide):
+    """Restore model and guide (shrinking them first to the checkpoint's pruned ranks)."""
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as error:
+        raise ValueError(f"checkpoint {path!r} cannot be read: {error}") from error
+    for name, tensor in _low_rank_tensors(model).items():
+        ranks = state["ranks"].get(name)
+        if ranks is not None and tuple(ranks) != tensor.layout.ranks:
+            keep = [torch.arange(r) for r in ranks]
+            guide.truncate(tensor, keep)
+            tensor.set_layout(tensor.layout.with_ranks(ranks))
+    model.load_state_dict(state["model"])
+    guide.load_state_dict(state["guide"])
+    return state
+
+
+def _low_rank_tensors(model):
+    from ..guides.meanfield import low_rank_tensors
+
+    return low_rank_tensors(model)
 
 
 def _coordinate_ascent_init(model, guide, data, init, sweeps, progress):

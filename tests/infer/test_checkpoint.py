@@ -1,0 +1,113 @@
+"""Checkpoints of :func:`tensorbayes.fit`: atomic, and a resumed run equals an uninterrupted one."""
+
+import importlib
+
+import pytest
+import torch
+
+import tensorbayes as tb
+from tensorbayes.data import planted_tensor
+from tensorbayes.guides import MeanField
+from tensorbayes.models import TensorCompletion
+
+fit_module = importlib.import_module("tensorbayes.infer.fit")  # the package exports the function as `fit`
+
+SHAPE = (6, 7, 8)
+
+
+def _problem():
+    planted = planted_tensor(SHAPE, "tt", (2, 2), observed=0.5, noise=0.05, seed=0, dtype=torch.float64)
+    model = TensorCompletion(SHAPE, format="tt", max_rank=4).double()
+    guide = MeanField(model, seed=0).double()
+    return planted, model, guide
+
+
+def _state(model, guide):
+    return {**{f"model.{k}": v.clone() for k, v in model.state_dict().items()},
+            **{f"guide.{k}": v.clone() for k, v in guide.state_dict().items()}}
+
+
+@pytest.mark.parametrize("init", ["none", "auto"])
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, init):
+    kwargs = dict(batch_size=64, seed=3, progress=False, init=init, init_sweeps=4)
+    planted, model, guide = _problem()
+    data = (planted.train_index, planted.train_values)
+    tb.fit(model, guide, data, epochs=3, **kwargs)
+    expected = _state(model, guide)
+
+    path = tmp_path / "run.pt"
+    planted, model, guide = _problem()
+    tb.fit(model, guide, data, epochs=2, checkpoint=str(path), **kwargs)
+    planted, model, guide = _problem()  # a new process: fresh objects, the checkpoint on disk
+    history = tb.fit(model, guide, data, epochs=3, checkpoint=str(path), resume=True, **kwargs)
+    resumed = _state(model, guide)
+    assert resumed.keys() == expected.keys()
+    for key in expected:
+        assert torch.allclose(resumed[key], expected[key], rtol=0, atol=1e-12), key
+    assert len(history.elbo) == 3
+
+
+def test_a_crash_mid_epoch_leaves_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    planted, model, guide = _problem()
+    data = (planted.train_index, planted.train_values)
+    path = tmp_path / "run.pt"
+    tb.fit(model, guide, data, epochs=1, batch_size=64, seed=0, progress=False, init="none", checkpoint=str(path))
+    saved = path.read_bytes()
+    real_step = fit_module._step
+    calls = {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed mid-epoch")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        tb.fit(model, guide, data, epochs=3, batch_size=64, seed=0, progress=False, init="none",
+               checkpoint=str(path), resume=True)
+    assert path.read_bytes() == saved
+    assert not [p for p in tmp_path.iterdir() if p.name != "run.pt"]  # no temporary file left
+    monkeypatch.setattr(fit_module, "_step", real_step)
+    history = tb.fit(model, guide, data, epochs=2, batch_size=64, seed=0, progress=False, init="none",
+                     checkpoint=str(path), resume=True)
+    assert len(history.elbo) == 2
+
+
+def test_a_corrupt_checkpoint_is_refused_naming_it(tmp_path):
+    planted, model, guide = _problem()
+    path = tmp_path / "run.pt"
+    path.write_bytes(b"not a checkpoint")
+    before = _state(model, guide)
+    with pytest.raises(ValueError, match="run.pt"):
+        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, progress=False,
+               checkpoint=str(path), resume=True)
+    after = _state(model, guide)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_needs_a_checkpoint():
+    planted, model, guide = _problem()
+    with pytest.raises(ValueError, match="checkpoint"):
+        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, resume=True, progress=False)
+
+
+def test_a_dataloader_is_fitted_with_the_dataset_size_and_evaluated(monkeypatch):
+    planted, model, guide = _problem()
+    dataset = torch.utils.data.TensorDataset(planted.train_index, planted.train_values)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=50, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    seen = []
+    real_step = fit_module._step
+
+    def recording_step(model, guide, elbo, optimizer, batch, num_data, *args):
+        seen.append((len(batch[0]), num_data))
+        return real_step(model, guide, elbo, optimizer, batch, num_data, *args)
+
+    monkeypatch.setattr(fit_module, "_step", recording_step)
+    history = tb.fit(model, guide, loader, epochs=2, progress=False, init="none",
+                     eval_data=(planted.test_index, planted.test_values), eval_samples=5)
+    assert {n for _, n in seen} == {len(dataset)}
+    assert sum(b for b, _ in seen) == 2 * len(dataset)
+    assert len(history.error) == 2 and all(0 < e < 10 for e in history.error)
+    assert len(history.ranks) == 2 and history.ranks[-1]["tensor"]
