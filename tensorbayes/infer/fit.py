@@ -133,7 +133,7 @@ class _LoaderBatches:
 
 def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None, ramp=None,
         lambda_step=0.1, num_particles=1, init="auto", init_sweeps=None, eval_data=None, eval_samples=20,
-        checkpoint=None, resume=False, seed=None, progress=True):
+        checkpoint=None, resume=False, callbacks=(), seed=None, progress=True):
     """
     Fit ``guide`` to the posterior of ``model`` by SVI on minibatches of ``data``.
 
@@ -168,6 +168,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         a crash never leaves it half-written): model, guide, optimizer, random states, history.
     :param bool resume: continue from ``checkpoint`` if it exists (the same seed and data then
         give the same parameters as an uninterrupted run).
+    :param callbacks: callables ``callback(epoch, history)`` run after every epoch (after the
+        checkpoint), e.g. to print or log progress.
     :param int seed: seeds the minibatch order and the ELBO's samples.
     :param bool progress: show a tqdm progress bar.
     :returns: the :class:`History` of the fit.
@@ -183,6 +185,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         raise ValueError(f"init must be 'auto', 'cavi' or 'none', got {init!r}")
     if init_sweeps is not None:
         _check_positive_int(init_sweeps, "init_sweeps")
+    if not all(callable(c) for c in callbacks):
+        raise TypeError("callbacks must be a sequence of callables callback(epoch, history)")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
     if eval_data is not None:
@@ -240,6 +244,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         history.steps = step
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, guide, optimizer, history, step, epoch, generator, initialized)
+        for callback in callbacks:
+            callback(epoch, history)
     bar.close()
     return history
 

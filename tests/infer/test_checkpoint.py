@@ -111,3 +111,13 @@ def test_a_dataloader_is_fitted_with_the_dataset_size_and_evaluated(monkeypatch)
     assert sum(b for b, _ in seen) == 2 * len(dataset)
     assert len(history.error) == 2 and all(0 < e < 10 for e in history.error)
     assert len(history.ranks) == 2 and history.ranks[-1]["tensor"]
+
+
+def test_callbacks_see_every_epoch_and_bad_ones_are_refused():
+    planted, model, guide = _problem()
+    data = (planted.train_index, planted.train_values)
+    seen = []
+    tb.fit(model, guide, data, epochs=3, progress=False, init="none", callbacks=[lambda e, h: seen.append((e, len(h.elbo)))])
+    assert seen == [(0, 1), (1, 2), (2, 3)]
+    with pytest.raises(TypeError, match="callbacks"):
+        tb.fit(model, guide, data, epochs=1, progress=False, callbacks=[3])
