@@ -15,9 +15,10 @@ Usage::
 """
 
 from . import data, formats, guides, infer, models, priors
+from .compact import export
 from .infer import fit, predict
 from .rank import compression_report, prune, ranks
 
 __version__ = "0.1.0"
 
-__all__ = ["compression_report", "data", "fit", "formats", "guides", "infer", "models", "predict", "priors", "prune", "ranks"]
+__all__ = ["compression_report", "data", "export", "fit", "formats", "guides", "infer", "models", "predict", "priors", "prune", "ranks"]

@@ -15,3 +15,8 @@ from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, T
 from .tensorize import tensorize
 
 __all__ += ["FactorizationError", "TensorizedConv2d", "TensorizedEmbedding", "TensorizedLinear", "factorize", "tensorize"]
+
+# Whole networks under a likelihood: classification and regression.
+from .networks import BayesianClassifier, BayesianRegressor
+
+__all__ += ["BayesianClassifier", "BayesianRegressor"]

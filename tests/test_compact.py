@@ -1,0 +1,287 @@
+"""
+tb.export: the exported torch module computes the Bayesian network at the posterior-mean
+factors (exactly, in float64), keeps doing so after pruning at the smaller size, holds no Pyro
+module and round-trips through a plain state_dict; parts it cannot fix are refused by name.
+"""
+
+import io
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.infer.autoguide import AutoNormal
+from pyro.nn import PyroModule, PyroParam, PyroSample
+
+import tensorbayes as tb
+from tensorbayes.data import teacher_student
+from tensorbayes.compact import CompactConv2d, CompactEmbedding, CompactLinear, CompactTensor, num_params
+from tensorbayes.guides import MeanField
+from tensorbayes.guides.meanfield import low_rank_tensors
+from tensorbayes.models import BayesianClassifier, BayesianRegressor, TensorCompletion, TensorizedLinear, tensorize
+
+D = torch.float64
+FORMATS = ["cp", "tucker", "tt", "ttm"]
+PLAIN = 16 + 16 * 3 + 3  # the first layer's bias and the dense head
+
+
+def _classifier(format, max_rank=4, seed=0):
+    """Linear(16, 16) tensorized as (4, 4) -> (4, 4), ReLU, a dense Linear(16, 3) head."""
+    net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    model = BayesianClassifier(tensorize(net, format=format, max_rank=max_rank, min_features=16, order=2), 3)
+    guide = MeanField(model, seed=seed)
+    model.double()
+    guide.double()
+    return model, guide
+
+
+def _at_means(model, guide, *inputs):
+    """The model run with every factor site conditioned to the guide's posterior mean."""
+    data = {}
+    for tensor in low_rank_tensors(model).values():
+        data.update({tensor.factor_site(k): m for k, m in enumerate(guide.factor_means(tensor))})
+    return poutine.condition(model, data=data)(*inputs)
+
+
+def _x(n=6, seed=0):
+    return torch.randn(n, 16, generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_export_is_the_network_at_the_posterior_mean(format):
+    model, guide = _classifier(format)
+    net = tb.export(model, guide)
+    assert type(net) is torch.nn.Sequential
+    assert type(net[0]) is CompactLinear and type(net[1]) is torch.nn.ReLU and type(net[2]) is torch.nn.Linear
+    assert net[0].layout.ranks == model.net[0].layout.ranks
+    for n in (1, 5, 300):  # both paths of the FLOP rule
+        x = _x(n)
+        torch.testing.assert_close(net(x), _at_means(model.net, guide, x), rtol=0, atol=1e-10)
+        torch.testing.assert_close(torch.softmax(net(x), -1), _at_means(model, guide, x), rtol=0, atol=1e-10)
+        assert net[0].choose_path(n) == model.net[0].choose_path(n)
+    x = _x(7)
+    net[0].path = "contract"
+    contracted = net(x)
+    net[0].path = "dense"
+    torch.testing.assert_close(net(x), contracted, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="path"):
+        net[0].path = "fast"
+    # the bias and the head are the model's values, copied
+    torch.testing.assert_close(net[0].bias, model.net[0].bias, rtol=0, atol=0)
+    assert net[0].bias.data_ptr() != model.net[0].bias.data_ptr()
+    torch.testing.assert_close(net[2].weight, model.net[2].weight, rtol=0, atol=0)
+    assert num_params(net) == net[0].layout.num_params() + PLAIN
+
+
+def _embed(layout, planted, seed=0):
+    """
+    Factors of ``layout`` holding ``planted`` (at smaller ranks) in their leading block; the
+    extra indices of each bond carry junk on one side of the bond and zeros on the other, so the
+    tensor is the planted one and pruning them is exact.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    small = [None] * layout.num_bonds
+    for b, pairs in enumerate(layout.bonds):
+        f, d = pairs[0]
+        small[b] = planted[f].shape[d]
+    factors = []
+    for shape, p in zip(layout.factor_shapes, planted):
+        f = torch.zeros(shape, dtype=D)
+        f[tuple(slice(0, s) for s in p.shape)] = p
+        factors.append(f)
+    for b, pairs in enumerate(layout.bonds):
+        f, d = pairs[0]
+        index = []
+        for dd, lab in enumerate(layout.labels[f]):
+            if dd == d:
+                index.append(slice(small[b], None))
+            elif lab[0] == "b":
+                index.append(slice(0, small[int(lab[1:])]))
+            else:
+                index.append(slice(None))
+        block = factors[f][tuple(index)]
+        factors[f][tuple(index)] = torch.randn(block.shape, generator=gen, dtype=D)
+    return factors
+
+
+def _hand_count(format):
+    """Factor entries of a (4, 4, 4, 4) weight at rank 2 on every bond, written out."""
+    return {"cp": 2 * 16, "tucker": 2**4 + 4 * 4 * 2, "tt": 4 * 2 + 2 * 4 * 2 + 2 * 4 * 2 + 2 * 4, "ttm": 2 * (4 * 4 * 2)}[format]
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_export_after_prune(format):
+    model, guide = _classifier(format, max_rank=4)
+    layer = model.net[0]
+    task = teacher_student(num_train=1, num_test=1, in_shape=(4, 4), out_shape=(4, 4), format=format, ranks=2, dtype=D)
+    assert task.format.shape == layer.layout.shape
+    locs = _embed(layer.layout, task.factors)
+    guide.set_posterior(layer.weight, locs)
+    torch.testing.assert_close(layer.layout.to_matrix(locs), task.weight, rtol=1e-12, atol=1e-12)
+    x = _x(9)
+    before = tb.export(model, guide)
+    expected = before(x)
+    assert num_params(before) == layer.layout.num_params() + PLAIN > _hand_count(format) + PLAIN
+
+    ranks = tb.prune(model, guide)
+    assert ranks == {"net.0.weight": (2,) * layer.layout.num_bonds}
+    after = tb.export(model, guide)
+    assert after[0].layout.ranks == (2,) * layer.layout.num_bonds
+    assert all(tuple(f.shape) == s for f, s in zip(after[0].weight.factors, layer.layout.factor_shapes))
+    torch.testing.assert_close(after(x), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(after(x), _at_means(model.net, guide, x), rtol=0, atol=1e-10)
+    # the parameter count: the hand count, and the report's count plus the plain parameters
+    assert num_params(after) == _hand_count(format) + PLAIN
+    assert num_params(after) == sum(row["params"] for row in tb.compression_report(model)) + PLAIN
+    assert num_params(after) < num_params(before)
+
+
+class ConvEmbedNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+        self.emb = torch.nn.Embedding(30, 12)
+        self.fc = torch.nn.Linear(6 * 4 * 4, 12)
+        self.norm = torch.nn.BatchNorm1d(12)
+        self.out = torch.nn.Linear(12, 3)  # (3, 12): stays dense
+
+    def forward(self, images, tokens):
+        h = torch.relu(self.conv(images)).flatten(1)
+        h = self.norm(torch.relu(self.fc(h)) + self.emb(tokens).mean(1))
+        return self.out(h)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_export_conv_and_embedding(format):
+    net = tensorize(ConvEmbedNet(), format=format, max_rank=2, min_features=4, order=2)
+    with torch.no_grad():
+        net.norm.running_mean.uniform_(-1, 1)
+        net.norm.running_var.uniform_(0.5, 2)
+    net.eval()
+    guide = MeanField(net, seed=0)
+    net.double()
+    guide.double()
+    out = tb.export(net, guide)
+    assert type(out) is ConvEmbedNet and not out.training
+    assert type(out.conv) is CompactConv2d and type(out.emb) is CompactEmbedding and type(out.fc) is CompactLinear
+    assert type(out.norm) is torch.nn.BatchNorm1d and type(out.out) is torch.nn.Linear
+    assert out.conv.padding == (1, 1) and out.conv.kernel_size == (3, 3)
+    torch.testing.assert_close(out.norm.running_var, net.norm.running_var, rtol=0, atol=0)
+    gen = torch.Generator().manual_seed(0)
+    images, tokens = torch.randn(5, 4, 4, 4, generator=gen, dtype=D), torch.randint(0, 30, (5, 3), generator=gen)
+    torch.testing.assert_close(out(images, tokens), _at_means(net, guide, images, tokens), rtol=0, atol=1e-10)
+    tensors = low_rank_tensors(net).values()
+    plain = sum(p.numel() for name, p in net.named_parameters() if name.endswith("bias") or name.split(".")[0] in ("norm", "out"))
+    assert num_params(out) == sum(t.layout.num_params() for t in tensors) + plain
+    with pytest.raises(ValueError, match="num_embeddings=30"):
+        out(images, tokens + 27)
+
+
+def test_export_holds_no_pyro_and_round_trips_a_state_dict():
+    model, guide = _classifier("tt")
+    store = dict(pyro.get_param_store().items())
+    model_state = {k: v.clone() for k, v in model.state_dict().items()}
+    net = tb.export(model, guide)
+    assert not any(isinstance(m, PyroModule) for m in net.modules())
+    assert set(net.state_dict()) == {f"0.weight.factors.{k}" for k in range(4)} | {"0.bias", "2.weight", "2.bias"}
+    # nothing changed in the model, the guide or the param store; nothing shared with them
+    assert dict(pyro.get_param_store().items()).keys() == store.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in model_state.items())
+    means = [m.clone() for m in guide.factor_means(model.net[0].weight)]
+    with torch.no_grad():
+        net[0].weight.factors[0].add_(1.0)
+        net[2].weight.add_(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(guide.factor_means(model.net[0].weight), means))
+    assert torch.equal(model.net[2].weight, model_state["net.2.weight"])
+    net = tb.export(model, guide)
+    # it runs without Pyro: no sample or param site under a trace
+    x = _x(4)
+    trace = poutine.trace(net).get_trace(x)
+    assert not [name for name, site in trace.nodes.items() if site["type"] in ("sample", "param")]
+    # a plain state_dict round trip into a fresh export of another posterior
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    buffer.seek(0)
+    other = tb.export(model, MeanField(model, seed=1).double())
+    assert not torch.allclose(other(x), net(x))
+    other.load_state_dict(torch.load(buffer))
+    torch.testing.assert_close(other(x), net(x), rtol=0, atol=0)
+    # and the whole module pickles
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    buffer.seek(0)
+    torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), net(x), rtol=0, atol=0)
+
+
+def test_export_of_a_regressor_and_of_pyro_params():
+    net = tensorize(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)),
+                    format="ttm", max_rank=3, min_features=16, order=2)
+    model = BayesianRegressor(net, noise=0.5)
+    model.net[2].bias = PyroParam(torch.full((2,), 0.5, dtype=D), constraint=constraints.positive)
+    guide = MeanField(model, seed=0)
+    model.double()
+    guide.double()
+    out = tb.export(model, guide)  # before the model ever ran: the module's own value
+    assert type(out[2]) is torch.nn.Linear and set(dict(out[2].named_parameters())) == {"weight", "bias"}
+    torch.testing.assert_close(out[2].bias, torch.full((2,), 0.5, dtype=D), rtol=1e-12, atol=0)
+    x = _x(3)
+    torch.testing.assert_close(out(x), _at_means(model, guide, x), rtol=0, atol=1e-10)
+    # after a run the param store holds the value; a changed one is what the model and the export use
+    pyro.get_param_store()["net.2.bias"] = torch.full((2,), 2.0, dtype=D)
+    out = tb.export(model, guide)
+    torch.testing.assert_close(out[2].bias, torch.full((2,), 2.0, dtype=D), rtol=1e-12, atol=0)
+    torch.testing.assert_close(out(x), _at_means(model, guide, x), rtol=0, atol=1e-10)
+
+
+def test_export_keeps_shared_modules_and_tied_parameters_shared():
+    model, guide = _classifier("tt")
+    model.net.add_module("3", model.net[2])  # the same head twice (not run: only the structure is checked)
+    model.net[1].tied = model.net[2].weight  # a parameter registered in a second module
+    out = tb.export(model, guide)
+    assert out[3] is out[2] and out[1].tied is out[2].weight
+    assert num_params(out) == out[0].layout.num_params() + PLAIN
+
+
+def test_compact_tensor():
+    model, guide = _classifier("tucker")
+    tensor = model.net[0].weight
+    compact = CompactTensor(tensor.layout, guide.factor_means(tensor))
+    assert compact.format == "tucker" and compact.ranks == tensor.layout.ranks
+    torch.testing.assert_close(compact.full(), tensor.layout.full(guide.factor_means(tensor)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="factors"):
+        CompactTensor(tensor.layout, guide.factor_means(tensor)[:-1])
+    with pytest.raises(TypeError, match="layer must be a TensorizedLinear"):
+        CompactLinear(torch.nn.Linear(4, 4), [])
+
+
+class OwnNet(PyroModule):
+    def __init__(self):
+        super().__init__()
+        self.fc = TensorizedLinear(16, 16, format="tt", max_rank=2, in_shape=(4, 4), out_shape=(4, 4))
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_export_refuses_what_it_cannot_fix():
+    model, guide = _classifier("cp")
+    with pytest.raises(TypeError, match="guide must offer factor_means"):
+        tb.export(model, AutoNormal(model))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        tb.export(lambda x: x, guide)
+    other, other_guide = _classifier("cp")
+    with pytest.raises(ValueError, match="not part of the model"):
+        tb.export(model, other_guide)
+    own = OwnNet()
+    with pytest.raises(TypeError, match="OwnNet"):
+        tb.export(own, MeanField(own))
+    completion = TensorCompletion((3, 4, 5))
+    with pytest.raises(TypeError, match="TensorCompletion"):
+        tb.export(completion, MeanField(completion))
+    model.net[2].weight = PyroSample(dist.Normal(0.0, 1.0).expand([3, 16]).to_event(2))
+    with pytest.raises(TypeError, match=r"net\.2\.weight"):
+        tb.export(model, guide)
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
+        num_params("net")
