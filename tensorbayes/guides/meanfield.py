@@ -115,6 +115,7 @@ class MeanField(PyroModule):
         )
         self.lambda_guide = lambda_guide
         self.lambda_update = lambda_update
+        self.to(_model_dtype(model))
 
     def tensors(self):
         """Pairs ``(model tensor, its posterior parameters)``."""
@@ -196,6 +197,14 @@ class MeanField(PyroModule):
             post.set_log_lambda(b, post.log_lambda(b).detach()[idx].clone())
             if self.lambda_guide == "lognormal":
                 post.raw_lambda_scales[b] = torch.nn.Parameter(post.raw_lambda_scales[b].detach()[idx].clone())
+
+
+def _model_dtype(model):
+    """The floating dtype of the model's parameters and buffers (torch's default if it has none)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
 
 
 def _key(name):

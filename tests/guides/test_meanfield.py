@@ -212,3 +212,13 @@ def test_guide_scales_are_softplus_of_raw():
     post = guide.posteriors["tensor"]
     for raw, s in zip(post.raw_scales, guide.factor_scales(model.tensor)):
         torch.testing.assert_close(s, F.softplus(raw.detach()))
+
+
+def test_guide_takes_the_models_dtype():
+    from tensorbayes.guides import MeanField
+    from tensorbayes.models import TensorCompletion
+
+    model = TensorCompletion((4, 5, 6), format="tt", max_rank=3).double()
+    guide = MeanField(model)
+    assert {p.dtype for p in guide.parameters()} == {torch.float64}
+    assert {b.dtype for b in guide.buffers()} == {torch.float64}
