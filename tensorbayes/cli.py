@@ -60,12 +60,14 @@ def run_demo(seed=0, epochs=3, progress=False, out=sys.stdout):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="tensorbayes", description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tensorbayes", description="Bayesian low-rank tensors whose ranks are learned by shrinkage priors."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
         help="fit a planted tensor in each format and print the ranks found",
-        description="Tensor completion of one planted tensor per format (30 %% observed, 1 %% noise): "
+        description="Tensor completion of one planted tensor per format (30 % observed, 1 % noise): "
         "planted and found ranks, held-out error, compression ratio and time.",
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the planted tensors and of the fits (default 0)")
