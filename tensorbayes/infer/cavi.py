@@ -110,6 +110,60 @@ def _slice_statistics(layout, locs, second_moments, index, values, f):
     return gram, rhs, design, slices
 
 
+#: Tucker cores with more entries than this are solved matrix-free (conjugate gradients): their
+#: Gram matrix would have ``block²`` entries and its solve ``block³`` operations.
+MATRIX_FREE_BLOCK = 1024
+
+
+def _tucker_core_update(layout, locs, index, values, precision, noise_var, iterations=50):
+    """
+    The core's mean-field update without its Gram matrix: conjugate gradients on
+    ``(AᵀA / σ² + diag(precision)) g = Aᵀy / σ²`` from the current core, where ``A g`` is the
+    tensor's entries with core ``g`` and ``Aᵀr`` its adjoint (autograd through the same einsum).
+    The design of a Tucker core is a product of factor entries, so ``diag(AᵀA)`` and each
+    entry's variance through the core are the same contractions with squared factors.
+
+    :returns: ``(mean, var, spread)``: the core's mean and variance as ``(1, block)`` rows and the
+        variance of every observed entry through the core.
+    """
+    shape = layout.factor_shapes[0]
+    precision = precision.reshape(shape)
+
+    def entries(core, factors=locs):
+        return layout.entries([core] + list(factors[1:]), index)
+
+    def adjoint(residual, factors=locs):
+        with torch.enable_grad():
+            probe = torch.zeros(shape, dtype=residual.dtype, requires_grad=True)
+            (grad,) = torch.autograd.grad(entries(probe, factors) @ residual, probe)
+        return grad
+
+    def operator(core):
+        return adjoint(entries(core)) / noise_var + precision * core
+
+    rhs = adjoint(values) / noise_var
+    x = locs[0].clone()
+    r = rhs - operator(x)
+    p = r.clone()
+    rr = (r * r).sum()
+    tolerance = 100 * torch.finfo(rhs.dtype).eps ** 2 * (rhs * rhs).sum()  # residual at rounding level
+    for _ in range(iterations):
+        if rr <= tolerance:
+            break
+        q = operator(p)
+        alpha = rr / (p * q).sum()
+        x = x + alpha * p
+        r = r - alpha * q
+        rr_next = (r * r).sum()
+        p = r + (rr_next / rr) * p
+        rr = rr_next
+    squares = [f**2 for f in locs]
+    diagonal = adjoint(torch.ones_like(values), squares) / noise_var + precision
+    var = 1.0 / diagonal
+    spread = entries(var, squares)
+    return x.reshape(1, -1), var.reshape(1, -1), spread
+
+
 def spectral_factors(shape, rank, index, values):
     """
     CP factors from the observed entries alone: for every mode, the leading left singular
@@ -209,14 +263,17 @@ def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=4, warmu
         if not warming and not propagate_variance:
             locs = canonicalize(layout, locs)[0]
         for f in list(range(len(locs))) + list(range(len(locs) - 2, 0, -1)):
-            second = [m**2 + sc**2 for m, sc in zip(locs, scales)] if propagate_variance else None
-            gram, rhs, design, slices = _slice_statistics(layout, locs, second, index, values, f)
             variance = tensor.prior_variances(lambdas)[f].expand(layout.factor_shapes[f])
             precision = 1.0 / _to_blocks(variance, layout.labels[f])
-            mean, var = _solve_blocks(gram, rhs, precision, noise_var)
+            if layout.name == "tucker" and f == 0 and precision.numel() > MATRIX_FREE_BLOCK:
+                mean, var, spread[f] = _tucker_core_update(layout, locs, index, values, precision, noise_var)
+            else:
+                second = [m**2 + sc**2 for m, sc in zip(locs, scales)] if propagate_variance else None
+                gram, rhs, design, slices = _slice_statistics(layout, locs, second, index, values, f)
+                mean, var = _solve_blocks(gram, rhs, precision, noise_var)
+                spread[f] = (design**2 * var[slices]).sum(-1)  # Var of each entry through factor f
             locs[f] = _from_blocks(mean, layout.labels[f], layout.factor_shapes[f])
             scales[f] = _from_blocks(var.sqrt(), layout.labels[f], layout.factor_shapes[f])
-            spread[f] = (design**2 * var[slices]).sum(-1)  # Var of each entry through factor f
         if warming:
             noises.append(float(noise_var.sqrt()))
             if fresh and (values - layout.entries(locs, index)).pow(2).mean() <= 2 * noise_var:

@@ -75,3 +75,26 @@ def test_coordinate_ascent_checks_data():
         coordinate_ascent(model, guide, index, torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match="index"):
         coordinate_ascent(model, guide, index + 1, torch.tensor([1.0, 2.0]))
+
+
+def test_matrix_free_tucker_core_update_equals_the_direct_solve():
+    """Conjugate gradients on the core's normal equations give the explicit block solve."""
+    import importlib
+
+    cavi = importlib.import_module("tensorbayes.infer.cavi")
+    from tensorbayes.data import planted_tensor
+    from tensorbayes.formats import Tucker
+
+    planted = planted_tensor((5, 6, 7), "tucker", (2, 3, 2), observed=0.5, noise=0.05, seed=0, dtype=torch.float64)
+    layout = Tucker((5, 6, 7), (4, 4, 4))
+    generator = torch.Generator().manual_seed(0)
+    locs = [torch.randn(s, generator=generator, dtype=torch.float64) for s in layout.factor_shapes]
+    precision = torch.rand(1, 64, generator=generator, dtype=torch.float64) + 0.5
+    index, values, noise_var = planted.train_index, planted.train_values, 0.3
+    gram, rhs, design, slices = cavi._slice_statistics(layout, locs, None, index, values, 0)
+    mean, var = cavi._solve_blocks(gram, rhs, precision, noise_var)
+    free_mean, free_var, spread = cavi._tucker_core_update(layout, locs, index, values, precision, noise_var,
+                                                           iterations=200)
+    assert torch.allclose(free_mean, mean, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(free_var, var, rtol=1e-10)
+    assert torch.allclose(spread, (design**2 * var[slices]).sum(-1), rtol=1e-10)
