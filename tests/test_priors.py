@@ -1,8 +1,6 @@
 """Tests of tensorbayes.priors: the rank-shrinkage hyperpriors and their closed-form M-steps."""
 
 import math
-import sys
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -11,12 +9,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoDelta
 
-try:
-    import tensorbayes.priors  # noqa: F401
-except ModuleNotFoundError:  # package not installed and no rootdir conftest: use the checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tensorbayes.priors import (  # noqa: E402
+from tensorbayes.priors import (
     PRIORS,
     Gamma,
     HalfCauchy,

@@ -6,19 +6,19 @@ is the low-rank tensor's entry plus Normal noise. The data plate is subsampled, 
 likelihood of a minibatch is scaled by ``num_data / batch`` and the ELBO is the full-data ELBO.
 """
 
-import math
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from .noise import NormalNoise
 from .tensor import LowRankTensor
 
 __all__ = ["TensorCompletion"]
 
 
-class TensorCompletion(PyroModule):
+class TensorCompletion(PyroModule, NormalNoise):
     """
     ``values[n] ~ Normal(T[index[n]], noise)`` for a low-rank tensor ``T`` with rank priors.
 
@@ -40,28 +40,11 @@ class TensorCompletion(PyroModule):
     def __init__(self, shape, format="tt", max_rank=8, prior="half_cauchy", noise=None, **kwargs):
         super().__init__()
         self.tensor = LowRankTensor(shape, format=format, max_rank=max_rank, prior=prior, **kwargs)
-        if noise is None:
-            self.log_noise = torch.nn.Parameter(torch.zeros(()))
-            self.fixed_noise = None
-        elif isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 < noise < math.inf:
-            self.fixed_noise = float(noise)  # a Python float: exact in any dtype the model is cast to
-        else:
-            raise ValueError(f"noise must be None (learned) or a positive number, got {noise!r}")
+        self._init_noise(noise)
 
     @property
     def shape(self):
         return self.tensor.layout.shape
-
-    @property
-    def learns_noise(self):
-        return self.fixed_noise is None
-
-    @property
-    def noise(self):
-        """The noise standard deviation (a 0-d tensor)."""
-        if self.learns_noise:
-            return self.log_noise.exp()
-        return torch.tensor(self.fixed_noise, dtype=torch.float64)
 
     def check_data(self, index, values=None):
         """Validate observed multi-indices (and values); returns them as tensors."""

@@ -16,13 +16,14 @@ The network's sample sites are named after its path in the model, ``"net.<layer>
 its plain parameters (biases, small dense layers) are ``pyro.param`` point estimates.
 """
 
-import math
 from numbers import Integral
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
+
+from .noise import NormalNoise
 
 __all__ = ["BayesianClassifier", "BayesianRegressor"]
 
@@ -137,7 +138,7 @@ class BayesianClassifier(PyroModule):
         return torch.softmax(logits, dim=-1)
 
 
-class BayesianRegressor(PyroModule):
+class BayesianRegressor(PyroModule, NormalNoise):
     """
     ``y[n] ~ Normal(net(x)[n], noise)`` for a network ``net`` with low-rank tensorized layers
     under rank priors; a multi-output network's outputs are independent given ``x`` (one
@@ -160,24 +161,7 @@ class BayesianRegressor(PyroModule):
     def __init__(self, net, noise=None):
         super().__init__()
         self.net = _check_net(net)
-        if noise is None:
-            self.log_noise = torch.nn.Parameter(torch.zeros(()))
-            self.fixed_noise = None
-        elif isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 < noise < math.inf:
-            self.fixed_noise = float(noise)  # a Python float: exact in any dtype the model is cast to
-        else:
-            raise ValueError(f"noise must be None (learned) or a positive number, got {noise!r}")
-
-    @property
-    def learns_noise(self):
-        return self.fixed_noise is None
-
-    @property
-    def noise(self):
-        """The noise standard deviation (a 0-d tensor)."""
-        if self.learns_noise:
-            return self.log_noise.exp()
-        return torch.tensor(self.fixed_noise, dtype=torch.float64)
+        self._init_noise(noise)
 
     @staticmethod
     def _check_targets(y, batch):
