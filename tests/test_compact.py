@@ -21,6 +21,7 @@ from tensorbayes.compact import CompactConv2d, CompactEmbedding, CompactLinear, 
 from tensorbayes.guides import MeanField
 from tensorbayes.guides.meanfield import low_rank_tensors
 from tensorbayes.models import BayesianClassifier, BayesianRegressor, TensorCompletion, TensorizedLinear, tensorize
+from tests.embedding import embed
 
 D = torch.float64
 FORMATS = ["cp", "tucker", "tt", "ttm"]
@@ -75,37 +76,6 @@ def test_export_is_the_network_at_the_posterior_mean(format):
     assert num_params(net) == net[0].layout.num_params() + PLAIN
 
 
-def _embed(layout, planted, seed=0):
-    """
-    Factors of ``layout`` holding ``planted`` (at smaller ranks) in their leading block; the
-    extra indices of each bond carry junk on one side of the bond and zeros on the other, so the
-    tensor is the planted one and pruning them is exact.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    small = [None] * layout.num_bonds
-    for b, pairs in enumerate(layout.bonds):
-        f, d = pairs[0]
-        small[b] = planted[f].shape[d]
-    factors = []
-    for shape, p in zip(layout.factor_shapes, planted):
-        f = torch.zeros(shape, dtype=D)
-        f[tuple(slice(0, s) for s in p.shape)] = p
-        factors.append(f)
-    for b, pairs in enumerate(layout.bonds):
-        f, d = pairs[0]
-        index = []
-        for dd, lab in enumerate(layout.labels[f]):
-            if dd == d:
-                index.append(slice(small[b], None))
-            elif lab[0] == "b":
-                index.append(slice(0, small[int(lab[1:])]))
-            else:
-                index.append(slice(None))
-        block = factors[f][tuple(index)]
-        factors[f][tuple(index)] = torch.randn(block.shape, generator=gen, dtype=D)
-    return factors
-
-
 def _hand_count(format):
     """Factor entries of a (4, 4, 4, 4) weight at rank 2 on every bond, written out."""
     return {"cp": 2 * 16, "tucker": 2**4 + 4 * 4 * 2, "tt": 4 * 2 + 2 * 4 * 2 + 2 * 4 * 2 + 2 * 4, "ttm": 2 * (4 * 4 * 2)}[format]
@@ -117,7 +87,7 @@ def test_export_after_prune(format):
     layer = model.net[0]
     task = teacher_student(num_train=1, num_test=1, in_shape=(4, 4), out_shape=(4, 4), format=format, ranks=2, dtype=D)
     assert task.format.shape == layer.layout.shape
-    locs = _embed(layer.layout, task.factors)
+    locs = embed(layer.layout, task.factors)
     guide.set_posterior(layer.weight, locs)
     torch.testing.assert_close(layer.layout.to_matrix(locs), task.weight, rtol=1e-12, atol=1e-12)
     x = _x(9)

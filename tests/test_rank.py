@@ -13,6 +13,7 @@ import tensorbayes as tb
 from tensorbayes.data import planted_tensor
 from tensorbayes.guides import MeanField
 from tensorbayes.models import TensorCompletion
+from tests.embedding import embed
 
 D = torch.float64
 
@@ -40,33 +41,6 @@ def _num_params(fmt, shape, ranks):
     return ranks[0] * sum(shape)
 
 
-def _embed(layout, small, planted, seed=0):
-    """
-    Factors of ``layout`` (the larger ranks) holding ``planted`` (at the smaller ranks of
-    ``small``) in their leading block. The extra indices of each bond carry random junk on one
-    side of the bond and zeros on the other, so the tensor is unchanged.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    factors = []
-    for shape, p in zip(layout.factor_shapes, planted):
-        f = torch.zeros(shape, dtype=D)
-        f[tuple(slice(0, s) for s in p.shape)] = p
-        factors.append(f)
-    for b, pairs in enumerate(layout.bonds):
-        f, d = pairs[0]
-        index = []
-        for dd, lab in enumerate(layout.labels[f]):
-            if dd == d:
-                index.append(slice(small.ranks[b], None))
-            elif lab[0] == "b":
-                index.append(slice(0, small.ranks[int(lab[1:])]))
-            else:
-                index.append(slice(None))
-        block = factors[f][tuple(index)]
-        factors[f][tuple(index)] = torch.randn(block.shape, generator=gen, dtype=D)
-    return factors
-
-
 def _setup(fmt, shape, ranks, max_rank):
     planted = planted_tensor(shape, fmt, ranks, observed=0.3, noise=0.0, seed=0, dtype=D)
     model = TensorCompletion(shape, format=fmt, max_rank=max_rank, noise=0.1)
@@ -75,7 +49,7 @@ def _setup(fmt, shape, ranks, max_rank):
     guide.double()
     tensor = model.tensor
     assert tensor.layout.ranks == tuple(max_rank)
-    locs = _embed(tensor.layout, planted.format, planted.factors)
+    locs = embed(tensor.layout, planted.factors)
     torch.testing.assert_close(tensor.layout.full(locs), planted.full, rtol=1e-12, atol=1e-12)
     gen = torch.Generator().manual_seed(1)
     scales = [torch.rand(s, generator=gen, dtype=D) * 0.01 + 0.001 for s in tensor.layout.factor_shapes]
