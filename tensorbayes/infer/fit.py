@@ -29,19 +29,27 @@ class NonFiniteError(FloatingPointError):
 @dataclass
 class History:
     """
-    What :func:`fit` recorded, one entry per epoch: ``elbo`` (mean over the epoch's steps),
-    ``beta``, ``noise``, ``lambdas`` and ``ranks`` (per tensor, for a
-    :class:`~tensorbayes.guides.MeanField` guide), and with ``eval_data`` the held-out
-    ``accuracy`` (a classifier) or relative ``error`` (a regression or completion).
+    What :func:`fit` recorded, one entry per epoch: ``elbo`` (mean over the epoch's steps) and
+    its two parts ``log_likelihood`` (the expected log-likelihood of the data, scaled to the
+    whole data set) and ``kl`` (the KL term as it entered the objective, weighted by β), so
+    that ``elbo = log_likelihood - kl``; ``beta``, ``noise``, ``lambdas`` and ``ranks`` (per
+    tensor, for a :class:`~tensorbayes.guides.MeanField` guide), and with ``eval_data`` the
+    held-out ``accuracy`` (a classifier) or relative ``error`` (a regression or completion).
+
+    ``lambda_trace`` holds λ at a finer grain, every ``trace_every`` steps:
+    ``{"step": [step, ...], "lambdas": [{tensor name: [λ of each bond]}, ...]}``.
     """
 
     elbo: list = field(default_factory=list)
+    log_likelihood: list = field(default_factory=list)
+    kl: list = field(default_factory=list)
     beta: list = field(default_factory=list)
     noise: list = field(default_factory=list)
     lambdas: list = field(default_factory=list)
     ranks: list = field(default_factory=list)
     accuracy: list = field(default_factory=list)
     error: list = field(default_factory=list)
+    lambda_trace: dict = field(default_factory=lambda: {"step": [], "lambdas": []})
     steps: int = 0
 
     def __len__(self):
@@ -58,6 +66,21 @@ class KLScale(Messenger):
     def _process_message(self, msg):
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = msg["scale"] * self.beta
+
+
+class LikelihoodMeter(Messenger):
+    """Add up the scaled log-likelihood of every observed site (detached) into ``total``."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0.0
+
+    def _postprocess_message(self, msg):
+        if msg["type"] == "sample" and msg["is_observed"]:
+            with torch.no_grad():
+                log_p = msg["fn"].log_prob(msg["value"])
+                self.total += float((log_p * msg["scale"]).sum() if msg["mask"] is None else
+                                    (log_p * msg["scale"] * msg["mask"]).sum())
 
 
 @dataclass
@@ -133,7 +156,7 @@ class _LoaderBatches:
 
 def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None, ramp=None,
         lambda_step=0.1, num_particles=1, init="auto", init_sweeps=None, eval_data=None, eval_samples=20,
-        checkpoint=None, resume=False, callbacks=(), seed=None, progress=True):
+        checkpoint=None, resume=False, callbacks=(), trace_every=None, seed=None, progress=True):
     """
     Fit ``guide`` to the posterior of ``model`` by SVI on minibatches of ``data``.
 
@@ -170,6 +193,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         give the same parameters as an uninterrupted run).
     :param callbacks: callables ``callback(epoch, history)`` run after every epoch (after the
         checkpoint), e.g. to print or log progress.
+    :param int trace_every: record λ into ``history.lambda_trace`` every this many steps
+        (default: about ten times per epoch; copying λ costs microseconds).
     :param int seed: seeds the minibatch order and the ELBO's samples.
     :param bool progress: show a tqdm progress bar.
     :returns: the :class:`History` of the fit.
@@ -185,6 +210,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         raise ValueError(f"init must be 'auto', 'cavi' or 'none', got {init!r}")
     if init_sweeps is not None:
         _check_positive_int(init_sweeps, "init_sweeps")
+    if trace_every is not None:
+        _check_positive_int(trace_every, "trace_every")
     if not all(callable(c) for c in callbacks):
         raise TypeError("callbacks must be a sequence of callables callback(epoch, history)")
     if resume and checkpoint is None:
@@ -227,19 +254,25 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         history, step, first_epoch = state["history"], state["step"], state["epoch"] + 1
         generator.set_state(state["generator"])
         pyro.util.set_rng_state(state["rng"])
+    trace_every = trace_every or max(1, len(batches) // 10)
     bar = tqdm(total=total, initial=step, disable=not progress, desc="fit", leave=False)
     for epoch in range(first_epoch, epochs):
-        epoch_loss = 0.0
+        epoch_loss = epoch_likelihood = 0.0
         for batch in batches:
             beta = schedule.beta(step)
             optimizer.param_groups[1]["lr"] = lr if step >= schedule.warmup else 0.0
-            loss = _step(model, guide, elbo, optimizer, batch, batches.num_data, beta, step, epoch)
+            loss, likelihood = _step(model, guide, elbo, optimizer, batch, batches.num_data, beta, step, epoch)
             if closed_form and step >= schedule.warmup:
                 guide.update_lambdas(lambda_step)
             epoch_loss += loss
+            epoch_likelihood += likelihood / num_particles
             step += 1
+            if step % trace_every == 0 and hasattr(guide, "lambdas"):
+                history.lambda_trace["step"].append(step)
+                history.lambda_trace["lambdas"].append(_lambdas(guide))
             bar.update()
-        _record(history, model, guide, -epoch_loss / len(batches), beta, eval_data, eval_samples)
+        _record(history, model, guide, -epoch_loss / len(batches), epoch_likelihood / len(batches), beta,
+                eval_data, eval_samples)
         bar.set_postfix(elbo=f"{history.elbo[-1]:.4g}", beta=f"{beta:.2f}")
         history.steps = step
         if checkpoint is not None:
@@ -251,9 +284,13 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
 
 
 def _step(model, guide, elbo, optimizer, batch, num_data, beta, step, epoch):
-    """One SVI step; returns the loss. Stops with :class:`NonFiniteError` naming where a NaN began."""
+    """
+    One SVI step; returns the loss and the log-likelihood summed over the particles. Stops
+    with :class:`NonFiniteError` naming where a NaN began.
+    """
+    meter = LikelihoodMeter()
     try:
-        with KLScale(beta):
+        with KLScale(beta), meter:
             loss = elbo.differentiable_loss(model, guide, *batch, num_data=num_data)
     except ValueError as error:  # Pyro's validation refuses a NaN parameter of a distribution
         if _non_finite_parameter(model, guide) is None:
@@ -265,19 +302,25 @@ def _step(model, guide, elbo, optimizer, batch, num_data, beta, step, epoch):
     loss.backward()
     _check_finite_gradients(model, guide, step, epoch)
     optimizer.step()
-    return loss.item()
+    return loss.item(), meter.total
 
 
-def _record(history, model, guide, elbo, beta, eval_data, eval_samples):
+def _lambdas(guide):
+    return {name: [v.clone() for v in vs] for name, vs in guide.lambdas().items()}
+
+
+def _record(history, model, guide, elbo, likelihood, beta, eval_data, eval_samples):
     """Append one epoch's summaries to ``history``."""
     from ..rank import ranks
     from .predict import predict
 
     history.elbo.append(elbo)
+    history.log_likelihood.append(likelihood)
+    history.kl.append(likelihood - elbo)
     history.beta.append(beta)
     history.noise.append(model.noise.item() if hasattr(model, "noise") else None)
     if hasattr(guide, "lambdas"):
-        history.lambdas.append({k: [v.clone() for v in vs] for k, vs in guide.lambdas().items()})
+        history.lambdas.append(_lambdas(guide))
         history.ranks.append(ranks(model, guide))
     if eval_data is not None:
         *inputs, target = eval_data

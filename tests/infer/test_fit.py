@@ -57,6 +57,7 @@ def _bad_index(p):
         (dict(num_particles=0), None, ValueError, "num_particles"),
         (dict(init="x"), None, ValueError, "init"),
         (dict(init_sweeps=0), None, ValueError, "init_sweeps"),
+        (dict(trace_every=0), None, ValueError, "trace_every"),
         (dict(), _nan_values, ValueError, "values"),
         (dict(), _bad_index, ValueError, "index"),
         (dict(), lambda p: (p.train_index, p.train_values[:-1]), ValueError, "data"),
@@ -64,7 +65,7 @@ def _bad_index(p):
         (dict(), lambda p: [p.train_index.tolist(), p.train_values], TypeError, "data"),
     ],
     ids=["batch_size", "epochs", "epochs-float", "lr-0", "lr-neg", "lambda_step-2", "lambda_step-0",
-         "num_particles", "init", "init_sweeps", "nan-values", "index-range", "lengths", "empty", "not-tensors"],
+         "num_particles", "init", "init_sweeps", "trace_every", "nan-values", "index-range", "lengths", "empty", "not-tensors"],
 )
 def test_bad_input_names_the_argument_and_changes_nothing(kwargs, data, error, name):
     planted, model, guide = _problem()
@@ -240,3 +241,31 @@ def test_more_data_gives_a_narrower_posterior_with_default_fit():
                progress=False, seed=0)
         stds[observed] = _posterior_std(model, guide).mean().item()
     assert stds[0.8] < 0.6 * stds[0.2], stds
+
+
+def test_history_splits_the_elbo_into_likelihood_and_kl():
+    planted, model, guide = _problem(noise=0.05)
+    data = (planted.train_index, planted.train_values)
+    steps = math.ceil(len(planted.train_values) / 16)
+    # one epoch of warm-up (β = 0): no KL in the objective; then β = 1 from the first step
+    history = tb.fit(model, guide, data, epochs=2, batch_size=16, init="none", warmup=steps, ramp=1, seed=0,
+                     progress=False)
+    assert history.kl[0] == pytest.approx(0.0, abs=1e-3 * abs(history.elbo[0]))
+    assert history.kl[1] > 0  # a KL to the prior is positive
+    for elbo, likelihood, kl in zip(history.elbo, history.log_likelihood, history.kl):
+        assert likelihood - kl == pytest.approx(elbo, rel=1e-6)
+    # with fixed noise the expected log-likelihood is known in closed form from the residuals:
+    # it is at most the log-likelihood of a perfect fit, N * log N(0 | 0, σ²)
+    best = len(planted.train_values) * -0.5 * math.log(2 * math.pi * 0.05**2)
+    assert all(likelihood < best for likelihood in history.log_likelihood)
+
+
+def test_lambda_trace_is_recorded_every_trace_every_steps():
+    planted, model, guide = _problem()
+    data = (planted.train_index, planted.train_values)
+    history = tb.fit(model, guide, data, epochs=2, batch_size=16, init="none", trace_every=3, seed=0, progress=False)
+    assert history.lambda_trace["step"] == list(range(3, history.steps + 1, 3))
+    last = history.lambda_trace["lambdas"][-1]["tensor"]
+    assert len(last) == len(model.tensor.layout.ranks)
+    if history.steps % 3 == 0:  # the last trace is the λ the fit ended with
+        assert all(torch.equal(a, b) for a, b in zip(last, guide.lambdas("tensor")))
