@@ -23,10 +23,20 @@ def test_defaults():
     assert isinstance(task.format, TTM) and task.ranks == (3, 3)
     assert task.in_shape == task.out_shape == (4, 4, 4)
     assert task.in_features == task.out_features == 64
-    assert task.weight.shape == (64, 64) and task.num_classes == 10
+    # no head: the teacher is the first layer, its 64 outputs are the classes
+    assert task.weight.shape == (64, 64) and task.num_classes == 64 and len(task.teacher) == 1
+    assert torch.equal((task.x_test @ task.weight.T).argmax(-1), task.y_test)
     assert task.bayes_accuracy == 1.0
     assert "TeacherStudent" in repr(task)
+    # no class dominating
+    assert torch.bincount(task.y_train, minlength=64).max() <= 4096 / 16
+
+
+def test_head_defaults_to_relu():
+    task = teacher_student(**SMALL, num_classes=10)
+    assert len(task.teacher) == 3 and isinstance(task.teacher[1], torch.nn.ReLU)
     # every class present in both sets, none dominating
+    task = teacher_student(num_classes=10)
     for y, n in [(task.y_train, 4096), (task.y_test, 1024)]:
         counts = torch.bincount(y, minlength=10)
         assert len(counts) == 10
@@ -97,7 +107,7 @@ def test_teacher_and_labels(fmt):
 
 
 def test_scales():
-    task = teacher_student(num_test=16, dtype=torch.float64)
+    task = teacher_student(num_test=16, dtype=torch.float64, num_classes=10)
     out_features, in_features = task.weight.shape
     # ||W||_F^2 = out: unit pre-activation variance on average for unit-variance inputs
     assert task.weight.pow(2).sum().item() == pytest.approx(out_features, rel=1e-12)
@@ -113,7 +123,7 @@ def test_scales():
 
 def test_activations():
     for activation, module in [("gelu", torch.nn.GELU), ("sigmoid", torch.nn.Sigmoid), ("Identity", torch.nn.Identity)]:
-        task = teacher_student(**SMALL, hidden_activation=activation)
+        task = teacher_student(**SMALL, num_classes=5, hidden_activation=activation)
         assert isinstance(task.teacher[1], module)
         assert torch.equal(task.teacher(task.x_test).argmax(-1), task.y_test)
 
@@ -188,8 +198,9 @@ def test_dtype():
         (dict(format="tt", ranks=5), ValueError, "ranks"),  # r_0 <= 4: not attainable
         (dict(num_classes=1), ValueError, "num_classes"),
         (dict(num_classes=2.5), TypeError, "num_classes"),
-        (dict(hidden_activation="softplus"), ValueError, "hidden_activation"),
-        (dict(hidden_activation=torch.nn.ReLU()), TypeError, "hidden_activation"),
+        (dict(num_classes=3, hidden_activation="softplus"), ValueError, "hidden_activation"),
+        (dict(num_classes=3, hidden_activation=torch.nn.ReLU()), TypeError, "hidden_activation"),
+        (dict(hidden_activation="relu"), ValueError, "hidden_activation"),  # no head, no hidden layer
         (dict(seed=-1), ValueError, "seed"),
         (dict(seed=1.5), TypeError, "seed"),
         (dict(dtype=torch.int64), TypeError, "dtype"),
