@@ -1,0 +1,226 @@
+"""
+Training runs of tensorized classifiers, as the ``tensorbayes train`` command makes them.
+
+A run is a folder. :func:`train` builds a Bayesian tensorized classifier for a data set (the
+generated teacher-student task or Fashion-MNIST), fits it with :func:`~tensorbayes.fit`
+(checkpointing every epoch, so an interrupted run resumes), reads and prunes the ranks,
+exports the compact network and writes, beside the checkpoint:
+
+- ``config.json``: the settings of the run (what :func:`build` needs to rebuild the model);
+- ``checkpoint.pt``: :func:`~tensorbayes.fit`'s checkpoint after the last epoch (before pruning);
+- ``summary.json``: accuracy (posterior predictive and exported network), ranks, parameter
+  counts and compression, the time per epoch.
+
+:func:`load_run` rebuilds the model and guide from a run folder and restores them, for
+``tensorbayes report`` and notebooks.
+
+Usage::
+
+    from tensorbayes.runs import RunConfig, train, load_run
+    summary = train(RunConfig(data="teacher", format="ttm", max_rank=6, epochs=20), "runs/ttm")
+    run = load_run("runs/ttm")      # run.model, run.guide, run.history, run.config, run.summary
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from pyro.nn import PyroModule
+
+__all__ = ["DATA_SETS", "Run", "RunConfig", "build", "fit_run", "load_data", "load_run", "train"]
+
+#: The data sets a run can train on.
+DATA_SETS = ("teacher", "fashion-mnist")
+
+
+@dataclass
+class RunConfig:
+    """
+    The settings of a training run.
+
+    :param str data: "teacher" (the generated teacher-student task, :func:`~tensorbayes.data.teacher_student`)
+        or "fashion-mnist" (Debian's ``dataset-fashion-mnist``, or ``data_root``).
+    :param str format: "cp", "tucker", "tt" or "ttm", for every tensorized layer.
+    :param int max_rank: the rank bound of every tensorized layer.
+    :param str prior: the rank prior: "half_cauchy", "log_uniform" or "gamma".
+    :param int epochs: SVI epochs.
+    :param int batch_size: examples per step.
+    :param float lr: Adam's learning rate (``None``: :func:`~tensorbayes.fit`'s default).
+    :param int hidden: the hidden width of the Fashion-MNIST MLP (784-hidden-10, ReLU).
+    :param str teacher_format: the format of the teacher's planted weight ("ttm" or "tt").
+    :param teacher_ranks: the planted ranks (``None``: 3 for every TTM bond, ``(3, 6, 6, 3)`` for TT).
+    :param int num_train: training examples of the teacher-student task.
+    :param int seed: seeds the data, the guide's initialization and the fit.
+    :param str data_root: the Fashion-MNIST folder (``None``: the Debian location).
+    :param int eval_samples: posterior draws per evaluation.
+    """
+
+    data: str = "teacher"
+    format: str = "ttm"
+    max_rank: int = 6
+    prior: str = "half_cauchy"
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = None
+    hidden: int = 625
+    teacher_format: str = None
+    teacher_ranks: tuple = None
+    num_train: int = 4096
+    seed: int = 0
+    data_root: str = None
+    eval_samples: int = 10
+
+    def __post_init__(self):
+        if self.data not in DATA_SETS:
+            raise ValueError(f"data must be one of {DATA_SETS}, got {self.data!r}")
+        for name in ("max_rank", "epochs", "batch_size", "hidden", "num_train", "eval_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.teacher_ranks is not None:
+            self.teacher_ranks = tuple(self.teacher_ranks)
+
+
+@dataclass
+class Run:
+    """A restored run: the model and guide at the last checkpoint, its history, config and summary."""
+
+    model: object
+    guide: object
+    history: object
+    config: RunConfig
+    summary: dict
+
+
+def _teacher_settings(config):
+    fmt = config.teacher_format or (config.format if config.format in ("tt", "ttm") else "ttm")
+    if fmt == "tt":
+        return fmt, (4, 4), config.teacher_ranks or (3, 6, 6, 3)
+    return fmt, (4, 4, 4), config.teacher_ranks or 3
+
+
+def load_data(config):
+    """``(x_train, y_train, x_test, y_test, info)`` for a run; ``info`` describes the data."""
+    import tensorbayes as tb
+
+    if config.data == "teacher":
+        fmt, out_shape, ranks = _teacher_settings(config)
+        task = tb.data.teacher_student(num_train=config.num_train, format=fmt, out_shape=out_shape, ranks=ranks,
+                                       seed=config.seed)
+        info = {"planted_ranks": list(task.ranks), "teacher_format": fmt, "in_shape": list(task.in_shape),
+                "out_shape": list(task.out_shape), "num_classes": task.num_classes}
+        return task.x_train, task.y_train, task.x_test, task.y_test, info
+    x_train, y_train = tb.data.load_fashion_mnist("train", root=config.data_root)
+    x_test, y_test = tb.data.load_fashion_mnist("test", root=config.data_root)
+    return x_train, y_train, x_test, y_test, {"num_classes": 10}
+
+
+def build(config, info):
+    """The Bayesian classifier of a run (its tensorized layers at ``config.max_rank``)."""
+    import tensorbayes as tb
+
+    if config.data == "teacher":
+        layer = tb.models.TensorizedLinear(
+            math.prod(info["in_shape"]), math.prod(info["out_shape"]), format=config.format,
+            max_rank=config.max_rank, prior=config.prior, in_shape=tuple(info["in_shape"]),
+            out_shape=tuple(info["out_shape"]),
+        )
+        net = PyroModule[torch.nn.Sequential](layer)
+    else:
+        dense = torch.nn.Sequential(torch.nn.Linear(784, config.hidden), torch.nn.ReLU(),
+                                    torch.nn.Linear(config.hidden, 10))
+        net = tb.models.tensorize(dense, format=config.format, max_rank=config.max_rank, prior=config.prior)
+    return tb.models.BayesianClassifier(net, info["num_classes"])
+
+
+def _accuracy(logits_or_probs, y):
+    return float((logits_or_probs.argmax(-1) == y).double().mean())
+
+
+def fit_run(config, checkpoint=None, progress=True, callbacks=()):
+    """
+    Build and fit the classifier of ``config``, read and prune its ranks and export it.
+
+    :param RunConfig config: the settings.
+    :param str checkpoint: a checkpoint file for :func:`~tensorbayes.fit` (resumed if present).
+    :param bool progress: show tqdm bars.
+    :param callbacks: extra ``callback(epoch, history)`` for :func:`~tensorbayes.fit`.
+    :returns: ``(model, guide, history, summary)``, the model and guide pruned.
+    """
+    import pyro
+
+    import tensorbayes as tb
+
+    x_train, y_train, x_test, y_test, info = load_data(config)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    model = build(config, info)
+    guide = tb.guides.MeanField(model, seed=config.seed)
+    start = time.perf_counter()
+    history = tb.fit(model, guide, (x_train, y_train), epochs=config.epochs, batch_size=config.batch_size,
+                     lr=config.lr, eval_data=(x_test, y_test), eval_samples=config.eval_samples,
+                     checkpoint=checkpoint, resume=checkpoint is not None, callbacks=callbacks,
+                     seed=config.seed, progress=progress)
+    seconds = time.perf_counter() - start
+    before = {row["tensor"]: row for row in tb.compression_report(model)}
+    found = tb.prune(model, guide)
+    report = tb.compression_report(model)
+    net = tb.export(model, guide).eval()
+    with torch.no_grad():
+        exported = _accuracy(net(x_test), y_test)
+    summary = {
+        "config": dataclasses.asdict(config), "data": info,
+        "accuracy": history.accuracy[-1], "exported_accuracy": exported,
+        "elbo": history.elbo[-1], "ranks": {k: list(v) for k, v in found.items()},
+        "tensors": [{**row, "params_max": before[row["tensor"]]["params_max"]} for row in report],
+        "params": {"tensorized": sum(r["params"] for r in report),
+                   "tensorized_max": sum(before[r["tensor"]]["params_max"] for r in report),
+                   "network": sum(p.numel() for p in net.parameters())},
+        "seconds": seconds, "epochs_run": len(history),
+    }
+    return model, guide, history, summary
+
+
+def train(config, out_dir, progress=True, callbacks=()):
+    """
+    Train (or resume) the run of ``config`` in the folder ``out_dir`` (created): writes
+    ``config.json``, ``checkpoint.pt`` and ``summary.json``; returns the summary dict.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=2)
+    *_, summary = fit_run(config, os.path.join(out_dir, "checkpoint.pt"), progress, callbacks)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=list)
+    return summary
+
+
+def load_run(run_dir):
+    """
+    Rebuild and restore the model and guide of a run folder written by :func:`train`.
+
+    :returns: a :class:`Run` (model and guide as at the last checkpoint, before pruning).
+    :raises FileNotFoundError: when the folder lacks ``config.json`` or ``checkpoint.pt``.
+    """
+    import tensorbayes as tb
+    from tensorbayes.infer.fit import _load_checkpoint
+
+    paths = {name: os.path.join(run_dir, name) for name in ("config.json", "checkpoint.pt", "summary.json")}
+    for name in ("config.json", "checkpoint.pt"):
+        if not os.path.exists(paths[name]):
+            raise FileNotFoundError(f"{run_dir!r} is not a training run: {name} is missing (write one with tensorbayes train)")
+    with open(paths["config.json"]) as f:
+        config = RunConfig(**json.load(f))
+    summary = {}
+    if os.path.exists(paths["summary.json"]):
+        with open(paths["summary.json"]) as f:
+            summary = json.load(f)
+    info = summary.get("data") or load_data(config)[4]
+    model = build(config, info)
+    guide = tb.guides.MeanField(model, seed=config.seed)
+    state = _load_checkpoint(paths["checkpoint.pt"], model, guide)
+    return Run(model=model, guide=guide, history=state["history"], config=config, summary=summary)

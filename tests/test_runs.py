@@ -1,0 +1,72 @@
+"""Training runs: teacher-student rank recovery, export, and run folders (tensorbayes.runs)."""
+
+import json
+
+import pytest
+import torch
+from pyro import poutine
+
+import tensorbayes as tb
+from tensorbayes.cli import NETWORK_DEMO, main
+from tensorbayes.guides.meanfield import low_rank_tensors
+from tensorbayes.runs import RunConfig, fit_run, load_run
+
+
+def _at_means(model, guide, x):
+    """The Bayesian model's output with every factor at its posterior mean."""
+    data = {}
+    for tensor in low_rank_tensors(model).values():
+        data.update({tensor.factor_site(k): m for k, m in enumerate(guide.factor_means(tensor))})
+    return poutine.condition(model, data=data)(x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt, max_rank", NETWORK_DEMO)
+def test_student_recovers_the_planted_ranks_and_exports_the_posterior_mean(fmt, max_rank):
+    config = RunConfig(data="teacher", format=fmt, max_rank=max_rank, epochs=20, seed=0)
+    model, guide, history, summary = fit_run(config, progress=False)
+    planted = tuple(summary["data"]["planted_ranks"])
+    (tensor,) = low_rank_tensors(model).values()
+    assert max(tensor.max_ranks) > max(planted)  # the student started above the planted ranks
+    assert tuple(summary["ranks"]["net.0.weight"]) == planted == tensor.layout.ranks  # pruned to them
+    assert history.accuracy[-1] > 0.85 and summary["exported_accuracy"] > 0.85
+    # the pruned, exported network is the pruned Bayesian model at its posterior mean
+    task = tb.data.teacher_student(format=summary["data"]["teacher_format"], out_shape=tuple(summary["data"]["out_shape"]),
+                                   ranks=planted, num_train=1, seed=0)
+    net = tb.export(model, guide)
+    with torch.no_grad():
+        exported = torch.softmax(net(task.x_test), dim=-1)
+        bayes = _at_means(model, guide, task.x_test)
+    assert torch.allclose(exported, bayes, atol=1e-5, rtol=0)
+    # the parameter count the report gives is the exported tensor's
+    (row,) = tb.compression_report(model)
+    assert row["params"] == sum(p.numel() for n, p in net.named_parameters() if n.startswith("0.weight.factors"))
+
+
+def test_train_writes_a_run_that_load_run_restores(tmp_path):
+    out = tmp_path / "run"
+    main(["train", "--data", "teacher", "--format", "ttm", "--max-rank", "4", "--epochs", "2", "--num-train", "256",
+          "--batch-size", "64", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) >= {"accuracy", "exported_accuracy", "ranks", "params", "tensors", "config", "seconds"}
+    assert summary["config"]["max_rank"] == 4 and summary["epochs_run"] == 2
+    run = load_run(out)
+    assert len(run.history) == 2 and run.config.format == "ttm"
+    # the restored guide is the checkpoint's: its posterior-mean predictions match a fresh restore
+    (tensor,) = low_rank_tensors(run.model).values()
+    assert tensor.layout.ranks == (4, 4)  # the checkpoint is taken before pruning
+    again = load_run(out)
+    for a, b in zip(run.guide.parameters(), again.guide.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_run(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(data="mnist"), "data"), (dict(max_rank=0), "max_rank"),
+                                          (dict(epochs=1.5), "epochs")])
+def test_run_config_refuses_bad_settings(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        RunConfig(**kwargs)
