@@ -14,11 +14,14 @@ Usage::
     tb.prune(model, guide)
 """
 
-from . import data, formats, guides, infer, models, priors
+from . import data, formats, guides, infer, models, plots, priors
 from .compact import export
-from .infer import fit, predict
+from .infer import expected_calibration_error, fit, predict
 from .rank import compression_report, prune, ranks
 
 __version__ = "0.1.0"
 
-__all__ = ["compression_report", "data", "export", "fit", "formats", "guides", "infer", "models", "predict", "priors", "prune", "ranks"]
+__all__ = [
+    "compression_report", "data", "expected_calibration_error", "export", "fit", "formats", "guides", "infer",
+    "models", "plots", "predict", "priors", "prune", "ranks",
+]

@@ -11,7 +11,6 @@ The ``tensorbayes`` command.
 """
 
 import argparse
-import dataclasses
 import sys
 import time
 

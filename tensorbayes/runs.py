@@ -87,13 +87,17 @@ class RunConfig:
 
 @dataclass
 class Run:
-    """A restored run: the model and guide at the last checkpoint, its history, config and summary."""
+    """
+    A restored run: the model and guide at the last checkpoint, its history, config and
+    summary, and its held-out ``eval_data = (x_test, y_test)``.
+    """
 
     model: object
     guide: object
     history: object
     config: RunConfig
     summary: dict
+    eval_data: tuple = None
 
 
 def _teacher_settings(config):
@@ -219,8 +223,9 @@ def load_run(run_dir):
     if os.path.exists(paths["summary.json"]):
         with open(paths["summary.json"]) as f:
             summary = json.load(f)
-    info = summary.get("data") or load_data(config)[4]
+    _, _, x_test, y_test, info = load_data(config)
     model = build(config, info)
     guide = tb.guides.MeanField(model, seed=config.seed)
     state = _load_checkpoint(paths["checkpoint.pt"], model, guide)
-    return Run(model=model, guide=guide, history=state["history"], config=config, summary=summary)
+    return Run(model=model, guide=guide, history=state["history"], config=config, summary=summary,
+               eval_data=(x_test, y_test))

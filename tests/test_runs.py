@@ -58,6 +58,12 @@ def test_train_writes_a_run_that_load_run_restores(tmp_path):
     again = load_run(out)
     for a, b in zip(run.guide.parameters(), again.guide.parameters()):
         assert torch.equal(a, b)
+    # tensorbayes report reads the run: every figure, reliability included (the run has held-out data)
+    main(["report", str(out)])
+    written = {p.name for p in (out / "report").iterdir()}
+    assert {"rank_shrinkage.png", "training_curves.png", "lambda_trajectories.png", "reliability.png",
+            "report.md"} <= written
+    assert "(4, 4)" in (out / "report" / "report.md").read_text()
 
 
 def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -2,5 +2,6 @@
 
 from .fit import History, NonFiniteError, fit
 from .predict import predict
+from .calibration import calibration_bins, expected_calibration_error
 
-__all__ = ["History", "NonFiniteError", "fit", "predict"]
+__all__ = ["History", "NonFiniteError", "calibration_bins", "expected_calibration_error", "fit", "predict"]
