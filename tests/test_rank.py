@@ -131,6 +131,32 @@ def test_threshold_decides():
     assert tb.ranks(model, guide, threshold=smallest * 0.99) == {"tensor": (2, 3)}
 
 
+def test_active_ranks_end_at_the_first_large_drop_or_below_the_threshold():
+    w = torch.tensor
+    # the SVI pattern: needed indices within 2x, unneeded ones a few percent (above 1 %) after a 19x drop
+    assert tb.rank.active_ranks([w([1.0, 0.75, 0.5, 0.026, 0.019, 0.009])]) == [3]
+    assert tb.rank.active_ranks([w([1.0, 0.5, 0.2, 0.1])]) == [4]  # smooth decay: all kept
+    assert tb.rank.active_ranks([w([1.0, 0.5, 0.2, 0.1])], gap=2.4) == [2]  # 0.5 -> 0.2 is a 2.5x drop
+    assert tb.rank.active_ranks([w([1.0, 0.3, 0.02, 0.015])], threshold=0.018, gap=100) == [3]  # the threshold still applies
+    assert tb.rank.active_ranks([w([1.0, 0.3, 0.02, 0.015])], threshold=0.1, gap=100) == [2]
+    assert tb.rank.active_ranks([w([0.0, 0.0]), w([2.0])]) == [1, 1]  # at least one index per bond
+    for bad in (1, 0.5, "10", None):
+        with pytest.raises(ValueError, match="gap"):
+            tb.rank.active_ranks([w([1.0])], gap=bad)
+
+
+def test_ranks_and_prune_follow_the_gap():
+    planted, model, guide = _setup("tt", (6, 7, 8), (2, 3), (5, 5))
+    weights = tb.rank.bond_weights(model, guide)["tensor"]
+    largest_drop = max(float(w[j - 1] / w[j]) for w, r in zip(weights, (2, 3)) for j in range(1, r))
+    # a gap no larger than the drops inside the planted spectra cuts them; the default keeps them
+    assert tb.ranks(model, guide)["tensor"] == (2, 3)
+    assert tb.ranks(model, guide, gap=largest_drop * 0.99)["tensor"] < (2, 3)
+    with pytest.raises(ValueError, match="gap"):
+        tb.prune(model, guide, gap=0.5)
+    assert model.tensor.layout.ranks == (5, 5)
+
+
 @pytest.mark.parametrize("threshold", [0, 1, -0.1, 1.5, "0.1", None])
 def test_threshold_out_of_range(threshold):
     planted, model, guide = _setup("cp", (6, 7, 8), (3,), (5,))
