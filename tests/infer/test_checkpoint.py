@@ -121,3 +121,40 @@ def test_callbacks_see_every_epoch_and_bad_ones_are_refused():
     assert seen == [(0, 1), (1, 2), (2, 3)]
     with pytest.raises(TypeError, match="callbacks"):
         tb.fit(model, guide, data, epochs=1, progress=False, callbacks=[3])
+
+
+def _classifier():
+    task = tb.data.teacher_student(num_train=256, num_test=64, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0,
+                                   dtype=torch.float64)
+    torch.manual_seed(0)  # the bias is initialized from torch's generator, as nn.Linear's
+    layer = tb.models.TensorizedLinear(16, 16, format="ttm", max_rank=3, in_shape=(4, 4), out_shape=(4, 4))
+    model = tb.models.BayesianClassifier(layer, task.num_classes).double()
+    guide = MeanField(model, seed=0).double()
+    return task, model, guide
+
+
+def test_a_classifier_resumed_at_epoch_k_equals_the_uninterrupted_run_at_k_plus_1(tmp_path):
+    kwargs = dict(batch_size=32, seed=5, progress=False, eval_samples=3)
+    task, model, guide = _classifier()
+    data, held_out = (task.x_train, task.y_train), (task.x_test, task.y_test)
+    uninterrupted = tb.fit(model, guide, data, epochs=3, eval_data=held_out, **kwargs)
+    expected = _state(model, guide)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_epoch_k(epoch, history, k=1):
+        if epoch == k:
+            raise Interrupted
+
+    path = tmp_path / "classifier.pt"
+    task, model, guide = _classifier()
+    with pytest.raises(Interrupted):  # the same run, stopped after its checkpoint at epoch k = 1 (0-based)
+        tb.fit(model, guide, data, epochs=3, eval_data=held_out, checkpoint=str(path), callbacks=[stop_after_epoch_k],
+               **kwargs)
+    task, model, guide = _classifier()
+    resumed = tb.fit(model, guide, data, epochs=3, eval_data=held_out, checkpoint=str(path), resume=True, **kwargs)
+    state = _state(model, guide)
+    for key in expected:
+        assert torch.allclose(state[key], expected[key], rtol=0, atol=1e-12), key
+    assert resumed.accuracy == uninterrupted.accuracy and resumed.elbo == uninterrupted.elbo
