@@ -30,3 +30,36 @@ def embed(layout, planted, seed=0):
         block = factors[f][tuple(index)]
         factors[f][tuple(index)] = torch.randn(block.shape, generator=gen, dtype=dtype)
     return factors
+
+
+#: format, shape, planted ranks, max ranks: the pruning and plotting tests' cases.
+EMBEDDED_CASES = [
+    ("tt", (6, 7, 8), (2, 3), (5, 5)),
+    ("ttm", (3, 4, 5, 3, 4), (2, 3), (5, 5)),
+    ("tucker", (6, 7, 8), (2, 3, 4), (5, 5, 5)),
+    ("cp", (6, 7, 8), (3,), (5,)),
+]
+
+
+def embedded_completion(fmt, shape, ranks, max_rank):
+    """
+    A float64 completion model and guide whose posterior mean is a planted tensor of ``ranks``
+    embedded (:func:`embed`) in a layout of ``max_rank``, with small random posterior scales.
+
+    :returns: ``(planted, model, guide)``.
+    """
+    from tensorbayes.data import planted_tensor
+    from tensorbayes.guides import MeanField
+    from tensorbayes.models import TensorCompletion
+
+    planted = planted_tensor(shape, fmt, ranks, observed=0.3, noise=0.0, seed=0, dtype=torch.float64)
+    model = TensorCompletion(shape, format=fmt, max_rank=max_rank, noise=0.1).double()
+    guide = MeanField(model, seed=0).double()
+    layout = model.tensor.layout
+    assert layout.ranks == tuple(max_rank)
+    locs = embed(layout, planted.factors)
+    torch.testing.assert_close(layout.full(locs), planted.full, rtol=1e-12, atol=1e-12)
+    gen = torch.Generator().manual_seed(1)
+    scales = [torch.rand(s, generator=gen, dtype=torch.float64) * 0.01 + 0.001 for s in layout.factor_shapes]
+    guide.set_posterior(model.tensor, locs, scales)
+    return planted, model, guide

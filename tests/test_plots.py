@@ -21,16 +21,11 @@ from tensorbayes.guides import MeanField  # noqa: E402
 from tensorbayes.infer import History, expected_calibration_error  # noqa: E402
 from tensorbayes.models import LowRankTensor, TensorCompletion  # noqa: E402
 from tensorbayes.rank import bond_weights  # noqa: E402
-from tests.embedding import embed  # noqa: E402
+from tests.embedding import EMBEDDED_CASES, embedded_completion  # noqa: E402
 
 D = torch.float64
 
-CASES = [
-    pytest.param("tt", (6, 7, 8), (2, 3), (5, 5), id="tt"),
-    pytest.param("ttm", (3, 4, 5, 3, 4), (2, 3), (5, 5), id="ttm"),
-    pytest.param("tucker", (6, 7, 8), (2, 3, 4), (5, 5, 5), id="tucker"),
-    pytest.param("cp", (6, 7, 8), (3,), (5,), id="cp"),
-]
+CASES = [pytest.param(*case, id=name) for case, name in zip(EMBEDDED_CASES, ['tt', 'ttm', 'tucker', 'cp'])]
 
 
 @pytest.fixture(autouse=True)
@@ -41,16 +36,7 @@ def close_figures():
 
 def _setup(fmt, shape, ranks, max_rank):
     """A completion model whose posterior mean is a planted tensor embedded in larger ranks."""
-    planted = planted_tensor(shape, fmt, ranks, observed=0.3, noise=0.0, seed=0, dtype=D)
-    model = TensorCompletion(shape, format=fmt, max_rank=max_rank, noise=0.1)
-    guide = MeanField(model, seed=0)
-    model.double()
-    guide.double()
-    layout = model.tensor.layout
-    gen = torch.Generator().manual_seed(1)
-    scales = [torch.rand(s, generator=gen, dtype=D) * 0.01 + 0.001 for s in layout.factor_shapes]
-    guide.set_posterior(model.tensor, embed(layout, planted.factors), scales)
-    return model, guide
+    return embedded_completion(fmt, shape, ranks, max_rank)[1:]
 
 
 def _scatter_points(ax, label_start):

@@ -13,17 +13,12 @@ import tensorbayes as tb
 from tensorbayes.data import planted_tensor
 from tensorbayes.guides import MeanField
 from tensorbayes.models import TensorCompletion
-from tests.embedding import embed
+from tests.embedding import EMBEDDED_CASES, embedded_completion
 
 D = torch.float64
 
 
-CASES = [
-    pytest.param("tt", (6, 7, 8), (2, 3), (5, 5), id="tt"),
-    pytest.param("ttm", (3, 4, 5, 3, 4), (2, 3), (5, 5), id="ttm-odd"),
-    pytest.param("tucker", (6, 7, 8), (2, 3, 4), (5, 5, 5), id="tucker"),
-    pytest.param("cp", (6, 7, 8), (3,), (5,), id="cp"),
-]
+CASES = [pytest.param(*case, id=name) for case, name in zip(EMBEDDED_CASES, ['tt', 'ttm-odd', 'tucker', 'cp'])]
 
 
 def _num_params(fmt, shape, ranks):
@@ -41,20 +36,7 @@ def _num_params(fmt, shape, ranks):
     return ranks[0] * sum(shape)
 
 
-def _setup(fmt, shape, ranks, max_rank):
-    planted = planted_tensor(shape, fmt, ranks, observed=0.3, noise=0.0, seed=0, dtype=D)
-    model = TensorCompletion(shape, format=fmt, max_rank=max_rank, noise=0.1)
-    guide = MeanField(model, seed=0)
-    model.double()
-    guide.double()
-    tensor = model.tensor
-    assert tensor.layout.ranks == tuple(max_rank)
-    locs = embed(tensor.layout, planted.factors)
-    torch.testing.assert_close(tensor.layout.full(locs), planted.full, rtol=1e-12, atol=1e-12)
-    gen = torch.Generator().manual_seed(1)
-    scales = [torch.rand(s, generator=gen, dtype=D) * 0.01 + 0.001 for s in tensor.layout.factor_shapes]
-    guide.set_posterior(tensor, locs, scales)
-    return planted, model, guide
+_setup = embedded_completion
 
 
 @pytest.mark.parametrize("fmt, shape, ranks, max_rank", CASES)
