@@ -7,7 +7,9 @@ The ``tensorbayes`` command.
   model and of its pruned, exported network, the compression and the time. ``--completion``
   runs the tensor-completion demo instead (one planted tensor per format).
 - ``tensorbayes train`` trains one run (teacher-student or Fashion-MNIST), printing accuracy,
-  ELBO and ranks per epoch, and writes a checkpoint and a JSON summary to ``--out``.
+  ELBO and ranks per epoch, and writes a checkpoint and a JSON summary to ``--out``; with
+  ``--nproc K`` it relaunches itself under ``torchrun`` for data-parallel SVI.
+- ``tensorbayes report RUN_DIR`` writes the figures and a Markdown summary of a run.
 """
 
 import argparse
@@ -153,6 +155,8 @@ def _train_parser(commands):
     train.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files (default: Debian's)")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed of data, initialization and fit")
     train.add_argument("--out", default="runs/latest", help="the run folder (default %(default)s)")
+    train.add_argument("--nproc", type=_positive, default=1,
+                       help="data-parallel processes on this machine, started with torchrun --standalone (default 1)")
     train.add_argument("--progress", action="store_true", help="show a progress bar")
 
 
@@ -173,14 +177,16 @@ def _print_epoch(epoch, history):
 def _train(args):
     import json
 
+    from .infer.distributed import in_torchrun, is_main
     from .runs import RunConfig, train
 
     config = RunConfig(data=args.data, format=args.format, max_rank=args.max_rank, prior=args.prior,
                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hidden=args.hidden,
                        num_train=args.num_train, seed=args.seed, data_root=args.data_root)
-    summary = train(config, args.out, progress=args.progress, callbacks=[_print_epoch])
-    print(json.dumps({k: summary[k] for k in ("accuracy", "exported_accuracy", "ranks", "params")}, indent=2))
-    print(f"wrote {args.out}/config.json, checkpoint.pt and summary.json")
+    summary = train(config, args.out, progress=args.progress, callbacks=[_print_epoch], distributed=in_torchrun())
+    if is_main():
+        print(json.dumps({k: summary[k] for k in ("accuracy", "exported_accuracy", "ranks", "params")}, indent=2))
+        print(f"wrote {args.out}/config.json, checkpoint.pt and summary.json")
 
 
 def main(argv=None):
@@ -191,6 +197,10 @@ def main(argv=None):
         else:
             run_network_demo(seed=args.seed, epochs=args.epochs or 20, progress=args.progress)
     elif args.command == "train":
+        from .infer.distributed import in_torchrun, launch
+
+        if args.nproc > 1 and not in_torchrun():
+            return launch(sys.argv[1:] if argv is None else list(argv), args.nproc)
         _train(args)
     elif args.command == "report":
         return args.handler(args) or 0

@@ -145,7 +145,7 @@ def _accuracy(logits_or_probs, y):
     return float((logits_or_probs.argmax(-1) == y).double().mean())
 
 
-def fit_run(config, checkpoint=None, progress=True, callbacks=()):
+def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=False):
     """
     Build and fit the classifier of ``config``, read and prune its ranks and export it.
 
@@ -153,6 +153,7 @@ def fit_run(config, checkpoint=None, progress=True, callbacks=()):
     :param str checkpoint: a checkpoint file for :func:`~tensorbayes.fit` (resumed if present).
     :param bool progress: show tqdm bars.
     :param callbacks: extra ``callback(epoch, history)`` for :func:`~tensorbayes.fit`.
+    :param bool distributed: data-parallel SVI under ``torchrun`` (:func:`~tensorbayes.fit`'s switch).
     :returns: ``(model, guide, history, summary)``, the model and guide pruned.
     """
     import pyro
@@ -168,7 +169,7 @@ def fit_run(config, checkpoint=None, progress=True, callbacks=()):
     history = tb.fit(model, guide, (x_train, y_train), epochs=config.epochs, batch_size=config.batch_size,
                      lr=config.lr, eval_data=(x_test, y_test), eval_samples=config.eval_samples,
                      checkpoint=checkpoint, resume=checkpoint is not None, callbacks=callbacks,
-                     seed=config.seed, progress=progress)
+                     seed=config.seed, progress=progress, distributed=distributed)
     seconds = time.perf_counter() - start
     before = {row["tensor"]: row for row in tb.compression_report(model)}
     found = tb.prune(model, guide)
@@ -189,17 +190,22 @@ def fit_run(config, checkpoint=None, progress=True, callbacks=()):
     return model, guide, history, summary
 
 
-def train(config, out_dir, progress=True, callbacks=()):
+def train(config, out_dir, progress=True, callbacks=(), distributed=False):
     """
     Train (or resume) the run of ``config`` in the folder ``out_dir`` (created): writes
-    ``config.json``, ``checkpoint.pt`` and ``summary.json``; returns the summary dict.
+    ``config.json``, ``checkpoint.pt`` and ``summary.json`` (from process 0 only when
+    ``distributed``); returns the summary dict.
     """
+    from .infer.distributed import is_main
+
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
-    *_, summary = fit_run(config, os.path.join(out_dir, "checkpoint.pt"), progress, callbacks)
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=list)
+    if is_main():
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(config), f, indent=2)
+    *_, summary = fit_run(config, os.path.join(out_dir, "checkpoint.pt"), progress, callbacks, distributed)
+    if is_main():
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2, default=list)
     return summary
 
 

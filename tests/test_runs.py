@@ -76,3 +76,16 @@ def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
 def test_run_config_refuses_bad_settings(kwargs, name):
     with pytest.raises(ValueError, match=name):
         RunConfig(**kwargs)
+
+
+@pytest.mark.slow
+def test_train_with_two_processes_writes_one_run(tmp_path):
+    common = ["--epochs", "2", "--num-train", "256", "--batch-size", "64", "--max-rank", "4"]
+    assert main(["train", "--nproc", "2", "--out", str(tmp_path / "two"), *common]) == 0  # torchrun, gloo
+    main(["train", "--out", str(tmp_path / "one"), *common])
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert two["epochs_run"] == one["epochs_run"] == 2
+    assert two["ranks"] == one["ranks"]
+    # the same steps (evaluation draws differ between one and two processes, so the ELBO agrees closely, not exactly)
+    assert two["elbo"] == pytest.approx(one["elbo"], rel=1e-2)

@@ -6,6 +6,8 @@ Fitting a tensorbayes model: stochastic variational inference over minibatches.
 the model's data plate), steps a torch Adam optimizer on the model's and the guide's
 parameters, ramps the KL term in after a warm-up, applies the closed-form λ M-step, records a
 :class:`History`, and stops with :class:`NonFiniteError` naming the first site that turned NaN.
+With ``distributed=True`` it runs data-parallel over the processes of a :mod:`torch.distributed`
+group (see :mod:`tensorbayes.infer.distributed`).
 """
 
 import math
@@ -18,6 +20,8 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
+
+from . import distributed as _distributed
 
 __all__ = ["History", "NonFiniteError", "fit"]
 
@@ -156,7 +160,8 @@ class _LoaderBatches:
 
 def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None, ramp=None,
         lambda_step=0.1, num_particles=1, init="auto", init_sweeps=None, eval_data=None, eval_samples=20,
-        checkpoint=None, resume=False, callbacks=(), trace_every=None, seed=None, progress=True):
+        checkpoint=None, resume=False, callbacks=(), trace_every=None, seed=None, progress=True,
+        distributed=False):
     """
     Fit ``guide`` to the posterior of ``model`` by SVI on minibatches of ``data``.
 
@@ -197,6 +202,14 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         (default: about ten times per epoch; copying λ costs microseconds).
     :param int seed: seeds the minibatch order and the ELBO's samples.
     :param bool progress: show a tqdm progress bar.
+    :param bool distributed: data-parallel SVI over the processes of a :mod:`torch.distributed`
+        group (initialized from ``torchrun``'s environment if need be): ``batch_size`` is then
+        the *global* batch, cut into one shard per process, and one epoch on K processes makes
+        the same steps as on one process (same ``seed``; without ``eval_data``, to rounding).
+        A DataLoader must shard with a :class:`~torch.utils.data.DistributedSampler` (its
+        ``batch_size`` is per process). Rank 0 alone writes the checkpoint, shows progress and
+        runs ``callbacks``; ``eval_data`` is evaluated in shards. Every process returns the same
+        :class:`History`. See :mod:`tensorbayes.infer.distributed`.
     :returns: the :class:`History` of the fit.
     """
     for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (num_particles, "num_particles"),
@@ -216,15 +229,23 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         raise TypeError("callbacks must be a sequence of callables callback(epoch, history)")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True or False, got {distributed!r}")
     if eval_data is not None:
         eval_data, _ = _as_tensors(eval_data, "eval_data")
         if len(eval_data) < 2:
             raise ValueError("eval_data must be (*inputs, target): at least two tensors")
+    ctx = _distributed.init() if distributed else None
+    if ctx is not None:
+        seed = _distributed.broadcast_seed(seed, ctx, [model, guide])  # every rank draws the same batches and samples
     generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
     if isinstance(data, torch.utils.data.DataLoader):
+        if ctx is not None:
+            _distributed.check_loader(data, ctx)
         batches = _LoaderBatches(data)
     else:
-        batches = _TensorBatches(data, batch_size, generator)
+        batches = (_TensorBatches(data, batch_size, generator) if ctx is None
+                   else _distributed.ShardedTensorBatches(data, batch_size, generator, ctx))
         if hasattr(model, "check_data"):
             batches.data = tuple(t for t in model.check_data(*batches.data) if t is not None)
     _check_finite_parameters(model, guide)
@@ -237,6 +258,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
                        and _coordinate_ascent_init(model, guide, batches.data, init, init_sweeps, progress))
     else:
         initialized = state["initialized"]
+    if ctx is not None:
+        _distributed.broadcast_state([model, guide], ctx)  # as DDP: every rank starts from rank 0's
     if lr is None:
         lr = 1e-3 if initialized else 1e-2
     total = epochs * len(batches)
@@ -255,13 +278,15 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         generator.set_state(state["generator"])
         pyro.util.set_rng_state(state["rng"])
     trace_every = trace_every or max(1, len(batches) // 10)
-    bar = tqdm(total=total, initial=step, disable=not progress, desc="fit", leave=False)
+    main = ctx is None or ctx.is_main
+    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc="fit", leave=False)
     for epoch in range(first_epoch, epochs):
         epoch_loss = epoch_likelihood = 0.0
-        for batch in batches:
+        for batch, share in _shares(batches, epoch):
             beta = schedule.beta(step)
             optimizer.param_groups[1]["lr"] = lr if step >= schedule.warmup else 0.0
-            loss, likelihood = _step(model, guide, elbo, optimizer, batch, batches.num_data, beta, step, epoch)
+            loss, likelihood = _step(model, guide, elbo, optimizer, batch, batches.num_data, beta, step, epoch,
+                                     **_parallel(ctx, optimizer, share))
             if closed_form and step >= schedule.warmup:
                 guide.update_lambdas(lambda_step)
             epoch_loss += loss
@@ -271,45 +296,76 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
                 history.lambda_trace["step"].append(step)
                 history.lambda_trace["lambdas"].append(_lambdas(guide))
             bar.update()
+        if ctx is not None:
+            _distributed.check_in_sync([model, guide], ctx, f"after epoch {epoch}")
         _record(history, model, guide, -epoch_loss / len(batches), epoch_likelihood / len(batches), beta,
-                eval_data, eval_samples)
+                eval_data, eval_samples, ctx)
         bar.set_postfix(elbo=f"{history.elbo[-1]:.4g}", beta=f"{beta:.2f}")
         history.steps = step
-        if checkpoint is not None:
+        if checkpoint is not None and main:
             _save_checkpoint(checkpoint, model, guide, optimizer, history, step, epoch, generator, initialized)
-        for callback in callbacks:
+        if checkpoint is not None and ctx is not None:
+            ctx.barrier()  # no rank runs ahead of a checkpoint being written
+        for callback in callbacks if main else ():
             callback(epoch, history)
     bar.close()
     return history
 
 
-def _step(model, guide, elbo, optimizer, batch, num_data, beta, step, epoch):
+def _shares(batches, epoch):
+    """``(batch, likelihood share)`` pairs of one epoch (the share is 1 but on a sharded rank)."""
+    if isinstance(batches, _distributed.ShardedTensorBatches):
+        return iter(batches)
+    sampler = getattr(getattr(batches, "loader", None), "sampler", None)
+    if isinstance(sampler, torch.utils.data.DistributedSampler):
+        sampler.set_epoch(epoch)
+    return ((batch, 1.0) for batch in batches)
+
+
+def _parallel(ctx, optimizer, share):
+    """The extra arguments of :func:`_step` on a rank of a distributed fit (none on one process)."""
+    if ctx is None:
+        return {}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def reduce(loss, likelihood):
+        return _distributed.all_reduce_step(params, loss, likelihood, ctx)
+
+    return {"share": share, "reduce": reduce}
+
+
+def _step(model, guide, elbo, optimizer, batch, num_data, beta, step, epoch, *, share=1.0, reduce=None):
     """
     One SVI step; returns the loss and the log-likelihood summed over the particles. Stops
-    with :class:`NonFiniteError` naming where a NaN began.
+    with :class:`NonFiniteError` naming where a NaN began. On a rank of a distributed fit the
+    likelihood is weighted by the rank's ``share`` of the global batch and ``reduce`` averages
+    the gradients, the loss and the likelihood over the ranks before the finiteness checks.
     """
     meter = LikelihoodMeter()
     try:
-        with KLScale(beta), meter:
+        with KLScale(beta), _distributed.LikelihoodScale(share), meter:
             loss = elbo.differentiable_loss(model, guide, *batch, num_data=num_data)
     except ValueError as error:  # Pyro's validation refuses a NaN parameter of a distribution
         if _non_finite_parameter(model, guide) is None:
             raise
         raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch)) from error
-    if not torch.isfinite(loss):
+    if reduce is None and not torch.isfinite(loss):
         raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch))
     optimizer.zero_grad()
     loss.backward()
+    value, likelihood = (loss.item(), meter.total) if reduce is None else reduce(loss, meter.total)
+    if not math.isfinite(value):  # on every rank alike: the reduced loss is the same everywhere
+        raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch))
     _check_finite_gradients(model, guide, step, epoch)
     optimizer.step()
-    return loss.item(), meter.total
+    return value, likelihood
 
 
 def _lambdas(guide):
     return {name: [v.clone() for v in vs] for name, vs in guide.lambdas().items()}
 
 
-def _record(history, model, guide, elbo, likelihood, beta, eval_data, eval_samples):
+def _record(history, model, guide, elbo, likelihood, beta, eval_data, eval_samples, ctx=None):
     """Append one epoch's summaries to ``history``."""
     from ..rank import ranks
     from .predict import predict
@@ -322,7 +378,10 @@ def _record(history, model, guide, elbo, likelihood, beta, eval_data, eval_sampl
     if hasattr(guide, "lambdas"):
         history.lambdas.append(_lambdas(guide))
         history.ranks.append(ranks(model, guide))
-    if eval_data is not None:
+    if eval_data is not None and ctx is not None:
+        name, value = _distributed.evaluate(model, guide, eval_data, eval_samples, ctx)
+        getattr(history, name).append(value)
+    elif eval_data is not None:
         *inputs, target = eval_data
         mean, _ = predict(model, guide, *inputs, num_samples=eval_samples)
         if mean.dim() == 2 and not target.is_floating_point():

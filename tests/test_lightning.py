@@ -1,0 +1,101 @@
+"""
+tensorbayes.lightning: a Lightning Trainer over :class:`TensorBayesModule` makes the steps of
+:func:`tensorbayes.fit` (same batches, same seed), logs the ELBO, ranks and accuracy, and
+finds the planted ranks of the teacher-student task as ``tb.fit`` does.
+"""
+
+import warnings
+
+import pytest
+import torch
+from pyro.nn import PyroModule
+
+import tensorbayes as tb
+from tensorbayes.guides import MeanField
+
+pl = pytest.importorskip("lightning.pytorch")
+from tensorbayes.lightning import TensorBayesModule  # noqa: E402
+
+
+def _problem():
+    task = tb.data.teacher_student(num_train=256, num_test=64, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0,
+                                   dtype=torch.float64)
+    torch.manual_seed(0)
+    layer = tb.models.TensorizedLinear(16, 16, format="ttm", max_rank=3, in_shape=(4, 4), out_shape=(4, 4))
+    model = tb.models.BayesianClassifier(layer, task.num_classes).double()
+    guide = MeanField(model, seed=0).double()
+    return task, model, guide
+
+
+def _loader(x, y, batch_size, shuffle=True):
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle,
+                                       generator=torch.Generator().manual_seed(0))
+
+
+def _trainer(epochs, **kwargs):
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+
+
+def _fit_lightning(module, loader, epochs, val_loader=None, seed=3):
+    pl.seed_everything(seed, verbose=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*The number of training batches.*")
+        trainer = _trainer(epochs)
+        trainer.fit(module, loader, val_loader)
+    return trainer
+
+
+def test_lightning_makes_the_steps_of_fit_and_logs_elbo_ranks_and_accuracy():
+    task, model, guide = _problem()
+    # Lightning draws the second epoch's shuffle differently from the loader's own iteration:
+    # an unshuffled loader gives both the same batches
+    history = tb.fit(model, guide, _loader(task.x_train, task.y_train, 32, shuffle=False), epochs=2, seed=3,
+                     progress=False, eval_data=(task.x_test, task.y_test), eval_samples=10)
+    expected = {k: v.clone() for k, v in list(model.state_dict().items()) + list(guide.state_dict().items())}
+
+    task, model, guide = _problem()
+    module = TensorBayesModule(model, guide, num_data=len(task.x_train), lr=1e-2)
+    trainer = _fit_lightning(module, _loader(task.x_train, task.y_train, 32, shuffle=False), 2,
+                             _loader(task.x_test, task.y_test, 64, shuffle=False))
+    state = dict(list(model.state_dict().items()) + list(guide.state_dict().items()))
+    for key, value in expected.items():
+        assert torch.allclose(state[key], value, rtol=1e-9, atol=1e-9), key
+    metrics = trainer.callback_metrics
+    assert float(metrics["elbo"]) == pytest.approx(history.elbo[-1], rel=1e-6)
+    assert float(metrics["log_likelihood"]) == pytest.approx(history.log_likelihood[-1], rel=1e-6)
+    assert float(metrics["val_accuracy"]) == pytest.approx(history.accuracy[-1])  # the same posterior draws
+    (name,) = history.ranks[-1]
+    assert tuple(int(metrics[f"rank/{name or 'tensor'}/{b}"]) for b in range(1)) == history.ranks[-1][name]
+    assert module.ranks() == history.ranks[-1]
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(num_data=0), "num_data"), (dict(lr=0), "lr"),
+                                          (dict(lambda_step=2), "lambda_step"), (dict(warmup=-1), "warmup")])
+def test_bad_arguments_are_named(kwargs, name):
+    _, model, guide = _problem()
+    args = dict(num_data=256)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        TensorBayesModule(model, guide, **args)
+
+
+@pytest.mark.slow
+def test_lightning_finds_the_teacher_ranks_as_fit_does():
+    task = tb.data.teacher_student()
+    found = []
+    for use_lightning in (False, True):
+        torch.manual_seed(0)
+        layer = tb.models.TensorizedLinear(64, 64, format="ttm", max_rank=6, in_shape=task.in_shape,
+                                           out_shape=task.out_shape)
+        model = tb.models.BayesianClassifier(PyroModule[torch.nn.Sequential](layer), task.num_classes)
+        guide = MeanField(model, seed=0)
+        if use_lightning:
+            module = TensorBayesModule(model, guide, num_data=len(task.x_train), lr=1e-2)
+            _fit_lightning(module, _loader(task.x_train, task.y_train, 256), 20, seed=0)
+        else:
+            tb.fit(model, guide, (task.x_train, task.y_train), epochs=20, batch_size=256, seed=0, progress=False)
+        found.append(tb.ranks(model, guide))
+    assert found[0] == found[1]
+    assert tuple(found[1].values())[0] == tuple(task.ranks)
