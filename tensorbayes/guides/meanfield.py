@@ -166,10 +166,10 @@ class MeanField(PyroModule):
         if self.lambda_update != "closed_form":
             raise RuntimeError("update_lambdas needs lambda_update='closed_form'")
         for tensor, post in self.tensors():
-            for b in range(len(tensor.layout.ranks)):
+            second = [loc**2 + s**2 for loc, s in zip(post.locs, post.scales())]
+            for b in range(len(tensor.layout.ranks)):  # bond by bond, each seeing the ones updated before it
                 lambdas = [post.log_lambda(i).exp() for i in range(len(tensor.layout.ranks))]
-                second = [loc**2 + s**2 for loc, s in zip(post.locs, post.scales())]
-                m, d = tensor.slice_moments(second, lambdas)[b]
+                ((m, d),) = tensor.slice_moments(second, lambdas, bonds=[b])
                 new = tensor.prior.damped_update(lambdas[b], m, d, step_size)
                 post.set_log_lambda(b, new.log())
 

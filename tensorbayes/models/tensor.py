@@ -109,7 +109,7 @@ class LowRankTensor(PyroModule):
             variances.append(var)
         return variances
 
-    def slice_moments(self, second_moments, lambdas):
+    def slice_moments(self, second_moments, lambdas, bonds=None):
         """
         For every bond, ``(M, D)``: ``M[j]`` is the expected squared norm of the entries
         attached to rank index ``j``, each divided by the other scales in its variance
@@ -118,10 +118,12 @@ class LowRankTensor(PyroModule):
 
         :param list second_moments: ``E[factor²]`` for every factor, elementwise.
         :param list lambdas: the current scales, one vector per bond.
+        :param bonds: the bonds to compute (default: all), in the order returned.
         """
         variances = self.prior_variances(lambdas)
         moments = []
-        for b, pairs in enumerate(self.layout.bonds):
+        for b in range(len(self.layout.bonds)) if bonds is None else bonds:
+            pairs = self.layout.bonds[b]
             m = torch.zeros_like(lambdas[b])
             count = 0
             for f, d in pairs:
