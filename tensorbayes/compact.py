@@ -43,6 +43,8 @@ import torch
 from pyro.nn import PyroModule
 from torch.distributions import transform_to
 
+from .models.dlrm import DLRM
+from .models.embedding_bag import CompactEmbeddingBag, TensorizedEmbeddingBag
 from .models.layers import TensorizedConv2d, TensorizedEmbedding, TensorizedLinear
 from .models.networks import BayesianClassifier, BayesianRegressor
 from .models.tensor import LowRankTensor
@@ -198,7 +200,13 @@ class CompactEmbedding(torch.nn.Module):
     extra_repr = TensorizedEmbedding.extra_repr
 
 
-_COMPACT = {TensorizedLinear: CompactLinear, TensorizedConv2d: CompactConv2d, TensorizedEmbedding: CompactEmbedding}
+# subclasses before their bases: the first isinstance match wins
+_COMPACT = {
+    TensorizedEmbeddingBag: CompactEmbeddingBag,
+    TensorizedLinear: CompactLinear,
+    TensorizedConv2d: CompactConv2d,
+    TensorizedEmbedding: CompactEmbedding,
+}
 
 
 # ----- converting a network -----
@@ -332,7 +340,7 @@ def export(model, guide):
         raise TypeError(
             f"guide must offer factor_means(tensor), as tb.guides.MeanField does, got {type(guide).__name__}"
         )
-    if isinstance(model, (BayesianClassifier, BayesianRegressor)):
+    if isinstance(model, (BayesianClassifier, BayesianRegressor, DLRM)):
         return _convert(model.net, guide, "net", {})
     return _convert(model, guide, "", {})
 

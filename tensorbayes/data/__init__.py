@@ -5,6 +5,8 @@ Data for the method: generators of problems with a known answer, and loaders of 
   of its entries and the noiseless rest held out (tensor completion, rank recovery).
 - :func:`teacher_student`: a classification task labelled by a teacher network whose first
   weight is a planted low-rank TT or TTM (rank recovery inside a network).
+- :class:`ClickGenerator` / :class:`ClickStream`: a synthetic, streamed click log with Criteo
+  Kaggle's cardinalities and planted low-rank TTM embeddings (recommendation at scale).
 - :func:`load_fashion_mnist`: Fashion-MNIST from the idx files of Debian's package
   ``dataset-fashion-mnist`` (or a folder given by ``root=``).
 
@@ -14,6 +16,7 @@ Nothing here downloads anything at run time.
 from .planted import PlantedTensor, planted_tensor
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .teacher import TeacherStudent, teacher_student
+from .clicks import CRITEO_KAGGLE_CARDINALITIES, ClickGenerator, ClickStream
 
 __all__ = [
     "PlantedTensor",
@@ -22,4 +25,7 @@ __all__ = [
     "load_fashion_mnist",
     "TeacherStudent",
     "teacher_student",
+    "CRITEO_KAGGLE_CARDINALITIES",
+    "ClickGenerator",
+    "ClickStream",
 ]

@@ -20,3 +20,9 @@ __all__ += ["FactorizationError", "TensorizedConv2d", "TensorizedEmbedding", "Te
 from .networks import BayesianClassifier, BayesianRegressor
 
 __all__ += ["BayesianClassifier", "BayesianRegressor"]
+
+# Recommendation: multi-hot lookups in tensorized tables and the DLRM model.
+from .dlrm import DLRM, DLRMNet, PAPER_PRESET
+from .embedding_bag import TensorizedEmbeddingBag
+
+__all__ += ["DLRM", "DLRMNet", "PAPER_PRESET", "TensorizedEmbeddingBag"]

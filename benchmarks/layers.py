@@ -1,0 +1,328 @@
+"""
+Speed and memory of the tensorized layers against dense ones, measured in the same run.
+
+1. The SVI training step of a :class:`~tensorbayes.models.TensorizedLinear` (each format; a grid
+   of sizes 256 to 4096, batches 64 to 1024, max ranks 8 to 32) as a ratio to (a) the step of a
+   dense :class:`torch.nn.Linear` of the same shape with Adam and (b) the step of the same
+   tensorized layer trained deterministically, its factors plain torch parameters, without
+   Pyro. The SVI step is a ``TraceMeanField_ELBO`` loss of a Normal regression on the layer's
+   output with a :class:`~tensorbayes.guides.MeanField` guide, its backward pass and Adam.
+   Target: the 4096 x 4096 TTM layer (batch 256) at most half the dense step's time.
+2. The bag lookup (forward and backward) of a :class:`~tensorbayes.models.embedding_bag.TensorizedEmbeddingBag`
+   (TTM, 128 columns, max rank 16) at 1e4 to 1e9 rows, each size in a fresh process: time per
+   batch and peak resident memory; a dense :class:`torch.nn.EmbeddingBag` where it fits.
+   Target: the peak memory flat (within 2x) from 1e4 to 1e9 rows.
+3. Where the SVI step spends its time beyond the deterministic one: a torch.profiler table of
+   the 4096 TTM step and the share of the step outside torch operators (Python: Pyro's
+   tracing, the guide, the prior's log densities).
+
+Writes ``layers.json`` and ``layers.md`` (``layers_smoke.*`` with ``--smoke``).
+
+    python benchmarks/layers.py [--smoke] [--threads 1] [--out benchmarks/results]
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import TraceMeanField_ELBO
+from pyro.nn import PyroModule
+
+import tensorbayes as tb
+from tensorbayes.models import TensorizedLinear
+
+FORMATS = ("cp", "tucker", "tt", "ttm")
+#: (size, batch, max rank): a grid along the diagonal, not the full product.
+GRID = [(256, 64, 8), (1024, 256, 16), (4096, 256, 16), (4096, 1024, 32)]
+SMOKE_GRID = [(64, 16, 4)]
+ROWS = [10**4, 10**5, 10**6, 10**7, 10**8, 10**9]
+SMOKE_ROWS = [10**3, 10**6]
+
+
+class Regression(PyroModule):
+    """``y ~ Normal(layer(x), 1)`` under a subsampled data plate: the smallest SVI model of a layer."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, y, num_data):
+        out = self.layer(x)
+        with pyro.plate("data", num_data, subsample=torch.arange(len(x))):
+            pyro.sample("obs", dist.Normal(out, 1.0).to_event(1), obs=y)
+
+
+def _time(step, repeats, warmup=2):
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _dense_step(size, x, y):
+    layer = torch.nn.Linear(size, size)
+    optim = torch.optim.Adam(layer.parameters(), lr=1e-3)
+
+    def step():
+        loss = 0.5 * ((layer(x) - y) ** 2).sum()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
+    return step
+
+
+def _deterministic_step(layer, x, y):
+    """The same tensorized layer, its factors plain parameters: the forward pass borrowed from tb.compact."""
+    from tensorbayes.compact import CompactLinear
+
+    guide = tb.guides.MeanField(layer, seed=0)
+    compact = CompactLinear(layer, guide.factor_means(layer.weight))
+    optim = torch.optim.Adam(compact.parameters(), lr=1e-3)
+
+    def step():
+        loss = 0.5 * ((compact(x) - y) ** 2).sum()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
+    return step
+
+
+def _svi_step(layer, x, y):
+    model = Regression(layer)
+    guide = tb.guides.MeanField(model, seed=0)
+    optim = torch.optim.Adam(list(guide.parameters()) + list(model.parameters()), lr=1e-3)
+    elbo = TraceMeanField_ELBO()
+
+    def step():
+        loss = elbo.differentiable_loss(model, guide, x, y, num_data=100 * len(x))
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        guide.update_lambdas(0.1)
+
+    return step, model, guide
+
+
+def linear_grid(grid, repeats):
+    rows = []
+    for size, batch, rank in grid:
+        x, y = torch.randn(batch, size), torch.randn(batch, size)
+        dense = _time(_dense_step(size, x, y), repeats)
+        for fmt in FORMATS:
+            pyro.clear_param_store()
+            layer = TensorizedLinear(size, size, format=fmt, max_rank=rank)
+            det = _time(_deterministic_step(layer, x, y), repeats)
+            svi = _time(_svi_step(layer, x, y)[0], repeats)
+            rows.append({"format": fmt, "size": size, "batch": batch, "max_rank": rank, "ranks": layer.layout.ranks,
+                         "path": layer.choose_path(batch), "params": layer.layout.num_params(),
+                         "dense_s": dense, "deterministic_s": det, "svi_s": svi,
+                         "svi_over_dense": svi / dense, "svi_over_deterministic": svi / det,
+                         "deterministic_over_dense": det / dense})
+            print(f"linear {fmt:6s} {size:5d} batch {batch:5d} rank {rank:3d}: dense {1e3 * dense:8.2f} ms, "
+                  f"det {1e3 * det:8.2f} ms, svi {1e3 * svi:8.2f} ms ({svi / dense:.2f}x dense)", flush=True)
+    return rows
+
+
+# ----- embedding lookups, one process per size -----
+
+_LOOKUP = r"""
+import json, sys, time, torch
+torch.set_num_threads({threads})
+from tensorbayes.models.embedding_bag import TensorizedEmbeddingBag, check_bags, bag_lookup
+rows, batch, repeats, kind = {rows}, {batch}, {repeats}, {kind!r}
+def status(key):  # VmRSS now, VmHWM the peak of this process (ru_maxrss may carry the parent's peak)
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+gen = torch.Generator().manual_seed(0)
+if kind == "dense":
+    table = torch.nn.EmbeddingBag(rows, 128, mode="sum")
+    params = rows * 128
+    def step(idx, off):
+        table(idx, off).square().sum().backward()
+        table.weight.grad = None
+else:
+    layer = TensorizedEmbeddingBag(rows, 128, format="ttm", max_rank=16, col_shape=(4, 4, 8))
+    factors = [(0.3 * torch.randn(s, generator=gen)).requires_grad_() for s in layer.layout.factor_shapes]
+    params = layer.layout.num_params()
+    def step(idx, off):
+        i, o, _ = check_bags(idx, off, None, "sum", rows)
+        bag_lookup(layer.layout, factors, i, o).square().sum().backward()
+        for f in factors:
+            f.grad = None
+u = torch.rand(repeats + 2, batch, generator=gen, dtype=torch.float64)
+batches = [((torch.exp(v * torch.log(torch.tensor(rows + 1.0))) - 1).long().clamp(0, rows - 1),) for v in u]
+off = torch.arange(batch)
+base = status("VmRSS")
+times = []
+for k, (idx,) in enumerate(batches):
+    t = time.perf_counter()
+    step(idx, off)
+    if k >= 2:
+        times.append(time.perf_counter() - t)
+peak = status("VmHWM")
+times.sort()
+print(json.dumps({{"rows": rows, "kind": kind, "params": params, "time_s": times[len(times) // 2],
+                  "peak_rss_mib": peak / 2**20, "rss_before_lookups_mib": base / 2**20,
+                  "lookup_rss_increase_mib": max(0, peak - base) / 2**20}}))
+"""
+
+
+def lookup(rows, batch, repeats, kind, threads):
+    code = _LOOKUP.format(rows=rows, batch=batch, repeats=repeats, kind=kind, threads=threads)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    if out.returncode:
+        raise RuntimeError(f"lookup of {rows} rows ({kind}) failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def lookup_table(sizes, batch, repeats, threads, dense_max):
+    found = []
+    for rows in sizes:
+        for kind in ("tensorized", "dense") if rows <= dense_max else ("tensorized",):
+            r = lookup(rows, batch, repeats, kind, threads)
+            found.append(r)
+            print(f"lookup {kind:10s} {rows:>13,d} rows: {1e3 * r['time_s']:7.2f} ms/batch, peak RSS "
+                  f"{r['peak_rss_mib']:7.1f} MiB (+{r['lookup_rss_increase_mib']:.1f} during lookups)", flush=True)
+    return found
+
+
+# ----- where the SVI step's time goes -----
+
+
+def profile_svi(size, batch, rank, repeats):
+    pyro.clear_param_store()
+    layer = TensorizedLinear(size, size, format="ttm", max_rank=rank)
+    x, y = torch.randn(batch, size), torch.randn(batch, size)
+    step, _, _ = _svi_step(layer, x, y)
+    det_step = _deterministic_step(TensorizedLinear(size, size, format="ttm", max_rank=rank), x, y)
+    for _ in range(2):
+        step()
+        det_step()
+    with torch.profiler.profile() as prof:
+        t = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        wall = (time.perf_counter() - t) / repeats
+    events = prof.key_averages()
+    top_level = sum(e.self_cpu_time_total for e in events) / 1e6 / repeats  # every op's own time
+    ops = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+    table = [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / repeats, "calls_per_step": e.count / repeats}
+             for e in ops]
+    # the target, measured interleaved (dense, deterministic, SVI, dense, ...) so that a busy
+    # machine slows all three alike
+    dense_step = _dense_step(size, x, y)
+    dense_step()
+    rounds = {"dense": [], "deterministic": [], "svi": []}
+    for _ in range(repeats):
+        for key, fn in (("dense", dense_step), ("deterministic", det_step), ("svi", step)):
+            t = time.perf_counter()
+            fn()
+            rounds[key].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in rounds.items()}
+    det = med["deterministic"]
+    return {"size": size, "batch": batch, "max_rank": rank, "svi_step_s": wall, "deterministic_step_s": det,
+            "interleaved_s": med, "interleaved_svi_over_dense": med["svi"] / med["dense"],
+            "interleaved_deterministic_over_dense": med["deterministic"] / med["dense"],
+            "torch_op_time_s": top_level, "outside_torch_ops_share": max(0.0, 1 - top_level / wall),
+            "ops_per_step": sum(e.count for e in events) / repeats, "top_ops": table}
+
+
+def markdown(r):
+    lines = [f"# Tensorized layers: speed and memory ({r['threads']} thread(s))", "",
+             "## SVI step of TensorizedLinear against dense nn.Linear + Adam and the same layer without Pyro", "",
+             "| format | size | batch | max rank | path | params | dense ms | deterministic ms | SVI ms | SVI / dense | SVI / deterministic |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["linear"]:
+        lines.append(f"| {x['format']} | {x['size']} | {x['batch']} | {x['max_rank']} | {x['path']} | {x['params']:,} | "
+                     f"{1e3 * x['dense_s']:.2f} | {1e3 * x['deterministic_s']:.2f} | {1e3 * x['svi_s']:.2f} | "
+                     f"{x['svi_over_dense']:.2f} | {x['svi_over_deterministic']:.2f} |")
+    t = r["targets"]
+    p = r["profile"]
+    lines += ["", f"Target, SVI step of the {p['size']} x {p['size']} TTM layer (batch {p['batch']}, max rank "
+              f"{p['max_rank']}) at most 0.5x the dense step, measured interleaved: "
+              f"{t['ttm_4096_svi_over_dense']:.2f}x ({'met' if t['ttm_4096_met'] else 'not met'}); dense "
+              f"{1e3 * p['interleaved_s']['dense']:.1f} ms, deterministic TTM {1e3 * p['interleaved_s']['deterministic']:.1f} ms, "
+              f"SVI TTM {1e3 * p['interleaved_s']['svi']:.1f} ms. (The grid above measures each step in turn: "
+              "on a shared machine its ratios are noisier.)", "",
+              "## Bag lookup (forward + backward, batch of one-index bags, Zipf indices), one process per size", "",
+              "| kind | rows | params | ms / batch | peak RSS MiB | RSS increase during lookups MiB |", "|---|---|---|---|---|---|"]
+    for x in r["lookup"]:
+        lines.append(f"| {x['kind']} | {x['rows']:.0e} | {x['params']:,} | {1e3 * x['time_s']:.2f} | "
+                     f"{x['peak_rss_mib']:.1f} | {x['lookup_rss_increase_mib']:.1f} |")
+    lines += ["", f"Target, tensorized lookup peak memory flat within 2x from the smallest to the largest table: "
+              f"ratio {t['lookup_peak_ratio']:.2f} ({'met' if t['lookup_flat'] else 'not met'}).", ""]
+    p = r["profile"]
+    lines += ["## Profile of the TTM SVI step", "",
+              f"{p['size']} x {p['size']}, batch {p['batch']}, max rank {p['max_rank']}: SVI step "
+              f"{1e3 * p['svi_step_s']:.2f} ms, deterministic {1e3 * p['deterministic_step_s']:.2f} ms; "
+              f"{p['ops_per_step']:.0f} torch op calls per step, {100 * p['outside_torch_ops_share']:.0f} % of the "
+              "step outside torch operators (Python).", "", "| op | self ms / step | calls / step |", "|---|---|---|"]
+    for o in p["top_ops"]:
+        lines.append(f"| {o['op']} | {o['self_ms_per_step']:.3f} | {o['calls_per_step']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--batch", type=int, default=4096, help="bags per lookup batch")
+    p.add_argument("--parts", default="linear,lookup,profile",
+                   help="parts to measure; the others are taken from the existing JSON in --out")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    repeats = args.repeats or (3 if args.smoke else 7)
+    grid, rows = (SMOKE_GRID, SMOKE_ROWS) if args.smoke else (GRID, ROWS)
+    batch = 256 if args.smoke else args.batch
+    name = "layers_smoke" if args.smoke else "layers"
+    parts = set(args.parts.split(","))
+    if not parts <= {"linear", "lookup", "profile"}:
+        raise ValueError(f"--parts must be among linear, lookup, profile, got {args.parts!r}")
+    previous = os.path.join(args.out, f"{name}.json")
+    result = json.load(open(previous)) if parts != {"linear", "lookup", "profile"} else {}
+    result.update({"threads": args.threads, "repeats": repeats})
+    if "linear" in parts:
+        result["linear"] = linear_grid(grid, repeats)
+    if "lookup" in parts:
+        result["lookup"] = lookup_table(rows, batch, repeats, args.threads, dense_max=10**4 if args.smoke else 10**6)
+    prof_case = grid[0] if args.smoke else (4096, 256, 16)
+    if "profile" in parts:
+        result["profile"] = profile_svi(*prof_case, repeats)
+    ratio = result["profile"]["interleaved_svi_over_dense"]
+    peaks = [x["peak_rss_mib"] for x in result["lookup"] if x["kind"] == "tensorized"]
+    result["targets"] = {
+        "ttm_4096_svi_over_dense": ratio,
+        "ttm_4096_met": ratio <= 0.5,
+        "lookup_peak_ratio": max(peaks) / min(peaks),
+        "lookup_flat": max(peaks) / min(peaks) <= 2.0,
+    }
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=2, default=list)
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

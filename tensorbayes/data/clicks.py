@@ -1,0 +1,376 @@
+"""
+A synthetic click log with the shape of Criteo Kaggle and a planted low-rank truth.
+
+:class:`ClickGenerator` plants the truth of a DLRM-style click-through problem whose answer is
+known: 13 dense features, 26 categorical features with Criteo Kaggle's cardinalities, category
+frequencies that follow a power law (Zipf-like), and a click probability that is a known
+function of the dense features and of *true embeddings*. The five large tables' true embeddings
+are low-rank TTM tensors of known ranks (rows ``(a, b, c)`` by columns ``(4, 4, 8)``, the
+paper's shapes), so the ranks a model should find are known; a row is gathered from the
+planted cores by mixed-radix indexing and the table (10⁹ entries and more) is never formed.
+The Bayes-optimal accuracy ``E[max(p, 1 - p)]`` is estimated on a test stream
+(:meth:`ClickGenerator.bayes_optimal`).
+
+:class:`ClickStream` is the log itself: a map-style :class:`torch.utils.data.Dataset` of
+``num_samples`` examples whose example ``i`` is a deterministic function of the seed, the
+stream and ``i`` (a counter-based hash, so any batch can be generated on its own, in any
+order). Nothing is held: :meth:`ClickStream.loader` and :meth:`ClickStream.batches` generate
+minibatches ``(dense, sparse, clicks)`` on demand.
+
+The cardinalities are Criteo Kaggle's (Display Advertising Challenge, 7 days of training
+data), as the DLRM reference code lists them for ``--data-set=kaggle``
+(``1460-583-10131227-2202608-305-24-12517-633-3-93145-5683-8351593-3194-27-14992-5461306-10-5652-2173-4-7046547-18-15-286181-105-142572``,
+facebookresearch/dlrm); the five large tables (features 3, 4, 12, 16 and 21) have
+``10131227 + 2202608 + 8351593 + 5461306 + 7046547 = 33,193,281`` rows, as PAPER.md states.
+Here each large table has the rows of its factor shape from PAPER.md (``200 x 220 x 250 =
+11,000,000`` and so on), so that its planted TTM has no padding.
+
+The planted click model, for example ``n`` (``e_t`` the true embedding of its category in table
+``t``, ``D = 128``)::
+
+    logit = bias + w . x  +  sum_{t small} beta_t[i_t]  +  sum_{t large} <e_t, a_t>
+            + sum_{s < t large} <e_s, e_t>
+    clicks ~ Bernoulli(sigmoid(logit))
+
+which a DLRM (dot interactions between embeddings and the bottom MLP's output, a top MLP)
+can represent exactly. The scales of the terms are set by the ``*_scale`` arguments (the
+standard deviation each group adds to the logit).
+
+Usage::
+
+    truth = ClickGenerator(seed=0)                       # full size, Criteo Kaggle's tables
+    train = truth.stream(2_000_000, stream="train")
+    for dense, sparse, clicks in train.batches(4096):    # (4096, 13), (4096, 26), (4096,)
+        ...
+    bayes = truth.bayes_optimal(truth.stream(200_000, stream="test"))
+"""
+
+import math
+
+import torch
+
+from ..formats import get_format
+
+__all__ = [
+    "CRITEO_KAGGLE_CARDINALITIES",
+    "ClickGenerator",
+    "ClickStream",
+    "PAPER_COL_SHAPE",
+    "PAPER_ROW_SHAPES",
+    "PLANTED_RANKS",
+    "auc",
+]
+
+#: Criteo Kaggle's 26 categorical cardinalities (DLRM reference code, ``--data-set=kaggle``).
+CRITEO_KAGGLE_CARDINALITIES = (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+)
+
+#: The row shapes of the five large tables (by feature position, 0-based), from PAPER.md.
+PAPER_ROW_SHAPES = {
+    2: (200, 220, 250),
+    3: (125, 130, 136),
+    11: (200, 200, 209),
+    15: (166, 175, 188),
+    20: (200, 200, 200),
+}
+
+#: The column shape of every tensorized table: 128 = 4 x 4 x 8.
+PAPER_COL_SHAPE = (4, 4, 8)
+
+#: The TTM ranks planted in the five large tables by default.
+PLANTED_RANKS = {2: (4, 2), 3: (2, 2), 11: (3, 3), 15: (4, 1), 20: (2, 1)}
+
+_MASK32 = 0xFFFFFFFF
+_STREAMS = {"train": 0, "test": 1, "valid": 2}
+
+
+def _mix32(x):
+    """A 32-bit integer hash (Wellons' lowbias32) of int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32  # wraps modulo 2**64 in int64; the low 32 bits are exact
+    return x ^ (x >> 16)
+
+
+def _uniforms(index, key, slots):
+    """
+    Uniforms in (0, 1), ``(len(index), slots)`` float64: a counter-based hash of
+    ``(key, index, slot)``, so every example's draws are independent of the batch it is in.
+    """
+    slot_keys = _mix32((torch.arange(slots, dtype=torch.int64) * 0x9E3779B9 + key) & _MASK32)
+    h = _mix32((index & _MASK32)[:, None] ^ slot_keys[None, :])
+    h = _mix32(h ^ ((index >> 32) & _MASK32)[:, None] ^ _mix32(slot_keys ^ 0x5BD1E995)[None, :])
+    return (h.double() + 0.5) / 2.0**32
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _coprime_multiplier(n, salt):
+    """An odd multiplier coprime with ``n`` near ``0.618 n``: ``rank -> (a * rank + b) % n`` is a bijection."""
+    a = max(1, int(n * 0.6180339887) + salt) | 1
+    while math.gcd(a, n) != 1:
+        a += 2
+    return a
+
+
+class ClickGenerator:
+    """
+    The planted truth of a synthetic click log (see the module docs): which tables there are,
+    how often each category occurs, the true embeddings and the click probability.
+
+    :param tuple cardinalities: rows of every categorical table (default
+        :data:`CRITEO_KAGGLE_CARDINALITIES`, the large ones replaced by their ``row_shapes``'
+        products).
+    :param dict row_shapes: ``{table: row shape}`` of the tables whose true embeddings are planted
+        TTM tensors (default :data:`PAPER_ROW_SHAPES`); the table then has ``prod(shape)`` rows.
+    :param tuple col_shape: the column modes of the embeddings (default ``(4, 4, 8)``).
+    :param dict ranks: ``{table: TTM ranks}`` planted in those tables (default :data:`PLANTED_RANKS`).
+    :param int num_dense: dense features.
+    :param float zipf: the exponent ``s`` of the category frequencies, ``P(rank k) ∝ k^-s``.
+    :param float interaction_scale: the standard deviation the pairwise dot products of the
+        planted tables add to the logit (all pairs together).
+    :param float main_scale: that of their main effects ``<e_t, a_t>``.
+    :param float dense_scale: that of the dense features' linear term.
+    :param float small_scale: that of the small tables' per-category effects (all together).
+    :param float click_rate: the bias is set so that a logit of zero elsewhere gives this rate.
+    :param int seed: seeds the planted truth and every stream.
+    """
+
+    def __init__(self, cardinalities=None, row_shapes=None, col_shape=PAPER_COL_SHAPE, ranks=None, num_dense=13,
+                 zipf=1.1, interaction_scale=1.5, main_scale=1.0, dense_scale=1.0, small_scale=0.5, click_rate=0.25,
+                 seed=0):
+        row_shapes = dict(PAPER_ROW_SHAPES if row_shapes is None else row_shapes)
+        ranks = dict(PLANTED_RANKS if ranks is None and row_shapes.keys() == PAPER_ROW_SHAPES.keys() else ranks or {})
+        cards = list(CRITEO_KAGGLE_CARDINALITIES if cardinalities is None else cardinalities)
+        for t, shape in row_shapes.items():
+            if not 0 <= t < len(cards):
+                raise ValueError(f"row_shapes has table {t}, but there are {len(cards)} tables")
+            cards[t] = math.prod(shape)
+        self.cardinalities = tuple(_check_positive_int(c, "cardinalities") for c in cards)
+        if set(ranks) != set(row_shapes):
+            raise ValueError(f"ranks must give the TTM ranks of every planted table {sorted(row_shapes)}, got {sorted(ranks)}")
+        self.row_shapes, self.col_shape = row_shapes, tuple(col_shape)
+        self.embedding_dim = math.prod(self.col_shape)
+        self.num_dense = _check_positive_int(num_dense, "num_dense")
+        if not (isinstance(zipf, (int, float)) and zipf > 0):
+            raise ValueError(f"zipf must be a positive number, got {zipf!r}")
+        self.zipf, self.seed = float(zipf), int(seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        ttm = get_format("ttm")
+        self.layouts, self.factors, self.ranks = {}, {}, {}
+        dim = self.embedding_dim
+        pairs = max(1, len(row_shapes) * (len(row_shapes) - 1) // 2)
+        # entries of variance v: a dot product of two embeddings has variance dim * v**2
+        v = interaction_scale / math.sqrt(pairs * dim)
+        for t, shape in sorted(row_shapes.items()):
+            layout = ttm(tuple(shape) + self.col_shape, ranks[t])
+            if layout.ranks != tuple(ranks[t]):
+                raise ValueError(f"ranks[{t}] must be TTM ranks for row shape {shape}, got {ranks[t]!r}")
+            std = (v / math.prod(layout.ranks)) ** (0.5 / len(layout.labels))
+            self.layouts[t], self.ranks[t] = layout, layout.ranks
+            self.factors[t] = [torch.randn(s, generator=gen, dtype=torch.float64) * std for s in layout.factor_shapes]
+        # main effects <e_t, a_t>: a_t of norm so that all of them add main_scale to the logit's sd
+        self.main = {t: torch.randn(dim, generator=gen, dtype=torch.float64) for t in self.layouts}
+        for t in self.main:
+            self.main[t] *= main_scale / math.sqrt(len(self.main) * dim * v)
+        self.small = [t for t in range(len(self.cardinalities)) if t not in self.layouts]
+        per_small = small_scale / math.sqrt(max(1, len(self.small)))
+        self.effects = {t: torch.randn(self.cardinalities[t], generator=gen, dtype=torch.float64) * per_small
+                        for t in self.small}
+        self.dense_weight = torch.randn(self.num_dense, generator=gen, dtype=torch.float64) * (
+            dense_scale / math.sqrt(self.num_dense))
+        self.bias = math.log(click_rate / (1 - click_rate))
+        self.multipliers = [_coprime_multiplier(n, 7919 * t) for t, n in enumerate(self.cardinalities)]
+        self.shifts = [(104729 * (t + 1)) % n for t, n in enumerate(self.cardinalities)]
+
+    @classmethod
+    def tiny(cls, seed=0, **kwargs):
+        """A small log for tests and smoke runs: 26 tables of at most 1000 rows (the five planted
+        ones 10 x 10 x 10, columns 2 x 2 x 2), the same structure."""
+        cards = tuple(min(c, 50) for c in CRITEO_KAGGLE_CARDINALITIES)
+        shapes = {t: (10, 10, 10) for t in PAPER_ROW_SHAPES}
+        ranks = {t: (min(r[0], 4), min(r[1], 4)) for t, r in PLANTED_RANKS.items()}
+        kwargs.setdefault("col_shape", (2, 2, 2))
+        return cls(cardinalities=cards, row_shapes=shapes, ranks=ranks, seed=seed, **kwargs)
+
+    @property
+    def num_tables(self):
+        return len(self.cardinalities)
+
+    @property
+    def planted_tables(self):
+        """The tables whose true embeddings are planted TTM tensors, in order."""
+        return sorted(self.layouts)
+
+    def embeddings(self, table, ids):
+        """The true embeddings of ``ids`` in a planted table, gathered from its cores: ``(n, D)`` float64."""
+        if table not in self.layouts:
+            raise ValueError(f"table must be a planted table {self.planted_tables}, got {table!r}")
+        return self.layouts[table].rows(self.factors[table], torch.as_tensor(ids).long())
+
+    def categories(self, table, u):
+        """Category ids of uniforms ``u`` in ``table``: a power-law rank, then a fixed bijection of the ids."""
+        n = self.cardinalities[table]
+        s = self.zipf
+        if abs(s - 1.0) < 1e-9:
+            r = torch.exp(u * math.log(n + 1.0))
+        else:
+            top = (n + 1.0) ** (1.0 - s)
+            r = (1.0 + u * (top - 1.0)) ** (1.0 / (1.0 - s))
+        rank = (r.floor().long() - 1).clamp_(0, n - 1)
+        return (rank * self.multipliers[table] + self.shifts[table]) % n
+
+    def logits(self, dense, sparse):
+        """The true logit of every example, float64 ``(n,)``."""
+        dense = dense.double()
+        logit = self.bias + dense @ self.dense_weight
+        embedded = {t: self.embeddings(t, sparse[:, t]) for t in self.planted_tables}
+        for t, e in embedded.items():
+            logit = logit + e @ self.main[t]
+        tables = self.planted_tables
+        for i, s in enumerate(tables):
+            for t in tables[i + 1 :]:
+                logit = logit + (embedded[s] * embedded[t]).sum(-1)
+        for t in self.small:
+            logit = logit + self.effects[t][sparse[:, t]]
+        return logit
+
+    def sample(self, index, stream="train"):
+        """
+        The examples of ``index`` (int64 ``(n,)``) in a stream: ``(dense, sparse, clicks, prob)``
+        with dense features ``(n, num_dense)`` float32, categories ``(n, num_tables)`` int64,
+        clicks ``(n,)`` float32 in {0, 1} and the true click probabilities ``(n,)`` float64.
+        """
+        key = _mix32(torch.tensor((self.seed * 1000003 + _stream_id(stream)) & _MASK32, dtype=torch.int64)).item()
+        index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+        d, t = self.num_dense, self.num_tables
+        u = _uniforms(index, key, 2 * d + t + 1)
+        r = torch.sqrt(-2.0 * torch.log(u[:, :d]))
+        dense = r * torch.cos(2 * math.pi * u[:, d : 2 * d])  # Box-Muller
+        sparse = torch.stack([self.categories(k, u[:, 2 * d + k]) for k in range(t)], dim=1)
+        prob = torch.sigmoid(self.logits(dense, sparse))
+        clicks = (u[:, -1] < prob).float()
+        return dense.float(), sparse, clicks, prob
+
+    def stream(self, num_samples, stream="train"):
+        """A :class:`ClickStream` of ``num_samples`` examples."""
+        return ClickStream(self, num_samples, stream)
+
+    def bayes_optimal(self, stream, batch_size=65536):
+        """
+        What the true probabilities achieve on a stream: ``{"accuracy": E[max(p, 1-p)]`` (the
+        Bayes-optimal accuracy, estimated), ``"realized_accuracy"`` (of ``p > 1/2`` on the drawn
+        clicks), ``"auc"`` (of ``p``), ``"click_rate"``}.
+        """
+        expected, hits, count, clicks, probs, labels = 0.0, 0.0, 0, 0.0, [], []
+        for start in range(0, len(stream), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(stream)))
+            _, _, y, p = self.sample(idx, stream.stream)
+            expected += torch.maximum(p, 1 - p).sum().item()
+            hits += ((p > 0.5).float() == y).sum().item()
+            clicks += y.sum().item()
+            count += len(idx)
+            probs.append(p.float())
+            labels.append(y)
+        return {"accuracy": expected / count, "realized_accuracy": hits / count,
+                "auc": auc(torch.cat(probs), torch.cat(labels)), "click_rate": clicks / count}
+
+
+def _stream_id(stream):
+    if isinstance(stream, int) and not isinstance(stream, bool) and stream >= 0:
+        return stream + len(_STREAMS)
+    if stream not in _STREAMS:
+        raise ValueError(f"stream must be one of {sorted(_STREAMS)} or a non-negative int, got {stream!r}")
+    return _STREAMS[stream]
+
+
+def auc(scores, labels):
+    """The area under the ROC curve of ``scores`` for binary ``labels`` (ties averaged), by ranks."""
+    scores, labels = scores.reshape(-1).double(), labels.reshape(-1).double()
+    order = torch.argsort(scores)
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    uniq, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    if len(uniq) < len(scores):  # average the ranks of ties
+        sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, ranks)
+        ranks = (sums / counts)[inverse]
+    pos = labels.sum()
+    neg = len(labels) - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    return ((ranks[labels > 0.5].sum() - pos * (pos + 1) / 2) / (pos * neg)).item()
+
+
+class ClickStream(torch.utils.data.Dataset):
+    """
+    ``num_samples`` examples of a :class:`ClickGenerator`'s log, generated on demand: indexing
+    with an int, a slice, a list or a tensor of indices returns ``(dense, sparse, clicks)`` for
+    them (a batch), the same whatever the order or the batch they are asked in.
+
+    Usage::
+
+        train = ClickGenerator.tiny().stream(10_000)
+        loader = train.loader(256, shuffle=True, seed=0)     # a DataLoader of batches, for tb.fit
+        dense, sparse, clicks = train[0:256]
+
+    :param generator: the :class:`ClickGenerator`.
+    :param int num_samples: the examples in the stream.
+    :param stream: "train", "test", "valid" or an int: streams with different names are
+        independent draws from the same truth.
+    """
+
+    def __init__(self, generator, num_samples, stream="train"):
+        if not isinstance(generator, ClickGenerator):
+            raise TypeError(f"generator must be a ClickGenerator, got {type(generator).__name__}")
+        self.generator = generator
+        self.num_samples = _check_positive_int(num_samples, "num_samples")
+        _stream_id(stream)
+        self.stream = stream
+
+    def __len__(self):
+        return self.num_samples
+
+    def _index(self, key):
+        if isinstance(key, slice):
+            return torch.arange(*key.indices(self.num_samples))
+        index = torch.as_tensor(key, dtype=torch.int64).reshape(-1)
+        if index.numel() and (index.min() < -self.num_samples or index.max() >= self.num_samples):
+            raise IndexError(f"index must lie in [0, {self.num_samples}), got values in [{int(index.min())}, {int(index.max())}]")
+        return index % self.num_samples
+
+    def __getitem__(self, key):
+        dense, sparse, clicks, _ = self.generator.sample(self._index(key), self.stream)
+        return dense, sparse, clicks
+
+    def batches(self, batch_size):
+        """Consecutive minibatches ``(dense, sparse, clicks)`` of ``batch_size`` (the last may be smaller)."""
+        _check_positive_int(batch_size, "batch_size")
+        for start in range(0, self.num_samples, batch_size):
+            yield self[start : min(start + batch_size, self.num_samples)]
+
+    def loader(self, batch_size, shuffle=False, seed=0, drop_last=False):
+        """
+        A :class:`torch.utils.data.DataLoader` of minibatches (``len(loader.dataset)`` is the
+        number of examples, as :func:`tensorbayes.fit` needs): each batch is generated at once.
+
+        :param int batch_size: examples per batch.
+        :param bool shuffle: visit the examples in a random order (seeded by ``seed``).
+        """
+        _check_positive_int(batch_size, "batch_size")
+        if shuffle:
+            sampler = torch.utils.data.RandomSampler(self, generator=torch.Generator().manual_seed(seed))
+        else:
+            sampler = torch.utils.data.SequentialSampler(self)
+        batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last)
+        return torch.utils.data.DataLoader(self, sampler=batches, batch_size=None, collate_fn=_as_tuple)
+
+
+def _as_tuple(batch):
+    return tuple(batch)

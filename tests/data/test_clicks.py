@@ -1,0 +1,130 @@
+"""
+The synthetic click log: deterministic by seed and independent of how it is batched, Criteo
+Kaggle's cardinalities (large tables as the products of the paper's row shapes), power-law
+category frequencies (the measured log-log slope), planted embeddings gathered from the planted
+TTM cores, clicks drawn from the stated probability, the Bayes-optimal summary, streaming
+without holding the tables, and a DataLoader that tb.fit can take.
+"""
+
+import math
+
+import pytest
+import torch
+
+from tensorbayes.data.clicks import (
+    CRITEO_KAGGLE_CARDINALITIES,
+    PAPER_ROW_SHAPES,
+    ClickGenerator,
+    ClickStream,
+    auc,
+)
+
+
+def test_cardinalities_are_criteo_kaggles():
+    assert len(CRITEO_KAGGLE_CARDINALITIES) == 26
+    large = [CRITEO_KAGGLE_CARDINALITIES[t] for t in PAPER_ROW_SHAPES]
+    assert sum(large) == 33_193_281  # PAPER.md
+    assert all(math.prod(PAPER_ROW_SHAPES[t]) >= CRITEO_KAGGLE_CARDINALITIES[t] for t in PAPER_ROW_SHAPES)
+    gen = ClickGenerator(seed=0)
+    for t, n in enumerate(gen.cardinalities):
+        expected = math.prod(PAPER_ROW_SHAPES[t]) if t in PAPER_ROW_SHAPES else CRITEO_KAGGLE_CARDINALITIES[t]
+        assert n == expected
+    assert gen.embedding_dim == 128 and gen.planted_tables == sorted(PAPER_ROW_SHAPES)
+
+
+def test_deterministic_by_seed_and_independent_of_batching():
+    gen = ClickGenerator.tiny(seed=3)
+    a = gen.stream(1000)[torch.arange(100, 200)]
+    b = ClickGenerator.tiny(seed=3).stream(1000)[100:200]
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    one = gen.stream(1000)[150]
+    assert torch.equal(one[1][0], a[1][50])
+    other = ClickGenerator.tiny(seed=4).stream(1000)[100:200]
+    assert not torch.equal(a[1], other[1])
+    test = gen.stream(1000, stream="test")[100:200]
+    assert not torch.equal(a[1], test[1])
+
+
+def test_shapes_and_ranges():
+    gen = ClickGenerator.tiny()
+    dense, sparse, clicks = gen.stream(500)[0:500]
+    assert dense.shape == (500, 13) and dense.dtype == torch.float32
+    assert sparse.shape == (500, 26) and sparse.dtype == torch.int64
+    assert clicks.shape == (500,) and set(clicks.unique().tolist()) <= {0.0, 1.0}
+    assert (sparse >= 0).all() and (sparse < torch.tensor(gen.cardinalities)).all()
+    assert abs(dense.mean().item()) < 0.1 and abs(dense.std().item() - 1) < 0.1
+
+
+def test_power_law_skew():
+    gen = ClickGenerator.tiny(seed=0, zipf=1.1)  # table 2 has 1000 rows
+    _, sparse, _ = gen.stream(60_000)[:]
+    counts = torch.bincount(sparse[:, 2], minlength=gen.cardinalities[2]).double()
+    freq = counts.sort(descending=True).values[:300]
+    ranks = torch.arange(1, 301, dtype=torch.float64)
+    keep = freq > 0
+    x, y = ranks[keep].log(), freq[keep].log()
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    assert -1.3 < slope.item() < -0.9
+    assert counts.max() / counts.sum() > 0.01  # a head: the top id alone takes over 1 %
+
+
+def test_planted_rows_come_from_the_planted_factors():
+    gen = ClickGenerator.tiny(seed=1)
+    for t in gen.planted_tables:
+        layout, factors = gen.layouts[t], gen.factors[t]
+        assert layout.name == "ttm" and layout.ranks == gen.ranks[t]
+        ids = torch.tensor([0, 7, 999, 512])
+        table = layout.to_matrix(factors)
+        torch.testing.assert_close(gen.embeddings(t, ids), table[ids])
+
+
+def test_clicks_follow_the_true_probability():
+    gen = ClickGenerator.tiny(seed=2)
+    dense, sparse, clicks, prob = gen.sample(torch.arange(20_000))
+    torch.testing.assert_close(prob, torch.sigmoid(gen.logits(dense, sparse)))
+    assert abs(clicks.mean().item() - prob.mean().item()) < 0.015
+    high = prob > 0.8
+    assert clicks[high].mean() > 0.8
+    summary = gen.bayes_optimal(gen.stream(10_000, "test"))
+    assert 0.7 < summary["accuracy"] < 0.9
+    assert abs(summary["accuracy"] - summary["realized_accuracy"]) < 0.02
+    assert summary["auc"] > 0.8
+
+
+def test_streaming_never_materializes_a_table():
+    gen = ClickGenerator(seed=0)  # full size: 35M rows x 128 in the five planted tables
+    held = sum(f.numel() for fs in gen.factors.values() for f in fs)
+    held += sum(e.numel() for e in gen.effects.values())
+    assert held < 1_000_000  # the planted cores and the small tables' scalar effects
+    dense_size = sum(gen.cardinalities[t] * gen.embedding_dim for t in gen.planted_tables)
+    assert dense_size > 4e9
+    dense, sparse, clicks = gen.stream(10**9)[torch.tensor([0, 10**9 - 1])]
+    assert sparse.shape == (2, 26)
+    batches = list(ClickStream(gen, 10, "valid").batches(4))
+    assert [len(b[2]) for b in batches] == [4, 4, 2]
+
+
+def test_loader_gives_batches_and_num_data():
+    stream = ClickGenerator.tiny().stream(1000)
+    loader = stream.loader(256, shuffle=True, seed=0)
+    assert len(loader.dataset) == 1000 and len(loader) == 4
+    batches = list(loader)
+    assert [b[0].shape[0] for b in batches] == [256, 256, 256, 232]
+    assert len({tuple(b[1][:, 0].tolist()) for b in batches}) == 4
+
+
+def test_auc():
+    assert auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0.0, 0.0, 1.0, 1.0])) == pytest.approx(0.75)
+    assert auc(torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0])) == pytest.approx(0.5)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="stream must be one of"):
+        ClickGenerator.tiny().stream(10, stream="bogus")
+    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+        ClickGenerator.tiny().stream(0)
+    with pytest.raises(ValueError, match="ranks must give the TTM ranks"):
+        ClickGenerator(row_shapes={2: (10, 10, 10)}, ranks={})
+    with pytest.raises(IndexError, match="index must lie in"):
+        ClickGenerator.tiny().stream(10)[torch.tensor([10])]

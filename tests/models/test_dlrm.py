@@ -1,0 +1,144 @@
+"""
+The DLRM model: output shapes, the Bernoulli likelihood scaled by num_data / batch under the
+data plate, prior and guide sites for the tensorized tables only (per-table overrides, the
+paper preset), a few SVI steps lowering the loss on a tiny synthetic log, tb.fit's data check,
+the plain-torch export, and bad input.
+"""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+
+import tensorbayes as tb
+from tensorbayes.data.clicks import CRITEO_KAGGLE_CARDINALITIES, PAPER_ROW_SHAPES, ClickGenerator
+from tensorbayes.models.dlrm import DLRM, PAPER_PRESET, DLRMNet
+from tensorbayes.models.embedding_bag import CompactEmbeddingBag, TensorizedEmbeddingBag
+
+
+def _tiny(**kwargs):
+    gen = ClickGenerator.tiny(seed=0)
+    tables = {t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape} for t in gen.planted_tables}
+    kwargs = {"embedding_dim": 8, "bottom": (16,), "top": (16,), "tensorize_min_rows": None, "tables": tables,
+              "max_rank": 4, **kwargs}
+    return gen, DLRM(gen.cardinalities, **kwargs)
+
+
+def test_shapes_and_probabilities():
+    gen, model = _tiny()
+    dense, sparse, clicks = gen.stream(64)[:]
+    probs = model(dense, sparse, clicks)
+    assert probs.shape == (64,) and ((probs >= 0) & (probs <= 1)).all()  # prior draws may saturate
+    bags = torch.stack([sparse, sparse], dim=-1)  # (B, T, 2): bags of two ids per feature
+    assert model(dense, bags).shape == (64,)
+
+
+def test_likelihood_scaled_by_num_data_over_batch():
+    gen, model = _tiny()
+    dense, sparse, clicks = gen.stream(32)[:]
+    trace = poutine.trace(model).get_trace(dense, sparse, clicks, num_data=3200)
+    obs = trace.nodes["obs"]
+    assert obs["scale"] == pytest.approx(100.0)
+    assert obs["fn"].batch_shape == (32,) and obs["is_observed"]
+    assert trace.nodes["data"]["value"].tolist() == list(range(32))
+
+
+def test_sites_for_tensorized_tables_only():
+    gen, model = _tiny(tables={2: {"format": "tt", "max_rank": 3}, 11: {}, 15: {"dense": True}},
+                       tensorize_min_rows=None)
+    trace = poutine.trace(model).get_trace(*gen.stream(8)[:2])
+    latent = {name for name, site in trace.nodes.items()
+              if site["type"] == "sample" and not site["is_observed"] and name != "data"}
+    tt_sites = {f"net.C3.weight.factor{k}" for k in range(6)} | {f"net.C3.weight.lambda{b}" for b in range(5)}
+    ttm_sites = {f"net.C12.weight.factor{k}" for k in range(3)} | {f"net.C12.weight.lambda{b}" for b in range(2)}
+    assert latent == tt_sites | ttm_sites
+    assert {n.split(".weight")[0] for n in latent} == {"net.C3", "net.C12"}
+    assert model.net.C3.layout.name == "tt" and model.net.C12.layout.name == "ttm"
+    assert isinstance(model.net.C16, torch.nn.EmbeddingBag) and not isinstance(model.net.C16, TensorizedEmbeddingBag)
+    guide = tb.guides.MeanField(model, seed=0)
+    assert set(guide.posteriors) == {"net__C3__weight", "net__C12__weight"}
+    guide_trace = poutine.trace(guide).get_trace()
+    assert {n for n, s in guide_trace.nodes.items() if s["type"] == "sample"} == latent
+
+
+def test_tensorize_min_rows_and_paper_preset():
+    model = DLRM([10, 5000, 20_000], embedding_dim=8, tensorize_min_rows=5000, max_rank=2, bottom=(4,), top=(4,))
+    assert sorted(model.tensorized_tables()) == ["C2", "C3"]
+    cards = [n if t in PAPER_ROW_SHAPES else 10 for t, n in enumerate(CRITEO_KAGGLE_CARDINALITIES)]
+    preset = DLRM.paper_preset(cards, bottom=(4,), top=(4,))  # small tables cut down: the test stays fast
+    tables = preset.tensorized_tables()
+    assert sorted(tables) == ["C12", "C16", "C21", "C3", "C4"]
+    assert tables["C3"].row_shape == (200, 220, 250) and tables["C3"].col_shape == (4, 4, 8)
+    assert all(t.layout.name == "ttm" and t.layout.ranks == (16, 16) for t in tables.values())
+    assert sum(t.num_embeddings * t.embedding_dim for t in tables.values()) == 33_193_281 * 128
+    assert PAPER_PRESET["max_rank"] == 16
+
+
+def test_svi_steps_decrease_the_loss():
+    gen, model = _tiny()
+    guide = tb.guides.MeanField(model, seed=0)
+    train = gen.stream(2048)
+    params = list(guide.parameters()) + list(model.parameters())
+    optim = torch.optim.Adam(params, lr=0.02)
+    elbo = TraceMeanField_ELBO()
+    losses = []
+    for step in range(16):
+        dense, sparse, clicks = train[(step % 8) * 256 : (step % 8 + 1) * 256]
+        loss = elbo.differentiable_loss(model, guide, dense, sparse, clicks, num_data=len(train))
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    assert sum(losses[-4:]) < sum(losses[:4])
+
+
+def test_fit_checks_the_data_and_trains():
+    gen, model = _tiny()
+    guide = tb.guides.MeanField(model, seed=0)
+    dense, sparse, clicks = gen.stream(512)[:]
+    history = tb.fit(model, guide, (dense, sparse, clicks.long()), epochs=2, batch_size=256, progress=False, seed=0)
+    assert len(history.elbo) == 2 and all(math.isfinite(e) for e in history.elbo)
+    assert set(history.ranks[-1]) == {f"net.C{t + 1}.weight" for t in gen.planted_tables}
+    bad = sparse.clone()
+    bad[0, 4] = gen.cardinalities[4]
+    with pytest.raises(ValueError, match=r"sparse\[:, 4\] must hold ids in \[0, 50\) \(table C5\)"):
+        tb.fit(model, guide, (dense, bad, clicks), epochs=1, progress=False)
+    loader = gen.stream(512).loader(256)
+    assert len(tb.fit(model, guide, loader, epochs=1, progress=False, seed=0).elbo) == 1
+
+
+def test_export_is_plain_torch_and_predicts_the_posterior_mean():
+    gen, model = _tiny()
+    guide = tb.guides.MeanField(model, seed=0)
+    net = model.export(guide)
+    assert isinstance(net, DLRMNet) and not any(isinstance(m, pyro.nn.PyroModule) for m in net.modules())
+    assert isinstance(net.C3, CompactEmbeddingBag)
+    dense, sparse, _ = gen.stream(16)[:]
+    means = {t.weight.factor_site(k): f for t in model.tensorized_tables().values()
+             for k, f in enumerate(guide.factor_means(t.weight))}
+    expected = poutine.condition(model, data=means)(dense, sparse)
+    torch.testing.assert_close(torch.sigmoid(net(dense, sparse)), expected)
+
+
+def test_bad_input():
+    gen, model = _tiny()
+    dense, sparse, clicks = gen.stream(8)[:]
+    with pytest.raises(TypeError, match="dense must be a floating point"):
+        model(dense.long(), sparse)
+    with pytest.raises(ValueError, match=r"dense must have shape \(batch, num_dense=13\)"):
+        model(dense[:, :5], sparse)
+    with pytest.raises(TypeError, match="sparse must be an integer"):
+        model(dense, sparse.float())
+    with pytest.raises(ValueError, match="sparse must have shape"):
+        model(dense, sparse[:, :3])
+    with pytest.raises(ValueError, match="y must hold clicks 0 or 1"):
+        model(dense, sparse, clicks + 2)
+    with pytest.raises(ValueError, match="num_data must be"):
+        model(dense, sparse, clicks, num_data=2)
+    with pytest.raises(ValueError, match="tables must be keyed"):
+        DLRM([10, 10], tables={5: {}})
+    with pytest.raises(ValueError, match="tables\\[0\\] must be a dict"):
+        DLRM([10, 10], tables={0: {"bogus": 1}})
