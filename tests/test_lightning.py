@@ -42,6 +42,7 @@ def _fit_lightning(module, loader, epochs, val_loader=None, seed=3):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*The number of training batches.*")
+        warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")  # no held-out data: no validation
         trainer = _trainer(epochs)
         trainer.fit(module, loader, val_loader)
     return trainer
