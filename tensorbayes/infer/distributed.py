@@ -49,6 +49,8 @@ import torch
 import torch.distributed as dist
 from pyro.poutine.messenger import Messenger
 
+from .batches import TensorBatches
+
 __all__ = [
     "DistributedContext", "LikelihoodScale", "ShardedTensorBatches", "all_reduce_step", "broadcast_seed",
     "broadcast_state", "check_in_sync", "check_loader", "evaluate", "in_torchrun", "init", "is_main", "launch",
@@ -145,7 +147,7 @@ class LikelihoodScale(Messenger):
             msg["scale"] = msg["scale"] * self.scale
 
 
-class ShardedTensorBatches:
+class ShardedTensorBatches(TensorBatches):
     """
     The minibatches of a tuple of tensors for one rank: every epoch all ranks draw the same
     global permutation (one seeded generator), cut it into global batches of ``batch_size``
@@ -157,20 +159,11 @@ class ShardedTensorBatches:
     """
 
     def __init__(self, data, batch_size, generator, ctx):
-        from .fit import _as_tensors
-
-        self.data, self.num_data = _as_tensors(data)
-        self.batch_size = min(batch_size, self.num_data)
-        self.generator = generator
+        super().__init__(data, batch_size, generator)
         self.ctx = ctx
 
-    def __len__(self):
-        return math.ceil(self.num_data / self.batch_size)
-
     def __iter__(self):
-        order = torch.randperm(self.num_data, generator=self.generator)
-        for start in range(0, self.num_data, self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for idx in self.indices():
             shard = idx.tensor_split(self.ctx.world_size)[self.ctx.rank]
             scale = self.ctx.world_size * len(shard) / len(idx)
             if len(shard) == 0:

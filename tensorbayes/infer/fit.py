@@ -22,6 +22,7 @@ from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from . import distributed as _distributed
+from .batches import as_tensors, TensorBatches
 
 __all__ = ["History", "NonFiniteError", "fit"]
 
@@ -109,37 +110,6 @@ class Schedule:
 def _check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _as_tensors(data, name="data"):
-    if isinstance(data, torch.Tensor):
-        data = (data,)
-    if not isinstance(data, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in data):
-        raise TypeError(f"{name} must be a tensor, a tuple of tensors with the same first dimension, or a DataLoader")
-    n = data[0].shape[0]
-    if any(t.shape[0] != n for t in data):
-        raise ValueError(f"{name} must be tensors with the same first dimension, got {[tuple(t.shape) for t in data]}")
-    if n == 0:
-        raise ValueError(f"{name} must hold at least one example")
-    return tuple(data), n
-
-
-class _TensorBatches:
-    """Minibatches of a tuple of tensors, reshuffled every epoch by a seeded generator."""
-
-    def __init__(self, data, batch_size, generator):
-        self.data, self.num_data = _as_tensors(data)
-        self.batch_size = min(batch_size, self.num_data)
-        self.generator = generator
-
-    def __len__(self):
-        return math.ceil(self.num_data / self.batch_size)
-
-    def __iter__(self):
-        order = torch.randperm(self.num_data, generator=self.generator)
-        for start in range(0, self.num_data, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield [t[idx] for t in self.data]
 
 
 class _LoaderBatches:
@@ -232,7 +202,7 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
     if not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True or False, got {distributed!r}")
     if eval_data is not None:
-        eval_data, _ = _as_tensors(eval_data, "eval_data")
+        eval_data, _ = as_tensors(eval_data, "eval_data")
         if len(eval_data) < 2:
             raise ValueError("eval_data must be (*inputs, target): at least two tensors")
     ctx = _distributed.init() if distributed else None
@@ -244,7 +214,7 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
             _distributed.check_loader(data, ctx)
         batches = _LoaderBatches(data)
     else:
-        batches = (_TensorBatches(data, batch_size, generator) if ctx is None
+        batches = (TensorBatches(data, batch_size, generator) if ctx is None
                    else _distributed.ShardedTensorBatches(data, batch_size, generator, ctx))
         if hasattr(model, "check_data"):
             batches.data = tuple(t for t in model.check_data(*batches.data) if t is not None)
