@@ -269,3 +269,32 @@ def test_lambda_trace_is_recorded_every_trace_every_steps():
     assert len(last) == len(model.tensor.layout.ranks)
     if history.steps % 3 == 0:  # the last trace is the λ the fit ended with
         assert all(torch.equal(a, b) for a, b in zip(last, guide.lambdas("tensor")))
+
+
+def _student():
+    """A TTM student of the default teacher-student task (planted ranks (3, 3)), max rank 6."""
+    from pyro.nn import PyroModule
+
+    task = tb.data.teacher_student(num_train=2048, seed=0)
+    torch.manual_seed(0)
+    layer = tb.models.TensorizedLinear(64, 64, format="ttm", max_rank=6, in_shape=task.in_shape, out_shape=task.out_shape)
+    model = tb.models.BayesianClassifier(PyroModule[torch.nn.Sequential](layer), task.num_classes)
+    return task, model, MeanField(model, seed=0)
+
+
+def test_a_callback_that_prunes_leaves_the_new_parameters_optimized():
+    task, model, guide = _student()
+    tensor = model.net[0].weight
+    seen = {}
+
+    def prune_after_the_first_epochs(epoch, history):
+        if epoch == 10:
+            tb.prune(model, guide)
+            seen["pruned"] = [loc.clone() for loc in guide.factor_means(tensor)]
+
+    tb.fit(model, guide, (task.x_train, task.y_train), epochs=12, batch_size=256, seed=0, progress=False,
+           callbacks=[prune_after_the_first_epochs])
+    assert tensor.layout.ranks < (6, 6)  # the prune removed indices: the guide holds new parameters
+    after = guide.factor_means(tensor)
+    assert [a.shape for a in after] == [p.shape for p in seen["pruned"]]
+    assert all(not torch.equal(a, p) for a, p in zip(after, seen["pruned"]))  # stepped after the prune
