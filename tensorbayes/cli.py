@@ -157,7 +157,8 @@ def _train_parser(commands):
     train.add_argument("--out", default="runs/latest", help="the run folder (default %(default)s)")
     train.add_argument("--nproc", type=_positive, default=1,
                        help="data-parallel processes on this machine, started with torchrun --standalone (default 1)")
-    train.add_argument("--progress", action="store_true", help="show a progress bar")
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                       help="show a progress bar within each epoch (default on)")
 
 
 def _report_parser(commands):

@@ -45,7 +45,7 @@ def test_student_recovers_the_planted_ranks_and_exports_the_posterior_mean(fmt, 
 
 def test_train_writes_a_run_that_load_run_restores(tmp_path):
     out = tmp_path / "run"
-    main(["train", "--data", "teacher", "--format", "ttm", "--max-rank", "4", "--epochs", "2", "--num-train", "256",
+    main(["train", "--data", "teacher", "--format", "ttm", "--max-rank", "4", "--epochs", "2", "--num-train", "256", "--no-progress",
           "--batch-size", "64", "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= {"accuracy", "exported_accuracy", "ranks", "params", "tensors", "config", "seconds"}
@@ -80,7 +80,7 @@ def test_run_config_refuses_bad_settings(kwargs, name):
 
 @pytest.mark.slow
 def test_train_with_two_processes_writes_one_run(tmp_path):
-    common = ["--epochs", "2", "--num-train", "256", "--batch-size", "64", "--max-rank", "4"]
+    common = ["--epochs", "2", "--num-train", "256", "--batch-size", "64", "--max-rank", "4", "--no-progress"]
     assert main(["train", "--nproc", "2", "--out", str(tmp_path / "two"), *common]) == 0  # torchrun, gloo
     main(["train", "--out", str(tmp_path / "one"), *common])
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
