@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from .report import add_report_parser
+
 __all__ = ["main"]
 
 #: format, shape, planted ranks, max rank: the completion demo's problems.
@@ -122,7 +124,7 @@ def _parser():
     demo.add_argument("--completion", action="store_true", help="tensor completion of one planted tensor per format")
     demo.add_argument("--progress", action="store_true", help="show progress bars")
     _train_parser(commands)
-    _report_parser(commands)
+    add_report_parser(commands)
     return parser
 
 
@@ -159,14 +161,6 @@ def _train_parser(commands):
                        help="data-parallel processes on this machine, started with torchrun --standalone (default 1)")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                        help="show a progress bar within each epoch (default on)")
-
-
-def _report_parser(commands):
-    try:
-        from .report import add_report_parser
-    except ImportError:  # the report module is optional while it is written
-        return
-    add_report_parser(commands)
 
 
 def _print_epoch(epoch, history):

@@ -29,7 +29,6 @@ Usage::
 
 import math
 
-import torch
 from pyro.infer import TraceMeanField_ELBO
 
 try:
@@ -39,7 +38,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "tensorbayes.lightning needs Lightning: pip install 'tensorbayes[lightning]' (or pip install lightning)"
     ) from error
 
-from .infer.fit import KLScale, LikelihoodMeter, Schedule, _check_positive_int, _lambdas
+from .infer.fit import KLScale, LikelihoodMeter, Schedule, _adam, _check_positive_int, _lambdas, _held_out_metric
 
 __all__ = ["TensorBayesModule"]
 
@@ -93,9 +92,7 @@ class TensorBayesModule(pl.LightningModule):
 
     def configure_optimizers(self):
         """Adam over the model's and the guide's parameters (a learned noise in its own group)."""
-        noise = [p for name, p in self.model.named_parameters() if name.endswith("log_noise")]
-        others = [p for name, p in self.model.named_parameters() if not name.endswith("log_noise")]
-        return torch.optim.Adam([{"params": list(self.guide.parameters()) + others}, {"params": noise}], lr=self.lr)
+        return _adam(self.model, self.guide, self.lr)
 
     def on_fit_start(self):
         """Fix the default warm-up and ramp to 20 % of the Trainer's steps each."""
@@ -141,12 +138,8 @@ class TensorBayesModule(pl.LightningModule):
 
         *inputs, target = batch
         mean, _ = predict(self.model, self.guide, *inputs, num_samples=self.eval_samples)
-        if mean.dim() == 2 and not target.is_floating_point():
-            self.log("val_accuracy", (mean.argmax(-1) == target).double().mean(), batch_size=len(target),
-                     prog_bar=True, sync_dist=True)
-        else:
-            error = (mean - target).norm() / target.norm()
-            self.log("val_error", error, batch_size=len(target), prog_bar=True, sync_dist=True)
+        name, value = _held_out_metric(mean, target)
+        self.log(f"val_{name}", value, batch_size=len(target), prog_bar=True, sync_dist=True)
 
     # ----- summaries -----
 

@@ -359,12 +359,10 @@ def _step(model, guide, elbo, optimizer, batch, num_data, beta, step, epoch, *, 
         if _non_finite_parameter(model, guide) is None:
             raise
         raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch)) from error
-    if reduce is None and not torch.isfinite(loss):
-        raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch))
     optimizer.zero_grad()
     loss.backward()
     value, likelihood = (loss.item(), meter.total) if reduce is None else reduce(loss, meter.total)
-    if not math.isfinite(value):  # on every rank alike: the reduced loss is the same everywhere
+    if not math.isfinite(value):  # on every rank alike: a reduced loss is the same everywhere
         raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch))
     _check_finite_gradients(model, guide, step, epoch)
     optimizer.step()
@@ -394,10 +392,18 @@ def _record(history, model, guide, elbo, likelihood, beta, eval_data, eval_sampl
     elif eval_data is not None:
         *inputs, target = eval_data
         mean, _ = predict(model, guide, *inputs, num_samples=eval_samples)
-        if mean.dim() == 2 and not target.is_floating_point():
-            history.accuracy.append((mean.argmax(-1) == target).double().mean().item())
-        else:
-            history.error.append(((mean - target).norm() / target.norm()).item())
+        name, value = _held_out_metric(mean, target)
+        getattr(history, name).append(value.item())
+
+
+def _held_out_metric(mean, target):
+    """
+    ``("accuracy", value)`` for class probabilities ``(n, classes)`` against integer labels,
+    else ``("error", value)``, the relative error ``||mean - target|| / ||target||``.
+    """
+    if mean.dim() == 2 and not target.is_floating_point():
+        return "accuracy", (mean.argmax(-1) == target).double().mean()
+    return "error", (mean - target).norm() / target.norm()
 
 
 def _save_checkpoint(path, model, guide, optimizer, history, step, epoch, generator, initialized):

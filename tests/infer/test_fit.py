@@ -206,19 +206,25 @@ def _posterior_std(model, guide, samples=200):
     return torch.stack([layout.entries(draw(), index) for _ in range(samples)]).std(0)
 
 
+def _fit_observed(observed, **fit_kwargs):
+    """A TT completion of 8x9x10 with ``observed`` of its entries, fitted; returns model, guide, initial scales."""
+    planted = planted_tensor((8, 9, 10), "tt", (2, 2), observed=observed, noise=0.05, seed=0, dtype=torch.float32)
+    model = TensorCompletion((8, 9, 10), format="tt", max_rank=4)
+    guide = MeanField(model, seed=0)
+    initial = [s.clone() for s in guide.factor_scales(model.tensor)]
+    n = len(planted.train_values)
+    batch_size = fit_kwargs.pop("batch_size", None) or math.ceil(n / 4)
+    tb.fit(model, guide, (planted.train_index, planted.train_values), batch_size=batch_size, progress=False, seed=0,
+           **fit_kwargs)
+    return model, guide, initial
+
+
 @pytest.mark.slow
 def test_more_data_gives_a_narrower_posterior():
-    shape = (8, 9, 10)
     stds = {}
     for observed in (0.2, 0.8):
-        planted = planted_tensor(shape, "tt", (2, 2), observed=observed, noise=0.05, seed=0, dtype=torch.float32)
-        model = TensorCompletion(shape, format="tt", max_rank=4)
-        guide = MeanField(model, seed=0)
-        initial = [s.clone() for s in guide.factor_scales(model.tensor)]
-        n = len(planted.train_values)
-        # the same number of SVI steps (160) for both
-        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=40, batch_size=math.ceil(n / 4),
-               lr=0.03, progress=False, seed=0, init="none")
+        # the same number of SVI steps (160) for both: 40 epochs of 4 batches
+        model, guide, initial = _fit_observed(observed, epochs=40, lr=0.03, init="none")
         scales = guide.factor_scales(model.tensor)
         for s, s0 in zip(scales, initial):
             # learned, not pinned at their initial (constant) value
@@ -231,14 +237,9 @@ def test_more_data_gives_a_narrower_posterior():
 
 @pytest.mark.slow
 def test_more_data_gives_a_narrower_posterior_with_default_fit():
-    shape = (8, 9, 10)
     stds = {}
     for observed in (0.2, 0.8):
-        planted = planted_tensor(shape, "tt", (2, 2), observed=observed, noise=0.05, seed=0, dtype=torch.float32)
-        model = TensorCompletion(shape, format="tt", max_rank=4)
-        guide = MeanField(model, seed=0)
-        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=3, batch_size=1024,
-               progress=False, seed=0)
+        model, guide, _ = _fit_observed(observed, epochs=3, batch_size=1024)
         stds[observed] = _posterior_std(model, guide).mean().item()
     assert stds[0.8] < 0.6 * stds[0.2], stds
 
