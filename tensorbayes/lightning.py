@@ -38,7 +38,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "tensorbayes.lightning needs Lightning: pip install 'tensorbayes[lightning]' (or pip install lightning)"
     ) from error
 
-from .infer.fit import KLScale, LikelihoodMeter, Schedule, _adam, _check_positive_int, _lambdas, _held_out_metric
+from .infer.fit import (KLScale, LikelihoodMeter, Schedule, _adam, _check_positive_int, _held_out_metric, _lambdas,
+                        sparse_tables)
 
 __all__ = ["TensorBayesModule"]
 
@@ -92,6 +93,9 @@ class TensorBayesModule(pl.LightningModule):
 
     def configure_optimizers(self):
         """Adam over the model's and the guide's parameters (a learned noise in its own group)."""
+        if sparse_tables(self.model):
+            raise ValueError("TensorBayesModule steps one dense Adam: build the model's embedding tables with "
+                             "sparse=False, or train with tensorbayes.fit, which steps them with SparseAdam")
         return _adam(self.model, self.guide, self.lr)
 
     def on_fit_start(self):

@@ -100,3 +100,15 @@ def test_lightning_finds_the_teacher_ranks_as_fit_does():
         found.append(tb.ranks(model, guide))
     assert found[0] == found[1]
     assert tuple(found[1].values())[0] == tuple(task.ranks)
+
+
+def test_sparse_embedding_tables_are_refused():
+    from tensorbayes.data.clicks import ClickGenerator
+
+    gen = ClickGenerator.tiny(seed=0)
+    tables = {t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape} for t in gen.planted_tables}
+    model = tb.models.DLRM(gen.cardinalities, embedding_dim=8, bottom=(4,), top=(4,), tensorize_min_rows=None,
+                           tables=tables, max_rank=2, sparse=True)
+    module = TensorBayesModule(model, MeanField(model, seed=0), num_data=64)
+    with pytest.raises(ValueError, match="build the model's embedding tables with sparse=False"):
+        module.configure_optimizers()

@@ -4,7 +4,7 @@ Fitting a tensorbayes model: stochastic variational inference over minibatches.
 :func:`fit` is the training loop: it draws minibatches, computes the ELBO with
 :class:`pyro.infer.TraceMeanField_ELBO` (the likelihood scaled by ``num_data / batch`` through
 the model's data plate), steps a torch Adam optimizer on the model's and the guide's
-parameters, ramps the KL term in after a warm-up, applies the closed-form λ M-step, records a
+parameters (and :class:`torch.optim.SparseAdam` on embedding tables built with ``sparse=True``), ramps the KL term in after a warm-up, applies the closed-form λ M-step, records a
 :class:`History`, and stops with :class:`NonFiniteError` naming the first site that turned NaN.
 With ``distributed=True`` it runs data-parallel over the processes of a :mod:`torch.distributed`
 group (see :mod:`tensorbayes.infer.distributed`).
@@ -146,7 +146,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         and its sampler decides the order: seed it for reproducible runs).
     :param int epochs: passes over the data.
     :param int batch_size: examples per step (clipped to the data size).
-    :param float lr: Adam's learning rate (default 0.01, or 0.001 after the closed-form start,
+    :param float lr: Adam's learning rate, SparseAdam's too for the model's sparse embedding
+        tables (default 0.01, or 0.001 after the closed-form start,
         whose fit larger steps would first undo).
     :param int warmup: steps with no KL term and no λ update (default: 20 % of the steps).
     :param int ramp: steps over which β rises from 0 to 1 after the warm-up (default: 20 %).
@@ -210,6 +211,9 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         eval_data, _ = as_tensors(eval_data, "eval_data")
         if len(eval_data) < 2:
             raise ValueError("eval_data must be (*inputs, target): at least two tensors")
+    if distributed and sparse_tables(model):
+        raise ValueError("distributed=True averages dense gradients only: build the model's embedding tables "
+                         "with sparse=False")
     ctx = _distributed.init() if distributed else None
     if ctx is not None:
         seed = _distributed.broadcast_seed(seed, ctx, [model, guide])  # every rank draws the same batches and samples
@@ -290,20 +294,76 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
 def _adam(model, guide, lr, previous=None):
     """
     Adam over the guide's and the model's parameters, a learned noise in a group of its own
-    (held during the warm-up). With ``previous``, parameters it already optimized keep their
-    state and the noise group its current learning rate; a parameter that replaced the one at
-    its position (pruned) gets :func:`_resized_state`.
+    (held during the warm-up), and :class:`torch.optim.SparseAdam` over the weights of
+    embedding tables built with ``sparse=True`` (their gradients hold only the rows a batch
+    looked up), the two stepped as one :class:`SparseAndDenseAdam`. With ``previous``,
+    parameters it already optimized keep their state and the noise group its current learning
+    rate; a parameter that replaced the one at its position (pruned) gets :func:`_resized_state`.
     """
+    tables = {id(p) for p in sparse_tables(model)}
     noise = [p for name, p in model.named_parameters() if name.endswith("log_noise")]
-    others = [p for name, p in model.named_parameters() if not name.endswith("log_noise")]
-    optimizer = torch.optim.Adam([{"params": list(guide.parameters()) + others}, {"params": noise}], lr=lr)
+    others = [p for name, p in model.named_parameters() if not name.endswith("log_noise") and id(p) not in tables]
+    dense = torch.optim.Adam([{"params": list(guide.parameters()) + others}, {"params": noise}], lr=lr)
     if previous is not None:
-        optimizer.param_groups[1]["lr"] = previous.param_groups[1]["lr"]
-        for group, old_group in zip(optimizer.param_groups, previous.param_groups):
+        old_dense = previous.dense if isinstance(previous, SparseAndDenseAdam) else previous
+        dense.param_groups[1]["lr"] = old_dense.param_groups[1]["lr"]
+        for group, old_group in zip(dense.param_groups, old_dense.param_groups):
             for p, old in zip(group["params"], old_group["params"]):
-                if old in previous.state:
-                    optimizer.state[p] = previous.state[old] if p is old else _resized_state(previous.state[old], p)
-    return optimizer
+                if old in old_dense.state:
+                    dense.state[p] = old_dense.state[old] if p is old else _resized_state(old_dense.state[old], p)
+    if not tables:
+        return dense
+    sparse = torch.optim.SparseAdam(sparse_tables(model), lr=lr)
+    if isinstance(previous, SparseAndDenseAdam):  # pruning leaves the embedding tables as they are
+        sparse.load_state_dict(previous.sparse.state_dict())
+    return SparseAndDenseAdam(dense, sparse)
+
+
+def sparse_tables(model):
+    """The weights of ``model``'s :class:`torch.nn.Embedding` and :class:`torch.nn.EmbeddingBag`
+    tables built with ``sparse=True``, whose gradients are sparse tensors."""
+    return [m.weight for m in model.modules()
+            if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad]
+
+
+class SparseAndDenseAdam:
+    """
+    :class:`torch.optim.Adam` over dense parameters and :class:`torch.optim.SparseAdam` over
+    sparse embedding tables, stepped, zeroed, saved and restored as one optimizer. Its
+    ``param_groups`` are Adam's followed by SparseAdam's, so the group indices of a model
+    without sparse tables keep their meaning.
+
+    :param torch.optim.Adam dense: the optimizer of the dense parameters.
+    :param torch.optim.SparseAdam sparse: that of the sparse tables.
+    """
+
+    def __init__(self, dense, sparse):
+        self.dense, self.sparse = dense, sparse
+
+    @property
+    def param_groups(self):
+        return self.dense.param_groups + self.sparse.param_groups
+
+    @property
+    def state(self):
+        return {**self.dense.state, **self.sparse.state}
+
+    def zero_grad(self, set_to_none=True):
+        self.dense.zero_grad(set_to_none)
+        self.sparse.zero_grad(set_to_none)
+
+    def step(self):
+        self.dense.step()
+        self.sparse.step()
+
+    def state_dict(self):
+        return {"adam": self.dense.state_dict(), "sparse_adam": self.sparse.state_dict()}
+
+    def load_state_dict(self, state):
+        if set(state) != {"adam", "sparse_adam"}:
+            raise ValueError("the optimizer state was saved for a model without sparse embedding tables")
+        self.dense.load_state_dict(state["adam"])
+        self.sparse.load_state_dict(state["sparse_adam"])
 
 
 def _resized_state(state, param):
@@ -480,7 +540,8 @@ def _non_finite_parameter(model, guide):
 def _check_finite_gradients(model, guide, step, epoch):
     for owner, module in (("guide", guide), ("model", model)):
         for name, p in module.named_parameters():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
+            grad = p.grad.coalesce().values() if p.grad is not None and p.grad.is_sparse else p.grad
+            if grad is not None and not torch.isfinite(grad).all():
                 raise NonFiniteError(
                     f"gradient is not finite at step {step} (epoch {epoch}): {owner} parameter '{name}'"
                 )

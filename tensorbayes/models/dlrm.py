@@ -185,8 +185,9 @@ class DLRM(PyroModule):
     :param float init_variance: the variance of the initial table entries, dense tables and the
         guide's tensorized ones alike (default ``1 / embedding_dim``, so that the initial dot
         products have unit scale).
-    :param bool sparse: give the dense tables sparse gradients (for :class:`torch.optim.SparseAdam`
-        in a loop of one's own; :func:`tensorbayes.fit`'s Adam needs ``False``).
+    :param bool sparse: give the dense tables sparse gradients, which :func:`tensorbayes.fit`
+        steps with :class:`torch.optim.SparseAdam` (large tables: a dense Adam step would touch
+        every row of every table at every step).
     """
 
     def __init__(self, cardinalities, num_dense=13, embedding_dim=128, bottom=(256,), top=(256, 64), *,

@@ -142,3 +142,63 @@ def test_bad_input():
         DLRM([10, 10], tables={5: {}})
     with pytest.raises(ValueError, match="tables\\[0\\] must be a dict"):
         DLRM([10, 10], tables={0: {"bogus": 1}})
+
+
+def _fitted_tables(sparse, epochs=1, checkpoint=None, resume=False):
+    """The dense tables of a tiny float64 DLRM before and after ``tb.fit``, and the ids it saw."""
+    torch.manual_seed(0)
+    gen, model = _tiny(sparse=sparse)
+    model = model.double()
+    guide = tb.guides.MeanField(model, seed=0).double()
+    tables = {name: t for name, t in model.net.tables() if isinstance(t, torch.nn.EmbeddingBag)}
+    before = {name: t.weight.detach().clone() for name, t in tables.items()}
+    dense, ids, clicks = gen.stream(256)[:]
+    tb.fit(model, guide, (dense.double(), ids, clicks.double()), epochs=epochs, batch_size=256, init="none",
+           progress=False, seed=0, checkpoint=checkpoint, resume=resume)
+    return ids, before, {name: t.weight.detach().clone() for name, t in tables.items()}
+
+
+def test_fit_steps_sparse_tables_with_sparse_adam():
+    # One full-batch step at lr 0.01. Adam's first step is lr * sign(gradient) where the gradient
+    # is well above eps; SparseAdam's is the same (it adds eps before the bias correction, so it
+    # steps less only for gradients within ~30 eps of zero), and rows no batch looked up stay put.
+    lr = 0.01
+    ids, before, sparse = _fitted_tables(sparse=True)
+    _, _, dense = _fitted_tables(sparse=False)
+    for name in sparse:
+        step, reference = sparse[name] - before[name], dense[name] - before[name]
+        assert torch.equal(torch.sign(step), torch.sign(reference)), name
+        full = reference.abs() > 0.999 * lr
+        assert full.float().mean() > 0.5, name
+        torch.testing.assert_close(step[full], reference[full], rtol=0.05, atol=0)
+        seen = torch.zeros(len(before[name]), dtype=torch.bool)
+        seen[ids[:, int(name[1:]) - 1]] = True
+        assert (step[seen] != 0).all() and (step[~seen] == 0).all(), name
+
+
+def test_sparse_tables_checkpoint_and_resume(tmp_path):
+    path = str(tmp_path / "fit.pt")
+    *_, straight = _fitted_tables(sparse=True, epochs=2)
+    _fitted_tables(sparse=True, epochs=1, checkpoint=path)
+    *_, resumed = _fitted_tables(sparse=True, epochs=2, checkpoint=path, resume=True)
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0)
+
+
+def test_nan_in_a_sparse_gradient_is_named():
+    gen, model = _tiny(sparse=True)
+    guide = tb.guides.MeanField(model, seed=0)
+    model.net.C5.weight.register_hook(lambda g: g * float("nan"))
+    dense, ids, clicks = gen.stream(256)[:]
+    with pytest.raises(tb.infer.NonFiniteError, match=r"gradient is not finite at step 0 .*model parameter 'net.C5.weight'"):
+        tb.fit(model, guide, (dense, ids, clicks), epochs=1, batch_size=256, init="none", progress=False, seed=0)
+
+
+def test_distributed_refuses_sparse_tables():
+    gen, model = _tiny(sparse=True)
+    guide = tb.guides.MeanField(model, seed=0)
+    before = model.net.C5.weight.detach().clone()
+    dense, ids, clicks = gen.stream(256)[:]
+    with pytest.raises(ValueError, match="distributed=True averages dense gradients only"):
+        tb.fit(model, guide, (dense, ids, clicks), epochs=1, progress=False, distributed=True)
+    assert torch.equal(model.net.C5.weight, before)
