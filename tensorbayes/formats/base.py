@@ -147,15 +147,29 @@ def _candidate_paths(num_operands):
 
 
 @lru_cache(maxsize=256)
-def _expression(equation, shapes):
-    """The cheapest (by FLOP count, then largest intermediate) of opt_einsum's path and the chains."""
+def _plan(equation, shapes):
+    """
+    ``(flops, path)``: the cheapest (by FLOP count, then largest intermediate) of opt_einsum's
+    path and the chains, with its FLOP count as opt_einsum counts it.
+    """
     best = None
     for optimize in ["auto"] + _candidate_paths(len(shapes)):
         info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=optimize)[1]
         key = (info.opt_cost, info.largest_intermediate)
         if best is None or key < best[0]:
             best = key, optimize
-    return opt_einsum.contract_expression(equation, *shapes, optimize=best[1])
+    return int(best[0][0]), best[1]
+
+
+def _planned_cost(equation, shapes):
+    """The FLOP count of the path that :func:`_einsum` plans for ``equation`` at ``shapes``."""
+    return _plan(equation, tuple(tuple(s) for s in shapes))[0]
+
+
+@lru_cache(maxsize=256)
+def _expression(equation, shapes):
+    """The contraction expression of the planned path (:func:`_plan`)."""
+    return opt_einsum.contract_expression(equation, *shapes, optimize=_plan(equation, shapes)[1])
 
 
 def _einsum(equation, *operands):
@@ -317,18 +331,33 @@ class TensorFormat:
         :returns: outputs of shape ``(..., prod(row_shape))``.
         """
         factors = self.check_factors(factors)
-        cols = self.matrix_shape[1]
+        self._check_contract_input(x)
+        batch_shape = x.shape[:-1]
+        y = _einsum(self._contract_equation(), x.reshape(-1, *self.col_shape), *factors)
+        return y.reshape(*batch_shape, self.matrix_shape[0])
+
+    def _check_contract_input(self, x):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        cols = self.matrix_shape[1]
         if x.dim() == 0 or x.shape[-1] != cols:
             raise ValueError(f"x must have last dimension {cols} (the product of {self.col_shape}), got {tuple(x.shape)}")
-        batch_shape = x.shape[:-1]
-        xt = x.reshape(-1, *self.col_shape)
+
+    def _contract_equation(self):
+        """The einsum of :meth:`contract`: the input ``(batch, col modes...)`` with the factors."""
         p = self.row_modes
         x_labels = ["batch"] + [f"m{k}" for k in range(p, len(self.shape))]
         out_labels = ["batch"] + [f"m{k}" for k in range(p)]
-        y = _einsum(self._equation([x_labels] + self.labels, out_labels), xt, *factors)
-        return y.reshape(*batch_shape, self.matrix_shape[0])
+        return self._equation([x_labels] + self.labels, out_labels)
+
+    def contract_flops(self, batch_size):
+        """
+        The FLOP count (as opt_einsum counts it: twice the multiply-adds of each pairwise
+        contraction with a summed index) of :meth:`contract` on ``batch_size`` rows, for the
+        contraction order it actually plans.
+        """
+        shapes = ((batch_size,) + self.col_shape,) + tuple(self.factor_shapes)
+        return _planned_cost(self._contract_equation(), shapes)
 
     def _gathered(self, factors, index, modes):
         """Index the mode dimensions ``modes`` of every factor by the columns of ``index``."""

@@ -3,18 +3,100 @@ Tensor-train matrix format: cores ``G_k`` of shape ``(r_{k-1}, m_k, n_k, r_k)``.
 
 :meth:`TTM.decompose` fits the cores of a dense tensor by TT-SVD over the merged modes of each
 core (:func:`.tt.tt_svd`).
+
+:meth:`TTM.contract` multiplies a batch of inputs by the matrix view with a *split* product
+when that costs the fewest FLOPs: the train is cut at one bond ``s``, the cores on each side
+are merged (cheap: they are small), and the input meets the two halves in two matrix
+products, ``x (batch, I_left, I_right)`` with the right half ``(s, I_right, O_right)``, then
+with the left half ``(O_left, s, I_left)`` (or the mirror image, left half first):
+``batch * s * (N_in * O_right + I_left * N_out)`` multiply-adds against the dense product's
+``batch * N_in * N_out``, where ``N_in = I_left * I_right`` and ``N_out = O_left * O_right``.
+So the split is cheap when the in modes left of the cut and the out modes right of it are
+small: a 4096 x 4096 matrix with modes ``(8, 8, 8, 8)`` on both sides, cut in the middle at
+rank 16, costs ``16 * (64 + 64) / 4096 = 0.5`` of the dense product; in modes ``(4, 4, 16,
+16)`` with out modes ``(16, 16, 4, 4)`` cost ``16 * (16 + 16) / 4096 = 0.125``. The cut and the
+direction are chosen by FLOP count (:meth:`TTM.split`). The products run over chunks of the
+batch so that their intermediate (``s * I_left * O_right`` entries per row) stays in cache,
+in layouts that need no permuted copy of it, forward or backward (:class:`_SplitProduct`).
 """
 
 import math
+from functools import lru_cache
+from typing import NamedTuple
 
-from .base import TensorFormat, check_dense, check_shape
+import opt_einsum
+import torch
+from torch.autograd.function import once_differentiable
+
+from .base import TensorFormat, _einsum, check_dense, check_shape
 from .tt import tt_svd
 
-__all__ = ["TTM"]
+__all__ = ["Split", "TTM"]
+
+#: The number of entries of the intermediate that one chunk of a split product makes (1 MiB
+#: in float32): small enough to stay in cache between the products that make and use it.
+CHUNK_ENTRIES = 2**18
 
 
 def _num_cores(order):
     return (order + 1) // 2
+
+
+class Split(NamedTuple):
+    """A split product: the train cut at ``bond``; ``reverse``: the input meets the left cores
+    first; ``flops``: its FLOP count as opt_einsum counts it, the merges included."""
+
+    flops: int
+    bond: int
+    reverse: bool
+
+
+def _tree_path(tree, num_operands):
+    """
+    The opt_einsum path (pairs of positions in the shrinking operand list, each result
+    appended at the end) of a binary contraction tree whose leaves are operand positions,
+    e.g. ``((0, (3, 4)), (1, 2))``.
+    """
+    ops, path = list(range(num_operands)), []
+
+    def visit(node):
+        if isinstance(node, int):
+            return node
+        left, right = visit(node[0]), visit(node[1])
+        path.append(tuple(sorted((ops.index(left), ops.index(right)))))
+        ops[:] = [o for o in ops if o != left and o != right] + [node]
+        return node
+
+    visit(tree)
+    return path
+
+
+def _chain(operands):
+    """A contraction tree that merges ``operands`` one after another, left to right."""
+    tree = operands[0]
+    for op in operands[1:]:
+        tree = (tree, op)
+    return tree
+
+
+@lru_cache(maxsize=256)
+def _best_split(shape, ranks, batch_size):
+    """The cheapest :class:`Split` of a TTM layout for ``batch_size`` rows, or ``None`` for a
+    single core. Its FLOPs are opt_einsum's count of the split's own contraction path."""
+    fmt = TTM(shape, ranks)
+    cores = _num_cores(len(shape))
+    equation = fmt._contract_equation()
+    shapes = [(batch_size,) + fmt.col_shape] + list(fmt.factor_shapes)
+    best = None
+    for bond in range(cores - 1):
+        left, right = _chain(list(range(1, bond + 2))), _chain(list(range(bond + 2, cores + 1)))
+        for reverse in (False, True):
+            tree = ((0, left), right) if reverse else ((0, right), left)
+            path = _tree_path(tree, cores + 1)
+            flops = int(opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=path)[1].opt_cost)
+            if best is None or flops < best.flops:
+                best = Split(flops, bond, reverse)
+    return best
 
 
 class TTM(TensorFormat):
@@ -64,6 +146,82 @@ class TTM(TensorFormat):
         sizes = [math.prod(self.shape[m] for m in self._core_modes(k)) for k in range(_num_cores(len(self.shape)))]
         return tuple(min(math.prod(sizes[: k + 1]), math.prod(sizes[k + 1 :])) for k in range(self.num_bonds))
 
+    def _side_labels(self, cores):
+        """The out-mode labels and the in-mode labels of ``cores``, in order."""
+        c = _num_cores(len(self.shape))
+        modes = [lab for k in cores for lab in self.labels[k] if lab[0] == "m"]
+        return [lab for lab in modes if int(lab[1:]) < c], [lab for lab in modes if int(lab[1:]) >= c]
+
+    def _merge(self, factors, cores, labels):
+        """The cores ``cores`` contracted into one tensor with dimensions ``labels``, flattened to
+        one dimension per group of ``labels`` (a list of lists)."""
+        flat = [lab for group in labels for lab in group]
+        merged = _einsum(self._equation([self.labels[k] for k in cores], flat), *[factors[k] for k in cores])
+        return merged.reshape([self._size(group) for group in labels])
+
+    def split(self, batch_size):
+        """
+        The :class:`Split` product that :meth:`contract` uses for ``batch_size`` rows, or
+        ``None`` when the planned einsum (:meth:`TensorFormat.contract
+        <.base.TensorFormat.contract>`) costs fewer FLOPs (on a tie the split is used).
+
+        :param int batch_size: the number of input rows.
+        """
+        best = _best_split(self.shape, self.ranks, batch_size)
+        if best is None or best.flops > super().contract_flops(batch_size):
+            return None
+        return best
+
+    def contract_flops(self, batch_size):
+        split = self.split(batch_size)
+        return super().contract_flops(batch_size) if split is None else split.flops
+
+    contract_flops.__doc__ = TensorFormat.contract_flops.__doc__
+
+    def contract(self, x, factors):
+        """
+        ``x @ W.T`` for the matrix view ``W`` (rows: out, columns: in): a split product (see
+        the module docs) or the planned einsum of the base class, whichever costs fewer FLOPs
+        for this batch size (:meth:`split`).
+
+        :param torch.Tensor x: inputs of shape ``(..., prod(col_shape))``.
+        :returns: outputs of shape ``(..., prod(row_shape))``.
+        """
+        factors = self.check_factors(factors)
+        self._check_contract_input(x)
+        split = self.split(max(1, math.prod(x.shape[:-1])))
+        if split is None:
+            return super().contract(x, factors)
+        return self._contract_split(x, factors, split.bond, split.reverse)
+
+    def _contract_split(self, x, factors, bond, reverse, chunk_entries=CHUNK_ENTRIES):
+        """
+        :meth:`contract` by the split product cut at ``bond`` (``reverse``: the input meets
+        the left cores first), in chunks of the batch whose intermediate has at most
+        ``chunk_entries`` entries (at least one row).
+        """
+        cores = _num_cores(len(self.shape))
+        out_left, in_left = self._side_labels(range(bond + 1))
+        out_right, in_right = self._side_labels(range(bond + 1, cores))
+        left, right, rank = list(range(bond + 1)), list(range(bond + 1, cores)), [f"b{bond}"]
+        xs = x.reshape(-1, self._size(in_left), self._size(in_right))
+        if reverse:  # the mirror image: y^T = sum_s B_s^T x^T A_s^T per row
+            a = self._merge(factors, right, [out_right, rank + in_right])
+            c = self._merge(factors, left, [rank, in_left, out_left])
+            xs = xs.transpose(1, 2)
+        else:
+            a = self._merge(factors, left, [out_left, rank + in_left])
+            c = self._merge(factors, right, [rank, in_right, out_right])
+        chunk = max(1, chunk_entries // (c.shape[0] * xs.shape[1] * c.shape[2]))
+        y = _SplitProduct.apply(xs, a, c, chunk)
+        if reverse:
+            y = y.transpose(1, 2)
+        return y.reshape(*x.shape[:-1], self.matrix_shape[0])
+
+    def _size(self, labels):
+        """The product of the sizes of ``labels``."""
+        return math.prod(self.label_size(lab) for lab in labels)
+
     @classmethod
     def decompose(cls, tensor, ranks, shape=None):
         """
@@ -89,3 +247,61 @@ class TTM(TensorFormat):
             core.reshape(core.shape[0], *[fmt.shape[m] for m in group], core.shape[-1])
             for core, group in zip(cores, groups)
         ]
+
+
+class _SplitProduct(torch.autograd.Function):
+    """
+    ``y[b, o, p] = sum_{s, i, j} a[o, (s, i)] x[b, i, j] c[s, j, p]`` for ``x (B, I, J)``,
+    ``a (O, S * I)`` and ``c (S, J, P)``: ``y (B, O, P)``, over chunks of ``chunk`` rows.
+
+    Per chunk of ``n`` rows, the intermediate ``t[s, (i, b), p] = sum_j x[b, i, j] c[s, j, p]``
+    (one batched product over ``s``, the input shared) is laid out so that both its uses are
+    single matrix products with no permuted copy: ``y[o, (b, p)] = a @ t[(s, i), (b, p)]`` and
+    ``grad a = grad y[o, (b, p)] @ t[(s, i), (b, p)]^T``. The backward pass recomputes ``t``
+    chunk by chunk rather than keeping it (it is as large as ``S * I * P`` per row).
+    """
+
+    @staticmethod
+    def forward(ctx, x, a, c, chunk):
+        batch, i, _ = x.shape
+        y = x.new_empty(batch, a.shape[0], c.shape[2])
+        for start in range(0, batch, chunk):
+            xt, t = _intermediate(x[start : start + chunk], c)
+            n = xt.shape[0] // i
+            y[start : start + n] = torch.mm(a, t.view(-1, n * c.shape[2])).view(-1, n, c.shape[2]).transpose(0, 1)
+        ctx.save_for_backward(x, a, c)
+        ctx.chunk = chunk
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, a, c = ctx.saved_tensors
+        need_x, need_a, need_c = ctx.needs_input_grad[:3]
+        batch, i, j = x.shape
+        s, p = c.shape[0], c.shape[2]
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_a = torch.zeros_like(a) if need_a else None
+        grad_c = torch.zeros_like(c) if need_c else None
+        for start in range(0, batch, ctx.chunk):
+            xc = x[start : start + ctx.chunk]
+            n = xc.shape[0]
+            g = grad_y[start : start + n].transpose(0, 1).reshape(-1, n * p)  # [o, (b, p)]
+            xt, t = _intermediate(xc, c) if need_a else (xc.transpose(0, 1).reshape(i * n, j), None)
+            if need_a:
+                grad_a.addmm_(g, t.view(s * i, n * p).t())
+            if need_x or need_c:
+                grad_t = torch.mm(a.t(), g).view(s, i * n, p)  # [s, (i, b), p]
+                if need_c:
+                    grad_c.baddbmm_(xt.t().expand(s, j, i * n), grad_t)
+                if need_x:
+                    grad_xt = torch.bmm(grad_t, c.transpose(1, 2)).sum(0)  # [(i, b), j]
+                    grad_x[start : start + n] = grad_xt.view(i, n, j).transpose(0, 1)
+        return grad_x, grad_a, grad_c, None
+
+
+def _intermediate(x, c):
+    """``(xt, t)`` of a chunk ``x (n, I, J)``: ``xt[(i, b), j]`` and ``t[s, (i, b), p]``."""
+    n, i, j = x.shape
+    xt = x.transpose(0, 1).reshape(i * n, j)
+    return xt, torch.bmm(xt.expand(c.shape[0], i * n, j), c)

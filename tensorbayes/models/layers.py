@@ -38,13 +38,12 @@ import math
 from functools import lru_cache
 from numbers import Integral, Real
 
-import opt_einsum
 import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
 
 from ..formats import get_format
-from ..formats.base import _candidate_paths
+from ..formats.base import _planned_cost
 from .tensor import LowRankTensor
 
 __all__ = [
@@ -296,29 +295,11 @@ def _factors_like(factors, x):
 # ----- FLOP counts -----
 
 
-@lru_cache(maxsize=256)
-def _planned_cost(equation, shapes):
-    """
-    The FLOP count (opt_einsum's) of the path that :func:`~tensorbayes.formats.base._einsum`
-    plans for ``equation`` at ``shapes``: the cheapest of opt_einsum's own and the chains.
-    """
-    best = None
-    for optimize in ["auto"] + _candidate_paths(len(shapes)):
-        info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=optimize)[1]
-        key = (info.opt_cost, info.largest_intermediate)
-        if best is None or key < best:
-            best = key
-    return int(best[0])
-
-
 def contract_flops(layout, batch_size):
-    """FLOPs of ``layout.contract`` on a batch: the planned einsum of the input with the factors."""
-    p = layout.row_modes
-    x_labels = ["batch"] + [f"m{k}" for k in range(p, len(layout.shape))]
-    out_labels = ["batch"] + [f"m{k}" for k in range(p)]
-    equation = layout._equation([x_labels] + layout.labels, out_labels)
-    shapes = ((batch_size,) + layout.col_shape,) + tuple(layout.factor_shapes)
-    return _planned_cost(equation, shapes)
+    """FLOPs of ``layout.contract`` on a batch, for the contraction it actually runs
+    (:meth:`~tensorbayes.formats.TensorFormat.contract_flops`: the planned einsum, or for TTM
+    the split product when that is cheaper)."""
+    return layout.contract_flops(batch_size)
 
 
 def dense_flops(layout, batch_size):
@@ -346,7 +327,9 @@ class TensorizedLinear(PyroModule):
     The forward pass draws the factors once and computes the output on the cheaper of two
     paths (:meth:`choose_path`, by FLOP count): ``"contract"``, the input contracted with the
     factors (:meth:`~tensorbayes.formats.TensorFormat.contract`, its path planned once per
-    batch size by opt_einsum and cached), or ``"dense"``, ``W`` reconstructed and
+    batch size by opt_einsum and cached; for TTM, a split product of two matrix products
+    when that is cheaper, :meth:`TTM.split <tensorbayes.formats.TTM.split>`), or ``"dense"``,
+    ``W`` reconstructed and
     :func:`torch.nn.functional.linear`. The attribute :attr:`path` forces one of them.
 
     The bias is a plain :class:`torch.nn.Parameter` (a point estimate, not a sample site),
@@ -432,7 +415,9 @@ class TensorizedLinear(PyroModule):
 
     def flop_counts(self, batch_size):
         """``{"contract": ..., "dense": ...}``: the FLOPs of either path for ``batch_size`` rows
-        (opt_einsum's count of the planned contractions; ``F.linear`` as ``2 * batch * out * in``;
+        (opt_einsum's count of the contractions each path runs, :meth:`contract_flops
+        <tensorbayes.formats.TensorFormat.contract_flops>` for ``"contract"``; ``F.linear`` as
+        ``2 * batch * out * in``;
         the bias, added on both paths, is left out)."""
         batch_size = _check_positive_int(batch_size, "batch_size")
         return {"contract": contract_flops(self.layout, batch_size), "dense": dense_flops(self.layout, batch_size)}

@@ -1,5 +1,6 @@
 """The tensor-train matrix format (:mod:`tensorbayes.formats.ttm`): its dense tensor and TTM-SVD."""
 
+import opt_einsum
 import pytest
 import torch
 
@@ -56,3 +57,77 @@ def test_decompose_matches_tt_over_merged_modes():
     s = torch.linalg.svdvals(merged)
     error = (TTM(tensor.shape, 2).full(cores) - tensor).norm()
     torch.testing.assert_close(error, s[2:].norm(), rtol=1e-10, atol=1e-10)
+
+
+# ----- the split product of TTM.contract -----
+
+# (shape, ranks): even and odd orders (an odd order's last core has no column mode), 2 to 4 cores
+SPLIT_CASES = [
+    ((3, 4, 2, 5), (3,)),
+    ((2, 3, 2, 3, 2), (2, 3)),
+    ((2, 3, 4, 3, 2, 2), (2, 3)),
+    ((3, 2, 4, 2, 3, 2, 2), (2, 3, 2)),
+    ((2, 3, 2, 4, 2, 3, 2, 2), (3, 2, 4)),
+]
+
+
+def _cuts(shape):
+    """Every (bond, reverse) a split product of a TTM of this shape may take."""
+    cores = (len(shape) + 1) // 2
+    return [(bond, reverse) for bond in range(cores - 1) for reverse in (False, True)]
+
+
+@pytest.mark.parametrize("chunk_entries", [1, 10**9], ids=["row_chunks", "one_chunk"])
+@pytest.mark.parametrize("batch_shape", [(), (5,), (2, 3)], ids=["nobatch", "batch", "batch2d"])
+@pytest.mark.parametrize("shape,ranks", SPLIT_CASES)
+def test_split_contract_equals_dense_with_gradients(shape, ranks, batch_shape, chunk_entries):
+    fmt = TTM(shape, ranks)
+    cores = [torch.randn(s, dtype=DT, requires_grad=True) for s in fmt.factor_shapes]
+    x = torch.randn(*batch_shape, fmt.matrix_shape[1], dtype=DT, requires_grad=True)
+    dense = x @ fmt.to_matrix(cores).T
+    grad_y = torch.randn_like(dense)
+    expected = torch.autograd.grad(dense, [x] + cores, grad_y)
+    for bond, reverse in _cuts(shape):
+        y = fmt._contract_split(x, cores, bond, reverse, chunk_entries=chunk_entries)
+        assert y.shape == dense.shape
+        torch.testing.assert_close(y, dense, rtol=1e-12, atol=1e-12)
+        for got, want in zip(torch.autograd.grad(y, [x] + cores, grad_y), expected):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * want.abs().max().item())
+
+
+def test_split_contract_without_input_gradient():
+    fmt = TTM((2, 3, 2, 4, 2, 3, 2, 2), (3, 2, 4))
+    cores = [torch.randn(s, dtype=DT, requires_grad=True) for s in fmt.factor_shapes]
+    x = torch.randn(7, fmt.matrix_shape[1], dtype=DT)
+    grad_y = torch.randn(7, fmt.matrix_shape[0], dtype=DT)
+    expected = torch.autograd.grad(x @ fmt.to_matrix(cores).T, cores, grad_y)
+    # chunks of 2 rows (the intermediate has 2 * 6 * 8 entries a row), the last one ragged
+    got = torch.autograd.grad(fmt._contract_split(x, cores, 1, False, chunk_entries=192), cores, grad_y)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+def test_split_is_the_cheapest_and_contract_uses_it():
+    fmt = TTM((2, 3, 2, 4, 2, 3, 2, 2), (3, 2, 4))
+    split = fmt.split(1)
+    assert split is not None and fmt.contract_flops(1) == split.flops
+    # the split's count is opt_einsum's for its own path, so never below the optimum
+    equation = fmt._contract_equation()
+    shapes = [(1,) + fmt.col_shape] + fmt.factor_shapes
+    optimal = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="optimal")[1].opt_cost
+    assert optimal <= split.flops
+    cores = [torch.randn(s, dtype=DT) for s in fmt.factor_shapes]
+    x = torch.randn(fmt.matrix_shape[1], dtype=DT)
+    torch.testing.assert_close(fmt.contract(x, cores), fmt.to_matrix(cores) @ x, rtol=1e-12, atol=1e-12)
+    assert fmt.contract(x[None][:0], cores).shape == (0, fmt.matrix_shape[0])  # an empty batch
+    # one core: nothing to split
+    assert TTM((4, 6), ()).split(10) is None
+
+
+def test_split_flops_of_a_balanced_4096_layer_counted_by_hand():
+    fmt = TTM((8,) * 8, 16)  # 4096 x 4096, cores (16, 8, 8, 16): cut in the middle, 64 | 64
+    batch, rank = 256, 16
+    merges = 2 * (2 * 8 * 8 * 16 * 8 * 8 * 16)  # two cores into each half
+    products = 2 * batch * rank * (4096 * 64 + 64 * 4096)  # x with the right half, then the left
+    assert fmt.split(batch) == (merges + products, 1, False)
+    assert fmt.contract_flops(batch) == merges + products < 2 * batch * 4096 * 4096 / 1.9
