@@ -28,13 +28,17 @@ Here each large table has the rows of its factor shape from PAPER.md (``200 x 22
 The planted click model, for example ``n`` (``e_t`` the true embedding of its category in table
 ``t``, ``D = 128``)::
 
-    logit = bias + w . x  +  sum_{t small} beta_t[i_t]  +  sum_{t large} <e_t, a_t>
-            + sum_{s < t large} <e_s, e_t>
+    logit = bias + w . x  +  sum_{t small} beta_t[i_t]  +  sum_{s < t large} <e_s, e_t>
+            (+ sum_{t large} <e_t, a_t>, off by default)
     clicks ~ Bernoulli(sigmoid(logit))
 
 which a DLRM (dot interactions between embeddings and the bottom MLP's output, a top MLP)
-can represent exactly. The scales of the terms are set by the ``*_scale`` arguments (the
-standard deviation each group adds to the logit).
+can represent: the top MLP reads ``w . x`` from the bottom vector, the small tables' effects
+from their dots with a constant part of it, and weighs the large tables' pairwise dots by one.
+The main effects ``<e_t, a_t>`` are not representable (their only route, the dot with the bottom
+vector, would also carry the dense features), so they are off unless ``main_scale`` is given.
+The scales of the terms are set by the ``*_scale`` arguments (the standard deviation each group
+adds to the logit).
 
 Usage::
 
@@ -136,7 +140,10 @@ class ClickGenerator:
     :param float zipf: the exponent ``s`` of the category frequencies, ``P(rank k) ∝ k^-s``.
     :param float interaction_scale: the standard deviation the pairwise dot products of the
         planted tables add to the logit (all pairs together).
-    :param float main_scale: that of their main effects ``<e_t, a_t>``.
+    :param float main_scale: that of their main effects ``<e_t, a_t>`` (default none: a DLRM
+        cannot represent them, since its only route from one embedding to the logit without
+        another table's is the dot with the bottom MLP's output, which also carries the dense
+        features; with them the generator's Bayes-optimal accuracy is out of any DLRM's reach).
     :param float dense_scale: that of the dense features' linear term.
     :param float small_scale: that of the small tables' per-category effects (all together).
     :param float click_rate: the bias is set so that a logit of zero elsewhere gives this rate.
@@ -144,7 +151,7 @@ class ClickGenerator:
     """
 
     def __init__(self, cardinalities=None, row_shapes=None, col_shape=PAPER_COL_SHAPE, ranks=None, num_dense=13,
-                 zipf=1.1, interaction_scale=1.5, main_scale=1.0, dense_scale=1.0, small_scale=0.5, click_rate=0.25,
+                 zipf=1.1, interaction_scale=1.5, main_scale=0.0, dense_scale=1.0, small_scale=0.5, click_rate=0.25,
                  seed=0):
         row_shapes = dict(PAPER_ROW_SHAPES if row_shapes is None else row_shapes)
         ranks = dict(PLANTED_RANKS if ranks is None and row_shapes.keys() == PAPER_ROW_SHAPES.keys() else ranks or {})
