@@ -2,7 +2,8 @@
 The DLRM model: output shapes, the Bernoulli likelihood scaled by num_data / batch under the
 data plate, prior and guide sites for the tensorized tables only (per-table overrides, the
 paper preset), a few SVI steps lowering the loss on a tiny synthetic log, tb.fit's data check,
-the plain-torch export, and bad input.
+the plain-torch export, bad input, SparseAdam for sparse tables in tb.fit, and that a
+DLRMNet holds the synthetic click log's planted click model exactly.
 """
 
 import math
@@ -202,3 +203,44 @@ def test_distributed_refuses_sparse_tables():
     with pytest.raises(ValueError, match="distributed=True averages dense gradients only"):
         tb.fit(model, guide, (dense, ids, clicks), epochs=1, progress=False, distributed=True)
     assert torch.equal(model.net.C5.weight, before)
+
+
+def test_a_dlrm_represents_the_planted_click_model_exactly():
+    # The generator's logit is bias + w.x + small-table effects + the large tables' pairwise
+    # dots: a DLRMNet holds it exactly with the true TTM cores as its large tables. The bottom
+    # MLP gives b = [relu(x), relu(-x), 1, 0...]; the small tables put their effect on b's
+    # constant coordinate; the top MLP reads w.x from b and sums the (b, small) and (large,
+    # large) dots, ignoring the rest (the +/- pair of hidden units makes its ReLU exact).
+    gen = ClickGenerator.tiny(seed=3, num_dense=3)
+    d, dim = gen.num_dense, gen.embedding_dim
+    model = DLRM(gen.cardinalities, num_dense=d, embedding_dim=dim, tensorize_min_rows=None, max_rank=4,
+                 tables={t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape, "max_rank": list(gen.ranks[t])}
+                         for t in gen.planted_tables}).double()
+    tables = []
+    for t, (_, table) in enumerate(model.net.tables()):
+        if t in gen.planted_tables:
+            tables.append(CompactEmbeddingBag(table, gen.factors[t]))
+        else:
+            table.weight.data.zero_()
+            table.weight.data[:, 2 * d] = gen.effects[t]
+            tables.append(table)
+    net = DLRMNet(tables, d, bottom=(2 * d,), top=(2,)).double()
+    with torch.no_grad():
+        net.bottom[0].weight.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
+        net.bottom[0].bias.zero_()
+        net.bottom[2].weight.zero_()
+        net.bottom[2].weight[: 2 * d].copy_(torch.eye(2 * d))
+        net.bottom[2].bias.zero_()
+        net.bottom[2].bias[2 * d] = 1.0
+        coef = torch.zeros(net.top[0].in_features, dtype=torch.float64)
+        coef[:d], coef[d : 2 * d] = gen.dense_weight, -gen.dense_weight
+        for p, (row, col) in enumerate(net.pairs.t().tolist()):
+            small = col == 0 and row - 1 in gen.small
+            large = row - 1 in gen.planted_tables and col - 1 in gen.planted_tables
+            coef[dim + p] = 1.0 if small or large else 0.0
+        net.top[0].weight.copy_(torch.stack([coef, -coef]))
+        net.top[0].bias.zero_()
+        net.top[2].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        net.top[2].bias.fill_(gen.bias)
+    dense, sparse, _ = gen.stream(512, "test")[:]
+    torch.testing.assert_close(net(dense.double(), sparse), gen.logits(dense, sparse), rtol=1e-12, atol=1e-12)
