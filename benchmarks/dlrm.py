@@ -21,7 +21,7 @@ Adam's learning rate (``--lr``, also SparseAdam's for the dense tables) is 0.01:
 full-size Bayesian model collapsed to predicting no clicks (AUC 0.5) in our runs, although 0.03
 learned fastest on the tiny log.
 
-    python benchmarks/dlrm.py [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--smoke] [--out benchmarks/results]
+    python benchmarks/dlrm.py [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--smoke] [--out benchmarks/results]
 """
 
 import argparse
@@ -111,13 +111,14 @@ def train_bayesian(model, guide, train, args):
             "elbo": history.elbo, "log_likelihood": history.log_likelihood, "kl": history.kl}
 
 
-def train_dense(net, train, args):
+def train_dense(net, train, args, desc="dense baseline"):
+    """Plain torch: Adam on the MLPs (and tensor factors), SparseAdam on the tables, binary cross-entropy."""
     dense_params, table_params = _split_params(net)
     optim = torch.optim.Adam(dense_params, lr=args.lr)
     sparse_optim = torch.optim.SparseAdam(table_params, lr=args.lr)
     steps = math.ceil(len(train) / args.batch) * args.epochs
     step_time = 0.0
-    bar = tqdm(total=steps, desc="dense baseline", disable=args.no_progress, mininterval=5)
+    bar = tqdm(total=steps, desc=desc, disable=args.no_progress, mininterval=5)
     batches = (batch for _ in range(args.epochs) for batch in train.batches(args.batch))
     for dense, sparse, clicks in batches:
         t1 = time.perf_counter()
@@ -152,6 +153,19 @@ def table_report(model, guide, gen):
                      "found": list(found[row["tensor"]]), "max_ranks": list(row["max_ranks"]),
                      "params_max": row["params_max"], "params_found": row["params"], "dense": row["dense"]})
     return rows
+
+
+def train_point_estimate(gen, train, test, args):
+    """
+    The Bayesian model's network at its initial factor means (the same seed), trained as a plain
+    torch point estimate: no Pyro, no priors, no rank shrinkage. It tells the optimization's
+    share of a shortfall from the Bayesian machinery's.
+    """
+    torch.manual_seed(args.seed)
+    model = build(gen, args)
+    net = model.export(tb.guides.MeanField(model, seed=args.seed))
+    del model
+    return {**train_dense(net, train, args, desc="point estimate"), **evaluate(net, test, args.eval_batch)}
 
 
 def run(args):
@@ -194,6 +208,8 @@ def run(args):
         },
     }
     del before_net
+    if args.point_estimate:
+        result["point_estimate"] = train_point_estimate(gen, train, test, args)
     torch.manual_seed(args.seed)
     base = baseline_net(gen, model, args)
     result["dense_baseline"] = {**train_dense(base, train, args), **evaluate(base, test, args.eval_batch),
@@ -219,6 +235,8 @@ def markdown(r):
         f"{b['model_params_before']:,} |",
         f"| dense baseline (large tables hashed /{d['scale_down']}) | {100 * d['accuracy']:.3f} % | {d['auc']:.4f} | "
         f"{d['samples_per_s']:.0f} | {d['params']:,} |",
+        *([f"| same TTM network, point estimate without Pyro | {100 * r['point_estimate']['accuracy']:.3f} % | "
+           f"{r['point_estimate']['auc']:.4f} | {r['point_estimate']['samples_per_s']:.0f} | |"] if "point_estimate" in r else []),
         f"| generator's Bayes-optimal | {100 * opt['accuracy']:.3f} % | {opt['auc']:.4f} | | |",
         "",
         f"Peak RSS: {b['peak_rss_gib']:.2f} GiB after the Bayesian model, {r['peak_rss_gib']:.2f} GiB for the whole run. "
@@ -249,6 +267,8 @@ def parse(argv=None):
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--lambda-step", type=float, default=0.1)
     p.add_argument("--scale-down", type=int, default=1000)
+    p.add_argument("--point-estimate", action="store_true",
+                   help="also train the same TTM network as a plain torch point estimate (no Pyro, no priors)")
     p.add_argument("--shrink-rows", type=float, default=1.0,
                    help="divide the large tables' row modes by this (tables about its cube smaller)")
     p.add_argument("--bottom", type=int, nargs="*", default=[256])

@@ -29,9 +29,10 @@ def _restore_threads():
 
 @pytest.mark.slow
 def test_dlrm_smoke(tmp_path):
-    _load("dlrm").main(["--smoke", "--threads", "1", "--no-progress", "--out", str(tmp_path)])
+    _load("dlrm").main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "dlrm_smoke.json").read_text())
-    assert (tmp_path / "dlrm_smoke.md").read_text().startswith("# DLRM")
+    text = (tmp_path / "dlrm_smoke.md").read_text()
+    assert text.startswith("# DLRM") and "point estimate without Pyro" in text
     b = result["bayesian"]
     for key in ("peak_rss_gib", "samples_per_s", "accuracy", "auc", "tables", "model_params_before",
                 "model_params_after", "compression_vs_paper_4.2e9", "unpruned"):
@@ -40,6 +41,7 @@ def test_dlrm_smoke(tmp_path):
     assert all(len(t["planted"]) == len(t["found"]) == 2 for t in b["tables"])
     assert 0.5 < result["bayes_optimal"]["accuracy"] < 1
     assert {"accuracy", "auc", "samples_per_s", "params"} <= set(result["dense_baseline"])
+    assert {"accuracy", "auc", "samples_per_s"} <= set(result["point_estimate"])
     assert 0 <= b["accuracy"] <= 1 and result["peak_rss_gib"] > 0
 
 
