@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 import tensorbayes as tb
 from tensorbayes.data.clicks import PAPER_ROW_SHAPES, ClickGenerator, auc
+from tensorbayes.infer.fit import sparse_tables
 from tensorbayes.models.dlrm import DLRM, DLRMNet
 
 #: The dense size of the paper's five large tables (33,193,281 rows x 128).
@@ -83,14 +84,9 @@ def baseline_net(gen, model, args):
 
 
 def _split_params(module):
-    sparse = [p for n, p in module.named_parameters() if _is_table(n)]
-    dense = [p for n, p in module.named_parameters() if not _is_table(n)]
-    return dense, sparse
-
-
-def _is_table(name):
-    parts = name.split(".")
-    return len(parts) >= 2 and parts[-1] == "weight" and parts[-2].startswith("C")
+    """``(dense parameters, sparse table weights)`` of a plain torch network."""
+    tables = sparse_tables(module)
+    return [p for p in module.parameters() if all(p is not t for t in tables)], tables
 
 
 def train_bayesian(model, guide, train, args):

@@ -78,17 +78,21 @@ def _time(step, repeats, warmup=2):
     return statistics.median(times)
 
 
-def _dense_step(size, x, y):
-    layer = torch.nn.Linear(size, size)
-    optim = torch.optim.Adam(layer.parameters(), lr=1e-3)
+def _squared_error_step(module, x, y):
+    """A plain torch step of ``module`` on the squared error, with Adam."""
+    optim = torch.optim.Adam(module.parameters(), lr=1e-3)
 
     def step():
-        loss = 0.5 * ((layer(x) - y) ** 2).sum()
+        loss = 0.5 * ((module(x) - y) ** 2).sum()
         optim.zero_grad()
         loss.backward()
         optim.step()
 
     return step
+
+
+def _dense_step(size, x, y):
+    return _squared_error_step(torch.nn.Linear(size, size), x, y)
 
 
 def _deterministic_step(layer, x, y):
@@ -96,16 +100,7 @@ def _deterministic_step(layer, x, y):
     from tensorbayes.compact import CompactLinear
 
     guide = tb.guides.MeanField(layer, seed=0)
-    compact = CompactLinear(layer, guide.factor_means(layer.weight))
-    optim = torch.optim.Adam(compact.parameters(), lr=1e-3)
-
-    def step():
-        loss = 0.5 * ((compact(x) - y) ** 2).sum()
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-
-    return step
+    return _squared_error_step(CompactLinear(layer, guide.factor_means(layer.weight)), x, y)
 
 
 def _svi_step(layer, x, y):

@@ -187,6 +187,8 @@ class ClickGenerator:
         self.main = {t: torch.randn(dim, generator=gen, dtype=torch.float64) for t in self.layouts}
         for t in self.main:
             self.main[t] *= main_scale / math.sqrt(len(self.main) * dim * v)
+        if main_scale == 0:  # drawn all the same, so that the draws after them do not depend on main_scale
+            self.main = {}
         self.small = [t for t in range(len(self.cardinalities)) if t not in self.layouts]
         per_small = small_scale / math.sqrt(max(1, len(self.small)))
         self.effects = {t: torch.randn(self.cardinalities[t], generator=gen, dtype=torch.float64) * per_small
@@ -239,8 +241,8 @@ class ClickGenerator:
         dense = dense.double()
         logit = self.bias + dense @ self.dense_weight
         embedded = {t: self.embeddings(t, sparse[:, t]) for t in self.planted_tables}
-        for t, e in embedded.items():
-            logit = logit + e @ self.main[t]
+        for t, a in self.main.items():
+            logit = logit + embedded[t] @ a
         tables = self.planted_tables
         for i, s in enumerate(tables):
             for t in tables[i + 1 :]:

@@ -4,10 +4,11 @@ Fitting a tensorbayes model: stochastic variational inference over minibatches.
 :func:`fit` is the training loop: it draws minibatches, computes the ELBO with
 :class:`pyro.infer.TraceMeanField_ELBO` (the likelihood scaled by ``num_data / batch`` through
 the model's data plate), steps a torch Adam optimizer on the model's and the guide's
-parameters (and :class:`torch.optim.SparseAdam` on embedding tables built with ``sparse=True``), ramps the KL term in after a warm-up, applies the closed-form λ M-step, records a
-:class:`History`, and stops with :class:`NonFiniteError` naming the first site that turned NaN.
-With ``distributed=True`` it runs data-parallel over the processes of a :mod:`torch.distributed`
-group (see :mod:`tensorbayes.infer.distributed`).
+parameters (and :class:`torch.optim.SparseAdam` on embedding tables built with
+``sparse=True``), ramps the KL term in after a warm-up, applies the closed-form λ M-step,
+records a :class:`History`, and stops with :class:`NonFiniteError` naming the first site that
+turned NaN. With ``distributed=True`` it runs data-parallel over the processes of a
+:mod:`torch.distributed` group (see :mod:`tensorbayes.infer.distributed`).
 """
 
 import math
@@ -300,9 +301,9 @@ def _adam(model, guide, lr, previous=None):
     parameters it already optimized keep their state and the noise group its current learning
     rate; a parameter that replaced the one at its position (pruned) gets :func:`_resized_state`.
     """
-    tables = {id(p) for p in sparse_tables(model)}
+    tables = sparse_tables(model)
     noise = [p for name, p in model.named_parameters() if name.endswith("log_noise")]
-    others = [p for name, p in model.named_parameters() if not name.endswith("log_noise") and id(p) not in tables]
+    others = [p for name, p in model.named_parameters() if not name.endswith("log_noise") and all(p is not t for t in tables)]
     dense = torch.optim.Adam([{"params": list(guide.parameters()) + others}, {"params": noise}], lr=lr)
     if previous is not None:
         old_dense = previous.dense if isinstance(previous, SparseAndDenseAdam) else previous
@@ -313,7 +314,7 @@ def _adam(model, guide, lr, previous=None):
                     dense.state[p] = old_dense.state[old] if p is old else _resized_state(old_dense.state[old], p)
     if not tables:
         return dense
-    sparse = torch.optim.SparseAdam(sparse_tables(model), lr=lr)
+    sparse = torch.optim.SparseAdam(tables, lr=lr)
     if isinstance(previous, SparseAndDenseAdam):  # pruning leaves the embedding tables as they are
         sparse.load_state_dict(previous.sparse.state_dict())
     return SparseAndDenseAdam(dense, sparse)
@@ -343,10 +344,6 @@ class SparseAndDenseAdam:
     @property
     def param_groups(self):
         return self.dense.param_groups + self.sparse.param_groups
-
-    @property
-    def state(self):
-        return {**self.dense.state, **self.sparse.state}
 
     def zero_grad(self, set_to_none=True):
         self.dense.zero_grad(set_to_none)
@@ -540,7 +537,9 @@ def _non_finite_parameter(model, guide):
 def _check_finite_gradients(model, guide, step, epoch):
     for owner, module in (("guide", guide), ("model", model)):
         for name, p in module.named_parameters():
-            grad = p.grad.coalesce().values() if p.grad is not None and p.grad.is_sparse else p.grad
+            if p.grad is not None and p.grad.is_sparse:
+                p.grad = p.grad.coalesce()  # once: SparseAdam's own coalesce then finds it done
+            grad = p.grad.values() if p.grad is not None and p.grad.is_sparse else p.grad
             if grad is not None and not torch.isfinite(grad).all():
                 raise NonFiniteError(
                     f"gradient is not finite at step {step} (epoch {epoch}): {owner} parameter '{name}'"
