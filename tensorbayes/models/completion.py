@@ -8,7 +8,6 @@ likelihood of a minibatch is scaled by ``num_data / batch`` and the ELBO is the 
 
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
@@ -71,5 +70,5 @@ class TensorCompletion(PyroModule, NormalNoise):
         mean = self.tensor.layout.entries(factors, index)
         batch = index.shape[0]
         with pyro.plate("data", size=num_data or batch, subsample=torch.arange(batch, device=index.device)):
-            pyro.sample("obs", dist.Normal(mean, self.noise.to(mean)), obs=values)
+            pyro.sample("obs", self.likelihood(mean), obs=values)
         return mean

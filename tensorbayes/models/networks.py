@@ -203,5 +203,5 @@ class BayesianRegressor(PyroModule, NormalNoise):
         if y is not None and y.shape != mean.shape:
             raise ValueError(f"y must have the shape of net(x), {tuple(mean.shape)}, got {tuple(y.shape)}")
         with pyro.plate("data", size=size, subsample=torch.arange(batch, device=mean.device)):
-            pyro.sample("obs", dist.Normal(mean, self.noise.to(mean)).to_event(mean.dim() - 1), obs=y)
+            pyro.sample("obs", self.likelihood(mean).to_event(mean.dim() - 1), obs=y)
         return mean

@@ -1,10 +1,62 @@
-"""The noise of a Normal likelihood, shared by the completion and regression models."""
+"""
+The noise of a Normal likelihood, shared by the completion and regression models.
+
+:class:`NormalNoise` holds the noise standard deviation (learned or fixed) and builds the
+likelihood, a :class:`SharedScaleNormal`: torch's Normal with the scale's log and square taken
+once rather than once per entry of the broadcast scale (over a ``256 x 4096`` output they were
+most of the likelihood's cost, about 2/3 of Pyro's share of an SVI step of a 4096 TTM layer).
+"""
 
 import math
 
+import pyro.distributions as dist
 import torch
 
-__all__ = ["NormalNoise"]
+__all__ = ["NormalNoise", "SharedScaleNormal"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class SharedScaleNormal(dist.Normal):
+    """
+    ``Normal(loc, scale)`` with one ``scale`` for every entry: the distribution of
+    :class:`pyro.distributions.Normal` with the scale broadcast to ``loc``'s shape, its
+    :meth:`log_prob` in three passes over ``loc`` instead of torch's six.
+
+    Usage::
+
+        pyro.sample("obs", SharedScaleNormal(mean, noise).to_event(1), obs=y)   # noise: 0-d or a number
+
+    :param torch.Tensor loc: the means.
+    :param scale: the standard deviation shared by every entry, a positive number or 0-d tensor.
+    """
+
+    def __init__(self, loc, scale, validate_args=None):
+        scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+        if scale.dim() != 0:
+            raise ValueError(f"scale must be a number or a 0-d tensor, one scale shared by every entry, "
+                             f"got shape {tuple(scale.shape)}")
+        self.shared_scale = scale
+        validate = type(self)._validate_args if validate_args is None else validate_args  # torch's default
+        super().__init__(loc, scale, validate_args=False)
+        self._validate_args = validate
+        if validate:  # as torch checks them, but the scale once, not once per entry
+            for name, value in (("loc", loc), ("scale", scale)):
+                if not bool(self.arg_constraints[name].check(value).all()):
+                    raise ValueError(f"Expected parameter {name} (Tensor of shape {tuple(value.shape)}) of "
+                                     f"distribution {type(self).__name__} to satisfy the constraint "
+                                     f"{self.arg_constraints[name]}, but found invalid values:\n{value}")
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(SharedScaleNormal, _instance)
+        new.shared_scale = self.shared_scale
+        return super().expand(batch_shape, _instance=new)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        scale = self.shared_scale
+        return (value - self.loc).square_().mul_(-0.5 / scale.square()) - (scale.log() + _HALF_LOG_2PI)
 
 
 class NormalNoise:
@@ -34,3 +86,7 @@ class NormalNoise:
         if self.learns_noise:
             return self.log_noise.exp()
         return torch.tensor(self.fixed_noise, dtype=torch.float64)
+
+    def likelihood(self, mean):
+        """The Normal likelihood of targets around ``mean``: a :class:`SharedScaleNormal` with the noise."""
+        return SharedScaleNormal(mean, self.noise.to(mean))
