@@ -5,8 +5,9 @@ Speed and memory of the tensorized layers against dense ones, measured in the sa
    of sizes 256 to 4096, batches 64 to 1024, max ranks 8 to 32) as a ratio to (a) the step of a
    dense :class:`torch.nn.Linear` of the same shape with Adam and (b) the step of the same
    tensorized layer trained deterministically, its factors plain torch parameters, without
-   Pyro. The SVI step is a ``TraceMeanField_ELBO`` loss of a Normal regression on the layer's
-   output with a :class:`~tensorbayes.guides.MeanField` guide, its backward pass and Adam.
+   Pyro. The SVI step is a ``TraceMeanField_ELBO`` loss of a
+   :class:`~tensorbayes.models.BayesianRegressor` (noise fixed to 1) on the layer's output with
+   a :class:`~tensorbayes.guides.MeanField` guide, its backward pass and Adam.
    Target: the 4096 x 4096 TTM layer (batch 256) at most half the dense step's time. The layer
    is built with its default mode shapes, ``(8, 8, 8, 8)`` in and out; the same layer with the
    explicit shapes of :data:`SPLIT_SHAPES` (in ``(4, 4, 16, 16)``, out ``(16, 16, 4, 4)``: the
@@ -35,13 +36,11 @@ import sys
 import time
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.infer import TraceMeanField_ELBO
-from pyro.nn import PyroModule
 
 import tensorbayes as tb
-from tensorbayes.models import TensorizedLinear
+from tensorbayes.models import BayesianRegressor, TensorizedLinear
 
 FORMATS = ("cp", "tucker", "tt", "ttm")
 #: (size, batch, max rank): a grid along the diagonal, not the full product.
@@ -52,19 +51,6 @@ ROWS = [10**4, 10**5, 10**6, 10**7, 10**8, 10**9]
 #: left of the middle cut, small out modes right of it (the default shapes are balanced).
 SPLIT_SHAPES = {64: ((2, 2, 4, 4), (4, 4, 2, 2)), 4096: ((4, 4, 16, 16), (16, 16, 4, 4))}
 SMOKE_ROWS = [10**3, 10**6]
-
-
-class Regression(PyroModule):
-    """``y ~ Normal(layer(x), 1)`` under a subsampled data plate: the smallest SVI model of a layer."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x, y, num_data):
-        out = self.layer(x)
-        with pyro.plate("data", num_data, subsample=torch.arange(len(x))):
-            pyro.sample("obs", dist.Normal(out, 1.0).to_event(1), obs=y)
 
 
 def _time(step, repeats, warmup=2):
@@ -104,7 +90,7 @@ def _deterministic_step(layer, x, y):
 
 
 def _svi_step(layer, x, y):
-    model = Regression(layer)
+    model = BayesianRegressor(layer, noise=1.0)  # y ~ Normal(layer(x), 1) under a subsampled data plate
     guide = tb.guides.MeanField(model, seed=0)
     optim = torch.optim.Adam(list(guide.parameters()) + list(model.parameters()), lr=1e-3)
     elbo = TraceMeanField_ELBO()
