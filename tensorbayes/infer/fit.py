@@ -535,15 +535,24 @@ def _non_finite_parameter(model, guide):
 
 
 def _check_finite_gradients(model, guide, step, epoch):
+    grads = []
     for owner, module in (("guide", guide), ("model", model)):
         for name, p in module.named_parameters():
-            if p.grad is not None and p.grad.is_sparse:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
                 p.grad = p.grad.coalesce()  # once: SparseAdam's own coalesce then finds it done
-            grad = p.grad.values() if p.grad is not None and p.grad.is_sparse else p.grad
-            if grad is not None and not torch.isfinite(grad).all():
-                raise NonFiniteError(
-                    f"gradient is not finite at step {step} (epoch {epoch}): {owner} parameter '{name}'"
-                )
+            grads.append((owner, name, p.grad.values() if p.grad.is_sparse else p.grad))
+    # One pass per gradient: a 2-norm is finite when every entry is (torch.isfinite would
+    # write a mask as large as the gradient: ~10x slower on a DLRM's tables). A norm whose
+    # squares overflowed is told apart from a NaN or infinite entry by the exact check.
+    if not grads or bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(g.detach()).float() for *_, g in grads])).all()):
+        return
+    for owner, name, grad in grads:
+        if not torch.isfinite(grad).all():
+            raise NonFiniteError(
+                f"gradient is not finite at step {step} (epoch {epoch}): {owner} parameter '{name}'"
+            )
 
 
 def _check_finite_parameters(model, guide):

@@ -132,6 +132,26 @@ def test_nan_during_training_is_named():
     assert len(calls) == 3
 
 
+def test_huge_but_finite_gradients_are_not_called_non_finite():
+    """The fast check sums squares, which overflow float32 at 1e30; the exact check then clears them."""
+    planted, model, guide = _problem()
+    loc = guide.posteriors["tensor"].locs[2]
+    calls = []
+
+    def inflate(grad):
+        calls.append(1)
+        if len(calls) != 2:
+            return grad
+        grad = grad.clone()
+        grad.view(-1)[:2] = 1e30  # finite in float32; its square is not
+        return grad
+
+    loc.register_hook(inflate)
+    history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=16,
+                     progress=False, seed=0, init="none")
+    assert len(calls) > 2 and math.isfinite(history.elbo[-1])
+
+
 def test_history_has_one_entry_per_epoch():
     planted, model, guide = _problem()
     n = len(planted.train_values)
