@@ -27,12 +27,31 @@ def _restore_threads():
     torch.set_num_threads(threads)
 
 
+def test_dlrm_reference_is_the_generators_logit_at_its_true_parameters():
+    """The reference learner's model class holds the generator: at the true values it gives its logits."""
+    from tensorbayes.data.clicks import ClickGenerator
+
+    gen = ClickGenerator.tiny(seed=3)
+    form = _load("dlrm").PlantedForm(gen).double()
+    with torch.no_grad():
+        form.bias.fill_(gen.bias)
+        form.dense_weight.copy_(gen.dense_weight)
+        for t, table in zip(gen.small, form.effects):
+            table.weight.copy_(gen.effects[t][:, None])
+        for t, cores in zip(gen.planted_tables, form.cores):
+            for core, true in zip(cores, gen.factors[t]):
+                core.copy_(true)
+    dense, sparse, _ = gen.stream(500, "test")[0:500]
+    torch.testing.assert_close(form(dense.double(), sparse), gen.logits(dense, sparse), rtol=0, atol=1e-12)
+
+
 @pytest.mark.slow
 def test_dlrm_smoke(tmp_path):
-    _load("dlrm").main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--out", str(tmp_path)])
+    _load("dlrm").main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--reference",
+                          "--out", str(tmp_path)])
     result = json.loads((tmp_path / "dlrm_smoke.json").read_text())
     text = (tmp_path / "dlrm_smoke.md").read_text()
-    assert text.startswith("# DLRM") and "point estimate without Pyro" in text
+    assert text.startswith("# DLRM") and "point estimate without Pyro" in text and "own model class" in text
     b = result["bayesian"]
     for key in ("peak_rss_gib", "samples_per_s", "accuracy", "auc", "tables", "model_params_before",
                 "model_params_after", "compression_vs_paper_4.2e9", "unpruned"):
@@ -42,6 +61,7 @@ def test_dlrm_smoke(tmp_path):
     assert 0.5 < result["bayes_optimal"]["accuracy"] < 1
     assert {"accuracy", "auc", "samples_per_s", "params"} <= set(result["dense_baseline"])
     assert {"accuracy", "auc", "samples_per_s"} <= set(result["point_estimate"])
+    assert {"accuracy", "auc", "samples_per_s"} <= set(result["reference"])
     assert 0 <= b["accuracy"] <= 1 and result["peak_rss_gib"] > 0
 
 
