@@ -236,7 +236,7 @@ def profile_svi(size, batch, rank, repeats):
             "interleaved_s": med, "interleaved_svi_over_dense": med["svi"] / med["dense"],
             "interleaved_deterministic_over_dense": med["deterministic"] / med["dense"],
             "split_shapes": {"in_shape": in_shape, "out_shape": out_shape,
-                             "flops": shaped_model.layer.flop_counts(batch)["contract"],
+                             "flops": shaped_model.net.flop_counts(batch)["contract"],
                              "svi_over_dense": med["split_shapes_svi"] / med["dense"],
                              "deterministic_over_dense": med["split_shapes_deterministic"] / med["dense"]},
             "flops": layer.flop_counts(batch), "dense_layer_flops": 2 * batch * size * size,
