@@ -26,7 +26,7 @@ priors); ``--reference`` adds the generator's own model class (its logit's exact
 planted tables TTM at the planted ranks) trained the same way: what the best-specified learner
 reaches from the same samples.
 
-    python benchmarks/dlrm.py [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--reference] [--smoke] [--out benchmarks/results]
+    python benchmarks/dlrm.py [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--reference] [--tiny] [--smoke] [--out benchmarks/results]
 """
 
 import argparse
@@ -205,7 +205,7 @@ def train_point_estimate(gen, train, test, args):
 def run(args):
     torch.manual_seed(args.seed)
     pyro.set_rng_seed(args.seed)
-    gen = ClickGenerator.tiny(seed=args.seed) if args.smoke else generator(args.shrink_rows, args.seed)
+    gen = ClickGenerator.tiny(seed=args.seed) if args.smoke or args.tiny else generator(args.shrink_rows, args.seed)
     train, test = gen.stream(args.samples, "train"), gen.stream(args.test, "test")
     rss0 = peak_rss_gib()
 
@@ -264,6 +264,9 @@ def markdown(r):
         f"{r['config']['epochs']} epoch(s), "
         f"{r['config']['test']:,} test, {r['threads']} threads)",
         "",
+        *(["The tiny log (`ClickGenerator.tiny`): the same structure, its planted tables 10 x 10 x 10 rows by "
+           "2 x 2 x 2 columns and its other tables at most 50 rows (the paper's compression figure below still "
+           "compares with the full-size tables).", ""] if r["config"].get("tiny") else []),
         *([f"The large tables' row modes are divided by {r['config']['shrink_rows']:g} (the paper's compression "
            "figure below still compares with the full-size tables).", ""] if r["config"].get("shrink_rows", 1) != 1 else []),
         "| | accuracy | AUC | samples/s | params |",
@@ -315,17 +318,25 @@ def parse(argv=None):
                         "as a point estimate: what the best-specified learner reaches from these samples")
     p.add_argument("--shrink-rows", type=float, default=1.0,
                    help="divide the large tables' row modes by this (tables about its cube smaller)")
-    p.add_argument("--bottom", type=int, nargs="*", default=[256])
-    p.add_argument("--top", type=int, nargs="*", default=[256, 64])
+    p.add_argument("--bottom", type=int, nargs="*", default=None, help="hidden widths (default 256; 32 with --tiny)")
+    p.add_argument("--top", type=int, nargs="*", default=None, help="hidden widths (default 256 64; 32 with --tiny)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true",
+                   help="the tiny log (ClickGenerator.tiny: planted tables of 1000 rows x 8 columns, the same "
+                        "structure) trained at full length: small enough for its interactions to be learned")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args(argv)
+    small = args.tiny or args.smoke
+    args.bottom = args.bottom if args.bottom is not None else [32] if small else [256]
+    args.top = args.top if args.top is not None else [32] if small else [256, 64]
+    if small:
+        args.scale_down = 10  # the hashed baseline's tables: 100 rows of the planted 1000
     if args.smoke:
         args.samples, args.test, args.batch, args.max_rank = min(args.samples, 8192), min(args.test, 4096), 512, 6
-        args.bottom, args.top, args.scale_down = [16], [16], 10
+        args.bottom, args.top = [16], [16]
     return args
 
 
@@ -334,7 +345,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     result = run(args)
     os.makedirs(args.out, exist_ok=True)
-    name = "dlrm_smoke" if args.smoke else "dlrm" if args.shrink_rows == 1 else f"dlrm_rows_shrunk_{args.shrink_rows:g}"
+    name = ("dlrm_smoke" if args.smoke else "dlrm_tiny" if args.tiny else "dlrm" if args.shrink_rows == 1
+            else f"dlrm_rows_shrunk_{args.shrink_rows:g}")
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
