@@ -124,7 +124,8 @@ class PlantedForm(torch.nn.Module):
 def _split_params(module):
     """``(dense parameters, sparse table weights)`` of a plain torch network."""
     tables = sparse_tables(module)
-    return [p for p in module.parameters() if all(p is not t for t in tables)], tables
+    table_ids = {id(t) for t in tables}
+    return [p for p in module.parameters() if id(p) not in table_ids], tables
 
 
 def train_bayesian(model, guide, train, args):
@@ -310,7 +311,8 @@ def parse(argv=None):
     p.add_argument("--max-rank", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--lambda-step", type=float, default=0.1)
-    p.add_argument("--scale-down", type=int, default=1000)
+    p.add_argument("--scale-down", type=int, default=None,
+                   help="the hashed baseline's large tables are this many times smaller (default 1000; 10 with --tiny)")
     p.add_argument("--point-estimate", action="store_true",
                    help="also train the same TTM network as a plain torch point estimate (no Pyro, no priors)")
     p.add_argument("--reference", action="store_true",
@@ -332,8 +334,7 @@ def parse(argv=None):
     small = args.tiny or args.smoke
     args.bottom = args.bottom if args.bottom is not None else [32] if small else [256]
     args.top = args.top if args.top is not None else [32] if small else [256, 64]
-    if small:
-        args.scale_down = 10  # the hashed baseline's tables: 100 rows of the planted 1000
+    args.scale_down = args.scale_down if args.scale_down is not None else 10 if small else 1000
     if args.smoke:
         args.samples, args.test, args.batch, args.max_rank = min(args.samples, 8192), min(args.test, 4096), 512, 6
         args.bottom, args.top = [16], [16]

@@ -302,8 +302,9 @@ def _adam(model, guide, lr, previous=None):
     rate; a parameter that replaced the one at its position (pruned) gets :func:`_resized_state`.
     """
     tables = sparse_tables(model)
+    table_ids = {id(t) for t in tables}
     noise = [p for name, p in model.named_parameters() if name.endswith("log_noise")]
-    others = [p for name, p in model.named_parameters() if not name.endswith("log_noise") and all(p is not t for t in tables)]
+    others = [p for name, p in model.named_parameters() if not name.endswith("log_noise") and id(p) not in table_ids]
     dense = torch.optim.Adam([{"params": list(guide.parameters()) + others}, {"params": noise}], lr=lr)
     if previous is not None:
         old_dense = previous.dense if isinstance(previous, SparseAndDenseAdam) else previous
