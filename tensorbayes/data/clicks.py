@@ -58,6 +58,7 @@ from ..formats import get_format
 __all__ = [
     "CRITEO_KAGGLE_CARDINALITIES",
     "ClickGenerator",
+    "ID_ORDERS",
     "ClickStream",
     "PAPER_COL_SHAPE",
     "PAPER_ROW_SHAPES",
@@ -85,6 +86,9 @@ PAPER_COL_SHAPE = (4, 4, 8)
 
 #: The TTM ranks planted in the five large tables by default.
 PLANTED_RANKS = {2: (4, 2), 3: (2, 2), 11: (3, 3), 15: (4, 1), 20: (2, 1)}
+
+#: The orders of category ids :class:`ClickGenerator` offers (``id_order``).
+ID_ORDERS = ("shuffled", "frequency")
 
 _MASK32 = 0xFFFFFFFF
 _STREAMS = {"train": 0, "test": 1, "valid": 2}
@@ -147,12 +151,20 @@ class ClickGenerator:
     :param float dense_scale: that of the dense features' linear term.
     :param float small_scale: that of the small tables' per-category effects (all together).
     :param float click_rate: the bias is set so that a logit of zero elsewhere gives this rate.
+    :param str id_order: how category ids follow frequency: "shuffled" (default) numbers the
+        categories by a fixed pseudo-random bijection of their frequency ranks, as hashing
+        does; "frequency" gives the most frequent category id 0, the next id 1 and so on, the
+        limit of numbering categories in order of first appearance (as DLRM's Criteo
+        preprocessing does), where frequent categories come first.
     :param int seed: seeds the planted truth and every stream.
     """
 
     def __init__(self, cardinalities=None, row_shapes=None, col_shape=PAPER_COL_SHAPE, ranks=None, num_dense=13,
                  zipf=1.1, interaction_scale=1.5, main_scale=0.0, dense_scale=1.0, small_scale=0.5, click_rate=0.25,
-                 seed=0):
+                 id_order="shuffled", seed=0):
+        if id_order not in ID_ORDERS:
+            raise ValueError(f"id_order must be one of {ID_ORDERS}, got {id_order!r}")
+        self.id_order = id_order
         row_shapes = dict(PAPER_ROW_SHAPES if row_shapes is None else row_shapes)
         ranks = dict(PLANTED_RANKS if ranks is None and row_shapes.keys() == PAPER_ROW_SHAPES.keys() else ranks or {})
         cards = list(CRITEO_KAGGLE_CARDINALITIES if cardinalities is None else cardinalities)
@@ -185,10 +197,13 @@ class ClickGenerator:
             self.factors[t] = [torch.randn(s, generator=gen, dtype=torch.float64) * std for s in layout.factor_shapes]
         # main effects <e_t, a_t>: a_t of norm so that all of them add main_scale to the logit's sd
         self.main = {t: torch.randn(dim, generator=gen, dtype=torch.float64) for t in self.layouts}
-        for t in self.main:
-            self.main[t] *= main_scale / math.sqrt(len(self.main) * dim * v)
         if main_scale == 0:  # drawn all the same, so that the draws after them do not depend on main_scale
             self.main = {}
+        elif v == 0:
+            raise ValueError("main_scale sets the main effects against the embeddings' scale: it needs "
+                             "interaction_scale > 0")
+        for t in self.main:
+            self.main[t] *= main_scale / math.sqrt(len(self.main) * dim * v)
         self.small = [t for t in range(len(self.cardinalities)) if t not in self.layouts]
         per_small = small_scale / math.sqrt(max(1, len(self.small)))
         self.effects = {t: torch.randn(self.cardinalities[t], generator=gen, dtype=torch.float64) * per_small
@@ -225,7 +240,7 @@ class ClickGenerator:
         return self.layouts[table].rows(self.factors[table], torch.as_tensor(ids).long())
 
     def categories(self, table, u):
-        """Category ids of uniforms ``u`` in ``table``: a power-law rank, then a fixed bijection of the ids."""
+        """Category ids of uniforms ``u`` in ``table``: a power-law rank, then the ids' order (``id_order``)."""
         n = self.cardinalities[table]
         s = self.zipf
         if abs(s - 1.0) < 1e-9:
@@ -234,16 +249,23 @@ class ClickGenerator:
             top = (n + 1.0) ** (1.0 - s)
             r = (1.0 + u * (top - 1.0)) ** (1.0 / (1.0 - s))
         rank = (r.floor().long() - 1).clamp_(0, n - 1)
+        if self.id_order == "frequency":
+            return rank
         return (rank * self.multipliers[table] + self.shifts[table]) % n
 
-    def logits(self, dense, sparse):
-        """The true logit of every example, float64 ``(n,)``."""
+    def logits(self, dense, sparse, interactions=True):
+        """
+        The true logit of every example, float64 ``(n,)``.
+
+        :param bool interactions: include the planted tables' pairwise dot products; without
+            them, the logit is what a learner knows that has learned everything but those.
+        """
         dense = dense.double()
         logit = self.bias + dense @ self.dense_weight
         embedded = {t: self.embeddings(t, sparse[:, t]) for t in self.planted_tables}
         for t, a in self.main.items():
             logit = logit + embedded[t] @ a
-        tables = self.planted_tables
+        tables = self.planted_tables if interactions else []
         for i, s in enumerate(tables):
             for t in tables[i + 1 :]:
                 logit = logit + (embedded[s] * embedded[t]).sum(-1)
@@ -276,20 +298,25 @@ class ClickGenerator:
         """
         What the true probabilities achieve on a stream: ``{"accuracy": E[max(p, 1-p)]`` (the
         Bayes-optimal accuracy, estimated), ``"realized_accuracy"`` (of ``p > 1/2`` on the drawn
-        clicks), ``"auc"`` (of ``p``), ``"click_rate"``}.
+        clicks), ``"auc"`` (of ``p``), ``"click_rate"``, ``"accuracy_without_interactions"``}:
+        the last is the expected accuracy of deciding by the true logit without the planted
+        tables' pairwise interactions (:meth:`logits` with ``interactions=False``), the floor of a
+        learner that has learned everything else.
         """
-        expected, hits, count, clicks, probs, labels = 0.0, 0.0, 0, 0.0, [], []
+        expected, floor, hits, count, clicks, probs, labels = 0.0, 0.0, 0.0, 0, 0.0, [], []
         for start in range(0, len(stream), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(stream)))
-            _, _, y, p = self.sample(idx, stream.stream)
+            dense, sparse, y, p = self.sample(idx, stream.stream)
             expected += torch.maximum(p, 1 - p).sum().item()
+            floor += torch.where(self.logits(dense, sparse, interactions=False) > 0, p, 1 - p).sum().item()
             hits += ((p > 0.5).float() == y).sum().item()
             clicks += y.sum().item()
             count += len(idx)
             probs.append(p.float())
             labels.append(y)
         return {"accuracy": expected / count, "realized_accuracy": hits / count,
-                "auc": auc(torch.cat(probs), torch.cat(labels)), "click_rate": clicks / count}
+                "auc": auc(torch.cat(probs), torch.cat(labels)), "click_rate": clicks / count,
+                "accuracy_without_interactions": floor / count}
 
 
 def _stream_id(stream):

@@ -1,9 +1,10 @@
 """
 The synthetic click log: deterministic by seed and independent of how it is batched, Criteo
 Kaggle's cardinalities (large tables as the products of the paper's row shapes), power-law
-category frequencies (the measured log-log slope), planted embeddings gathered from the planted
-TTM cores, clicks drawn from the stated probability, the Bayes-optimal summary, streaming
-without holding the tables, and a DataLoader that tb.fit can take.
+category frequencies (the measured log-log slope) and the two orders of their ids, planted
+embeddings gathered from the planted TTM cores, clicks drawn from the stated probability, the
+Bayes-optimal summary and the floor without the planted interactions, streaming without
+holding the tables, and a DataLoader that tb.fit can take.
 """
 
 import math
@@ -69,6 +70,21 @@ def test_power_law_skew():
     assert counts.max() / counts.sum() > 0.01  # a head: the top id alone takes over 1 %
 
 
+def test_frequency_id_order_numbers_categories_by_frequency_over_the_same_truth():
+    shuffled = ClickGenerator.tiny(seed=5)
+    ordered = ClickGenerator.tiny(seed=5, id_order="frequency")
+    u = torch.rand(50_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ids = ordered.categories(2, u)
+    counts = torch.bincount(ids, minlength=ordered.cardinalities[2])
+    assert (counts[:8].diff() < 0).all() and counts[0] == counts.max()  # the head, in order
+    assert counts[:100].sum() > 0.6 * counts.sum()  # the 100 most frequent ranks hold about 77 %
+    # the same ranks, numbered by the shuffled bijection
+    assert torch.equal(shuffled.categories(2, u), (ids * shuffled.multipliers[2] + shuffled.shifts[2]) % 1000)
+    for t in ordered.planted_tables:  # the same planted truth: only the numbering differs
+        for a, b in zip(ordered.factors[t], shuffled.factors[t]):
+            assert torch.equal(a, b)
+
+
 def test_planted_rows_come_from_the_planted_factors():
     gen = ClickGenerator.tiny(seed=1)
     for t in gen.planted_tables:
@@ -90,6 +106,26 @@ def test_clicks_follow_the_true_probability():
     assert 0.7 < summary["accuracy"] < 0.9
     assert abs(summary["accuracy"] - summary["realized_accuracy"]) < 0.02
     assert summary["auc"] > 0.8
+
+
+def test_logits_without_interactions_drop_exactly_the_pairwise_dots():
+    gen = ClickGenerator.tiny(seed=3)
+    dense, sparse, _, _ = gen.sample(torch.arange(500))
+    rows = [gen.embeddings(t, sparse[:, t]) for t in gen.planted_tables]
+    pairs = sum((a * b).sum(-1) for i, a in enumerate(rows) for b in rows[i + 1 :])
+    torch.testing.assert_close(gen.logits(dense, sparse, interactions=False),
+                               gen.logits(dense, sparse) - pairs, rtol=0, atol=1e-12)
+
+
+def test_accuracy_without_interactions_is_the_floor_below_bayes_optimal():
+    test = ClickGenerator.tiny(seed=4).stream(20_000, "test")
+    summary = test.generator.bayes_optimal(test)
+    # the tiny log's interactions carry several points of its expected accuracy (3.8 at this seed)
+    assert summary["accuracy_without_interactions"] < summary["accuracy"] - 0.02
+    flat = ClickGenerator.tiny(seed=4, interaction_scale=0.0)
+    summary = flat.bayes_optimal(flat.stream(20_000, "test"))
+    # nothing to drop: the same decisions, up to the float32 rounding of the dense features
+    assert abs(summary["accuracy_without_interactions"] - summary["accuracy"]) < 1e-4
 
 
 def test_streaming_never_materializes_a_table():
@@ -128,3 +164,7 @@ def test_bad_arguments():
         ClickGenerator(row_shapes={2: (10, 10, 10)}, ranks={})
     with pytest.raises(IndexError, match="index must lie in"):
         ClickGenerator.tiny().stream(10)[torch.tensor([10])]
+    with pytest.raises(ValueError, match="main_scale .* needs interaction_scale > 0"):
+        ClickGenerator.tiny(main_scale=1.0, interaction_scale=0.0)
+    with pytest.raises(ValueError, match="id_order must be one of"):
+        ClickGenerator.tiny(id_order="sorted")
