@@ -39,7 +39,8 @@ class History:
     its two parts ``log_likelihood`` (the expected log-likelihood of the data, scaled to the
     whole data set) and ``kl`` (the KL term as it entered the objective, weighted by β), so
     that ``elbo = log_likelihood - kl``; ``beta``, ``noise``, ``lambdas`` and ``ranks`` (per
-    tensor, for a :class:`~tensorbayes.guides.MeanField` guide), and with ``eval_data`` the
+    tensor, for a :class:`~tensorbayes.guides.MeanField` guide), ``lr`` (the learning rate of the
+    epoch's last step), and with ``eval_data`` the
     held-out ``accuracy`` (a classifier) or relative ``error`` (a regression or completion).
 
     ``lambda_trace`` holds λ at a finer grain, every ``trace_every`` steps:
@@ -53,6 +54,7 @@ class History:
     noise: list = field(default_factory=list)
     lambdas: list = field(default_factory=list)
     ranks: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
     accuracy: list = field(default_factory=list)
     error: list = field(default_factory=list)
     lambda_trace: dict = field(default_factory=lambda: {"step": [], "lambdas": []})
@@ -96,16 +98,30 @@ class Schedule:
 
     For ``warmup`` steps the KL term is off (β = 0), λ is not updated and a learned noise is
     held at its initial value, so that the factors first fit the data. β then ramps linearly
-    to 1 over ``ramp`` steps; the λ M-step and the noise start with it.
+    to 1 over ``ramp`` steps; the λ M-step and the noise start with it. The learning rate is
+    constant but over the last ``decay`` of the ``total`` steps, where it falls linearly.
     """
 
     warmup: int
     ramp: int
+    total: int = 0
+    decay: int = 0
 
     def beta(self, step):
         if step < self.warmup:
             return 0.0
         return min(1.0, (step - self.warmup + 1) / max(1, self.ramp))
+
+    def lr_factor(self, step):
+        """The learning rate's share at ``step``: 1, then falling linearly over the last ``decay``
+        steps to ``1 / decay`` at the last one."""
+        return min(1.0, (self.total - step) / self.decay) if self.decay else 1.0
+
+
+def _set_learning_rates(optimizer, lr, hold_noise):
+    """Every group at ``lr``, but the learned noise's (group 1) at 0 while ``hold_noise``."""
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = 0.0 if i == 1 and hold_noise else lr
 
 
 def _check_positive_int(value, name):
@@ -129,7 +145,7 @@ class _LoaderBatches:
             yield list(batch) if isinstance(batch, (tuple, list)) else [batch]
 
 
-def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None, ramp=None,
+def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.0, warmup=None, ramp=None,
         lambda_step=0.1, num_particles=1, init="auto", init_sweeps=None, eval_data=None, eval_samples=20,
         checkpoint=None, resume=False, callbacks=(), trace_every=None, seed=None, progress=True,
         distributed=False):
@@ -150,6 +166,10 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
     :param float lr: Adam's learning rate, SparseAdam's too for the model's sparse embedding
         tables (default 0.01, or 0.001 after the closed-form start,
         whose fit larger steps would first undo).
+    :param float lr_decay: the share of the steps, at the end of the fit, over which the learning
+        rate falls linearly to zero, in ``[0, 1]`` (default 0: constant). A constant rate leaves
+        the factors as noisy as its steps; ``lr_decay=0.5`` holds it for the first half, then
+        anneals.
     :param int warmup: steps with no KL term and no λ update (default: 20 % of the steps).
     :param int ramp: steps over which β rises from 0 to 1 after the warm-up (default: 20 %).
     :param float lambda_step: damping of the closed-form λ update, in (0, 1].
@@ -194,6 +214,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         _check_positive_int(value, name)
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if isinstance(lr_decay, bool) or not (isinstance(lr_decay, (int, float)) and 0 <= lr_decay <= 1):
+        raise ValueError(f"lr_decay must be a number in [0, 1], got {lr_decay!r}")
     if not (isinstance(lambda_step, (int, float)) and 0 < lambda_step <= 1):
         raise ValueError(f"lambda_step must be in (0, 1], got {lambda_step!r}")
     if init not in ("auto", "cavi", "none"):
@@ -244,7 +266,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         lr = 1e-3 if initialized else 1e-2
     total = epochs * len(batches)
     default = 0 if initialized else int(0.2 * total)
-    schedule = Schedule(warmup=default if warmup is None else warmup, ramp=default if ramp is None else ramp)
+    schedule = Schedule(warmup=default if warmup is None else warmup, ramp=default if ramp is None else ramp,
+                        total=total, decay=round(lr_decay * total))
 
     elbo = TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     optimizer = _adam(model, guide, lr)
@@ -262,7 +285,7 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
         epoch_loss = epoch_likelihood = 0.0
         for batch, share in _shares(batches, epoch):
             beta = schedule.beta(step)
-            optimizer.param_groups[1]["lr"] = lr if step >= schedule.warmup else 0.0
+            _set_learning_rates(optimizer, lr * schedule.lr_factor(step), hold_noise=step < schedule.warmup)
             loss, likelihood = _step(model, guide, elbo, optimizer, batch, batches.num_data, beta, step, epoch,
                                      **_parallel(ctx, optimizer, share))
             if closed_form and step >= schedule.warmup:
@@ -278,6 +301,7 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, warmup=None
             _distributed.check_in_sync([model, guide], ctx, f"after epoch {epoch}")
         _record(history, model, guide, -epoch_loss / len(batches), epoch_likelihood / len(batches), beta,
                 eval_data, eval_samples, ctx)
+        history.lr.append(optimizer.param_groups[0]["lr"])
         bar.set_postfix(elbo=f"{history.elbo[-1]:.4g}", beta=f"{beta:.2f}")
         history.steps = step
         if checkpoint is not None and main:

@@ -58,6 +58,9 @@ def _bad_index(p):
         (dict(init="x"), None, ValueError, "init"),
         (dict(init_sweeps=0), None, ValueError, "init_sweeps"),
         (dict(trace_every=0), None, ValueError, "trace_every"),
+        (dict(lr_decay=-0.1), None, ValueError, "lr_decay"),
+        (dict(lr_decay=1.5), None, ValueError, "lr_decay"),
+        (dict(lr_decay=True), None, ValueError, "lr_decay"),
         (dict(), _nan_values, ValueError, "values"),
         (dict(), _bad_index, ValueError, "index"),
         (dict(), lambda p: (p.train_index, p.train_values[:-1]), ValueError, "data"),
@@ -65,7 +68,8 @@ def _bad_index(p):
         (dict(), lambda p: [p.train_index.tolist(), p.train_values], TypeError, "data"),
     ],
     ids=["batch_size", "epochs", "epochs-float", "lr-0", "lr-neg", "lambda_step-2", "lambda_step-0",
-         "num_particles", "init", "init_sweeps", "trace_every", "nan-values", "index-range", "lengths", "empty", "not-tensors"],
+         "num_particles", "init", "init_sweeps", "trace_every", "lr_decay-neg", "lr_decay-1.5",
+         "lr_decay-bool", "nan-values", "index-range", "lengths", "empty", "not-tensors"],
 )
 def test_bad_input_names_the_argument_and_changes_nothing(kwargs, data, error, name):
     planted, model, guide = _problem()
@@ -166,6 +170,26 @@ def test_history_has_one_entry_per_epoch():
     assert all(v > 0 for v in history.noise)
     assert set(history.lambdas[-1]) == {"tensor"}
     assert all((lam > 0).all() for lam in history.lambdas[-1]["tensor"])
+
+
+def test_lr_decay_holds_the_rate_then_anneals_it_to_nothing():
+    moves = {}
+    for decay in (0.0, 0.5):
+        planted, model, guide = _problem()
+        steps = math.ceil(len(planted.train_values) / 16)
+        snapshots = []
+        history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=4, batch_size=16, lr=0.01,
+                         lr_decay=decay, progress=False, seed=0, init="none",
+                         callbacks=[lambda epoch, h: snapshots.append(_state(model, guide))])
+        locs = [k for k in snapshots[0] if "locs" in k]
+        moves[decay] = sum((snapshots[3][k] - snapshots[2][k]).norm() for k in locs)
+        if decay:  # the last step of each epoch: held for two epochs, then (total - step) / decay steps
+            expected = [0.01, 0.01, 0.01 * (steps + 1) / (2 * steps), 0.01 / (2 * steps)]
+            assert history.lr == pytest.approx(expected, rel=1e-12)
+        else:
+            assert history.lr == [0.01] * 4
+    # the last epoch's steps average a quarter of the rate: the factors move far less
+    assert moves[0.5] < 0.5 * moves[0.0]
 
 
 def test_fit_changes_the_guide():
