@@ -24,9 +24,11 @@ learned fastest on the tiny log.
 ``--point-estimate`` adds the Bayesian model's network trained in plain torch (no Pyro, no
 priors); ``--reference`` adds the generator's own model class (its logit's exact form, the
 planted tables TTM at the planted ranks) trained the same way: what the best-specified learner
-reaches from the same samples.
+reaches from the same samples; ``--reference-warm OVERLAP`` adds it started near the truth.
+The table also gives the generator's expected accuracy without its planted tables' pairwise
+interactions: what a learner reaches that has learned everything but them.
 
-    python benchmarks/dlrm.py [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--reference] [--tiny] [--smoke] [--out benchmarks/results]
+    python benchmarks/dlrm.py [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--reference] [--reference-warm 0.7] [--id-order frequency] [--tiny] [--smoke] [--out benchmarks/results]
 """
 
 import argparse
@@ -43,8 +45,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import tensorbayes as tb
-from tensorbayes.data.clicks import PAPER_ROW_SHAPES, ClickGenerator, auc
-from tensorbayes.infer.fit import sparse_tables
+from tensorbayes.data.clicks import ID_ORDERS, PAPER_ROW_SHAPES, ClickGenerator, auc
+from tensorbayes.infer.fit import Schedule, sparse_tables
 from tensorbayes.models.dlrm import DLRM, DLRMNet
 
 #: The dense size of the paper's five large tables (33,193,281 rows x 128).
@@ -62,10 +64,10 @@ class HashedEmbeddingBag(torch.nn.EmbeddingBag):
         return super().forward(input % self.num_embeddings, offsets, per_sample_weights)
 
 
-def generator(shrink_rows, seed):
+def generator(shrink_rows, seed, id_order="shuffled"):
     """The full-size click log, its large tables' row modes divided by ``shrink_rows`` (rounded)."""
     shapes = {t: tuple(max(2, round(m / shrink_rows)) for m in shape) for t, shape in PAPER_ROW_SHAPES.items()}
-    return ClickGenerator(row_shapes=shapes, seed=seed)
+    return ClickGenerator(row_shapes=shapes, id_order=id_order, seed=seed)
 
 
 def build(gen, args):
@@ -95,10 +97,21 @@ class PlantedForm(torch.nn.Module):
     tables (entries of variance ``1 / embedding_dim``). Trained as a point estimate it tells
     what the best-specified learner reaches from the same samples, so that a DLRM's shortfall
     from the Bayes-optimal accuracy can be told apart from the data's.
+
+    With ``overlap > 0`` its cores start near the truth instead: every core is ``overlap`` times
+    the planted core plus ``sqrt(1 - overlap**2)`` times noise of the planted core's scale. It
+    tells whether the samples hold the planted tables (from near the truth) when a start at
+    random does not find them.
+
+    :param gen: the :class:`~tensorbayes.data.clicks.ClickGenerator`.
+    :param float overlap: the start's share of the planted cores, in ``[0, 1]``; 0 (default) starts
+        at random.
     """
 
-    def __init__(self, gen):
+    def __init__(self, gen, overlap=0.0):
         super().__init__()
+        if not 0.0 <= overlap <= 1.0:
+            raise ValueError(f"overlap must lie in [0, 1], got {overlap!r}")
         self.gen = gen
         self.bias = torch.nn.Parameter(torch.zeros(()))
         self.dense_weight = torch.nn.Parameter(torch.zeros(gen.num_dense))
@@ -109,7 +122,12 @@ class PlantedForm(torch.nn.Module):
         for t in gen.planted_tables:
             layout = gen.layouts[t]
             std = (1.0 / gen.embedding_dim / math.prod(layout.ranks)) ** (0.5 / len(layout.factor_shapes))
-            self.cores.append(torch.nn.ParameterList(torch.randn(shape) * std for shape in layout.factor_shapes))
+            if overlap > 0:
+                cores = [overlap * c + math.sqrt(1 - overlap**2) * torch.randn(c.shape, dtype=c.dtype) * c.std()
+                         for c in gen.factors[t]]
+            else:
+                cores = [torch.randn(shape) * std for shape in layout.factor_shapes]
+            self.cores.append(torch.nn.ParameterList(c.float() for c in cores))
 
     def forward(self, dense, sparse):
         gen = self.gen
@@ -132,7 +150,8 @@ def train_bayesian(model, guide, train, args):
     """``tb.fit`` over ``args.epochs`` passes of the stream, generated batch by batch in order."""
     loader = train.loader(args.batch)
     t0 = time.perf_counter()
-    history = tb.fit(model, guide, loader, epochs=args.epochs, lr=args.lr, lambda_step=args.lambda_step,
+    history = tb.fit(model, guide, loader, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
+                     lambda_step=args.lambda_step,
                      init="none", seed=args.seed, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -147,15 +166,21 @@ def train_bayesian(model, guide, train, args):
 
 
 def train_dense(net, train, args, desc="dense baseline"):
-    """Plain torch: Adam on the MLPs (and tensor factors), SparseAdam on the tables, binary cross-entropy."""
+    """
+    Plain torch: Adam on the MLPs (and tensor factors), SparseAdam on the tables, binary
+    cross-entropy; the learning rate falls over the last ``args.lr_decay`` of the steps as in ``tb.fit``.
+    """
     dense_params, table_params = _split_params(net)
     optim = torch.optim.Adam(dense_params, lr=args.lr)
     sparse_optim = torch.optim.SparseAdam(table_params, lr=args.lr)
     steps = math.ceil(len(train) / args.batch) * args.epochs
+    schedule = Schedule(warmup=0, ramp=0, total=steps, decay=round(args.lr_decay * steps))
     step_time = 0.0
     bar = tqdm(total=steps, desc=desc, disable=args.no_progress, mininterval=5)
     batches = (batch for _ in range(args.epochs) for batch in train.batches(args.batch))
-    for dense, sparse, clicks in batches:
+    for step, (dense, sparse, clicks) in enumerate(batches):
+        for group in optim.param_groups + sparse_optim.param_groups:
+            group["lr"] = args.lr * schedule.lr_factor(step)
         t1 = time.perf_counter()
         loss = F.binary_cross_entropy_with_logits(net(dense, sparse), clicks)
         optim.zero_grad()
@@ -206,7 +231,8 @@ def train_point_estimate(gen, train, test, args):
 def run(args):
     torch.manual_seed(args.seed)
     pyro.set_rng_seed(args.seed)
-    gen = ClickGenerator.tiny(seed=args.seed) if args.smoke or args.tiny else generator(args.shrink_rows, args.seed)
+    gen = (ClickGenerator.tiny(seed=args.seed, id_order=args.id_order) if args.smoke or args.tiny
+           else generator(args.shrink_rows, args.seed, args.id_order))
     train, test = gen.stream(args.samples, "train"), gen.stream(args.test, "test")
     rss0 = peak_rss_gib()
 
@@ -250,6 +276,11 @@ def run(args):
         form = PlantedForm(gen)
         result["reference"] = {**train_dense(form, train, args, desc="generator's model class"),
                                **evaluate(form, test, args.eval_batch)}
+    if args.reference_warm:
+        torch.manual_seed(args.seed)
+        form = PlantedForm(gen, overlap=args.reference_warm)
+        result["reference_warm"] = {**train_dense(form, train, args, desc="the same, started near the truth"),
+                                    **evaluate(form, test, args.eval_batch), "overlap": args.reference_warm}
     torch.manual_seed(args.seed)
     base = baseline_net(gen, model, args)
     result["dense_baseline"] = {**train_dense(base, train, args), **evaluate(base, test, args.eval_batch),
@@ -268,6 +299,10 @@ def markdown(r):
         *(["The tiny log (`ClickGenerator.tiny`): the same structure, its planted tables 10 x 10 x 10 rows by "
            "2 x 2 x 2 columns and its other tables at most 50 rows (the paper's compression figure below still "
            "compares with the full-size tables).", ""] if r["config"].get("tiny") else []),
+        *([f"Every learner's rate falls linearly to 0 over the last {100 * r['config']['lr_decay']:g} % of its steps "
+           "(`--lr-decay`).", ""] if r["config"].get("lr_decay") else []),
+        *(["Category ids are numbered by frequency (`--id-order frequency`): the most frequent category of "
+           "every table has id 0.", ""] if r["config"].get("id_order") == "frequency" else []),
         *([f"The large tables' row modes are divided by {r['config']['shrink_rows']:g} (the paper's compression "
            "figure below still compares with the full-size tables).", ""] if r["config"].get("shrink_rows", 1) != 1 else []),
         "| | accuracy | AUC | samples/s | params |",
@@ -282,7 +317,12 @@ def markdown(r):
            f"{r['point_estimate']['auc']:.4f} | {r['point_estimate']['samples_per_s']:.0f} | |"] if "point_estimate" in r else []),
         *([f"| generator's own model class at the planted ranks, point estimate | {100 * r['reference']['accuracy']:.3f} % | "
            f"{r['reference']['auc']:.4f} | {r['reference']['samples_per_s']:.0f} | |"] if "reference" in r else []),
+        *([f"| the same, its cores started at overlap {r['reference_warm']['overlap']:g} with the planted ones | "
+           f"{100 * r['reference_warm']['accuracy']:.3f} % | {r['reference_warm']['auc']:.4f} | "
+           f"{r['reference_warm']['samples_per_s']:.0f} | |"] if "reference_warm" in r else []),
         f"| generator's Bayes-optimal | {100 * opt['accuracy']:.3f} % | {opt['auc']:.4f} | | |",
+        f"| generator without the planted tables' interactions (expected) | "
+        f"{100 * opt['accuracy_without_interactions']:.3f} % | | | |",
         "",
         f"Peak RSS: {b['peak_rss_gib']:.2f} GiB after the Bayesian model, {r['peak_rss_gib']:.2f} GiB for the whole run. "
         f"Bayesian training: {b['samples_per_s']:.0f} samples/s in the SVI steps, "
@@ -310,6 +350,8 @@ def parse(argv=None):
     p.add_argument("--eval-batch", type=int, default=16384)
     p.add_argument("--max-rank", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr-decay", type=float, default=0.0,
+                   help="the share of the steps, at the end, over which every learner's rate falls linearly to 0")
     p.add_argument("--lambda-step", type=float, default=0.1)
     p.add_argument("--scale-down", type=int, default=None,
                    help="the hashed baseline's large tables are this many times smaller (default 1000; 10 with --tiny)")
@@ -318,6 +360,12 @@ def parse(argv=None):
     p.add_argument("--reference", action="store_true",
                    help="also train the generator's own model class (its logit's form, TTM at the planted ranks) "
                         "as a point estimate: what the best-specified learner reaches from these samples")
+    p.add_argument("--id-order", choices=ID_ORDERS, default="shuffled",
+                   help="category ids: a pseudo-random bijection of the frequency ranks (shuffled, default) or the "
+                        "ranks themselves (frequency: the most frequent category first)")
+    p.add_argument("--reference-warm", type=float, default=0.0, metavar="OVERLAP",
+                   help="also train the generator's model class started near the truth (each core OVERLAP times "
+                        "the planted one plus noise): whether the samples hold the planted tables")
     p.add_argument("--shrink-rows", type=float, default=1.0,
                    help="divide the large tables' row modes by this (tables about its cube smaller)")
     p.add_argument("--bottom", type=int, nargs="*", default=None, help="hidden widths (default 256; 32 with --tiny)")
@@ -347,7 +395,7 @@ def main(argv=None):
     result = run(args)
     os.makedirs(args.out, exist_ok=True)
     name = ("dlrm_smoke" if args.smoke else "dlrm_tiny" if args.tiny else "dlrm" if args.shrink_rows == 1
-            else f"dlrm_rows_shrunk_{args.shrink_rows:g}")
+            else f"dlrm_rows_shrunk_{args.shrink_rows:g}") + ("_ids_by_frequency" if args.id_order == "frequency" else "")
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:

@@ -45,12 +45,30 @@ def test_dlrm_reference_is_the_generators_logit_at_its_true_parameters():
     torch.testing.assert_close(form(dense.double(), sparse), gen.logits(dense, sparse), rtol=0, atol=1e-12)
 
 
+def test_dlrm_reference_started_near_the_truth_shares_the_stated_overlap():
+    from tensorbayes.data.clicks import ClickGenerator
+
+    gen = ClickGenerator.tiny(seed=3)
+    planted = _load("dlrm").PlantedForm
+    exact = planted(gen, overlap=1.0)
+    for t, cores in zip(gen.planted_tables, exact.cores):
+        for core, true in zip(cores, gen.factors[t]):
+            torch.testing.assert_close(core.data, true.float())
+    torch.manual_seed(0)
+    near = planted(gen, overlap=0.6)
+    ours = torch.cat([c.data.flatten() / c.data.std() for cores in near.cores for c in cores])
+    truth = torch.cat([c.flatten().float() / c.std().float() for t in gen.planted_tables for c in gen.factors[t]])
+    assert abs(torch.corrcoef(torch.stack([ours, truth]))[0, 1].item() - 0.6) < 0.1  # about 1300 entries
+    with pytest.raises(ValueError, match=r"overlap must lie in \[0, 1\]"):
+        planted(gen, overlap=1.5)
+
+
 @pytest.mark.slow
 def test_dlrm_smoke(tmp_path):
     _load("dlrm").main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--reference",
-                          "--out", str(tmp_path)])
-    result = json.loads((tmp_path / "dlrm_smoke.json").read_text())
-    text = (tmp_path / "dlrm_smoke.md").read_text()
+                          "--reference-warm", "0.7", "--id-order", "frequency", "--lr-decay", "0.5", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "dlrm_smoke_ids_by_frequency.json").read_text())
+    text = (tmp_path / "dlrm_smoke_ids_by_frequency.md").read_text()
     assert text.startswith("# DLRM") and "point estimate without Pyro" in text and "own model class" in text
     b = result["bayesian"]
     for key in ("peak_rss_gib", "samples_per_s", "accuracy", "auc", "tables", "model_params_before",
@@ -62,6 +80,11 @@ def test_dlrm_smoke(tmp_path):
     assert {"accuracy", "auc", "samples_per_s", "params"} <= set(result["dense_baseline"])
     assert {"accuracy", "auc", "samples_per_s"} <= set(result["point_estimate"])
     assert {"accuracy", "auc", "samples_per_s"} <= set(result["reference"])
+    assert result["reference_warm"]["overlap"] == 0.7 and "started at overlap 0.7" in text
+    assert result["bayes_optimal"]["accuracy_without_interactions"] < result["bayes_optimal"]["accuracy"]
+    assert "without the planted tables' interactions" in text
+    assert result["config"]["id_order"] == "frequency" and "numbered by frequency" in text
+    assert "over the last 50 % of its steps" in text
     assert 0 <= b["accuracy"] <= 1 and result["peak_rss_gib"] > 0
 
 
