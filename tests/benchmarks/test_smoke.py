@@ -89,6 +89,20 @@ def test_dlrm_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_dlrm_search_smoke(tmp_path):
+    search = _load("dlrm_search")
+    search.main(["--smoke", "--no-progress", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "dlrm_search_smoke.json").read_text())
+    text = (tmp_path / "dlrm_search_smoke.md").read_text()
+    assert [c["case"] for c in result["cases"]] == [case[0] for case in search.SMOKE_CASES]
+    for c in result["cases"]:
+        assert 0.5 < c["floor"] < c["bayes_optimal"] < 1 and 0 < c["reached"] < 1
+        assert c["share_found"] == pytest.approx((c["reached"] - c["floor"]) / (c["bayes_optimal"] - c["floor"]))
+        assert c["case"] in text
+    assert result["cases"][1]["id_order"] == "frequency" and result["cases"][1]["overlap"] == 0.7
+
+
+@pytest.mark.slow
 def test_layers_smoke(tmp_path, monkeypatch):
     layers = _load("layers")
     monkeypatch.setattr(layers, "SMOKE_ROWS", [10**3, 10**5])
