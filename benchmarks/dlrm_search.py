@@ -91,7 +91,7 @@ def markdown(r):
     ]
     for c in r["cases"]:
         lines.append(f"| {c['case']} | {max(c['large_table_rows']):,} | {100 * c['bayes_optimal']:.2f} % | "
-                     f"{100 * c['floor']:.2f} % | {100 * c['reached']:.2f} % | {100 * c['share_found']:.0f} % |")
+                     f"{100 * c['floor']:.2f} % | {100 * c['reached']:.2f} % | {round(100 * c['share_found']):d} % |")
     return "\n".join(lines) + "\n"
 
 
