@@ -393,15 +393,20 @@ def main(argv=None):
     args = parse(argv)
     torch.set_num_threads(args.threads)
     result = run(args)
-    os.makedirs(args.out, exist_ok=True)
     name = ("dlrm_smoke" if args.smoke else "dlrm_tiny" if args.tiny else "dlrm" if args.shrink_rows == 1
             else f"dlrm_rows_shrunk_{args.shrink_rows:g}") + ("_ids_by_frequency" if args.id_order == "frequency" else "")
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_results(args.out, name, result, markdown(result))
     return result
+
+
+def write_results(out, name, result, text):
+    """Write ``result`` to ``out/name.json`` and ``text`` to ``out/name.md``, and print ``text``."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write(text)
+    print(text)
 
 
 if __name__ == "__main__":

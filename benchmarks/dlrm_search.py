@@ -19,7 +19,6 @@ rows the planted tables have (full size, their row modes divided by 10, the tiny
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ import torch
 from tensorbayes.data.clicks import ClickGenerator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dlrm import PlantedForm, generator, train_dense  # noqa: E402
+from dlrm import PlantedForm, generator, train_dense, write_results  # noqa: E402
 
 #: ``(label, row shrink or "tiny", id order, overlap of the start with the planted cores)``.
 CASES = [
@@ -119,15 +118,8 @@ def main(argv=None):
     args = parse(argv)
     torch.set_num_threads(args.threads)
     cases = [run_case(*case, args) for case in (SMOKE_CASES if args.smoke else CASES)]
-    config = {k: v for k, v in vars(args).items()}
-    result = {"config": config, "cases": cases}
-    os.makedirs(args.out, exist_ok=True)
-    name = "dlrm_search_smoke" if args.smoke else "dlrm_search"
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    result = {"config": vars(args), "cases": cases}
+    write_results(args.out, "dlrm_search_smoke" if args.smoke else "dlrm_search", result, markdown(result))
     return result
 
 
