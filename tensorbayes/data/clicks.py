@@ -9,7 +9,14 @@ are low-rank TTM tensors of known ranks (rows ``(a, b, c)`` by columns ``(4, 4, 
 paper's shapes), so the ranks a model should find are known; a row is gathered from the
 planted cores by mixed-radix indexing and the table (10⁹ entries and more) is never formed.
 The Bayes-optimal accuracy ``E[max(p, 1 - p)]`` is estimated on a test stream
-(:meth:`ClickGenerator.bayes_optimal`).
+(:meth:`ClickGenerator.bayes_optimal`), with the floor of a learner that found none of the planted
+tables' interactions.
+
+Category ids are a fixed pseudo-random bijection of the frequency ranks (``id_order="shuffled"``,
+as hashing numbers them) or the ranks themselves (``"frequency"``, the limit of numbering in
+order of first appearance). At full size the order decides whether gradient descent from a
+random start finds the planted tables: with ids by frequency the most frequent rows share their
+cores' first slices (``benchmarks/dlrm_search.py`` measures it).
 
 :class:`ClickStream` is the log itself: a map-style :class:`torch.utils.data.Dataset` of
 ``num_samples`` examples whose example ``i`` is a deterministic function of the seed, the
@@ -58,8 +65,8 @@ from ..formats import get_format
 __all__ = [
     "CRITEO_KAGGLE_CARDINALITIES",
     "ClickGenerator",
-    "ID_ORDERS",
     "ClickStream",
+    "ID_ORDERS",
     "PAPER_COL_SHAPE",
     "PAPER_ROW_SHAPES",
     "PLANTED_RANKS",
