@@ -271,16 +271,14 @@ def run(args):
     del before_net
     if args.point_estimate:
         result["point_estimate"] = train_point_estimate(gen, train, test, args)
-    if args.reference:
-        torch.manual_seed(args.seed)
-        form = PlantedForm(gen)
-        result["reference"] = {**train_dense(form, train, args, desc="generator's model class"),
-                               **evaluate(form, test, args.eval_batch)}
+    references = [("reference", 0.0, "generator's model class")] if args.reference else []
     if args.reference_warm:
+        references.append(("reference_warm", args.reference_warm, "the same, started near the truth"))
+    for key, overlap, desc in references:
         torch.manual_seed(args.seed)
-        form = PlantedForm(gen, overlap=args.reference_warm)
-        result["reference_warm"] = {**train_dense(form, train, args, desc="the same, started near the truth"),
-                                    **evaluate(form, test, args.eval_batch), "overlap": args.reference_warm}
+        form = PlantedForm(gen, overlap=overlap)
+        result[key] = {**train_dense(form, train, args, desc=desc), **evaluate(form, test, args.eval_batch),
+                       "overlap": overlap}
     torch.manual_seed(args.seed)
     base = baseline_net(gen, model, args)
     result["dense_baseline"] = {**train_dense(base, train, args), **evaluate(base, test, args.eval_batch),

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from tensorbayes.data.clicks import ClickGenerator
+from tensorbayes.data.clicks import ClickGenerator, expected_accuracy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dlrm import PlantedForm, generator, train_dense, write_results  # noqa: E402
@@ -53,11 +53,10 @@ def make_generator(rows, id_order, seed):
 
 
 @torch.no_grad()
-def expected_accuracy(form, gen, test):
-    """``E[p]`` of the side the learner's logit chooses, under the true click probability."""
+def reached_accuracy(form, gen, test):
+    """The learner's expected accuracy on ``test``, under the true click probability."""
     dense, sparse, _, prob = gen.sample(torch.arange(len(test)), test.stream)
-    logit = form(dense, sparse).double()
-    return torch.where(logit > 0, prob, 1 - prob).mean().item()
+    return expected_accuracy(form(dense, sparse), prob)
 
 
 def run_case(label, rows, id_order, overlap, args):
@@ -68,7 +67,7 @@ def run_case(label, rows, id_order, overlap, args):
     form = PlantedForm(gen, overlap=overlap)
     t0 = time.perf_counter()
     train_dense(form, train, args, desc=label)
-    reached = expected_accuracy(form, gen, test)
+    reached = reached_accuracy(form, gen, test)
     bayes, floor = marks["accuracy"], marks["accuracy_without_interactions"]
     return {"case": label, "rows": rows, "id_order": id_order, "overlap": overlap,
             "large_table_rows": [gen.cardinalities[t] for t in gen.planted_tables],

@@ -71,6 +71,7 @@ __all__ = [
     "PAPER_ROW_SHAPES",
     "PLANTED_RANKS",
     "auc",
+    "expected_accuracy",
 ]
 
 #: Criteo Kaggle's 26 categorical cardinalities (DLRM reference code, ``--data-set=kaggle``).
@@ -315,7 +316,7 @@ class ClickGenerator:
             idx = torch.arange(start, min(start + batch_size, len(stream)))
             dense, sparse, y, p = self.sample(idx, stream.stream)
             expected += torch.maximum(p, 1 - p).sum().item()
-            floor += torch.where(self.logits(dense, sparse, interactions=False) > 0, p, 1 - p).sum().item()
+            floor += expected_accuracy(self.logits(dense, sparse, interactions=False), p) * len(idx)
             hits += ((p > 0.5).float() == y).sum().item()
             clicks += y.sum().item()
             count += len(idx)
@@ -332,6 +333,11 @@ def _stream_id(stream):
     if stream not in _STREAMS:
         raise ValueError(f"stream must be one of {sorted(_STREAMS)} or a non-negative int, got {stream!r}")
     return _STREAMS[stream]
+
+
+def expected_accuracy(logits, prob):
+    """The accuracy expected of deciding "click" where ``logits > 0``, clicks drawn with probability ``prob``."""
+    return torch.where(logits > 0, prob, 1 - prob).double().mean().item()
 
 
 def auc(scores, labels):
