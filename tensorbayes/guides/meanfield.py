@@ -21,6 +21,7 @@ __all__ = ["MeanField", "low_rank_tensors"]
 
 _LAMBDA_GUIDES = ("delta", "lognormal")
 _LAMBDA_UPDATES = ("closed_form", "gradient")
+_M_STEPS = ("em", "mackay")
 
 
 def low_rank_tensors(model):
@@ -88,9 +89,12 @@ class MeanField(PyroModule):
     :param float init_scale: initial posterior standard deviation of a factor entry, relative
         to the spread of its initial loc.
     :param int seed: seed of the random initial locs (default: drawn from torch's generator).
+    :param str m_step: the closed-form update of λ (:meth:`update_lambdas`): "em" (default) or
+        "mackay", the same stationary points reached faster where most entries of a slice are
+        prior-dominated.
     """
 
-    def __init__(self, model, lambda_guide="delta", lambda_update=None, init_scale=0.1, seed=None):
+    def __init__(self, model, lambda_guide="delta", lambda_update=None, init_scale=0.1, seed=None, m_step="em"):
         super().__init__()
         if lambda_guide not in _LAMBDA_GUIDES:
             raise ValueError(f"lambda_guide must be one of {_LAMBDA_GUIDES}, got {lambda_guide!r}")
@@ -102,6 +106,10 @@ class MeanField(PyroModule):
             raise ValueError("lambda_update='closed_form' needs lambda_guide='delta'")
         if not (isinstance(init_scale, (int, float)) and init_scale > 0):
             raise ValueError(f"init_scale must be a positive number, got {init_scale!r}")
+        if m_step not in _M_STEPS:
+            raise ValueError(f"m_step must be one of {_M_STEPS}, got {m_step!r}")
+        if m_step != "em" and lambda_update != "closed_form":
+            raise ValueError(f"m_step={m_step!r} needs lambda_update='closed_form'")
         tensors = low_rank_tensors(model)
         if not tensors:
             raise ValueError("model holds no LowRankTensor: MeanField has nothing to approximate")
@@ -115,6 +123,7 @@ class MeanField(PyroModule):
         )
         self.lambda_guide = lambda_guide
         self.lambda_update = lambda_update
+        self.m_step = m_step
         self.to(_model_dtype(model))
 
     def tensors(self):
@@ -160,16 +169,33 @@ class MeanField(PyroModule):
     def update_lambdas(self, step_size=1.0):
         """
         One damped closed-form update of every λ point estimate (METHOD.md §3):
-        ``λ ← λ^(1-s) λ*^s`` where ``λ*`` maximizes ``E_q[log p(factors | λ)] + log p(λ)`` given
-        the current factor posteriors, bond by bond.
+        ``λ ← λ^(1-s) λ*^s``, bond by bond.
+
+        With ``m_step="em"``, ``λ*`` maximizes ``E_q[log p(factors | λ)] + log p(λ)`` given the
+        current factor posteriors: the prior's :meth:`~tensorbayes.priors.RankPrior.update` of
+        ``M = E_q‖slice‖²`` over the slice's ``D`` entries (each divided by the other scales in
+        its variance). An entry the data leave at its prior (``s² ≈ σ²``) adds ``λ`` to
+        ``M / D`` whatever λ is, so where most entries of a slice are prior-dominated this
+        step barely moves λ: the slow convergence of EM for ARD.
+
+        With ``m_step="mackay"`` (MacKay 1992), ``M`` is the posterior means' squared norm
+        ``‖loc‖²`` alone and ``D`` the number of well-determined entries
+        ``γ = Σ (1 - s²/σ²)`` (each term clipped to ``[0, 1]``), so prior-dominated entries
+        count for neither. Where no term is clipped, ``M - Dλ`` is the same for both pairs,
+        so both steps have the same stationary points, priors included; this one gets there
+        in far fewer steps. It never exceeds the EM step's ``λ*`` (which guards a slice whose
+        entries are all prior-dominated, ``γ → 0``).
         """
         if self.lambda_update != "closed_form":
             raise RuntimeError("update_lambdas needs lambda_update='closed_form'")
         for tensor, post in self.tensors():
-            second = [loc**2 + s**2 for loc, s in zip(post.locs, post.scales())]
+            locs, variances = list(post.locs), [s**2 for s in post.scales()]
+            second = [loc**2 + v for loc, v in zip(locs, variances)]
             for b in range(len(tensor.layout.ranks)):  # bond by bond, each seeing the ones updated before it
                 lambdas = [post.log_lambda(i).exp() for i in range(len(tensor.layout.ranks))]
                 ((m, d),) = tensor.slice_moments(second, lambdas, bonds=[b])
+                if self.m_step == "mackay":
+                    m, d = _mackay_moments(tensor, locs, variances, lambdas, b, m, d)
                 new = tensor.prior.damped_update(lambdas[b], m, d, step_size)
                 post.set_log_lambda(b, new.log())
 
@@ -197,6 +223,19 @@ class MeanField(PyroModule):
             post.set_log_lambda(b, post.log_lambda(b).detach()[idx].clone())
             if self.lambda_guide == "lognormal":
                 post.raw_lambda_scales[b] = torch.nn.Parameter(post.raw_lambda_scales[b].detach()[idx].clone())
+
+
+def _mackay_moments(tensor, locs, variances, lambdas, b, m, d):
+    """
+    ``(M, D)`` of MacKay's update for bond ``b`` (see :meth:`MeanField.update_lambdas`), or the
+    EM pair ``(m, d)`` for the indices where MacKay's ``λ*`` would be the larger.
+    """
+    prior = tensor.prior_variances(lambdas)
+    ((m_loc, _),) = tensor.slice_moments([loc**2 for loc in locs], lambdas, bonds=[b])
+    ((spread, _),) = tensor.slice_moments([torch.minimum(v, p) for v, p in zip(variances, prior)], lambdas, bonds=[b])
+    gamma = (d - spread / lambdas[b]).clamp(min=1e-3)  # a thousandth of an entry: keeps M / γ finite
+    faster = tensor.prior.update(m_loc, gamma) < tensor.prior.update(m, d)
+    return torch.where(faster, m_loc, m), torch.where(faster, gamma, torch.as_tensor(d, dtype=m.dtype))
 
 
 def _model_dtype(model):

@@ -141,6 +141,82 @@ def test_update_lambdas_damped_is_geometric():
     torch.testing.assert_close(damped, lam**0.75 * full_step**0.25, rtol=1e-10, atol=0)
 
 
+def _set_small_scale_posterior(model, guide, seed=0):
+    """Random locs and λ, posterior scales well below the prior's: no term of γ is clipped."""
+    gen = torch.Generator().manual_seed(seed)
+    tensor = model.tensor
+    locs = [torch.randn(s, generator=gen, dtype=D) for s in tensor.layout.factor_shapes]
+    scales = [torch.rand(s, generator=gen, dtype=D) * 0.05 + 0.01 for s in tensor.layout.factor_shapes]
+    lambdas = [torch.rand(r, generator=gen, dtype=D) + 0.5 for r in tensor.layout.ranks]
+    guide.set_posterior(tensor, locs, scales, lambdas)
+    return locs, scales, lambdas
+
+
+@pytest.mark.parametrize("prior", ["half_cauchy", "gamma", "log_uniform"])
+def test_mackay_step_is_the_prior_update_of_well_determined_entries(prior):
+    # CP: one bond; U_k[:, j] ~ N(0, λ_j). γ_j = Σ_entries (1 - s²/λ_j), M_j = Σ loc².
+    model = TensorCompletion((3, 4, 5), format="cp", max_rank=3, prior=prior, noise=0.1)
+    guide = MeanField(model, seed=1, m_step="mackay")
+    model.double()
+    guide.double()
+    locs, scales, (lam,) = _set_small_scale_posterior(model, guide)
+    m_loc = sum(loc.pow(2).sum(0) for loc in locs)
+    gamma = sum((1 - s.pow(2) / lam).sum(0) for s in scales)
+    m = m_loc + sum(s.pow(2).sum(0) for s in scales)
+    update = model.tensor.prior.update
+    expected = torch.minimum(update(m_loc, gamma), update(m, torch.full_like(m, 12)))
+    guide.update_lambdas(step_size=1)
+    (got,) = guide.lambdas()["tensor"]
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
+    assert not torch.allclose(got, update(m, torch.full_like(m, 12)))
+
+
+def test_mackay_step_shrinks_a_prior_dominated_index_where_em_barely_moves():
+    # CP, two components with λ = 1. Component 0 is needed: every entry well determined, loc² = 4.
+    # Component 1 is not: the first row of each factor is determined (small s) at loc 0, the
+    # other rows sit at their prior (s² = λ, loc 0), as rows no data reach do.
+    shape = (20, 30, 40)
+    model = TensorCompletion(shape, format="cp", max_rank=2, prior="log_uniform", noise=0.1)
+    model.double()
+    locs, scales = [], []
+    for n in shape:
+        loc = torch.zeros(n, 2, dtype=D)
+        loc[:, 0] = 2.0
+        scale = torch.full((n, 2), 0.1, dtype=D)
+        scale[1:, 1] = 1.0
+        locs.append(loc)
+        scales.append(scale)
+    steps = {}
+    for m_step in ("em", "mackay"):
+        guide = MeanField(model, m_step=m_step).double()
+        guide.set_posterior(model.tensor, locs, scales, [torch.ones(2, dtype=D)])
+        guide.update_lambdas(step_size=1)
+        (steps[m_step],) = guide.lambdas()["tensor"]
+    assert steps["em"][1] > 0.9  # 87 of the 90 entries keep E[x²] = λ
+    assert steps["mackay"][1] < 1e-3 * steps["em"][1]
+    torch.testing.assert_close(steps["mackay"][0], steps["em"][0], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("fmt, shape", [("tt", (4, 5, 6)), ("ttm", (2, 3, 4, 3, 2)), ("tucker", (4, 5, 6))])
+def test_mackay_and_em_steps_share_their_stationary_points(fmt, shape):
+    # EM's λ given the factor posteriors, iterated bond by bond to its fixed point, is also a
+    # fixed point of MacKay's step (METHOD.md §3: both maximize the same objective there).
+    model = TensorCompletion(shape, format=fmt, max_rank=3, noise=0.1)
+    guide = MeanField(model, seed=1)
+    model.double()
+    guide.double()
+    _set_small_scale_posterior(model, guide)
+    for _ in range(200):
+        guide.update_lambdas(step_size=1)
+    em = guide.lambdas()["tensor"]
+    guide.update_lambdas(step_size=1)
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=0) for a, b in zip(em, guide.lambdas()["tensor"]))  # converged
+    guide.m_step = "mackay"
+    guide.update_lambdas(step_size=1)
+    for a, b in zip(em, guide.lambdas()["tensor"]):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=0)
+
+
 def test_lognormal_lambda_guide():
     planted, model, guide = _setup("tt", lambda_guide="lognormal")
     assert guide.lambda_update == "gradient"
@@ -172,6 +248,8 @@ def test_lognormal_lambda_guide():
         (dict(init_scale=0), "init_scale"),
         (dict(init_scale=-0.1), "init_scale"),
         (dict(init_scale="big"), "init_scale"),
+        (dict(m_step="newton"), "m_step"),
+        (dict(m_step="mackay", lambda_update="gradient"), "m_step"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, name):
