@@ -189,13 +189,13 @@ class MeanField(PyroModule):
         if self.lambda_update != "closed_form":
             raise RuntimeError("update_lambdas needs lambda_update='closed_form'")
         for tensor, post in self.tensors():
-            locs, variances = list(post.locs), [s**2 for s in post.scales()]
-            second = [loc**2 + v for loc, v in zip(locs, variances)]
+            means2, variances = [loc**2 for loc in post.locs], [s**2 for s in post.scales()]
+            second = [m + v for m, v in zip(means2, variances)]
             for b in range(len(tensor.layout.ranks)):  # bond by bond, each seeing the ones updated before it
                 lambdas = [post.log_lambda(i).exp() for i in range(len(tensor.layout.ranks))]
                 ((m, d),) = tensor.slice_moments(second, lambdas, bonds=[b])
                 if self.m_step == "mackay":
-                    m, d = _mackay_moments(tensor, locs, variances, lambdas, b, m, d)
+                    m, d = _mackay_moments(tensor, means2, variances, lambdas, b, m, d)
                 new = tensor.prior.damped_update(lambdas[b], m, d, step_size)
                 post.set_log_lambda(b, new.log())
 
@@ -225,13 +225,13 @@ class MeanField(PyroModule):
                 post.raw_lambda_scales[b] = torch.nn.Parameter(post.raw_lambda_scales[b].detach()[idx].clone())
 
 
-def _mackay_moments(tensor, locs, variances, lambdas, b, m, d):
+def _mackay_moments(tensor, means2, variances, lambdas, b, m, d):
     """
     ``(M, D)`` of MacKay's update for bond ``b`` (see :meth:`MeanField.update_lambdas`), or the
     EM pair ``(m, d)`` for the indices where MacKay's ``λ*`` would be the larger.
     """
     prior = tensor.prior_variances(lambdas)
-    ((m_loc, _),) = tensor.slice_moments([loc**2 for loc in locs], lambdas, bonds=[b])
+    ((m_loc, _),) = tensor.slice_moments(means2, lambdas, bonds=[b])
     ((spread, _),) = tensor.slice_moments([torch.minimum(v, p) for v, p in zip(variances, prior)], lambdas, bonds=[b])
     gamma = (d - spread / lambdas[b]).clamp(min=1e-3)  # a thousandth of an entry: keeps M / γ finite
     faster = tensor.prior.update(m_loc, gamma) < tensor.prior.update(m, d)
