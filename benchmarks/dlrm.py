@@ -205,13 +205,17 @@ def evaluate(net, test, batch):
 
 
 def table_report(model, guide, gen):
+    """Per planted table: its ranks, found and planted, parameter counts, and the readout's
+    canonical bond weights (each bond's, relative to its largest) that the found ranks come from."""
     found = tb.ranks(model, guide)
+    weights = tb.rank.bond_weights(model, guide)
     rows = []
     for row in tb.compression_report(model, guide):
         t = int(row["tensor"].split(".")[1][1:]) - 1
         rows.append({"table": f"C{t + 1}", "rows": gen.cardinalities[t], "planted": list(gen.ranks[t]),
                      "found": list(found[row["tensor"]]), "max_ranks": list(row["max_ranks"]),
-                     "params_max": row["params_max"], "params_found": row["params"], "dense": row["dense"]})
+                     "params_max": row["params_max"], "params_found": row["params"], "dense": row["dense"],
+                     "bond_weights": [[round(x, 5) for x in (w / w[0]).tolist()] for w in weights[row["tensor"]]]})
     return rows
 
 
@@ -237,7 +241,7 @@ def run(args):
     rss0 = peak_rss_gib()
 
     model = build(gen, args)
-    guide = tb.guides.MeanField(model, seed=args.seed)
+    guide = tb.guides.MeanField(model, seed=args.seed, m_step=args.m_step)
     params_before = sum(p.numel() for p in guide.parameters()) // 2 + sum(p.numel() for p in model.parameters())
     bayes_train = train_bayesian(model, guide, train, args)
     rss_bayes = peak_rss_gib()
@@ -299,6 +303,8 @@ def markdown(r):
            "compares with the full-size tables).", ""] if r["config"].get("tiny") else []),
         *([f"Every learner's rate falls linearly to 0 over the last {100 * r['config']['lr_decay']:g} % of its steps "
            "(`--lr-decay`).", ""] if r["config"].get("lr_decay") else []),
+        *([f"λ is updated by MacKay's fixed-point step (`--m-step {r['config']['m_step']}`, "
+           "`tb.guides.MeanField(m_step=...)`).", ""] if r["config"].get("m_step", "em") != "em" else []),
         *(["Category ids are numbered by frequency (`--id-order frequency`): the most frequent category of "
            "every table has id 0.", ""] if r["config"].get("id_order") == "frequency" else []),
         *([f"The large tables' row modes are divided by {r['config']['shrink_rows']:g} (the paper's compression "
@@ -351,6 +357,8 @@ def parse(argv=None):
     p.add_argument("--lr-decay", type=float, default=0.0,
                    help="the share of the steps, at the end, over which every learner's rate falls linearly to 0")
     p.add_argument("--lambda-step", type=float, default=0.1)
+    p.add_argument("--m-step", choices=("em", "mackay"), default="em",
+                   help="the guide's closed-form λ update (tb.guides.MeanField's m_step)")
     p.add_argument("--scale-down", type=int, default=None,
                    help="the hashed baseline's large tables are this many times smaller (default 1000; 10 with --tiny)")
     p.add_argument("--point-estimate", action="store_true",
@@ -392,7 +400,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     result = run(args)
     name = ("dlrm_smoke" if args.smoke else "dlrm_tiny" if args.tiny else "dlrm" if args.shrink_rows == 1
-            else f"dlrm_rows_shrunk_{args.shrink_rows:g}") + ("_ids_by_frequency" if args.id_order == "frequency" else "")
+            else f"dlrm_rows_shrunk_{args.shrink_rows:g}") + ("_ids_by_frequency" if args.id_order == "frequency" else "") + (
+        f"_{args.m_step}" if args.m_step != "em" else "")
     write_results(args.out, name, result, markdown(result))
     return result
 

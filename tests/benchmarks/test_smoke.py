@@ -66,9 +66,10 @@ def test_dlrm_reference_started_near_the_truth_shares_the_stated_overlap():
 @pytest.mark.slow
 def test_dlrm_smoke(tmp_path):
     _load("dlrm").main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--reference",
-                          "--reference-warm", "0.7", "--id-order", "frequency", "--lr-decay", "0.5", "--out", str(tmp_path)])
-    result = json.loads((tmp_path / "dlrm_smoke_ids_by_frequency.json").read_text())
-    text = (tmp_path / "dlrm_smoke_ids_by_frequency.md").read_text()
+                          "--reference-warm", "0.7", "--id-order", "frequency", "--lr-decay", "0.5", "--m-step", "mackay",
+                          "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "dlrm_smoke_ids_by_frequency_mackay.json").read_text())
+    text = (tmp_path / "dlrm_smoke_ids_by_frequency_mackay.md").read_text()
     assert text.startswith("# DLRM") and "point estimate without Pyro" in text and "own model class" in text
     b = result["bayesian"]
     for key in ("peak_rss_gib", "samples_per_s", "accuracy", "auc", "tables", "model_params_before",
@@ -76,6 +77,10 @@ def test_dlrm_smoke(tmp_path):
         assert key in b
     assert {t["table"] for t in b["tables"]} == {"C3", "C4", "C12", "C16", "C21"}
     assert all(len(t["planted"]) == len(t["found"]) == 2 for t in b["tables"])
+    for t in b["tables"]:  # the readout's weights: one non-increasing vector per bond, led by 1
+        assert [len(w) for w in t["bond_weights"]] == t["max_ranks"]
+        assert all(w[0] == 1 and all(a >= c for a, c in zip(w, w[1:])) for w in t["bond_weights"])
+    assert result["config"]["m_step"] == "mackay" and "MacKay" in text
     assert 0.5 < result["bayes_optimal"]["accuracy"] < 1
     assert {"accuracy", "auc", "samples_per_s", "params"} <= set(result["dense_baseline"])
     assert {"accuracy", "auc", "samples_per_s"} <= set(result["point_estimate"])
