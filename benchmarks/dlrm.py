@@ -28,6 +28,11 @@ reaches from the same samples; ``--reference-warm OVERLAP`` adds it started near
 The table also gives the generator's expected accuracy without its planted tables' pairwise
 interactions: what a learner reaches that has learned everything but them.
 
+Where the planted tables are small enough to form (the tiny log), the learned tables are also
+turned back onto the planted ones by the rotation of the embedding space and the scale per
+table that a DLRM cannot tell apart (:func:`turned_back`), and the first-bond spectrum's
+largest drop is reported before and after: what the clicks can tell of the first-bond ranks.
+
     python benchmarks/dlrm.py [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--reference] [--reference-warm 0.7] [--id-order frequency] [--tiny] [--smoke] [--out benchmarks/results]
 """
 
@@ -46,6 +51,7 @@ from tqdm.auto import tqdm
 
 import tensorbayes as tb
 from tensorbayes.data.clicks import ID_ORDERS, PAPER_ROW_SHAPES, ClickGenerator, auc
+from tensorbayes.guides.meanfield import low_rank_tensors
 from tensorbayes.infer.fit import Schedule, sparse_tables
 from tensorbayes.models.dlrm import DLRM, DLRMNet
 
@@ -219,6 +225,82 @@ def table_report(model, guide, gen):
     return rows
 
 
+#: The largest planted table (rows x embedding dim) that :func:`turned_back` forms densely: the tiny log's.
+TURN_BACK_MAX_ENTRIES = 2**22
+
+
+def learned_tables(gen, model, guide):
+    """The posterior-mean planted tables of a Bayesian DLRM, dense float64 ``{table: (rows, dim)}``."""
+    tensors = low_rank_tensors(model)
+    return {t: tensors[f"net.C{t + 1}.weight"].layout.to_matrix([f.double() for f in guide.factor_means(
+        tensors[f"net.C{t + 1}.weight"])]) for t in gen.planted_tables}
+
+
+def bond_spectra(gen, t, table):
+    """The singular values of a dense planted-shape table's TTM bond unfoldings (its canonical
+    bond weights), each bond's relative to its largest."""
+    rows, cols = gen.row_shapes[t], gen.col_shape
+    modes = table.reshape(*rows, *cols).permute(*[i for k in range(len(rows)) for i in (k, len(rows) + k)])
+    spectra = []
+    for bond in range(len(rows) - 1):
+        s = torch.linalg.svdvals(modes.reshape(math.prod(modes.shape[:2 * bond + 2]), -1))
+        spectra.append(s / s[0])
+    return spectra
+
+
+def turned_back(gen, learned, rounds=5):
+    """
+    The learned tables turned back onto the planted ones by one orthogonal rotation of the
+    embedding space shared by all tables (orthogonal Procrustes) and a scale per table.
+
+    A DLRM sees its embeddings only through dot products (the top MLP weighs every pair's dot
+    separately), so a rotation common to all embeddings, and a scale or sign per table, leave
+    its function unchanged; a rotation that mixes the first two column modes raises the first
+    bond's TTM rank (``tests/data/test_clicks.py``). Turned back, a learned table's first-bond
+    spectrum shows the rank the clicks can tell: its largest drop sits at the planted rank
+    when the learner found the planted table up to those symmetries.
+
+    :param dict learned: ``{table: dense (rows, dim)}``.
+    :returns: ``{table: (dense turned-back table, scale)}``, the scales summing to a positive number.
+    """
+    true = {t: gen.layouts[t].to_matrix(gen.factors[t]) for t in learned}
+    signs = {t: 1.0 for t in learned}
+    for _ in range(rounds):  # the rotation given the signs, then each table's sign given the rotation
+        u, _, vh = torch.linalg.svd(sum(signs[t] * true[t].T @ learned[t] for t in learned))
+        rotation = u @ vh  # learned ~ scale * true @ rotation
+        signs = {t: math.copysign(1.0, float((learned[t] @ rotation.T * true[t]).sum())) for t in learned}
+    scales = {t: float((learned[t] @ rotation.T * true[t]).sum() / true[t].pow(2).sum()) for t in learned}
+    if sum(scales.values()) < 0:  # (rotation, scales) and (-rotation, -scales) are the same fit: pick one
+        rotation, scales = -rotation, {t: -c for t, c in scales.items()}
+    return {t: (learned[t] @ rotation.T, scales[t]) for t in learned}
+
+
+def turned_back_report(gen, model, guide):
+    """Per planted table, the first-bond spectrum of the learned table before and after
+    :func:`turned_back`, the position of its largest drop, and the relative distance to the
+    planted table after turning; ``None`` when a planted table is too large to form densely."""
+    if any(gen.cardinalities[t] * gen.embedding_dim > TURN_BACK_MAX_ENTRIES for t in gen.planted_tables):
+        return None
+    learned = learned_tables(gen, model, guide)
+    rows = []
+    for t, (back, scale) in turned_back(gen, learned).items():
+        before, after = bond_spectra(gen, t, learned[t])[0], bond_spectra(gen, t, back)[0]
+        true = gen.layouts[t].to_matrix(gen.factors[t])
+        rows.append({"table": f"C{t + 1}", "planted": gen.ranks[t][0], "largest_drop_before": largest_drop(before),
+                     "largest_drop_turned_back": largest_drop(after), "scale": scale,
+                     "relative_error": float((back - scale * true).norm() / (scale * true).norm()),
+                     "first_bond_before": [round(x, 5) for x in before.tolist()],
+                     "first_bond_turned_back": [round(x, 5) for x in after.tolist()]})
+    return rows
+
+
+def largest_drop(weights):
+    """The number of leading weights (relative to the largest) before the largest ratio between
+    consecutive ones, weights below the readout's threshold (1 %) counting as the threshold."""
+    w = weights.clamp_min(tb.rank.DEFAULT_THRESHOLD * weights[0])
+    return int(torch.argmax(w[:-1] / w[1:])) + 1
+
+
 def train_point_estimate(gen, train, test, args):
     """
     The Bayesian model's network at its initial factor means (the same seed), trained as a plain
@@ -246,6 +328,7 @@ def run(args):
     bayes_train = train_bayesian(model, guide, train, args)
     rss_bayes = peak_rss_gib()
     tables = table_report(model, guide, gen)
+    turned = turned_back_report(gen, model, guide)
     before_net = model.export(guide)
     tb.prune(model, guide)
     net = model.export(guide)
@@ -262,6 +345,7 @@ def run(args):
             **bayes_train, **bayes_eval, "unpruned": bayes_eval_unpruned,
             "peak_rss_gib": rss_bayes, "rss_before_gib": rss0,
             "tables": tables,
+            "turned_back": turned,
             "tensorized_params_max": sum(r["params_max"] for r in tables),
             "tensorized_params_found": tensor_params,
             "tensorized_dense_params": dense_table_params,
@@ -342,6 +426,15 @@ def markdown(r):
     for t in b["tables"]:
         lines.append(f"| {t['table']} | {t['rows']:,} | {tuple(t['planted'])} | {tuple(t['found'])} | "
                      f"{t['params_max']:,} | {t['params_found']:,} |")
+    if b.get("turned_back"):
+        lines += ["", "The first bond up to the DLRM's symmetries (one rotation of the embedding space shared by all "
+                  "tables, a scale per table): where the learned first-bond spectrum drops most, before and after "
+                  "turning the learned tables back onto the planted ones (`turned_back` in the JSON).", "",
+                  "| table | planted first-bond rank | largest drop, learned | largest drop, turned back | "
+                  "distance to planted, turned back |", "|---|---|---|---|---|"]
+        for t in b["turned_back"]:
+            lines.append(f"| {t['table']} | {t['planted']} | {t['largest_drop_before']} | "
+                         f"{t['largest_drop_turned_back']} | {100 * t['relative_error']:.0f} % |")
     return "\n".join(lines) + "\n"
 
 

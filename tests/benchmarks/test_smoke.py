@@ -63,6 +63,24 @@ def test_dlrm_reference_started_near_the_truth_shares_the_stated_overlap():
         planted(gen, overlap=1.5)
 
 
+def test_turned_back_undoes_a_rotation_shared_by_the_tables_and_a_scale_per_table():
+    from tensorbayes.data.clicks import ClickGenerator
+
+    dlrm = _load("dlrm")
+    gen = ClickGenerator.tiny(seed=3)
+    dim = gen.embedding_dim
+    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    scales = dict(zip(gen.planted_tables, (2.0, -3.0, 0.5, 4.0, -1.0)))
+    true = {t: gen.layouts[t].to_matrix(gen.factors[t]) for t in gen.planted_tables}
+    learned = {t: scales[t] * true[t] @ rotation for t in gen.planted_tables}
+    for t, (back, scale) in dlrm.turned_back(gen, learned).items():
+        assert scale == pytest.approx(scales[t], rel=1e-10)
+        torch.testing.assert_close(back, scales[t] * true[t], rtol=0, atol=1e-10)
+        r0, r1 = gen.ranks[t]
+        assert dlrm.largest_drop(dlrm.bond_spectra(gen, t, back)[0]) == r0
+        assert [dlrm.largest_drop(w) for w in dlrm.bond_spectra(gen, t, learned[t])] != [r0, r1]  # turned, it hides them
+
+
 @pytest.mark.slow
 def test_dlrm_smoke(tmp_path):
     _load("dlrm").main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--reference",
@@ -81,6 +99,7 @@ def test_dlrm_smoke(tmp_path):
         assert [len(w) for w in t["bond_weights"]] == t["max_ranks"]
         assert all(w[0] == 1 and all(a >= c for a, c in zip(w, w[1:])) for w in t["bond_weights"])
     assert result["config"]["m_step"] == "mackay" and "MacKay" in text
+    assert {t["table"] for t in b["turned_back"]} == {"C3", "C4", "C12", "C16", "C21"} and "turned back" in text
     assert 0.5 < result["bayes_optimal"]["accuracy"] < 1
     assert {"accuracy", "auc", "samples_per_s", "params"} <= set(result["dense_baseline"])
     assert {"accuracy", "auc", "samples_per_s"} <= set(result["point_estimate"])
