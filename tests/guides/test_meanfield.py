@@ -90,12 +90,13 @@ def test_lambda_buffers_follow_double():
     assert all(lam.dtype == D for lam in guide.lambdas()["tensor"])
 
 
-def _set_random_posterior(model, guide, seed=0):
+def _set_random_posterior(model, guide, seed=0, max_scale=0.31, min_lambda=0.2):
+    """Random locs, scales in ``[0.01, max_scale)`` and λ in ``[min_lambda, min_lambda + 1)``."""
     gen = torch.Generator().manual_seed(seed)
     tensor = model.tensor
     locs = [torch.randn(s, generator=gen, dtype=D) for s in tensor.layout.factor_shapes]
-    scales = [torch.rand(s, generator=gen, dtype=D) * 0.3 + 0.01 for s in tensor.layout.factor_shapes]
-    lambdas = [torch.rand(r, generator=gen, dtype=D) + 0.2 for r in tensor.layout.ranks]
+    scales = [torch.rand(s, generator=gen, dtype=D) * (max_scale - 0.01) + 0.01 for s in tensor.layout.factor_shapes]
+    lambdas = [torch.rand(r, generator=gen, dtype=D) + min_lambda for r in tensor.layout.ranks]
     guide.set_posterior(tensor, locs, scales, lambdas)
     return locs, scales, lambdas
 
@@ -141,15 +142,10 @@ def test_update_lambdas_damped_is_geometric():
     torch.testing.assert_close(damped, lam**0.75 * full_step**0.25, rtol=1e-10, atol=0)
 
 
-def _set_small_scale_posterior(model, guide, seed=0):
-    """Random locs and λ, posterior scales well below the prior's: no term of γ is clipped."""
-    gen = torch.Generator().manual_seed(seed)
-    tensor = model.tensor
-    locs = [torch.randn(s, generator=gen, dtype=D) for s in tensor.layout.factor_shapes]
-    scales = [torch.rand(s, generator=gen, dtype=D) * 0.05 + 0.01 for s in tensor.layout.factor_shapes]
-    lambdas = [torch.rand(r, generator=gen, dtype=D) + 0.5 for r in tensor.layout.ranks]
-    guide.set_posterior(tensor, locs, scales, lambdas)
-    return locs, scales, lambdas
+def _set_small_scale_posterior(model, guide):
+    """Posterior scales well below the prior's (at most 0.06 against λ products of at least
+    0.25): no term of γ is clipped."""
+    return _set_random_posterior(model, guide, max_scale=0.06, min_lambda=0.5)
 
 
 @pytest.mark.parametrize("prior", ["half_cauchy", "gamma", "log_uniform"])
