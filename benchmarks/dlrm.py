@@ -51,6 +51,8 @@ from tqdm.auto import tqdm
 
 import tensorbayes as tb
 from tensorbayes.data.clicks import ID_ORDERS, PAPER_ROW_SHAPES, ClickGenerator, auc
+from tensorbayes.formats import TTM
+from tensorbayes.formats.canonical import canonicalize
 from tensorbayes.guides.meanfield import low_rank_tensors
 from tensorbayes.infer.fit import Schedule, sparse_tables
 from tensorbayes.models.dlrm import DLRM, DLRMNet
@@ -215,9 +217,10 @@ def table_report(model, guide, gen):
     canonical bond weights (each bond's, relative to its largest) that the found ranks come from."""
     found = tb.ranks(model, guide)
     weights = tb.rank.bond_weights(model, guide)
+    tables = {tensor_name(t): t for t in gen.planted_tables}
     rows = []
     for row in tb.compression_report(model, guide):
-        t = int(row["tensor"].split(".")[1][1:]) - 1
+        t = tables[row["tensor"]]
         rows.append({"table": f"C{t + 1}", "rows": gen.cardinalities[t], "planted": list(gen.ranks[t]),
                      "found": list(found[row["tensor"]]), "max_ranks": list(row["max_ranks"]),
                      "params_max": row["params_max"], "params_found": row["params"], "dense": row["dense"],
@@ -229,26 +232,28 @@ def table_report(model, guide, gen):
 TURN_BACK_MAX_ENTRIES = 2**22
 
 
+def tensor_name(table):
+    """The name of planted table ``table``'s low-rank tensor in the Bayesian DLRM (0-based feature position)."""
+    return f"net.C{table + 1}.weight"
+
+
 def learned_tables(gen, model, guide):
     """The posterior-mean planted tables of a Bayesian DLRM, dense float64 ``{table: (rows, dim)}``."""
     tensors = low_rank_tensors(model)
     tables = {}
     for t in gen.planted_tables:
-        tensor = tensors[f"net.C{t + 1}.weight"]
+        tensor = tensors[tensor_name(t)]
         tables[t] = tensor.layout.to_matrix([f.double() for f in guide.factor_means(tensor)])
     return tables
 
 
 def bond_spectra(gen, t, table):
-    """The singular values of a dense planted-shape table's TTM bond unfoldings (its canonical
-    bond weights), each bond's relative to its largest."""
-    rows, cols = gen.row_shapes[t], gen.col_shape
-    modes = table.reshape(*rows, *cols).permute(*[i for k in range(len(rows)) for i in (k, len(rows) + k)])
-    spectra = []
-    for bond in range(len(rows) - 1):
-        s = torch.linalg.svdvals(modes.reshape(math.prod(modes.shape[:2 * bond + 2]), -1))
-        spectra.append(s / s[0])
-    return spectra
+    """The readout's canonical bond weights (:func:`~tensorbayes.formats.canonical.canonicalize`)
+    of a dense planted-shape table, decomposed at full rank, each bond's relative to its largest."""
+    shape = gen.layouts[t].shape
+    cores = TTM.decompose(table.reshape(shape), max(shape) ** len(shape))
+    _, weights = canonicalize(TTM(shape, [core.shape[-1] for core in cores[:-1]]), cores)
+    return [w / w[0] for w in weights]
 
 
 def turned_back(gen, learned, rounds=5):
