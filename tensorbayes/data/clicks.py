@@ -261,6 +261,25 @@ class ClickGenerator:
             return rank
         return (rank * self.multipliers[table] + self.shifts[table]) % n
 
+    def frequency_ranks(self, table, ids):
+        """
+        The frequency rank of category ``ids`` in ``table`` (0 for the most frequent): the inverse
+        of :meth:`categories`' numbering, the ids themselves with ``id_order="frequency"``.
+
+        :param int table: a categorical feature's position.
+        :param ids: int64 category ids of that table.
+        """
+        if not (isinstance(table, int) and 0 <= table < self.num_tables):
+            raise ValueError(f"table must be an int in [0, {self.num_tables}), got {table!r}")
+        ids = torch.as_tensor(ids)
+        if ids.dtype != torch.int64:
+            raise TypeError(f"ids must be int64 category ids, got dtype {ids.dtype}")
+        if self.id_order == "frequency":
+            return ids
+        n = self.cardinalities[table]
+        inverse = pow(self.multipliers[table], -1, n)
+        return ((ids - self.shifts[table]) % n) * inverse % n
+
     def logits(self, dense, sparse, interactions=True):
         """
         The true logit of every example, float64 ``(n,)``.

@@ -85,6 +85,21 @@ def test_frequency_id_order_numbers_categories_by_frequency_over_the_same_truth(
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("id_order", ["shuffled", "frequency"])
+def test_frequency_ranks_invert_the_numbering_of_categories(id_order):
+    gen = ClickGenerator(seed=3, id_order=id_order)  # full size: ids up to 11e6 (no int64 overflow)
+    u = torch.rand(20_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    by_frequency = ClickGenerator(seed=3, id_order="frequency")
+    for t in (0, 2, 8, 25):
+        assert torch.equal(gen.frequency_ranks(t, gen.categories(t, u)), by_frequency.categories(t, u))
+    everything = torch.arange(gen.cardinalities[5])  # a bijection onto the ranks
+    assert torch.equal(gen.frequency_ranks(5, everything).sort().values, everything)
+    with pytest.raises(ValueError, match="table must be an int"):
+        gen.frequency_ranks(26, everything)
+    with pytest.raises(TypeError, match="ids must be int64"):
+        gen.frequency_ranks(5, everything.int())
+
+
 def test_planted_rows_come_from_the_planted_factors():
     gen = ClickGenerator.tiny(seed=1)
     for t in gen.planted_tables:
