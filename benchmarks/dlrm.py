@@ -146,6 +146,23 @@ class PlantedForm(torch.nn.Module):
         total = sum(embedded)  # the sum over pairs s < t of <e_s, e_t>
         return logit + 0.5 * ((total * total).sum(-1) - sum((e * e).sum(-1) for e in embedded))
 
+    @torch.no_grad()
+    def start_at_truth(self):
+        """
+        Set every parameter to the generator's (in this module's dtype) and return ``self``.
+        Trained from there, it tells how far the optimizer alone carries a learner from the truth
+        in one pass over the samples: what no start can do better than.
+        """
+        gen = self.gen
+        self.bias.fill_(gen.bias)
+        self.dense_weight.copy_(gen.dense_weight)
+        for t, table in zip(gen.small, self.effects):
+            table.weight.copy_(gen.effects[t][:, None])
+        for t, cores in zip(gen.planted_tables, self.cores):
+            for core, true in zip(cores, gen.factors[t]):
+                core.copy_(true)
+        return self
+
 
 def _split_params(module):
     """``(dense parameters, sparse table weights)`` of a plain torch network."""
@@ -202,14 +219,58 @@ def train_dense(net, train, args, desc="dense baseline"):
     return {"train_seconds": step_time, "samples_per_s": len(train) * args.epochs / step_time}
 
 
+#: Test examples are grouped by how many of their planted-table lookups are rare (:func:`rare_lookups`);
+#: the last group holds this many or more.
+RARE_GROUPS = 3
+
+
+def rare_lookups(gen, sparse):
+    """
+    How many of each example's planted-table lookups are rare: of a category outside its table's
+    ``prod(row_shape[1:])`` most frequent, as many as one slice of the first TTM core holds (with
+    ids by frequency, exactly the rows off the first core's first slice).
+    """
+    return sum((gen.frequency_ranks(t, sparse[:, t]) >= math.prod(gen.row_shapes[t][1:])).long()
+               for t in gen.planted_tables)
+
+
 @torch.no_grad()
-def evaluate(net, test, batch):
+def truth_of(test, batch):
+    """``(probability, group)``: the click probability every test example was drawn with, in stream
+    order, and its number of rare lookups (:func:`rare_lookups`, at most :data:`RARE_GROUPS`)."""
+    gen, probs, groups = test.generator, [], []
+    for start in range(0, len(test), batch):
+        _, sparse, _, prob = gen.sample(torch.arange(start, min(start + batch, len(test))), test.stream)
+        probs.append(prob)
+        groups.append(rare_lookups(gen, sparse).clamp_max(RARE_GROUPS))
+    return torch.cat(probs), torch.cat(groups)
+
+
+def by_group(values, groups):
+    """The mean of ``values`` in each group ``0..RARE_GROUPS`` (``None`` for an empty one)."""
+    return [values[groups == g].mean().item() if (groups == g).any() else None for g in range(RARE_GROUPS + 1)]
+
+
+def bayes_optimal_by_group(truth):
+    """Each group's share of the test examples and its Bayes-optimal accuracy ``E[max(p, 1 - p)]``."""
+    prob, groups = truth
+    return {"share": [(groups == g).double().mean().item() for g in range(RARE_GROUPS + 1)],
+            "accuracy": by_group(torch.maximum(prob, 1 - prob), groups)}
+
+
+@torch.no_grad()
+def evaluate(net, test, batch, truth):
+    """Accuracy and AUC on the drawn test clicks, and the expected accuracy under the true click
+    probability (``truth`` from :func:`truth_of`), overall and by number of rare lookups."""
     probs, labels = [], []
     for dense, sparse, clicks in test.batches(batch):
         probs.append(torch.sigmoid(net(dense, sparse)))
         labels.append(clicks)
     p, y = torch.cat(probs), torch.cat(labels)
-    return {"accuracy": ((p > 0.5).float() == y).double().mean().item(), "auc": auc(p, y)}
+    prob, groups = truth
+    expected = torch.where(p > 0.5, prob, 1 - prob)
+    return {"accuracy": ((p > 0.5).float() == y).double().mean().item(), "auc": auc(p, y),
+            "expected_accuracy": expected.mean().item(), "expected_accuracy_by_rare_lookups": by_group(expected, groups)}
 
 
 def table_report(model, guide, gen):
@@ -309,7 +370,7 @@ def largest_drop(weights):
     return int(torch.argmax(w[:-1] / w[1:])) + 1
 
 
-def train_point_estimate(gen, train, test, args):
+def train_point_estimate(gen, train, test, truth, args):
     """
     The Bayesian model's network at its initial factor means (the same seed), trained as a plain
     torch point estimate: no Pyro, no priors, no rank shrinkage. It tells the optimization's
@@ -319,7 +380,7 @@ def train_point_estimate(gen, train, test, args):
     model = build(gen, args)
     net = model.export(tb.guides.MeanField(model, seed=args.seed))
     del model
-    return {**train_dense(net, train, args, desc="point estimate"), **evaluate(net, test, args.eval_batch)}
+    return {**train_dense(net, train, args, desc="point estimate"), **evaluate(net, test, args.eval_batch, truth)}
 
 
 def run(args):
@@ -328,6 +389,7 @@ def run(args):
     gen = (ClickGenerator.tiny(seed=args.seed, id_order=args.id_order) if args.smoke or args.tiny
            else generator(args.shrink_rows, args.seed, args.id_order))
     train, test = gen.stream(args.samples, "train"), gen.stream(args.test, "test")
+    truth = truth_of(test, args.eval_batch)
     rss0 = peak_rss_gib()
 
     model = build(gen, args)
@@ -340,15 +402,15 @@ def run(args):
     before_net = model.export(guide)
     tb.prune(model, guide)
     net = model.export(guide)
-    bayes_eval = evaluate(net, test, args.eval_batch)
-    bayes_eval_unpruned = evaluate(before_net, test, args.eval_batch)
+    bayes_eval = evaluate(net, test, args.eval_batch, truth)
+    bayes_eval_unpruned = evaluate(before_net, test, args.eval_batch, truth)
     tensor_params = sum(r["params_found"] for r in tables)
     dense_table_params = sum(r["dense"] for r in tables)
     plain = sum(p.numel() for p in model.parameters())
     result = {
         "config": {k: v for k, v in vars(args).items()},
         "threads": torch.get_num_threads(),
-        "bayes_optimal": gen.bayes_optimal(test, args.eval_batch),
+        "bayes_optimal": {**gen.bayes_optimal(test, args.eval_batch), "by_rare_lookups": bayes_optimal_by_group(truth)},
         "bayesian": {
             **bayes_train, **bayes_eval, "unpruned": bayes_eval_unpruned,
             "peak_rss_gib": rss_bayes, "rss_before_gib": rss0,
@@ -366,18 +428,22 @@ def run(args):
     }
     del before_net
     if args.point_estimate:
-        result["point_estimate"] = train_point_estimate(gen, train, test, args)
-    references = [("reference", 0.0, "generator's model class")] if args.reference else []
+        result["point_estimate"] = train_point_estimate(gen, train, test, truth, args)
+    references = []  # (key, start, overlap with the truth, description)
+    if args.reference:
+        references += [("reference", lambda: PlantedForm(gen), 0.0, "generator's model class"),
+                       ("reference_truth", lambda: PlantedForm(gen).start_at_truth(), 1.0, "the same, from the truth")]
     if args.reference_warm:
-        references.append(("reference_warm", args.reference_warm, "the same, started near the truth"))
-    for key, overlap, desc in references:
+        references.append(("reference_warm", lambda: PlantedForm(gen, overlap=args.reference_warm), args.reference_warm,
+                           "the same, started near the truth"))
+    for key, start, overlap, desc in references:
         torch.manual_seed(args.seed)
-        form = PlantedForm(gen, overlap=overlap)
-        result[key] = {**train_dense(form, train, args, desc=desc), **evaluate(form, test, args.eval_batch),
+        form = start()
+        result[key] = {**train_dense(form, train, args, desc=desc), **evaluate(form, test, args.eval_batch, truth),
                        "overlap": overlap}
     torch.manual_seed(args.seed)
     base = baseline_net(gen, model, args)
-    result["dense_baseline"] = {**train_dense(base, train, args), **evaluate(base, test, args.eval_batch),
+    result["dense_baseline"] = {**train_dense(base, train, args), **evaluate(base, test, args.eval_batch, truth),
                                 "params": sum(p.numel() for p in base.parameters()), "scale_down": args.scale_down}
     result["peak_rss_gib"] = peak_rss_gib()
     return result
@@ -413,6 +479,9 @@ def markdown(r):
            f"{r['point_estimate']['auc']:.4f} | {r['point_estimate']['samples_per_s']:.0f} | |"] if "point_estimate" in r else []),
         *([f"| generator's own model class at the planted ranks, point estimate | {100 * r['reference']['accuracy']:.3f} % | "
            f"{r['reference']['auc']:.4f} | {r['reference']['samples_per_s']:.0f} | |"] if "reference" in r else []),
+        *([f"| the same, every parameter started at the truth | {100 * r['reference_truth']['accuracy']:.3f} % | "
+           f"{r['reference_truth']['auc']:.4f} | {r['reference_truth']['samples_per_s']:.0f} | |"]
+          if "reference_truth" in r else []),
         *([f"| the same, its cores started at overlap {r['reference_warm']['overlap']:g} with the planted ones | "
            f"{100 * r['reference_warm']['accuracy']:.3f} % | {r['reference_warm']['auc']:.4f} | "
            f"{r['reference_warm']['samples_per_s']:.0f} | |"] if "reference_warm" in r else []),
@@ -434,6 +503,7 @@ def markdown(r):
     for t in b["tables"]:
         lines.append(f"| {t['table']} | {t['rows']:,} | {tuple(t['planted'])} | {tuple(t['found'])} | "
                      f"{t['params_max']:,} | {t['params_found']:,} |")
+    lines += rare_lookups_section(r)
     if b.get("turned_back"):
         lines += ["", "The first bond up to the DLRM's symmetries (one rotation of the embedding space shared by all "
                   "tables, a scale per table): where the learned first-bond spectrum drops most, before and after "
@@ -444,6 +514,34 @@ def markdown(r):
             lines.append(f"| {t['table']} | {t['planted']} | {t['largest_drop_before']} | "
                          f"{t['largest_drop_turned_back']} | {100 * t['relative_error']:.0f} % |")
     return "\n".join(lines) + "\n"
+
+
+#: The learners of a result, by key, as :func:`rare_lookups_section` names them.
+LEARNERS = {"bayesian": "Bayesian DLRM", "dense_baseline": "hashed baseline", "point_estimate": "point estimate",
+            "reference": "own model class", "reference_truth": "the same, from the truth",
+            "reference_warm": "the same, from overlap {overlap:g}"}
+
+
+def rare_lookups_section(r):
+    """Markdown lines: each learner's expected accuracy by number of rare lookups, against the Bayes-optimal."""
+    optimal = r["bayes_optimal"].get("by_rare_lookups")
+    if optimal is None:
+        return []
+    keys = [k for k in LEARNERS if k in r]
+    names = [LEARNERS[k].format(overlap=r[k].get("overlap", 0)) for k in keys]
+    pct = lambda x: "" if x is None else f"{100 * x:.2f} %"
+    lines = ["", "Where the accuracy is lost: the expected accuracy (under the true click probability) of the test "
+             "examples grouped by how many of their five planted-table lookups are rare, of a category outside its "
+             "table's most frequent ones that one slice of the first TTM core holds (`rare_lookups`).", "",
+             "| rare lookups | share of examples | " + " | ".join(names) + " | Bayes-optimal |",
+             "|---" * (len(names) + 3) + "|"]
+    for g, (share, best) in enumerate(zip(optimal["share"], optimal["accuracy"])):
+        label = f"{g} or more" if g == RARE_GROUPS else str(g)
+        cells = [pct(r[k]["expected_accuracy_by_rare_lookups"][g]) for k in keys]
+        lines.append(f"| {label} | {100 * share:.1f} % | " + " | ".join(cells) + f" | {pct(best)} |")
+    cells = [pct(r[k]["expected_accuracy"]) for k in keys]
+    lines.append("| all | 100 % | " + " | ".join(cells) + f" | {pct(r['bayes_optimal']['accuracy'])} |")
+    return lines
 
 
 def parse(argv=None):
@@ -466,7 +564,8 @@ def parse(argv=None):
                    help="also train the same TTM network as a plain torch point estimate (no Pyro, no priors)")
     p.add_argument("--reference", action="store_true",
                    help="also train the generator's own model class (its logit's form, TTM at the planted ranks) "
-                        "as a point estimate: what the best-specified learner reaches from these samples")
+                        "as a point estimate, from a random start (what the best-specified learner reaches from "
+                        "these samples) and from the truth (how far the optimizer alone carries it away)")
     p.add_argument("--id-order", choices=ID_ORDERS, default="shuffled",
                    help="category ids: a pseudo-random bijection of the frequency ranks (shuffled, default) or the "
                         "ranks themselves (frequency: the most frequent category first)")

@@ -32,17 +32,29 @@ def test_dlrm_reference_is_the_generators_logit_at_its_true_parameters():
     from tensorbayes.data.clicks import ClickGenerator
 
     gen = ClickGenerator.tiny(seed=3)
-    form = _load("dlrm").PlantedForm(gen).double()
-    with torch.no_grad():
-        form.bias.fill_(gen.bias)
-        form.dense_weight.copy_(gen.dense_weight)
-        for t, table in zip(gen.small, form.effects):
-            table.weight.copy_(gen.effects[t][:, None])
-        for t, cores in zip(gen.planted_tables, form.cores):
-            for core, true in zip(cores, gen.factors[t]):
-                core.copy_(true)
+    form = _load("dlrm").PlantedForm(gen).double().start_at_truth()
     dense, sparse, _ = gen.stream(500, "test")[0:500]
     torch.testing.assert_close(form(dense.double(), sparse), gen.logits(dense, sparse), rtol=0, atol=1e-12)
+
+
+def test_dlrm_expected_accuracy_of_the_truth_is_bayes_optimal_in_every_rare_lookup_group():
+    from tensorbayes.data.clicks import ClickGenerator
+
+    dlrm = _load("dlrm")
+    gen = ClickGenerator.tiny(seed=3, id_order="frequency")
+    test = gen.stream(3000, "test")
+    truth = dlrm.truth_of(test, 1024)
+    optimal = dlrm.bayes_optimal_by_group(truth)
+    scores = dlrm.evaluate(dlrm.PlantedForm(gen).start_at_truth(), test, 1024, truth)
+    assert scores["expected_accuracy"] == pytest.approx(gen.bayes_optimal(test)["accuracy"], abs=1e-12)
+    assert scores["expected_accuracy_by_rare_lookups"] == pytest.approx(optimal["accuracy"], abs=1e-12)
+    assert sum(optimal["share"]) == pytest.approx(1.0) and min(optimal["share"]) > 0
+    # the groups count lookups off each table's 100 most frequent categories, whatever the ids' order
+    _, sparse, _ = test[0:3000]
+    direct = sum((sparse[:, t] >= 100).long() for t in gen.planted_tables).clamp_max(dlrm.RARE_GROUPS)
+    assert torch.equal(truth[1], direct)
+    shuffled = ClickGenerator.tiny(seed=3).stream(3000, "test")
+    assert torch.equal(dlrm.truth_of(shuffled, 1024)[1], direct)
 
 
 def test_dlrm_reference_started_near_the_truth_shares_the_stated_overlap():
@@ -104,6 +116,10 @@ def test_dlrm_smoke(tmp_path):
     assert {"accuracy", "auc", "samples_per_s", "params"} <= set(result["dense_baseline"])
     assert {"accuracy", "auc", "samples_per_s"} <= set(result["point_estimate"])
     assert {"accuracy", "auc", "samples_per_s"} <= set(result["reference"])
+    assert result["reference_truth"]["overlap"] == 1.0 and "started at the truth" in text
+    for key in ("bayesian", "dense_baseline", "point_estimate", "reference", "reference_truth", "reference_warm"):
+        assert len(result[key]["expected_accuracy_by_rare_lookups"]) == len(result["bayes_optimal"]["by_rare_lookups"]["share"])
+    assert "Where the accuracy is lost" in text and "| 3 or more |" in text
     assert result["reference_warm"]["overlap"] == 0.7 and "started at overlap 0.7" in text
     assert result["bayes_optimal"]["accuracy_without_interactions"] < result["bayes_optimal"]["accuracy"]
     assert "without the planted tables' interactions" in text
