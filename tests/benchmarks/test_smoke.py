@@ -93,6 +93,27 @@ def test_turned_back_undoes_a_rotation_shared_by_the_tables_and_a_scale_per_tabl
         assert [dlrm.largest_drop(w) for w in dlrm.bond_spectra(gen, t, learned[t])] != [r0, r1]  # turned, it hides them
 
 
+def test_planted_fit_is_zero_up_to_the_dlrms_symmetries_and_large_for_unrelated_tables():
+    from tensorbayes.data.clicks import ClickGenerator
+
+    dlrm = _load("dlrm")
+    gen = ClickGenerator.tiny(seed=3, id_order="frequency")
+    dim, test = gen.embedding_dim, gen.stream(2000, "test")
+    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    scales = dict(zip(gen.planted_tables, (2.0, -3.0, 0.5, 4.0, -1.0)))
+    turned = dlrm.planted_fit(gen, lambda t, ids: scales[t] * gen.embeddings(t, ids) @ rotation, test, chunk=700)
+    # distances are square roots of differences of O(1) sums: float64 leaves them near 1e-8
+    assert all(r["turned_back_distance"] < 1e-6 and r["linear_map_distance"] < 1e-5 for r in turned)
+    # a linear map per table (not orthogonal, not shared) is only undone by the per-table bound
+    maps = {t: torch.randn(dim, dim, generator=torch.Generator().manual_seed(t), dtype=torch.float64) for t in scales}
+    mapped = dlrm.planted_fit(gen, lambda t, ids: gen.embeddings(t, ids) @ maps[t], test)
+    assert all(r["turned_back_distance"] > 0.5 and r["linear_map_distance"] < 1e-5 for r in mapped)
+    # unrelated tables: no map brings them near
+    other = ClickGenerator.tiny(seed=4, id_order="frequency")
+    unrelated = dlrm.planted_fit(gen, other.embeddings, test)
+    assert all(r["turned_back_distance"] > 0.9 and r["linear_map_distance"] > 0.9 for r in unrelated)
+
+
 @pytest.mark.slow
 def test_dlrm_smoke(tmp_path):
     _load("dlrm").main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--reference",
@@ -112,6 +133,7 @@ def test_dlrm_smoke(tmp_path):
         assert all(w[0] == 1 and all(a >= c for a, c in zip(w, w[1:])) for w in t["bond_weights"])
     assert result["config"]["m_step"] == "mackay" and "MacKay" in text
     assert {t["table"] for t in b["turned_back"]} == {"C3", "C4", "C12", "C16", "C21"} and "turned back" in text
+    assert [t["table"] for t in b["planted_fit"]] == [t["table"] for t in b["tables"]] and "best linear map" in text
     assert 0.5 < result["bayes_optimal"]["accuracy"] < 1
     assert {"accuracy", "auc", "samples_per_s", "params"} <= set(result["dense_baseline"])
     assert {"accuracy", "auc", "samples_per_s"} <= set(result["point_estimate"])
