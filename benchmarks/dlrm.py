@@ -36,10 +36,12 @@ reaches that has learned everything but them. Every learner's expected accuracy 
 click probability) is also given by how many of a test example's planted lookups are rare
 (:func:`rare_lookups`), against the Bayes-optimal accuracy of the same examples.
 
-Where the planted tables are small enough to form (the tiny log), the learned tables are also
-turned back onto the planted ones by the rotation of the embedding space and the scale per
-table that a DLRM cannot tell apart (:func:`turned_back`), and the first-bond spectrum's
-largest drop is reported before and after: what the clicks can tell of the first-bond ranks.
+At any size, :func:`planted_fit` measures how near the learned tables are to the planted ones
+over the rows the test examples look up, up to the DLRM's symmetries. Where the planted tables
+are small enough to form (the tiny log), the learned tables are also turned back onto the
+planted ones by the rotation of the embedding space and the scale per table that a DLRM cannot
+tell apart (:func:`turned_back`), and the first-bond spectrum's largest drop is reported before
+and after: what the clicks can tell of the first-bond ranks.
 
     python benchmarks/dlrm.py [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--reference] [--reference-warm 0.7] [--id-order frequency] [--tiny] [--smoke] [--out benchmarks/results]
 """
@@ -309,7 +311,8 @@ def tensor_name(table):
 
 def learned_factors(gen, model, guide):
     """``{table: (layout, posterior-mean factors, float64)}`` of a Bayesian DLRM's planted tables."""
-    tensors = {t: low_rank_tensors(model)[tensor_name(t)] for t in gen.planted_tables}
+    tensors = low_rank_tensors(model)
+    tensors = {t: tensors[tensor_name(t)] for t in gen.planted_tables}
     return {t: (x.layout, [f.detach().double() for f in guide.factor_means(x)]) for t, x in tensors.items()}
 
 
@@ -422,14 +425,14 @@ def planted_fit(gen, rows, test, lookups=100_000, chunk=10_000):
             g["PP"] = g["PP"] + planted.T @ planted
     planted_sq = {t: g["PP"].trace().item() for t, g in grams.items()}
     rotation, scales = shared_rotation({t: g["PL"] for t, g in grams.items()}, planted_sq)
-    rows = []
+    report = []
     for t, g in grams.items():
         scale, planted2 = scales[t], planted_sq[t]
         turned = max(g["LL"].trace().item() - scale**2 * planted2, 0.0) / (scale**2 * planted2)
         linear = 1 - torch.trace(g["PL"] @ torch.linalg.pinv(g["LL"], hermitian=True) @ g["PL"].T).item() / planted2
-        rows.append({"table": f"C{t + 1}", "turned_back_distance": math.sqrt(turned),
-                     "linear_map_distance": math.sqrt(max(linear, 0.0))})
-    return rows
+        report.append({"table": f"C{t + 1}", "turned_back_distance": math.sqrt(turned),
+                       "linear_map_distance": math.sqrt(max(linear, 0.0))})
+    return report
 
 
 def largest_drop(weights):
@@ -601,6 +604,10 @@ LEARNERS = {"bayesian": "Bayesian DLRM", "dense_baseline": "hashed baseline", "p
             "reference_warm": "the same, from overlap {overlap:g}"}
 
 
+def _percent(x):
+    return "" if x is None else f"{100 * x:.2f} %"
+
+
 def rare_lookups_section(r):
     """Markdown lines: each learner's expected accuracy by number of rare lookups, against the Bayes-optimal."""
     optimal = r["bayes_optimal"].get("by_rare_lookups")
@@ -608,18 +615,17 @@ def rare_lookups_section(r):
         return []
     keys = [k for k in LEARNERS if k in r]
     names = [LEARNERS[k].format(overlap=r[k].get("overlap", 0)) for k in keys]
-    pct = lambda x: "" if x is None else f"{100 * x:.2f} %"
     lines = ["", "Where the accuracy is lost: the expected accuracy (under the true click probability) of the test "
-             "examples grouped by how many of their five planted-table lookups are rare, of a category outside its "
+             "examples grouped by how many of their planted-table lookups are rare, of a category outside its "
              "table's most frequent ones that one slice of the first TTM core holds (`rare_lookups`).", "",
              "| rare lookups | share of examples | " + " | ".join(names) + " | Bayes-optimal |",
              "|---" * (len(names) + 3) + "|"]
     for g, (share, best) in enumerate(zip(optimal["share"], optimal["accuracy"])):
         label = f"{g} or more" if g == RARE_GROUPS else str(g)
-        cells = [pct(r[k]["expected_accuracy_by_rare_lookups"][g]) for k in keys]
-        lines.append(f"| {label} | {100 * share:.1f} % | " + " | ".join(cells) + f" | {pct(best)} |")
-    cells = [pct(r[k]["expected_accuracy"]) for k in keys]
-    lines.append("| all | 100 % | " + " | ".join(cells) + f" | {pct(r['bayes_optimal']['accuracy'])} |")
+        cells = [_percent(r[k]["expected_accuracy_by_rare_lookups"][g]) for k in keys] + [_percent(best)]
+        lines.append(f"| {label} | {100 * share:.1f} % | " + " | ".join(cells) + " |")
+    cells = [_percent(r[k]["expected_accuracy"]) for k in keys] + [_percent(r["bayes_optimal"]["accuracy"])]
+    lines.append("| all | 100 % | " + " | ".join(cells) + " |")
     return lines
 
 
