@@ -9,10 +9,11 @@ Speed and memory of the tensorized layers against dense ones, measured in the sa
    :class:`~tensorbayes.models.BayesianRegressor` (noise fixed to 1) on the layer's output with
    a :class:`~tensorbayes.guides.MeanField` guide, its backward pass and Adam.
    Target: the 4096 x 4096 TTM layer (batch 256) at most half the dense step's time. The layer
-   is built with its default mode shapes, ``(8, 8, 8, 8)`` in and out; the same layer with the
-   explicit shapes of :data:`SPLIT_SHAPES` (in ``(4, 4, 16, 16)``, out ``(16, 16, 4, 4)``: the
-   same number of parameters, a cheaper split product, see :mod:`tensorbayes.formats.ttm`) is
-   measured beside it.
+   is built with its default mode shapes (in ``(4, 4, 16, 16)``, out ``(16, 16, 4, 4)``: the
+   pairing of the balanced cores that contracts most cheaply, see
+   :class:`~tensorbayes.models.TensorizedLinear`); the same layer with the balanced shapes
+   ``(8, 8, 8, 8)`` on both sides (the same cores and parameters, a split product four times
+   dearer) is measured beside it.
 2. The bag lookup (forward and backward) of a :class:`~tensorbayes.models.embedding_bag.TensorizedEmbeddingBag`
    (TTM, 128 columns, max rank 16) at 1e4 to 1e9 rows, each size in a fresh process: time per
    batch and peak resident memory; a dense :class:`torch.nn.EmbeddingBag` where it fits.
@@ -47,9 +48,6 @@ FORMATS = ("cp", "tucker", "tt", "ttm")
 GRID = [(256, 64, 8), (1024, 256, 16), (4096, 256, 16), (4096, 1024, 32)]
 SMOKE_GRID = [(64, 16, 4)]
 ROWS = [10**4, 10**5, 10**6, 10**7, 10**8, 10**9]
-#: Explicit TTM mode shapes (in, out) per size whose split product is cheap: small in modes
-#: left of the middle cut, small out modes right of it (the default shapes are balanced).
-SPLIT_SHAPES = {64: ((2, 2, 4, 4), (4, 4, 2, 2)), 4096: ((4, 4, 16, 16), (16, 16, 4, 4))}
 SMOKE_ROWS = [10**3, 10**6]
 
 
@@ -117,6 +115,7 @@ def linear_grid(grid, repeats):
             svi = _time(_svi_step(layer, x, y)[0], repeats)
             rows.append({"format": fmt, "size": size, "batch": batch, "max_rank": rank, "ranks": layer.layout.ranks,
                          "path": layer.choose_path(batch), "params": layer.layout.num_params(),
+                         "in_shape": layer.in_shape, "out_shape": layer.out_shape,
                          "dense_s": dense, "deterministic_s": det, "svi_s": svi,
                          "svi_over_dense": svi / dense, "svi_over_deterministic": svi / det,
                          "deterministic_over_dense": det / dense})
@@ -198,7 +197,7 @@ def profile_svi(size, batch, rank, repeats):
     x, y = torch.randn(batch, size), torch.randn(batch, size)
     step, _, _ = _svi_step(layer, x, y)
     det_step = _deterministic_step(TensorizedLinear(size, size, format="ttm", max_rank=rank), x, y)
-    in_shape, out_shape = SPLIT_SHAPES[size]
+    in_shape = out_shape = tb.models.factorize(size, len(layer.in_shape))
     shaped = dict(format="ttm", max_rank=rank, in_shape=in_shape, out_shape=out_shape)
     shaped_step, shaped_model, _ = _svi_step(TensorizedLinear(size, size, **shaped), x, y)
     shaped_det_step = _deterministic_step(TensorizedLinear(size, size, **shaped), x, y)
@@ -219,8 +218,8 @@ def profile_svi(size, batch, rank, repeats):
     # machine slows them all alike
     dense_step = _dense_step(size, x, y)
     steps = {"dense": dense_step, "deterministic": det_step, "svi": step,
-             "split_shapes_deterministic": shaped_det_step, "split_shapes_svi": shaped_step}
-    for fn in (dense_step, shaped_step, shaped_det_step):
+             "balanced_shapes_deterministic": shaped_det_step, "balanced_shapes_svi": shaped_step}
+    for fn in (dense_step, shaped_step, shaped_det_step):  # their first steps, as step's above
         fn()
     rounds = {key: [] for key in steps}
     for _ in range(repeats):
@@ -235,10 +234,10 @@ def profile_svi(size, batch, rank, repeats):
             "split": None if split is None else split._asdict(), "svi_step_s": wall, "deterministic_step_s": det,
             "interleaved_s": med, "interleaved_svi_over_dense": med["svi"] / med["dense"],
             "interleaved_deterministic_over_dense": med["deterministic"] / med["dense"],
-            "split_shapes": {"in_shape": in_shape, "out_shape": out_shape,
-                             "flops": shaped_model.net.flop_counts(batch)["contract"],
-                             "svi_over_dense": med["split_shapes_svi"] / med["dense"],
-                             "deterministic_over_dense": med["split_shapes_deterministic"] / med["dense"]},
+            "balanced_shapes": {"in_shape": in_shape, "out_shape": out_shape,
+                                "flops": shaped_model.net.flop_counts(batch)["contract"],
+                                "svi_over_dense": med["balanced_shapes_svi"] / med["dense"],
+                                "deterministic_over_dense": med["balanced_shapes_deterministic"] / med["dense"]},
             "flops": layer.flop_counts(batch), "dense_layer_flops": 2 * batch * size * size,
             "torch_op_time_s": top_level, "outside_torch_ops_share": max(0.0, 1 - top_level / wall),
             "ops_per_step": sum(e.count for e in events) / repeats, "top_ops": table}
@@ -252,18 +251,23 @@ def _split_words(p):
     return f"a split product cut at bond {split['bond']}, the input meeting the {side} cores first"
 
 
+def _modes(shape):
+    return "x".join(map(str, shape))
+
+
 def markdown(r):
     lines = [f"# Tensorized layers: speed and memory ({r['threads']} thread(s))", "",
              "## SVI step of TensorizedLinear against dense nn.Linear + Adam and the same layer without Pyro", "",
-             "| format | size | batch | max rank | path | params | dense ms | deterministic ms | SVI ms | SVI / dense | SVI / deterministic |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| format | size | modes (in -> out) | batch | max rank | path | params | dense ms | deterministic ms | SVI ms | SVI / dense | SVI / deterministic |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["linear"]:
-        lines.append(f"| {x['format']} | {x['size']} | {x['batch']} | {x['max_rank']} | {x['path']} | {x['params']:,} | "
+        modes = f"{_modes(x['in_shape'])} -> {_modes(x['out_shape'])}"
+        lines.append(f"| {x['format']} | {x['size']} | {modes} | {x['batch']} | {x['max_rank']} | {x['path']} | {x['params']:,} | "
                      f"{1e3 * x['dense_s']:.2f} | {1e3 * x['deterministic_s']:.2f} | {1e3 * x['svi_s']:.2f} | "
                      f"{x['svi_over_dense']:.2f} | {x['svi_over_deterministic']:.2f} |")
     t = r["targets"]
     p = r["profile"]
-    q = p["split_shapes"]
+    q = p["balanced_shapes"]
     lines += ["", f"Target, SVI step of the {p['size']} x {p['size']} TTM layer (batch {p['batch']}, max rank "
               f"{p['max_rank']}) at most 0.5x the dense step, measured interleaved: "
               f"{t['ttm_4096_svi_over_dense']:.2f}x ({'met' if t['ttm_4096_met'] else 'not met'}); dense "
@@ -272,10 +276,11 @@ def markdown(r):
               f"{p['in_shape']} -> {p['out_shape']}; its contraction ({_split_words(p)}) costs "
               f"{p['flops']['contract'] / p['dense_layer_flops']:.2f}x the dense product's FLOPs. "
               "(The grid above measures each step in turn: on a shared machine its ratios are noisier.)", "",
-              f"The same layer with explicit shapes {q['in_shape']} -> {q['out_shape']} (same parameter count, "
+              f"The same layer with the balanced shapes {q['in_shape']} -> {q['out_shape']} (the same cores and "
+              "parameter count, "
               f"{q['flops'] / p['dense_layer_flops']:.2f}x the dense product's FLOPs), in the same interleaved rounds: "
               f"SVI {q['svi_over_dense']:.2f}x dense, deterministic {q['deterministic_over_dense']:.2f}x dense "
-              f"(SVI {1e3 * p['interleaved_s']['split_shapes_svi']:.1f} ms).", "",
+              f"(SVI {1e3 * p['interleaved_s']['balanced_shapes_svi']:.1f} ms).", "",
               "## Bag lookup (forward + backward, batch of one-index bags, Zipf indices), one process per size", "",
               "| kind | rows | params | ms / batch | peak RSS MiB | RSS increase during lookups MiB |", "|---|---|---|---|---|---|"]
     for x in r["lookup"]:

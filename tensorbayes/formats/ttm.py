@@ -172,6 +172,24 @@ class TTM(TensorFormat):
             return None
         return best
 
+    def split_row_cost(self):
+        """
+        The multiply-adds per input row of the cheapest split product, by the closed form of
+        the module docs (``s * (N_in * O_right + I_left * N_out)``, or its mirror image), over
+        every cut; the merges of the cores, which do not grow with the batch, are left out.
+        ``None`` for a single core. A size for comparing mode shapes before any batch is seen
+        (:meth:`split` counts the FLOPs of one batch exactly).
+        """
+        cores = _num_cores(len(self.shape))
+        n_out, n_in = self.matrix_shape
+        costs = []
+        for bond in range(cores - 1):
+            out_left, in_left = (self._size(labels) for labels in self._side_labels(range(bond + 1)))
+            out_right, in_right = (self._size(labels) for labels in self._side_labels(range(bond + 1, cores)))
+            rank = self.ranks[bond]
+            costs += [rank * (n_in * out_right + in_left * n_out), rank * (n_in * out_left + in_right * n_out)]
+        return min(costs, default=None)
+
     def contract_flops(self, batch_size):
         split = self.split(batch_size)
         return super().contract_flops(batch_size) if split is None else split.flops

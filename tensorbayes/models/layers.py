@@ -23,7 +23,9 @@ the guide's parameters, not Bayesian sample sites.
 
 A size ``n`` is tensorized by :func:`factorize` into ``d`` balanced factors (``784 -> (4, 7,
 4, 7)``); a size that does not factor well raises :class:`FactorizationError` (a
-:class:`ValueError`) that suggests explicit shapes or a padded size.
+:class:`ValueError`) that suggests explicit shapes or a padded size. A TTM linear layer then
+re-pairs its in and out modes, keeping each core's size, where that makes its contraction
+cheaper (``4096 x 4096``: ``(4, 4, 16, 16) -> (16, 16, 4, 4)``, see :class:`TensorizedLinear`).
 
 Initialization: the guide's initial factor locs (``MeanField``, through
 :meth:`LowRankTensor.init_loc_scale <.tensor.LowRankTensor.init_loc_scale>`) are scaled so that
@@ -44,7 +46,7 @@ from pyro.nn import PyroModule
 
 from ..formats import get_format
 from ..formats.base import _planned_cost
-from .tensor import LowRankTensor
+from .tensor import LowRankTensor, _clip_ranks
 
 __all__ = [
     "FactorizationError",
@@ -271,6 +273,54 @@ def _auto_shapes(sizes, order, pad=()):
     raise FactorizationError(errors[-1])
 
 
+def _ordered_factorizations(n, d, max_ratio=MAX_RATIO):
+    """Every ``d``-tuple of factors of at least 2 with product ``n`` and ``largest / smallest <=
+    max_ratio``, in every order (ascending tuples first)."""
+    divisors = [f for f in _divisors(_prime_factors(n)) if f >= 2]
+    found = []
+
+    def search(rest, k, prefix):
+        if k == 1:
+            factors = prefix + (rest,)
+            if rest >= 2 and max(factors) <= max_ratio * min(factors):
+                found.append(factors)
+            return
+        for f in divisors:
+            if f > rest:
+                break
+            if rest % f == 0:
+                search(rest // f, k - 1, prefix + (f,))
+
+    search(n, d, ())
+    return found
+
+
+@lru_cache(maxsize=256)
+def _cheapest_ttm_pairing(in_shape, out_shape, ranks):
+    """
+    The in and out modes of a TTM weight whose split product costs the fewest multiply-adds
+    per input row (:meth:`TTM.split_row_cost <tensorbayes.formats.TTM.split_row_cost>`) among
+    those that keep every core's size ``m_k * n_k`` of ``(in_shape, out_shape)`` (and so its
+    parameter count and rank limits), every side's factors within :data:`MAX_RATIO`, at the
+    (clipped) ``ranks``. The given modes are kept unless another pairing is cheaper than both
+    them and the dense product. For ``4096 x 4096`` at rank 16 the balanced ``(8, 8, 8, 8)``
+    on both sides cost half the dense product; in ``(4, 4, 16, 16)`` with out ``(16, 16, 4,
+    4)``, an eighth.
+    """
+    fmt = get_format("ttm")
+    core_sizes = [m * n for m, n in zip(out_shape, in_shape)]
+
+    def row_cost(ins, outs):  # the same core sizes, so the same rank limits and clipped ranks
+        return fmt(outs + ins, ranks).split_row_cost()
+
+    best, best_cost = (in_shape, out_shape), min(row_cost(in_shape, out_shape), math.prod(core_sizes))
+    for ins in _ordered_factorizations(math.prod(in_shape), len(in_shape)):
+        for outs in _ordered_factorizations(math.prod(out_shape), len(out_shape)):
+            if [m * n for m, n in zip(outs, ins)] == core_sizes and row_cost(ins, outs) < best_cost:
+                best, best_cost = (ins, outs), row_cost(ins, outs)
+    return best
+
+
 def _check_init_variance(value, default):
     if value is None:
         return default
@@ -349,6 +399,13 @@ class TensorizedLinear(PyroModule):
     :param prior: the hyperprior on λ: "half_cauchy", "log_uniform" or "gamma" (or an object).
     :param tuple in_shape: the in modes (product ``in_features``); default :func:`factorize`.
     :param tuple out_shape: the out modes (product ``out_features``); default :func:`factorize`.
+        When neither shape is given, a TTM weight pairs its in and out modes so that the
+        contraction is cheapest: each core keeps the size ``m_k * n_k`` of the balanced shapes
+        (so the same parameters and rank limits), and the modes are split between the cores
+        to cost the fewest multiply-adds per row (``4096 x 4096`` at rank 16: in ``(4, 4, 16,
+        16)``, out ``(16, 16, 4, 4)``, an eighth of the dense product's against half for
+        ``(8, 8, 8, 8)``). Sizes where no pairing beats the dense product keep the balanced
+        shapes (``784 -> 625``: ``(4, 7, 4, 7) -> (5, 5, 5, 5)``).
     :param bool bias: whether to add a bias.
     :param int order: the number of modes each side is split into when a shape is not given
         (default: that of the given shape, else the largest of 4, 3, 2 for which both sizes
@@ -376,6 +433,7 @@ class TensorizedLinear(PyroModule):
         self.in_features = _check_positive_int(in_features, "in_features")
         self.out_features = _check_positive_int(out_features, "out_features")
         fmt = get_format(format)
+        given_in_shape, given_out_shape = in_shape, out_shape
         in_shape, out_shape = _side_shapes(
             {"in_features": self.in_features, "out_features": self.out_features},
             {"in_features": ("in_shape", in_shape), "out_features": ("out_shape", out_shape)},
@@ -386,6 +444,9 @@ class TensorizedLinear(PyroModule):
                 f"a TTM weight pairs out mode k with in mode k: in_shape={in_shape} and out_shape={out_shape} "
                 "must have the same number of modes"
             )
+        if fmt.name == "ttm" and given_in_shape is None and given_out_shape is None and len(in_shape) > 1:
+            ranks = _clip_ranks(max_rank, fmt(out_shape + in_shape, 1))
+            in_shape, out_shape = _cheapest_ttm_pairing(in_shape, out_shape, ranks)
         self.in_shape, self.out_shape = in_shape, out_shape
         self.weight = _low_rank_weight(
             out_shape + in_shape, len(out_shape), fmt, max_rank, prior, prior_kwargs,

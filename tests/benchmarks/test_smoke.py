@@ -177,3 +177,4 @@ def test_layers_smoke(tmp_path, monkeypatch):
     assert {("tensorized", 10**3), ("tensorized", 10**5), ("dense", 10**3)} <= kinds
     assert {"ttm_4096_svi_over_dense", "lookup_peak_ratio", "lookup_flat"} <= set(result["targets"])
     assert result["profile"]["top_ops"] and "outside_torch_ops_share" in result["profile"]
+    assert result["profile"]["balanced_shapes"]["svi_over_dense"] > 0

@@ -131,3 +131,13 @@ def test_split_flops_of_a_balanced_4096_layer_counted_by_hand():
     products = 2 * batch * rank * (4096 * 64 + 64 * 4096)  # x with the right half, then the left
     assert fmt.split(batch) == (merges + products, 1, False)
     assert fmt.contract_flops(batch) == merges + products < 2 * batch * 4096 * 4096 / 1.9
+
+
+@pytest.mark.parametrize("shape, ranks", [((8,) * 8, 16), ((16, 16, 4, 4, 4, 4, 16, 16), 16), ((2, 3, 2, 4, 2, 3, 2, 2), (3, 2, 4))])
+def test_split_row_cost_is_what_each_further_row_adds(shape, ranks):
+    # opt_einsum counts a multiply-add as 2 FLOPs; the merges do not grow with the batch
+    fmt = TTM(shape, ranks)
+    batch = 64
+    assert fmt.split(batch)[1:] == fmt.split(2 * batch)[1:]  # the same cut and direction
+    assert fmt.contract_flops(2 * batch) - fmt.contract_flops(batch) == 2 * batch * fmt.split_row_cost()
+    assert TTM((4, 6), ()).split_row_cost() is None

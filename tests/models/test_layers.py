@@ -5,6 +5,7 @@ path choice, gradients, Kaiming-scaled guide initialization, a mean-field ELBO o
 classifier, factoring sizes and argument checking.
 """
 
+import itertools
 import math
 
 import opt_einsum
@@ -17,6 +18,7 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from pyro.nn import PyroModule
 
+from tensorbayes.formats import TTM
 from tensorbayes.guides import MeanField
 from tensorbayes.models import (
     FactorizationError,
@@ -192,6 +194,48 @@ def test_a_single_input_to_a_big_layer_is_contracted(format):
     assert layer.in_shape == (4, 7, 4, 7) and layer.out_shape == (5, 5, 5, 5)
     counts = layer.flop_counts(1)
     assert counts["contract"] * 2 < counts["dense"] and layer.choose_path(1) == "contract"
+
+
+def _core_sizes(layer):
+    return [m * n for m, n in zip(layer.out_shape, layer.in_shape)]
+
+
+@pytest.mark.parametrize("size, rank", [(256, 8), (4096, 16)])
+def test_default_ttm_modes_are_the_cheapest_pairing_of_the_balanced_cores(size, rank):
+    layer = TensorizedLinear(size, size, format="ttm", max_rank=rank)
+    balanced = TensorizedLinear(size, size, format="ttm", max_rank=rank, in_shape=factorize(size, 4))
+    assert balanced.out_shape == factorize(size, 4)  # an explicit shape is kept as given
+    # the same cores, parameters and ranks, paired to contract more cheaply
+    assert _core_sizes(layer) == _core_sizes(balanced)
+    assert layer.layout.num_params() == balanced.layout.num_params() and layer.layout.ranks == balanced.layout.ranks
+    cost = layer.layout.split_row_cost()
+    assert cost < balanced.layout.split_row_cost() <= size * size
+    # no pairing of the same core sizes, factors within MAX_RATIO, costs less (brute force)
+    divisors = [f for f in range(2, size + 1) if size % f == 0]
+    sides = [s for s in itertools.product(divisors, repeat=4) if math.prod(s) == size and max(s) <= 4 * min(s)]
+    for ins in sides:
+        for outs in sides:
+            if [m * n for m, n in zip(outs, ins)] == _core_sizes(balanced):
+                assert TTM(outs + ins, layer.layout.ranks).split_row_cost() >= cost
+
+
+def test_default_ttm_modes_stay_balanced_where_no_pairing_beats_dense():
+    layer = TensorizedLinear(784, 625, format="ttm", max_rank=20)
+    assert layer.in_shape == (4, 7, 4, 7) and layer.out_shape == (5, 5, 5, 5)
+    assert layer.layout.split_row_cost() >= 784 * 625
+    # the other formats never re-pair
+    assert TensorizedLinear(4096, 4096, format="tt", max_rank=16).in_shape == (8, 8, 8, 8)
+
+
+def test_repaired_ttm_layer_matches_its_matrix():
+    layer = TensorizedLinear(256, 256, format="ttm", max_rank=4).double()
+    assert layer.in_shape == (2, 2, 8, 8) and layer.out_shape == (8, 8, 2, 2)
+    layer.path = "contract"
+    data, factors = _site_values(layer.weight)
+    x = torch.randn(5, 256, dtype=D)
+    y = poutine.condition(layer, data=data)(x)
+    expected = x @ layer.layout.to_matrix(factors).T + layer.bias
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("path", ["contract", "dense"])
