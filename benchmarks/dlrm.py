@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import tensorbayes as tb
-from tensorbayes.data.clicks import ID_ORDERS, PAPER_ROW_SHAPES, ClickGenerator, auc
+from tensorbayes.data.clicks import ID_ORDERS, PAPER_ROW_SHAPES, ClickGenerator, auc, expected_hits
 from tensorbayes.formats import TTM
 from tensorbayes.formats.canonical import canonicalize
 from tensorbayes.guides.meanfield import low_rank_tensors
@@ -265,22 +265,22 @@ def by_group(values, groups):
 def bayes_optimal_by_group(truth):
     """Each group's share of the test examples and its Bayes-optimal accuracy ``E[max(p, 1 - p)]``."""
     prob, groups = truth
-    return {"share": [(groups == g).double().mean().item() for g in range(RARE_GROUPS + 1)],
-            "accuracy": by_group(torch.maximum(prob, 1 - prob), groups)}
+    share = torch.bincount(groups, minlength=RARE_GROUPS + 1).double() / len(groups)
+    return {"share": share.tolist(), "accuracy": by_group(torch.maximum(prob, 1 - prob), groups)}
 
 
 @torch.no_grad()
 def evaluate(net, test, batch, truth):
     """Accuracy and AUC on the drawn test clicks, and the expected accuracy under the true click
     probability (``truth`` from :func:`truth_of`), overall and by number of rare lookups."""
-    probs, labels = [], []
+    logits, labels = [], []
     for dense, sparse, clicks in test.batches(batch):
-        probs.append(torch.sigmoid(net(dense, sparse)))
+        logits.append(net(dense, sparse))
         labels.append(clicks)
-    p, y = torch.cat(probs), torch.cat(labels)
+    logit, y = torch.cat(logits), torch.cat(labels)
     prob, groups = truth
-    expected = torch.where(p > 0.5, prob, 1 - prob)
-    return {"accuracy": ((p > 0.5).float() == y).double().mean().item(), "auc": auc(p, y),
+    expected = expected_hits(logit, prob)
+    return {"accuracy": ((logit > 0).float() == y).double().mean().item(), "auc": auc(logit, y),
             "expected_accuracy": expected.mean().item(), "expected_accuracy_by_rare_lookups": by_group(expected, groups)}
 
 

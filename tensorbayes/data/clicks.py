@@ -72,6 +72,7 @@ __all__ = [
     "PLANTED_RANKS",
     "auc",
     "expected_accuracy",
+    "expected_hits",
 ]
 
 #: Criteo Kaggle's 26 categorical cardinalities (DLRM reference code, ``--data-set=kaggle``).
@@ -354,9 +355,16 @@ def _stream_id(stream):
     return _STREAMS[stream]
 
 
+def expected_hits(logits, prob):
+    """Per example, the probability that deciding "click" where ``logits > 0`` is right, clicks
+    drawn with probability ``prob``: ``prob`` where ``logits > 0``, else ``1 - prob``."""
+    return torch.where(logits > 0, prob, 1 - prob)
+
+
 def expected_accuracy(logits, prob):
-    """The accuracy expected of deciding "click" where ``logits > 0``, clicks drawn with probability ``prob``."""
-    return torch.where(logits > 0, prob, 1 - prob).double().mean().item()
+    """The accuracy expected of deciding "click" where ``logits > 0``, clicks drawn with
+    probability ``prob``: the mean of :func:`expected_hits`."""
+    return expected_hits(logits, prob).double().mean().item()
 
 
 def auc(scores, labels):

@@ -18,6 +18,8 @@ from tensorbayes.data.clicks import (
     ClickGenerator,
     ClickStream,
     auc,
+    expected_accuracy,
+    expected_hits,
 )
 
 
@@ -198,6 +200,14 @@ def test_loader_gives_batches_and_num_data():
     batches = list(loader)
     assert [b[0].shape[0] for b in batches] == [256, 256, 256, 232]
     assert len({tuple(b[1][:, 0].tolist()) for b in batches}) == 4
+
+
+def test_expected_hits_and_accuracy():
+    logits = torch.tensor([2.0, -1.0, 0.0, 0.5], dtype=torch.float64)
+    prob = torch.tensor([0.9, 0.3, 0.6, 0.2], dtype=torch.float64)
+    # "click" where the logit is positive (not at 0): right with prob, else with 1 - prob
+    assert expected_hits(logits, prob).tolist() == pytest.approx([0.9, 0.7, 0.4, 0.2], abs=1e-15)
+    assert expected_accuracy(logits, prob) == pytest.approx(0.55, abs=1e-15)
 
 
 def test_auc():
