@@ -133,7 +133,9 @@ def test_split_flops_of_a_balanced_4096_layer_counted_by_hand():
     assert fmt.contract_flops(batch) == merges + products < 2 * batch * 4096 * 4096 / 1.9
 
 
-@pytest.mark.parametrize("shape, ranks", [((8,) * 8, 16), ((16, 16, 4, 4, 4, 4, 16, 16), 16), ((2, 3, 2, 4, 2, 3, 2, 2), (3, 2, 4))])
+@pytest.mark.parametrize(
+    "shape, ranks", [((8,) * 8, 16), ((16, 16, 4, 4, 4, 4, 16, 16), 16), ((2, 3, 2, 4, 2, 3, 2, 2), (3, 2, 4))]
+)
 def test_split_row_cost_is_what_each_further_row_adds(shape, ranks):
     # opt_einsum counts a multiply-add as 2 FLOPs; the merges do not grow with the batch
     fmt = TTM(shape, ranks)

@@ -204,7 +204,7 @@ def _core_sizes(layer):
 def test_default_ttm_modes_are_the_cheapest_pairing_of_the_balanced_cores(size, rank):
     layer = TensorizedLinear(size, size, format="ttm", max_rank=rank)
     balanced = TensorizedLinear(size, size, format="ttm", max_rank=rank, in_shape=factorize(size, 4))
-    assert balanced.out_shape == factorize(size, 4)  # an explicit shape is kept as given
+    assert balanced.out_shape == factorize(size, 4)  # given one shape, a layer does not re-pair
     # the same cores, parameters and ranks, paired to contract more cheaply
     assert _core_sizes(layer) == _core_sizes(balanced)
     assert layer.layout.num_params() == balanced.layout.num_params() and layer.layout.ranks == balanced.layout.ranks
