@@ -315,12 +315,14 @@ def _cheapest_ttm_pairing(in_shape, out_shape, ranks):
 
     best, best_cost = (in_shape, out_shape), min(row_cost(in_shape, out_shape), math.prod(core_sizes))
     for ins in _ordered_factorizations(math.prod(in_shape), len(in_shape)):
-        for outs in _ordered_factorizations(math.prod(out_shape), len(out_shape)):
-            if [m * n for m, n in zip(outs, ins)] != core_sizes:
-                continue
-            cost = row_cost(ins, outs)
-            if cost < best_cost:
-                best, best_cost = (ins, outs), cost
+        if any(size % n for size, n in zip(core_sizes, ins)):
+            continue
+        outs = tuple(size // n for size, n in zip(core_sizes, ins))  # the core sizes fix the out modes
+        if min(outs) < 2 or max(outs) > MAX_RATIO * min(outs):
+            continue
+        cost = row_cost(ins, outs)
+        if cost < best_cost:
+            best, best_cost = (ins, outs), cost
     return best
 
 
