@@ -313,7 +313,8 @@ def _cheapest_ttm_pairing(in_shape, out_shape, ranks):
     def row_cost(ins, outs):  # the same core sizes, so the same rank limits and clipped ranks
         return fmt(outs + ins, ranks).split_row_cost()
 
-    best, best_cost = (in_shape, out_shape), min(row_cost(in_shape, out_shape), math.prod(core_sizes))
+    dense = math.prod(core_sizes)  # N_in * N_out, the dense product's multiply-adds per row
+    best, best_cost = (in_shape, out_shape), min(row_cost(in_shape, out_shape), dense)
     for ins in _ordered_factorizations(math.prod(in_shape), len(in_shape)):
         if any(size % n for size, n in zip(core_sizes, ins)):
             continue
@@ -438,7 +439,7 @@ class TensorizedLinear(PyroModule):
         self.in_features = _check_positive_int(in_features, "in_features")
         self.out_features = _check_positive_int(out_features, "out_features")
         fmt = get_format(format)
-        given_in_shape, given_out_shape = in_shape, out_shape
+        pair_for_speed = fmt.name == "ttm" and in_shape is None and out_shape is None
         in_shape, out_shape = _side_shapes(
             {"in_features": self.in_features, "out_features": self.out_features},
             {"in_features": ("in_shape", in_shape), "out_features": ("out_shape", out_shape)},
@@ -449,7 +450,7 @@ class TensorizedLinear(PyroModule):
                 f"a TTM weight pairs out mode k with in mode k: in_shape={in_shape} and out_shape={out_shape} "
                 "must have the same number of modes"
             )
-        if fmt.name == "ttm" and given_in_shape is None and given_out_shape is None and len(in_shape) > 1:
+        if pair_for_speed and len(in_shape) > 1:
             ranks = _clip_ranks(max_rank, fmt(out_shape + in_shape, 1))
             in_shape, out_shape = _cheapest_ttm_pairing(in_shape, out_shape, ranks)
         self.in_shape, self.out_shape = in_shape, out_shape

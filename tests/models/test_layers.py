@@ -28,7 +28,7 @@ from tensorbayes.models import (
     TensorizedLinear,
     factorize,
 )
-from tensorbayes.models.layers import padded_shape
+from tensorbayes.models.layers import MAX_RATIO, padded_shape
 
 D = torch.float64
 FORMATS = ["cp", "tucker", "tt", "ttm"]
@@ -212,7 +212,7 @@ def test_default_ttm_modes_are_the_cheapest_pairing_of_the_balanced_cores(size, 
     assert cost < balanced.layout.split_row_cost() <= size * size
     # no pairing of the same core sizes, factors within MAX_RATIO, costs less (brute force)
     divisors = [f for f in range(2, size + 1) if size % f == 0]
-    sides = [s for s in itertools.product(divisors, repeat=4) if math.prod(s) == size and max(s) <= 4 * min(s)]
+    sides = [s for s in itertools.product(divisors, repeat=4) if math.prod(s) == size and max(s) <= MAX_RATIO * min(s)]
     for ins in sides:
         for outs in sides:
             if [m * n for m, n in zip(outs, ins)] == _core_sizes(balanced):
