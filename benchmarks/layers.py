@@ -22,9 +22,16 @@ Speed and memory of the tensorized layers against dense ones, measured in the sa
    the 4096 TTM step and the share of the step outside torch operators (Python: Pyro's
    tracing, the guide, the prior's log densities).
 
-Writes ``layers.json`` and ``layers.md`` (``layers_smoke.*`` with ``--smoke``).
+With ``--device cuda`` every step runs on the GPU (timed after ``torch.cuda.synchronize``),
+the grid adds larger layers (16384 x 16384, batches 1024 and 4096) where the GPU's dense product
+stops being cheap, and the lookups are measured in one process by the peak GPU memory
+(``torch.cuda.max_memory_allocated``) up to 1e12 rows; the profile part then times the steps
+interleaved without the profiler.
 
-    python benchmarks/layers.py [--smoke] [--threads 1] [--out benchmarks/results]
+Writes ``layers.json`` and ``layers.md`` (``layers_smoke.*`` with ``--smoke``, ``layers_cuda.*``
+with ``--device cuda``).
+
+    python benchmarks/layers.py [--smoke] [--threads 1] [--device cpu] [--out benchmarks/results]
 """
 
 import argparse
@@ -47,23 +54,37 @@ FORMATS = ("cp", "tucker", "tt", "ttm")
 #: (size, batch, max rank): a grid along the diagonal, not the full product.
 GRID = [(256, 64, 8), (1024, 256, 16), (4096, 256, 16), (4096, 1024, 32)]
 SMOKE_GRID = [(64, 16, 4)]
+#: On a GPU the dense product of a 4096 layer takes well under a millisecond: larger layers too.
+CUDA_GRID = GRID + [(16384, 1024, 16), (16384, 4096, 16)]
 ROWS = [10**4, 10**5, 10**6, 10**7, 10**8, 10**9]
+CUDA_ROWS = ROWS + [10**12]
 SMOKE_ROWS = [10**3, 10**6]
 
 
-def _time(step, repeats, warmup=2):
+def _synchronize(device):
+    """Wait for the device's queued work (a GPU step returns before its kernels finish)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(step, device):
+    """The wall-clock seconds of one call of ``step``, its device work included."""
+    _synchronize(device)
+    t = time.perf_counter()
+    step()
+    _synchronize(device)
+    return time.perf_counter() - t
+
+
+def _time(step, repeats, device, warmup=2):
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(_timed(step, device) for _ in range(repeats))
 
 
 def _squared_error_step(module, x, y):
-    """A plain torch step of ``module`` on the squared error, with Adam."""
+    """A plain torch step of ``module`` (moved to the data's device) on the squared error, with Adam."""
+    module = module.to(x.device)
     optim = torch.optim.Adam(module.parameters(), lr=1e-3)
 
     def step():
@@ -88,7 +109,8 @@ def _deterministic_step(layer, x, y):
 
 
 def _svi_step(layer, x, y):
-    model = BayesianRegressor(layer, noise=1.0)  # y ~ Normal(layer(x), 1) under a subsampled data plate
+    # y ~ Normal(layer(x), 1) under a subsampled data plate; the guide follows the model's device
+    model = BayesianRegressor(layer, noise=1.0).to(x.device)
     guide = tb.guides.MeanField(model, seed=0)
     optim = torch.optim.Adam(list(guide.parameters()) + list(model.parameters()), lr=1e-3)
     elbo = TraceMeanField_ELBO()
@@ -103,16 +125,16 @@ def _svi_step(layer, x, y):
     return step, model, guide
 
 
-def linear_grid(grid, repeats):
+def linear_grid(grid, repeats, device):
     rows = []
     for size, batch, rank in grid:
-        x, y = torch.randn(batch, size), torch.randn(batch, size)
-        dense = _time(_dense_step(size, x, y), repeats)
+        x, y = torch.randn(batch, size, device=device), torch.randn(batch, size, device=device)
+        dense = _time(_dense_step(size, x, y), repeats, device)
         for fmt in FORMATS:
             pyro.clear_param_store()
             layer = TensorizedLinear(size, size, format=fmt, max_rank=rank)
-            det = _time(_deterministic_step(layer, x, y), repeats)
-            svi = _time(_svi_step(layer, x, y)[0], repeats)
+            det = _time(_deterministic_step(layer, x, y), repeats, device)
+            svi = _time(_svi_step(layer, x, y)[0], repeats, device)
             rows.append({"format": fmt, "size": size, "batch": batch, "max_rank": rank, "ranks": layer.layout.ranks,
                          "path": layer.choose_path(batch), "params": layer.layout.num_params(),
                          "in_shape": layer.in_shape, "out_shape": layer.out_shape,
@@ -126,64 +148,97 @@ def linear_grid(grid, repeats):
 
 # ----- embedding lookups, one process per size -----
 
+def lookup_batches(rows, batch, repeats, kind, device):
+    """
+    ``(params, step, batches)``: a table of ``rows`` x 128 (``kind`` "dense": a
+    :class:`torch.nn.EmbeddingBag`; "tensorized": TTM factors at max rank 16, looked up by
+    :func:`~tensorbayes.models.embedding_bag.bag_lookup`), a forward and backward lookup of one
+    batch of one-index bags, and ``repeats + 2`` batches of Zipf-distributed indices.
+    """
+    from tensorbayes.models.embedding_bag import TensorizedEmbeddingBag, bag_lookup, check_bags
+
+    gen = torch.Generator().manual_seed(0)
+    if kind == "dense":
+        table = torch.nn.EmbeddingBag(rows, 128, mode="sum", device=device)
+        params = rows * 128
+
+        def step(idx, off):
+            table(idx, off).square().sum().backward()
+            table.weight.grad = None
+    else:
+        layer = TensorizedEmbeddingBag(rows, 128, format="ttm", max_rank=16, col_shape=(4, 4, 8))
+        factors = [(0.3 * torch.randn(s, generator=gen)).to(device).requires_grad_() for s in layer.layout.factor_shapes]
+        params = layer.layout.num_params()
+
+        def step(idx, off):
+            i, o, _ = check_bags(idx, off, None, "sum", rows)
+            bag_lookup(layer.layout, factors, i, o).square().sum().backward()
+            for f in factors:
+                f.grad = None
+    u = torch.rand(repeats + 2, batch, generator=gen, dtype=torch.float64)
+    zipf = [(torch.exp(v * torch.log(torch.tensor(rows + 1.0))) - 1).long().clamp(0, rows - 1) for v in u]
+    off = torch.arange(batch, device=device)
+    return params, step, [(idx.to(device), off) for idx in zipf]
+
+
 _LOOKUP = r"""
 import json, sys, time, torch
 torch.set_num_threads({threads})
-from tensorbayes.models.embedding_bag import TensorizedEmbeddingBag, check_bags, bag_lookup
-rows, batch, repeats, kind = {rows}, {batch}, {repeats}, {kind!r}
+sys.path.insert(0, {here!r})
+from layers import lookup_batches
 def status(key):  # VmRSS now, VmHWM the peak of this process (ru_maxrss may carry the parent's peak)
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
-gen = torch.Generator().manual_seed(0)
-if kind == "dense":
-    table = torch.nn.EmbeddingBag(rows, 128, mode="sum")
-    params = rows * 128
-    def step(idx, off):
-        table(idx, off).square().sum().backward()
-        table.weight.grad = None
-else:
-    layer = TensorizedEmbeddingBag(rows, 128, format="ttm", max_rank=16, col_shape=(4, 4, 8))
-    factors = [(0.3 * torch.randn(s, generator=gen)).requires_grad_() for s in layer.layout.factor_shapes]
-    params = layer.layout.num_params()
-    def step(idx, off):
-        i, o, _ = check_bags(idx, off, None, "sum", rows)
-        bag_lookup(layer.layout, factors, i, o).square().sum().backward()
-        for f in factors:
-            f.grad = None
-u = torch.rand(repeats + 2, batch, generator=gen, dtype=torch.float64)
-batches = [((torch.exp(v * torch.log(torch.tensor(rows + 1.0))) - 1).long().clamp(0, rows - 1),) for v in u]
-off = torch.arange(batch)
+params, step, batches = lookup_batches({rows}, {batch}, {repeats}, {kind!r}, "cpu")
 base = status("VmRSS")
 times = []
-for k, (idx,) in enumerate(batches):
+for k, (idx, off) in enumerate(batches):
     t = time.perf_counter()
     step(idx, off)
     if k >= 2:
         times.append(time.perf_counter() - t)
 peak = status("VmHWM")
 times.sort()
-print(json.dumps({{"rows": rows, "kind": kind, "params": params, "time_s": times[len(times) // 2],
+print(json.dumps({{"rows": {rows}, "kind": {kind!r}, "params": params, "time_s": times[len(times) // 2],
                   "peak_rss_mib": peak / 2**20, "rss_before_lookups_mib": base / 2**20,
                   "lookup_rss_increase_mib": max(0, peak - base) / 2**20}}))
 """
 
 
 def lookup(rows, batch, repeats, kind, threads):
-    code = _LOOKUP.format(rows=rows, batch=batch, repeats=repeats, kind=kind, threads=threads)
+    """One table size on the CPU, in a fresh process: time per batch and peak resident memory."""
+    code = _LOOKUP.format(rows=rows, batch=batch, repeats=repeats, kind=kind, threads=threads,
+                          here=os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     if out.returncode:
         raise RuntimeError(f"lookup of {rows} rows ({kind}) failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def lookup_table(sizes, batch, repeats, threads, dense_max):
+def lookup_cuda(rows, batch, repeats, kind, device):
+    """One table size on the GPU, in this process: time per batch and peak GPU memory (the
+    ``peak_rss_mib`` keys hold ``torch.cuda.max_memory_allocated`` here)."""
+    params, step, batches = lookup_batches(rows, batch, repeats, kind, device)
+    _synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    times = [_timed(lambda: step(idx, off), device) for idx, off in batches][2:]
+    peak = torch.cuda.max_memory_allocated(device)
+    return {"rows": rows, "kind": kind, "params": params, "time_s": statistics.median(times),
+            "peak_rss_mib": peak / 2**20, "rss_before_lookups_mib": base / 2**20,
+            "lookup_rss_increase_mib": (peak - base) / 2**20}
+
+
+def lookup_table(sizes, batch, repeats, threads, dense_max, device):
     found = []
+    memory = "peak GPU memory" if device.type == "cuda" else "peak RSS"
     for rows in sizes:
         for kind in ("tensorized", "dense") if rows <= dense_max else ("tensorized",):
-            r = lookup(rows, batch, repeats, kind, threads)
+            r = (lookup_cuda(rows, batch, repeats, kind, device) if device.type == "cuda"
+                 else lookup(rows, batch, repeats, kind, threads))
             found.append(r)
-            print(f"lookup {kind:10s} {rows:>13,d} rows: {1e3 * r['time_s']:7.2f} ms/batch, peak RSS "
+            print(f"lookup {kind:10s} {rows:>17,d} rows: {1e3 * r['time_s']:7.2f} ms/batch, {memory} "
                   f"{r['peak_rss_mib']:7.1f} MiB (+{r['lookup_rss_increase_mib']:.1f} during lookups)", flush=True)
     return found
 
@@ -191,10 +246,10 @@ def lookup_table(sizes, batch, repeats, threads, dense_max):
 # ----- where the SVI step's time goes -----
 
 
-def profile_svi(size, batch, rank, repeats):
+def profile_svi(size, batch, rank, repeats, device):
     pyro.clear_param_store()
     layer = TensorizedLinear(size, size, format="ttm", max_rank=rank)
-    x, y = torch.randn(batch, size), torch.randn(batch, size)
+    x, y = torch.randn(batch, size, device=device), torch.randn(batch, size, device=device)
     step, _, _ = _svi_step(layer, x, y)
     det_step = _deterministic_step(TensorizedLinear(size, size, format="ttm", max_rank=rank), x, y)
     in_shape = out_shape = tb.models.factorize(size, len(layer.in_shape))
@@ -205,10 +260,7 @@ def profile_svi(size, batch, rank, repeats):
         step()
         det_step()
     with torch.profiler.profile() as prof:
-        t = time.perf_counter()
-        for _ in range(repeats):
-            step()
-        wall = (time.perf_counter() - t) / repeats
+        wall = sum(_timed(step, device) for _ in range(repeats)) / repeats
     events = prof.key_averages()
     top_level = sum(e.self_cpu_time_total for e in events) / 1e6 / repeats  # every op's own time
     ops = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
@@ -224,9 +276,7 @@ def profile_svi(size, batch, rank, repeats):
     rounds = {key: [] for key in steps}
     for _ in range(repeats):
         for key, fn in steps.items():
-            t = time.perf_counter()
-            fn()
-            rounds[key].append(time.perf_counter() - t)
+            rounds[key].append(_timed(fn, device))
     med = {k: statistics.median(v) for k, v in rounds.items()}
     det = med["deterministic"]
     split = layer.layout.split(batch)
@@ -256,7 +306,9 @@ def _modes(shape):
 
 
 def markdown(r):
-    lines = [f"# Tensorized layers: speed and memory ({r['threads']} thread(s))", "",
+    where = "GPU: " + r["gpu"] if r.get("gpu") else f"{r['threads']} thread(s)"
+    memory = "peak GPU memory" if r.get("gpu") else "peak RSS"
+    lines = [f"# Tensorized layers: speed and memory ({where})", "",
              "## SVI step of TensorizedLinear against dense nn.Linear + Adam and the same layer without Pyro", "",
              "| format | size | modes (in -> out) | batch | max rank | path | params | dense ms | deterministic ms | SVI ms | SVI / dense | SVI / deterministic |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -282,7 +334,7 @@ def markdown(r):
               f"SVI {q['svi_over_dense']:.2f}x dense, deterministic {q['deterministic_over_dense']:.2f}x dense "
               f"(SVI {1e3 * p['interleaved_s']['balanced_shapes_svi']:.1f} ms).", "",
               "## Bag lookup (forward + backward, batch of one-index bags, Zipf indices), one process per size", "",
-              "| kind | rows | params | ms / batch | peak RSS MiB | RSS increase during lookups MiB |", "|---|---|---|---|---|---|"]
+              f"| kind | rows | params | ms / batch | {memory} MiB | increase during lookups MiB |", "|---|---|---|---|---|---|"]
     for x in r["lookup"]:
         lines.append(f"| {x['kind']} | {x['rows']:.0e} | {x['params']:,} | {1e3 * x['time_s']:.2f} | "
                      f"{x['peak_rss_mib']:.1f} | {x['lookup_rss_increase_mib']:.1f} |")
@@ -303,6 +355,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the steps run: cpu (default) or cuda")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--batch", type=int, default=4096, help="bags per lookup batch")
     p.add_argument("--parts", default="linear,lookup,profile",
@@ -311,23 +364,28 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device} needs a CUDA device, and torch sees none")
     repeats = args.repeats or (3 if args.smoke else 7)
-    grid, rows = (SMOKE_GRID, SMOKE_ROWS) if args.smoke else (GRID, ROWS)
+    grid, rows = (SMOKE_GRID, SMOKE_ROWS) if args.smoke else (CUDA_GRID, CUDA_ROWS) if cuda else (GRID, ROWS)
     batch = 256 if args.smoke else args.batch
-    name = "layers_smoke" if args.smoke else "layers"
+    name = ("layers_smoke" if args.smoke else "layers") + ("_cuda" if cuda else "")
     parts = set(args.parts.split(","))
     if not parts <= {"linear", "lookup", "profile"}:
         raise ValueError(f"--parts must be among linear, lookup, profile, got {args.parts!r}")
     previous = os.path.join(args.out, f"{name}.json")
     result = json.load(open(previous)) if parts != {"linear", "lookup", "profile"} else {}
-    result.update({"threads": args.threads, "repeats": repeats})
+    result.update({"threads": args.threads, "repeats": repeats, "gpu": torch.cuda.get_device_name(device) if cuda else None})
     if "linear" in parts:
-        result["linear"] = linear_grid(grid, repeats)
+        result["linear"] = linear_grid(grid, repeats, device)
     if "lookup" in parts:
-        result["lookup"] = lookup_table(rows, batch, repeats, args.threads, dense_max=10**4 if args.smoke else 10**6)
+        dense_max = 10**4 if args.smoke else 10**7 if cuda else 10**6
+        result["lookup"] = lookup_table(rows, batch, repeats, args.threads, dense_max, device)
     prof_case = grid[0] if args.smoke else (4096, 256, 16)
     if "profile" in parts:
-        result["profile"] = profile_svi(*prof_case, repeats)
+        result["profile"] = profile_svi(*prof_case, repeats, device)
     ratio = result["profile"]["interleaved_svi_over_dense"]
     peaks = [x["peak_rss_mib"] for x in result["lookup"] if x["kind"] == "tensorized"]
     result["targets"] = {
