@@ -76,6 +76,16 @@ def peak_rss_gib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def peak_gpu_gib(device):
+    """The peak GPU memory torch allocated so far (``None`` on the CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def on(device, batch):
+    """The tensors of a batch, moved to ``device``."""
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
 class HashedEmbeddingBag(torch.nn.EmbeddingBag):
     """An embedding bag of ``rows`` rows that takes ids of a larger table, hashed by ``id % rows``."""
 
@@ -94,7 +104,7 @@ def build(gen, args):
     tables = {t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape} for t in gen.planted_tables}
     model = DLRM.paper_preset(cardinalities=gen.cardinalities, embedding_dim=dim, bottom=args.bottom, top=args.top,
                               max_rank=args.max_rank, tables=tables, sparse=True)
-    return model
+    return model.to(args.device)
 
 
 def baseline_net(gen, model, args):
@@ -203,9 +213,10 @@ def train_bayesian(model, guide, train, args):
 
 def train_dense(net, train, args, desc="dense baseline"):
     """
-    Plain torch: Adam on the MLPs (and tensor factors), SparseAdam on the tables, binary
-    cross-entropy; the learning rate falls over the last ``args.lr_decay`` of the steps as in ``tb.fit``.
+    Plain torch, on the device of ``net``'s parameters: Adam on the MLPs (and tensor factors),
+    SparseAdam on the tables, binary cross-entropy; the learning rate falls over the last ``args.lr_decay`` of the steps as in ``tb.fit``.
     """
+    device = next(net.parameters()).device
     dense_params, table_params = _split_params(net)
     optim = torch.optim.Adam(dense_params, lr=args.lr)
     sparse_optim = torch.optim.SparseAdam(table_params, lr=args.lr)
@@ -217,6 +228,7 @@ def train_dense(net, train, args, desc="dense baseline"):
     for step, (dense, sparse, clicks) in enumerate(batches):
         for group in optim.param_groups + sparse_optim.param_groups:
             group["lr"] = args.lr * schedule.lr_factor(step)
+        dense, sparse, clicks = on(device, (dense, sparse, clicks))
         t1 = time.perf_counter()
         loss = F.binary_cross_entropy_with_logits(net(dense, sparse), clicks)
         optim.zero_grad()
@@ -224,6 +236,8 @@ def train_dense(net, train, args, desc="dense baseline"):
         loss.backward()
         optim.step()
         sparse_optim.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         step_time += time.perf_counter() - t1
         bar.update()
     bar.close()
@@ -274,8 +288,9 @@ def evaluate(net, test, batch, truth):
     """Accuracy and AUC on the drawn test clicks, and the expected accuracy under the true click
     probability (``truth`` from :func:`truth_of`), overall and by number of rare lookups."""
     logits, labels = [], []
+    device = next(net.parameters()).device
     for dense, sparse, clicks in test.batches(batch):
-        logits.append(net(dense, sparse))
+        logits.append(net(*on(device, (dense, sparse))).cpu())
         labels.append(clicks)
     logit, y = torch.cat(logits), torch.cat(labels)
     prob, groups = truth
@@ -310,10 +325,10 @@ def tensor_name(table):
 
 
 def learned_factors(gen, model, guide):
-    """``{table: (layout, posterior-mean factors, float64)}`` of a Bayesian DLRM's planted tables."""
+    """``{table: (layout, posterior-mean factors, float64 on the CPU)}`` of a Bayesian DLRM's planted tables."""
     tensors = low_rank_tensors(model)
     tensors = {t: tensors[tensor_name(t)] for t in gen.planted_tables}
-    return {t: (x.layout, [f.detach().double() for f in guide.factor_means(x)]) for t, x in tensors.items()}
+    return {t: (x.layout, [f.detach().double().cpu() for f in guide.factor_means(x)]) for t, x in tensors.items()}
 
 
 def learned_tables(gen, model, guide):
@@ -468,7 +483,7 @@ def run(args):
     guide = tb.guides.MeanField(model, seed=args.seed, m_step=args.m_step)
     params_before = sum(p.numel() for p in guide.parameters()) // 2 + sum(p.numel() for p in model.parameters())
     bayes_train = train_bayesian(model, guide, train, args)
-    rss_bayes = peak_rss_gib()
+    rss_bayes, gpu_bayes = peak_rss_gib(), peak_gpu_gib(args.device)
     tables = table_report(model, guide, gen)
     turned = turned_back_report(gen, model, guide)
     fit = planted_fit(gen, learned_rows(gen, model, guide), test)
@@ -481,12 +496,13 @@ def run(args):
     dense_table_params = sum(r["dense"] for r in tables)
     plain = sum(p.numel() for p in model.parameters())
     result = {
-        "config": {k: v for k, v in vars(args).items()},
+        "config": {k: str(v) if k == "device" else v for k, v in vars(args).items()},
         "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else None,
         "bayes_optimal": {**gen.bayes_optimal(test, args.eval_batch), "by_rare_lookups": bayes_optimal_by_group(truth)},
         "bayesian": {
             **bayes_train, **bayes_eval, "unpruned": bayes_eval_unpruned,
-            "peak_rss_gib": rss_bayes, "rss_before_gib": rss0,
+            "peak_rss_gib": rss_bayes, "rss_before_gib": rss0, "peak_gpu_gib": gpu_bayes,
             "tables": tables,
             "turned_back": turned,
             "planted_fit": fit,
@@ -512,11 +528,11 @@ def run(args):
                            "the same, started near the truth"))
     for key, start, overlap, desc in references:
         torch.manual_seed(args.seed)
-        form = start()
+        form = start().to(args.device)
         result[key] = {**train_dense(form, train, args, desc=desc), **evaluate(form, test, args.eval_batch, truth),
                        "overlap": overlap}
     torch.manual_seed(args.seed)
-    base = baseline_net(gen, model, args)
+    base = baseline_net(gen, model, args).to(args.device)
     result["dense_baseline"] = {**train_dense(base, train, args), **evaluate(base, test, args.eval_batch, truth),
                                 "params": sum(p.numel() for p in base.parameters()), "scale_down": args.scale_down}
     result["peak_rss_gib"] = peak_rss_gib()
@@ -528,7 +544,7 @@ def markdown(r):
     lines = [
         f"# DLRM on a synthetic Criteo-shaped click log ({r['config']['samples']:,} training samples x "
         f"{r['config']['epochs']} epoch(s), "
-        f"{r['config']['test']:,} test, {r['threads']} threads)",
+        f"{r['config']['test']:,} test, {r['threads']} threads" + (f", GPU: {r['gpu']})" if r.get("gpu") else ")"),
         "",
         *(["The tiny log (`ClickGenerator.tiny`): the same structure, its planted tables 10 x 10 x 10 rows by "
            "2 x 2 x 2 columns and its other tables at most 50 rows (the paper's compression figure below still "
@@ -565,7 +581,9 @@ def markdown(r):
         f"{100 * opt['accuracy_without_interactions']:.3f} % | | | |",
         "",
         f"Peak RSS: {b['peak_rss_gib']:.2f} GiB after the Bayesian model, {r['peak_rss_gib']:.2f} GiB for the whole run. "
-        f"Bayesian training: {b['samples_per_s']:.0f} samples/s in the SVI steps, "
+        + (f"Peak GPU memory allocated by torch: {b['peak_gpu_gib']:.2f} GiB after the Bayesian model. "
+           if b.get("peak_gpu_gib") is not None else "")
+        + f"Bayesian training: {b['samples_per_s']:.0f} samples/s in the SVI steps, "
         f"{b['samples_per_s_with_generation']:.0f} samples/s with data generation; {b['steps']} steps.",
         "",
         f"Tensorized tables: {b['tensorized_params_max']:,} parameters at max rank, {b['tensorized_params_found']:,} at "
@@ -662,6 +680,8 @@ def parse(argv=None):
     p.add_argument("--bottom", type=int, nargs="*", default=None, help="hidden widths (default 256; 32 with --tiny)")
     p.add_argument("--top", type=int, nargs="*", default=None, help="hidden widths (default 256 64; 32 with --tiny)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", type=torch.device, default=torch.device("cpu"),
+                   help="where the models train: cpu (default) or cuda; the log is generated on the CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true",
                    help="the tiny log (ClickGenerator.tiny: planted tables of 1000 rows x 8 columns, the same "
@@ -670,6 +690,8 @@ def parse(argv=None):
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args(argv)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device} needs a CUDA device, and torch sees none")
     small = args.tiny or args.smoke
     args.bottom = args.bottom if args.bottom is not None else [32] if small else [256]
     args.top = args.top if args.top is not None else [32] if small else [256, 64]
