@@ -95,7 +95,7 @@ def prune(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP):
     for name, tensor in low_rank_tensors(model).items():
         layout = tensor.layout
         means, weights = canonicalize(layout, guide.factor_means(tensor))
-        keep = [torch.arange(r) for r in active_ranks(weights, threshold, gap)]
+        keep = [torch.arange(r, device=means[0].device) for r in active_ranks(weights, threshold, gap)]
         if all(len(k) == r for k, r in zip(keep, layout.ranks)):
             found[name] = layout.ranks
             continue

@@ -124,7 +124,7 @@ class MeanField(PyroModule):
         self.lambda_guide = lambda_guide
         self.lambda_update = lambda_update
         self.m_step = m_step
-        self.to(_model_dtype(model))
+        self.to(device=_model_device(model), dtype=_model_dtype(model))
 
     def tensors(self):
         """Pairs ``(model tensor, its posterior parameters)``."""
@@ -237,7 +237,7 @@ def _mackay_moments(tensor, means2, variances, lambdas, b, m, d):
     ((spread, _),) = tensor.slice_moments([torch.minimum(v, p) for v, p in zip(variances, prior)], lambdas, bonds=[b])
     gamma = (d - spread / lambdas[b]).clamp(min=1e-3)  # a thousandth of an entry: keeps M / γ finite
     faster = tensor.prior.update(m_loc, gamma) < tensor.prior.update(m, d)
-    return torch.where(faster, m_loc, m), torch.where(faster, gamma, torch.as_tensor(d, dtype=m.dtype))
+    return torch.where(faster, m_loc, m), torch.where(faster, gamma, torch.as_tensor(d, dtype=m.dtype, device=m.device))
 
 
 def _model_dtype(model):
@@ -246,6 +246,13 @@ def _model_dtype(model):
         if t.is_floating_point():
             return t.dtype
     return torch.get_default_dtype()
+
+
+def _model_device(model):
+    """The device of the model's parameters and buffers (the CPU if it has none)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def _key(name):

@@ -76,9 +76,9 @@ def calibration_bins(probs, labels, num_bins=15):
     confidence, predicted = probs.max(-1)
     correct = (predicted == labels).double()
     index = (torch.ceil(confidence * num_bins).long() - 1).clamp(0, num_bins - 1)
-    count = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, index, torch.ones_like(confidence))
-    conf_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, index, confidence)
-    acc_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, index, correct)
+    count = confidence.new_zeros(num_bins).index_add_(0, index, torch.ones_like(confidence))
+    conf_sum = confidence.new_zeros(num_bins).index_add_(0, index, confidence)
+    acc_sum = confidence.new_zeros(num_bins).index_add_(0, index, correct)
     safe = count.clamp_min(1)
     return conf_sum / safe, acc_sum / safe, count
 

@@ -134,7 +134,7 @@ def _tucker_core_update(layout, locs, index, values, precision, noise_var, itera
 
     def adjoint(residual, factors=locs):
         with torch.enable_grad():
-            probe = torch.zeros(shape, dtype=residual.dtype, requires_grad=True)
+            probe = torch.zeros(shape, dtype=residual.dtype, device=residual.device, requires_grad=True)
             (grad,) = torch.autograd.grad(entries(probe, factors) @ residual, probe)
         return grad
 

@@ -517,7 +517,7 @@ def _load_checkpoint(path, model, guide):
     for name, tensor in _low_rank_tensors(model).items():
         ranks = state["ranks"].get(name)
         if ranks is not None and tuple(ranks) != tensor.layout.ranks:
-            keep = [torch.arange(r) for r in ranks]
+            keep = [torch.arange(r, device=tensor.device) for r in ranks]
             guide.truncate(tensor, keep)
             tensor.set_layout(tensor.layout.with_ranks(ranks))
     model.load_state_dict(state["model"])

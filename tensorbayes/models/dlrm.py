@@ -254,7 +254,8 @@ class DLRM(PyroModule):
         net = DLRMNet(tables, self.num_dense, self.bottom_sizes, self.top_sizes)
         net.bottom.load_state_dict(self.net.bottom.state_dict())
         net.top.load_state_dict(self.net.top.state_dict())
-        return net.to(next(self.net.bottom.parameters()).dtype)
+        like = next(self.net.bottom.parameters())
+        return net.to(device=like.device, dtype=like.dtype)
 
     def tensorized_tables(self):
         """``{name: table}`` of the tensorized tables."""
@@ -293,7 +294,7 @@ class DLRM(PyroModule):
         self._check_inputs(dense, sparse)
         if not torch.isfinite(dense).all():
             raise ValueError("dense must be finite: found NaN or infinite values")
-        sizes = torch.tensor(self.cardinalities).view(1, -1, *([1] * (sparse.dim() - 2)))
+        sizes = torch.tensor(self.cardinalities, device=sparse.device).view(1, -1, *([1] * (sparse.dim() - 2)))
         if (sparse < 0).any() or (sparse >= sizes).any():
             bad = int(((sparse < 0) | (sparse >= sizes)).reshape(sparse.shape[0], sparse.shape[1], -1).any(-1).any(0)
                       .nonzero()[0])

@@ -61,6 +61,9 @@ class LowRankTensor(PyroModule):
         self.layout = cls(shape, ranks, row_modes=row_modes)
         self.max_ranks = ranks
         self.prior = get_prior(prior, **(prior_kwargs or {}))
+        # no parameters of its own: a one-byte buffer carries the device that .to() gives the
+        # module, so that draws from the prior are made there (not in the state dict)
+        self.register_buffer("_device_anchor", torch.zeros((), dtype=torch.uint8), persistent=False)
 
     # ----- site names -----
 
@@ -84,6 +87,11 @@ class LowRankTensor(PyroModule):
     def ranks(self):
         return self.layout.ranks
 
+    @property
+    def device(self):
+        """The device the module was moved to (where draws from the prior are made)."""
+        return self._device_anchor.device
+
     def set_layout(self, layout):
         """Replace the layout (used by pruning, which shrinks the ranks)."""
         if type(layout) is not type(self.layout) or layout.shape != self.layout.shape:
@@ -100,7 +108,7 @@ class LowRankTensor(PyroModule):
         """
         variances = []
         for labels, shape in zip(self.layout.labels, self.layout.factor_shapes):
-            var = torch.ones([1] * len(shape)) if not lambdas else lambdas[0].new_ones([1] * len(shape))
+            var = torch.ones([1] * len(shape), device=self.device) if not lambdas else lambdas[0].new_ones([1] * len(shape))
             for d, lab in enumerate(labels):
                 if lab[0] == "b":
                     view = [1] * len(shape)
@@ -139,7 +147,7 @@ class LowRankTensor(PyroModule):
     def forward(self):
         """Sample ``(factors, lambdas)`` from the prior (or from a guide, under Pyro)."""
         lambdas = [
-            pyro.sample(self.lambda_site(b), self.prior.distribution((r,)).to_event(1))
+            pyro.sample(self.lambda_site(b), self.prior.distribution((r,), device=self.device).to_event(1))
             for b, r in enumerate(self.layout.ranks)
         ]
         factors = []
