@@ -258,8 +258,9 @@ def test_dlrm_matches_cpu():
     _assert_on_device(net_dev)
     _assert_close(net_dev(*data_dev[:2]), net(dense, sparse))
 
-    # the SVI loop itself: parameters stay on the device
-    history = tb.fit(model_dev, guide_dev, data_dev, epochs=1, batch_size=32, progress=False, seed=0)
+    # the SVI loop itself, its batches on the CPU (tb.fit moves each to the model's device):
+    # parameters stay on the device
+    history = tb.fit(model_dev, guide_dev, (dense, sparse, clicks), epochs=1, batch_size=32, progress=False, seed=0)
     assert len(history.elbo) == 1 and torch.isfinite(torch.tensor(history.elbo)).all()
     _assert_on_device(model_dev, guide_dev)
 
@@ -311,9 +312,10 @@ def test_coordinate_ascent_matches_cpu_and_fit_runs(fmt, monkeypatch):
     _assert_close(full_dev, full, rtol=1e-8, atol=1e-10 * full.abs().max().item())
     assert planted.relative_error(model_dev.tensor.layout.entries(guide_dev.factor_means(model_dev.tensor),
                                                                   planted.test_index.to(DEVICE)).cpu()) < 0.1
-    # tb.fit's closed-form start (coordinate ascent, pruning, again), SVI, held-out error
-    history = tb.fit(model_dev, guide_dev, data_dev, epochs=1, batch_size=64, init="cavi", init_sweeps=4,
-                     progress=False, seed=0, eval_data=(planted.test_index.to(DEVICE), planted.test_values.to(DEVICE)))
+    # tb.fit's closed-form start (coordinate ascent, pruning, again), SVI, held-out error, the
+    # data and held-out data on the CPU (tb.fit moves them to the model's device)
+    history = tb.fit(model_dev, guide_dev, data, epochs=1, batch_size=64, init="cavi", init_sweeps=4,
+                     progress=False, seed=0, eval_data=(planted.test_index, planted.test_values))
     assert len(history.elbo) == 1 and torch.isfinite(torch.tensor(history.elbo + history.error)).all()
     _assert_on_device(model_dev, guide_dev)
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
 
+from ..infer.batches import module_device
 from ..models.tensor import LowRankTensor
 
 __all__ = ["MeanField", "low_rank_tensors"]
@@ -124,7 +125,7 @@ class MeanField(PyroModule):
         self.lambda_guide = lambda_guide
         self.lambda_update = lambda_update
         self.m_step = m_step
-        self.to(device=_model_device(model), dtype=_model_dtype(model))
+        self.to(device=module_device(model), dtype=_model_dtype(model))
 
     def tensors(self):
         """Pairs ``(model tensor, its posterior parameters)``."""
@@ -246,13 +247,6 @@ def _model_dtype(model):
         if t.is_floating_point():
             return t.dtype
     return torch.get_default_dtype()
-
-
-def _model_device(model):
-    """The device of the model's parameters and buffers (the CPU if it has none)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def _key(name):

@@ -8,7 +8,20 @@ import math
 
 import torch
 
-__all__ = ["TensorBatches", "as_tensors"]
+__all__ = ["TensorBatches", "as_tensors", "module_device", "to_device"]
+
+
+def module_device(*modules):
+    """The device of the first parameter or buffer of ``modules`` (the CPU if they hold none)."""
+    for module in modules:
+        for t in list(module.parameters()) + list(module.buffers()):
+            return t.device
+    return torch.device("cpu")
+
+
+def to_device(batch, device):
+    """The tensors of a batch on ``device`` (those already there unchanged, not copied)."""
+    return tuple(t.to(device, non_blocking=True) for t in batch)
 
 
 def as_tensors(data, name="data"):

@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 from pyro.poutine.messenger import Messenger
 
-from .batches import TensorBatches
+from .batches import TensorBatches, module_device
 
 __all__ = [
     "DistributedContext", "LikelihoodScale", "ShardedTensorBatches", "all_reduce_step", "broadcast_seed",
@@ -109,20 +109,13 @@ def init():
     return DistributedContext(dist.get_rank(), dist.get_world_size())
 
 
-def _device(modules):
-    for module in modules:
-        for t in list(module.parameters()) + list(module.buffers()):
-            return t.device
-    return torch.device("cpu")
-
-
 def broadcast_seed(seed, ctx, modules=()):
     """
     Rank 0's ``seed`` on every rank (drawn on rank 0 when ``None``), so that all ranks agree;
     sent from the device of ``modules`` (a NCCL group carries CUDA tensors only).
     """
     value = torch.tensor([int(torch.randint(2**31, ())) if seed is None else int(seed)], dtype=torch.int64,
-                         device=_device(modules))
+                         device=module_device(*modules))
     dist.broadcast(value, src=0)
     return int(value.item())
 
@@ -236,7 +229,7 @@ def check_in_sync(modules, ctx, where):
 
     :raises RuntimeError: naming ``where`` when the ranks have drifted apart.
     """
-    device = _device(modules)
+    device = module_device(*modules)
     local = _checksum(modules, device)
     gathered = [torch.empty_like(local) for _ in range(ctx.world_size)]
     dist.all_gather(gathered, local)
@@ -261,7 +254,7 @@ def evaluate(model, guide, eval_data, eval_samples, ctx):
     *inputs, target = eval_data
     classifier = not target.is_floating_point()  # class labels; a regression's targets are floats
     shard = torch.arange(len(target)).tensor_split(ctx.world_size)[ctx.rank]
-    sums = torch.zeros(2, dtype=torch.float64, device=_device([model, guide]))
+    sums = torch.zeros(2, dtype=torch.float64, device=module_device(model, guide))
     if len(shard):
         state = pyro.util.get_rng_state()
         mean, _ = predict(model, guide, *[t[shard] for t in inputs], num_samples=eval_samples)

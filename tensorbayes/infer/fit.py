@@ -23,7 +23,7 @@ from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from . import distributed as _distributed
-from .batches import as_tensors, TensorBatches
+from .batches import as_tensors, module_device, to_device, TensorBatches
 
 __all__ = ["History", "NonFiniteError", "fit"]
 
@@ -154,7 +154,9 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
 
     The model is called as ``model(*batch, num_data=N)``: it must put its likelihood under a
     ``pyro.plate("data", num_data, subsample=...)`` so that the minibatch ELBO is the full-data
-    ELBO in expectation.
+    ELBO in expectation. Every batch (and ``eval_data``) is moved to the device of the model's
+    and guide's parameters, as Lightning does: move them (``model.to("cuda")``, then build the
+    guide) to train on a GPU, and keep the data where it is.
 
     :param model: a tensorbayes model (e.g. :class:`~tensorbayes.models.TensorCompletion`).
     :param guide: its guide (e.g. :class:`~tensorbayes.guides.MeanField`).
@@ -251,13 +253,17 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         if hasattr(model, "check_data"):
             batches.data = tuple(t for t in model.check_data(*batches.data) if t is not None)
     _check_finite_parameters(model, guide)
+    device = module_device(model, guide)  # every batch is moved there, as the held-out data
+    if eval_data is not None:
+        eval_data = to_device(eval_data, device)
     if seed is not None:
         pyro.set_rng_seed(seed)
 
     state = _load_checkpoint(checkpoint, model, guide) if resume and os.path.exists(checkpoint) else None
     if state is None:
         initialized = (init != "none" and batches.data is not None
-                       and _coordinate_ascent_init(model, guide, batches.data, init, init_sweeps, progress))
+                       and _coordinate_ascent_init(model, guide, to_device(batches.data, device), init, init_sweeps,
+                                                   progress))
     else:
         initialized = state["initialized"]
     if ctx is not None:
@@ -284,6 +290,7 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
     for epoch in range(first_epoch, epochs):
         epoch_loss = epoch_likelihood = 0.0
         for batch, share in _shares(batches, epoch):
+            batch = to_device(batch, device)
             beta = schedule.beta(step)
             _set_learning_rates(optimizer, lr * schedule.lr_factor(step), hold_noise=step < schedule.warmup)
             loss, likelihood = _step(model, guide, elbo, optimizer, batch, batches.num_data, beta, step, epoch,
