@@ -18,7 +18,7 @@ export PYTHONPATH=$here${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 cd "$here"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, pyro; print('torch', torch.__version__, 'pyro', pyro.__version__)" | tee -a "$out/gpu.txt"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
-timeout 240 python3 benchmarks/layers.py --device cuda --threads 8 --out "$out" 2>&1 | tee "$out/layers.log"
-timeout 300 python3 benchmarks/dlrm.py --device cuda --threads 8 --samples "$samples" --id-order frequency \
+timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
+timeout 200 python3 benchmarks/layers.py --device cuda --threads 8 --out "$out" 2>&1 | tee "$out/layers.log"
+timeout 240 python3 benchmarks/dlrm.py --device cuda --threads 8 --samples "$samples" --id-order frequency \
     --no-progress --out "$out" 2>&1 | tee "$out/dlrm.log"
