@@ -139,12 +139,13 @@ class RankPrior:
     name = None
     proper = True
 
-    def distribution(self, batch_shape=(), *, dtype=None, device=None):
+    def distribution(self, batch_shape=(), *, dtype=None, device=None, validate_args=None):
         """A Pyro distribution over λ: support positive, ``batch_shape`` as given, no event dims.
 
         :param batch_shape: the batch shape (``torch.Size``, tuple or int).
         :param dtype: floating dtype of the hyperparameters (default: torch's default dtype).
         :param device: device of the hyperparameters (default: CPU).
+        :param validate_args: as torch distributions' (default: Pyro's global setting).
         :rtype: pyro.distributions.TorchDistribution
         """
         raise NotImplementedError
@@ -274,9 +275,9 @@ class HalfCauchy(RankPrior):
     def _hyper_repr(self):
         return f"eta={self.eta!r}"
 
-    def distribution(self, batch_shape=(), *, dtype=None, device=None):
+    def distribution(self, batch_shape=(), *, dtype=None, device=None, validate_args=None):
         eta = torch.tensor(self.eta, dtype=dtype or torch.get_default_dtype(), device=device)
-        return _PositiveHalfCauchy(eta).expand(torch.Size(_shape(batch_shape)))
+        return _PositiveHalfCauchy(eta, validate_args=validate_args).expand(torch.Size(_shape(batch_shape)))
 
     def log_prob(self, lam):
         lam = _as_float(lam)
@@ -409,8 +410,8 @@ class LogUniform(RankPrior):
     def __init__(self):
         pass
 
-    def distribution(self, batch_shape=(), *, dtype=None, device=None):
-        return ImproperLogUniform(batch_shape, dtype=dtype, device=device)
+    def distribution(self, batch_shape=(), *, dtype=None, device=None, validate_args=None):
+        return ImproperLogUniform(batch_shape, dtype=dtype, device=device, validate_args=validate_args)
 
     def log_prob(self, lam):
         lam = _as_float(lam)
@@ -466,11 +467,11 @@ class Gamma(RankPrior):
     def _hyper_repr(self):
         return f"concentration={self.concentration!r}, rate={self.rate!r}"
 
-    def distribution(self, batch_shape=(), *, dtype=None, device=None):
+    def distribution(self, batch_shape=(), *, dtype=None, device=None, validate_args=None):
         dtype = dtype or torch.get_default_dtype()
         a = torch.tensor(self.concentration, dtype=dtype, device=device)
         b = torch.tensor(self.rate, dtype=dtype, device=device)
-        return dist.InverseGamma(a, b).expand(torch.Size(_shape(batch_shape)))
+        return dist.InverseGamma(a, b, validate_args=validate_args).expand(torch.Size(_shape(batch_shape)))
 
     def log_prob(self, lam):
         lam = _as_float(lam)

@@ -249,6 +249,14 @@ def test_distribution_int_batch_shape(prior):
     assert prior.distribution(4).batch_shape == (4,)
 
 
+def test_distribution_validate_args(prior):
+    # validate_args=False (the model's own λ sites) skips the support check; True keeps it
+    with pytest.raises(ValueError, match="support"):
+        prior.distribution(3, validate_args=True).log_prob(torch.tensor([1.0, -1.0, 2.0]))
+    lp = prior.distribution(3, validate_args=False).log_prob(torch.tensor([1.0, -1.0, 2.0]))
+    assert lp.shape == (3,) and torch.isfinite(lp[[0, 2]]).all()
+
+
 def test_distribution_log_prob_matches_log_prob(prior):
     lam = torch.logspace(-12, 12, 97, dtype=F64).reshape(97, 1).expand(97, 3)
     d = prior.distribution((3,), dtype=F64)

@@ -132,17 +132,19 @@ class MeanField(PyroModule):
         return [(t, self.posteriors[_key(name)]) for name, t in self._model_tensors.items()]
 
     def forward(self, *args, **kwargs):
-        """Sample λ and every factor from the variational distribution."""
+        """Sample λ and every factor from the variational distribution (without torch's argument
+        checks, as the model's sites: λ = exp(.) and the scales softplus(.) are valid by
+        construction, and each check would be a host synchronization)."""
         for tensor, post in self.tensors():
             for b in range(len(tensor.layout.ranks)):
                 log_lam = post.log_lambda(b)
                 if self.lambda_guide == "delta":
-                    q = dist.Delta(log_lam.exp(), event_dim=1)
+                    q = dist.Delta(log_lam.exp(), event_dim=1, validate_args=False)
                 else:
-                    q = dist.LogNormal(log_lam, F.softplus(post.raw_lambda_scales[b])).to_event(1)
+                    q = dist.LogNormal(log_lam, F.softplus(post.raw_lambda_scales[b]), validate_args=False).to_event(1)
                 pyro.sample(tensor.lambda_site(b), q)
             for k, (loc, scale) in enumerate(zip(post.locs, post.scales())):
-                pyro.sample(tensor.factor_site(k), dist.Normal(loc, scale).to_event(loc.dim()))
+                pyro.sample(tensor.factor_site(k), dist.Normal(loc, scale, validate_args=False).to_event(loc.dim()))
 
     # ----- summaries of the posterior -----
 

@@ -145,15 +145,24 @@ class LowRankTensor(PyroModule):
         return moments
 
     def forward(self):
-        """Sample ``(factors, lambdas)`` from the prior (or from a guide, under Pyro)."""
+        """
+        Sample ``(factors, lambdas)`` from the prior (or from a guide, under Pyro).
+
+        The sites skip torch's argument and support checks (``validate_args=False``): their
+        parameters are λ > 0 and products of λ, their values a guide's draws, and each check
+        is a host synchronization per site and step (on a GPU, a stall). A NaN still stops
+        :func:`~tensorbayes.fit` with a message that names where it began.
+        """
         lambdas = [
-            pyro.sample(self.lambda_site(b), self.prior.distribution((r,), device=self.device).to_event(1))
+            pyro.sample(self.lambda_site(b),
+                        self.prior.distribution((r,), device=self.device, validate_args=False).to_event(1))
             for b, r in enumerate(self.layout.ranks)
         ]
         factors = []
         for k, (shape, var) in enumerate(zip(self.layout.factor_shapes, self.prior_variances(lambdas))):
             scale = var.sqrt().expand(shape)
-            factors.append(pyro.sample(self.factor_site(k), dist.Normal(torch.zeros_like(scale), scale).to_event(len(shape))))
+            prior = dist.Normal(torch.zeros_like(scale), scale, validate_args=False).to_event(len(shape))
+            factors.append(pyro.sample(self.factor_site(k), prior))
         return factors, lambdas
 
     #: The variance :meth:`init_loc_scale` aims the tensor's entries at (1 by default; a

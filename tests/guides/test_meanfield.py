@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tensorbayes.data import planted_tensor
 from tensorbayes.guides import MeanField
-from tensorbayes.models import LowRankTensor, TensorCompletion
+from tensorbayes.models import BayesianRegressor, LowRankTensor, TensorCompletion, TensorizedLinear
 
 D = torch.float64
 
@@ -296,3 +297,71 @@ def test_guide_takes_the_models_dtype():
     guide = MeanField(model)
     assert {p.dtype for p in guide.parameters()} == {torch.float64}
     assert {b.dtype for b in guide.buffers()} == {torch.float64}
+
+
+class _CountHostSyncs(TorchDispatchMode):
+    """Counts the ops that copy a tensor's value to the host (``.item()``, ``bool(t)``): each a stall on a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.syncs += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def _syncs_of_a_step(model, guide, *args, **kwargs):
+    """Host synchronizations of one SVI loss and backward pass, Pyro's per-site NaN checks off."""
+    elbo = TraceMeanField_ELBO()
+    with pyro.validation_enabled(False):
+        elbo.differentiable_loss(model, guide, *args, **kwargs)  # the first call checks the sites once
+        with _CountHostSyncs() as counter:
+            loss = elbo.differentiable_loss(model, guide, *args, **kwargs)
+            loss.backward()
+    assert torch.isfinite(loss)
+    return counter.syncs
+
+
+def _one_site_model(y):
+    z = pyro.sample("z", dist.Normal(torch.zeros((), dtype=D), 1.0, validate_args=False))
+    with pyro.plate("data", len(y)):
+        pyro.sample("obs", dist.Normal(z, 1.0, validate_args=False), obs=y)
+
+
+def _one_site_guide(y):
+    loc = pyro.param("loc", torch.zeros((), dtype=D))
+    pyro.sample("z", dist.Normal(loc, 1.0, validate_args=False))
+
+
+def _unwrapped(fn):
+    while isinstance(fn, dist.Independent):
+        fn = fn.base_dist
+    return fn
+
+
+@pytest.mark.parametrize("fmt", ["cp", "tucker", "tt", "ttm"])
+@pytest.mark.parametrize("lambda_guide", ["delta", "lognormal"])
+def test_the_svi_step_of_a_layer_makes_no_host_synchronization_of_its_own(fmt, lambda_guide):
+    pyro.clear_param_store()
+    layer = TensorizedLinear(16, 12, format=fmt, max_rank=3)
+    model = BayesianRegressor(layer, noise=1.0).double()
+    guide = MeanField(model, seed=0, lambda_guide=lambda_guide)
+    x, y = torch.randn(8, 16, dtype=D), torch.randn(8, 12, dtype=D)
+    # with Pyro's validation on, the prior's and the guide's sites skip torch's argument and
+    # support checks (a host synchronization each); the observed site keeps them
+    with pyro.validation_enabled(True):
+        guide_trace = poutine.trace(guide).get_trace(x, y, num_data=80)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y, num_data=80)
+    latent = {**_sample_sites(guide_trace), **_sample_sites(model_trace)}
+    assert len(latent) == len(_sample_sites(guide_trace)) == len(layer.layout.ranks) + len(layer.layout.factor_shapes)
+    for trace in (guide_trace, model_trace):
+        assert not any(_unwrapped(s["fn"])._validate_args for s in _sample_sites(trace).values())
+    assert _unwrapped(model_trace.nodes["obs"]["fn"])._validate_args
+    # with Pyro's per-site NaN checks off too, as many as the ELBO of a one-site Pyro model makes
+    # (reading its loss back): nothing in the forward or backward pass reads a value back
+    y1 = torch.randn(5, dtype=D)
+    assert _syncs_of_a_step(model, guide, x, y, num_data=80) == _syncs_of_a_step(_one_site_model, _one_site_guide, y1)
+    with pyro.validation_enabled(True), _CountHostSyncs() as counter:  # the counter sees the checks skipped
+        dist.Normal(torch.zeros(3), torch.ones(3)).log_prob(torch.zeros(3))
+    assert counter.syncs > 0
