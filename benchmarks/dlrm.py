@@ -65,6 +65,7 @@ from tensorbayes.data.clicks import ID_ORDERS, PAPER_ROW_SHAPES, ClickGenerator,
 from tensorbayes.formats import TTM
 from tensorbayes.formats.canonical import canonicalize
 from tensorbayes.guides.meanfield import low_rank_tensors
+from tensorbayes.infer.batches import module_device, to_device
 from tensorbayes.infer.fit import Schedule, sparse_tables
 from tensorbayes.models.dlrm import DLRM, DLRMNet
 
@@ -79,11 +80,6 @@ def peak_rss_gib():
 def peak_gpu_gib(device):
     """The peak GPU memory torch allocated so far (``None`` on the CPU)."""
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-def on(device, batch):
-    """The tensors of a batch, moved to ``device``."""
-    return tuple(t.to(device, non_blocking=True) for t in batch)
 
 
 class HashedEmbeddingBag(torch.nn.EmbeddingBag):
@@ -214,9 +210,10 @@ def train_bayesian(model, guide, train, args):
 def train_dense(net, train, args, desc="dense baseline"):
     """
     Plain torch, on the device of ``net``'s parameters: Adam on the MLPs (and tensor factors),
-    SparseAdam on the tables, binary cross-entropy; the learning rate falls over the last ``args.lr_decay`` of the steps as in ``tb.fit``.
+    SparseAdam on the tables, binary cross-entropy; the learning rate falls over the last
+    ``args.lr_decay`` of the steps as in ``tb.fit``.
     """
-    device = next(net.parameters()).device
+    device = module_device(net)
     dense_params, table_params = _split_params(net)
     optim = torch.optim.Adam(dense_params, lr=args.lr)
     sparse_optim = torch.optim.SparseAdam(table_params, lr=args.lr)
@@ -228,7 +225,7 @@ def train_dense(net, train, args, desc="dense baseline"):
     for step, (dense, sparse, clicks) in enumerate(batches):
         for group in optim.param_groups + sparse_optim.param_groups:
             group["lr"] = args.lr * schedule.lr_factor(step)
-        dense, sparse, clicks = on(device, (dense, sparse, clicks))
+        dense, sparse, clicks = to_device((dense, sparse, clicks), device)
         t1 = time.perf_counter()
         loss = F.binary_cross_entropy_with_logits(net(dense, sparse), clicks)
         optim.zero_grad()
@@ -288,9 +285,9 @@ def evaluate(net, test, batch, truth):
     """Accuracy and AUC on the drawn test clicks, and the expected accuracy under the true click
     probability (``truth`` from :func:`truth_of`), overall and by number of rare lookups."""
     logits, labels = [], []
-    device = next(net.parameters()).device
+    device = module_device(net)
     for dense, sparse, clicks in test.batches(batch):
-        logits.append(net(*on(device, (dense, sparse))).cpu())
+        logits.append(net(*to_device((dense, sparse), device)).cpu())
         labels.append(clicks)
     logit, y = torch.cat(logits), torch.cat(labels)
     prob, groups = truth

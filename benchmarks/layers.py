@@ -25,8 +25,8 @@ Speed and memory of the tensorized layers against dense ones, measured in the sa
 With ``--device cuda`` every step runs on the GPU (timed after ``torch.cuda.synchronize``),
 the grid adds larger layers (16384 x 16384, batches 1024 and 4096) where the GPU's dense product
 stops being cheap, and the lookups are measured in one process by the peak GPU memory
-(``torch.cuda.max_memory_allocated``) up to 1e12 rows; the profile part then times the steps
-interleaved without the profiler.
+(``torch.cuda.max_memory_allocated``) up to 1e12 rows (the target still counts 1e4 to 1e9).
+The profile part also times the SVI step with Pyro's validation off, as a user may choose.
 
 Writes ``layers.json`` and ``layers.md`` (``layers_smoke.*`` with ``--smoke``, ``layers_cuda.*``
 with ``--device cuda``).
