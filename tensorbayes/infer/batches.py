@@ -20,8 +20,9 @@ def module_device(*modules):
 
 
 def to_device(batch, device):
-    """The tensors of a batch on ``device`` (those already there unchanged, not copied)."""
-    return tuple(t.to(device, non_blocking=True) for t in batch)
+    """The items of a batch with its tensors on ``device`` (those already there, and items that
+    are not tensors, unchanged)."""
+    return tuple(t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch)
 
 
 def as_tensors(data, name="data"):

@@ -343,3 +343,16 @@ def test_a_callback_that_prunes_leaves_the_new_parameters_optimized():
     after = guide.factor_means(tensor)
     assert [a.shape for a in after] == [p.shape for p in seen["pruned"]]
     assert all(not torch.equal(a, p) for a, p in zip(after, seen["pruned"]))  # stepped after the prune
+
+
+def test_to_device_moves_tensors_and_leaves_the_rest():
+    from tensorbayes.infer.batches import module_device, to_device
+
+    x, y = torch.randn(3, 2), torch.arange(3)
+    moved = to_device([x, "ids", y], torch.device("cpu"))
+    assert isinstance(moved, tuple) and moved[1] == "ids"
+    assert moved[0] is x and moved[2] is y  # already there: not copied
+    elsewhere = to_device([x], torch.device("meta"))[0]  # another device: a new tensor there
+    assert elsewhere.device.type == "meta" and elsewhere.shape == x.shape
+    model = TensorCompletion((3, 4, 5), format="tt", max_rank=2).to("meta")
+    assert module_device(model) == torch.device("meta") and module_device(torch.nn.Module()) == torch.device("cpu")
