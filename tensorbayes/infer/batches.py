@@ -4,6 +4,7 @@ reshuffled every epoch by a seeded generator (sharded across processes by
 :mod:`~tensorbayes.infer.distributed`).
 """
 
+import itertools
 import math
 
 import torch
@@ -14,7 +15,7 @@ __all__ = ["TensorBatches", "as_tensors", "module_device", "to_device"]
 def module_device(*modules):
     """The device of the first parameter or buffer of ``modules`` (the CPU if they hold none)."""
     for module in modules:
-        for t in list(module.parameters()) + list(module.buffers()):
+        for t in itertools.chain(module.parameters(), module.buffers()):
             return t.device
     return torch.device("cpu")
 

@@ -273,6 +273,11 @@ def _auto_shapes(sizes, order, pad=()):
     raise FactorizationError(errors[-1])
 
 
+def _within_ratio(factors, max_ratio=MAX_RATIO):
+    """Whether every factor is at least 2 and ``largest / smallest <= max_ratio``."""
+    return min(factors) >= 2 and max(factors) <= max_ratio * min(factors)
+
+
 def _ordered_factorizations(n, d, max_ratio=MAX_RATIO):
     """Every ``d``-tuple of factors of at least 2 with product ``n`` and ``largest / smallest <=
     max_ratio``, in every order (ascending tuples first)."""
@@ -282,7 +287,7 @@ def _ordered_factorizations(n, d, max_ratio=MAX_RATIO):
     def search(rest, k, prefix):
         if k == 1:
             factors = prefix + (rest,)
-            if rest >= 2 and max(factors) <= max_ratio * min(factors):
+            if _within_ratio(factors, max_ratio):
                 found.append(factors)
             return
         for f in divisors:
@@ -319,7 +324,7 @@ def _cheapest_ttm_pairing(in_shape, out_shape, ranks):
         if any(size % n for size, n in zip(core_sizes, ins)):
             continue
         outs = tuple(size // n for size, n in zip(core_sizes, ins))  # the core sizes fix the out modes
-        if min(outs) < 2 or max(outs) > MAX_RATIO * min(outs):
+        if not _within_ratio(outs):
             continue
         cost = row_cost(ins, outs)
         if cost < best_cost:
