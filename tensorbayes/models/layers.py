@@ -123,7 +123,7 @@ def _interleave(factors):
     return tuple(out)
 
 
-def _best_split(n, d, divisors):
+def _most_balanced_factors(n, d, divisors):
     """The non-decreasing ``d``-tuple of divisors with product ``n`` and the least max/min ratio
     (ties: the least spread of log-sizes), every factor at least 2; ``None`` if there is none."""
     best = [None, None]  # key, factors
@@ -215,7 +215,7 @@ def factorize(n, d, max_ratio=MAX_RATIO, name="n"):
         else:
             what = f"{name}={n} = {' x '.join(map(str, primes))} has only {len(primes)} prime factors"
         raise FactorizationError(f"{what}: it cannot be split into {d} factors of at least 2; {advice}")
-    split = _best_split(n, d, _divisors(primes))
+    split = _most_balanced_factors(n, d, _divisors(primes))
     ratio = split[-1] / split[0]
     if ratio > max_ratio:
         raise FactorizationError(
