@@ -218,9 +218,15 @@ def lookup(rows, batch, repeats, kind, threads):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+#: The lookup rows' memory keys (peak, before the lookups, increase during them): resident
+#: memory on the CPU, ``torch.cuda`` allocated memory on a GPU.
+RSS_KEYS = ("peak_rss_mib", "rss_before_lookups_mib", "lookup_rss_increase_mib")
+GPU_KEYS = ("peak_gpu_mib", "gpu_before_lookups_mib", "lookup_gpu_increase_mib")
+
+
 def lookup_cuda(rows, batch, repeats, kind, device):
-    """One table size on the GPU, in this process: time per batch and peak GPU memory (the
-    ``peak_rss_mib`` keys hold ``torch.cuda.max_memory_allocated`` here)."""
+    """One table size on the GPU, in this process: time per batch and peak GPU memory
+    (``torch.cuda.max_memory_allocated``, under the :data:`GPU_KEYS`)."""
     params, step, batches = lookup_batches(rows, batch, repeats, kind, device)
     _synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -228,20 +234,21 @@ def lookup_cuda(rows, batch, repeats, kind, device):
     times = [_timed(lambda: step(idx, off), device) for idx, off in batches][2:]
     peak = torch.cuda.max_memory_allocated(device)
     return {"rows": rows, "kind": kind, "params": params, "time_s": statistics.median(times),
-            "peak_rss_mib": peak / 2**20, "rss_before_lookups_mib": base / 2**20,
-            "lookup_rss_increase_mib": (peak - base) / 2**20}
+            "peak_gpu_mib": peak / 2**20, "gpu_before_lookups_mib": base / 2**20,
+            "lookup_gpu_increase_mib": (peak - base) / 2**20}
 
 
 def lookup_table(sizes, batch, repeats, threads, dense_max, device):
     found = []
     memory = "peak GPU memory" if device.type == "cuda" else "peak RSS"
+    peak_key, _, increase_key = GPU_KEYS if device.type == "cuda" else RSS_KEYS
     for rows in sizes:
         for kind in ("tensorized", "dense") if rows <= dense_max else ("tensorized",):
             r = (lookup_cuda(rows, batch, repeats, kind, device) if device.type == "cuda"
                  else lookup(rows, batch, repeats, kind, threads))
             found.append(r)
             print(f"lookup {kind:10s} {rows:>17,d} rows: {1e3 * r['time_s']:7.2f} ms/batch, {memory} "
-                  f"{r['peak_rss_mib']:7.1f} MiB (+{r['lookup_rss_increase_mib']:.1f} during lookups)", flush=True)
+                  f"{r[peak_key]:7.1f} MiB (+{r[increase_key]:.1f} during lookups)", flush=True)
     return found
 
 
@@ -323,6 +330,7 @@ def _modes(shape):
 def markdown(r):
     where = "GPU: " + r["gpu"] if r.get("gpu") else f"{r['threads']} thread(s)"
     memory = "peak GPU memory" if r.get("gpu") else "peak RSS"
+    peak_key, _, increase_key = GPU_KEYS if r.get("gpu") else RSS_KEYS
     lines = [f"# Tensorized layers: speed and memory ({where})", "",
              "## SVI step of TensorizedLinear against dense nn.Linear + Adam and the same layer without Pyro", "",
              "| format | size | modes (in -> out) | batch | max rank | path | params | dense ms | deterministic ms | SVI ms | SVI / dense | SVI / deterministic |",
@@ -357,7 +365,7 @@ def markdown(r):
               f"| kind | rows | params | ms / batch | {memory} MiB | increase during lookups MiB |", "|---|---|---|---|---|---|"]
     for x in r["lookup"]:
         lines.append(f"| {x['kind']} | {x['rows']:.0e} | {x['params']:,} | {1e3 * x['time_s']:.2f} | "
-                     f"{x['peak_rss_mib']:.1f} | {x['lookup_rss_increase_mib']:.1f} |")
+                     f"{x[peak_key]:.1f} | {x[increase_key]:.1f} |")
     lines += ["", f"Target, tensorized lookup peak memory flat within 2x from the smallest table to {TARGET_ROWS:.0e} rows: "
               f"ratio {t['lookup_peak_ratio']:.2f} ({'met' if t['lookup_flat'] else 'not met'}).", ""]
     p = r["profile"]
@@ -408,7 +416,8 @@ def main(argv=None):
         result["profile"] = profile_svi(*prof_case, repeats, device)
     ratio = result["profile"]["interleaved_svi_over_dense"]
     # the target's range, 1e4 to 1e9 rows (the GPU run adds 1e12)
-    peaks = [x["peak_rss_mib"] for x in result["lookup"] if x["kind"] == "tensorized" and x["rows"] <= TARGET_ROWS]
+    peak_key = (GPU_KEYS if cuda else RSS_KEYS)[0]
+    peaks = [x[peak_key] for x in result["lookup"] if x["kind"] == "tensorized" and x["rows"] <= TARGET_ROWS]
     result["targets"] = {
         "ttm_4096_svi_over_dense": ratio,
         "ttm_4096_met": ratio <= 0.5,
