@@ -134,6 +134,10 @@ def test_dlrm_smoke(tmp_path):
     assert result["config"]["m_step"] == "mackay" and "MacKay" in text
     assert {t["table"] for t in b["turned_back"]} == {"C3", "C4", "C12", "C16", "C21"} and "turned back" in text
     assert [t["table"] for t in b["planted_fit"]] == [t["table"] for t in b["tables"]] and "best linear map" in text
+    for t in b["tables"]:  # align_tables turns and cuts the first bond only
+        assert t["aligned"][1:] == t["found"][1:] and 1 <= t["aligned"][0] <= t["max_ranks"][0]
+    assert b["aligned"]["tensorized_params"] == sum(t["params_aligned"] for t in b["tables"]) and "align_tables" in text
+    assert abs(b["aligned"]["accuracy"] - b["accuracy"]) < 0.05  # a turn keeps the function, up to the cut
     assert 0.5 < result["bayes_optimal"]["accuracy"] < 1
     assert {"accuracy", "auc", "samples_per_s", "params"} <= set(result["dense_baseline"])
     assert {"accuracy", "auc", "samples_per_s"} <= set(result["point_estimate"])
