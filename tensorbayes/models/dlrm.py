@@ -143,6 +143,18 @@ def _turn_columns(weight, turn):
     return torch.einsum("xu,nur->nxr", turn, weight.reshape(rows, turn.shape[0], -1)).reshape(rows, width)
 
 
+def _ttm_tables(net):
+    """``{name: table}`` of a DLRMNet's TTM tables, which :func:`align_tables` turns; its other
+    tables must be dense (a ``weight`` of rows by width)."""
+    compact = {name: t for name, t in net.tables() if isinstance(t, CompactEmbeddingBag)}
+    odd = [name for name, t in net.tables() if (t.layout.name != "ttm" if name in compact
+                                                 else not isinstance(getattr(t, "weight", None), torch.Tensor))]
+    if odd or not compact:
+        found = f"tables {odd} are neither" if compact else "no TTM table"
+        raise ValueError(f"net must have TTM tables (CompactEmbeddingBag) and dense tables only; {found}")
+    return compact
+
+
 @torch.no_grad()
 def align_tables(net, threshold=None, gap=None, restarts=4, seed=0):
     """
@@ -185,34 +197,27 @@ def align_tables(net, threshold=None, gap=None, restarts=4, seed=0):
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     gap = DEFAULT_GAP if gap is None else gap
     active_ranks([], threshold, gap)  # checks them before any work
-    compact = {name: t for name, t in net.tables() if isinstance(t, CompactEmbeddingBag)}
-    other = [name for name, t in net.tables() if name not in compact and not isinstance(
-        getattr(t, "weight", None), torch.Tensor)]
-    not_ttm = [name for name, t in compact.items() if t.layout.name != "ttm"]
-    if other or not_ttm or not compact:
-        raise ValueError(f"net must have TTM tables (CompactEmbeddingBag) and dense tables only; "
-                         f"{'no TTM table' if not compact else 'tables ' + str(other + not_ttm)} found")
+    compact = _ttm_tables(net)
     tables = {name: (t.layout, [f.double() for f in t.weight.factors]) for name, t in compact.items()}
     turn = lowest_rank_turn(tables.values(), restarts=restarts, seed=seed)
     aligned = copy.deepcopy(net)
     ranks = {}
     for name, table in aligned.tables():
-        like = table.weight.factors[0] if name in compact else table.weight
-        if name in compact:
-            layout, factors = tables[name]
-            rank = active_ranks([first_bond_spectrum(layout, factors, turn)], threshold, gap)[0]
-            layout, factors = turn_first_columns(layout, factors, turn, rank)
-            table.weight = CompactTensor(layout, [f.to(like) for f in factors])
-            ranks[name] = layout.ranks
-        else:
-            table.weight.copy_(_turn_columns(table.weight, turn.to(like)))
-    width = aligned.embedding_dim
-    full = _turn_columns(torch.eye(width, dtype=turn.dtype, device=turn.device), turn)  # rows: I R^T = R^T
+        if name not in compact:
+            table.weight.copy_(_turn_columns(table.weight, turn.to(table.weight)))
+            continue
+        layout, factors = tables[name]
+        rank = active_ranks([first_bond_spectrum(layout, factors, turn)], threshold, gap)[0]
+        layout, factors = turn_first_columns(layout, factors, turn, rank)
+        table.weight = CompactTensor(layout, [f.to(table.weight.factors[0]) for f in factors])
+        ranks[name] = layout.ranks
+    width, like = aligned.embedding_dim, next(aligned.bottom.parameters())
+    full = _turn_columns(torch.eye(width, dtype=turn.dtype, device=turn.device), turn).to(like)  # I R^T = R^T
     last = torch.nn.Linear(width, width, bias=False).to(like)
     last.weight.copy_(full.T)
     aligned.bottom.append(last)
     first = aligned.top[0]
-    first.weight[:, :width] = first.weight[:, :width] @ full.to(first.weight)
+    first.weight[:, :width] = first.weight[:, :width] @ full
     return aligned, ranks
 
 
