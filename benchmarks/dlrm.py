@@ -41,7 +41,10 @@ over the rows the test examples look up, up to the DLRM's symmetries. Where the 
 are small enough to form (the tiny log), the learned tables are also turned back onto the
 planted ones by the rotation of the embedding space and the scale per table that a DLRM cannot
 tell apart (:func:`turned_back`), and the first-bond spectrum's largest drop is reported before
-and after: what the clicks can tell of the first-bond ranks.
+and after: what the clicks can tell of the first-bond ranks. Without the truth, at any size, the
+pruned network is turned by :func:`tensorbayes.models.align_tables` to where its TTM tables'
+first bonds are lowest and cut there (:func:`aligned_report`): the ranks found up to that
+symmetry, their parameters and the turned network's accuracy are reported beside the readout's.
 
     python benchmarks/dlrm.py [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--reference] [--reference-warm 0.7] [--id-order frequency] [--tiny] [--smoke] [--out benchmarks/results]
 """
