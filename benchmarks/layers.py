@@ -224,6 +224,11 @@ RSS_KEYS = ("peak_rss_mib", "rss_before_lookups_mib", "lookup_rss_increase_mib")
 GPU_KEYS = ("peak_gpu_mib", "gpu_before_lookups_mib", "lookup_gpu_increase_mib")
 
 
+def memory_keys(gpu):
+    """``(peak, before, increase)``: the lookup rows' memory keys on a GPU or on the CPU."""
+    return GPU_KEYS if gpu else RSS_KEYS
+
+
 def lookup_cuda(rows, batch, repeats, kind, device):
     """One table size on the GPU, in this process: time per batch and peak GPU memory
     (``torch.cuda.max_memory_allocated``, under the :data:`GPU_KEYS`)."""
@@ -241,7 +246,7 @@ def lookup_cuda(rows, batch, repeats, kind, device):
 def lookup_table(sizes, batch, repeats, threads, dense_max, device):
     found = []
     memory = "peak GPU memory" if device.type == "cuda" else "peak RSS"
-    peak_key, _, increase_key = GPU_KEYS if device.type == "cuda" else RSS_KEYS
+    peak_key, _, increase_key = memory_keys(device.type == "cuda")
     for rows in sizes:
         for kind in ("tensorized", "dense") if rows <= dense_max else ("tensorized",):
             r = (lookup_cuda(rows, batch, repeats, kind, device) if device.type == "cuda"
@@ -330,7 +335,7 @@ def _modes(shape):
 def markdown(r):
     where = "GPU: " + r["gpu"] if r.get("gpu") else f"{r['threads']} thread(s)"
     memory = "peak GPU memory" if r.get("gpu") else "peak RSS"
-    peak_key, _, increase_key = GPU_KEYS if r.get("gpu") else RSS_KEYS
+    peak_key, _, increase_key = memory_keys(r.get("gpu"))
     lines = [f"# Tensorized layers: speed and memory ({where})", "",
              "## SVI step of TensorizedLinear against dense nn.Linear + Adam and the same layer without Pyro", "",
              "| format | size | modes (in -> out) | batch | max rank | path | params | dense ms | deterministic ms | SVI ms | SVI / dense | SVI / deterministic |",
@@ -416,7 +421,7 @@ def main(argv=None):
         result["profile"] = profile_svi(*prof_case, repeats, device)
     ratio = result["profile"]["interleaved_svi_over_dense"]
     # the target's range, 1e4 to 1e9 rows (the GPU run adds 1e12)
-    peak_key = (GPU_KEYS if cuda else RSS_KEYS)[0]
+    peak_key = memory_keys(cuda)[0]
     peaks = [x[peak_key] for x in result["lookup"] if x["kind"] == "tensorized" and x["rows"] <= TARGET_ROWS]
     result["targets"] = {
         "ttm_4096_svi_over_dense": ratio,

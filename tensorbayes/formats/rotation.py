@@ -101,9 +101,9 @@ def first_bond_spectrum(layout, factors, turn=None):
     factors = _check_turnable(layout, factors)
     left, right = _first_bond_parts(factors)
     size = left.shape[1] * right.shape[1]
-    if turn is None:
-        turn = torch.eye(size, dtype=left.dtype, device=left.device)
-    return _spectrum(_check_turn(turn, size, left.dtype, left.device), left, right)
+    turn = (torch.eye(size, dtype=left.dtype, device=left.device) if turn is None
+            else _check_turn(turn, size, left.dtype, left.device))
+    return _spectrum(turn, left, right)
 
 
 def turn_first_columns(layout, factors, turn, rank=None):
