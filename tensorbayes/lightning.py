@@ -3,7 +3,7 @@ A Lightning module for tensorbayes models: SVI with Lightning's Trainer, callbac
 and strategies (DDP on several GPUs or machines, checkpointing, early stopping, ...).
 
 :class:`TensorBayesModule` holds a model and its guide. Its ``training_step`` is one step of
-:func:`tensorbayes.fit`: the ELBO of :class:`pyro.infer.TraceMeanField_ELBO` on the batch (the
+:func:`tensorbayes.fit`: the ELBO of :class:`~tensorbayes.infer.elbo.MeanFieldELBO` on the batch (the
 likelihood scaled by ``num_data / batch`` through the model's data plate), the KL term weighted
 by the warm-up β of :class:`~tensorbayes.infer.fit.Schedule`, a learned noise held during the
 warm-up, and after every optimizer step the damped closed-form λ update of a
@@ -29,7 +29,6 @@ Usage::
 
 import math
 
-from pyro.infer import TraceMeanField_ELBO
 
 try:
     import lightning.pytorch as pl
@@ -38,7 +37,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "tensorbayes.lightning needs Lightning: pip install 'tensorbayes[lightning]' (or pip install lightning)"
     ) from error
 
-from .infer.fit import (KLScale, LikelihoodMeter, Schedule, _adam, _check_positive_int, _held_out_metric, _lambdas,
+from .infer.elbo import MeanFieldELBO
+from .infer.fit import (KLScale, Schedule, _adam, _check_positive_int, _held_out_metric, _lambdas,
                         sparse_tables)
 
 __all__ = ["TensorBayesModule"]
@@ -86,7 +86,7 @@ class TensorBayesModule(pl.LightningModule):
         self.eval_samples = eval_samples
         self._warmup, self._ramp = warmup, ramp
         self.schedule = Schedule(warmup=warmup or 0, ramp=ramp or 0)
-        self.elbo = TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+        self.elbo = MeanFieldELBO(num_particles=num_particles)  # particles in turn, as tensorbayes.fit
         self.closed_form = getattr(guide, "lambda_update", None) == "closed_form"
 
     # ----- optimization -----
@@ -113,10 +113,8 @@ class TensorBayesModule(pl.LightningModule):
         """The negative ELBO of the batch, its KL term weighted by the warm-up β."""
         batch = list(batch) if isinstance(batch, (tuple, list)) else [batch]
         beta = self.schedule.beta(self.global_step)
-        meter = LikelihoodMeter()
-        with KLScale(beta), meter:
-            loss = self.elbo.differentiable_loss(self.model, self.guide, *batch, num_data=self.num_data)
-        likelihood = meter.total / self.num_particles
+        with KLScale(beta):
+            loss, likelihood = self.elbo.loss_and_log_likelihood(self.model, self.guide, *batch, num_data=self.num_data)
         size = len(batch[0])
         self.log("elbo", -loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
         self.log("log_likelihood", likelihood, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)

@@ -1,7 +1,8 @@
 """Fitting tensorbayes models by variational inference, and predicting with them."""
 
+from .elbo import MeanFieldELBO
 from .fit import History, NonFiniteError, fit
 from .predict import predict
 from .calibration import calibration_bins, expected_calibration_error
 
-__all__ = ["History", "NonFiniteError", "calibration_bins", "expected_calibration_error", "fit", "predict"]
+__all__ = ["History", "MeanFieldELBO", "NonFiniteError", "calibration_bins", "expected_calibration_error", "fit", "predict"]

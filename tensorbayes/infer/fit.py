@@ -2,7 +2,7 @@
 Fitting a tensorbayes model: stochastic variational inference over minibatches.
 
 :func:`fit` is the training loop: it draws minibatches, computes the ELBO with
-:class:`pyro.infer.TraceMeanField_ELBO` (the likelihood scaled by ``num_data / batch`` through
+:class:`~tensorbayes.infer.elbo.MeanFieldELBO` (Pyro's ``TraceMeanField_ELBO``; the likelihood scaled by ``num_data / batch`` through
 the model's data plate), steps a torch Adam optimizer on the model's and the guide's
 parameters (and :class:`torch.optim.SparseAdam` on embedding tables built with
 ``sparse=True``), ramps the KL term in after a warm-up, applies the closed-form λ M-step,
@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import pyro
 import torch
-from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from . import distributed as _distributed
 from .batches import as_tensors, module_device, to_device, TensorBatches
+from .elbo import MeanFieldELBO
 
 __all__ = ["History", "NonFiniteError", "fit"]
 
@@ -74,21 +74,6 @@ class KLScale(Messenger):
     def _process_message(self, msg):
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = msg["scale"] * self.beta
-
-
-class LikelihoodMeter(Messenger):
-    """Add up the scaled log-likelihood of every observed site (detached) into ``total``."""
-
-    def __init__(self):
-        super().__init__()
-        self.total = 0.0
-
-    def _postprocess_message(self, msg):
-        if msg["type"] == "sample" and msg["is_observed"]:
-            with torch.no_grad():
-                log_p = msg["fn"].log_prob(msg["value"])
-                self.total += float((log_p * msg["scale"]).sum() if msg["mask"] is None else
-                                    (log_p * msg["scale"] * msg["mask"]).sum())
 
 
 @dataclass
@@ -175,7 +160,7 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
     :param int warmup: steps with no KL term and no λ update (default: 20 % of the steps).
     :param int ramp: steps over which β rises from 0 to 1 after the warm-up (default: 20 %).
     :param float lambda_step: damping of the closed-form λ update, in (0, 1].
-    :param int num_particles: samples per ELBO estimate.
+    :param int num_particles: samples per ELBO estimate, drawn one after the other.
     :param str init: "auto" (default) starts a :class:`~tensorbayes.models.TensorCompletion`
         with a :class:`~tensorbayes.guides.MeanField` guide by closed-form coordinate ascent
         (:func:`~tensorbayes.infer.cavi.coordinate_ascent`), prunes the rank indices it
@@ -275,7 +260,7 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
     schedule = Schedule(warmup=default if warmup is None else warmup, ramp=default if ramp is None else ramp,
                         total=total, decay=round(lr_decay * total))
 
-    elbo = TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    elbo = MeanFieldELBO(num_particles=num_particles)  # particles in turn: the models hold no particle dim
     optimizer = _adam(model, guide, lr)
     closed_form = getattr(guide, "lambda_update", None) == "closed_form"
     history, step, first_epoch = History(), 0, 0
@@ -298,7 +283,7 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
             if closed_form and step >= schedule.warmup:
                 guide.update_lambdas(lambda_step)
             epoch_loss += loss
-            epoch_likelihood += likelihood / num_particles
+            epoch_likelihood += likelihood
             step += 1
             if step % trace_every == 0 and hasattr(guide, "lambdas"):
                 history.lambda_trace["step"].append(step)
@@ -435,22 +420,21 @@ def _parallel(ctx, optimizer, share):
 
 def _step(model, guide, elbo, optimizer, batch, num_data, beta, step, epoch, *, share=1.0, reduce=None):
     """
-    One SVI step; returns the loss and the log-likelihood summed over the particles. Stops
+    One SVI step; returns the loss and the log-likelihood, averaged over the particles. Stops
     with :class:`NonFiniteError` naming where a NaN began. On a rank of a distributed fit the
     likelihood is weighted by the rank's ``share`` of the global batch and ``reduce`` averages
     the gradients, the loss and the likelihood over the ranks before the finiteness checks.
     """
-    meter = LikelihoodMeter()
     try:
-        with KLScale(beta), _distributed.LikelihoodScale(share), meter:
-            loss = elbo.differentiable_loss(model, guide, *batch, num_data=num_data)
+        with KLScale(beta), _distributed.LikelihoodScale(share):
+            loss, likelihood = elbo.loss_and_log_likelihood(model, guide, *batch, num_data=num_data)
     except ValueError as error:  # Pyro's validation refuses a NaN parameter of a distribution
         if _non_finite_parameter(model, guide) is None:
             raise
         raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch)) from error
     optimizer.zero_grad()
     loss.backward()
-    value, likelihood = (loss.item(), meter.total) if reduce is None else reduce(loss, meter.total)
+    value, likelihood = (loss.item(), float(likelihood)) if reduce is None else reduce(loss, float(likelihood))
     if not math.isfinite(value):  # on every rank alike: a reduced loss is the same everywhere
         raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch))
     _check_finite_gradients(model, guide, step, epoch)

@@ -221,6 +221,28 @@ def test_seed_makes_fits_identical():
     assert h3.elbo != h1.elbo
 
 
+def test_several_particles_average_their_elbos():
+    """num_particles draws the particles in turn (the models hold no particle dim): with one batch
+    of the whole data, a fresh fit's first step records the mean of that many one-particle ELBOs."""
+    planted, model, guide = _problem()
+    data = (planted.train_index, planted.train_values)
+    fits = {}
+    for particles in (1, 3):
+        planted, model, guide = _problem()
+        fits[particles] = tb.fit(model, guide, data, epochs=1, batch_size=len(data[0]), num_particles=particles,
+                                 lr=1e-12, progress=False, seed=4, init="none")
+    pyro.set_rng_seed(4)
+    planted, model, guide = _problem()
+    elbo = tb.infer.MeanFieldELBO()
+    draws = []
+    for _ in range(3):
+        loss, likelihood = elbo.loss_and_log_likelihood(model, guide, *data, num_data=len(data[0]))
+        draws.append((-loss.item(), likelihood.item()))
+    assert fits[3].elbo[0] == pytest.approx(sum(d[0] for d in draws) / 3, rel=1e-5)
+    assert fits[3].log_likelihood[0] == pytest.approx(sum(d[1] for d in draws) / 3, rel=1e-5)
+    assert fits[1].elbo[0] == pytest.approx(draws[0][0], rel=1e-5)
+
+
 def test_progress_false_is_silent(capsys):
     planted, model, guide = _problem()
     tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=32,

@@ -1,0 +1,107 @@
+"""MeanFieldELBO: Pyro's TraceMeanField_ELBO, computing only the log densities its estimator uses."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import TraceMeanField_ELBO
+from pyro.nn import PyroModule
+
+import tensorbayes as tb
+from tensorbayes.infer import MeanFieldELBO
+from tensorbayes.models import BayesianRegressor
+
+
+def _regressor(fmt, gradient_lambdas=False):
+    torch.manual_seed(0)
+    layer = tb.models.TensorizedLinear(16, 12, format=fmt, max_rank=3).double()
+    model = BayesianRegressor(layer, noise=0.7).double()
+    kwargs = {"lambda_guide": "lognormal"} if gradient_lambdas else {}
+    guide = tb.guides.MeanField(model, seed=1, **kwargs).double()
+    x, y = torch.randn(10, 16, dtype=torch.float64), torch.randn(10, 12, dtype=torch.float64)
+    return model, guide, (x, y), {"num_data": 40}
+
+
+def _loss_and_grads(elbo, model, guide, args, kwargs):
+    pyro.set_rng_seed(3)
+    params = list(model.parameters()) + list(guide.parameters())
+    loss = elbo.differentiable_loss(model, guide, *args, **kwargs)
+    return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+
+# The regressor's factor sites have an analytic KL; its λ sites (a Delta or a LogNormal guide
+# against a half-Cauchy) do not, so both branches of the estimator are compared.
+@pytest.mark.parametrize("fmt", ["cp", "tucker", "tt", "ttm"])
+@pytest.mark.parametrize("gradient_lambdas", [False, True])
+@pytest.mark.parametrize("particles", [1, 3])
+def test_loss_and_gradients_equal_pyros(fmt, gradient_lambdas, particles):
+    model, guide, args, kwargs = _regressor(fmt, gradient_lambdas)
+    opts = {"num_particles": particles}  # in turn: a low-rank tensor's sites hold no particle dim
+    want_loss, want_grads = _loss_and_grads(TraceMeanField_ELBO(**opts), model, guide, args, kwargs)
+    loss, grads = _loss_and_grads(MeanFieldELBO(**opts), model, guide, args, kwargs)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=0)
+    for got, want in zip(grads, want_grads):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_log_likelihood_is_the_observed_sites_scaled_log_density():
+    model, guide, args, kwargs = _regressor("ttm")
+    pyro.set_rng_seed(3)
+    loss, log_likelihood = MeanFieldELBO().loss_and_log_likelihood(model, guide, *args, **kwargs)
+    pyro.set_rng_seed(3)
+    guide_trace = pyro.poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    observed = [s for s in model_trace.nodes.values() if s["type"] == "sample" and s["is_observed"]]
+    assert len(observed) == 1
+    site = observed[0]
+    want = site["fn"].log_prob(site["value"]).sum() * site["scale"]  # scale = num_data / batch = 4
+    torch.testing.assert_close(log_likelihood, want.detach(), rtol=1e-12, atol=0)
+    assert not log_likelihood.requires_grad and loss.requires_grad
+    assert site["scale"] == 4.0
+
+
+def test_computes_no_log_density_of_a_site_with_an_analytic_kl(monkeypatch):
+    """Pyro's ELBO evaluates the density of every Normal site of both traces (the factors' and the
+    likelihood's); this one only the likelihood's."""
+    model, guide, args, kwargs = _regressor("ttm")
+    normal_sites = []
+    log_prob = dist.Independent.log_prob
+
+    def counted(self, value):
+        if isinstance(self.base_dist, torch.distributions.Normal):
+            normal_sites.append(tuple(value.shape))
+        return log_prob(self, value)
+
+    monkeypatch.setattr(dist.Independent, "log_prob", counted)
+    MeanFieldELBO().differentiable_loss(model, guide, *args, **kwargs)
+    assert normal_sites == [(10, 12)]
+    normal_sites.clear()
+    TraceMeanField_ELBO().differentiable_loss(model, guide, *args, **kwargs)
+    factors = len(model.net.weight.layout.factor_shapes)
+    assert len(normal_sites) == 1 + 2 * factors  # what the new class saves
+
+
+class _WithAuxiliary(PyroModule):
+    """A latent with no analytic KL (a Gamma guide against a LogNormal prior) and an auxiliary guide site."""
+
+    def model(self, y):
+        z = pyro.sample("z", dist.LogNormal(torch.zeros(()).double(), 1.0))
+        pyro.sample("y", dist.Normal(z, 1.0).expand(y.shape).to_event(1), obs=y)
+
+    def guide(self, y):
+        a = pyro.param("a", torch.tensor(1.5, dtype=torch.float64), constraint=dist.constraints.positive)
+        u = pyro.sample("u", dist.Normal(torch.zeros(()).double(), 1.0), infer={"is_auxiliary": True})
+        pyro.sample("z", dist.Gamma(a + 0.1 * u.exp(), 2.0))
+
+
+def test_one_sample_kl_and_auxiliary_sites_as_pyro():
+    pyro.clear_param_store()
+    m = _WithAuxiliary()
+    y = torch.tensor([0.3, 1.2], dtype=torch.float64)
+    losses = []
+    for elbo in (TraceMeanField_ELBO(), MeanFieldELBO()):
+        pyro.set_rng_seed(5)
+        losses.append(elbo.differentiable_loss(m.model, m.guide, y))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-12, atol=0)
