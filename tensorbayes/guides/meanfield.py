@@ -196,13 +196,13 @@ class MeanField(PyroModule):
         for tensor, post in self.tensors():
             means2, variances = [loc**2 for loc in post.locs], [s**2 for s in post.scales()]
             second = [m + v for m, v in zip(means2, variances)]
-            for b in range(len(tensor.layout.ranks)):  # bond by bond, each seeing the ones updated before it
-                lambdas = [post.log_lambda(i).exp() for i in range(len(tensor.layout.ranks))]
+            lambdas = [post.log_lambda(b).exp() for b in range(len(tensor.layout.ranks))]
+            for b in range(len(lambdas)):  # bond by bond, each seeing the ones updated before it
                 ((m, d),) = tensor.slice_moments(second, lambdas, bonds=[b])
                 if self.m_step == "mackay":
                     m, d = _mackay_moments(tensor, means2, variances, lambdas, b, m, d)
-                new = tensor.prior.damped_update(lambdas[b], m, d, step_size)
-                post.set_log_lambda(b, new.log())
+                lambdas[b] = tensor.prior.damped_update(lambdas[b], m, d, step_size)
+                post.set_log_lambda(b, lambdas[b].log())
 
     @torch.no_grad()
     def set_posterior(self, tensor, locs, scales=None, lambdas=None):

@@ -106,16 +106,18 @@ class LowRankTensor(PyroModule):
         scales of the rank indices each entry touches (one for a factor with no rank bond,
         such as the single core of a one-core train).
         """
-        variances = []
-        for labels, shape in zip(self.layout.labels, self.layout.factor_shapes):
-            var = torch.ones([1] * len(shape), device=self.device) if not lambdas else lambdas[0].new_ones([1] * len(shape))
-            for d, lab in enumerate(labels):
-                if lab[0] == "b":
-                    view = [1] * len(shape)
-                    view[d] = shape[d]
-                    var = var * lambdas[int(lab[1:])].reshape(view)
-            variances.append(var)
-        return variances
+        return [self._prior_variance(f, lambdas) for f in range(len(self.layout.factor_shapes))]
+
+    def _prior_variance(self, f, lambdas, skip=None):
+        """The prior variance of factor ``f`` (:meth:`prior_variances`), without bond ``skip``'s scales."""
+        labels = self.layout.labels[f]
+        var = torch.ones([1] * len(labels), device=self.device) if not lambdas else lambdas[0].new_ones([1] * len(labels))
+        for d, lab in enumerate(labels):
+            if lab[0] == "b" and int(lab[1:]) != skip:
+                view = [1] * len(labels)
+                view[d] = -1
+                var = var * lambdas[int(lab[1:])].reshape(view)
+        return var
 
     def slice_moments(self, second_moments, lambdas, bonds=None):
         """
@@ -128,16 +130,12 @@ class LowRankTensor(PyroModule):
         :param list lambdas: the current scales, one vector per bond.
         :param bonds: the bonds to compute (default: all), in the order returned.
         """
-        variances = self.prior_variances(lambdas)
         moments = []
         for b in range(len(self.layout.bonds)) if bonds is None else bonds:
-            pairs = self.layout.bonds[b]
             m = torch.zeros_like(lambdas[b])
             count = 0
-            for f, d in pairs:
-                view = [1] * second_moments[f].dim()
-                view[d] = -1
-                scaled = second_moments[f] * lambdas[b].reshape(view) / variances[f]
+            for f, d in self.layout.bonds[b]:  # only the factors bond b touches
+                scaled = second_moments[f] / self._prior_variance(f, lambdas, skip=b)
                 dims = [i for i in range(scaled.dim()) if i != d]
                 m = m + scaled.sum(dims) if dims else m + scaled
                 count += second_moments[f].numel() // self.layout.ranks[b]
