@@ -352,7 +352,7 @@ def markdown(r):
               f"{t['ttm_4096_svi_over_dense']:.2f}x ({'met' if t['ttm_4096_met'] else 'not met'}); dense "
               f"{1e3 * p['interleaved_s']['dense']:.1f} ms, deterministic TTM {1e3 * p['interleaved_s']['deterministic']:.1f} ms, "
               f"SVI TTM {1e3 * p['interleaved_s']['svi']:.1f} ms. The layer has its default mode shapes "
-              f"{p['in_shape']} -> {p['out_shape']}; its contraction ({_split_words(p)}) costs "
+              f"{tuple(p['in_shape'])} -> {tuple(p['out_shape'])}; its contraction ({_split_words(p)}) costs "
               f"{p['flops']['contract'] / p['dense_layer_flops']:.2f}x the dense product's FLOPs. "
               "(The grid above measures each step in turn: on a shared machine its ratios are noisier.)", "",
               *([f"The same SVI step with Pyro's validation off (`pyro.validation_enabled(False)`: no per-site NaN "
@@ -360,7 +360,7 @@ def markdown(r):
                  f"{1e3 * p['interleaved_s']['svi_without_pyro_validation']:.1f} ms, "
                  f"{p['interleaved_svi_without_pyro_validation_over_dense']:.2f}x dense.", ""]
                 if "svi_without_pyro_validation" in p["interleaved_s"] else []),
-              f"The same layer with the balanced shapes {q['in_shape']} -> {q['out_shape']} (the same cores and "
+              f"The same layer with the balanced shapes {tuple(q['in_shape'])} -> {tuple(q['out_shape'])} (the same cores and "
               "parameter count, "
               f"{q['flops'] / p['dense_layer_flops']:.2f}x the dense product's FLOPs), in the same interleaved rounds: "
               f"SVI {q['svi_over_dense']:.2f}x dense, deterministic {q['deterministic_over_dense']:.2f}x dense "

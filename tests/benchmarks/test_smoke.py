@@ -182,3 +182,5 @@ def test_layers_smoke(tmp_path, monkeypatch):
     assert {"ttm_4096_svi_over_dense", "lookup_peak_ratio", "lookup_flat"} <= set(result["targets"])
     assert result["profile"]["top_ops"] and "outside_torch_ops_share" in result["profile"]
     assert result["profile"]["balanced_shapes"]["svi_over_dense"] > 0
+    # the Markdown rebuilt from the JSON (as after a --parts rerun) is the one written
+    assert layers.markdown(result) == (tmp_path / "layers_smoke.md").read_text()
