@@ -29,7 +29,6 @@ Usage::
 
 import math
 
-
 try:
     import lightning.pytorch as pl
 except ImportError as error:  # pragma: no cover - depends on the environment

@@ -24,7 +24,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
-from pyro.infer.util import is_validation_enabled
+from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
 from torch.distributions import kl_divergence
@@ -67,10 +67,6 @@ class MeanFieldELBO(TraceMeanField_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         return self.loss_and_log_likelihood(model, guide, *args, **kwargs)[0]
 
-    def loss(self, model, guide, *args, **kwargs):
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace), graph_type="flat").get_trace(
@@ -108,8 +104,7 @@ class MeanFieldELBO(TraceMeanField_ELBO):
                 kl = kl + _log_prob_sum(guide_site, nesting)
         return torch.as_tensor(likelihood), torch.as_tensor(kl)
 
-    def _differentiable_loss_particle(self, model_trace, guide_trace):
+    def _differentiable_loss_particle(self, model_trace, guide_trace):  # Pyro's loss() and loss_and_grads() (SVI)
         likelihood, kl = self._elbo_terms(model_trace, guide_trace)
         loss = kl - likelihood
-        return loss.detach(), loss
-
+        return torch_item(loss), loss

@@ -2,13 +2,13 @@
 Fitting a tensorbayes model: stochastic variational inference over minibatches.
 
 :func:`fit` is the training loop: it draws minibatches, computes the ELBO with
-:class:`~tensorbayes.infer.elbo.MeanFieldELBO` (Pyro's ``TraceMeanField_ELBO``; the likelihood scaled by ``num_data / batch`` through
-the model's data plate), steps a torch Adam optimizer on the model's and the guide's
-parameters (and :class:`torch.optim.SparseAdam` on embedding tables built with
-``sparse=True``), ramps the KL term in after a warm-up, applies the closed-form λ M-step,
-records a :class:`History`, and stops with :class:`NonFiniteError` naming the first site that
-turned NaN. With ``distributed=True`` it runs data-parallel over the processes of a
-:mod:`torch.distributed` group (see :mod:`tensorbayes.infer.distributed`).
+:class:`~tensorbayes.infer.elbo.MeanFieldELBO` (Pyro's ``TraceMeanField_ELBO``; the likelihood
+scaled by ``num_data / batch`` through the model's data plate), steps a torch Adam optimizer
+on the model's and the guide's parameters (and :class:`torch.optim.SparseAdam` on embedding
+tables built with ``sparse=True``), ramps the KL term in after a warm-up, applies the
+closed-form λ M-step, records a :class:`History`, and stops with :class:`NonFiniteError`
+naming the first site that turned NaN. With ``distributed=True`` it runs data-parallel over
+the processes of a :mod:`torch.distributed` group (see :mod:`tensorbayes.infer.distributed`).
 """
 
 import math
