@@ -3,8 +3,9 @@ The mean-field ELBO of :func:`~tensorbayes.fit`, with no log density computed th
 
 :class:`MeanFieldELBO` is :class:`pyro.infer.TraceMeanField_ELBO`: the same estimator (the
 observed sites' log-likelihood, minus the analytic KL of every latent site that has one, minus
-a one-sample estimate of the others' KL), the same Pyro checks while validation is on, the same
-values. Pyro's ELBOs compute the log density of every sample site of the model's trace and of
+a one-sample estimate of the others' KL) and the same values; while Pyro's validation is on it
+checks that model and guide match, that the guide is reparameterized and, for every density it
+computes, the site's shape, as Pyro does. Pyro's ELBOs compute the log density of every sample site of the model's trace and of
 the guide's before they know which ones the estimator needs; in a low-rank model every factor
 site has an analytic KL, so those densities are computed and dropped at each step. For a small
 layer that is a sixth of the SVI step (``benchmarks/layers.py``). This class computes a site's

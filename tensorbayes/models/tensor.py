@@ -106,7 +106,7 @@ class LowRankTensor(PyroModule):
         scales of the rank indices each entry touches (one for a factor with no rank bond,
         such as the single core of a one-core train).
         """
-        return [self._prior_variance(f, lambdas) for f in range(len(self.layout.factor_shapes))]
+        return [self._prior_variance(f, lambdas) for f in range(len(self.layout.labels))]
 
     def _prior_variance(self, f, lambdas, skip=None):
         """The prior variance of factor ``f`` (:meth:`prior_variances`), without bond ``skip``'s scales."""
