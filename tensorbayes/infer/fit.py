@@ -14,6 +14,7 @@ the processes of a :mod:`torch.distributed` group (see :mod:`tensorbayes.infer.d
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 
 import pyro
@@ -25,11 +26,30 @@ from . import distributed as _distributed
 from .batches import as_tensors, module_device, to_device, TensorBatches
 from .elbo import MeanFieldELBO
 
-__all__ = ["History", "NonFiniteError", "fit"]
+__all__ = ["DeadGradientWarning", "History", "NonFiniteError", "fit"]
+
+#: Steps in a row with an exactly zero gradient, after nonzero ones, before :func:`fit` warns.
+DEAD_GRADIENT_STEPS = 100
 
 
 class NonFiniteError(FloatingPointError):
     """The ELBO or a gradient became NaN or infinite during :func:`fit`."""
+
+
+class DeadGradientWarning(RuntimeWarning):
+    """
+    Parameters that had gradients got exactly zero ones for :data:`DEAD_GRADIENT_STEPS` steps in
+    a row during :func:`fit`: the loss no longer depends on them, as after every unit of a ReLU
+    layer went dark. A fit that goes on from there predicts without that part of the model (a
+    classifier whose hidden units all died predicts a constant). Make it an error with
+    ``warnings.simplefilter("error", tb.infer.DeadGradientWarning)``.
+
+    :ivar list parameters: the parameters' names, ``"model.<name>"`` or ``"guide.<name>"``.
+    """
+
+    def __init__(self, message, parameters=()):
+        super().__init__(message)
+        self.parameters = list(parameters)
 
 
 @dataclass
@@ -271,6 +291,7 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         pyro.util.set_rng_state(state["rng"])
     trace_every = trace_every or max(1, len(batches) // 10)
     main = ctx is None or ctx.is_main
+    dead_gradients = _DeadGradients()
     bar = tqdm(total=total, initial=step, disable=not (progress and main), desc="fit", leave=False)
     for epoch in range(first_epoch, epochs):
         epoch_loss = epoch_likelihood = 0.0
@@ -278,8 +299,9 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
             batch = to_device(batch, device)
             beta = schedule.beta(step)
             _set_learning_rates(optimizer, lr * schedule.lr_factor(step), hold_noise=step < schedule.warmup)
-            loss, likelihood = _step(model, guide, elbo, optimizer, batch, batches.num_data, beta, step, epoch,
-                                     **_parallel(ctx, optimizer, share))
+            loss, likelihood, norms = _step(model, guide, elbo, optimizer, batch, batches.num_data, beta, step, epoch,
+                                            **_parallel(ctx, optimizer, share))
+            dead_gradients.update(norms, step, epoch)
             if closed_form and step >= schedule.warmup:
                 guide.update_lambdas(lambda_step)
             epoch_loss += loss
@@ -420,8 +442,9 @@ def _parallel(ctx, optimizer, share):
 
 def _step(model, guide, elbo, optimizer, batch, num_data, beta, step, epoch, *, share=1.0, reduce=None):
     """
-    One SVI step; returns the loss and the log-likelihood, averaged over the particles. Stops
-    with :class:`NonFiniteError` naming where a NaN began. On a rank of a distributed fit the
+    One SVI step; returns the loss and the log-likelihood, averaged over the particles, and the
+    norms of the gradients (:func:`_gradient_norms`). Stops with :class:`NonFiniteError` naming
+    where a NaN began. On a rank of a distributed fit the
     likelihood is weighted by the rank's ``share`` of the global batch and ``reduce`` averages
     the gradients, the loss and the likelihood over the ranks before the finiteness checks.
     """
@@ -437,9 +460,9 @@ def _step(model, guide, elbo, optimizer, batch, num_data, beta, step, epoch, *, 
     value, likelihood = (loss.item(), float(likelihood)) if reduce is None else reduce(loss, float(likelihood))
     if not math.isfinite(value):  # on every rank alike: a reduced loss is the same everywhere
         raise NonFiniteError(_diagnose(model, guide, batch, num_data, step, epoch))
-    _check_finite_gradients(model, guide, step, epoch)
+    norms = _gradient_norms(model, guide, step, epoch)
     optimizer.step()
-    return value, likelihood
+    return value, likelihood, norms
 
 
 def _lambdas(guide):
@@ -550,7 +573,11 @@ def _non_finite_parameter(model, guide):
     return None
 
 
-def _check_finite_gradients(model, guide, step, epoch):
+def _gradient_norms(model, guide, step, epoch):
+    """
+    ``{"model.<name>" or "guide.<name>": 2-norm of its gradient}`` over the parameters that have
+    a gradient; stops with :class:`NonFiniteError` naming the first whose gradient is not finite.
+    """
     grads = []
     for owner, module in (("guide", guide), ("model", model)):
         for name, p in module.named_parameters():
@@ -559,16 +586,50 @@ def _check_finite_gradients(model, guide, step, epoch):
             if p.grad.is_sparse:
                 p.grad = p.grad.coalesce()  # once: SparseAdam's own coalesce then finds it done
             grads.append((owner, name, p.grad.values() if p.grad.is_sparse else p.grad))
-    # One pass per gradient: a 2-norm is finite when every entry is (torch.isfinite would
-    # write a mask as large as the gradient: ~10x slower on a DLRM's tables). A norm whose
-    # squares overflowed is told apart from a NaN or infinite entry by the exact check.
-    if not grads or bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(g.detach()).float() for *_, g in grads])).all()):
-        return
-    for owner, name, grad in grads:
-        if not torch.isfinite(grad).all():
-            raise NonFiniteError(
-                f"gradient is not finite at step {step} (epoch {epoch}): {owner} parameter '{name}'"
-            )
+    if not grads:
+        return {}
+    # One pass per gradient and one read to the host: a 2-norm is finite when every entry is
+    # (torch.isfinite would write a mask as large as the gradient: ~10x slower on a DLRM's
+    # tables). A norm whose squares overflowed is told apart from a NaN or infinite entry by the
+    # exact check.
+    norms = torch.stack([torch.linalg.vector_norm(g.detach()).float() for *_, g in grads]).tolist()
+    if not all(math.isfinite(n) for n in norms):
+        for owner, name, grad in grads:
+            if not torch.isfinite(grad).all():
+                raise NonFiniteError(
+                    f"gradient is not finite at step {step} (epoch {epoch}): {owner} parameter '{name}'"
+                )
+    return {f"{owner}.{name}": norm for (owner, name, _), norm in zip(grads, norms)}
+
+
+class _DeadGradients:
+    """
+    Per parameter, the steps in a row whose gradient was exactly zero after a nonzero one; warns
+    with :class:`DeadGradientWarning` when a run reaches :data:`DEAD_GRADIENT_STEPS`. A parameter
+    that never had a gradient (one that only a KL term still off reaches) is not counted.
+    """
+
+    def __init__(self):
+        self.zero_steps = {}  # parameters that had a nonzero gradient: steps at zero since
+
+    def update(self, norms, step, epoch):
+        for name, norm in norms.items():
+            if norm != 0:
+                self.zero_steps[name] = 0
+            elif name in self.zero_steps:
+                self.zero_steps[name] += 1
+        dead = [name for name, steps in self.zero_steps.items() if steps == DEAD_GRADIENT_STEPS]
+        if dead:
+            message = (f"fit: at step {step} (epoch {epoch}), {len(dead)} parameter{'s' if len(dead) > 1 else ''} "
+                       f"had an exactly zero gradient for {DEAD_GRADIENT_STEPS} steps in a row, after nonzero "
+                       f"ones: {_listed(dead)}. The loss no longer depends on them (as when every unit of a ReLU "
+                       "layer has gone dark)")
+            warnings.warn(DeadGradientWarning(message, dead), stacklevel=3)
+
+
+def _listed(names, most=4):
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 def _check_finite_parameters(model, guide):

@@ -1,9 +1,12 @@
 """
-fit: argument checking (with nothing touched on error), the NaN guard, the History it records,
-seeding, and silence without a progress bar.
+fit: argument checking (with nothing touched on error), the NaN guard, the warning when part of
+a model stops getting gradients, the History it records, seeding, and silence without a progress
+bar.
 """
 
+import importlib
 import math
+import warnings
 
 import pyro
 import pytest
@@ -11,8 +14,11 @@ import torch
 
 import tensorbayes as tb
 from tensorbayes.data import planted_tensor
+from tensorbayes.data.clicks import ClickGenerator
 from tensorbayes.guides import MeanField
 from tensorbayes.models import TensorCompletion
+
+fit_module = importlib.import_module("tensorbayes.infer.fit")  # the package exports the function as `fit`
 
 SHAPE = (4, 5, 6)
 
@@ -154,6 +160,49 @@ def test_huge_but_finite_gradients_are_not_called_non_finite():
     history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=16,
                      progress=False, seed=0, init="none")
     assert len(calls) > 2 and math.isfinite(history.elbo[-1])
+
+
+def _tiny_dlrm_fit(darken_after_epoch_0=False):
+    """
+    Two epochs of 8 steps of a tiny DLRM (hidden widths 16): the model, and the
+    DeadGradientWarnings they raised. ``darken_after_epoch_0`` switches off every unit of the top MLP's hidden layer after
+    epoch 0: from then on nothing below it gets a gradient (the tables' guide parameters still
+    get their KL's).
+    """
+    gen = ClickGenerator.tiny(seed=0)
+    model = tb.models.DLRM(gen.cardinalities, embedding_dim=8, bottom=(16,), top=(16,), max_rank=4,
+                           tensorize_min_rows=None,
+                           tables={t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape}
+                                   for t in gen.planted_tables})
+    guide = MeanField(model, seed=0)
+
+    def darken(epoch, history):
+        if darken_after_epoch_0 and epoch == 0:
+            with torch.no_grad():
+                model.net.top[0].weight.zero_()
+                model.net.top[0].bias.fill_(-1e4)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tb.fit(model, guide, gen.stream(512)[:], epochs=2, batch_size=64, init="none", progress=False, seed=0,
+               callbacks=[darken])
+    return model, [w for w in caught if issubclass(w.category, tb.infer.DeadGradientWarning)]
+
+
+def test_a_layer_gone_dark_is_warned_of_by_name(monkeypatch):
+    monkeypatch.setattr(fit_module, "DEAD_GRADIENT_STEPS", 3)
+    model, dead = _tiny_dlrm_fit(darken_after_epoch_0=True)
+    assert len(dead) == 1
+    warning = dead[0].message
+    # every model parameter but the output bias; no guide parameter (the KL still reaches them)
+    expected = {f"model.{name}" for name, _ in model.named_parameters()} - {"model.net.top.2.bias"}
+    assert set(warning.parameters) == expected
+    assert str(warning).startswith(f"fit: at step 10 (epoch 1), {len(expected)} parameters had an exactly zero")
+
+
+def test_a_healthy_fit_is_not_warned_of(monkeypatch):
+    monkeypatch.setattr(fit_module, "DEAD_GRADIENT_STEPS", 3)
+    assert _tiny_dlrm_fit()[1] == []
 
 
 def test_history_has_one_entry_per_epoch():
