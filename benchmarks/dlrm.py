@@ -57,6 +57,7 @@ import os
 import resource
 import sys
 import time
+import warnings
 
 import pyro
 import torch
@@ -192,13 +193,19 @@ def _split_params(module):
 
 
 def train_bayesian(model, guide, train, args):
-    """``tb.fit`` over ``args.epochs`` passes of the stream, generated batch by batch in order."""
+    """``tb.fit`` over ``args.epochs`` passes of the stream, generated batch by batch in order; what
+    it warned of parameters that stopped getting gradients (:class:`tb.infer.DeadGradientWarning`)
+    is kept in the result."""
     loader = train.loader(args.batch)
     t0 = time.perf_counter()
-    history = tb.fit(model, guide, loader, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
-                     lambda_step=args.lambda_step,
-                     init="none", seed=args.seed, progress=not args.no_progress)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", tb.infer.DeadGradientWarning)
+        history = tb.fit(model, guide, loader, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
+                         lambda_step=args.lambda_step,
+                         init="none", seed=args.seed, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
+    for w in caught:  # shown after the fit, not lost
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     t0 = time.perf_counter()
     probe = min(len(loader), 20)
     for _, _ in zip(range(probe), loader):
@@ -207,7 +214,8 @@ def train_bayesian(model, guide, train, args):
     n = len(train) * args.epochs
     return {"steps": history.steps, "train_seconds": seconds - generate, "generate_seconds": generate,
             "samples_per_s": n / (seconds - generate), "samples_per_s_with_generation": n / seconds,
-            "elbo": history.elbo, "log_likelihood": history.log_likelihood, "kl": history.kl}
+            "elbo": history.elbo, "log_likelihood": history.log_likelihood, "kl": history.kl,
+            "dead_gradients": [str(w.message) for w in caught if issubclass(w.category, tb.infer.DeadGradientWarning)]}
 
 
 def train_dense(net, train, args, desc="dense baseline"):
@@ -608,6 +616,8 @@ def markdown(r):
         + f"Bayesian training: {b['samples_per_s']:.0f} samples/s in the SVI steps, "
         f"{b['samples_per_s_with_generation']:.0f} samples/s with data generation; {b['steps']} steps.",
         "",
+        *([f"`tb.fit` warned that part of the Bayesian model stopped learning: {b['dead_gradients'][0]}", ""]
+          if b.get("dead_gradients") else []),
         f"Tensorized tables: {b['tensorized_params_max']:,} parameters at max rank, {b['tensorized_params_found']:,} at "
         f"the found ranks; compression {b['compression_vs_paper_4.2e9']:,.0f}x against the paper's 4.249e9 dense "
         f"parameters ({b['compression_vs_own_tables']:,.0f}x against these tables' own {b['tensorized_dense_params']:,}).",

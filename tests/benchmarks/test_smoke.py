@@ -116,7 +116,8 @@ def test_planted_fit_is_zero_up_to_the_dlrms_symmetries_and_large_for_unrelated_
 
 @pytest.mark.slow
 def test_dlrm_smoke(tmp_path):
-    _load("dlrm").main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--reference",
+    dlrm = _load("dlrm")
+    dlrm.main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--reference",
                           "--reference-warm", "0.7", "--id-order", "frequency", "--lr-decay", "0.5", "--m-step", "mackay",
                           "--out", str(tmp_path)])
     result = json.loads((tmp_path / "dlrm_smoke_ids_by_frequency_mackay.json").read_text())
@@ -152,6 +153,9 @@ def test_dlrm_smoke(tmp_path):
     assert result["config"]["id_order"] == "frequency" and "numbered by frequency" in text
     assert "over the last 50 % of its steps" in text
     assert 0 <= b["accuracy"] <= 1 and result["peak_rss_gib"] > 0
+    assert b["dead_gradients"] == [] and "stopped learning" not in text  # a healthy fit: no DeadGradientWarning
+    b["dead_gradients"] = ["fit: at step 7 (epoch 0), 3 parameters had an exactly zero gradient"]
+    assert "stopped learning: fit: at step 7 (epoch 0), 3 parameters" in dlrm.markdown(result)
 
 
 @pytest.mark.slow
