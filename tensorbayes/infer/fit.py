@@ -6,9 +6,11 @@ Fitting a tensorbayes model: stochastic variational inference over minibatches.
 scaled by ``num_data / batch`` through the model's data plate), steps a torch Adam optimizer
 on the model's and the guide's parameters (and :class:`torch.optim.SparseAdam` on embedding
 tables built with ``sparse=True``), ramps the KL term in after a warm-up, applies the
-closed-form λ M-step, records a :class:`History`, and stops with :class:`NonFiniteError`
-naming the first site that turned NaN. With ``distributed=True`` it runs data-parallel over
-the processes of a :mod:`torch.distributed` group (see :mod:`tensorbayes.infer.distributed`).
+closed-form λ M-step, records a :class:`History`, stops with :class:`NonFiniteError`
+naming the first site that turned NaN, and warns with :class:`DeadGradientWarning` of
+parameters whose gradients stayed exactly zero for :data:`DEAD_GRADIENT_STEPS` steps after
+nonzero ones. With ``distributed=True`` it runs data-parallel over the processes of a
+:mod:`torch.distributed` group (see :mod:`tensorbayes.infer.distributed`).
 """
 
 import math
@@ -211,8 +213,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         the *global* batch, cut into one shard per process, and one epoch on K processes makes
         the same steps as on one process (same ``seed``; without ``eval_data``, to rounding).
         A DataLoader must shard with a :class:`~torch.utils.data.DistributedSampler` (its
-        ``batch_size`` is per process). Rank 0 alone writes the checkpoint, shows progress and
-        runs ``callbacks``; ``eval_data`` is evaluated in shards. Every process returns the same
+        ``batch_size`` is per process). Rank 0 alone writes the checkpoint, shows progress, warns
+        (:class:`DeadGradientWarning`) and runs ``callbacks``; ``eval_data`` is evaluated in shards. Every process returns the same
         :class:`History`. See :mod:`tensorbayes.infer.distributed`.
     :returns: the :class:`History` of the fit.
     """
@@ -301,7 +303,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
             _set_learning_rates(optimizer, lr * schedule.lr_factor(step), hold_noise=step < schedule.warmup)
             loss, likelihood, norms = _step(model, guide, elbo, optimizer, batch, batches.num_data, beta, step, epoch,
                                             **_parallel(ctx, optimizer, share))
-            dead_gradients.update(norms, step, epoch)
+            if main:  # the gradients are the same on every rank: warn once
+                dead_gradients.update(norms, step, epoch)
             if closed_form and step >= schedule.warmup:
                 guide.update_lambdas(lambda_step)
             epoch_loss += loss
