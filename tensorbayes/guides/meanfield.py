@@ -235,9 +235,11 @@ def _mackay_moments(tensor, means2, variances, lambdas, b, m, d):
     ``(M, D)`` of MacKay's update for bond ``b`` (see :meth:`MeanField.update_lambdas`), or the
     EM pair ``(m, d)`` for the indices where MacKay's ``λ*`` would be the larger.
     """
-    prior = tensor.prior_variances(lambdas)
+    touched = {f for f, _ in tensor.layout.bonds[b]}  # slice_moments reads only the factors bond b touches
+    clipped = [torch.minimum(v, tensor.prior_variance(f, lambdas)) if f in touched else None
+               for f, v in enumerate(variances)]
     ((m_loc, _),) = tensor.slice_moments(means2, lambdas, bonds=[b])
-    ((spread, _),) = tensor.slice_moments([torch.minimum(v, p) for v, p in zip(variances, prior)], lambdas, bonds=[b])
+    ((spread, _),) = tensor.slice_moments(clipped, lambdas, bonds=[b])
     gamma = (d - spread / lambdas[b]).clamp(min=1e-3)  # a thousandth of an entry: keeps M / γ finite
     faster = tensor.prior.update(m_loc, gamma) < tensor.prior.update(m, d)
     return torch.where(faster, m_loc, m), torch.where(faster, gamma, torch.as_tensor(d, dtype=m.dtype, device=m.device))

@@ -263,7 +263,7 @@ def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=4, warmu
         if not warming and not propagate_variance:
             locs = canonicalize(layout, locs)[0]
         for f in list(range(len(locs))) + list(range(len(locs) - 2, 0, -1)):
-            variance = tensor.prior_variances(lambdas)[f].expand(layout.factor_shapes[f])
+            variance = tensor.prior_variance(f, lambdas).expand(layout.factor_shapes[f])
             precision = 1.0 / _to_blocks(variance, layout.labels[f])
             if layout.name == "tucker" and f == 0 and precision.numel() > MATRIX_FREE_BLOCK:
                 mean, var, spread[f] = _tucker_core_update(layout, locs, index, values, precision, noise_var)

@@ -106,10 +106,10 @@ class LowRankTensor(PyroModule):
         scales of the rank indices each entry touches (one for a factor with no rank bond,
         such as the single core of a one-core train).
         """
-        return [self._prior_variance(f, lambdas) for f in range(len(self.layout.labels))]
+        return [self.prior_variance(f, lambdas) for f in range(len(self.layout.labels))]
 
-    def _prior_variance(self, f, lambdas, skip=None):
-        """The prior variance of factor ``f`` (:meth:`prior_variances`), without bond ``skip``'s scales."""
+    def prior_variance(self, f, lambdas, skip=None):
+        """The prior variance of factor ``f`` alone (:meth:`prior_variances`), without bond ``skip``'s scales."""
         labels = self.layout.labels[f]
         var = torch.ones([1] * len(labels), device=self.device) if not lambdas else lambdas[0].new_ones([1] * len(labels))
         for d, lab in enumerate(labels):
@@ -135,7 +135,7 @@ class LowRankTensor(PyroModule):
             m = torch.zeros_like(lambdas[b])
             count = 0
             for f, d in self.layout.bonds[b]:  # only the factors bond b touches
-                scaled = second_moments[f] / self._prior_variance(f, lambdas, skip=b)
+                scaled = second_moments[f] / self.prior_variance(f, lambdas, skip=b)
                 dims = [i for i in range(scaled.dim()) if i != d]
                 m = m + scaled.sum(dims) if dims else m + scaled
                 count += second_moments[f].numel() // self.layout.ranks[b]

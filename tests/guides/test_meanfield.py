@@ -168,6 +168,35 @@ def test_mackay_step_is_the_prior_update_of_well_determined_entries(prior):
     assert not torch.allclose(got, update(m, torch.full_like(m, 12)))
 
 
+@pytest.mark.parametrize("prior", ["half_cauchy", "gamma"])
+def test_mackay_step_of_a_train_reads_each_bond_from_the_factors_it_touches(prior):
+    # TT (3, 4, 5) at ranks (2, 3): G0[0, i, j] ~ N(0, λ0_j), G1[j, i, l] ~ N(0, λ0_j λ1_l), G2[l, i, 0] ~ N(0, λ1_l)
+    model = TensorCompletion((3, 4, 5), format="tt", max_rank=(2, 3), prior=prior, noise=0.1)
+    guide = MeanField(model, seed=1, m_step="mackay")
+    model.double()
+    guide.double()
+    (l0, l1, l2), (s0, s1, s2), (lam0, lam1) = _set_small_scale_posterior(model, guide)
+    update = model.tensor.prior.update
+
+    def step(m_loc, gamma, m, d):
+        return torch.minimum(update(m_loc, gamma), update(m, torch.full_like(m, d)))
+
+    v1 = lam0.reshape(-1, 1, 1) * lam1.reshape(1, 1, -1)
+    new0 = step(l0.pow(2).sum((0, 1)) + (l1.pow(2) / lam1.reshape(1, 1, -1)).sum((1, 2)),
+                (1 - s0.pow(2) / lam0).sum((0, 1)) + (1 - s1.pow(2) / v1).sum((1, 2)),
+                (l0.pow(2) + s0.pow(2)).sum((0, 1)) + ((l1.pow(2) + s1.pow(2)) / lam1.reshape(1, 1, -1)).sum((1, 2)),
+                1 * 3 + 4 * 3)
+    v1 = new0.reshape(-1, 1, 1) * lam1.reshape(1, 1, -1)  # bond by bond: bond 1 sees the new λ0
+    new1 = step((l1.pow(2) / new0.reshape(-1, 1, 1)).sum((0, 1)) + l2.pow(2).sum((1, 2)),
+                (1 - s1.pow(2) / v1).sum((0, 1)) + (1 - s2.pow(2) / lam1.reshape(-1, 1, 1)).sum((1, 2)),
+                ((l1.pow(2) + s1.pow(2)) / new0.reshape(-1, 1, 1)).sum((0, 1)) + (l2.pow(2) + s2.pow(2)).sum((1, 2)),
+                2 * 4 + 5 * 1)
+    guide.update_lambdas(step_size=1)
+    got0, got1 = guide.lambdas()["tensor"]
+    torch.testing.assert_close(got0, new0, rtol=1e-10, atol=0)
+    torch.testing.assert_close(got1, new1, rtol=1e-10, atol=0)
+
+
 def test_mackay_step_shrinks_a_prior_dominated_index_where_em_barely_moves():
     # CP, two components with λ = 1. Component 0 is needed: every entry well determined, loc² = 4.
     # Component 1 is not: the first row of each factor is determined (small s) at loc 0, the
