@@ -19,11 +19,12 @@ a separate pass over the first 20 and reported apart.
 
 Adam's learning rate (``--lr``, also SparseAdam's for the dense tables) is 0.01: at 0.03 the
 full-size Bayesian model collapsed to predicting no clicks (AUC 0.5) in our runs, although 0.03
-learned fastest on the tiny log. Every learner holds it for the first half of its steps, then
-lowers it linearly to 0 (``--lr-decay 0.5``): at full size with ids by frequency this gave each
-learner more than a constant rate (Bayesian DLRM 77.17 % against 76.32 %, the generator's own
-model class 78.64 % against 78.17 %), and more than a fall over all the steps or a doubled rate
-did for the latter.
+learned fastest on the tiny log (in a later 2M-sample run at 0.03 the bottom MLP went dark at
+step 17: ``tb.fit`` warns of that, and the result keeps the warning). Every learner holds the
+rate for the first half of its steps, then lowers it linearly to 0 (``--lr-decay 0.5``): at
+full size with ids by frequency this gave each learner more than a constant rate (Bayesian
+DLRM 77.17 % against 76.32 %, the generator's own model class 78.64 % against 78.17 %), and
+more than a fall over all the steps or a doubled rate did for the latter.
 
 ``--point-estimate`` adds the Bayesian model's network trained in plain torch (no Pyro, no
 priors); ``--reference`` adds the generator's own model class (its logit's exact form, the
