@@ -24,7 +24,11 @@ step 17: ``tb.fit`` warns of that, and the result keeps the warning). Every lear
 rate for the first half of its steps, then lowers it linearly to 0 (``--lr-decay 0.5``): at
 full size with ids by frequency this gave each learner more than a constant rate (Bayesian
 DLRM 77.17 % against 76.32 %, the generator's own model class 78.64 % against 78.17 %), and
-more than a fall over all the steps or a doubled rate did for the latter.
+more than a fall over all the steps or a doubled rate did for the latter. ``--lr-warmup`` (default
+0) raises the rate linearly over the first steps: Adam's first steps at 0.01 switch off three
+quarters of the bottom MLP's outputs within 10 steps, and a 200-step warm-up kept most of them
+on, yet over 2M samples with ids by frequency the Bayesian DLRM reached 73.41 % with it against
+73.91 % without (one seed each).
 
 ``--point-estimate`` adds the Bayesian model's network trained in plain torch (no Pyro, no
 priors); ``--reference`` adds the generator's own model class (its logit's exact form, the
@@ -202,6 +206,7 @@ def train_bayesian(model, guide, train, args):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", tb.infer.DeadGradientWarning)
         history = tb.fit(model, guide, loader, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
+                         lr_warmup=args.lr_warmup,
                          lambda_step=args.lambda_step,
                          init="none", seed=args.seed, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
@@ -222,15 +227,15 @@ def train_bayesian(model, guide, train, args):
 def train_dense(net, train, args, desc="dense baseline"):
     """
     Plain torch, on the device of ``net``'s parameters: Adam on the MLPs (and tensor factors),
-    SparseAdam on the tables, binary cross-entropy; the learning rate falls over the last
-    ``args.lr_decay`` of the steps as in ``tb.fit``.
+    SparseAdam on the tables, binary cross-entropy; the learning rate rises over the first
+    ``args.lr_warmup`` steps and falls over the last ``args.lr_decay`` of them, as in ``tb.fit``.
     """
     device = module_device(net)
     dense_params, table_params = _split_params(net)
     optim = torch.optim.Adam(dense_params, lr=args.lr)
     sparse_optim = torch.optim.SparseAdam(table_params, lr=args.lr)
     steps = math.ceil(len(train) / args.batch) * args.epochs
-    schedule = Schedule(warmup=0, ramp=0, total=steps, decay=round(args.lr_decay * steps))
+    schedule = Schedule(warmup=0, ramp=0, total=steps, decay=round(args.lr_decay * steps), lr_warmup=args.lr_warmup)
     step_time = 0.0
     bar = tqdm(total=steps, desc=desc, disable=args.no_progress, mininterval=5)
     batches = (batch for _ in range(args.epochs) for batch in train.batches(args.batch))
@@ -580,6 +585,8 @@ def markdown(r):
            "compares with the full-size tables).", ""] if r["config"].get("tiny") else []),
         (f"Every learner's rate falls linearly to 0 over the last {100 * r['config']['lr_decay']:g} % of its steps "
          "(`--lr-decay`)." if r["config"].get("lr_decay") else "Every learner's rate is constant (`--lr-decay 0`)."),
+        *([f"It first rises linearly over {r['config']['lr_warmup']:,} steps (`--lr-warmup`)."]
+          if r["config"].get("lr_warmup") else []),
         "",
         *([f"λ is updated by MacKay's fixed-point step (`--m-step {r['config']['m_step']}`, "
            "`tb.guides.MeanField(m_step=...)`).", ""] if r["config"].get("m_step", "em") != "em" else []),
@@ -696,6 +703,8 @@ def parse(argv=None):
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--lr-decay", type=float, default=0.5,
                    help="the share of the steps, at the end, over which every learner's rate falls linearly to 0")
+    p.add_argument("--lr-warmup", type=int, default=0,
+                   help="steps, at the start, over which every learner's rate rises linearly (tb.fit's lr_warmup)")
     p.add_argument("--lambda-step", type=float, default=0.1)
     p.add_argument("--m-step", choices=("em", "mackay"), default="em",
                    help="the guide's closed-form λ update (tb.guides.MeanField's m_step)")

@@ -101,6 +101,7 @@ def parse(argv=None):
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--lr-decay", type=float, default=0.0,
                    help="the share of the steps, at the end, over which the rate falls linearly to 0")
+    p.add_argument("--lr-warmup", type=int, default=0, help="steps, at the start, over which the rate rises linearly")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="two tiny cases, a few thousand samples (seconds)")

@@ -118,7 +118,7 @@ def test_planted_fit_is_zero_up_to_the_dlrms_symmetries_and_large_for_unrelated_
 def test_dlrm_smoke(tmp_path):
     dlrm = _load("dlrm")
     dlrm.main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--reference",
-                          "--reference-warm", "0.7", "--id-order", "frequency", "--lr-decay", "0.5", "--m-step", "mackay",
+                          "--reference-warm", "0.7", "--id-order", "frequency", "--lr-decay", "0.5", "--lr-warmup", "5", "--m-step", "mackay",
                           "--out", str(tmp_path)])
     result = json.loads((tmp_path / "dlrm_smoke_ids_by_frequency_mackay.json").read_text())
     text = (tmp_path / "dlrm_smoke_ids_by_frequency_mackay.md").read_text()
@@ -151,7 +151,7 @@ def test_dlrm_smoke(tmp_path):
     assert result["bayes_optimal"]["accuracy_without_interactions"] < result["bayes_optimal"]["accuracy"]
     assert "without the planted tables' interactions" in text
     assert result["config"]["id_order"] == "frequency" and "numbered by frequency" in text
-    assert "over the last 50 % of its steps" in text
+    assert "over the last 50 % of its steps" in text and "rises linearly over 5 steps" in text
     assert 0 <= b["accuracy"] <= 1 and result["peak_rss_gib"] > 0
     assert b["dead_gradients"] == [] and "stopped learning" not in text  # a healthy fit: no DeadGradientWarning
     b["dead_gradients"] = ["fit: at step 7 (epoch 0), 3 parameters had an exactly zero gradient"]

@@ -67,6 +67,8 @@ def _bad_index(p):
         (dict(lr_decay=-0.1), None, ValueError, "lr_decay"),
         (dict(lr_decay=1.5), None, ValueError, "lr_decay"),
         (dict(lr_decay=True), None, ValueError, "lr_decay"),
+        (dict(lr_warmup=-1), None, ValueError, "lr_warmup"),
+        (dict(lr_warmup=2.5), None, ValueError, "lr_warmup"),
         (dict(), _nan_values, ValueError, "values"),
         (dict(), _bad_index, ValueError, "index"),
         (dict(), lambda p: (p.train_index, p.train_values[:-1]), ValueError, "data"),
@@ -75,7 +77,7 @@ def _bad_index(p):
     ],
     ids=["batch_size", "epochs", "epochs-float", "lr-0", "lr-neg", "lambda_step-2", "lambda_step-0",
          "num_particles", "init", "init_sweeps", "trace_every", "lr_decay-neg", "lr_decay-1.5",
-         "lr_decay-bool", "nan-values", "index-range", "lengths", "empty", "not-tensors"],
+         "lr_decay-bool", "lr_warmup-neg", "lr_warmup-float", "nan-values", "index-range", "lengths", "empty", "not-tensors"],
 )
 def test_bad_input_names_the_argument_and_changes_nothing(kwargs, data, error, name):
     planted, model, guide = _problem()
@@ -239,6 +241,25 @@ def test_lr_decay_holds_the_rate_then_anneals_it_to_nothing():
             assert history.lr == [0.01] * 4
     # the last epoch's steps average a quarter of the rate: the factors move far less
     assert moves[0.5] < 0.5 * moves[0.0]
+
+
+def test_lr_warmup_raises_the_rate_linearly_and_keeps_the_first_steps_small():
+    moves = {}
+    for warmup_epochs in (0, 3):
+        planted, model, guide = _problem()
+        steps = math.ceil(len(planted.train_values) / 16)
+        lr_warmup = warmup_epochs * steps
+        start = _state(model, guide)
+        snapshots = []
+        history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=4, batch_size=16, lr=0.01,
+                         lr_warmup=lr_warmup, lr_decay=0.25, progress=False, seed=0, init="none",
+                         callbacks=[lambda epoch, h: snapshots.append(_state(model, guide))])
+        locs = [k for k in start if "locs" in k]
+        moves[warmup_epochs] = sum((snapshots[0][k] - start[k]).norm() for k in locs)
+        if lr_warmup:  # the last step of epoch e rises to (e + 1) / 3; the decay's first step times 1
+            assert history.lr == pytest.approx([0.01 / 3, 0.02 / 3, 0.01, 0.01 / steps], rel=1e-12)
+    # the first epoch averages a sixth of the rate: the factors move far less
+    assert moves[3] < 0.5 * moves[0]
 
 
 def test_fit_changes_the_guide():
