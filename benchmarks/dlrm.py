@@ -24,8 +24,8 @@ step 17: ``tb.fit`` warns of that, and the result keeps the warning). Every lear
 rate for the first half of its steps, then lowers it linearly to 0 (``--lr-decay 0.5``): at
 full size with ids by frequency this gave each learner more than a constant rate (Bayesian
 DLRM 77.17 % against 76.32 %, the generator's own model class 78.64 % against 78.17 %), and
-more than a fall over all the steps or a doubled rate did for the latter. ``--lr-warmup`` (default
-0) raises the rate linearly over the first steps: Adam's first steps at 0.01 switch off three
+more than a fall over all the steps or a doubled rate did for the latter. ``--lr-warmup``
+(default 0) raises the rate linearly over the first steps: Adam's first steps at 0.01 switch off three
 quarters of the bottom MLP's outputs within 10 steps, and a 200-step warm-up kept most of them
 on, yet over 2M samples with ids by frequency the Bayesian DLRM reached 73.41 % with it against
 73.91 % without (one seed each).

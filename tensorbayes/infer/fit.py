@@ -223,8 +223,9 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         the same steps as on one process (same ``seed``; without ``eval_data``, to rounding).
         A DataLoader must shard with a :class:`~torch.utils.data.DistributedSampler` (its
         ``batch_size`` is per process). Rank 0 alone writes the checkpoint, shows progress, warns
-        (:class:`DeadGradientWarning`) and runs ``callbacks``; ``eval_data`` is evaluated in shards. Every process returns the same
-        :class:`History`. See :mod:`tensorbayes.infer.distributed`.
+        (:class:`DeadGradientWarning`) and runs ``callbacks``; ``eval_data`` is evaluated in
+        shards. Every process returns the same :class:`History`. See
+        :mod:`tensorbayes.infer.distributed`.
     :returns: the :class:`History` of the fit.
     """
     for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (num_particles, "num_particles"),
@@ -458,9 +459,9 @@ def _step(model, guide, elbo, optimizer, batch, num_data, beta, step, epoch, *, 
     """
     One SVI step; returns the loss and the log-likelihood, averaged over the particles, and the
     norms of the gradients (:func:`_gradient_norms`). Stops with :class:`NonFiniteError` naming
-    where a NaN began. On a rank of a distributed fit the
-    likelihood is weighted by the rank's ``share`` of the global batch and ``reduce`` averages
-    the gradients, the loss and the likelihood over the ranks before the finiteness checks.
+    where a NaN began. On a rank of a distributed fit the likelihood is weighted by the rank's
+    ``share`` of the global batch and ``reduce`` averages the gradients, the loss and the
+    likelihood over the ranks before the finiteness checks.
     """
     try:
         with KLScale(beta), _distributed.LikelihoodScale(share):

@@ -118,8 +118,8 @@ def test_planted_fit_is_zero_up_to_the_dlrms_symmetries_and_large_for_unrelated_
 def test_dlrm_smoke(tmp_path):
     dlrm = _load("dlrm")
     dlrm.main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--reference",
-                          "--reference-warm", "0.7", "--id-order", "frequency", "--lr-decay", "0.5", "--lr-warmup", "5", "--m-step", "mackay",
-                          "--out", str(tmp_path)])
+               "--reference-warm", "0.7", "--id-order", "frequency", "--lr-decay", "0.5", "--lr-warmup", "5",
+               "--m-step", "mackay", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "dlrm_smoke_ids_by_frequency_mackay.json").read_text())
     text = (tmp_path / "dlrm_smoke_ids_by_frequency_mackay.md").read_text()
     assert text.startswith("# DLRM") and "point estimate without Pyro" in text and "own model class" in text

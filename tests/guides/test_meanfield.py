@@ -170,7 +170,8 @@ def test_mackay_step_is_the_prior_update_of_well_determined_entries(prior):
 
 @pytest.mark.parametrize("prior", ["half_cauchy", "gamma"])
 def test_mackay_step_of_a_train_reads_each_bond_from_the_factors_it_touches(prior):
-    # TT (3, 4, 5) at ranks (2, 3): G0[0, i, j] ~ N(0, λ0_j), G1[j, i, l] ~ N(0, λ0_j λ1_l), G2[l, i, 0] ~ N(0, λ1_l)
+    # TT (3, 4, 5) at ranks (2, 3):
+    # G0[0, i, j] ~ N(0, λ0_j), G1[j, i, l] ~ N(0, λ0_j λ1_l), G2[l, i, 0] ~ N(0, λ1_l)
     model = TensorCompletion((3, 4, 5), format="tt", max_rank=(2, 3), prior=prior, noise=0.1)
     guide = MeanField(model, seed=1, m_step="mackay")
     model.double()

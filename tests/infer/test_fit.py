@@ -77,7 +77,8 @@ def _bad_index(p):
     ],
     ids=["batch_size", "epochs", "epochs-float", "lr-0", "lr-neg", "lambda_step-2", "lambda_step-0",
          "num_particles", "init", "init_sweeps", "trace_every", "lr_decay-neg", "lr_decay-1.5",
-         "lr_decay-bool", "lr_warmup-neg", "lr_warmup-float", "nan-values", "index-range", "lengths", "empty", "not-tensors"],
+         "lr_decay-bool", "lr_warmup-neg", "lr_warmup-float", "nan-values", "index-range", "lengths", "empty",
+         "not-tensors"],
 )
 def test_bad_input_names_the_argument_and_changes_nothing(kwargs, data, error, name):
     planted, model, guide = _problem()
@@ -167,9 +168,9 @@ def test_huge_but_finite_gradients_are_not_called_non_finite():
 def _tiny_dlrm_fit(darken_after_epoch_0=False):
     """
     Two epochs of 8 steps of a tiny DLRM (hidden widths 16): the model, and the
-    DeadGradientWarnings they raised. ``darken_after_epoch_0`` switches off every unit of the top MLP's hidden layer after
-    epoch 0: from then on nothing below it gets a gradient (the tables' guide parameters still
-    get their KL's).
+    DeadGradientWarnings they raised. ``darken_after_epoch_0`` switches off every unit of the top
+    MLP's hidden layer after epoch 0: from then on nothing below it gets a gradient (the tables'
+    guide parameters still get their KL's).
     """
     gen = ClickGenerator.tiny(seed=0)
     model = tb.models.DLRM(gen.cardinalities, embedding_dim=8, bottom=(16,), top=(16,), max_rank=4,
