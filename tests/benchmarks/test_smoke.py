@@ -114,6 +114,29 @@ def test_planted_fit_is_zero_up_to_the_dlrms_symmetries_and_large_for_unrelated_
     assert all(r["turned_back_distance"] > 0.9 and r["linear_map_distance"] > 0.9 for r in unrelated)
 
 
+def test_live_units_counts_the_relu_units_that_fire_and_finds_a_layer_switched_off():
+    from tensorbayes.data.clicks import ClickGenerator
+    from tensorbayes.models.dlrm import DLRMNet
+
+    dlrm = _load("dlrm")
+    gen = ClickGenerator.tiny(seed=0)
+    torch.manual_seed(0)
+    tables = [torch.nn.EmbeddingBag(n, 8, mode="sum") for n in gen.cardinalities]
+    net = DLRMNet(tables, num_dense=gen.num_dense, bottom=(16,), top=(16, 8))
+    test = gen.stream(300, "test")
+    dense, sparse, _ = test[:]
+    hidden = torch.relu(net.bottom[0](dense))  # bottom.1 by hand: the units that fire on some example
+    live = dlrm.live_units(net, test, batch=1000)
+    assert live["examples"] == 300 and list(live["layers"]) == ["bottom.1", "bottom.3", "top.1", "top.3"]
+    assert live["layers"]["bottom.1"] == (hidden > 0).any(0).double().mean().item() > 0
+    with torch.no_grad():
+        net.top[0].weight.zero_()
+        net.top[0].bias.fill_(-1.0)
+    dark = dlrm.live_units(net, test, batch=1000)["layers"]
+    assert dark["top.1"] == 0 and dark["bottom.1"] == live["layers"]["bottom.1"]
+    assert not any(module._forward_hooks for module in net.modules())  # the hooks are removed
+
+
 @pytest.mark.slow
 def test_dlrm_smoke(tmp_path):
     dlrm = _load("dlrm")
@@ -154,6 +177,9 @@ def test_dlrm_smoke(tmp_path):
     assert "over the last 50 % of its steps" in text and "rises linearly over 5 steps" in text
     assert 0 <= b["accuracy"] <= 1 and result["peak_rss_gib"] > 0
     assert b["dead_gradients"] == [] and "stopped learning" not in text  # a healthy fit: no DeadGradientWarning
+    live = b["live_units"]  # --smoke's MLPs: bottom (32,) and top (32,), embedding width 8
+    assert live["examples"] == result["config"]["test"] and list(live["layers"]) == ["bottom.1", "bottom.3", "top.1"]
+    assert all(0 <= share <= 1 for share in live["layers"].values()) and "(`live_units`)" in text
     b["dead_gradients"] = ["fit: at step 7 (epoch 0), 3 parameters had an exactly zero gradient"]
     assert "stopped learning: fit: at step 7 (epoch 0), 3 parameters" in dlrm.markdown(result)
 
