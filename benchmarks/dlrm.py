@@ -25,12 +25,12 @@ rate for the first half of its steps, then lowers it linearly to 0 (``--lr-decay
 full size with ids by frequency this gave each learner more than a constant rate (Bayesian
 DLRM 77.17 % against 76.32 %, the generator's own model class 78.64 % against 78.17 %), and
 more than a fall over all the steps or a doubled rate did for the latter. ``--lr-warmup``
-(default 0) raises the rate linearly over the first steps: Adam's first steps at 0.01 switch off three
-quarters of the bottom MLP's outputs within 10 steps, and a 200-step warm-up kept most of them
-on (at the end 58 % of them and 62 % of the top's last hidden layer, against 19 % and 30 %), yet
-over 2M samples with ids by frequency the Bayesian DLRM reached 73.41 % and 73.48 % with it
-against 73.91 % and 73.93 % without (two runs each, the same seed). The report gives the share
-of each ReLU layer's units that still fire at the end (:func:`live_units`).
+(default 0) raises the rate linearly over the first steps: Adam's first steps at 0.01 switch
+off three quarters of the bottom MLP's outputs within 10 steps, and a 200-step warm-up kept
+most of them on (at the end 58 % of them and 62 % of the top's last hidden layer, against 19 %
+and 30 %), yet over 2M samples with ids by frequency the Bayesian DLRM reached 73.41 % and
+73.48 % with it against 73.91 % and 73.93 % without (two runs each, the same seed). The report
+gives the share of each ReLU layer's units that still fire at the end (:func:`live_units`).
 
 ``--point-estimate`` adds the Bayesian model's network trained in plain torch (no Pyro, no
 priors); ``--reference`` adds the generator's own model class (its logit's exact form, the
