@@ -653,7 +653,8 @@ def markdown(r):
         *([f"`tb.fit` warned that part of the Bayesian model stopped learning: {b['dead_gradients'][0]}", ""]
           if b.get("dead_gradients") else []),
         *([f"ReLU units of the Bayesian model's MLPs that fire on some of the first {b['live_units']['examples']:,} "
-           "test examples: " + ", ".join(f"{name} {100 * share:.0f} %" for name, share in b["live_units"]["layers"].items())
+           "test examples: "
+           + ", ".join(f"{name} {100 * share:.0f} %" for name, share in b["live_units"]["layers"].items())
            + " (`live_units`).", ""] if b.get("live_units") else []),
         f"Tensorized tables: {b['tensorized_params_max']:,} parameters at max rank, {b['tensorized_params_found']:,} at "
         f"the found ranks; compression {b['compression_vs_paper_4.2e9']:,.0f}x against the paper's 4.249e9 dense "
