@@ -20,12 +20,11 @@ from pyro.poutine.messenger import Messenger
 
 import tensorbayes as tb
 from tensorbayes.data import planted_tensor
-from tensorbayes.data.clicks import ClickGenerator
 from tensorbayes.guides import MeanField, auto_mean_field
 from tensorbayes.infer.calibration import expected_calibration_error
 from tensorbayes.models import BayesianRegressor, TensorCompletion, TensorizedLinear
-from tensorbayes.models.dlrm import DLRM
 from tensorbayes.models.embedding_bag import TensorizedEmbeddingBag
+from tests.dlrm import tiny_dlrm
 from tests.embedding import EMBEDDED_CASES, embedded_completion
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -219,10 +218,7 @@ def test_a_virtual_table_of_10_to_the_12_rows_looks_up_on_the_device():
 
 
 def _dlrm():
-    gen = ClickGenerator.tiny(seed=0)
-    tables = {t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape} for t in gen.planted_tables}
-    return gen, lambda: DLRM(gen.cardinalities, embedding_dim=8, bottom=(16,), top=(16,), tensorize_min_rows=None,
-                             tables=tables, max_rank=4)
+    return tiny_dlrm()[0], lambda: tiny_dlrm()[1]
 
 
 def test_dlrm_matches_cpu():

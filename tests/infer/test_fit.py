@@ -14,9 +14,9 @@ import torch
 
 import tensorbayes as tb
 from tensorbayes.data import planted_tensor
-from tensorbayes.data.clicks import ClickGenerator
 from tensorbayes.guides import MeanField
 from tensorbayes.models import TensorCompletion
+from tests.dlrm import tiny_dlrm
 
 fit_module = importlib.import_module("tensorbayes.infer.fit")  # the package exports the function as `fit`
 
@@ -172,11 +172,7 @@ def _tiny_dlrm_fit(darken_after_epoch_0=False):
     MLP's hidden layer after epoch 0: from then on nothing below it gets a gradient (the tables'
     guide parameters still get their KL's).
     """
-    gen = ClickGenerator.tiny(seed=0)
-    model = tb.models.DLRM(gen.cardinalities, embedding_dim=8, bottom=(16,), top=(16,), max_rank=4,
-                           tensorize_min_rows=None,
-                           tables={t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape}
-                                   for t in gen.planted_tables})
+    gen, model = tiny_dlrm()
     guide = MeanField(model, seed=0)
 
     def darken(epoch, history):

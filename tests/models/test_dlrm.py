@@ -18,14 +18,7 @@ import tensorbayes as tb
 from tensorbayes.data.clicks import CRITEO_KAGGLE_CARDINALITIES, PAPER_ROW_SHAPES, ClickGenerator
 from tensorbayes.models.dlrm import DLRM, PAPER_PRESET, DLRMNet
 from tensorbayes.models.embedding_bag import CompactEmbeddingBag, TensorizedEmbeddingBag
-
-
-def _tiny(**kwargs):
-    gen = ClickGenerator.tiny(seed=0)
-    tables = {t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape} for t in gen.planted_tables}
-    kwargs = {"embedding_dim": 8, "bottom": (16,), "top": (16,), "tensorize_min_rows": None, "tables": tables,
-              "max_rank": 4, **kwargs}
-    return gen, DLRM(gen.cardinalities, **kwargs)
+from tests.dlrm import tiny_dlrm as _tiny
 
 
 def test_shapes_and_probabilities():
