@@ -184,6 +184,29 @@ def test_dlrm_smoke(tmp_path):
     assert "stopped learning: fit: at step 7 (epoch 0), 3 parameters" in dlrm.markdown(result)
 
 
+def test_dlrm_samples_smoke(tmp_path):
+    samples = _load("dlrm_samples")
+    samples.main(["--smoke", "--threads", "1", "--no-progress", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "dlrm_samples_smoke.json").read_text())
+    text = (tmp_path / "dlrm_samples_smoke.md").read_text()
+    opt = result["bayes_optimal"]
+    assert [run["samples"] for run in result["runs"]] == result["config"]["samples"] == [2048, 4096]
+    for run in result["runs"]:  # no decision beats E[max(p, 1 - p)], overall or in any group
+        assert 0.5 < run["expected_accuracy"] <= opt["accuracy"] + 1e-12
+        for reached, best in zip(run["expected_accuracy_by_rare_lookups"], opt["by_rare_lookups"]["accuracy"]):
+            assert reached is None or reached <= best + 1e-12
+        gap = 100 * (opt["accuracy"] - run["expected_accuracy"])
+        assert f"| {run['samples']:,} | {100 * run['accuracy']:.2f} % | {100 * run['expected_accuracy']:.2f} % | {gap:.2f} |" in text
+    first, second = (opt["accuracy"] - run["expected_accuracy"] for run in result["runs"])
+    assert f"| {second / first:.2f} |" in text and "| Bayes-optimal |" in text
+
+
+def test_dlrm_samples_refuses_a_count_that_is_not_positive(capsys):
+    with pytest.raises(SystemExit):
+        _load("dlrm_samples").parse(["--samples", "6000000", "0"])
+    assert "--samples must be positive counts" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_dlrm_search_smoke(tmp_path):
     search = _load("dlrm_search")
