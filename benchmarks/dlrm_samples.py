@@ -12,9 +12,9 @@ each count in ``--samples``. It reports the accuracy on the drawn test clicks, t
 accuracy under the true click probability, the gap of the latter to the Bayes-optimal accuracy,
 and the expected accuracy by number of rare lookups (``dlrm.py``'s ``rare_lookups``).
 
-Ids are numbered by frequency by default: with shuffled ids no learner finds the full-size
-tables' interactions from a random start (``benchmarks/dlrm_search.py``), so more samples do not
-bring it nearer.
+Ids are numbered by frequency by default: with shuffled ids no learner found the full-size
+tables' interactions from a random start in 6M samples (``benchmarks/dlrm_search.py``), so the
+question is asked where they are found.
 
     python benchmarks/dlrm_samples.py [--samples 6000000 12000000 24000000 48000000] [--threads 2] [--smoke]
 """
