@@ -299,6 +299,12 @@ def bayes_optimal_by_group(truth):
     return {"share": share.tolist(), "accuracy": by_group(torch.maximum(prob, 1 - prob), groups)}
 
 
+def bayes_optimal_report(test, truth, batch):
+    """The generator's marks on ``test`` (:meth:`ClickGenerator.bayes_optimal`) and, under
+    ``"by_rare_lookups"``, the Bayes-optimal accuracy by group (:func:`bayes_optimal_by_group`)."""
+    return {**test.generator.bayes_optimal(test, batch), "by_rare_lookups": bayes_optimal_by_group(truth)}
+
+
 @torch.no_grad()
 def evaluate(net, test, batch, truth):
     """Accuracy and AUC on the drawn test clicks, and the expected accuracy under the true click
@@ -557,7 +563,7 @@ def run(args):
         "config": {k: str(v) if k == "device" else v for k, v in vars(args).items()},
         "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else None,
-        "bayes_optimal": {**gen.bayes_optimal(test, args.eval_batch), "by_rare_lookups": bayes_optimal_by_group(truth)},
+        "bayes_optimal": bayes_optimal_report(test, truth, args.eval_batch),
         "bayesian": {
             **bayes_train, **bayes_eval, "unpruned": bayes_eval_unpruned,
             "peak_rss_gib": rss_bayes, "rss_before_gib": rss0, "peak_gpu_gib": gpu_bayes,

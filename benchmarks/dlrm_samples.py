@@ -28,7 +28,7 @@ import torch
 from tensorbayes.data.clicks import ID_ORDERS, ClickGenerator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dlrm import (PlantedForm, _percent, bayes_optimal_by_group, evaluate, generator,  # noqa: E402
+from dlrm import (PlantedForm, _percent, bayes_optimal_report, evaluate, generator,  # noqa: E402
                   train_dense, truth_of, write_results)
 
 
@@ -108,7 +108,7 @@ def main(argv=None):
     result = {
         "config": vars(args),
         "threads": torch.get_num_threads(),
-        "bayes_optimal": {**gen.bayes_optimal(test, args.eval_batch), "by_rare_lookups": bayes_optimal_by_group(truth)},
+        "bayes_optimal": bayes_optimal_report(test, truth, args.eval_batch),
         "runs": [run_count(gen, n, test, truth, args) for n in args.samples],
     }
     name = "dlrm_samples" + ("_smoke" if args.smoke else "") + ("_shuffled_ids" if args.id_order == "shuffled" else "")
