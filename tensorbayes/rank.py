@@ -20,18 +20,26 @@ removes the inactive indices from the factors and from the guide's parameters, s
 compute shrink; the mean tensor then changes by the weight of what was removed.
 """
 
+import pyro
 import torch
 
 from .formats.canonical import canonicalize
 from .guides.meanfield import low_rank_tensors
 
-__all__ = ["DEFAULT_GAP", "DEFAULT_THRESHOLD", "active_ranks", "bond_weights", "compression_report", "prune", "ranks"]
+__all__ = [
+    "DEFAULT_GAP", "DEFAULT_THRESHOLD", "DEFAULT_TOLERANCE", "RankSearch", "active_ranks", "bond_weights",
+    "compression_report", "held_out_score", "prune", "ranks", "search_ranks",
+]
 
 #: Relative weight below which a rank index is inactive: 1 % of its bond's largest weight.
 DEFAULT_THRESHOLD = 1e-2
 
 #: A drop between consecutive (sorted) weights by this factor or more ends the active indices.
 DEFAULT_GAP = 10.0
+
+#: The held-out score :func:`search_ranks` may give up for smaller ranks: half a point of
+#: accuracy for a classifier, 0.005 of relative error otherwise.
+DEFAULT_TOLERANCE = 0.005
 
 
 def _check_readout(threshold, gap):
@@ -81,35 +89,71 @@ def ranks(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP):
 
 
 @torch.no_grad()
-def prune(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP):
+def prune(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP, ranks=None):
     """
     Physically remove the inactive rank indices of every tensor from the model's layout and
     the guide's parameters. The factor means move to the canonical gauge first; because a
     change of gauge mixes entries, each factor's posterior scales are reset to their
-    root-mean-square value, and λ to its closed-form value given the pruned factors.
+    geometric mean (the typical entry's: a root-mean-square would be dominated by the
+    entries sitting at their prior, mostly in the slices cut away, and the cut network would
+    start far noisier than the fitted one), and λ to its closed-form value given the pruned factors.
 
+    :param float threshold: relative weight below which an index is inactive (as :func:`ranks`).
+    :param float gap: a drop by this factor between consecutive weights ends the active indices.
+    :param dict ranks: ``{tensor name: ranks}`` to cut to instead of reading them: the leading
+        indices of every bond in the canonical order are kept (each rank at most the current
+        one; tensors not named are read as usual).
     :returns: the ranks after pruning, as :func:`ranks` gives them.
     """
     _check_readout(threshold, gap)
+    tensors = low_rank_tensors(model)
+    ranks = _check_target_ranks(ranks or {}, tensors)
     found = {}
-    for name, tensor in low_rank_tensors(model).items():
-        layout = tensor.layout
-        means, weights = canonicalize(layout, guide.factor_means(tensor))
-        keep = [torch.arange(r, device=means[0].device) for r in active_ranks(weights, threshold, gap)]
-        if all(len(k) == r for k, r in zip(keep, layout.ranks)):
-            found[name] = layout.ranks
-            continue
-        scales = [s.pow(2).mean().sqrt().expand_as(s) for s in guide.factor_scales(tensor)]
-        new_layout, new_means = layout.truncate(means, keep)
-        _, new_scales = layout.truncate(scales, keep)
-        guide.truncate(tensor, keep)
-        tensor.set_layout(new_layout)
-        second = [m**2 + s**2 for m, s in zip(new_means, new_scales)]
-        current = guide.lambdas(name)
-        lambdas = [tensor.prior.update(m, d) for m, d in tensor.slice_moments(second, current)]
-        guide.set_posterior(tensor, new_means, new_scales, lambdas)
-        found[name] = new_layout.ranks
+    for name, tensor in tensors.items():
+        means, weights = canonicalize(tensor.layout, guide.factor_means(tensor))
+        counts = ranks.get(name) or active_ranks(weights, threshold, gap)
+        found[name] = _cut(name, tensor, guide, means, counts)
     return found
+
+
+def _check_target_ranks(ranks, tensors):
+    if not isinstance(ranks, dict):
+        raise TypeError(f"ranks must be a dict {{tensor name: tuple of ranks}}, got {type(ranks).__name__}")
+    checked = {}
+    for name, wanted in ranks.items():
+        if name not in tensors:
+            raise ValueError(f"ranks names a tensor the model does not hold: {name!r} (it holds {sorted(tensors)})")
+        current = tensors[name].layout.ranks
+        wanted = tuple(wanted)
+        if len(wanted) != len(current) or not all(
+            isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= c for r, c in zip(wanted, current)
+        ):
+            raise ValueError(f"ranks[{name!r}] must be {len(current)} ints in [1, current rank] {current}, got {wanted}")
+        checked[name] = wanted
+    return checked
+
+
+def _cut(name, tensor, guide, means, counts):
+    """
+    Cut ``tensor`` (called ``name`` in the model) and its posterior in ``guide`` to the leading ``counts`` indices of every
+    bond of its canonical factor means ``means`` (:func:`~tensorbayes.formats.canonical.canonicalize`).
+    The scales are reset to each factor's geometric mean (see :func:`prune`) and λ to its closed-form
+    value given the cut factors. Returns the new ranks.
+    """
+    layout = tensor.layout
+    if tuple(counts) == layout.ranks:
+        return layout.ranks
+    keep = [torch.arange(r, device=means[0].device) for r in counts]
+    scales = [s.log().mean().exp().expand_as(s) for s in guide.factor_scales(tensor)]
+    new_layout, new_means = layout.truncate(means, keep)
+    _, new_scales = layout.truncate(scales, keep)
+    guide.truncate(tensor, keep)
+    tensor.set_layout(new_layout)
+    second = [m**2 + s**2 for m, s in zip(new_means, new_scales)]
+    current = guide.lambdas(name)
+    lambdas = [tensor.prior.update(m, d) for m, d in tensor.slice_moments(second, current)]
+    guide.set_posterior(tensor, new_means, new_scales, lambdas)
+    return new_layout.ranks
 
 
 def compression_report(model, guide=None, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP):
@@ -140,3 +184,96 @@ def compression_report(model, guide=None, threshold=DEFAULT_THRESHOLD, gap=DEFAU
             }
         )
     return rows
+
+
+# ----- the rank search: the smallest ranks within a tolerance on held-out data -----
+
+
+def held_out_score(output, target):
+    """
+    The score of a model's output on held-out data, higher is better: the accuracy of class
+    probabilities ``(n, classes)`` against integer labels, else minus the relative error
+    ``||output - target|| / ||target||``.
+    """
+    if output.dim() == 2 and not target.is_floating_point():
+        return float((output.argmax(-1) == target).double().mean())
+    return -float((output - target).norm() / target.norm())
+
+
+def _cuts(tensors, canon, tau):
+    """Every tensor's canonical means cut to the indices whose weight is at least ``tau`` times
+    its bond's largest: ``{name: (layout, factors)}``."""
+    cut = {}
+    for name, tensor in tensors.items():
+        means, weights = canon[name]
+        counts = [max(1, int((w >= tau * w[0]).sum())) if w[0] > 0 else 1 for w in weights]
+        keep = [torch.arange(r, device=means[0].device) for r in counts]
+        cut[name] = tensor.layout.truncate(means, keep)
+    return cut
+
+
+@torch.no_grad()
+def _score(model, tensors, cut, inputs, target, chunk_size):
+    """The held-out score of ``model`` with every tensor fixed at the factors of ``cut``."""
+    layouts = {name: t.layout for name, t in tensors.items()}
+    sites = {}
+    try:
+        for name, tensor in tensors.items():
+            layout, factors = cut[name]
+            tensor.set_layout(layout)
+            sites.update({tensor.factor_site(k): f for k, f in enumerate(factors)})
+        conditioned = pyro.poutine.condition(model, data=sites)
+        with torch.random.fork_rng(devices=[]):  # the prior's λ draws must not move training's stream
+            outputs = [conditioned(*[t[i : i + chunk_size] for t in inputs]) for i in range(0, len(target), chunk_size)]
+    finally:
+        for name, tensor in tensors.items():
+            tensor.set_layout(layouts[name])
+    return held_out_score(torch.cat(outputs), target)
+
+
+@torch.no_grad()
+def search_ranks(model, guide, inputs, target, tolerance=DEFAULT_TOLERANCE, chunk_size=2048):
+    """
+    The smallest ranks, along the posterior's own ordering of the rank indices, whose
+    posterior-mean network scores within ``tolerance`` of the current ranks on held-out data.
+
+    Every tensor's posterior means are brought to the canonical gauge
+    (:func:`~tensorbayes.formats.canonical.canonicalize`), whose bond weights order the rank
+    indices. One relative threshold ``τ`` cuts every bond of every tensor to the indices whose
+    weight is at least ``τ`` times its bond's largest; the search bisects over the thresholds
+    that change the ranks for the largest ``τ`` (the smallest network) whose
+    :func:`held_out_score` stays at least the current ranks' score minus ``tolerance``. The
+    model and guide are not changed: cut them with ``prune(model, guide, ranks=found)``.
+
+    Usage::
+
+        found, scores = tb.rank.search_ranks(model, guide, x_val, y_val, tolerance=0.005)
+        tb.prune(model, guide, ranks=found)
+
+    :param inputs: the held-out inputs, a tensor or a tuple of tensors (the model's arguments).
+    :param torch.Tensor target: the held-out targets (class labels, or values).
+    :param float tolerance: the score the cut may give up (accuracy, or relative error).
+    :param int chunk_size: held-out examples per forward pass.
+    :returns: ``({tensor name: ranks}, {"full": score, "found": score})``.
+    """
+    if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a non-negative number, got {tolerance!r}")
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    tensors = low_rank_tensors(model)
+    canon = {name: canonicalize(t.layout, guide.factor_means(t)) for name, t in tensors.items()}
+    relative = sorted({float(w[j] / w[0]) for means, ws in canon.values() for w in ws if w[0] > 0
+                       for j in range(len(w))}, reverse=True)  # τ from the largest (smallest ranks) down
+    full = _score(model, tensors, _cuts(tensors, canon, 0.0), inputs, target, chunk_size)
+    lo, hi = 0, len(relative) - 1  # relative[hi] keeps every index with a nonzero weight
+    best = _cuts(tensors, canon, relative[hi]) if relative else _cuts(tensors, canon, 0.0)
+    best_score = full
+    while lo < hi:  # the first τ (largest) whose cut scores within tolerance
+        mid = (lo + hi) // 2
+        cut = _cuts(tensors, canon, relative[mid])
+        score = _score(model, tensors, cut, inputs, target, chunk_size)
+        if score >= full - tolerance:
+            hi, best, best_score = mid, cut, score
+        else:
+            lo = mid + 1
+    found = {name: best[name][0].ranks for name in tensors}
+    return found, {"full": full, "found": best_score}
