@@ -16,7 +16,7 @@ Category ids are a fixed pseudo-random bijection of the frequency ranks (``id_or
 as hashing numbers them) or the ranks themselves (``"frequency"``, the limit of numbering in
 order of first appearance). At full size the order decides whether gradient descent from a
 random start finds the planted tables: with ids by frequency the most frequent rows share their
-cores' first slices (``benchmarks/dlrm_search.py`` measures it).
+cores' first slices (``experiments/dlrm/search.py`` measures it).
 
 :class:`ClickStream` is the log itself: a map-style :class:`torch.utils.data.Dataset` of
 ``num_samples`` examples whose example ``i`` is a deterministic function of the seed, the

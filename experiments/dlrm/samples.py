@@ -27,9 +27,8 @@ import torch
 
 from tensorbayes.data.clicks import ID_ORDERS, ClickGenerator
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dlrm import (PlantedForm, _percent, bayes_optimal_report, evaluate, generator,  # noqa: E402
-                  train_dense, truth_of, write_results)
+from experiments.dlrm.study import (PlantedForm, _percent, bayes_optimal_report, evaluate, generator, train_dense,
+                                    truth_of, write_results)
 
 
 def run_count(gen, samples, test, truth, args):

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from .ttm import TTM
+from tensorbayes.formats.ttm import TTM
 
 __all__ = ["first_bond_spectrum", "lowest_rank_turn", "turn_first_columns"]
 

@@ -1,4 +1,4 @@
-"""Turning TTM tables on their first two column modes (:mod:`tensorbayes.formats.rotation`)."""
+"""Turning TTM tables on their first two column modes (:mod:`experiments.dlrm.rotation`)."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tensorbayes.formats import TT, TTM
-from tensorbayes.formats.rotation import first_bond_spectrum, lowest_rank_turn, turn_first_columns
+from experiments.dlrm.rotation import first_bond_spectrum, lowest_rank_turn, turn_first_columns
 
 DT = torch.float64
 

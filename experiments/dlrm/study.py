@@ -78,7 +78,9 @@ from tensorbayes.formats.canonical import canonicalize
 from tensorbayes.guides.meanfield import low_rank_tensors
 from tensorbayes.infer.batches import module_device, to_device
 from tensorbayes.infer.fit import Schedule, sparse_tables
-from tensorbayes.models.dlrm import DLRM, DLRMNet, align_tables
+from tensorbayes.models.dlrm import DLRM, DLRMNet
+
+from experiments.dlrm.align import align_tables
 
 #: The dense size of the paper's five large tables (33,193,281 rows x 128).
 PAPER_DENSE_PARAMS = 33_193_281 * 128

@@ -27,8 +27,7 @@ import torch
 
 from tensorbayes.data.clicks import ClickGenerator, expected_accuracy
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dlrm import PlantedForm, generator, train_dense, write_results  # noqa: E402
+from experiments.dlrm.study import PlantedForm, generator, train_dense, write_results
 
 #: ``(label, row shrink or "tiny", id order, overlap of the start with the planted cores)``.
 CASES = [
