@@ -8,13 +8,13 @@ import copy
 
 import torch
 
-from experiments.dlrm.rotation import first_bond_spectrum, lowest_rank_turn, turn_first_columns
+from experiments.dlrm.rotation import SearchFailed, first_bond_spectrum, lowest_rank_turn, turn_first_columns
 from tensorbayes.compact import CompactTensor
 from tensorbayes.models.dlrm import DLRMNet
 from tensorbayes.models.embedding_bag import CompactEmbeddingBag
 from tensorbayes.rank import DEFAULT_GAP, DEFAULT_THRESHOLD, active_ranks
 
-__all__ = ["align_tables"]
+__all__ = ["SearchFailed", "align_tables"]
 
 
 def _turn_columns(weight, turn):
@@ -67,6 +67,7 @@ def align_tables(net, threshold=None, gap=None, restarts=4, seed=0):
     :param int restarts: starts of the search per component of the orthogonal group.
     :param int seed: seeds the search's random starts.
     :returns: ``(network, {table name: ranks})``.
+    :raises SearchFailed: when the search finds no finite turn (:func:`~experiments.dlrm.rotation.lowest_rank_turn`).
     """
     if not isinstance(net, DLRMNet):
         raise TypeError(f"net must be an exported DLRMNet (DLRM.export), got {type(net).__name__}")

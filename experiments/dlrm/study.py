@@ -53,80 +53,29 @@ pruned network is turned by :func:`tensorbayes.models.align_tables` to where its
 first bonds are lowest and cut there (:func:`aligned_report`): the ranks found up to that
 symmetry, their parameters and the turned network's accuracy are reported beside the readout's.
 
-    python benchmarks/dlrm.py [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--reference] [--reference-warm 0.7] [--id-order frequency] [--tiny] [--smoke] [--out benchmarks/results]
+    python -m experiments.dlrm.study [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--reference] [--reference-warm 0.7] [--id-order frequency] [--tiny] [--smoke] [--out experiments/dlrm/results]
 """
 
 import argparse
 import itertools
-import json
 import math
 import os
-import resource
 import sys
 import time
-import warnings
 
 import pyro
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 import tensorbayes as tb
-from tensorbayes.data.clicks import ID_ORDERS, PAPER_ROW_SHAPES, ClickGenerator, auc, expected_hits
+from benchmarks.common import peak_gpu_gib, peak_rss_gib, write_results
+from benchmarks.dlrm import (PAPER_DENSE_PARAMS, baseline_net, build, generator, table_report, tensor_name,
+                             train_bayesian, train_dense)
+from experiments.dlrm.align import SearchFailed, align_tables
+from tensorbayes.data.clicks import ID_ORDERS, ClickGenerator, auc, expected_hits
 from tensorbayes.formats import TTM
 from tensorbayes.formats.canonical import canonicalize
 from tensorbayes.guides.meanfield import low_rank_tensors
 from tensorbayes.infer.batches import module_device, to_device
-from tensorbayes.infer.fit import Schedule, sparse_tables
-from tensorbayes.models.dlrm import DLRM, DLRMNet
-
-from experiments.dlrm.align import align_tables
-
-#: The dense size of the paper's five large tables (33,193,281 rows x 128).
-PAPER_DENSE_PARAMS = 33_193_281 * 128
-
-
-def peak_rss_gib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def peak_gpu_gib(device):
-    """The peak GPU memory torch allocated so far (``None`` on the CPU)."""
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-class HashedEmbeddingBag(torch.nn.EmbeddingBag):
-    """An embedding bag of ``rows`` rows that takes ids of a larger table, hashed by ``id % rows``."""
-
-    def forward(self, input, offsets=None, per_sample_weights=None):
-        return super().forward(input % self.num_embeddings, offsets, per_sample_weights)
-
-
-def generator(shrink_rows, seed, id_order="shuffled"):
-    """The full-size click log, its large tables' row modes divided by ``shrink_rows`` (rounded)."""
-    shapes = {t: tuple(max(2, round(m / shrink_rows)) for m in shape) for t, shape in PAPER_ROW_SHAPES.items()}
-    return ClickGenerator(row_shapes=shapes, id_order=id_order, seed=seed)
-
-
-def build(gen, args):
-    dim = gen.embedding_dim
-    tables = {t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape} for t in gen.planted_tables}
-    model = DLRM.paper_preset(cardinalities=gen.cardinalities, embedding_dim=dim, bottom=args.bottom, top=args.top,
-                              max_rank=args.max_rank, tables=tables, sparse=True)
-    return model.to(args.device)
-
-
-def baseline_net(gen, model, args):
-    """The same network with the tensorized tables hashed down ``args.scale_down``x, all tables dense."""
-    tables = []
-    for t, n in enumerate(gen.cardinalities):
-        rows = math.ceil(n / args.scale_down) if t in gen.row_shapes else n
-        table = (HashedEmbeddingBag if t in gen.row_shapes else torch.nn.EmbeddingBag)(rows, gen.embedding_dim,
-                                                                                      mode="sum", sparse=True)
-        torch.nn.init.normal_(table.weight, std=gen.embedding_dim**-0.5)
-        tables.append(table)
-    return DLRMNet(tables, gen.num_dense, args.bottom, args.top)
-
 
 class PlantedForm(torch.nn.Module):
     """
@@ -192,74 +141,6 @@ class PlantedForm(torch.nn.Module):
             for core, true in zip(cores, gen.factors[t]):
                 core.copy_(true)
         return self
-
-
-def _split_params(module):
-    """``(dense parameters, sparse table weights)`` of a plain torch network."""
-    tables = sparse_tables(module)
-    table_ids = {id(t) for t in tables}
-    return [p for p in module.parameters() if id(p) not in table_ids], tables
-
-
-def train_bayesian(model, guide, train, args):
-    """``tb.fit`` over ``args.epochs`` passes of the stream, generated batch by batch in order; what
-    it warned of parameters that stopped getting gradients (:class:`tb.infer.DeadGradientWarning`)
-    is kept in the result."""
-    loader = train.loader(args.batch)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", tb.infer.DeadGradientWarning)
-        history = tb.fit(model, guide, loader, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
-                         lr_warmup=args.lr_warmup,
-                         lambda_step=args.lambda_step,
-                         init="none", seed=args.seed, progress=not args.no_progress)
-    seconds = time.perf_counter() - t0
-    for w in caught:  # shown after the fit, not lost
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    t0 = time.perf_counter()
-    probe = min(len(loader), 20)
-    for _, _ in zip(range(probe), loader):
-        pass
-    generate = (time.perf_counter() - t0) * len(loader) * args.epochs / probe
-    n = len(train) * args.epochs
-    return {"steps": history.steps, "train_seconds": seconds - generate, "generate_seconds": generate,
-            "samples_per_s": n / (seconds - generate), "samples_per_s_with_generation": n / seconds,
-            "elbo": history.elbo, "log_likelihood": history.log_likelihood, "kl": history.kl,
-            "dead_gradients": [str(w.message) for w in caught if issubclass(w.category, tb.infer.DeadGradientWarning)]}
-
-
-def train_dense(net, train, args, desc="dense baseline"):
-    """
-    Plain torch, on the device of ``net``'s parameters: Adam on the MLPs (and tensor factors),
-    SparseAdam on the tables, binary cross-entropy; the learning rate rises over the first
-    ``args.lr_warmup`` steps and falls over the last ``args.lr_decay`` of them, as in ``tb.fit``.
-    """
-    device = module_device(net)
-    dense_params, table_params = _split_params(net)
-    optim = torch.optim.Adam(dense_params, lr=args.lr)
-    sparse_optim = torch.optim.SparseAdam(table_params, lr=args.lr)
-    steps = math.ceil(len(train) / args.batch) * args.epochs
-    schedule = Schedule(warmup=0, ramp=0, total=steps, decay=round(args.lr_decay * steps), lr_warmup=args.lr_warmup)
-    step_time = 0.0
-    bar = tqdm(total=steps, desc=desc, disable=args.no_progress, mininterval=5)
-    batches = (batch for _ in range(args.epochs) for batch in train.batches(args.batch))
-    for step, (dense, sparse, clicks) in enumerate(batches):
-        for group in optim.param_groups + sparse_optim.param_groups:
-            group["lr"] = args.lr * schedule.lr_factor(step)
-        dense, sparse, clicks = to_device((dense, sparse, clicks), device)
-        t1 = time.perf_counter()
-        loss = F.binary_cross_entropy_with_logits(net(dense, sparse), clicks)
-        optim.zero_grad()
-        sparse_optim.zero_grad()
-        loss.backward()
-        optim.step()
-        sparse_optim.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        step_time += time.perf_counter() - t1
-        bar.update()
-    bar.close()
-    return {"train_seconds": step_time, "samples_per_s": len(train) * args.epochs / step_time}
 
 
 #: Test examples are grouped by how many of their planted-table lookups are rare (:func:`rare_lookups`);
@@ -345,29 +226,8 @@ def live_units(net, test, batch):
                                                for name, out in outputs.items()}}
 
 
-def table_report(model, guide, gen):
-    """Per planted table: its ranks, found and planted, parameter counts, and the readout's
-    canonical bond weights (each bond's, relative to its largest) that the found ranks come from."""
-    found = tb.ranks(model, guide)
-    weights = tb.rank.bond_weights(model, guide)
-    tables = {tensor_name(t): t for t in gen.planted_tables}
-    rows = []
-    for row in tb.compression_report(model, guide):
-        t = tables[row["tensor"]]
-        rows.append({"table": f"C{t + 1}", "rows": gen.cardinalities[t], "planted": list(gen.ranks[t]),
-                     "found": list(found[row["tensor"]]), "max_ranks": list(row["max_ranks"]),
-                     "params_max": row["params_max"], "params_found": row["params"], "dense": row["dense"],
-                     "bond_weights": [[round(x, 5) for x in (w / w[0]).tolist()] for w in weights[row["tensor"]]]})
-    return rows
-
-
 #: The largest planted table (rows x embedding dim) that :func:`turned_back` forms densely: the tiny log's.
 TURN_BACK_MAX_ENTRIES = 2**22
-
-
-def tensor_name(table):
-    """The name of planted table ``table``'s low-rank tensor in the Bayesian DLRM (0-based feature position)."""
-    return f"net.C{table + 1}.weight"
 
 
 def learned_factors(gen, model, guide):
@@ -509,9 +369,14 @@ def aligned_report(net, test, args, truth, tables):
     lowest, and those bonds cut at the readout's rule (:func:`tensorbayes.models.align_tables`):
     the ranks found up to the DLRM's symmetry, their parameter counts, the accuracy of the turned
     network and the seconds the search took. Adds ``aligned`` and ``params_aligned`` to ``tables``' rows.
+    A search that ends at no finite turn (:class:`~experiments.dlrm.align.SearchFailed`) is reported
+    as ``{"failed": reason, "seconds": ...}``, and the run goes on.
     """
     t0 = time.perf_counter()
-    turned, ranks = align_tables(net)
+    try:
+        turned, ranks = align_tables(net)
+    except SearchFailed as error:
+        return {"failed": str(error), "seconds": time.perf_counter() - t0}
     seconds = time.perf_counter() - t0
     for row in tables:
         table = getattr(turned, row["table"])
@@ -607,6 +472,11 @@ def run(args):
     return result
 
 
+def _aligned(b):
+    """Whether the Bayesian result ``b`` holds a turned network (:func:`aligned_report` that did not fail)."""
+    return bool(b.get("aligned")) and "failed" not in b["aligned"]
+
+
 def markdown(r):
     b, d, opt = r["bayesian"], r["dense_baseline"], r["bayes_optimal"]
     lines = [
@@ -635,7 +505,7 @@ def markdown(r):
         f"| same, before pruning | {100 * b['unpruned']['accuracy']:.3f} % | {b['unpruned']['auc']:.4f} | | "
         f"{b['model_params_before']:,} |",
         *([f"| same, pruned, turned to its lowest first bonds and cut there (`align_tables`) | "
-           f"{100 * b['aligned']['accuracy']:.3f} % | {b['aligned']['auc']:.4f} | | |"] if b.get("aligned") else []),
+           f"{100 * b['aligned']['accuracy']:.3f} % | {b['aligned']['auc']:.4f} | | |"] if _aligned(b) else []),
         f"| dense baseline (large tables hashed /{d['scale_down']}) | {100 * d['accuracy']:.3f} % | {d['auc']:.4f} | "
         f"{d['samples_per_s']:.0f} | {d['params']:,} |",
         *([f"| same TTM network, point estimate without Pyro | {100 * r['point_estimate']['accuracy']:.3f} % | "
@@ -670,7 +540,9 @@ def markdown(r):
         "",
         *([f"Up to the DLRM's symmetry (`align_tables`: one orthogonal map of the first two column modes shared by "
            f"every table, found in {b['aligned']['seconds']:.0f} s, the first bonds cut at the readout's rule there): "
-           f"{b['aligned']['tensorized_params']:,} parameters.", ""] if b.get("aligned") else []),
+           f"{b['aligned']['tensorized_params']:,} parameters.", ""] if _aligned(b) else []),
+        *([f"The search for the DLRM's symmetry (`align_tables`) failed: {b['aligned']['failed']}", ""]
+          if b.get("aligned") and not _aligned(b) else []),
         "| table | rows | planted ranks | found ranks | up to the symmetry | params (max rank) | params (found) | "
         "params (up to the symmetry) |",
         "|---|---|---|---|---|---|---|---|",
@@ -796,16 +668,6 @@ def main(argv=None):
         f"_{args.m_step}" if args.m_step != "em" else "")
     write_results(args.out, name, result, markdown(result))
     return result
-
-
-def write_results(out, name, result, text):
-    """Write ``result`` to ``out/name.json`` and ``text`` to ``out/name.md``, and print ``text``."""
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"{name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out, f"{name}.md"), "w") as f:
-        f.write(text)
-    print(text)
 
 
 if __name__ == "__main__":

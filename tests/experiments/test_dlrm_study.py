@@ -214,3 +214,31 @@ def test_dlrm_search_smoke(tmp_path):
         assert c["share_found"] == pytest.approx((c["reached"] - c["floor"]) / (c["bayes_optimal"] - c["floor"]))
         assert c["case"] in text
     assert result["cases"][1]["id_order"] == "frequency" and result["cases"][1]["overlap"] == 0.7
+
+
+def test_a_failed_search_for_the_symmetry_is_reported_and_the_run_goes_on(monkeypatch):
+    """A non-finite align_tables search (L-BFGS gone to NaN, an SVD that fails) ends as "failed", not a crash."""
+    import os
+    from types import SimpleNamespace
+
+    from experiments.dlrm.align import SearchFailed
+
+    dlrm = _load("study")
+
+    def failing(net):
+        raise SearchFailed("no start of the search ended at a finite turn (8 starts)")
+
+    monkeypatch.setattr(dlrm, "align_tables", failing)
+    tables = [{"table": "C3"}, {"table": "C4"}]
+    report = dlrm.aligned_report(object(), None, SimpleNamespace(eval_batch=1), None, tables)
+    assert report["failed"].startswith("no start of the search") and report["seconds"] >= 0
+    assert tables == [{"table": "C3"}, {"table": "C4"}]  # no ranks up to the symmetry where none were found
+    path = os.path.join(os.path.dirname(dlrm.__file__), "results", "dlrm_ids_by_frequency.json")
+    with open(path) as f:
+        result = json.load(f)
+    result["bayesian"]["aligned"] = report
+    for row in result["bayesian"]["tables"]:
+        row.pop("aligned", None), row.pop("params_aligned", None)
+    text = dlrm.markdown(result)
+    assert "The search for the DLRM's symmetry (`align_tables`) failed: no start of the search" in text
+    assert "turned to its lowest first bonds" not in text
