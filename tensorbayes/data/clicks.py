@@ -28,9 +28,9 @@ The cardinalities are Criteo Kaggle's (Display Advertising Challenge, 7 days of 
 data), as the DLRM reference code lists them for ``--data-set=kaggle``
 (``1460-583-10131227-2202608-305-24-12517-633-3-93145-5683-8351593-3194-27-14992-5461306-10-5652-2173-4-7046547-18-15-286181-105-142572``,
 facebookresearch/dlrm); the five large tables (features 3, 4, 12, 16 and 21) have
-``10131227 + 2202608 + 8351593 + 5461306 + 7046547 = 33,193,281`` rows, as PAPER.md states.
-Here each large table has the rows of its factor shape from PAPER.md (``200 x 220 x 250 =
-11,000,000`` and so on), so that its planted TTM has no padding.
+``10131227 + 2202608 + 8351593 + 5461306 + 7046547 = 33,193,281`` rows (docs/method.md, "The
+paper's DLRM setting"). Here each large table has the rows of its factor shape in the paper
+(``200 x 220 x 250 = 11,000,000`` and so on), so that its planted TTM has no padding.
 
 The planted click model, for example ``n`` (``e_t`` the true embedding of its category in table
 ``t``, ``D = 128``)::
@@ -81,7 +81,8 @@ CRITEO_KAGGLE_CARDINALITIES = (
     27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 )
 
-#: The row shapes of the five large tables (by feature position, 0-based), from PAPER.md.
+#: The row shapes of the five large tables (by feature position, 0-based), as the paper factors
+#: them (docs/method.md, "The paper's DLRM setting").
 PAPER_ROW_SHAPES = {
     2: (200, 220, 250),
     3: (125, 130, 136),

@@ -10,7 +10,7 @@ call signature of :class:`torch.nn.EmbeddingBag` (``table(input, offsets=None)``
 class is the dense baseline (plain :class:`torch.nn.EmbeddingBag` tables) and, inside
 :class:`DLRM`, the tensorized network.
 
-:class:`DLRM` is the Bayesian model (METHOD.md §2): its large tables are
+:class:`DLRM` is the Bayesian model (docs/method.md, "Models"): its large tables are
 :class:`~.embedding_bag.TensorizedEmbeddingBag` s with rank-shrinkage priors, the rest plain
 embedding bags and MLPs fitted as point estimates, and the clicks are Bernoulli under a
 subsampled data plate, so the minibatch ELBO is the full-data ELBO (as
@@ -37,8 +37,9 @@ from .networks import _check_num_data
 
 __all__ = ["DLRM", "DLRMNet", "PAPER_PRESET", "mlp"]
 
-#: The paper's setting (PAPER.md): the five large Criteo Kaggle tables as TTM at max rank 16,
-#: rows factored as the paper factors them, 128 columns as 4 x 4 x 8; the others dense.
+#: The paper's setting (docs/method.md, "The paper's DLRM setting"): the five large Criteo Kaggle
+#: tables as TTM at max rank 16, rows factored as the paper factors them, 128 columns as
+#: 4 x 4 x 8; the others dense.
 PAPER_PRESET = {
     "embedding_dim": 128,
     "format": "ttm",
