@@ -18,10 +18,9 @@ fits two epochs; the first warms up, the second is timed (best of ``--repeats`` 
 share of a data-parallel step spent in the gradient all-reduce is measured on rank 0. Writes
 ``distributed.json`` and ``distributed.md``.
 
-    python benchmarks/distributed.py [--repeats 2] [--out benchmarks/results] [--smoke]
+    python -m benchmarks.distributed [--repeats 2] [--out benchmarks/results] [--smoke]
 """
 
-import argparse
 import json
 import os
 import platform
@@ -35,6 +34,7 @@ import torch.multiprocessing as mp
 from pyro.nn import PyroModule
 
 import tensorbayes as tb
+from benchmarks.common import parser, write_results
 from tensorbayes.infer import distributed as tbdist
 
 EPOCHS = 2
@@ -173,23 +173,17 @@ def markdown(results, meta):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of the three configurations (default 2)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    parser.add_argument("--smoke", action="store_true", help="a tiny run (1024 examples, one case)")
-    args = parser.parse_args(argv)
+    p = parser(__doc__)  # its --threads is unused: each configuration sets its own
+    p.add_argument("--repeats", type=int, default=2, help="rounds of the three configurations (default 2)")
+    args = p.parse_args(argv)
     meta = {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
             "load_before": [round(x, 2) for x in os.getloadavg()], "repeats": args.repeats, "epochs": EPOCHS}
     results = []
     for case in cases(args.smoke):
         results.append(run(case, args.repeats, args.smoke))
         print(json.dumps(results[-1]), flush=True)
-    os.makedirs(args.out, exist_ok=True)
     name = "distributed_smoke" if args.smoke else "distributed"
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=2)
-    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
-        f.write(markdown(results, meta))
+    write_results(args.out, name, {"meta": meta, "results": results}, markdown(results, meta))
     return results
 
 

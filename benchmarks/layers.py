@@ -31,13 +31,11 @@ The profile part also times the SVI step with Pyro's validation off, as a user m
 Writes ``layers.json`` and ``layers.md`` (``layers_smoke.*`` with ``--smoke``, ``layers_cuda.*``
 with ``--device cuda``).
 
-    python benchmarks/layers.py [--smoke] [--threads 1] [--device cpu] [--out benchmarks/results]
+    python -m benchmarks.layers [--smoke] [--threads 1] [--device cpu] [--out benchmarks/results]
 """
 
-import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,7 +45,11 @@ import pyro
 import torch
 
 import tensorbayes as tb
+from benchmarks.common import parser, peak_rss_gib, write_results
 from tensorbayes.models import BayesianRegressor, TensorizedLinear
+
+#: The repository root, where a lookup's fresh process imports ``benchmarks.layers`` from.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FORMATS = ("cp", "tucker", "tt", "ttm")
 #: (size, batch, max rank): a grid along the diagonal, not the full product.
@@ -183,10 +185,9 @@ def lookup_batches(rows, batch, repeats, kind, device):
 
 
 _LOOKUP = r"""
-import json, sys, time, torch
+import json, time, torch
 torch.set_num_threads({threads})
-sys.path.insert(0, {here!r})
-from layers import lookup_batches
+from benchmarks.layers import lookup_batches
 def status(key):  # VmRSS now, VmHWM the peak of this process (ru_maxrss may carry the parent's peak)
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
@@ -209,9 +210,8 @@ print(json.dumps({{"rows": {rows}, "kind": {kind!r}, "params": params, "time_s":
 
 def lookup(rows, batch, repeats, kind, threads):
     """One table size on the CPU, in a fresh process: time per batch and peak resident memory."""
-    code = _LOOKUP.format(rows=rows, batch=batch, repeats=repeats, kind=kind, threads=threads,
-                          here=os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    code = _LOOKUP.format(rows=rows, batch=batch, repeats=repeats, kind=kind, threads=threads)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=ROOT)
     if out.returncode:
         raise RuntimeError(f"lookup of {rows} rows ({kind}) failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -384,15 +384,12 @@ def markdown(r):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
-    p.add_argument("--threads", type=int, default=1)
+    p = parser(__doc__)
     p.add_argument("--device", default="cpu", help="where the steps run: cpu (default) or cuda")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--batch", type=int, default=4096, help="bags per lookup batch")
     p.add_argument("--parts", default="linear,lookup,profile",
                    help="parts to measure; the others are taken from the existing JSON in --out")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -428,13 +425,8 @@ def main(argv=None):
         "lookup_peak_ratio": max(peaks) / min(peaks),
         "lookup_flat": max(peaks) / min(peaks) <= 2.0,
     }
-    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(result, f, indent=2, default=list)
-    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    result["peak_rss_gib"] = peak_rss_gib()
+    write_results(args.out, name, result, markdown(result), default=list)
     return result
 
 

@@ -6,18 +6,16 @@ largest planted rank): fixed cases, then random ones of order 3 or 4 with modes 
 (10 to 20 for order 4) and ranks 2 to 5 per bond. For each: ranks found against planted, the
 held-out relative error and the seconds the fit took. Writes JSON and a Markdown table.
 
-    python benchmarks/rank_recovery.py [--random 4] [--seeds 3] [--out benchmarks/results]
+    python -m benchmarks.rank_recovery [--random 4] [--seeds 3] [--smoke] [--out benchmarks/results]
 """
 
-import argparse
-import json
-import os
 import random
 import time
 
 import torch
 
 import tensorbayes as tb
+from benchmarks.common import parser, write_results
 
 FIXED = [
     ("cp", (20, 12, 14), (4,)),
@@ -56,18 +54,16 @@ def run_case(fmt, shape, ranks, seed):
             "seed": seed, "error": error, "seconds": seconds, "exact": found == planted.ranks and error < 0.05}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--random", type=int, default=4, help="random cases per format (default 4)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per fixed case (default 3)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    rows = [run_case(f, s, r, seed) for f, s, r in FIXED for seed in range(args.seeds)]
-    rows += [run_case(f, s, r, 100 + i) for i, (f, s, r) in enumerate(random_cases(args.random, 2026))]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "rank_recovery.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+def main(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--random", type=int, default=4, help="random cases per format (default 4)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per fixed case (default 3)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    fixed = FIXED[:1] if args.smoke else FIXED
+    seeds, randoms = (1, 0) if args.smoke else (args.seeds, args.random)
+    rows = [run_case(f, s, r, seed) for f, s, r in fixed for seed in range(seeds)]
+    rows += [run_case(f, s, r, 100 + i) for i, (f, s, r) in enumerate(random_cases(randoms, 2026))]
     lines = ["| format | shape | planted | found | held-out error | seconds | ok |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['format']} | {'x'.join(map(str, r['shape']))} | {tuple(r['planted'])} | "
@@ -75,10 +71,9 @@ def main():
     for fmt in ("cp", "tucker", "tt", "ttm"):
         mine = [r for r in rows if r["format"] == fmt]
         lines.append(f"\n{fmt}: {sum(r['exact'] for r in mine)} of {len(mine)} exact")
-    table = "\n".join(lines)
-    with open(os.path.join(args.out, "rank_recovery.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
+    write_results(args.out, "rank_recovery_smoke" if args.smoke else "rank_recovery", rows, "\n".join(lines) + "\n",
+                  indent=1)
+    return rows
 
 
 if __name__ == "__main__":

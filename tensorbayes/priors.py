@@ -2,7 +2,7 @@ r"""Rank-shrinkage hyperpriors on the per-rank-index scales :math:`\lambda`.
 
 Every rank index :math:`j` of a bond carries a scale :math:`\lambda_j > 0`, the
 **variance** of the zero-mean Normal prior on the factor entries attached to that
-index (METHOD.md §2): each such entry is :math:`\mathcal N(0, \lambda_j)`. This module
+index (docs/method.md, "Priors"): each such entry is :math:`\mathcal N(0, \lambda_j)`. This module
 provides the hyperpriors :math:`p(\lambda)` that shrink unneeded rank indices:
 
 ========================  ==================================  ======  ===================================

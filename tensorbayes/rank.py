@@ -1,17 +1,17 @@
 """
 Reading the ranks a posterior chose, pruning the rest, and reporting the compression.
 
-The readout is *functional* (METHOD.md §4-5): the posterior-mean factors of every low-rank
-tensor are brought to their canonical, balanced gauge
-(:func:`~tensorbayes.formats.canonical.canonicalize`), where each rank index of a bond carries
-a weight that is a property of the tensor itself (the singular values of the bond's unfolding
-for TT, TTM and Tucker; the component norms for CP). Index ``j`` is active when its weight
-exceeds ``threshold`` times the largest weight of its bond, and no drop by a factor of ``gap``
-or more separates it from the largest (weights are sorted, so the readout keeps the leading
-indices up to the first such drop). The gap matters in networks trained by SVI: the
-minibatch noise leaves the weights of unneeded indices at a few percent of the largest rather
-than the 1e-4 a conjugate fit reaches, yet orders of magnitude below the needed ones (e.g.
-``[1, 0.75, 0.5, 0.026, 0.019, 0.009]`` reads as rank 3). Reading the raw λ instead is
+The readout is *functional* (docs/method.md, "Reading the ranks"): the posterior-mean factors of
+every low-rank tensor are brought to their canonical, balanced gauge
+(:func:`~tensorbayes.formats.canonical.canonicalize`), where each rank index of a bond carries a
+weight that is a property of the tensor itself (the singular values of the bond's unfolding for
+TT, TTM and Tucker; the component norms for CP). Index ``j`` is active when its weight exceeds
+``threshold`` times the largest weight of its bond, and no drop by a factor of ``gap`` or more
+separates it from the largest (weights are sorted, so the readout keeps the leading indices up
+to the first such drop). The gap matters in networks trained by SVI: the minibatch noise leaves
+the weights of unneeded indices at a few percent of the largest rather than the 1e-4 a conjugate
+fit reaches, yet orders of magnitude below the needed ones (e.g. ``[1, 0.75, 0.5, 0.026, 0.019,
+0.009]`` reads as rank 3). Reading the raw λ instead is
 fragile: a train or Tucker tensor can spread a rank-3 subspace over all its indices (a gauge
 freedom), and every λ then looks alive.
 

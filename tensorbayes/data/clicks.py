@@ -16,7 +16,7 @@ Category ids are a fixed pseudo-random bijection of the frequency ranks (``id_or
 as hashing numbers them) or the ranks themselves (``"frequency"``, the limit of numbering in
 order of first appearance). At full size the order decides whether gradient descent from a
 random start finds the planted tables: with ids by frequency the most frequent rows share their
-cores' first slices (``benchmarks/dlrm_search.py`` measures it).
+cores' first slices (``experiments/dlrm/search.py`` measures it).
 
 :class:`ClickStream` is the log itself: a map-style :class:`torch.utils.data.Dataset` of
 ``num_samples`` examples whose example ``i`` is a deterministic function of the seed, the
@@ -28,9 +28,9 @@ The cardinalities are Criteo Kaggle's (Display Advertising Challenge, 7 days of 
 data), as the DLRM reference code lists them for ``--data-set=kaggle``
 (``1460-583-10131227-2202608-305-24-12517-633-3-93145-5683-8351593-3194-27-14992-5461306-10-5652-2173-4-7046547-18-15-286181-105-142572``,
 facebookresearch/dlrm); the five large tables (features 3, 4, 12, 16 and 21) have
-``10131227 + 2202608 + 8351593 + 5461306 + 7046547 = 33,193,281`` rows, as PAPER.md states.
-Here each large table has the rows of its factor shape from PAPER.md (``200 x 220 x 250 =
-11,000,000`` and so on), so that its planted TTM has no padding.
+``10131227 + 2202608 + 8351593 + 5461306 + 7046547 = 33,193,281`` rows (docs/method.md, "The
+paper's DLRM setting"). Here each large table has the rows of its factor shape in the paper
+(``200 x 220 x 250 = 11,000,000`` and so on), so that its planted TTM has no padding.
 
 The planted click model, for example ``n`` (``e_t`` the true embedding of its category in table
 ``t``, ``D = 128``)::
@@ -81,7 +81,8 @@ CRITEO_KAGGLE_CARDINALITIES = (
     27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 )
 
-#: The row shapes of the five large tables (by feature position, 0-based), from PAPER.md.
+#: The row shapes of the five large tables (by feature position, 0-based), as the paper factors
+#: them (docs/method.md, "The paper's DLRM setting").
 PAPER_ROW_SHAPES = {
     2: (200, 220, 250),
     3: (125, 130, 136),

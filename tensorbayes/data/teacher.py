@@ -15,9 +15,7 @@ ranks (and accuracy): it is the network-level counterpart of
 :func:`~tensorbayes.data.planted_tensor`. Use the default, one-layer teacher for that: its
 weight is identifiable from the labels, while the hidden units of a two-layer teacher can be
 matched by a student only up to their order, and a permuted ``W`` no longer has the planted
-tensor ranks. In our runs a same-width student (dense, or TTM at the planted ranks) trained
-from scratch on 4096 examples of the two-layer teacher reached only 55-60 % test accuracy,
-while a TTM student of the one-layer teacher reached 93-95 % and the planted ranks.
+tensor ranks, so a student of the two-layer teacher need not find them.
 The first weight is tensorized as the tensorized layers of :mod:`tensorbayes.models` read a
 weight: the tensor of shape ``out_shape + in_shape`` whose matrix view (the ``len(out_shape)``
 row modes against the column modes) is ``W``:

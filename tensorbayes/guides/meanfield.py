@@ -6,7 +6,8 @@ The mean-field guide of tensorbayes models, and the closed-form λ M-step.
 and a point mass (default) or a LogNormal on every rank scale λ. Its KL terms are analytic, so
 it is meant for :class:`pyro.infer.TraceMeanField_ELBO`. With ``lambda_update="closed_form"``
 (the default for point masses) λ is not a gradient parameter: :meth:`MeanField.update_lambdas`
-sets it to the maximizer of ``E_q[log p(factors | λ)] + log p(λ)`` (METHOD.md §3), damped.
+sets it to the maximizer of ``E_q[log p(factors | λ)] + log p(λ)``, damped (docs/method.md,
+"The λ M-step").
 """
 
 import pyro
@@ -171,7 +172,7 @@ class MeanField(PyroModule):
     @torch.no_grad()
     def update_lambdas(self, step_size=1.0):
         """
-        One damped closed-form update of every λ point estimate (METHOD.md §3):
+        One damped closed-form update of every λ point estimate (docs/method.md, "The λ M-step"):
         ``λ ← λ^(1-s) λ*^s``, bond by bond.
 
         With ``m_step="em"``, ``λ*`` maximizes ``E_q[log p(factors | λ)] + log p(λ)`` given the
@@ -187,9 +188,7 @@ class MeanField(PyroModule):
         count for neither. Where no term is clipped, ``M - Dλ`` is the same for both pairs,
         so both steps have the same stationary points, priors included; this one moves λ where
         EM stalls. It never exceeds the EM step's ``λ*`` (which guards a slice whose entries are
-        all prior-dominated, ``γ → 0``). In the full-size DLRM benchmark it spread the first
-        bond's λ over a factor of 28 after 1M samples where EM's spread over 3, yet read the
-        same ranks as EM after 6M.
+        all prior-dominated, ``γ → 0``).
         """
         if self.lambda_update != "closed_form":
             raise RuntimeError("update_lambdas needs lambda_update='closed_form'")

@@ -1,14 +1,14 @@
 """
 Conjugate coordinate updates for tensor completion (a fast initializer for SVI).
 
-With a Normal likelihood, every entry of a low-rank tensor is linear in each single factor
-given the others, so the mean-field posterior of one factor given the others is available in
-closed form (METHOD.md §5): for each slice of the factor along its tensor modes, a small ridge
-regression whose penalties are the rank-shrinkage prior's precisions. :func:`coordinate_ascent`
-sweeps these updates over the factors of a :class:`~tensorbayes.models.TensorCompletion`,
-then takes the closed-form λ and noise updates, and writes the result into a
-:class:`~tensorbayes.guides.MeanField` guide, so that the same model and guide go on with
-:func:`~tensorbayes.fit` (SVI).
+With a Normal likelihood, every entry of a low-rank tensor is linear in each single factor given
+the others, so the mean-field posterior of one factor given the others is available in closed
+form (docs/method.md, "Closed-form coordinate ascent"): for each slice of the factor along its
+tensor modes, a small ridge regression whose penalties are the rank-shrinkage prior's
+precisions. :func:`coordinate_ascent` sweeps these updates over the factors of a
+:class:`~tensorbayes.models.TensorCompletion`, then takes the closed-form λ and noise updates,
+and writes the result into a :class:`~tensorbayes.guides.MeanField` guide, so that the same
+model and guide go on with :func:`~tensorbayes.fit` (SVI).
 
 The update of a factor holds the other factors at their posterior means (their variances are
 not propagated), which makes it a variational EM in the spirit of Bayesian ALS; the variance it
@@ -211,7 +211,7 @@ def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=4, warmu
     :param torch.Tensor values: observed values ``(n,)``.
     :param int sweeps: passes over the factors.
     :param int warmup: sweeps with λ held (learning λ and the noise from the start collapses
-        every rank while the fit is still poor, METHOD.md §5); with a learned noise, the number
+        every rank while the fit is still poor, docs/method.md); with a learned noise, the number
         of times the warm-up lowers it (see ``noise_decay``); 0 continues from the current state.
         The warm-up never takes more than half of the sweeps.
     :param float warmup_noise: the noise during the warm-up, relative to the data's spread.

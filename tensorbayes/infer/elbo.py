@@ -8,8 +8,7 @@ checks that model and guide match, that the guide is reparameterized and, for ev
 computes, the site's shape, as Pyro does. Pyro's ELBOs compute the log density of every sample
 site of the model's trace and of the guide's before they know which ones the estimator needs;
 in a low-rank model every factor site has an analytic KL, so those densities are computed and
-dropped at each step. For a small layer that is a sixth of the SVI step
-(``benchmarks/layers.py``). This class computes a site's log density only where the estimator
+dropped at each step, work for nothing. This class computes a site's log density only where the estimator
 uses it, and also returns the log-likelihood it summed
 (:meth:`MeanFieldELBO.loss_and_log_likelihood`), so that a training loop does not compute it
 again to report it.

@@ -185,9 +185,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         anneals.
     :param int lr_warmup: steps over which the learning rate rises linearly from ``lr /
         lr_warmup`` to ``lr`` (default 0: none). Adam's first steps move every parameter by
-        about ``lr`` at once; in a wide ReLU layer that can switch most units off for good (in
-        the full-size DLRM benchmark at ``lr=0.01``, three quarters of the bottom MLP's outputs
-        within 10 steps).
+        about ``lr`` at once; in a wide ReLU layer that can switch most units off for good
+        within a few steps.
     :param int warmup: steps with no KL term and no λ update (default: 20 % of the steps).
     :param int ramp: steps over which β rises from 0 to 1 after the warm-up (default: 20 %).
     :param float lambda_step: damping of the closed-form λ update, in (0, 1].
@@ -210,9 +209,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         checkpoint), e.g. to print or log progress, or to prune (:func:`tensorbayes.prune`):
         the optimizer then follows the pruned parameters (keeping Adam's step count and the
         scale of their squared gradients); not with ``distributed=True``, where callbacks run on
-        process 0 only. Pruning mid-fit cost accuracy for a while in our runs (a TTM student
-        fell from 84 % to 71 % and was back at 75 % two epochs later; the change of gauge
-        leaves the posterior scales approximate, see :func:`tensorbayes.prune`).
+        process 0 only. Pruning mid-fit can cost accuracy for a while: the change of gauge
+        leaves the posterior scales approximate (see :func:`tensorbayes.prune`).
     :param int trace_every: record λ into ``history.lambda_trace`` every this many steps
         (default: about ten times per epoch; copying λ costs microseconds).
     :param int seed: seeds the minibatch order and the ELBO's samples.
@@ -604,7 +602,7 @@ def _gradient_norms(model, guide, step, epoch):
     if not grads:
         return {}
     # One pass per gradient and one read to the host: a 2-norm is finite when every entry is
-    # (torch.isfinite would write a mask as large as the gradient: ~10x slower on a DLRM's
+    # (torch.isfinite would write a mask as large as the gradient, dear on a DLRM's
     # tables). A norm whose squares overflowed is told apart from a NaN or infinite entry by the
     # exact check.
     norms = torch.stack([torch.linalg.vector_norm(g.detach()).float() for *_, g in grads]).tolist()

@@ -22,7 +22,7 @@ from .networks import BayesianClassifier, BayesianRegressor
 __all__ += ["BayesianClassifier", "BayesianRegressor"]
 
 # Recommendation: multi-hot lookups in tensorized tables and the DLRM model.
-from .dlrm import DLRM, DLRMNet, PAPER_PRESET, align_tables
+from .dlrm import DLRM, DLRMNet, PAPER_PRESET
 from .embedding_bag import TensorizedEmbeddingBag
 
-__all__ += ["DLRM", "DLRMNet", "PAPER_PRESET", "TensorizedEmbeddingBag", "align_tables"]
+__all__ += ["DLRM", "DLRMNet", "PAPER_PRESET", "TensorizedEmbeddingBag"]

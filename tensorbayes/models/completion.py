@@ -1,9 +1,10 @@
 """
 Bayesian tensor completion: observed entries of a tensor under a Normal likelihood.
 
-The model of METHOD.md §2 with the simplest forward model: the observed value at a multi-index
-is the low-rank tensor's entry plus Normal noise. The data plate is subsampled, so that the
-likelihood of a minibatch is scaled by ``num_data / batch`` and the ELBO is the full-data ELBO.
+The model of docs/method.md ("Priors", "Models") with the simplest forward model: the observed
+value at a multi-index is the low-rank tensor's entry plus Normal noise. The data plate is
+subsampled, so that the likelihood of a minibatch is scaled by ``num_data / batch`` and the ELBO
+is the full-data ELBO.
 """
 
 

@@ -4,9 +4,9 @@ rank-shrinkage priors.
 
 :class:`TensorizedLinear`, :class:`TensorizedConv2d` and :class:`TensorizedEmbedding` are the
 Bayesian, low-rank counterparts of :class:`torch.nn.Linear`, :class:`torch.nn.Conv2d` and
-:class:`torch.nn.Embedding` (METHOD.md §1-2). Each holds its weight as a child module
-``weight``, a :class:`~.tensor.LowRankTensor` whose factors and rank scales are Pyro sample
-sites (``<layer>.weight.factor<k>``, ``<layer>.weight.lambda<b>``), so that a
+:class:`torch.nn.Embedding` (docs/method.md, "Formats" and "Priors"). Each holds its weight as a
+child module ``weight``, a :class:`~.tensor.LowRankTensor` whose factors and rank scales are
+Pyro sample sites (``<layer>.weight.factor<k>``, ``<layer>.weight.lambda<b>``), so that a
 :class:`~tensorbayes.guides.MeanField` guide finds it like any other low-rank tensor. Every
 forward pass draws the factors once (from the prior, or from the guide under SVI) and uses them:
 

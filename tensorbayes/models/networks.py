@@ -6,7 +6,7 @@ low-rank tensors with rank priors (a :class:`~pyro.nn.PyroModule`, such as
 :func:`~.tensorize.tensorize` returns, or one built of :class:`~.layers.TensorizedLinear`,
 :class:`~.layers.TensorizedConv2d` and :class:`~.layers.TensorizedEmbedding`) and observe the
 data through it: labels under a Categorical likelihood on the network's logits, or targets
-under a Normal likelihood around its output (METHOD.md §2). As in
+under a Normal likelihood around its output (docs/method.md, "Models"). As in
 :class:`~.completion.TensorCompletion`, the data plate is subsampled, so that the likelihood of
 a minibatch is scaled by ``num_data / batch`` and the ELBO is the full-data ELBO; both models
 offer ``check_data``, which :func:`~tensorbayes.infer.fit` calls on the whole data set before

@@ -5,13 +5,13 @@ A low-rank tensor with rank-shrinkage priors, as a Pyro model.
 four formats whose factors are Pyro sample sites. Every rank index ``j`` of bond ``b`` has a
 scale ``λ_bj > 0`` (itself a sample site under a :mod:`~tensorbayes.priors` hyperprior), and
 each factor entry is Normal with a variance that is the product of the scales of the rank
-indices it touches (METHOD.md §2):
+indices it touches (docs/method.md, "Priors"):
 
 - CP: ``U_k[i, j] ~ N(0, λ_j)`` (one λ vector for all modes);
 - Tucker: ``U_k[i, j] ~ N(0, λ_kj)`` and the core in the same product form,
-  ``G[j_1..j_d] ~ N(0, Π_k λ_{k j_k})``. (A fixed, wide prior on the core over-fits: with 30 %
-  of a 10x12x14 tensor observed and max rank 8 the core alone has more entries than there are
-  observations, and the held-out error exceeded 600 % in our runs.)
+  ``G[j_1..j_d] ~ N(0, Π_k λ_{k j_k})``. (A fixed, wide prior on the core over-fits: at a
+  max rank where the core alone has more entries than there are observations, nothing shrinks
+  the core's unneeded entries.)
 - TT / TTM (the *product form*): ``G_k[i, ..., j] ~ N(0, λ_{k-1,i} λ_kj)``, so that the trailing
   slice of core ``k`` and the leading slice of core ``k + 1`` both shrink with ``λ_kj``, and
   pruning index ``j`` removes both together.

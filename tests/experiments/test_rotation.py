@@ -1,4 +1,4 @@
-"""Turning TTM tables on their first two column modes (:mod:`tensorbayes.formats.rotation`)."""
+"""Turning TTM tables on their first two column modes (:mod:`experiments.dlrm.rotation`)."""
 
 import math
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tensorbayes.formats import TT, TTM
-from tensorbayes.formats.rotation import first_bond_spectrum, lowest_rank_turn, turn_first_columns
+from experiments.dlrm import rotation
+from experiments.dlrm.rotation import SearchFailed, first_bond_spectrum, lowest_rank_turn, turn_first_columns
 
 DT = torch.float64
 
@@ -136,3 +137,18 @@ def test_bad_input():
         lowest_rank_turn([])
     with pytest.raises(ValueError, match="restarts must be a positive int"):
         lowest_rank_turn([(layout, factors)], restarts=0)
+
+
+def test_a_search_gone_non_finite_reports_failed_instead_of_crashing(monkeypatch):
+    layout, factors = _table((3, 4, 5), (2, 3, 2), (4, 3))
+    bad = [f.clone() for f in factors]
+    bad[1][0, 0, 0, 0] = float("nan")
+    with pytest.raises(SearchFailed, match="non-finite values"):
+        lowest_rank_turn([(layout, bad)])
+
+    def diverged(loss, parameter, max_iter):  # what L-BFGS gone non-finite ends in: an SVD that fails
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(rotation, "_minimize", diverged)
+    with pytest.raises(SearchFailed, match="4 starts; 4 failed: linalg.svd"):
+        lowest_rank_turn([(layout, factors)], restarts=2)

@@ -2,21 +2,21 @@
 How many training samples the click log's best-specified learner needs to come near the
 generator's Bayes-optimal accuracy.
 
-``benchmarks/dlrm.py`` holds the Bayesian DLRM against the Bayes-optimal accuracy, which knows
+``experiments/dlrm/study.py`` holds the Bayesian DLRM against the Bayes-optimal accuracy, which knows
 the true embedding of every row, the rarely seen ones too. No learner reaches it from finitely
 many samples; this benchmark measures how near the best-specified one comes. That learner is the
-generator's own model class (``dlrm.py``'s ``PlantedForm``: the logit's exact form, the planted
-tables TTM at the planted ranks), trained as ``dlrm.py`` trains its learners (Adam, the rate
+generator's own model class (``study.py``'s ``PlantedForm``: the logit's exact form, the planted
+tables TTM at the planted ranks), trained as ``study.py`` trains its learners (Adam, the rate
 held, then falling to 0 over the last ``--lr-decay`` of the steps), from a random start, once for
 each count in ``--samples``. It reports the accuracy on the drawn test clicks, the expected
 accuracy under the true click probability, the gap of the latter to the Bayes-optimal accuracy,
-and the expected accuracy by number of rare lookups (``dlrm.py``'s ``rare_lookups``).
+and the expected accuracy by number of rare lookups (``study.py``'s ``rare_lookups``).
 
 Ids are numbered by frequency by default: with shuffled ids no learner found the full-size
-tables' interactions from a random start in 6M samples (``benchmarks/dlrm_search.py``), so the
+tables' interactions from a random start in 6M samples (``experiments/dlrm/search.py``), so the
 question is asked where they are found.
 
-    python benchmarks/dlrm_samples.py [--samples 6000000 12000000 24000000 48000000] [--threads 2] [--smoke]
+    python -m experiments.dlrm.samples [--samples 6000000 12000000 24000000 48000000] [--threads 2] [--smoke]
 """
 
 import argparse
@@ -27,9 +27,8 @@ import torch
 
 from tensorbayes.data.clicks import ID_ORDERS, ClickGenerator
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dlrm import (PlantedForm, _percent, bayes_optimal_report, evaluate, generator,  # noqa: E402
-                  train_dense, truth_of, write_results)
+from experiments.dlrm.study import (PlantedForm, _percent, bayes_optimal_report, evaluate, generator, train_dense,
+                                    truth_of, write_results)
 
 
 def run_count(gen, samples, test, truth, args):

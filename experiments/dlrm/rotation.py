@@ -29,9 +29,14 @@ import math
 
 import torch
 
-from .ttm import TTM
+from tensorbayes.formats.ttm import TTM
 
-__all__ = ["first_bond_spectrum", "lowest_rank_turn", "turn_first_columns"]
+__all__ = ["SearchFailed", "first_bond_spectrum", "lowest_rank_turn", "turn_first_columns"]
+
+
+class SearchFailed(RuntimeError):
+    """:func:`lowest_rank_turn` found no finite turn: every start ended non-finite, or the
+    linear algebra on the way failed (L-BFGS stepped to values at which an SVD does not converge)."""
 
 
 def _check_turnable(layout, factors):
@@ -183,6 +188,7 @@ def lowest_rank_turn(tables, restarts=4, max_iter=100, seed=0):
     :param int max_iter: L-BFGS iterations per start and smoothing.
     :param int seed: seeds the random starts.
     :returns: the ``(n_1 n_2, n_1 n_2)`` orthogonal matrix, float64 on the first table's device.
+    :raises SearchFailed: when the tables hold non-finite values or no start ends at a finite turn.
     """
     tables = list(tables)
     if not tables:
@@ -192,6 +198,8 @@ def lowest_rank_turn(tables, restarts=4, max_iter=100, seed=0):
     parts = []
     for layout, factors in tables:
         factors = [f.detach().double() for f in _check_turnable(layout, factors)]
+        if not all(bool(torch.isfinite(f).all()) for f in factors):
+            raise SearchFailed("the tables hold non-finite values: there is no turn to search")
         left, right = _first_bond_parts(factors)
         parts.append((left / left.norm().clamp_min(1e-300), right / right.norm().clamp_min(1e-300)))
     modes = {(left.shape[1], right.shape[1]) for left, right in parts}
@@ -200,7 +208,7 @@ def lowest_rank_turn(tables, restarts=4, max_iter=100, seed=0):
     n1, n2 = modes.pop()
     size, device = n1 * n2, parts[0][0].device
     generator = torch.Generator().manual_seed(seed)
-    best = None
+    best, failures = None, []
     for sign in (1.0, -1.0):
         flip = torch.ones(size, dtype=torch.float64, device=device)
         flip[0] = sign
@@ -208,11 +216,18 @@ def lowest_rank_turn(tables, restarts=4, max_iter=100, seed=0):
             a = torch.zeros(size, size, dtype=torch.float64) if start == 0 else torch.randn(
                 size, size, generator=generator, dtype=torch.float64)
             a = a.to(device).requires_grad_()
-            for eps in SMOOTHING:
-                _minimize(lambda: _sparsity(torch.linalg.matrix_exp(a - a.T) * flip, parts, eps), a, max_iter)
-            with torch.no_grad():
-                turn = torch.linalg.matrix_exp(a - a.T) * flip
-                value = float(_sparsity(turn, parts))
-            if math.isfinite(value) and (best is None or value < best[0]):
+            try:
+                for eps in SMOOTHING:
+                    _minimize(lambda: _sparsity(torch.linalg.matrix_exp(a - a.T) * flip, parts, eps), a, max_iter)
+                with torch.no_grad():
+                    turn = torch.linalg.matrix_exp(a - a.T) * flip
+                    value = float(_sparsity(turn, parts))
+            except torch.linalg.LinAlgError as error:  # a start gone non-finite: the others may end well
+                failures.append(str(error).splitlines()[0])
+                continue
+            if math.isfinite(value) and bool(torch.isfinite(turn).all()) and (best is None or value < best[0]):
                 best = (value, turn)
+    if best is None:
+        raise SearchFailed(f"no start of the search ended at a finite turn ({2 * restarts} starts"
+                           + (f"; {len(failures)} failed: {failures[0]}" if failures else "") + ")")
     return best[1]

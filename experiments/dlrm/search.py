@@ -2,7 +2,7 @@
 Where gradient descent finds the click log's planted tables, and where it does not.
 
 The best-specified learner of the synthetic click log is the generator's own model class
-(``benchmarks/dlrm.py``'s ``PlantedForm``: the logit's exact form, the five planted tables TTM at
+(``experiments/dlrm/study.py``'s ``PlantedForm``: the logit's exact form, the five planted tables TTM at
 the planted ranks). This benchmark trains it by Adam on a stream of ``--samples`` examples in
 several cases and reports the expected test accuracy it reaches (``E[p]`` of the side it
 chooses, under the true click probability ``p``) against two marks of the same generator: the
@@ -15,7 +15,7 @@ them (random, or each core sharing ``overlap`` with the planted one), how the ca
 numbered (a shuffled bijection of the frequency ranks, or the ranks themselves), and how many
 rows the planted tables have (full size, their row modes divided by 10, the tiny log).
 
-    python benchmarks/dlrm_search.py [--samples 2000000] [--threads 1] [--smoke] [--out benchmarks/results]
+    python -m experiments.dlrm.search [--samples 2000000] [--threads 1] [--smoke] [--out experiments/dlrm/results]
 """
 
 import argparse
@@ -27,8 +27,7 @@ import torch
 
 from tensorbayes.data.clicks import ClickGenerator, expected_accuracy
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dlrm import PlantedForm, generator, train_dense, write_results  # noqa: E402
+from experiments.dlrm.study import PlantedForm, generator, train_dense, write_results
 
 #: ``(label, row shrink or "tiny", id order, overlap of the start with the planted cores)``.
 CASES = [
