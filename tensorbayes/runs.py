@@ -145,7 +145,7 @@ def _accuracy(logits_or_probs, y):
     return float((logits_or_probs.argmax(-1) == y).double().mean())
 
 
-def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=False):
+def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=False, data=None):
     """
     Build and fit the classifier of ``config``, read and prune its ranks and export it.
 
@@ -154,13 +154,14 @@ def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=Fa
     :param bool progress: show tqdm bars.
     :param callbacks: extra ``callback(epoch, history)`` for :func:`~tensorbayes.fit`.
     :param bool distributed: data-parallel SVI under ``torchrun`` (:func:`~tensorbayes.fit`'s switch).
+    :param tuple data: what :func:`load_data` returns for ``config``, if already loaded.
     :returns: ``(model, guide, history, summary)``, the model and guide pruned.
     """
     import pyro
 
     import tensorbayes as tb
 
-    x_train, y_train, x_test, y_test, info = load_data(config)
+    x_train, y_train, x_test, y_test, info = load_data(config) if data is None else data
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     model = build(config, info)
@@ -194,19 +195,46 @@ def train(config, out_dir, progress=True, callbacks=(), distributed=False):
     """
     Train (or resume) the run of ``config`` in the folder ``out_dir`` (created): writes
     ``config.json``, ``checkpoint.pt`` and ``summary.json`` (from process 0 only when
-    ``distributed``); returns the summary dict.
+    ``distributed``); returns the summary dict. The data are loaded first, so data that cannot
+    be loaded leave ``out_dir`` untouched.
     """
     from .infer.distributed import is_main
 
+    _check_same_model(config, out_dir)
+    data = load_data(config)
     os.makedirs(out_dir, exist_ok=True)
     if is_main():
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(config), f, indent=2)
-    *_, summary = fit_run(config, os.path.join(out_dir, "checkpoint.pt"), progress, callbacks, distributed)
+    *_, summary = fit_run(config, os.path.join(out_dir, "checkpoint.pt"), progress, callbacks, distributed, data=data)
     if is_main():
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2, default=list)
     return summary
+
+
+#: The settings that decide a run's model: a run folder is resumed only with the same ones.
+MODEL_SETTINGS = ("data", "format", "max_rank", "prior", "hidden", "teacher_format", "teacher_ranks")
+
+
+def _check_same_model(config, out_dir):
+    """Refuse, before anything is written, to resume a run folder whose checkpoint is of another model."""
+    path = os.path.join(out_dir, "config.json")
+    if not (os.path.exists(path) and os.path.exists(os.path.join(out_dir, "checkpoint.pt"))):
+        return
+    with open(path) as f:
+        try:
+            saved = json.load(f)
+        except ValueError as error:
+            raise ValueError(f"{path!r} is not a run's config: {error}") from None
+    ours = dataclasses.asdict(config)
+    differ = [name for name in MODEL_SETTINGS
+              if name in saved and (tuple(saved[name]) if isinstance(saved[name], list) else saved[name]) != ours[name]]
+    if differ:
+        there = ", ".join(f"{name}={saved[name]!r}" for name in differ)
+        here = ", ".join(f"{name}={ours[name]!r}" for name in differ)
+        raise ValueError(f"{out_dir!r} holds a run of another model ({there}; asked for {here}): its checkpoint "
+                         f"cannot be resumed; choose another out_dir (--out) or the run's settings")
 
 
 def load_run(run_dir):
@@ -224,7 +252,10 @@ def load_run(run_dir):
         if not os.path.exists(paths[name]):
             raise FileNotFoundError(f"{run_dir!r} is not a training run: {name} is missing (write one with tensorbayes train)")
     with open(paths["config.json"]) as f:
-        config = RunConfig(**json.load(f))
+        try:
+            config = RunConfig(**json.load(f))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{paths['config.json']!r} is not a run's config: {error}") from None
     summary = {}
     if os.path.exists(paths["summary.json"]):
         with open(paths["summary.json"]) as f:
