@@ -163,7 +163,7 @@ def _parser():
 
 
 def _train_parser(commands):
-    from .runs import DATA_SETS, RunConfig
+    from .runs import DATA_SETS, TEACHER_NUM_TRAIN, RunConfig
 
     defaults = RunConfig()
     train = commands.add_parser(
@@ -187,7 +187,8 @@ def _train_parser(commands):
     train.add_argument("--hidden", type=_positive, default=defaults.hidden,
                        help="hidden width of the Fashion-MNIST MLP (default %(default)s)")
     train.add_argument("--num-train", type=_positive, default=defaults.num_train,
-                       help="training examples of the teacher-student task (default %(default)s)")
+                       help="training examples: the first N of Fashion-MNIST's 60,000 training images (default: "
+                       f"all), or the number of teacher-student examples generated (default {TEACHER_NUM_TRAIN})")
     train.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files (default: Debian's)")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed of data, initialization and fit")
     train.add_argument("--out", default="runs/latest", help="the run folder (default %(default)s)")
@@ -231,7 +232,9 @@ def _train(args):
     from .runs import train
 
     config = _config(args)
-    summary = train(config, args.out, progress=args.progress, callbacks=[_print_epoch], distributed=in_torchrun())
+    log = (lambda line: print(line, flush=True)) if is_main() else None
+    summary = train(config, args.out, progress=args.progress, callbacks=[_print_epoch], distributed=in_torchrun(),
+                    log=log)
     if is_main():
         print(json.dumps({k: summary[k] for k in ("accuracy", "exported_accuracy", "ranks", "params")}, indent=2))
         print(f"wrote {args.out}/config.json, checkpoint.pt and summary.json")

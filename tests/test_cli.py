@@ -175,3 +175,24 @@ def test_resuming_a_run_folder_of_another_model_is_one_line_and_changes_nothing(
     line = _one_line_error(capsys, lambda: main(["train", "--data", "teacher", "--format", "tt", *common]))
     assert "holds a run of another model (format='ttm'; asked for format='tt')" in line
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+def test_fashion_mnist_trains_on_every_image_unless_told_and_says_how_many(tmp_path, capsys):
+    root = _fake_fashion_mnist(tmp_path / "fmnist", num_train=5)
+    common = ["--data", "fashion-mnist", "--data-root", str(root), "--hidden", "16", "--max-rank", "2", "--epochs", "1",
+              "--batch-size", "8", "--no-progress"]
+    main(["train", *common, "--out", str(tmp_path / "all")])
+    assert "training on 5 of the 5 Fashion-MNIST training images" in capsys.readouterr().out.splitlines()
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["data"]["num_train"] == 5 and summary["config"]["num_train"] is None
+    main(["train", *common, "--num-train", "3", "--out", str(tmp_path / "three")])
+    assert "training on 3 of the 5 Fashion-MNIST training images" in capsys.readouterr().out.splitlines()
+    line = _one_line_error(capsys, lambda: main(["train", *common, "--num-train", "6", "--out", str(tmp_path / "six")]))
+    assert line == "tensorbayes train: num_train must be at most the 5 training images of Fashion-MNIST, got 6"
+    assert not (tmp_path / "six").exists()
+
+
+def test_the_teacher_task_says_how_many_examples(tmp_path, capsys):
+    main(["train", "--data", "teacher", "--epochs", "1", "--num-train", "64", "--batch-size", "64", "--max-rank", "2",
+          "--no-progress", "--out", str(tmp_path / "run")])
+    assert "training on 64 generated teacher-student examples" in capsys.readouterr().out.splitlines()
