@@ -183,7 +183,8 @@ def _train_parser(commands):
     train.add_argument("--epochs", type=_positive, default=defaults.epochs, help="SVI epochs (default %(default)s)")
     train.add_argument("--batch-size", type=_positive, default=defaults.batch_size,
                        help="examples per step (default %(default)s)")
-    train.add_argument("--lr", type=_positive_float, default=None, help="Adam's learning rate (default: tb.fit's, 0.01)")
+    train.add_argument("--lr", type=_positive_float, default=None,
+                       help="Adam's learning rate (default: tb.fit's, 0.01)")
     train.add_argument("--hidden", type=_positive, default=defaults.hidden,
                        help="hidden width of the Fashion-MNIST MLP (default %(default)s)")
     train.add_argument("--num-train", type=_positive, default=defaults.num_train,

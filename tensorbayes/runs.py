@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 from pyro.nn import PyroModule
 
-__all__ = ["DATA_SETS", "TEACHER_NUM_TRAIN", "Run", "RunConfig", "build", "describe_training_set", "fit_run", "load_data",
-           "load_run", "train"]
+__all__ = ["DATA_SETS", "TEACHER_NUM_TRAIN", "Run", "RunConfig", "build", "describe_training_set", "fit_run",
+           "load_data", "load_run", "train"]
 
 #: The data sets a run can train on.
 DATA_SETS = ("teacher", "fashion-mnist")

@@ -159,7 +159,8 @@ def test_an_interrupt_or_an_unexpected_error_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "_train", broken)
     monkeypatch.delenv(cli.DEBUG_VAR, raising=False)
     line = _one_line_error(capsys, lambda: main(["train"]))
-    assert line == f"tensorbayes train: unexpected RuntimeError: something went wrong (set {cli.DEBUG_VAR}=1 for the traceback)"
+    assert line == ("tensorbayes train: unexpected RuntimeError: something went wrong "
+                    f"(set {cli.DEBUG_VAR}=1 for the traceback)")
     monkeypatch.setenv(cli.DEBUG_VAR, "1")
     with pytest.raises(RuntimeError, match="went wrong"):
         main(["train"])

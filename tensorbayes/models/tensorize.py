@@ -150,7 +150,8 @@ def tensorize(module, format="ttm", max_rank=8, prior="half_cauchy", min_feature
         if _replaceable_type(child) is None:
             return None
         rows, cols = weight_matrix_shape(child)
-        seen.append((f"{path or 'the module'} ({type(child).__name__}, {rows}x{cols})", min(rows, cols) >= min_features))
+        name = f"{path or 'the module'} ({type(child).__name__}, {rows}x{cols})"
+        seen.append((name, min(rows, cols) >= min_features))
         if min(rows, cols) < min_features:
             return None
         reason = _unsupported(child)
@@ -188,6 +189,7 @@ def _nothing_tensorized(seen, min_features):
     met = sum(ok for _, ok in seen)
     return (f"tensorize replaced nothing: the size rule replaces a layer when both sides of its weight as a matrix "
             f"are at least min_features={min_features}; the layers seen were {listed}"
-            + (f" ({met} of them met the rule but {'was' if met == 1 else 'were'} left dense, as warned)" if met else "")
+            + (f" ({met} of them met the rule but {'was' if met == 1 else 'were'} left dense, as warned)"
+               if met else "")
             + "; pass a smaller min_features to tensorize them. Without a low-rank tensor a MeanField guide will "
             "refuse the model")

@@ -177,7 +177,8 @@ def _written_by(tmp_path, model, guide, shape=SHAPE):
     # another format: TT (2 bonds) into CP (1 bond) and into Tucker (3 bonds)
     (dict(fmt="tt"), dict(fmt="cp"), r"tensor 'tensor': the checkpoint holds 2 bonds at ranks \(4, 4\), "
                                      r"the model a cp tensor of shape \(6, 7, 8\) with 1 bond at ranks \(4,\)"),
-    (dict(fmt="tt"), dict(fmt="tucker"), r"holds 2 bonds .* the model a tucker tensor of shape \(6, 7, 8\) with 3 bonds"),
+    (dict(fmt="tt"), dict(fmt="tucker"),
+     r"holds 2 bonds .* the model a tucker tensor of shape \(6, 7, 8\) with 3 bonds"),
     # other ranks: the model cannot grow to the checkpoint's
     (dict(max_rank=4), dict(max_rank=2), r"the checkpoint holds ranks \(4, 4\), the model a tt tensor .* at ranks "
                                          r"\(2, 2\) \(a model is shrunk .* never grown\)"),
@@ -209,8 +210,8 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_mismatch(tmp_path, 
 def test_a_checkpoint_of_another_network_is_refused_naming_the_layers(tmp_path, written, resumed, message):
     def classifier(hidden):
         net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, hidden))
-        model = tb.models.BayesianClassifier(tb.models.tensorize(net, format="tt", max_rank=2, min_features=16, order=2),
-                                             hidden).double()
+        net = tb.models.tensorize(net, format="tt", max_rank=2, min_features=16, order=2)
+        model = tb.models.BayesianClassifier(net, hidden).double()
         return model, MeanField(model, seed=0).double()
 
     task = tb.data.teacher_student(num_train=64, num_test=8, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0,
