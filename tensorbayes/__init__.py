@@ -12,16 +12,38 @@ Usage::
     history = tb.fit(model, guide, (index, values), epochs=20, batch_size=1024)
     tb.ranks(model, guide)      # {"tensor": (3, 4, 2)}
     tb.prune(model, guide)
+
+``tb.plots`` (matplotlib figures) is imported on first use; ``tb.tensorize`` is
+:func:`tb.models.tensorize <tensorbayes.models.tensorize>`.
 """
 
-from . import data, formats, guides, infer, models, plots, priors
+from . import data, formats, guides, infer, models, priors
 from .compact import export
 from .infer import expected_calibration_error, fit, predict
+from .models import tensorize
 from .rank import compression_report, prune, ranks
 
 __version__ = "0.1.0"
 
 __all__ = [
     "compression_report", "data", "expected_calibration_error", "export", "fit", "formats", "guides", "infer",
-    "models", "plots", "predict", "priors", "prune", "ranks",
+    "models", "plots", "predict", "priors", "prune", "ranks", "tensorize",
 ]
+
+#: Submodules imported on first use (PEP 562): ``tb.plots`` needs matplotlib, which
+#: ``import tensorbayes`` does not import.
+_LAZY = ("plots",)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

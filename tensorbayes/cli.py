@@ -13,6 +13,7 @@ The ``tensorbayes`` command.
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -100,14 +101,47 @@ def run_demo(seed=0, epochs=3, progress=False, out=sys.stdout):
 
 
 def _positive(value):
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
     return number
 
 
+def _positive_float(value):
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return number
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is in ``--help``); its
+    sub-command parsers are of the same class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+#: Set to 1 to see the traceback of an unexpected error instead of its one-line summary.
+DEBUG_VAR = "TENSORBAYES_DEBUG"
+
+#: Errors of bad input or a missing or unreadable file: reported in one line.
+_USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
+
+
+def _one_line(error):
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tensorbayes", description="Bayesian low-rank tensors whose ranks are learned by shrinkage priors."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -129,7 +163,7 @@ def _parser():
 
 
 def _train_parser(commands):
-    from .runs import DATA_SETS, RunConfig
+    from .runs import DATA_SETS, TEACHER_NUM_TRAIN, RunConfig
 
     defaults = RunConfig()
     train = commands.add_parser(
@@ -149,11 +183,13 @@ def _train_parser(commands):
     train.add_argument("--epochs", type=_positive, default=defaults.epochs, help="SVI epochs (default %(default)s)")
     train.add_argument("--batch-size", type=_positive, default=defaults.batch_size,
                        help="examples per step (default %(default)s)")
-    train.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: tb.fit's, 0.01)")
+    train.add_argument("--lr", type=_positive_float, default=None,
+                       help="Adam's learning rate (default: tb.fit's, 0.01)")
     train.add_argument("--hidden", type=_positive, default=defaults.hidden,
                        help="hidden width of the Fashion-MNIST MLP (default %(default)s)")
     train.add_argument("--num-train", type=_positive, default=defaults.num_train,
-                       help="training examples of the teacher-student task (default %(default)s)")
+                       help="training examples: the first N of Fashion-MNIST's 60,000 training images (default: "
+                       f"all), or the number of teacher-student examples generated (default {TEACHER_NUM_TRAIN})")
     train.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files (default: Debian's)")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed of data, initialization and fit")
     train.add_argument("--out", default="runs/latest", help="the run folder (default %(default)s)")
@@ -169,23 +205,68 @@ def _print_epoch(epoch, history):
     print(f"epoch {epoch + 1:>3}  accuracy {accuracy}  elbo {history.elbo[-1]:.6g}  ranks {ranks}", flush=True)
 
 
+def _config(args):
+    from .runs import RunConfig
+
+    return RunConfig(data=args.data, format=args.format, max_rank=args.max_rank, prior=args.prior,
+                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hidden=args.hidden,
+                     num_train=args.num_train, seed=args.seed, data_root=args.data_root)
+
+
+def _check_data_files(config):
+    """Raise FileNotFoundError, as loading would, when Fashion-MNIST's files are missing: a cheap
+    check before ``--nproc`` starts its processes (each would fail with the same error)."""
+    if config.data != "fashion-mnist":
+        return
+    from .data.fashion_mnist import _PREFIX, _find, _root
+
+    root = _root(config.data_root)
+    for prefix in _PREFIX.values():
+        _find(root, f"{prefix}-images-idx3-ubyte")
+        _find(root, f"{prefix}-labels-idx1-ubyte")
+
+
 def _train(args):
     import json
 
     from .infer.distributed import in_torchrun, is_main
-    from .runs import RunConfig, train
+    from .runs import train
 
-    config = RunConfig(data=args.data, format=args.format, max_rank=args.max_rank, prior=args.prior,
-                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hidden=args.hidden,
-                       num_train=args.num_train, seed=args.seed, data_root=args.data_root)
-    summary = train(config, args.out, progress=args.progress, callbacks=[_print_epoch], distributed=in_torchrun())
+    config = _config(args)
+    log = (lambda line: print(line, flush=True)) if is_main() else None
+    summary = train(config, args.out, progress=args.progress, callbacks=[_print_epoch], distributed=in_torchrun(),
+                    log=log)
     if is_main():
         print(json.dumps({k: summary[k] for k in ("accuracy", "exported_accuracy", "ranks", "params")}, indent=2))
         print(f"wrote {args.out}/config.json, checkpoint.pt and summary.json")
 
 
 def main(argv=None):
+    """
+    Run the ``tensorbayes`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit
+    status. An error is one line on stderr and a non-zero exit (``SystemExit``), never a
+    traceback: 2 for bad arguments, 1 for bad input found later (a missing data folder, a
+    checkpoint of another model, ...), 130 when interrupted. With the environment variable
+    ``TENSORBAYES_DEBUG=1`` an unexpected error shows its traceback.
+    """
     args = _parser().parse_args(argv)
+    try:
+        return _run(args, argv)
+    except KeyboardInterrupt:
+        print(f"tensorbayes {args.command}: interrupted" + (
+            " (rerun the same command to resume from the last checkpoint)" if args.command == "train" else ""),
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    except _USER_ERRORS as error:
+        raise SystemExit(f"tensorbayes {args.command}: {_one_line(error)}") from None
+    except Exception as error:
+        if os.environ.get(DEBUG_VAR):
+            raise
+        raise SystemExit(f"tensorbayes {args.command}: unexpected {type(error).__name__}: {_one_line(error)} "
+                         f"(set {DEBUG_VAR}=1 for the traceback)") from None
+
+
+def _run(args, argv):
     if args.command == "demo":
         if args.completion:
             run_demo(seed=args.seed, epochs=args.epochs or 3, progress=args.progress)
@@ -195,6 +276,7 @@ def main(argv=None):
         from .infer.distributed import in_torchrun, launch
 
         if args.nproc > 1 and not in_torchrun():
+            _check_data_files(_config(args))
             return launch(sys.argv[1:] if argv is None else list(argv), args.nproc)
         _train(args)
     elif args.command == "report":

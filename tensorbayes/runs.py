@@ -31,10 +31,14 @@ from dataclasses import dataclass
 import torch
 from pyro.nn import PyroModule
 
-__all__ = ["DATA_SETS", "Run", "RunConfig", "build", "fit_run", "load_data", "load_run", "train"]
+__all__ = ["DATA_SETS", "TEACHER_NUM_TRAIN", "Run", "RunConfig", "build", "describe_training_set", "fit_run",
+           "load_data", "load_run", "train"]
 
 #: The data sets a run can train on.
 DATA_SETS = ("teacher", "fashion-mnist")
+
+#: Training examples generated for the teacher-student task when ``num_train`` is ``None``.
+TEACHER_NUM_TRAIN = 4096
 
 
 @dataclass
@@ -53,7 +57,9 @@ class RunConfig:
     :param int hidden: the hidden width of the Fashion-MNIST MLP (784-hidden-10, ReLU).
     :param str teacher_format: the format of the teacher's planted weight ("ttm" or "tt").
     :param teacher_ranks: the planted ranks (``None``: 3 for every TTM bond, ``(3, 6, 6, 3)`` for TT).
-    :param int num_train: training examples of the teacher-student task.
+    :param int num_train: training examples: for "fashion-mnist" the first ``num_train`` of its
+        60,000 training images (``None``, the default: all of them); for "teacher" the number
+        generated (``None``: :data:`TEACHER_NUM_TRAIN`).
     :param int seed: seeds the data, the guide's initialization and the fit.
     :param str data_root: the Fashion-MNIST folder (``None``: the Debian location).
     :param int eval_samples: posterior draws per evaluation.
@@ -69,7 +75,7 @@ class RunConfig:
     hidden: int = 625
     teacher_format: str = None
     teacher_ranks: tuple = None
-    num_train: int = 4096
+    num_train: int = None
     seed: int = 0
     data_root: str = None
     eval_samples: int = 10
@@ -79,8 +85,11 @@ class RunConfig:
             raise ValueError(f"data must be one of {DATA_SETS}, got {self.data!r}")
         for name in ("max_rank", "epochs", "batch_size", "hidden", "num_train", "eval_samples"):
             value = getattr(self, name)
+            if name == "num_train" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ValueError(f"{name} must be a positive int{' or None' if name == 'num_train' else ''}, "
+                                 f"got {value!r}")
         if self.teacher_ranks is not None:
             self.teacher_ranks = tuple(self.teacher_ranks)
 
@@ -108,19 +117,37 @@ def _teacher_settings(config):
 
 
 def load_data(config):
-    """``(x_train, y_train, x_test, y_test, info)`` for a run; ``info`` describes the data."""
+    """
+    ``(x_train, y_train, x_test, y_test, info)`` for a run; ``info`` describes the data, with
+    ``num_train`` (the training examples used) and ``available`` (those the data set has).
+    """
     import tensorbayes as tb
 
     if config.data == "teacher":
         fmt, out_shape, ranks = _teacher_settings(config)
-        task = tb.data.teacher_student(num_train=config.num_train, format=fmt, out_shape=out_shape, ranks=ranks,
+        num_train = TEACHER_NUM_TRAIN if config.num_train is None else config.num_train
+        task = tb.data.teacher_student(num_train=num_train, format=fmt, out_shape=out_shape, ranks=ranks,
                                        seed=config.seed)
         info = {"planted_ranks": list(task.ranks), "teacher_format": fmt, "in_shape": list(task.in_shape),
-                "out_shape": list(task.out_shape), "num_classes": task.num_classes}
+                "out_shape": list(task.out_shape), "num_classes": task.num_classes,
+                "num_train": len(task.y_train), "available": len(task.y_train)}
         return task.x_train, task.y_train, task.x_test, task.y_test, info
     x_train, y_train = tb.data.load_fashion_mnist("train", root=config.data_root)
     x_test, y_test = tb.data.load_fashion_mnist("test", root=config.data_root)
-    return x_train, y_train, x_test, y_test, {"num_classes": 10}
+    available = len(y_train)
+    if config.num_train is not None:
+        if config.num_train > available:
+            raise ValueError(f"num_train must be at most the {available} training images of Fashion-MNIST, "
+                             f"got {config.num_train}")
+        x_train, y_train = x_train[:config.num_train], y_train[:config.num_train]
+    return x_train, y_train, x_test, y_test, {"num_classes": 10, "num_train": len(y_train), "available": available}
+
+
+def describe_training_set(config, info):
+    """One line saying how many training examples a run uses, e.g. for the console."""
+    if config.data == "teacher":
+        return f"training on {info['num_train']} generated teacher-student examples"
+    return f"training on {info['num_train']} of the {info['available']} Fashion-MNIST training images"
 
 
 def build(config, info):
@@ -137,7 +164,10 @@ def build(config, info):
     else:
         dense = torch.nn.Sequential(torch.nn.Linear(784, config.hidden), torch.nn.ReLU(),
                                     torch.nn.Linear(config.hidden, 10))
-        net = tb.models.tensorize(dense, format=config.format, max_rank=config.max_rank, prior=config.prior)
+        # the hidden layer is tensorized at any width (tensorize's size rule alone would leave a
+        # narrow one dense, and a network without a low-rank tensor has nothing to fit)
+        net = tb.models.tensorize(dense, format=config.format, max_rank=config.max_rank, prior=config.prior,
+                                  min_features=min(128, config.hidden))
     return tb.models.BayesianClassifier(net, info["num_classes"])
 
 
@@ -145,7 +175,7 @@ def _accuracy(logits_or_probs, y):
     return float((logits_or_probs.argmax(-1) == y).double().mean())
 
 
-def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=False):
+def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=False, data=None, log=None):
     """
     Build and fit the classifier of ``config``, read and prune its ranks and export it.
 
@@ -154,13 +184,17 @@ def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=Fa
     :param bool progress: show tqdm bars.
     :param callbacks: extra ``callback(epoch, history)`` for :func:`~tensorbayes.fit`.
     :param bool distributed: data-parallel SVI under ``torchrun`` (:func:`~tensorbayes.fit`'s switch).
+    :param tuple data: what :func:`load_data` returns for ``config``, if already loaded.
+    :param log: a function given one line of text (how many training examples are used), or ``None``.
     :returns: ``(model, guide, history, summary)``, the model and guide pruned.
     """
     import pyro
 
     import tensorbayes as tb
 
-    x_train, y_train, x_test, y_test, info = load_data(config)
+    x_train, y_train, x_test, y_test, info = load_data(config) if data is None else data
+    if log is not None:
+        log(describe_training_set(config, info))
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     model = build(config, info)
@@ -190,23 +224,51 @@ def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=Fa
     return model, guide, history, summary
 
 
-def train(config, out_dir, progress=True, callbacks=(), distributed=False):
+def train(config, out_dir, progress=True, callbacks=(), distributed=False, log=None):
     """
     Train (or resume) the run of ``config`` in the folder ``out_dir`` (created): writes
     ``config.json``, ``checkpoint.pt`` and ``summary.json`` (from process 0 only when
-    ``distributed``); returns the summary dict.
+    ``distributed``); returns the summary dict. The data are loaded first, so data that cannot
+    be loaded leave ``out_dir`` untouched. ``log`` is given one line: the training examples used.
     """
     from .infer.distributed import is_main
 
+    _check_same_model(config, out_dir)
+    data = load_data(config)
     os.makedirs(out_dir, exist_ok=True)
     if is_main():
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(config), f, indent=2)
-    *_, summary = fit_run(config, os.path.join(out_dir, "checkpoint.pt"), progress, callbacks, distributed)
+    *_, summary = fit_run(config, os.path.join(out_dir, "checkpoint.pt"), progress, callbacks, distributed, data=data,
+                          log=log)
     if is_main():
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2, default=list)
     return summary
+
+
+#: The settings that decide a run's model: a run folder is resumed only with the same ones.
+MODEL_SETTINGS = ("data", "format", "max_rank", "prior", "hidden", "teacher_format", "teacher_ranks")
+
+
+def _check_same_model(config, out_dir):
+    """Refuse, before anything is written, to resume a run folder whose checkpoint is of another model."""
+    path = os.path.join(out_dir, "config.json")
+    if not (os.path.exists(path) and os.path.exists(os.path.join(out_dir, "checkpoint.pt"))):
+        return
+    with open(path) as f:
+        try:
+            saved = json.load(f)
+        except ValueError as error:
+            raise ValueError(f"{path!r} is not a run's config: {error}") from None
+    ours = dataclasses.asdict(config)
+    differ = [name for name in MODEL_SETTINGS
+              if name in saved and (tuple(saved[name]) if isinstance(saved[name], list) else saved[name]) != ours[name]]
+    if differ:
+        there = ", ".join(f"{name}={saved[name]!r}" for name in differ)
+        here = ", ".join(f"{name}={ours[name]!r}" for name in differ)
+        raise ValueError(f"{out_dir!r} holds a run of another model ({there}; asked for {here}): its checkpoint "
+                         f"cannot be resumed; choose another out_dir (--out) or the run's settings")
 
 
 def load_run(run_dir):
@@ -224,7 +286,10 @@ def load_run(run_dir):
         if not os.path.exists(paths[name]):
             raise FileNotFoundError(f"{run_dir!r} is not a training run: {name} is missing (write one with tensorbayes train)")
     with open(paths["config.json"]) as f:
-        config = RunConfig(**json.load(f))
+        try:
+            config = RunConfig(**json.load(f))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{paths['config.json']!r} is not a run's config: {error}") from None
     summary = {}
     if os.path.exists(paths["summary.json"]):
         with open(paths["summary.json"]) as f:

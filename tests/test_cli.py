@@ -1,4 +1,5 @@
 import io
+import json
 
 import pytest
 
@@ -53,3 +54,146 @@ def test_unknown_command_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["bogus"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+# ----- errors: one line on stderr, a non-zero exit, never a traceback -----
+
+def _one_line_error(capsys, call, code=1):
+    with pytest.raises(SystemExit) as info:
+        call()
+    err = capsys.readouterr().err
+    message = info.value.code if isinstance(info.value.code, str) else err
+    status = 1 if isinstance(info.value.code, str) else info.value.code  # Python exits 1 printing a str code
+    assert status == code, (status, message)
+    lines = message.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in message, message
+    return lines[0]
+
+
+def _idx(path, magic, array):
+    import struct
+
+    path.write_bytes(struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape)
+                     + array.astype("uint8").tobytes())
+
+
+def _fake_fashion_mnist(root, num_train=5, num_test=3):
+    import numpy as np
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", num_train), ("t10k", num_test)):
+        _idx(root / f"{prefix}-images-idx3-ubyte", 2051, rng.integers(0, 256, (n, 28, 28)))
+        _idx(root / f"{prefix}-labels-idx1-ubyte", 2049, rng.integers(0, 10, (n,)))
+    return root
+
+
+def test_a_missing_data_root_is_one_line_from_the_shell_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "tensorbayes.cli", "train", "--data", "fashion-mnist", "--data-root",
+                           str(tmp_path / "missing"), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("tensorbayes train: Fashion-MNIST not found: no folder") and "missing" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command, named", [
+    (["train", "--lr", "-1"], "--lr: must be a positive number, got -1"),
+    (["train", "--lr", "abc"], "--lr: must be a positive number, got abc"),
+    (["train", "--lr", "nan"], "--lr: must be a positive number"),
+    (["train", "--epochs", "x"], "--epochs: must be a positive int, got x"),
+    (["train", "--num-train", "0"], "--num-train: must be a positive int, got 0"),
+    (["report"], "the following arguments are required: run_dir"),
+])
+def test_bad_values_are_one_line_naming_the_option(command, named, capsys):
+    line = _one_line_error(capsys, lambda: main(command), code=2)
+    assert named in line and line.startswith(f"tensorbayes {command[0]}: error:") and "--help" in line
+
+
+def test_missing_data_files_are_refused_before_processes_start(tmp_path, capsys, monkeypatch):
+    import tensorbayes.infer.distributed as distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("launched despite missing data"))
+    monkeypatch.delenv("RANK", raising=False)
+    root = tmp_path / "partial"
+    root.mkdir()
+    line = _one_line_error(capsys, lambda: main(["train", "--data", "fashion-mnist", "--data-root", str(root),
+                                                 "--nproc", "2", "--out", str(tmp_path / "run")]))
+    assert "no file train-images-idx3-ubyte" in line and not (tmp_path / "run").exists()
+
+
+def test_report_errors_are_one_line(tmp_path, capsys):
+    line = _one_line_error(capsys, lambda: main(["report", str(tmp_path / "nowhere")]))
+    assert "is not a directory" in line
+    run = tmp_path / "run"
+    run.mkdir()
+    line = _one_line_error(capsys, lambda: main(["report", str(run)]))
+    assert "config.json is missing" in line
+    (run / "config.json").write_text('{"data": "teacher", "colour": "red"}')
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    line = _one_line_error(capsys, lambda: main(["report", str(run)]))
+    assert "is not a run's config" in line and "colour" in line
+    (run / "config.json").write_text('{"data": "teacher", "num_train": 64}')
+    line = _one_line_error(capsys, lambda: main(["report", str(run)]))
+    assert "checkpoint" in line and "cannot be read" in line
+
+
+def test_an_interrupt_or_an_unexpected_error_is_one_line(capsys, monkeypatch):
+    import tensorbayes.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_train", interrupted)
+    line = _one_line_error(capsys, lambda: main(["train"]), code=130)
+    assert line == "tensorbayes train: interrupted (rerun the same command to resume from the last checkpoint)"
+
+    def broken(args):
+        raise RuntimeError("something\nwent wrong")
+
+    monkeypatch.setattr(cli, "_train", broken)
+    monkeypatch.delenv(cli.DEBUG_VAR, raising=False)
+    line = _one_line_error(capsys, lambda: main(["train"]))
+    assert line == ("tensorbayes train: unexpected RuntimeError: something went wrong "
+                    f"(set {cli.DEBUG_VAR}=1 for the traceback)")
+    monkeypatch.setenv(cli.DEBUG_VAR, "1")
+    with pytest.raises(RuntimeError, match="went wrong"):
+        main(["train"])
+
+
+def test_resuming_a_run_folder_of_another_model_is_one_line_and_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--epochs", "1", "--num-train", "64", "--batch-size", "64", "--max-rank", "2", "--no-progress",
+              "--out", str(out)]
+    main(["train", "--data", "teacher", "--format", "ttm", *common])
+    capsys.readouterr()
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    line = _one_line_error(capsys, lambda: main(["train", "--data", "teacher", "--format", "tt", *common]))
+    assert "holds a run of another model (format='ttm'; asked for format='tt')" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+def test_fashion_mnist_trains_on_every_image_unless_told_and_says_how_many(tmp_path, capsys):
+    root = _fake_fashion_mnist(tmp_path / "fmnist", num_train=5)
+    common = ["--data", "fashion-mnist", "--data-root", str(root), "--hidden", "16", "--max-rank", "2", "--epochs", "1",
+              "--batch-size", "8", "--no-progress"]
+    main(["train", *common, "--out", str(tmp_path / "all")])
+    assert "training on 5 of the 5 Fashion-MNIST training images" in capsys.readouterr().out.splitlines()
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["data"]["num_train"] == 5 and summary["config"]["num_train"] is None
+    main(["train", *common, "--num-train", "3", "--out", str(tmp_path / "three")])
+    assert "training on 3 of the 5 Fashion-MNIST training images" in capsys.readouterr().out.splitlines()
+    line = _one_line_error(capsys, lambda: main(["train", *common, "--num-train", "6", "--out", str(tmp_path / "six")]))
+    assert line == "tensorbayes train: num_train must be at most the 5 training images of Fashion-MNIST, got 6"
+    assert not (tmp_path / "six").exists()
+
+
+def test_the_teacher_task_says_how_many_examples(tmp_path, capsys):
+    main(["train", "--data", "teacher", "--epochs", "1", "--num-train", "64", "--batch-size", "64", "--max-rank", "2",
+          "--no-progress", "--out", str(tmp_path / "run")])
+    assert "training on 64 generated teacher-student examples" in capsys.readouterr().out.splitlines()

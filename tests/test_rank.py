@@ -127,6 +127,22 @@ def test_active_ranks_end_at_the_first_large_drop_or_below_the_threshold():
             tb.rank.active_ranks([w([1.0])], gap=bad)
 
 
+def test_a_drop_of_exactly_gap_ends_the_active_indices():
+    # the docs: a drop "by a factor of gap or more" ends them; 1 -> 0.5 is a drop of exactly 2
+    assert tb.rank.active_ranks([torch.tensor([1, .5, .25])], gap=2) == [1]
+    w = lambda *values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
+    assert tb.rank.active_ranks([w(1, .5, .25)], gap=2) == [1]
+    # the neighbours of the boundary: a drop just under gap continues, one just over ends
+    assert tb.rank.active_ranks([w(1, .5, .25)], gap=2 * (1 + 1e-9)) == [3]
+    assert tb.rank.active_ranks([w(1, .5, .25)], gap=2 * (1 - 1e-9)) == [1]
+    assert tb.rank.active_ranks([w(1, .5 + 1e-12, .25)], gap=2) == [2]  # 0.5 -> 0.25 is exactly 2 again
+    assert tb.rank.active_ranks([w(1, .5 - 1e-12, .25)], gap=2) == [1]
+    assert tb.rank.active_ranks([w(1, .75, .375, .1)], gap=2) == [2]  # a later exact drop ends there
+    # the threshold is strict the same way: an index at exactly threshold times the largest is inactive
+    assert tb.rank.active_ranks([w(1, .5, .25)], threshold=.25, gap=10) == [2]
+    assert tb.rank.active_ranks([w(1, .5, .25)], threshold=.25 * (1 - 1e-9), gap=10) == [3]
+
+
 def test_ranks_and_prune_follow_the_gap():
     planted, model, guide = _setup("tt", (6, 7, 8), (2, 3), (5, 5))
     weights = tb.rank.bond_weights(model, guide)["tensor"]

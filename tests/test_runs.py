@@ -89,3 +89,18 @@ def test_train_with_two_processes_writes_one_run(tmp_path):
     assert two["ranks"] == one["ranks"]
     # the same steps (evaluation draws differ between one and two processes, so the ELBO agrees closely, not exactly)
     assert two["elbo"] == pytest.approx(one["elbo"], rel=1e-2)
+
+
+def test_num_train_defaults_to_the_whole_set_and_a_narrow_hidden_layer_is_tensorized():
+    from tensorbayes.runs import TEACHER_NUM_TRAIN, build, load_data
+
+    assert RunConfig().num_train is None and RunConfig(data="fashion-mnist").num_train is None
+    with pytest.raises(ValueError, match="num_train must be a positive int or None, got 0"):
+        RunConfig(num_train=0)
+    *_, info = load_data(RunConfig(data="teacher"))
+    assert info["num_train"] == TEACHER_NUM_TRAIN == 4096
+    x_train, *_, info = load_data(RunConfig(data="teacher", num_train=32))
+    assert len(x_train) == info["num_train"] == 32
+    # --hidden 64: below tensorize's default size rule, tensorized all the same (else nothing could be fitted)
+    model = build(RunConfig(data="fashion-mnist", hidden=64, max_rank=2), {"num_classes": 10})
+    assert [name for name in low_rank_tensors(model)] == ["net.0.weight"]

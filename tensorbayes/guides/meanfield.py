@@ -114,7 +114,9 @@ class MeanField(PyroModule):
             raise ValueError(f"m_step={m_step!r} needs lambda_update='closed_form'")
         tensors = low_rank_tensors(model)
         if not tensors:
-            raise ValueError("model holds no LowRankTensor: MeanField has nothing to approximate")
+            raise ValueError("model holds no LowRankTensor: MeanField has nothing to approximate (build the model "
+                             "from tensorbayes layers, or tensorize a network whose layers meet tensorize's size "
+                             "rule, min_features)")
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         self._model_tensors = tensors  # plain dict: not registered as submodules of the guide
         self.posteriors = torch.nn.ModuleDict(

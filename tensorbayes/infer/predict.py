@@ -19,7 +19,8 @@ def _check_positive_int(value, name):
 
 @torch.no_grad()
 def _draws(model, guide, inputs, num_samples):
-    """Mean and standard deviation over draws, accumulated by Welford's stable recurrence."""
+    """Mean and sample standard deviation (``n - 1`` in the denominator, as :func:`torch.std`)
+    over draws, accumulated by Welford's stable recurrence; NaN from a single draw."""
     mean = m2 = None
     for k in range(1, num_samples + 1):
         guide_trace = pyro.poutine.trace(guide).get_trace(*inputs)
@@ -30,7 +31,9 @@ def _draws(model, guide, inputs, num_samples):
         delta = out - mean
         mean += delta / k
         m2 += delta * (out - mean)
-    return mean, (m2 / num_samples).sqrt()
+    if num_samples == 1:
+        return mean, torch.full_like(mean, float("nan"))
+    return mean, (m2 / (num_samples - 1)).sqrt()
 
 
 def predict(model, guide, *inputs, num_samples=100, chunk_size=4096):
@@ -46,7 +49,9 @@ def predict(model, guide, *inputs, num_samples=100, chunk_size=4096):
     :param inputs: tensors sharing their first (example) dimension.
     :param int num_samples: posterior draws.
     :param int chunk_size: examples per chunk (memory grows with it, not with the inputs).
-    :returns: ``(mean, std)`` over the draws, each shaped like the model's output.
+    :returns: ``(mean, std)`` over the draws, each shaped like the model's output: the mean and
+        the sample standard deviation (``n - 1`` in the denominator, as :func:`torch.std`, so
+        that a few draws do not understate the spread; NaN when ``num_samples`` is 1).
     """
     _check_positive_int(num_samples, "num_samples")
     _check_positive_int(chunk_size, "chunk_size")

@@ -105,7 +105,9 @@ def tensorize(module, format="ttm", max_rank=8, prior="half_cauchy", min_feature
     **Size rule**: a layer is replaced when both sides of its weight as a matrix
     (:func:`weight_matrix_shape`: ``(out, in)``, ``(out_channels, in_channels * kh * kw)``,
     ``(num_embeddings, embedding_dim)``) are at least ``min_features``; smaller layers stay
-    dense (as ``pyro.param`` point estimates, like every other parameter of the copy).
+    dense (as ``pyro.param`` point estimates, like every other parameter of the copy). When no
+    layer is replaced (every one below the rule, or none of a supported class), the copy is
+    still returned, with a warning that names the layers seen and what the rule asks.
 
     A replaced layer keeps its sizes, stride/padding/dilation and its bias (copied as the
     initial value of a plain parameter); its weight is not copied: it becomes a low-rank
@@ -141,12 +143,16 @@ def tensorize(module, format="ttm", max_rank=8, prior="half_cauchy", min_feature
         return new
 
     root = copy.deepcopy(module)
+    seen, replaced = [], []
 
     def replace(child, path):
         """The tensorized layer for ``child`` (at ``path``), or ``None`` to keep it."""
         if _replaceable_type(child) is None:
             return None
-        if min(weight_matrix_shape(child)) < min_features:
+        rows, cols = weight_matrix_shape(child)
+        name = f"{path or 'the module'} ({type(child).__name__}, {rows}x{cols})"
+        seen.append((name, min(rows, cols) >= min_features))
+        if min(rows, cols) < min_features:
             return None
         reason = _unsupported(child)
         if reason is None:
@@ -160,11 +166,30 @@ def tensorize(module, format="ttm", max_rank=8, prior="half_cauchy", min_feature
     top = replace(root, "")
     if top is not None:
         root = top
+        replaced.append(top)
     else:
         for path, parent in list(root.named_modules()):
             for name, child in list(parent.named_children()):
                 new = replace(child, f"{path}.{name}" if path else name)
                 if new is not None:
                     setattr(parent, name, new)
+                    replaced.append(new)
+    if not replaced:
+        warnings.warn(_nothing_tensorized(seen, min_features), stacklevel=2)
     to_pyro_module_(root)
     return root
+
+
+def _nothing_tensorized(seen, min_features):
+    """The warning of a :func:`tensorize` call that replaced no layer: what it saw, what the rule asks."""
+    if not seen:
+        return ("tensorize replaced nothing: the module holds no torch.nn.Linear, Conv2d or Embedding (subclasses "
+                "are left alone), so it has no low-rank tensor and a MeanField guide will refuse it")
+    listed = ", ".join(name for name, _ in seen[:6]) + (f" and {len(seen) - 6} more" if len(seen) > 6 else "")
+    met = sum(ok for _, ok in seen)
+    return (f"tensorize replaced nothing: the size rule replaces a layer when both sides of its weight as a matrix "
+            f"are at least min_features={min_features}; the layers seen were {listed}"
+            + (f" ({met} of them met the rule but {'was' if met == 1 else 'were'} left dense, as warned)"
+               if met else "")
+            + "; pass a smaller min_features to tensorize them. Without a low-rank tensor a MeanField guide will "
+            "refuse the model")

@@ -107,6 +107,37 @@ def test_split_contract_without_input_gradient():
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("input_grad", [True, False], ids=["x_grad", "x_frozen"])
+@pytest.mark.parametrize("chunk_entries", [1, 10**9], ids=["row_chunks", "one_chunk"])
+@pytest.mark.parametrize("shape,ranks", SPLIT_CASES)
+def test_split_contract_with_frozen_left_cores(shape, ranks, chunk_entries, input_grad, monkeypatch):
+    # the left cores need no gradient: left of the cut they are the merged ``a`` of the forward
+    # direction (the backward's branch that skips the intermediate), and ``c`` of the reverse one
+    import tensorbayes.formats.ttm as ttm
+
+    fmt = TTM(shape, ranks)
+    for bond, reverse in _cuts(shape):
+        left = bond + 1
+        cores = [torch.randn(s, dtype=DT, requires_grad=k >= left) for k, s in enumerate(fmt.factor_shapes)]
+        x = torch.randn(4, fmt.matrix_shape[1], dtype=DT, requires_grad=input_grad)
+        wanted = ([x] if input_grad else []) + cores[left:]
+        dense = x @ fmt.to_matrix(cores).T
+        grad_y = torch.randn_like(dense)
+        expected = torch.autograd.grad(dense, wanted, grad_y)
+        y = fmt._contract_split(x, cores, bond, reverse, chunk_entries=chunk_entries)
+        torch.testing.assert_close(y, dense, rtol=1e-12, atol=1e-12)
+        calls = []
+        real = ttm._intermediate
+        monkeypatch.setattr(ttm, "_intermediate", lambda *args: calls.append(1) or real(*args))
+        got = torch.autograd.grad(y, wanted, grad_y)
+        monkeypatch.setattr(ttm, "_intermediate", real)
+        if not reverse:
+            assert not calls  # the branch under test: no intermediate when ``a`` needs no gradient
+        assert all(core.grad is None for core in cores)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10 * e.abs().max().item())
+
+
 def test_split_is_the_cheapest_and_contract_uses_it():
     fmt = TTM((2, 3, 2, 4, 2, 3, 2, 2), (3, 2, 4))
     split = fmt.split(1)

@@ -267,6 +267,45 @@ def test_lognormal_lambda_guide():
         MeanField(model, lambda_guide="lognormal", lambda_update="closed_form")
 
 
+@pytest.mark.parametrize("lambda_guide", ["delta", "lognormal"])
+@pytest.mark.parametrize("fmt, shape, max_rank", CASES)
+def test_truncate_keeps_the_posterior_at_the_kept_indices(fmt, shape, max_rank, lambda_guide):
+    _, model, guide = _setup(fmt, shape, max_rank, lambda_guide=lambda_guide)
+    tensor = model.tensor
+    post = guide.posteriors["tensor"]
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # every entry distinct, so that an entry from another index would show
+        for p in list(post.locs) + list(post.raw_scales):
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=D))
+        for b, r in enumerate(tensor.layout.ranks):
+            post.set_log_lambda(b, torch.randn(r, generator=generator, dtype=D))
+            if lambda_guide == "lognormal":
+                post.raw_lambda_scales[b].copy_(torch.randn(r, generator=generator, dtype=D))
+    labels = tensor.layout.labels
+    locs, scales = guide.factor_means(tensor), guide.factor_scales(tensor)
+    lambdas = guide.lambdas("tensor")
+    raw_lambda_scales = ([p.detach().clone() for p in post.raw_lambda_scales] if lambda_guide == "lognormal" else None)
+    # not the leading indices: the last, then the first (an order too), or the last alone
+    keep = [torch.tensor([r - 1, 0]) if r >= 2 else torch.tensor([0]) for r in tensor.layout.ranks]
+    assert any(len(k) > 1 for k in keep)
+
+    def kept(factor, f):
+        # index every bond dimension of factor f by its kept indices, read from the layout's labels
+        for d, label in enumerate(labels[f]):
+            if label.startswith("b"):
+                factor = factor.index_select(d, keep[int(label[1:])])
+        return factor
+
+    guide.truncate(tensor, keep)
+    for f in range(len(labels)):
+        assert torch.equal(guide.factor_means(tensor)[f], kept(locs[f], f)), f
+        torch.testing.assert_close(guide.factor_scales(tensor)[f], kept(scales[f], f), rtol=1e-15, atol=0)
+    for b, k in enumerate(keep):
+        torch.testing.assert_close(post.log_lambda(b).exp(), lambdas[b][k], rtol=1e-15, atol=0)
+        if lambda_guide == "lognormal":
+            assert torch.equal(post.raw_lambda_scales[b].detach(), raw_lambda_scales[b][k])
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [

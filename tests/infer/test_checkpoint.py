@@ -158,3 +158,88 @@ def test_a_classifier_resumed_at_epoch_k_equals_the_uninterrupted_run_at_k_plus_
     for key in expected:
         assert torch.allclose(state[key], expected[key], rtol=0, atol=1e-12), key
     assert resumed.accuracy == uninterrupted.accuracy and resumed.elbo == uninterrupted.elbo
+
+
+def _completion(fmt="tt", shape=SHAPE, max_rank=4):
+    model = TensorCompletion(shape, format=fmt, max_rank=max_rank).double()
+    return model, MeanField(model, seed=0).double()
+
+
+def _written_by(tmp_path, model, guide, shape=SHAPE):
+    planted = planted_tensor(shape, "tt", (2, 2), observed=0.5, noise=0.05, seed=0, dtype=torch.float64)
+    path = tmp_path / "other.pt"
+    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=64, seed=0,
+           progress=False, init="none", checkpoint=str(path))
+    return path, (planted.train_index, planted.train_values)
+
+
+@pytest.mark.parametrize("written, resumed, message", [
+    # another format: TT (2 bonds) into CP (1 bond) and into Tucker (3 bonds)
+    (dict(fmt="tt"), dict(fmt="cp"), r"tensor 'tensor': the checkpoint holds 2 bonds at ranks \(4, 4\), "
+                                     r"the model a cp tensor of shape \(6, 7, 8\) with 1 bond at ranks \(4,\)"),
+    (dict(fmt="tt"), dict(fmt="tucker"),
+     r"holds 2 bonds .* the model a tucker tensor of shape \(6, 7, 8\) with 3 bonds"),
+    # other ranks: the model cannot grow to the checkpoint's
+    (dict(max_rank=4), dict(max_rank=2), r"the checkpoint holds ranks \(4, 4\), the model a tt tensor .* at ranks "
+                                         r"\(2, 2\) \(a model is shrunk .* never grown\)"),
+    # another shape, the same bonds: the factors differ
+    (dict(), dict(shape=(6, 7, 9)), r"the checkpoint's factors are posteriors.tensor.locs.0 \(1, 6, 4\), "
+                                    r".*locs.2 \(4, 8, 1\); .* would be .*locs.2 \(4, 9, 1\)"),
+])
+def test_a_checkpoint_of_another_model_is_refused_naming_the_mismatch(tmp_path, written, resumed, message):
+    path, data = _written_by(tmp_path, *_completion(**written))
+    model, guide = _completion(**resumed)
+    before, ranks = _state(model, guide), model.tensor.layout.ranks
+    with pytest.raises(ValueError, match=message) as info:
+        tb.fit(model, guide, data, epochs=2, batch_size=64, progress=False, init="none", checkpoint=str(path),
+               resume=True)
+    assert "does not fit this model" in str(info.value) and "other.pt" in str(info.value)
+    after = _state(model, guide)  # nothing changed: not the ranks, not a value
+    assert model.tensor.layout.ranks == ranks and after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("written, resumed, message", [
+    # 16 -> 16 is tensorized at min_features=16, 16 -> 8 is not
+    (16, 8, r"the checkpoint holds low-rank tensors \['net.0.weight', 'net.2.weight'\], the model \['net.0.weight'\] "
+            r"\(missing from the checkpoint: \[\], not in the model: \['net.2.weight'\]\)"),
+    # both last layers dense: their plain parameters differ
+    (10, 12, r"the model's state differs: net.2.bias: the checkpoint's \(10,\), the model's \(12,\); "
+             r"net.2.weight: the checkpoint's \(10, 16\), the model's \(12, 16\)"),
+])
+def test_a_checkpoint_of_another_network_is_refused_naming_the_layers(tmp_path, written, resumed, message):
+    def classifier(hidden):
+        net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, hidden))
+        net = tb.models.tensorize(net, format="tt", max_rank=2, min_features=16, order=2)
+        model = tb.models.BayesianClassifier(net, hidden).double()
+        return model, MeanField(model, seed=0).double()
+
+    task = tb.data.teacher_student(num_train=64, num_test=8, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0,
+                                   dtype=torch.float64)
+    path = tmp_path / "net.pt"
+    tb.fit(*classifier(written), (task.x_train, task.y_train % written), epochs=1, batch_size=32, progress=False,
+           checkpoint=str(path))
+    model, guide = classifier(resumed)
+    before = _state(model, guide)
+    with pytest.raises(ValueError, match=message):
+        tb.fit(model, guide, (task.x_train, task.y_train % resumed), epochs=2, batch_size=32, progress=False,
+               checkpoint=str(path), resume=True)
+    after = _state(model, guide)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_pruned_checkpoint_still_shrinks_the_model_it_fits(tmp_path):
+    # lower ranks in the checkpoint than in the model are the pruned run's: the model follows them
+    model, guide = _completion(max_rank=4)
+    path, data = _written_by(tmp_path, model, guide)
+    state = torch.load(path, weights_only=False)
+    keep = [torch.tensor([0, 1]), torch.tensor([0, 1, 2])]
+    guide.truncate(model.tensor, keep)
+    model.tensor.set_layout(model.tensor.layout.with_ranks((2, 3)))
+    state.update(model=model.state_dict(), guide=guide.state_dict(), ranks={"tensor": (2, 3)})
+    torch.save(state, path)
+    fresh, fresh_guide = _completion(max_rank=4)
+    fit_module._load_checkpoint(str(path), fresh, fresh_guide)
+    assert fresh.tensor.layout.ranks == (2, 3)
+    for a, b in zip(fresh_guide.factor_means(fresh.tensor), guide.factor_means(model.tensor)):
+        assert torch.equal(a, b)

@@ -41,6 +41,46 @@ def test_predict_spread_matches_the_sample_spread():
     assert torch.allclose(std, draws.std(0), rtol=0.25)
 
 
+def _the_same_draws(model, guide, index, num_samples, seed):
+    """The model's outputs on the guide's draws, drawn in predict's order from the same seed."""
+    import pyro
+
+    pyro.set_rng_seed(seed)
+    draws = []
+    for _ in range(num_samples):
+        trace = pyro.poutine.trace(guide).get_trace(index)
+        draws.append(pyro.poutine.replay(model, trace=trace)(index))
+    return torch.stack(draws)
+
+
+@pytest.mark.parametrize("num_samples", [2, 3, 4, 5])
+def test_predict_from_a_few_draws_is_their_mean_and_std(num_samples):
+    # the spread of a handful of draws is torch.std's (the n - 1 estimate), not the n one, which
+    # would be sqrt(2/3) of it at 3 draws; Welford's recurrence and the two-pass formulas agree to
+    # rounding: 1e-12 relative, atol 1e-15 (the entries are of order 0.1, their spreads 0.01)
+    import pyro
+
+    model, guide = _model_and_guide(0.05)
+    index = planted_tensor((5, 6, 7), "tt", (2, 2), seed=0).test_index[:30]
+    pyro.set_rng_seed(1)
+    mean, std = tb.predict(model, guide, index, num_samples=num_samples, chunk_size=30)
+    draws = _the_same_draws(model, guide, index, num_samples, seed=1)
+    assert draws.dtype == torch.float64 and (draws.std(0) > 1e-3).all()  # a real spread
+    torch.testing.assert_close(mean, torch.mean(draws, 0), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(std, torch.std(draws, 0), rtol=1e-12, atol=1e-15)
+
+
+def test_predict_from_one_draw_has_no_spread_to_give():
+    import pyro
+
+    model, guide = _model_and_guide(0.05)
+    index = planted_tensor((5, 6, 7), "tt", (2, 2), seed=0).test_index[:10]
+    pyro.set_rng_seed(2)
+    mean, std = tb.predict(model, guide, index, num_samples=1)
+    torch.testing.assert_close(mean, _the_same_draws(model, guide, index, 1, seed=2)[0], rtol=0, atol=0)
+    assert torch.isnan(std).all()  # as torch.std of one draw: one draw estimates no spread
+
+
 @pytest.mark.parametrize("kwargs, match", [({"num_samples": 0}, "num_samples"), ({"chunk_size": 0}, "chunk_size")])
 def test_predict_rejects_bad_arguments(kwargs, match):
     model, guide = _model_and_guide(0.1)

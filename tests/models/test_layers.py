@@ -369,6 +369,28 @@ def test_initial_weight_has_kaiming_variance(format):
     assert torch.stack(second).mean().item() == pytest.approx(target, rel=0.3)
 
 
+@pytest.mark.parametrize("format", ["tt", "ttm"])
+@pytest.mark.parametrize("in_features, out_features", [(4, 4096), (4096, 16)], ids=["wide", "narrow"])
+def test_bias_bound_of_a_non_square_layer_is_from_fan_in(format, in_features, out_features):
+    # as torch.nn.Linear: bias ~ U(-1/sqrt(in_features), 1/sqrt(in_features)); the bounds from
+    # in_features and from out_features differ 32x (wide) and 16x (narrow), so either mistake shows
+    torch.manual_seed(0)
+    layer = TensorizedLinear(in_features, out_features, format=format, max_rank=2)
+    bias = layer.bias.detach().double()
+    bound = 1 / math.sqrt(in_features)
+    assert bias.shape == (out_features,)
+    # narrow: 16 draws from U(-1/4, 1/4) (the bound from out_features) all within 1/64: probability 16**-16
+    assert bias.abs().max() <= bound
+    if out_features > in_features:
+        # 4096 draws fill the interval: the largest within 1 % of the bound (it falls short with
+        # probability 0.99**4096 < 1e-17), 32x above the bound from out_features
+        assert bias.abs().max() > 0.99 * bound
+        # and spread as U(-bound, bound): std bound / sqrt(3), to 5 % (the sampling error of 4096 draws is 1.1 %)
+        assert abs(bias.std() / (bound / math.sqrt(3)) - 1) < 0.05
+    else:
+        assert bias.abs().max() > 0.5 * bound  # not a narrower rule either: probability 2**-16 of failing
+
+
 def test_initial_variance_of_conv_and_embedding():
     conv = TensorizedConv2d(8, 16, 3, format="ttm", max_rank=4)
     assert conv.weight.init_variance == pytest.approx(1 / 72)

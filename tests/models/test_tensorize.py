@@ -5,6 +5,7 @@ hierarchical site names that a MeanField guide follows.
 """
 
 import copy
+import warnings
 
 import pyro
 import pytest
@@ -144,3 +145,31 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="module"):
         tensorize("net")
     assert type(net) is torch.nn.Linear
+
+
+def test_a_network_with_nothing_to_tensorize_warns_naming_the_size_rule():
+    # warned, not refused: returning the copy is what a network without large layers asks for
+    # (test_subclasses_and_pyro_modules, test_a_big_module_at_the_root_and_the_threshold), and the
+    # MeanField guide that needs a low-rank tensor says so itself
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    with pytest.warns(UserWarning, match=r"replaced nothing: the size rule .* at least min_features=128; the layers "
+                                         r"seen were 0 \(Linear, 64x64\), 2 \(Linear, 10x64\); pass a smaller "
+                                         r"min_features") as caught:
+        model = tensorize(net)
+    assert len(caught) == 1 and caught[0].filename == __file__  # it points at the caller
+    assert not any(isinstance(m, TensorizedLinear) for m in model.modules())
+    with pytest.raises(ValueError, match="no LowRankTensor.*min_features"):
+        MeanField(model)
+    with pytest.warns(UserWarning, match=r"no torch.nn.Linear, Conv2d or Embedding"):
+        tensorize(torch.nn.Sequential(torch.nn.ReLU()))
+    with pytest.warns(UserWarning) as caught:  # one that met the rule but did not factor
+        tensorize(torch.nn.Sequential(torch.nn.Linear(131, 128)))
+    assert "1 of them met the rule but was left dense, as warned" in str(caught[-1].message)
+
+
+def test_no_warning_when_something_is_tensorized():
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = tensorize(net, min_features=64)
+    assert isinstance(model[0], TensorizedLinear)
