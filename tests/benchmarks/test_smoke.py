@@ -307,3 +307,9 @@ def test_fashion_mnist_smoke(tmp_path, network, fmt):
     assert fm.at_same_size(auto, result["frontier"][fmt])[0] == 1.0
     (target, *_) = [t for t in result["targets"] if t["format"] == fmt]
     assert target["holds"] in (True, False, None) and target["target"] in fm.markdown(result)
+    # docs/make_figures.py --frontier draws the figure from this JSON
+    spec = importlib.util.spec_from_file_location("make_figures", os.path.join(ROOT, "docs", "make_figures.py"))
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    figures.frontier_fashion_mnist([str(tmp_path / f"fashion_mnist_{network}.json")], out=str(tmp_path / "figures"))
+    assert (tmp_path / "figures" / "frontier_fashion_mnist.png").stat().st_size > 10_000
