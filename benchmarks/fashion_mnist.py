@@ -19,14 +19,16 @@ Runs, all with the same epochs, batch size and seed, on the same training images
   ``torch.nn.Parameter`` s at a fixed rank (``tensorize(max_rank=R)``'s layout, ranks clipped to
   what the shapes allow), trained like the dense one, the factors drawn so that the weight has
   the Kaiming variance the guide starts from (``LowRankTensor.init_loc_scale``); the layouts of
-  ``tensorbayes.formats`` do the contractions. One point per rank of ``--frontier-ranks``;
+  ``tensorbayes.formats`` do the contractions, a linear layer taking the path
+  ``TensorizedLinear`` takes (by FLOP count). One point per rank of ``--frontier-ranks``
+  (default :data:`FRONTIER_RANKS`, per format);
 - **automatic**: ``tb.models.tensorize(net, format=fmt)`` at its default max rank (or
   ``--max-rank``), ``tb.guides.MeanField``, ``tb.fit`` with its defaults; the posterior
   predictive accuracy (``tb.predict``), then ``tb.prune`` and ``tb.export``, and the exported
   network's accuracy.
 
 Compression counts the weights of the tensorized layers only (dense weights / factors); the
-other layers and the biases are the same in every run. An automatic point is scored by its
+other layers and the biases stay dense in every run. An automatic point is scored by its
 exported network's accuracy, the network that has that compression. The frontier "at the same
 size" is the best accuracy of that format's frontier points with at most the automatic point's
 parameters. The test images serve only to score.
