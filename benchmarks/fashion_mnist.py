@@ -150,7 +150,8 @@ def fixed_rank_network(name, fmt, rank, seed):
 
 def accuracy(predict, x, y, chunk=2000):
     with torch.no_grad():
-        right = sum((predict(x[i : i + chunk]).argmax(-1) == y[i : i + chunk]).sum().item() for i in range(0, len(y), chunk))
+        right = sum((predict(x[i : i + chunk]).argmax(-1) == y[i : i + chunk]).sum().item()
+                    for i in range(0, len(y), chunk))
     return right / len(y)
 
 
@@ -299,12 +300,14 @@ def markdown(result):
         f"# Fashion-MNIST, network `{s['network']}`: automatic ranks against the fixed-rank frontier",
         "",
         f"{s['train_size']:,} training images, {s['test_size']:,} test; {s['epochs']} epochs, batch {s['batch_size']}, "
-        f"seed {s['seed']}; {result['machine']}, {s['threads']} threads. Tensorized: layers {', '.join(dense['layers'])} "
+        f"seed {s['seed']}; {result['machine']}, {s['threads']} threads. "
+        f"Tensorized: layers {', '.join(dense['layers'])} "
         f"({dense['layer_params']:,} dense weights). Automatic: `tb.fit` defaults, max rank "
         f"{'tensorize default' if s['max_rank'] is None else s['max_rank']}; accuracy: posterior predictive, "
         "and the pruned exported network's (the one scored). Frontier: fixed ranks, Adam 1e-3.",
         "",
-        "| format | run | ranks | layer params | compression | test acc. | exported acc. | step / dense | total / dense |",
+        "| format | run | ranks | layer params | compression | test acc. | exported acc. | step / dense "
+        "| total / dense |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| dense | Adam 1e-3 | — | {dense['layer_params']:,} | 1.0x | {dense['accuracy']:.2%} | — | 1.00 | 1.00 |",
     ]
@@ -320,10 +323,12 @@ def markdown(result):
     lines += ["", "## The frontier at the automatic point's size", ""]
     for fmt, auto in result["automatic"].items():
         if auto["frontier_accuracy"] is None:
-            lines.append(f"- {fmt}: {auto[SCORE]:.2%} at {auto['layer_params']:,} parameters; no frontier point is that small")
+            lines.append(f"- {fmt}: {auto[SCORE]:.2%} at {auto['layer_params']:,} parameters; "
+                         "no frontier point is that small")
         else:
             lines.append(f"- {fmt}: {auto[SCORE]:.2%} at {auto['layer_params']:,} parameters; the frontier's best at "
-                         f"no more: {auto['frontier_accuracy']:.2%} (frontier - automatic: {auto['frontier_gap']:+.2f} points)")
+                         f"no more: {auto['frontier_accuracy']:.2%} "
+                         f"(frontier - automatic: {auto['frontier_gap']:+.2f} points)")
     lines += ["", "## Targets", ""]
     marks = {True: "holds", False: "**fails**", None: "cannot tell"}
     lines += [f"- {t['format']}: {t['target']}: {marks[t['holds']]}" for t in result["targets"]]
@@ -338,7 +343,8 @@ def parse(argv=None):
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     parser.add_argument("--frontier-ranks", type=int, nargs="*", default=None,
                         help="the fixed ranks of every format's frontier (default: per format, FRONTIER_RANKS)")
-    parser.add_argument("--max-rank", type=int, default=None, help="the automatic point's max rank (default: tensorize's)")
+    parser.add_argument("--max-rank", type=int, default=None,
+                        help="the automatic point's max rank (default: tensorize's)")
     parser.add_argument("--train-size", type=int, default=60000, help="use the first N training images")
     parser.add_argument("--test-size", type=int, default=10000, help="score on the first N test images")
     parser.add_argument("--eval-samples", type=int, default=20)

@@ -269,8 +269,10 @@ def test_fashion_mnist_fixed_rank_layers_start_at_the_kaiming_variance_and_compu
     assert sum(p.numel() for p in linear.parameters()) == linear.layout.num_params() + 256  # factors and bias only
 
 
-@pytest.mark.parametrize("argv,name", [(["--epochs", "0"], "--epochs"), (["--frontier-ranks", "2", "-1"], "--frontier-ranks"),
-                                       (["--network", "resnet"], "--network"), (["--formats", "ht"], "--formats")])
+@pytest.mark.parametrize("argv,name", [
+    (["--epochs", "0"], "--epochs"), (["--frontier-ranks", "2", "-1"], "--frontier-ranks"),
+    (["--network", "resnet"], "--network"), (["--formats", "ht"], "--formats"),
+])
 def test_fashion_mnist_refuses_bad_arguments_naming_them(argv, name, capsys):
     with pytest.raises(SystemExit):
         _load("fashion_mnist").parse(argv)
