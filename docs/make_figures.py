@@ -2,6 +2,8 @@
 Draw the figures of docs/figures/ from small but real runs (about two minutes on one core).
 
     python docs/make_figures.py            # writes docs/figures/*.png and docs/figures/runs.json
+    python docs/make_figures.py --frontier benchmarks/results/fashion_mnist_mlp.json [...]
+                                           # only docs/figures/frontier_fashion_mnist.png
 
 Two experiments:
 
@@ -13,8 +15,14 @@ Two experiments:
   by SVI: ``rank_shrinkage_network.png``, ``lambda_trajectories.png``,
   ``training_curves.png``, ``reliability.png``; the same student in other formats and max
   ranks against a dense softmax regression: ``compression_vs_accuracy.png``.
+
+``--frontier`` draws ``frontier_fashion_mnist.png`` instead, from the JSON that
+``benchmarks/fashion_mnist.py`` writes (one panel per network): each format's fixed-rank
+frontier as a line, its automatic point (``tb.fit``'s defaults, the exported network's
+accuracy) on it, the dense network as the dashed line.
 """
 
+import argparse
 import json
 import os
 import time
@@ -36,8 +44,8 @@ DPI = 120
 EPOCHS = 10
 
 
-def save(fig, name):
-    path = os.path.join(OUT, name)
+def save(fig, name, out=OUT):
+    path = os.path.join(out, name)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     print("wrote", os.path.relpath(path))
@@ -119,7 +127,38 @@ def network():
     }
 
 
+def frontier_fashion_mnist(paths, out=OUT):
+    """Draw ``frontier_fashion_mnist.png`` from the JSON files of ``benchmarks/fashion_mnist.py``."""
+    fig, axes = plt.subplots(1, len(paths), figsize=(5.2 * len(paths), 4), layout="constrained", squeeze=False)
+    for ax, path in zip(axes[0], paths):
+        with open(path) as f:
+            result = json.load(f)
+        dense = result["dense"]
+        rows = [{"format": "dense", "accuracy": dense["accuracy"], "compression": 1.0}]
+        for fmt, auto in result["automatic"].items():
+            rows.append({"format": fmt, "accuracy": auto["exported_accuracy"], "compression": auto["compression"]})
+        frontier = {fmt: [(p["compression"], p["accuracy"]) for p in points]
+                    for fmt, points in result["frontier"].items() if points}
+        plots.compression_vs_accuracy(rows, ax=ax, frontier=frontier)
+        s = result["settings"]
+        layers = f"layer{'s' * (len(dense['layers']) > 1)} {', '.join(dense['layers'])}"
+        ax.set_title(f"Fashion-MNIST, {s['network']} ({layers} tensorized), {s['epochs']} epochs:"
+                     "\nfixed ranks (lines) and tb.fit's defaults (diamonds)", fontsize="medium")
+    os.makedirs(out, exist_ok=True)
+    save(fig, "frontier_fashion_mnist.png", out)
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--frontier", nargs="+", metavar="JSON", default=None,
+                        help="draw only frontier_fashion_mnist.png, from benchmarks/fashion_mnist.py's JSON files")
+    args = parser.parse_args()
+    if args.frontier is not None:
+        missing = [p for p in args.frontier if not os.path.isfile(p)]
+        if missing:
+            parser.error(f"--frontier: no such file {missing[0]!r} (run benchmarks/fashion_mnist.py first)")
+        frontier_fashion_mnist(args.frontier)
+        return
     torch.set_num_threads(1)
     os.makedirs(OUT, exist_ok=True)
     start = time.perf_counter()

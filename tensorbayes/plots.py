@@ -10,7 +10,7 @@ matplotlib, and returns what it drew on (in the style of tensorly-viz):
 - :func:`training_curves`: the ELBO (and its likelihood and KL parts), held-out accuracy or
   error, and the number of active parameters, per epoch;
 - :func:`compression_vs_accuracy`: the frontier across formats and settings, dense baseline
-  marked;
+  marked (or a measured frontier per format, with the results on it);
 - :func:`factor_posterior`: posterior mean and credible band of each rank index's slice norm;
 - :func:`reliability`: a reliability diagram of predicted class probabilities.
 
@@ -377,10 +377,28 @@ def _frontier(points):
     return sorted(front)
 
 
-def compression_vs_accuracy(results, ax=None):
+def _check_frontier(frontier):
+    """``{format: [(compression, accuracy), ...]}`` validated, each line sorted by compression."""
+    if not isinstance(frontier, dict):
+        raise TypeError(f"frontier must be None or a dict {{format: [(compression, accuracy), ...]}}, "
+                        f"got {type(frontier).__name__}")
+    lines = {}
+    for fmt, points in frontier.items():
+        try:
+            pairs = [(float(c), float(a)) for c, a in points]
+        except (TypeError, ValueError):
+            raise ValueError(f"frontier[{fmt!r}] must be a sequence of (compression, accuracy) pairs") from None
+        if not pairs or any(not c > 0 for c, _ in pairs):
+            raise ValueError(f"frontier[{fmt!r}] must hold at least one pair, every compression positive")
+        lines[fmt] = sorted(pairs)
+    return lines
+
+
+def compression_vs_accuracy(results, ax=None, frontier=None):
     """
     Accuracy against compression ratio (log axis) for every format and setting, with the
-    frontier of the non-dominated results and the dense baseline as a dashed line.
+    dense baseline as a dashed line, and either the frontier of the non-dominated results or,
+    when ``frontier`` is given, a measured frontier per format.
 
     Each result is a dict with keys
 
@@ -391,23 +409,38 @@ def compression_vs_accuracy(results, ax=None):
       count, with ``"dense_params"`` or a ``"dense"`` result that has ``"params"``;
     - ``"label"`` (optional): a short annotation drawn beside the point (e.g. ``"R=8"``).
 
+    ``frontier`` maps a format to the ``(compression, accuracy)`` points of another sweep
+    (e.g. the same network trained at fixed ranks): each format's points are drawn as one
+    line, sorted by compression and labelled ``"<FORMAT> frontier"``, under the results of
+    that format, which are drawn as markers in the line's colour on top. With a frontier the
+    line of non-dominated results is not drawn (the given lines are the frontier).
+
     Usage::
 
         rows = [{"format": "dense", "accuracy": 0.88, "compression": 1.0},
                 {"format": "ttm", "accuracy": 0.86, "compression": 40.0, "label": "R=8"}]
         ax = tb.plots.compression_vs_accuracy(rows)
+        ax = tb.plots.compression_vs_accuracy(rows, frontier={"ttm": [(20.0, 0.87), (80.0, 0.85)]})
 
     :param list results: the results, as above.
     :param ax: ``None`` or an Axes.
+    :param dict frontier: ``None``, or ``{format: [(compression, accuracy), ...]}``.
     :returns: the Axes.
     """
     rows = _check_results(results)
+    lines = None if frontier is None else _check_frontier(frontier)
     ax = _single(ax)
     ax.set_xscale("log")
+    colours = {}
+    for fmt, points in (lines or {}).items():
+        (line,) = ax.plot(*zip(*points), marker=".", markersize=5, linewidth=1.2, zorder=2,
+                          label=f"{str(fmt).upper()} frontier")
+        colours[fmt] = line.get_color()
     for fmt in dict.fromkeys(r["format"] for r in rows if r["format"] != "dense"):
         mine = [r for r in rows if r["format"] == fmt]
+        style = {} if fmt not in colours else {"color": colours[fmt], "edgecolors": "black", "marker": "D"}
         ax.scatter([r["compression"] for r in mine], [r["accuracy"] for r in mine], s=30, zorder=3,
-                   label=str(fmt).upper())
+                   label=str(fmt).upper(), **style)
     labelled = [r for r in rows if r.get("label")]
     for k, r in enumerate(labelled):  # alternately above and below: neighbours rarely collide
         ax.annotate(str(r["label"]), (r["compression"], r["accuracy"]), textcoords="offset points",
@@ -415,9 +448,10 @@ def compression_vs_accuracy(results, ax=None):
     for r in (r for r in rows if r["format"] == "dense"):
         ax.scatter([r["compression"]], [r["accuracy"]], marker="*", s=120, color="black", zorder=4)
         ax.axhline(r["accuracy"], color="black", linestyle="--", linewidth=1, label=f"dense ({r['accuracy']:.3f})")
-    front = _frontier([(r["compression"], r["accuracy"]) for r in rows])
-    if len(front) > 1:
-        ax.plot(*zip(*front), color="0.5", linewidth=1, zorder=2, label="frontier")
+    if lines is None:
+        front = _frontier([(r["compression"], r["accuracy"]) for r in rows])
+        if len(front) > 1:
+            ax.plot(*zip(*front), color="0.5", linewidth=1, zorder=2, label="frontier")
     ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
     ax.set_xlabel("compression (dense params / params, ×)")
     ax.set_ylabel("held-out accuracy")

@@ -298,6 +298,30 @@ def test_compression_vs_accuracy_marks_the_frontier_and_the_baseline():
         plots.compression_vs_accuracy([])
 
 
+def test_compression_vs_accuracy_draws_a_given_frontier_per_format_under_its_results():
+    results = [
+        {"format": "dense", "accuracy": 0.90, "compression": 1.0},
+        {"format": "ttm", "accuracy": 0.86, "compression": 150.0, "label": "auto"},
+        {"format": "cp", "accuracy": 0.80, "compression": 30.0},
+    ]
+    frontier = {"ttm": [(400.0, 0.84), (20.0, 0.89), (120.0, 0.87)], "tt": [(10.0, 0.88), (5.0, 0.89)]}
+    ax = plots.compression_vs_accuracy(results, frontier=frontier)
+    (ttm,) = _lines(ax, "TTM frontier")
+    assert list(zip(ttm.get_xdata(), ttm.get_ydata())) == [(20.0, 0.89), (120.0, 0.87), (400.0, 0.84)]
+    (tt,) = _lines(ax, "TT frontier")
+    assert list(tt.get_xdata()) == [5.0, 10.0]
+    assert _lines(ax, "frontier") == []  # no line of non-dominated results beside the given ones
+    marker = next(c for c in ax.collections if c.get_label() == "TTM")
+    assert marker.get_offsets().tolist() == [[150.0, 0.86]]
+    assert matplotlib.colors.same_color(marker.get_facecolor()[0], ttm.get_color())
+    assert marker.get_zorder() > ttm.get_zorder()  # the automatic point on top of its line
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.texts] == ["auto"]
+    with pytest.raises(ValueError, match=r"frontier\['tt'\] must be a sequence"):
+        plots.compression_vs_accuracy(results, frontier={"tt": [1.0, 2.0]})
+    with pytest.raises(TypeError, match="frontier must be None or a dict"):
+        plots.compression_vs_accuracy(results, frontier=[(1.0, 0.5)])
+
+
 # ----- factor_posterior -----
 
 

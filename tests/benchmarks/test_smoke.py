@@ -73,3 +73,81 @@ def test_layers_smoke(tmp_path, monkeypatch):
     assert result["profile"]["balanced_shapes"]["svi_over_dense"] > 0
     # the Markdown rebuilt from the JSON (as after a --parts rerun) is the one written
     assert layers.markdown(result) == (tmp_path / "layers_smoke.md").read_text()
+
+
+def _fashion_mnist_installed():
+    from tensorbayes.data.fashion_mnist import DEFAULT_ROOT, ENV_VAR
+
+    root = os.environ.get(ENV_VAR) or DEFAULT_ROOT
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    return all(os.path.isfile(os.path.join(root, n)) or os.path.isfile(os.path.join(root, n + ".gz")) for n in names)
+
+
+@pytest.mark.parametrize("fmt,rank", [("ttm", 8), ("tt", 4), ("cp", 20), ("tucker", 3)])
+def test_fashion_mnist_fixed_rank_layers_start_at_the_kaiming_variance_and_compute_the_layouts_weight(fmt, rank):
+    fm = _load("fashion_mnist")
+    net, ranks = fm.fixed_rank_network("cnn", fmt, rank, seed=0)
+    layers = {name: m for name, m in net.named_modules() if isinstance(m, fm.FixedRank)}
+    assert list(layers) == list(ranks) == ["4", "8"]  # the 32->64 convolution and the 3136->256 layer
+    assert all(list(layers[name].layout.ranks) == ranks[name] for name in layers)
+    # E[W^2] = 1 / fan_in: one draw of a product of factors is heavy-tailed, so average many
+    model, _ = fm.tensorized(fm.network("cnn")[0], 64, fmt, max_rank=rank)
+    for name, fan_in, draws in [("4", 32 * 9, 400), ("8", 3136, 50)]:
+        second = 0.0
+        for _ in range(draws):
+            layer = fm.FixedRank(model.get_submodule(name))
+            second += layer.layout.to_matrix(list(layer.factors)).detach().pow(2).mean().item() / draws
+        assert 0.75 < second * fan_in < 1.3
+    linear, x = layers["8"], torch.randn(5, 3136)
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(x, linear.layout.to_matrix(list(linear.factors)), linear.bias)
+        torch.testing.assert_close(linear(x), expected, rtol=1e-4, atol=1e-5)
+    assert sum(p.numel() for p in linear.parameters()) == linear.layout.num_params() + 256  # factors and bias only
+
+
+@pytest.mark.parametrize("argv,name", [
+    (["--epochs", "0"], "--epochs"), (["--frontier-ranks", "2", "-1"], "--frontier-ranks"),
+    (["--network", "resnet"], "--network"), (["--formats", "ht"], "--formats"),
+])
+def test_fashion_mnist_refuses_bad_arguments_naming_them(argv, name, capsys):
+    with pytest.raises(SystemExit):
+        _load("fashion_mnist").parse(argv)
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert name in error
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _fashion_mnist_installed(), reason="needs `apt-get install dataset-fashion-mnist`")
+@pytest.mark.parametrize("network,fmt", [("mlp", "ttm"), ("deep", "tt"), ("cnn", "cp")])
+def test_fashion_mnist_smoke(tmp_path, network, fmt):
+    fm = _load("fashion_mnist")
+    fm.main(["--network", network, "--formats", fmt, "--train-size", "512", "--test-size", "1000", "--epochs", "1",
+             "--frontier-ranks", "2", "8", "--eval-samples", "2", "--threads", "1", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / f"fashion_mnist_{network}.json").read_text())
+    assert fm.markdown(result) == (tmp_path / f"fashion_mnist_{network}.md").read_text()
+    dense, points, auto = result["dense"], result["frontier"][fmt], result["automatic"][fmt]
+    assert dense["layers"] == {"mlp": ["0"], "deep": ["0", "2", "4"], "cnn": ["4", "8"]}[network]
+    assert [p["rank"] for p in points] == [2, 8] and points[0]["layer_params"] < points[1]["layer_params"]
+    for row in points + [auto]:
+        assert row["compression"] == dense["layer_params"] / row["layer_params"]
+        assert list(row["ranks"]) == dense["layers"] and 0 <= row["accuracy"] <= 1
+    # tensorize's default max rank (8) is where the automatic point starts: the frontier's R = 8
+    assert auto["max_ranks"] == points[1]["ranks"] and auto["layer_params_max"] == points[1]["layer_params"]
+    assert auto["layer_params"] <= auto["layer_params_max"]
+    qualify = [p["accuracy"] for p in points if p["layer_params"] <= auto["layer_params"]]
+    if qualify:
+        assert auto["frontier_accuracy"] == max(qualify)
+        assert auto["frontier_gap"] == pytest.approx(100 * (max(qualify) - auto["exported_accuracy"]))
+    else:
+        assert auto["frontier_accuracy"] is None and "no frontier point is that small" in fm.markdown(result)
+    # a point below the automatic one that beats it changes the frontier at its size
+    result["frontier"][fmt].append(dict(points[0], layer_params=auto["layer_params"], accuracy=1.0))
+    assert fm.at_same_size(auto, result["frontier"][fmt])[0] == 1.0
+    (target, *_) = [t for t in result["targets"] if t["format"] == fmt]
+    assert target["holds"] in (True, False, None) and target["target"] in fm.markdown(result)
+    # docs/make_figures.py --frontier draws the figure from this JSON
+    spec = importlib.util.spec_from_file_location("make_figures", os.path.join(ROOT, "docs", "make_figures.py"))
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    figures.frontier_fashion_mnist([str(tmp_path / f"fashion_mnist_{network}.json")], out=str(tmp_path / "figures"))
+    assert (tmp_path / "figures" / "frontier_fashion_mnist.png").stat().st_size > 10_000
