@@ -25,9 +25,10 @@ import torch
 
 from .formats.canonical import canonicalize
 from .guides.meanfield import low_rank_tensors
+from .infer.fit import DEFAULT_TOLERANCE
 
 __all__ = [
-    "DEFAULT_GAP", "DEFAULT_THRESHOLD", "DEFAULT_TOLERANCE", "RankSearch", "active_ranks", "bond_weights",
+    "CUT_SCALE", "DEFAULT_GAP", "DEFAULT_THRESHOLD", "DEFAULT_TOLERANCE", "active_ranks", "bond_weights",
     "compression_report", "held_out_score", "prune", "ranks", "search_ranks",
 ]
 
@@ -37,9 +38,10 @@ DEFAULT_THRESHOLD = 1e-2
 #: A drop between consecutive (sorted) weights by this factor or more ends the active indices.
 DEFAULT_GAP = 10.0
 
-#: The held-out score :func:`search_ranks` may give up for smaller ranks: half a point of
-#: accuracy for a classifier, 0.005 of relative error otherwise.
-DEFAULT_TOLERANCE = 0.005
+#: The posterior standard deviation of a factor entry after a cut (:func:`prune`), relative to
+#: the root-mean-square of the factor's means.
+CUT_SCALE = 1e-3
+
 
 
 def _check_readout(threshold, gap):
@@ -93,10 +95,11 @@ def prune(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP, ranks=None
     """
     Physically remove the inactive rank indices of every tensor from the model's layout and
     the guide's parameters. The factor means move to the canonical gauge first; because a
-    change of gauge mixes entries, each factor's posterior scales are reset to their
-    geometric mean (the typical entry's: a root-mean-square would be dominated by the
-    entries sitting at their prior, mostly in the slices cut away, and the cut network would
-    start far noisier than the fitted one), and λ to its closed-form value given the pruned factors.
+    change of gauge mixes entries, each factor's posterior scales are reset to
+    :data:`CUT_SCALE` times the root-mean-square of its means: the cut network starts from
+    its posterior mean, nearly noise-free, and the ELBO's gradient grows the spread back where
+    the data allow (a spread carried over from the old gauge, or the guide's initial one,
+    injects noise the fitted network never had, and its accuracy falls for epochs), and λ to its closed-form value given the pruned factors.
 
     :param float threshold: relative weight below which an index is inactive (as :func:`ranks`).
     :param float gap: a drop by this factor between consecutive weights ends the active indices.
@@ -137,16 +140,15 @@ def _cut(name, tensor, guide, means, counts):
     """
     Cut ``tensor`` (called ``name`` in the model) and its posterior in ``guide`` to the leading ``counts`` indices of every
     bond of its canonical factor means ``means`` (:func:`~tensorbayes.formats.canonical.canonicalize`).
-    The scales are reset to each factor's geometric mean (see :func:`prune`) and λ to its closed-form
-    value given the cut factors. Returns the new ranks.
+    The scales are reset to :data:`CUT_SCALE` times each factor's root-mean-square mean (see
+    :func:`prune`) and λ to its closed-form value given the cut factors. Returns the new ranks.
     """
     layout = tensor.layout
     if tuple(counts) == layout.ranks:
         return layout.ranks
     keep = [torch.arange(r, device=means[0].device) for r in counts]
-    scales = [s.log().mean().exp().expand_as(s) for s in guide.factor_scales(tensor)]
     new_layout, new_means = layout.truncate(means, keep)
-    _, new_scales = layout.truncate(scales, keep)
+    new_scales = [CUT_SCALE * m.pow(2).mean().sqrt().expand_as(m) for m in new_means]
     guide.truncate(tensor, keep)
     tensor.set_layout(new_layout)
     second = [m**2 + s**2 for m, s in zip(new_means, new_scales)]
@@ -206,7 +208,7 @@ def _cuts(tensors, canon, tau):
     cut = {}
     for name, tensor in tensors.items():
         means, weights = canon[name]
-        counts = [max(1, int((w >= tau * w[0]).sum())) if w[0] > 0 else 1 for w in weights]
+        counts = [max(1, int((w / w[0] >= tau).sum())) if w[0] > 0 else 1 for w in weights]
         keep = [torch.arange(r, device=means[0].device) for r in counts]
         cut[name] = tensor.layout.truncate(means, keep)
     return cut
@@ -232,7 +234,7 @@ def _score(model, tensors, cut, inputs, target, chunk_size):
 
 
 @torch.no_grad()
-def search_ranks(model, guide, inputs, target, tolerance=DEFAULT_TOLERANCE, chunk_size=2048):
+def search_ranks(model, guide, inputs, target, tolerance=DEFAULT_TOLERANCE, reference=None, chunk_size=2048):
     """
     The smallest ranks, along the posterior's own ordering of the rank indices, whose
     posterior-mean network scores within ``tolerance`` of the current ranks on held-out data.
@@ -253,6 +255,9 @@ def search_ranks(model, guide, inputs, target, tolerance=DEFAULT_TOLERANCE, chun
     :param inputs: the held-out inputs, a tensor or a tuple of tensors (the model's arguments).
     :param torch.Tensor target: the held-out targets (class labels, or values).
     :param float tolerance: the score the cut may give up (accuracy, or relative error).
+    :param float reference: the score to stay within ``tolerance`` of (default: the current
+        ranks' score); where the current ranks already score below ``reference - tolerance``,
+        they are kept.
     :param int chunk_size: held-out examples per forward pass.
     :returns: ``({tensor name: ranks}, {"full": score, "found": score})``.
     """
@@ -261,19 +266,21 @@ def search_ranks(model, guide, inputs, target, tolerance=DEFAULT_TOLERANCE, chun
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     tensors = low_rank_tensors(model)
     canon = {name: canonicalize(t.layout, guide.factor_means(t)) for name, t in tensors.items()}
-    relative = sorted({float(w[j] / w[0]) for means, ws in canon.values() for w in ws if w[0] > 0
-                       for j in range(len(w))}, reverse=True)  # τ from the largest (smallest ranks) down
+    relative = sorted({float(r) for _, ws in canon.values() for w in ws if w[0] > 0 for r in w / w[0]}, reverse=True)  # τ from the largest (smallest ranks) down
     full = _score(model, tensors, _cuts(tensors, canon, 0.0), inputs, target, chunk_size)
     lo, hi = 0, len(relative) - 1  # relative[hi] keeps every index with a nonzero weight
     best = _cuts(tensors, canon, relative[hi]) if relative else _cuts(tensors, canon, 0.0)
     best_score = full
+    floor = (full if reference is None else max(full, reference)) - tolerance
+    if full < floor:
+        lo = hi
     while lo < hi:  # the first τ (largest) whose cut scores within tolerance
         mid = (lo + hi) // 2
         cut = _cuts(tensors, canon, relative[mid])
         score = _score(model, tensors, cut, inputs, target, chunk_size)
-        if score >= full - tolerance:
+        if score >= floor:
             hi, best, best_score = mid, cut, score
         else:
             lo = mid + 1
-    found = {name: best[name][0].ranks for name in tensors}
+    found = {name: tuple(min(r, c) for r, c in zip(best[name][0].ranks, t.layout.ranks)) for name, t in tensors.items()}
     return found, {"full": full, "found": best_score}

@@ -210,3 +210,78 @@ def test_fit_recovers_the_planted_ranks(fmt, shape, ranks, max_rank):
     error = planted.relative_error(tensor.layout.entries(guide.factor_means(tensor), planted.test_index))
     assert found == planted.ranks, f"found ranks {found} (planted {planted.ranks}), held-out error {error:.4f}"
     assert error < 0.05, f"held-out relative error {error:.4f}"
+
+
+# ----- the rank search -----
+
+
+def _cp_matrix(weights, rows=8, cols=6, seed=0):
+    """A CP (rank-R matrix) completion model whose posterior means are ``Σ_j w_j u_j v_jᵀ`` with
+    orthonormal ``u``, ``v``, and every entry's index and value."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.tensor(weights, dtype=D)
+    u = torch.linalg.qr(torch.randn(rows, len(weights), generator=gen, dtype=D))[0]
+    v = torch.linalg.qr(torch.randn(cols, len(weights), generator=gen, dtype=D))[0]
+    model = TensorCompletion((rows, cols), format="cp", max_rank=len(weights)).to(D)
+    guide = MeanField(model, seed=seed)
+    guide.set_posterior(model.tensor, [u * weights.sqrt(), v * weights.sqrt()])
+    index = torch.cartesian_prod(torch.arange(rows), torch.arange(cols))
+    values = (u * weights) @ v.T
+    return model, guide, index, values.reshape(-1)
+
+
+@pytest.mark.parametrize("tolerance, rank", [(0.5, 1), (0.1, 2), (0.02, 3), (0.005, 4)])
+def test_search_ranks_keeps_the_fewest_components_within_the_tolerance(tolerance, rank):
+    # Cutting orthogonal components k+1.. leaves the relative error sqrt(Σ_{j>k} w_j²) / ‖w‖
+    # by hand: for w = (1, .5, .1, .01) that is .454, .0895, .0089 at k = 1, 2, 3 (0 at 4)
+    model, guide, index, values = _cp_matrix([1.0, 0.5, 0.1, 0.01])
+    found, scores = tb.rank.search_ranks(model, guide, index, values, tolerance=tolerance)
+    assert found == {"tensor": (rank,)}
+    w = torch.tensor([1.0, 0.5, 0.1, 0.01], dtype=D)
+    assert scores["full"] == pytest.approx(0.0, abs=1e-12)
+    assert scores["found"] == pytest.approx(-float(w[rank:].norm() / w.norm()), abs=1e-12)
+    assert model.tensor.layout.ranks == (4,)  # the search changes nothing
+
+
+def test_search_ranks_stays_within_a_reference_above_the_current_score():
+    model, guide, index, values = _cp_matrix([1.0, 0.5, 0.1, 0.01])
+    found, _ = tb.rank.search_ranks(model, guide, index, values, tolerance=0.1, reference=0.05)
+    assert found == {"tensor": (3,)}  # within .1 of .05: error at most .05
+    found, scores = tb.rank.search_ranks(model, guide, index, values, tolerance=0.1, reference=0.5)
+    assert found == {"tensor": (4,)} and scores["found"] == scores["full"]  # already below: kept
+
+
+def test_prune_to_searched_ranks_scores_what_the_search_found():
+    model, guide, index, values = _cp_matrix([1.0, 0.5, 0.1, 0.01])
+    found, scores = tb.rank.search_ranks(model, guide, index, values, tolerance=0.02)
+    assert tb.prune(model, guide, ranks=found) == {"tensor": (3,)}
+    mean = model.tensor.layout.entries(guide.factor_means(model.tensor), index)
+    assert tb.rank.held_out_score(mean, values) == pytest.approx(scores["found"], abs=1e-12)
+    assert scores["found"] >= scores["full"] - 0.02
+
+
+@pytest.mark.parametrize("fmt, shape, ranks, max_rank", CASES)
+def test_prune_to_given_ranks_changes_the_mean_by_the_weights_cut(fmt, shape, ranks, max_rank):
+    _, model, guide = _setup(fmt, shape, ranks, max_rank)
+    tensor = model.tensor
+    before = tensor.layout.full(guide.factor_means(tensor))
+    weights = tb.rank.bond_weights(model, guide)["tensor"]
+    target = tuple(max(1, r - 1) for r in ranks)
+    assert tb.prune(model, guide, ranks={"tensor": target}) == {"tensor": target}
+    after = tensor.layout.full(guide.factor_means(tensor))
+    # the canonical cut is a TT-SVD / HOSVD truncation: ‖Δ‖² ≤ Σ of the squared weights cut
+    # (for CP, whose components need not be orthogonal, by the triangle inequality instead)
+    cut = [w[r:] for w, r in zip(weights, target)]
+    bound = sum(float(c.sum()) for c in cut) if fmt == "cp" else math.sqrt(sum(float(c.pow(2).sum()) for c in cut))
+    assert float((after - before).norm()) <= bound * (1 + 1e-9) + 1e-12
+
+
+def test_prune_to_ranks_refuses_what_it_cannot_cut():
+    model, guide, _, _ = _cp_matrix([1.0, 0.5])
+    with pytest.raises(ValueError, match="ranks names a tensor the model does not hold: 'other'"):
+        tb.prune(model, guide, ranks={"other": (1,)})
+    with pytest.raises(ValueError, match=r"ranks\['tensor'\] must be 1 ints in \[1, current rank\]"):
+        tb.prune(model, guide, ranks={"tensor": (3,)})
+    with pytest.raises(TypeError, match="ranks must be a dict"):
+        tb.prune(model, guide, ranks=[1])
+    assert model.tensor.layout.ranks == (2,)

@@ -128,6 +128,7 @@ class MeanField(PyroModule):
         self.lambda_guide = lambda_guide
         self.lambda_update = lambda_update
         self.m_step = m_step
+        self.init_scale = init_scale
         self.to(device=module_device(model), dtype=_model_dtype(model))
 
     def tensors(self):

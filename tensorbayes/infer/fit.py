@@ -30,6 +30,17 @@ from .elbo import MeanFieldELBO
 
 __all__ = ["DeadGradientWarning", "History", "NonFiniteError", "fit"]
 
+#: The default share of the data :func:`fit` holds out for its rank search.
+DEFAULT_VALIDATION = 0.1
+
+#: The rank search runs at the ends of the epochs between the end of the KL ramp and this share
+#: of the steps, so that the epochs after it train the cut network.
+SEARCH_UNTIL = 0.8
+
+#: The held-out score the rank search may give up for smaller ranks: half a point of accuracy
+#: for a classifier, 0.005 of relative error otherwise (:func:`tensorbayes.rank.search_ranks`).
+DEFAULT_TOLERANCE = 0.005
+
 #: Steps in a row with an exactly zero gradient, after nonzero ones, before :func:`fit` warns.
 DEAD_GRADIENT_STEPS = 100
 
@@ -65,6 +76,10 @@ class History:
     epoch's last step), and with ``eval_data`` the
     held-out ``accuracy`` (a classifier) or relative ``error`` (a regression or completion).
 
+    ``rank_search`` holds one entry per rank search (see ``tolerance`` in :func:`fit`):
+    ``{"epoch", "ranks" (per tensor, after the cut), "reference" (the best held-out score of
+    the uncut network so far), "full" (its score now), "found" (the cut network's score)}``.
+
     ``lambda_trace`` holds λ at a finer grain, every ``trace_every`` steps:
     ``{"step": [step, ...], "lambdas": [{tensor name: [λ of each bond]}, ...]}``.
     """
@@ -80,6 +95,7 @@ class History:
     accuracy: list = field(default_factory=list)
     error: list = field(default_factory=list)
     lambda_trace: dict = field(default_factory=lambda: {"step": [], "lambdas": []})
+    rank_search: list = field(default_factory=list)
     steps: int = 0
 
     def __len__(self):
@@ -159,7 +175,7 @@ class _LoaderBatches:
 def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.0, lr_warmup=0, warmup=None, ramp=None,
         lambda_step=0.1, num_particles=1, init="auto", init_sweeps=None, eval_data=None, eval_samples=20,
         checkpoint=None, resume=False, callbacks=(), trace_every=None, seed=None, progress=True,
-        distributed=False):
+        distributed=False, tolerance=DEFAULT_TOLERANCE, validation=DEFAULT_VALIDATION):
     """
     Fit ``guide`` to the posterior of ``model`` by SVI on minibatches of ``data``.
 
@@ -207,10 +223,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         give the same parameters as an uninterrupted run).
     :param callbacks: callables ``callback(epoch, history)`` run after every epoch (after the
         checkpoint), e.g. to print or log progress, or to prune (:func:`tensorbayes.prune`):
-        the optimizer then follows the pruned parameters (keeping Adam's step count and the
-        scale of their squared gradients); not with ``distributed=True``, where callbacks run on
-        process 0 only. Pruning mid-fit can cost accuracy for a while: the change of gauge
-        leaves the posterior scales approximate (see :func:`tensorbayes.prune`).
+        the optimizer then follows the pruned parameters (those pruning replaced start with a
+        fresh Adam state); not with ``distributed=True``, where callbacks run on process 0 only.
     :param int trace_every: record λ into ``history.lambda_trace`` every this many steps
         (default: about ten times per epoch; copying λ costs microseconds).
     :param int seed: seeds the minibatch order and the ELBO's samples.
@@ -224,6 +238,21 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         (:class:`DeadGradientWarning`) and runs ``callbacks``; ``eval_data`` is evaluated in
         shards. Every process returns the same :class:`History`. See
         :mod:`tensorbayes.infer.distributed`.
+    :param float tolerance: the rank search's tolerance (default :data:`DEFAULT_TOLERANCE`:
+        half a point of accuracy, or 0.005 of relative error); ``None`` keeps the ranks the model has. At the end of every epoch
+        from the end of the KL ramp until :data:`SEARCH_UNTIL` of the steps,
+        :func:`~tensorbayes.rank.search_ranks` finds the smallest ranks, along the posterior's
+        ordering of the rank indices, whose posterior-mean network scores on a held-out
+        ``validation`` share of ``data`` within ``tolerance`` of the best score of the
+        uncut network so far, and the model and guide are cut to them
+        (:func:`~tensorbayes.prune` with ``ranks=``; the optimizer follows), so that later
+        epochs run at the smaller ranks. After the last search the held-out share joins the
+        training data. Each search is recorded in ``history.rank_search``. None runs where the
+        held-out share would hold fewer than ``2 / tolerance`` examples (400 at the default:
+        one example then weighs at most half the tolerance), in a fit too short for a search
+        epoch, nor with a DataLoader (which warns: pass tensors, or
+        ``tolerance=None``). With ``distributed=True`` every process runs the same search.
+    :param float validation: the share of ``data`` held out for the rank search, in (0, 0.5].
     :returns: the :class:`History` of the fit.
     """
     for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (num_particles, "num_particles"),
@@ -249,6 +278,11 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         raise ValueError("resume=True needs a checkpoint path")
     if not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True or False, got {distributed!r}")
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+                                  or not 0 < tolerance < 1):
+        raise ValueError(f"tolerance must be a number in (0, 1) or None, got {tolerance!r}")
+    if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not 0 < validation <= 0.5:
+        raise ValueError(f"validation must be a share of the data in (0, 0.5], got {validation!r}")
     if eval_data is not None:
         eval_data, _ = as_tensors(eval_data, "eval_data")
         if len(eval_data) < 2:
@@ -269,6 +303,14 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
                    else _distributed.ShardedTensorBatches(data, batch_size, generator, ctx))
         if hasattr(model, "check_data"):
             batches.data = tuple(t for t in model.check_data(*batches.data) if t is not None)
+    search = None
+    if tolerance is not None and batches.data is None:
+        warnings.warn("fit: no rank search over a DataLoader (it cannot hold a share out): pass the data as tensors, "
+                      "or tolerance=None to keep the ranks", stacklevel=2)
+    elif tolerance is not None:
+        search = _RankSearch.plan(batches, epochs, validation, tolerance, generator, warmup, ramp, ctx)
+        if search is not None:
+            batches = search.train_batches
     _check_finite_parameters(model, guide)
     device = module_device(model, guide)  # every batch is moved there, as the held-out data
     if eval_data is not None:
@@ -287,7 +329,7 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         _distributed.broadcast_state([model, guide], ctx)  # as DDP: every rank starts from rank 0's
     if lr is None:
         lr = 1e-3 if initialized else 1e-2
-    total = epochs * len(batches)
+    total = epochs * len(batches) if search is None else search.total_steps(epochs)
     default = 0 if initialized else int(0.2 * total)
     schedule = Schedule(warmup=default if warmup is None else warmup, ramp=default if ramp is None else ramp,
                         total=total, decay=round(lr_decay * total), lr_warmup=lr_warmup)
@@ -299,6 +341,8 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         history, step, first_epoch = state["history"], state["step"], state["epoch"] + 1
+        if search is not None:
+            batches = search.resume(history)
         generator.set_state(state["generator"])
         pyro.util.set_rng_state(state["rng"])
     trace_every = trace_every or max(1, len(batches) // 10)
@@ -329,6 +373,12 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         _record(history, model, guide, -epoch_loss / len(batches), epoch_likelihood / len(batches), beta,
                 eval_data, eval_samples, ctx)
         history.lr.append(optimizer.param_groups[0]["lr"])
+        if search is not None and epoch in search.epochs:  # the same on every rank: no communication
+            history.rank_search.append(search.run(model, guide, epoch, device))
+            if _stale(optimizer, model, guide):
+                optimizer = _adam(model, guide, lr, previous=optimizer)
+        if search is not None and epoch >= search.epochs[-1]:
+            batches = search.all_batches  # the held-out share joins the training data
         bar.set_postfix(elbo=f"{history.elbo[-1]:.4g}", beta=f"{beta:.2f}")
         history.steps = step
         if checkpoint is not None and main:
@@ -350,7 +400,8 @@ def _adam(model, guide, lr, previous=None):
     embedding tables built with ``sparse=True`` (their gradients hold only the rows a batch
     looked up), the two stepped as one :class:`SparseAndDenseAdam`. With ``previous``,
     parameters it already optimized keep their state and the noise group its current learning
-    rate; a parameter that replaced the one at its position (pruned) gets :func:`_resized_state`.
+    rate; a parameter that pruning replaced starts with a fresh state: its moment estimates
+    belonged to the old gauge, and carried over they slowed the cut network's recovery.
     """
     tables = sparse_tables(model)
     table_ids = {id(t) for t in tables}
@@ -362,8 +413,8 @@ def _adam(model, guide, lr, previous=None):
         dense.param_groups[1]["lr"] = old_dense.param_groups[1]["lr"]
         for group, old_group in zip(dense.param_groups, old_dense.param_groups):
             for p, old in zip(group["params"], old_group["params"]):
-                if old in old_dense.state:
-                    dense.state[p] = old_dense.state[old] if p is old else _resized_state(old_dense.state[old], p)
+                if p is old and old in old_dense.state:  # a parameter pruning replaced starts afresh
+                    dense.state[p] = old_dense.state[old]
     if not tables:
         return dense
     sparse = torch.optim.SparseAdam(tables, lr=lr)
@@ -413,16 +464,6 @@ class SparseAndDenseAdam:
             raise ValueError("the optimizer state was saved for a model without sparse embedding tables")
         self.dense.load_state_dict(state["adam"])
         self.sparse.load_state_dict(state["sparse_adam"])
-
-
-def _resized_state(state, param):
-    """
-    Adam state for a parameter that replaced another one of a different size (pruned): no
-    momentum, the old squared-gradient average spread evenly, the old step count. A fresh
-    state would make the first steps ``lr`` in every coordinate, a jolt to a fitted posterior.
-    """
-    return {"step": state["step"], "exp_avg": torch.zeros_like(param),
-            "exp_avg_sq": torch.full_like(param, float(state["exp_avg_sq"].mean()))}
 
 
 def _stale(optimizer, model, guide):
@@ -742,3 +783,57 @@ def _diagnose(model, guide, batch, num_data, step, epoch):
                 if not torch.isfinite(log_p).all():
                     return f"ELBO is not finite {where}: the {owner}'s log density at site '{name}' is not finite"
     return f"ELBO is not finite {where}, though every parameter and site is finite (overflow in the loss)"
+
+
+class _RankSearch:
+    """
+    The rank search of :func:`fit`: the held-out share of the data, the epochs at whose ends it
+    runs, and the best held-out score of the uncut network seen so far (the reference).
+    """
+
+    def __init__(self, train_batches, all_batches, held_out, epochs, tolerance):
+        self.train_batches, self.all_batches, self.held_out = train_batches, all_batches, held_out
+        self.epochs, self.tolerance, self.reference = epochs, tolerance, -math.inf
+
+    @classmethod
+    def plan(cls, batches, epochs, validation, tolerance, generator, warmup, ramp, ctx=None):
+        """The search of a fit of ``epochs`` epochs over ``batches``, or ``None`` when no epoch
+        qualifies (or the data are too few to hold a share out)."""
+        n = batches.num_data
+        n_held = int(round(validation * n))
+        if n_held < math.ceil(2 / tolerance) or n - n_held < 1:  # too few to resolve the tolerance
+            return None
+        train_size = min(batches.batch_size, n - n_held)
+        per_epoch = math.ceil((n - n_held) / train_size)
+        total = epochs * per_epoch
+        ramp_end = (int(0.2 * total) if warmup is None else warmup) + (int(0.2 * total) if ramp is None else ramp)
+        chosen = [e for e in range(epochs) if ramp_end <= (e + 1) * per_epoch <= SEARCH_UNTIL * total]
+        if not chosen:
+            return None
+        order = torch.randperm(n, generator=generator)
+        train, held = order[n_held:], order[:n_held]
+        train_data = tuple(t[train] for t in batches.data)
+        train_batches = (TensorBatches(train_data, train_size, generator) if ctx is None
+                         else _distributed.ShardedTensorBatches(train_data, train_size, generator, ctx))
+        held_out = tuple(t[held] for t in batches.data)
+        return cls(train_batches, batches, held_out, chosen, tolerance)
+
+    def total_steps(self, epochs):
+        """The steps of a fit of ``epochs`` epochs: on the training share up to the last search, then on all the data."""
+        last = self.epochs[-1]
+        return sum(len(self.train_batches) if e <= last else len(self.all_batches) for e in range(epochs))
+
+    def resume(self, history):
+        """The batches and reference of a fit resumed after ``history``'s epochs."""
+        self.reference = max([r["reference"] for r in history.rank_search], default=-math.inf)
+        return self.train_batches if len(history) <= self.epochs[-1] else self.all_batches
+
+    def run(self, model, guide, epoch, device):
+        """Search, cut the model and guide to the ranks found, and return the record."""
+        from ..rank import prune, search_ranks
+
+        *inputs, target = to_device(self.held_out, device)
+        found, scores = search_ranks(model, guide, inputs, target, self.tolerance, reference=self.reference)
+        self.reference = max(self.reference, scores["full"])
+        prune(model, guide, ranks=found)
+        return {"epoch": epoch, "ranks": found, "reference": self.reference, **scores}
