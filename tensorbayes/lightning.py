@@ -37,7 +37,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from .infer.elbo import MeanFieldELBO
-from .infer.fit import (KLScale, Schedule, _adam, _check_positive_int, _held_out_metric, _lambdas,
+from .infer.fit import (KLScale, Schedule, _adam, _check_positive_int, _held_out_metric, _lambdas, _set_learning_rates,
                         sparse_tables)
 
 __all__ = ["TensorBayesModule"]
@@ -58,13 +58,15 @@ class TensorBayesModule(pl.LightningModule):
     :param int warmup: steps with no KL term, no λ update and a frozen noise (default: 20 % of
         the Trainer's steps, as :func:`tensorbayes.fit`).
     :param int ramp: steps over which β rises to 1 after the warm-up (default: 20 %).
+    :param float lr_decay: the share of the Trainer's steps, at the end, over which the learning
+        rate falls linearly to zero (default 0.5, as :func:`tensorbayes.fit`).
     :param float lambda_step: damping of the closed-form λ update, in (0, 1].
     :param int num_particles: samples per ELBO estimate.
     :param int eval_samples: posterior draws per validation batch.
     """
 
     def __init__(self, model, guide, num_data, lr=1e-2, warmup=None, ramp=None, lambda_step=0.1, num_particles=1,
-                 eval_samples=10):
+                 eval_samples=10, lr_decay=0.5):
         super().__init__()
         _check_positive_int(num_data, "num_data")
         _check_positive_int(num_particles, "num_particles")
@@ -73,6 +75,8 @@ class TensorBayesModule(pl.LightningModule):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         if not (isinstance(lambda_step, (int, float)) and 0 < lambda_step <= 1):
             raise ValueError(f"lambda_step must be in (0, 1], got {lambda_step!r}")
+        if isinstance(lr_decay, bool) or not (isinstance(lr_decay, (int, float)) and 0 <= lr_decay <= 1):
+            raise ValueError(f"lr_decay must be a number in [0, 1], got {lr_decay!r}")
         for value, name in ((warmup, "warmup"), (ramp, "ramp")):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
@@ -81,6 +85,7 @@ class TensorBayesModule(pl.LightningModule):
         self.num_data = int(num_data)
         self.lr = lr
         self.lambda_step = lambda_step
+        self.lr_decay = lr_decay
         self.num_particles = num_particles
         self.eval_samples = eval_samples
         self._warmup, self._ramp = warmup, ramp
@@ -98,15 +103,19 @@ class TensorBayesModule(pl.LightningModule):
         return _adam(self.model, self.guide, self.lr)
 
     def on_fit_start(self):
-        """Fix the default warm-up and ramp to 20 % of the Trainer's steps each."""
+        """Fix the default warm-up and ramp to 20 % of the Trainer's steps each, and the decay of the
+        learning rate to its last ``lr_decay`` share (none where the Trainer's steps are not known)."""
         total = self.trainer.estimated_stepping_batches
-        default = int(0.2 * total) if math.isfinite(total) else 0
+        known = math.isfinite(total)
+        default = int(0.2 * total) if known else 0
         self.schedule = Schedule(warmup=default if self._warmup is None else self._warmup,
-                                 ramp=default if self._ramp is None else self._ramp)
+                                 ramp=default if self._ramp is None else self._ramp,
+                                 total=int(total) if known else 0, decay=round(self.lr_decay * total) if known else 0)
 
     def on_train_batch_start(self, batch, batch_idx):
         optimizer = self.optimizers(use_pl_optimizer=False)
-        optimizer.param_groups[1]["lr"] = self.lr if self.global_step >= self.schedule.warmup else 0.0
+        _set_learning_rates(optimizer, self.lr * self.schedule.lr_factor(self.global_step),
+                            hold_noise=self.global_step < self.schedule.warmup)
 
     def training_step(self, batch, batch_idx):
         """The negative ELBO of the batch, its KL term weighted by the warm-up β."""

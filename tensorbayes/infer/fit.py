@@ -172,7 +172,7 @@ class _LoaderBatches:
             yield list(batch) if isinstance(batch, (tuple, list)) else [batch]
 
 
-def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.0, lr_warmup=0, warmup=None, ramp=None,
+def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.5, lr_warmup=0, warmup=None, ramp=None,
         lambda_step=0.1, num_particles=1, init="auto", init_sweeps=None, eval_data=None, eval_samples=20,
         checkpoint=None, resume=False, callbacks=(), trace_every=None, seed=None, progress=True,
         distributed=False, tolerance=DEFAULT_TOLERANCE, validation=DEFAULT_VALIDATION):
@@ -196,9 +196,9 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         tables (default 0.01, or 0.001 after the closed-form start,
         whose fit larger steps would first undo).
     :param float lr_decay: the share of the steps, at the end of the fit, over which the learning
-        rate falls linearly to zero, in ``[0, 1]`` (default 0: constant). A constant rate leaves
-        the factors as noisy as its steps; ``lr_decay=0.5`` holds it for the first half, then
-        anneals.
+        rate falls linearly to zero, in ``[0, 1]`` (default 0.5: held for the first half, then
+        annealed). SVI's steps are noisy, and a constant rate leaves the factors as noisy as
+        its steps: on Fashion-MNIST a constant rate cost about two points of accuracy.
     :param int lr_warmup: steps over which the learning rate rises linearly from ``lr /
         lr_warmup`` to ``lr`` (default 0: none). Adam's first steps move every parameter by
         about ``lr`` at once; in a wide ReLU layer that can switch most units off for good

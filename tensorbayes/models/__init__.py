@@ -11,7 +11,8 @@ from .tensor import LowRankTensor
 __all__ = ["LowRankTensor", "TensorCompletion"]
 
 # Tensorized layers (Linear, Conv2d, Embedding) and the conversion of whole networks.
-from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, factorize
+from .layers import (FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, budget_rank,
+                     factorize)
 from .tensorize import tensorize
 
 __all__ += ["FactorizationError", "TensorizedConv2d", "TensorizedEmbedding", "TensorizedLinear", "factorize", "tensorize"]

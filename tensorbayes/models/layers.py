@@ -50,16 +50,29 @@ from .tensor import LowRankTensor, _clip_ranks
 
 __all__ = [
     "FactorizationError",
+    "DEFAULT_BUDGET",
+    "EMBEDDING_MAX_RANK",
     "MAX_RATIO",
     "TensorizedConv2d",
     "TensorizedEmbedding",
     "TensorizedLinear",
+    "budget_rank",
     "factorize",
     "padded_shape",
 ]
 
 #: The default bound on ``largest / smallest`` factor accepted by :func:`factorize`.
 MAX_RATIO = 4.0
+
+#: The share of the dense weight's entries that a tensorized linear or convolution layer holds at
+#: its default maximum ranks (``max_rank=None``, :func:`budget_rank`): room enough for a format to
+#: hold the layer (it can at a few percent), while the rank search of :func:`tensorbayes.fit`
+#: decides how much of it to keep.
+DEFAULT_BUDGET = 1 / 20
+
+#: The default maximum rank of a tensorized embedding (``max_rank=None``): a table is compressed
+#: by orders of magnitude, so a share of its dense size is no bound.
+EMBEDDING_MAX_RANK = 8
 
 #: The orders (modes per side) tried, largest first, when a layer picks its own.
 AUTO_ORDERS = (4, 3, 2)
@@ -340,7 +353,36 @@ def _check_init_variance(value, default):
     return float(value)
 
 
+def budget_rank(format, shape, row_modes, budget=DEFAULT_BUDGET):
+    """
+    The largest rank ``r``, the same on every bond (each clipped to what the shape allows), at
+    which a tensor of ``shape`` in ``format`` holds at most ``budget`` of the dense tensor's
+    entries (at least 1): the default ``max_rank`` of :class:`TensorizedLinear` and
+    :class:`TensorizedConv2d`.
+
+    Usage::
+
+        budget_rank("ttm", (5, 5, 5, 5, 4, 7, 4, 7), row_modes=4)   # 20: 23,100 of 490,000 entries
+
+    :param format: "cp", "tucker", "tt" or "ttm" (or a format class).
+    :param tuple shape: the tensor's modes.
+    :param int row_modes: the leading modes that index the rows of the matrix view.
+    :param float budget: the share of the dense entries, in (0, 1].
+    """
+    if isinstance(budget, bool) or not isinstance(budget, Real) or not 0 < budget <= 1:
+        raise ValueError(f"budget must be a share in (0, 1], got {budget!r}")
+    fmt = get_format(format) if isinstance(format, str) else format
+    probe = fmt(tuple(shape), 1, row_modes=row_modes)
+    limits, allowed = probe.max_ranks(), budget * math.prod(shape)
+    rank = 1
+    while rank < max(limits) and probe.num_params(tuple(min(rank + 1, lim) for lim in limits)) <= allowed:
+        rank += 1
+    return rank
+
+
 def _low_rank_weight(shape, row_modes, format, max_rank, prior, prior_kwargs, init_variance):
+    if max_rank is None:
+        max_rank = budget_rank(format, shape, row_modes)
     weight = LowRankTensor(
         shape, format=format, max_rank=max_rank, prior=prior, prior_kwargs=prior_kwargs, row_modes=row_modes
     )
@@ -406,7 +448,8 @@ class TensorizedLinear(PyroModule):
     :param int in_features: the width of the input.
     :param int out_features: the width of the output.
     :param str format: "cp", "tucker", "tt" or "ttm".
-    :param max_rank: an int or one int per rank bond (clipped to what the shape allows).
+    :param max_rank: an int or one int per rank bond (clipped to what the shape allows);
+        ``None`` (default): :func:`budget_rank`, a twentieth of the dense weight's entries.
     :param prior: the hyperprior on λ: "half_cauchy", "log_uniform" or "gamma" (or an object).
     :param tuple in_shape: the in modes (product ``in_features``); default :func:`factorize`.
     :param tuple out_shape: the out modes (product ``out_features``); default :func:`factorize`.
@@ -431,7 +474,7 @@ class TensorizedLinear(PyroModule):
         in_features,
         out_features,
         format="ttm",
-        max_rank=8,
+        max_rank=None,
         prior="half_cauchy",
         in_shape=None,
         out_shape=None,
@@ -455,6 +498,8 @@ class TensorizedLinear(PyroModule):
                 f"a TTM weight pairs out mode k with in mode k: in_shape={in_shape} and out_shape={out_shape} "
                 "must have the same number of modes"
             )
+        if max_rank is None:
+            max_rank = budget_rank(fmt, out_shape + in_shape, len(out_shape))
         if pair_for_speed and len(in_shape) > 1:
             ranks = _clip_ranks(max_rank, fmt(out_shape + in_shape, 1))
             in_shape, out_shape = _cheapest_ttm_pairing(in_shape, out_shape, ranks)
@@ -596,7 +641,8 @@ class TensorizedConv2d(PyroModule):
     :param dilation: as :func:`torch.nn.functional.conv2d`.
     :param bool bias: whether to add a bias.
     :param str format: "cp", "tucker", "tt" or "ttm".
-    :param max_rank: an int or one int per rank bond (clipped to what the shape allows).
+    :param max_rank: an int or one int per rank bond (clipped to what the shape allows);
+        ``None`` (default): :func:`budget_rank`, a twentieth of the dense weight's entries.
     :param prior: the hyperprior on λ.
     :param tuple in_shape: the modes of ``in_channels`` (default :func:`factorize`).
     :param tuple out_shape: the modes of ``out_channels`` (default :func:`factorize`).
@@ -616,7 +662,7 @@ class TensorizedConv2d(PyroModule):
         dilation=1,
         bias=True,
         format="ttm",
-        max_rank=8,
+        max_rank=None,
         prior="half_cauchy",
         in_shape=None,
         out_shape=None,
@@ -729,7 +775,8 @@ class TensorizedEmbedding(PyroModule):
     :param int num_embeddings: the number of rows.
     :param int embedding_dim: the width of a row.
     :param str format: "cp", "tucker", "tt" or "ttm".
-    :param max_rank: an int or one int per rank bond (clipped to what the shape allows).
+    :param max_rank: an int or one int per rank bond (clipped to what the shape allows;
+        default :data:`EMBEDDING_MAX_RANK`).
     :param prior: the hyperprior on λ.
     :param tuple row_shape: the row modes (product at least ``num_embeddings``).
     :param tuple col_shape: the column modes (product ``embedding_dim``).
@@ -746,7 +793,7 @@ class TensorizedEmbedding(PyroModule):
         num_embeddings,
         embedding_dim,
         format="ttm",
-        max_rank=8,
+        max_rank=None,
         prior="half_cauchy",
         row_shape=None,
         col_shape=None,
@@ -773,6 +820,7 @@ class TensorizedEmbedding(PyroModule):
                 "must have the same number of modes"
             )
         self.row_shape, self.col_shape = row_shape, col_shape
+        max_rank = EMBEDDING_MAX_RANK if max_rank is None else max_rank
         self.weight = _low_rank_weight(
             row_shape + col_shape, len(row_shape), fmt, max_rank, prior, prior_kwargs,
             _check_init_variance(init_variance, 1.0),

@@ -93,7 +93,7 @@ def _replacement(module, format, max_rank, prior, kwargs):
     return new
 
 
-def tensorize(module, format="ttm", max_rank=8, prior="half_cauchy", min_features=128, **kwargs):
+def tensorize(module, format="ttm", max_rank=None, prior="half_cauchy", min_features=128, **kwargs):
     """
     A Bayesian tensorized copy of ``module``: every large :class:`~torch.nn.Linear`,
     :class:`~torch.nn.Conv2d` and :class:`~torch.nn.Embedding` is replaced by its tensorized
@@ -124,7 +124,9 @@ def tensorize(module, format="ttm", max_rank=8, prior="half_cauchy", min_feature
 
     :param torch.nn.Module module: the network (not modified).
     :param str format: "cp", "tucker", "tt" or "ttm", for every replaced layer.
-    :param max_rank: the rank bound of every replaced layer.
+    :param max_rank: the rank bound of every replaced layer (default ``None``: each layer's own,
+        :func:`~.layers.budget_rank` for linear and convolution layers, a twentieth of the
+        dense weight's entries, and :data:`~.layers.EMBEDDING_MAX_RANK` for embeddings).
     :param prior: the rank prior of every replaced layer.
     :param int min_features: the size rule's threshold.
     :param kwargs: passed to every replaced layer's constructor (keywords that all three

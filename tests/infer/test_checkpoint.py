@@ -37,7 +37,13 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, init):
 
     path = tmp_path / "run.pt"
     planted, model, guide = _problem()
-    tb.fit(model, guide, data, epochs=2, checkpoint=str(path), **kwargs)
+
+    def crash_after_the_second_epoch(epoch, history):  # its checkpoint is written before the callbacks
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        tb.fit(model, guide, data, epochs=3, checkpoint=str(path), callbacks=[crash_after_the_second_epoch], **kwargs)
     planted, model, guide = _problem()  # a new process: fresh objects, the checkpoint on disk
     history = tb.fit(model, guide, data, epochs=3, checkpoint=str(path), resume=True, **kwargs)
     resumed = _state(model, guide)
