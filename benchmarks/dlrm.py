@@ -289,6 +289,12 @@ def parse(argv=None):
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     check_device(p, args.device)
+    return default_sizes(args)
+
+
+def default_sizes(args):
+    """Fill in the MLP widths and the dense baseline's hashing that the log's size implies, and
+    shrink a ``--smoke`` run to seconds."""
     small = args.tiny or args.smoke
     args.bottom = args.bottom if args.bottom is not None else [32] if small else [256]
     args.top = args.top if args.top is not None else [32] if small else [256, 64]

@@ -68,7 +68,7 @@ import torch
 
 import tensorbayes as tb
 from benchmarks.common import peak_gpu_gib, peak_rss_gib, write_results
-from benchmarks.dlrm import (PAPER_DENSE_PARAMS, baseline_net, build, generator, table_report, tensor_name,
+from benchmarks.dlrm import (PAPER_DENSE_PARAMS, baseline_net, build, default_sizes, generator, table_report, tensor_name,
                              train_bayesian, train_dense)
 from experiments.dlrm.align import SearchFailed, align_tables
 from tensorbayes.data.clicks import ID_ORDERS, ClickGenerator, auc, expected_hits
@@ -649,14 +649,7 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device} needs a CUDA device, and torch sees none")
-    small = args.tiny or args.smoke
-    args.bottom = args.bottom if args.bottom is not None else [32] if small else [256]
-    args.top = args.top if args.top is not None else [32] if small else [256, 64]
-    args.scale_down = args.scale_down if args.scale_down is not None else 10 if small else 1000
-    if args.smoke:
-        args.samples, args.test, args.batch, args.max_rank = min(args.samples, 8192), min(args.test, 4096), 512, 6
-        args.bottom, args.top = [16], [16]
-    return args
+    return default_sizes(args)
 
 
 def main(argv=None):

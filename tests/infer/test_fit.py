@@ -405,11 +405,11 @@ def test_lambda_trace_is_recorded_every_trace_every_steps():
         assert all(torch.equal(a, b) for a, b in zip(last, guide.lambdas("tensor")))
 
 
-def _student():
+def _student(num_train=2048):
     """A TTM student of the default teacher-student task (planted ranks (3, 3)), max rank 6."""
     from pyro.nn import PyroModule
 
-    task = tb.data.teacher_student(num_train=2048, seed=0)
+    task = tb.data.teacher_student(num_train=num_train, seed=0)
     torch.manual_seed(0)
     layer = tb.models.TensorizedLinear(64, 64, format="ttm", max_rank=6, in_shape=task.in_shape, out_shape=task.out_shape)
     model = tb.models.BayesianClassifier(PyroModule[torch.nn.Sequential](layer), task.num_classes)
@@ -446,3 +446,53 @@ def test_to_device_moves_tensors_and_leaves_the_rest():
     assert elsewhere.device.type == "meta" and elsewhere.shape == x.shape
     model = TensorCompletion((3, 4, 5), format="tt", max_rank=2).to("meta")
     assert module_device(model) == torch.device("meta") and module_device(torch.nn.Module()) == torch.device("cpu")
+
+
+# ----- the rank search during training -----
+
+
+def _searching_student(num_train=4096):
+    """:func:`_student` with enough examples that the held-out share (10 %) resolves the default
+    tolerance (400 or more)."""
+    return _student(num_train)
+
+
+def test_the_rank_search_cuts_to_the_planted_ranks_within_its_tolerance():
+    task, model, guide = _searching_student()
+    history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=10, batch_size=256, seed=0, progress=False)
+    # 15 steps an epoch on the 90 % kept: the KL ramp ends at 40 % of the steps, searches until 80 %
+    assert [r["epoch"] for r in history.rank_search] == [3, 4, 5, 6, 7]
+    for record in history.rank_search:
+        assert record["found"] >= record["reference"] - fit_module.DEFAULT_TOLERANCE or record["found"] == record["full"]
+    assert history.rank_search[-1]["ranks"] == {"net.0.weight": (3, 3)}
+    assert model.net[0].weight.layout.ranks == (3, 3)  # cut in place: the later epochs train (3, 3)
+    assert [tuple(loc.shape) for loc in guide.factor_means(model.net[0].weight)] == model.net[0].weight.layout.factor_shapes
+
+
+def test_no_rank_search_without_a_tolerance_or_enough_data():
+    task, model, guide = _searching_student()
+    history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=10, batch_size=256, seed=0, progress=False,
+                     tolerance=None)
+    assert history.rank_search == [] and model.net[0].weight.layout.ranks == (6, 6)
+    task, model, guide = _searching_student(num_train=2048)  # 205 held out cannot resolve 0.005
+    history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=10, batch_size=256, seed=0, progress=False)
+    assert history.rank_search == []
+
+
+def test_a_dataloader_warns_that_it_gets_no_rank_search():
+    task, model, guide = _searching_student(num_train=512)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(task.x_train, task.y_train), batch_size=256)
+    with pytest.warns(UserWarning, match="no rank search over a DataLoader"):
+        tb.fit(model, guide, loader, epochs=1, seed=0, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tolerance": 0}, "tolerance must be a number in \\(0, 1\\) or None, got 0"),
+    ({"tolerance": "0.5%"}, "tolerance must be a number"),
+    ({"validation": 0.9}, "validation must be a share of the data in \\(0, 0.5\\], got 0.9"),
+    ({"validation": 0}, "validation must be a share"),
+])
+def test_fit_refuses_a_bad_tolerance_or_validation_share(kwargs, message):
+    task, model, guide = _searching_student(num_train=512)
+    with pytest.raises(ValueError, match=message):
+        tb.fit(model, guide, (task.x_train, task.y_train), epochs=1, progress=False, **kwargs)
