@@ -18,7 +18,8 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from pyro.nn import PyroModule
 
-from tensorbayes.formats import TTM
+import tensorbayes as tb
+from tensorbayes.formats import TTM, get_format
 from tensorbayes.guides import MeanField
 from tensorbayes.models import (
     FactorizationError,
@@ -498,3 +499,36 @@ def test_bad_inputs_name_the_argument():
         emb(torch.tensor([-1]))
     with pytest.raises(TypeError, match="indices must be an integer tensor"):
         emb(torch.tensor([1.0]))
+
+
+# ----- default maximum ranks: a budget of the dense weight -----
+
+
+def test_budget_rank_is_the_largest_uniform_rank_within_the_budget():
+    # TTM (5,5,5,5) x (4,7,4,7): cores of 20, 35, 20, 35 entries per pair of bond indices;
+    # rank 20 holds 20*20 + 20*35*20 + 20*20*20 + 20*35 = 23,100 <= 490,000 / 20, rank 21 25,389
+    shape = (5, 5, 5, 5, 4, 7, 4, 7)
+    assert tb.models.budget_rank("ttm", shape, 4) == 20
+    # Tucker: core r^8 plus r per entry of every mode: 3^8 + 3*42 = 6,687 fits, 4^8 = 65,536 does not
+    assert tb.models.budget_rank("tucker", shape, 4) == 3
+    # CP: r * 42 <= 24,500
+    assert tb.models.budget_rank("cp", shape, 4) == 583
+    probe = get_format("tt")(shape, 1, row_modes=4)
+    r = tb.models.budget_rank("tt", shape, 4, budget=0.5)
+    clipped = [tuple(min(k, lim) for lim in probe.max_ranks()) for k in (r, r + 1)]
+    assert probe.num_params(clipped[0]) <= 0.5 * 490_000 < probe.num_params(clipped[1])
+
+
+@pytest.mark.parametrize("fmt", ["cp", "tucker", "tt", "ttm"])
+def test_default_layers_hold_at_most_a_twentieth_of_the_dense_weight(fmt):
+    linear = TensorizedLinear(784, 625, format=fmt)
+    assert linear.layout.num_params() <= 784 * 625 / 20
+    conv = TensorizedConv2d(64, 128, 3, format=fmt)
+    assert conv.layout.num_params() <= 64 * 128 * 9 / 20
+    table = TensorizedEmbedding(10_000, 64, format=fmt)  # a table keeps a fixed default rank
+    assert table.weight.max_ranks == TensorizedEmbedding(10_000, 64, format=fmt, max_rank=8).weight.max_ranks
+
+
+def test_budget_rank_refuses_a_budget_outside_zero_one():
+    with pytest.raises(ValueError, match="budget must be a share in \\(0, 1\\], got 0"):
+        tb.models.budget_rank("tt", (4, 4, 4), 1, budget=0)
