@@ -13,6 +13,15 @@ from .base import TensorFormat, _einsum, check_dense, leading_left_singular_vect
 __all__ = ["CP"]
 
 
+def _khatri_rao(factors):
+    """The column-wise Kronecker product of ``factors`` (each ``(I_k, R)``, at least one):
+    ``(prod I_k, R)``, its rows in the row-major order of the modes."""
+    out = factors[0]
+    for u in factors[1:]:
+        out = (out[:, None, :] * u[None, :, :]).reshape(-1, u.shape[1])
+    return out
+
+
 class CP(TensorFormat):
     """
     CP format: one factor ``U_k`` of shape ``(I_k, R)`` per mode and one rank bond of size
@@ -34,6 +43,40 @@ class CP(TensorFormat):
 
     def max_ranks(self):
         return (max(1, math.prod(self.shape) // max(self.shape)),)
+
+    def contract(self, x, factors):
+        """
+        ``x @ W.T`` for the matrix view ``W = A B^T``, where ``A`` and ``B`` are the Khatri-Rao
+        products of the row and of the column factors (``(prod(row_shape), R)`` and
+        ``(prod(col_shape), R)``): two matrix products, ``(x @ B) @ A.T``, where that costs no more
+        FLOPs than the planned einsum of the base class (which then runs). The einsum over all
+        the factors carries the rank index through every intermediate (a batch of ``R`` small
+        products each): for the same FLOPs many times slower on a CPU (at 784 x 625 and ``R =
+        583``, 87x in one measurement).
+
+        :param torch.Tensor x: inputs of shape ``(..., prod(col_shape))``.
+        :returns: outputs of shape ``(..., prod(row_shape))``.
+        """
+        if self._khatri_rao_flops(max(1, math.prod(x.shape[:-1]))) > super().contract_flops(max(1, math.prod(x.shape[:-1]))):
+            return super().contract(x, factors)
+        factors = self.check_factors(factors)
+        self._check_contract_input(x)
+        rows, cols = _khatri_rao(factors[: self.row_modes]), _khatri_rao(factors[self.row_modes :])
+        y = (x.reshape(-1, cols.shape[0]) @ cols) @ rows.T
+        return y.reshape(*x.shape[:-1], self.matrix_shape[0])
+
+    def contract_flops(self, batch_size):
+        """The FLOPs of :meth:`contract`: the cheaper of the Khatri-Rao path and the planned einsum."""
+        return min(self._khatri_rao_flops(batch_size), super().contract_flops(batch_size))
+
+    def _khatri_rao_flops(self, batch_size):
+        """Twice the multiply-adds of the two Khatri-Rao products and the two matrix products
+        (infinite where a side of the matrix view has no modes)."""
+        if not 0 < self.row_modes < len(self.shape):
+            return math.inf
+        (rank,) = self.ranks
+        rows, cols = self.matrix_shape
+        return 2 * rank * (batch_size * (rows + cols) + rows + cols)
 
     @classmethod
     def decompose(cls, tensor, ranks, n_iter_max=500, tol=1e-10, seed=0, shape=None):
