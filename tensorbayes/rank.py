@@ -28,8 +28,17 @@ from .guides.meanfield import low_rank_tensors
 from .infer.fit import DEFAULT_TOLERANCE
 
 __all__ = [
-    "CUT_SCALE", "DEFAULT_GAP", "DEFAULT_THRESHOLD", "DEFAULT_TOLERANCE", "active_ranks", "bond_weights",
-    "compression_report", "held_out_score", "prune", "ranks", "search_ranks",
+    "CUT_SCALE",
+    "DEFAULT_GAP",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_TOLERANCE",
+    "active_ranks",
+    "bond_weights",
+    "compression_report",
+    "held_out_score",
+    "prune",
+    "ranks",
+    "search_ranks",
 ]
 
 #: Relative weight below which a rank index is inactive: 1 % of its bond's largest weight.
@@ -41,7 +50,6 @@ DEFAULT_GAP = 10.0
 #: The posterior standard deviation of a factor entry after a cut (:func:`prune`), relative to
 #: the root-mean-square of the factor's means.
 CUT_SCALE = 1e-3
-
 
 
 def _check_readout(threshold, gap):
@@ -131,7 +139,9 @@ def _check_target_ranks(ranks, tensors):
         if len(wanted) != len(current) or not all(
             isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= c for r, c in zip(wanted, current)
         ):
-            raise ValueError(f"ranks[{name!r}] must be {len(current)} ints in [1, current rank] {current}, got {wanted}")
+            raise ValueError(
+                f"ranks[{name!r}] must be {len(current)} ints in [1, current rank] {current}, got {wanted}"
+            )
         checked[name] = wanted
     return checked
 
@@ -266,7 +276,9 @@ def search_ranks(model, guide, inputs, target, tolerance=DEFAULT_TOLERANCE, refe
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     tensors = low_rank_tensors(model)
     canon = {name: canonicalize(t.layout, guide.factor_means(t)) for name, t in tensors.items()}
-    relative = sorted({float(r) for _, ws in canon.values() for w in ws if w[0] > 0 for r in w / w[0]}, reverse=True)  # τ from the largest (smallest ranks) down
+    relative = sorted(
+        {float(r) for _, ws in canon.values() for w in ws if w[0] > 0 for r in w / w[0]}, reverse=True
+    )  # τ from the largest (smallest ranks) down
     full = _score(model, tensors, _cuts(tensors, canon, 0.0), inputs, target, chunk_size)
     lo, hi = 0, len(relative) - 1  # relative[hi] keeps every index with a nonzero weight
     best = _cuts(tensors, canon, relative[hi]) if relative else _cuts(tensors, canon, 0.0)

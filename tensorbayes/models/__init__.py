@@ -11,11 +11,17 @@ from .tensor import LowRankTensor
 __all__ = ["LowRankTensor", "TensorCompletion"]
 
 # Tensorized layers (Linear, Conv2d, Embedding) and the conversion of whole networks.
-from .layers import (FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, budget_rank,
-                     factorize)
+from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, budget_rank, factorize
 from .tensorize import tensorize
 
-__all__ += ["FactorizationError", "TensorizedConv2d", "TensorizedEmbedding", "TensorizedLinear", "factorize", "tensorize"]
+__all__ += [
+    "FactorizationError",
+    "TensorizedConv2d",
+    "TensorizedEmbedding",
+    "TensorizedLinear",
+    "factorize",
+    "tensorize",
+]
 
 # Whole networks under a likelihood: classification and regression.
 from .networks import BayesianClassifier, BayesianRegressor

@@ -134,7 +134,9 @@ def test_seeds_reproduce_and_differ():
     a, b = planted_tensor(*args, seed=7), planted_tensor(*args, seed=8)
     assert not torch.allclose(a.full, b.full)
     assert not torch.equal(a.train_index, b.train_index)
-    assert not torch.equal(a.train_values - a.full[tuple(a.train_index.T)], b.train_values - b.full[tuple(b.train_index.T)])
+    assert not torch.equal(
+        a.train_values - a.full[tuple(a.train_index.T)], b.train_values - b.full[tuple(b.train_index.T)]
+    )
 
 
 def test_split_depends_on_seed_and_observed_only():
