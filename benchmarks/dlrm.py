@@ -293,7 +293,8 @@ def markdown(r):
         f"{d['samples_per_s']:.0f} | {d['params']:,} |",
         f"| generator's Bayes-optimal | {100 * opt['accuracy']:.3f} % | {opt['auc']:.4f} | | |",
         "",
-        f"Peak RSS: {b['peak_rss_gib']:.2f} GiB after the Bayesian model, {r['peak_rss_gib']:.2f} GiB for the whole run. "
+        f"Peak RSS: {b['peak_rss_gib']:.2f} GiB after the Bayesian model, "
+        f"{r['peak_rss_gib']:.2f} GiB for the whole run. "
         + (
             f"Peak GPU memory allocated by torch: {b['peak_gpu_gib']:.2f} GiB after the Bayesian model. "
             if b.get("peak_gpu_gib") is not None
@@ -307,9 +308,10 @@ def markdown(r):
             if b.get("dead_gradients")
             else []
         ),
-        f"Tensorized tables: {b['tensorized_params_max']:,} parameters at max rank, {b['tensorized_params_found']:,} at "
-        f"the found ranks; compression {b['compression_vs_paper_4.2e9']:,.0f}x against the paper's 4.249e9 dense "
-        f"parameters ({b['compression_vs_own_tables']:,.0f}x against these tables' own {b['tensorized_dense_params']:,}).",
+        f"Tensorized tables: {b['tensorized_params_max']:,} parameters at max rank, "
+        f"{b['tensorized_params_found']:,} at the found ranks; compression "
+        f"{b['compression_vs_paper_4.2e9']:,.0f}x against the paper's 4.249e9 dense parameters "
+        f"({b['compression_vs_own_tables']:,.0f}x against these tables' own {b['tensorized_dense_params']:,}).",
         "",
         "| table | rows | planted ranks | found ranks | params (max rank) | params (found) |",
         "|---|---|---|---|---|---|",

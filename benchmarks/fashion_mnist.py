@@ -59,8 +59,8 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import write_results
 import tensorbayes as tb
+from benchmarks.common import write_results
 from tensorbayes.models import TensorizedConv2d, TensorizedLinear
 from tensorbayes.models.layers import contract_flops, dense_flops
 

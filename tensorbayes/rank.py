@@ -107,7 +107,8 @@ def prune(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP, ranks=None
     :data:`CUT_SCALE` times the root-mean-square of its means: the cut network starts from
     its posterior mean, nearly noise-free, and the ELBO's gradient grows the spread back where
     the data allow (a spread carried over from the old gauge, or the guide's initial one,
-    injects noise the fitted network never had, and its accuracy falls for epochs), and λ to its closed-form value given the pruned factors.
+    injects noise the fitted network never had, and its accuracy falls for epochs), and λ to
+    its closed-form value given the pruned factors.
 
     :param float threshold: relative weight below which an index is inactive (as :func:`ranks`).
     :param float gap: a drop by this factor between consecutive weights ends the active indices.
@@ -148,8 +149,9 @@ def _check_target_ranks(ranks, tensors):
 
 def _cut(name, tensor, guide, means, counts):
     """
-    Cut ``tensor`` (called ``name`` in the model) and its posterior in ``guide`` to the leading ``counts`` indices of every
-    bond of its canonical factor means ``means`` (:func:`~tensorbayes.formats.canonical.canonicalize`).
+    Cut ``tensor`` (called ``name`` in the model) and its posterior in ``guide`` to the leading
+    ``counts`` indices of every bond of its canonical factor means ``means``
+    (:func:`~tensorbayes.formats.canonical.canonicalize`).
     The scales are reset to :data:`CUT_SCALE` times each factor's root-mean-square mean (see
     :func:`prune`) and λ to its closed-form value given the cut factors. Returns the new ranks.
     """

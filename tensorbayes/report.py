@@ -124,7 +124,8 @@ def _markdown(model, guide, history, summary, figures, out_dir, threshold, probs
         f"A rank index is active when its canonical bond weight exceeds {threshold:g} x its bond's largest "
         f"and no drop by {DEFAULT_GAP:g}x or more separates it from the largest (tb.ranks).",
         "",
-        "| tensor | format | shape | max ranks | ranks now | ranks chosen | params (max -> chosen) | dense | compression |",
+        "| tensor | format | shape | max ranks | ranks now | ranks chosen | params (max -> chosen) "
+        "| dense | compression |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     tensors = low_rank_tensors(model)

@@ -16,8 +16,8 @@ from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule, PyroParam, PyroSample
 
 import tensorbayes as tb
-from tensorbayes.data import teacher_student
 from tensorbayes.compact import CompactConv2d, CompactEmbedding, CompactLinear, CompactTensor, num_params
+from tensorbayes.data import teacher_student
 from tensorbayes.guides import MeanField
 from tensorbayes.guides.meanfield import low_rank_tensors
 from tensorbayes.models import BayesianClassifier, BayesianRegressor, TensorCompletion, TensorizedLinear, tensorize

@@ -228,7 +228,8 @@ def lowest_rank_turn(tables, restarts=4, max_iter=100, seed=0):
             a = a.to(device).requires_grad_()
             try:
                 for eps in SMOOTHING:
-                    _minimize(lambda: _sparsity(torch.linalg.matrix_exp(a - a.T) * flip, parts, eps), a, max_iter)
+                    # the loss is only called within _minimize, within this iteration
+                    _minimize(lambda: _sparsity(torch.linalg.matrix_exp(a - a.T) * flip, parts, eps), a, max_iter)  # noqa: B023
                 with torch.no_grad():
                     turn = torch.linalg.matrix_exp(a - a.T) * flip
                     value = float(_sparsity(turn, parts))

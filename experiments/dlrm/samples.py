@@ -25,8 +25,6 @@ import sys
 
 import torch
 
-from tensorbayes.data.clicks import ID_ORDERS, ClickGenerator
-
 from experiments.dlrm.study import (
     PlantedForm,
     _percent,
@@ -37,6 +35,7 @@ from experiments.dlrm.study import (
     truth_of,
     write_results,
 )
+from tensorbayes.data.clicks import ID_ORDERS, ClickGenerator
 
 
 def run_count(gen, samples, test, truth, args):
@@ -60,7 +59,8 @@ def markdown(r):
         "less it. By rare lookups: the expected accuracy of the test examples with 0, 1, 2, 3 or more lookups of "
         "categories outside the first TTM core's first slice.",
         "",
-        "| samples | accuracy | expected accuracy | gap (points) | gap / the row above | 0 rare | 1 | 2 | 3+ | samples/s |",
+        "| samples | accuracy | expected accuracy | gap (points) | gap / the row above "
+        "| 0 rare | 1 | 2 | 3+ | samples/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     previous = None

@@ -25,9 +25,8 @@ import time
 
 import torch
 
-from tensorbayes.data.clicks import ClickGenerator, expected_accuracy
-
 from experiments.dlrm.study import PlantedForm, generator, train_dense, write_results
+from tensorbayes.data.clicks import ClickGenerator, expected_accuracy
 
 #: ``(label, row shrink or "tiny", id order, overlap of the start with the planted cores)``.
 CASES = [
@@ -89,7 +88,8 @@ def markdown(r):
         "",
         "Expected test accuracy on "
         f"{r['config']['test']:,} examples. Floor: the true logit without the planted tables' pairwise "
-        "interactions. Found: the share of the gap from the floor to the Bayes-optimal accuracy that the learner closed.",
+        "interactions. Found: the share of the gap from the floor to the Bayes-optimal accuracy "
+        "that the learner closed.",
         "",
         "| case | rows of the largest planted table | Bayes-optimal | floor | reached | found |",
         "|---|---|---|---|---|---|",

@@ -53,7 +53,8 @@ pruned network is turned by :func:`tensorbayes.models.align_tables` to where its
 first bonds are lowest and cut there (:func:`aligned_report`): the ranks found up to that
 symmetry, their parameters and the turned network's accuracy are reported beside the readout's.
 
-    python -m experiments.dlrm.study [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--reference] [--reference-warm 0.7] [--id-order frequency] [--tiny] [--smoke] [--out experiments/dlrm/results]
+    python -m experiments.dlrm.study [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate]
+        [--reference] [--reference-warm 0.7] [--id-order frequency] [--tiny] [--smoke] [--out experiments/dlrm/results]
 """
 
 import argparse
@@ -265,7 +266,10 @@ def learned_tables(gen, model, guide):
 
 
 def learned_rows(gen, model, guide):
-    """``rows(table, ids)``: posterior-mean rows ``ids`` of planted table ``table``, float64, gathered from the factors."""
+    """
+    ``rows(table, ids)``: posterior-mean rows ``ids`` of planted table ``table``, float64, gathered
+    from the factors.
+    """
     factors = learned_factors(gen, model, guide)
     return lambda t, ids: factors[t][0].rows(factors[t][1], ids)
 
@@ -621,8 +625,9 @@ def markdown(r):
         ),
         *(
             [
-                f"| generator's own model class at the planted ranks, point estimate | {100 * r['reference']['accuracy']:.3f} % | "
-                f"{r['reference']['auc']:.4f} | {r['reference']['samples_per_s']:.0f} | |"
+                f"| generator's own model class at the planted ranks, point estimate | "
+                f"{100 * r['reference']['accuracy']:.3f} % | {r['reference']['auc']:.4f} | "
+                f"{r['reference']['samples_per_s']:.0f} | |"
             ]
             if "reference" in r
             else []
@@ -648,7 +653,8 @@ def markdown(r):
         f"| generator without the planted tables' interactions (expected) | "
         f"{100 * opt['accuracy_without_interactions']:.3f} % | | | |",
         "",
-        f"Peak RSS: {b['peak_rss_gib']:.2f} GiB after the Bayesian model, {r['peak_rss_gib']:.2f} GiB for the whole run. "
+        f"Peak RSS: {b['peak_rss_gib']:.2f} GiB after the Bayesian model, "
+        f"{r['peak_rss_gib']:.2f} GiB for the whole run. "
         + (
             f"Peak GPU memory allocated by torch: {b['peak_gpu_gib']:.2f} GiB after the Bayesian model. "
             if b.get("peak_gpu_gib") is not None
@@ -664,8 +670,8 @@ def markdown(r):
         ),
         *(
             [
-                f"ReLU units of the Bayesian model's MLPs that fire on some of the first {b['live_units']['examples']:,} "
-                "test examples: "
+                "ReLU units of the Bayesian model's MLPs that fire on some of the first "
+                f"{b['live_units']['examples']:,} test examples: "
                 + ", ".join(f"{name} {100 * share:.0f} %" for name, share in b["live_units"]["layers"].items())
                 + " (`live_units`).",
                 "",
@@ -673,15 +679,16 @@ def markdown(r):
             if b.get("live_units")
             else []
         ),
-        f"Tensorized tables: {b['tensorized_params_max']:,} parameters at max rank, {b['tensorized_params_found']:,} at "
-        f"the found ranks; compression {b['compression_vs_paper_4.2e9']:,.0f}x against the paper's 4.249e9 dense "
-        f"parameters ({b['compression_vs_own_tables']:,.0f}x against these tables' own {b['tensorized_dense_params']:,}).",
+        f"Tensorized tables: {b['tensorized_params_max']:,} parameters at max rank, "
+        f"{b['tensorized_params_found']:,} at the found ranks; compression "
+        f"{b['compression_vs_paper_4.2e9']:,.0f}x against the paper's 4.249e9 dense parameters "
+        f"({b['compression_vs_own_tables']:,.0f}x against these tables' own {b['tensorized_dense_params']:,}).",
         "",
         *(
             [
-                f"Up to the DLRM's symmetry (`align_tables`: one orthogonal map of the first two column modes shared by "
-                f"every table, found in {b['aligned']['seconds']:.0f} s, the first bonds cut at the readout's rule there): "
-                f"{b['aligned']['tensorized_params']:,} parameters.",
+                "Up to the DLRM's symmetry (`align_tables`: one orthogonal map of the first two column modes shared "
+                f"by every table, found in {b['aligned']['seconds']:.0f} s, the first bonds cut at the readout's rule "
+                f"there): {b['aligned']['tensorized_params']:,} parameters.",
                 "",
             ]
             if _aligned(b)

@@ -25,7 +25,7 @@ from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from . import distributed as _distributed
-from .batches import as_tensors, module_device, to_device, TensorBatches
+from .batches import TensorBatches, as_tensors, module_device, to_device
 from .elbo import MeanFieldELBO
 
 __all__ = ["DeadGradientWarning", "History", "NonFiniteError", "fit"]
@@ -263,8 +263,9 @@ def fit(
         shards. Every process returns the same :class:`History`. See
         :mod:`tensorbayes.infer.distributed`.
     :param float tolerance: the rank search's tolerance (default :data:`DEFAULT_TOLERANCE`:
-        half a point of accuracy, or 0.005 of relative error); ``None`` keeps the ranks the model has. At the end of every epoch
-        from the end of the KL ramp until :data:`SEARCH_UNTIL` of the steps,
+        half a point of accuracy, or 0.005 of relative error); ``None`` keeps the ranks the model
+        has. At the end of every epoch from the end of the KL ramp until :data:`SEARCH_UNTIL` of
+        the steps,
         :func:`~tensorbayes.rank.search_ranks` finds the smallest ranks, along the posterior's
         ordering of the rank indices, whose posterior-mean network scores on a held-out
         ``validation`` share of ``data`` within ``tolerance`` of the best score of the
@@ -912,7 +913,10 @@ class _RankSearch:
         return cls(train_batches, batches, held_out, chosen, tolerance)
 
     def total_steps(self, epochs):
-        """The steps of a fit of ``epochs`` epochs: on the training share up to the last search, then on all the data."""
+        """
+        The steps of a fit of ``epochs`` epochs: on the training share up to the last search, then
+        on all the data.
+        """
         last = self.epochs[-1]
         return sum(len(self.train_batches) if e <= last else len(self.all_batches) for e in range(epochs))
 

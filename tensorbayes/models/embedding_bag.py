@@ -112,7 +112,8 @@ def check_bags(input, offsets, per_sample_weights, mode, num_embeddings):
             raise TypeError(f"per_sample_weights must be a floating point torch.Tensor, got {got}")
         if per_sample_weights.shape != input.shape:
             raise ValueError(
-                f"per_sample_weights must have the shape of input, {tuple(input.shape)}, got {tuple(per_sample_weights.shape)}"
+                f"per_sample_weights must have the shape of input, {tuple(input.shape)}, "
+                f"got {tuple(per_sample_weights.shape)}"
             )
         if not torch.isfinite(per_sample_weights).all():
             raise ValueError("per_sample_weights must be finite: found NaN or infinite values")

@@ -9,9 +9,9 @@ import os
 import pathlib
 
 import pytest
+import torch
 
 import tensorbayes as tb
-import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -229,8 +229,8 @@ def test_dlrm_samples_smoke(tmp_path):
             assert reached is None or reached <= best + 1e-12
         gap = 100 * (opt["accuracy"] - run["expected_accuracy"])
         assert (
-            f"| {run['samples']:,} | {100 * run['accuracy']:.2f} % | {100 * run['expected_accuracy']:.2f} % | {gap:.2f} |"
-            in text
+            f"| {run['samples']:,} | {100 * run['accuracy']:.2f} % | "
+            f"{100 * run['expected_accuracy']:.2f} % | {gap:.2f} |" in text
         )
     first, second = (opt["accuracy"] - run["expected_accuracy"] for run in result["runs"])
     assert f"| {second / first:.2f} |" in text and "| Bayes-optimal |" in text

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from tensorbayes.formats import TT, TTM
 from experiments.dlrm import rotation
 from experiments.dlrm.rotation import SearchFailed, first_bond_spectrum, lowest_rank_turn, turn_first_columns
+from tensorbayes.formats import TT, TTM
 
 DT = torch.float64
 

@@ -305,7 +305,8 @@ def test_lr_decay_holds_the_rate_then_anneals_it_to_nothing():
             progress=False,
             seed=0,
             init="none",
-            callbacks=[lambda epoch, h: snapshots.append(_state(model, guide))],
+            # the callback only runs during this iteration's fit
+            callbacks=[lambda epoch, h: snapshots.append(_state(model, guide))],  # noqa: B023
         )
         locs = [k for k in snapshots[0] if "locs" in k]
         moves[decay] = sum((snapshots[3][k] - snapshots[2][k]).norm() for k in locs)
@@ -338,7 +339,8 @@ def test_lr_warmup_raises_the_rate_linearly_and_keeps_the_first_steps_small():
             progress=False,
             seed=0,
             init="none",
-            callbacks=[lambda epoch, h: snapshots.append(_state(model, guide))],
+            # the callback only runs during this iteration's fit
+            callbacks=[lambda epoch, h: snapshots.append(_state(model, guide))],  # noqa: B023
         )
         locs = [k for k in start if "locs" in k]
         moves[warmup_epochs] = sum((snapshots[0][k] - start[k]).norm() for k in locs)
