@@ -30,8 +30,12 @@ def parser(doc, threads=1, device=False, out=RESULTS):
     p.add_argument("--out", default=out, help="folder of the JSON and Markdown results (default %(default)s)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     if device:
-        p.add_argument("--device", type=torch.device, default=torch.device("cpu"),
-                       help="where the models run: cpu (default) or cuda")
+        p.add_argument(
+            "--device",
+            type=torch.device,
+            default=torch.device("cpu"),
+            help="where the models run: cpu (default) or cuda",
+        )
     return p
 
 

@@ -61,8 +61,15 @@ def build(gen, args):
     """The Bayesian DLRM: the paper's preset at the generator's tables, on ``args.device``."""
     dim = gen.embedding_dim
     tables = {t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape} for t in gen.planted_tables}
-    model = DLRM.paper_preset(cardinalities=gen.cardinalities, embedding_dim=dim, bottom=args.bottom, top=args.top,
-                              max_rank=args.max_rank, tables=tables, sparse=True)
+    model = DLRM.paper_preset(
+        cardinalities=gen.cardinalities,
+        embedding_dim=dim,
+        bottom=args.bottom,
+        top=args.top,
+        max_rank=args.max_rank,
+        tables=tables,
+        sparse=True,
+    )
     return model.to(args.device)
 
 
@@ -71,8 +78,9 @@ def baseline_net(gen, model, args):
     tables = []
     for t, n in enumerate(gen.cardinalities):
         rows = math.ceil(n / args.scale_down) if t in gen.row_shapes else n
-        table = (HashedEmbeddingBag if t in gen.row_shapes else torch.nn.EmbeddingBag)(rows, gen.embedding_dim,
-                                                                                      mode="sum", sparse=True)
+        table = (HashedEmbeddingBag if t in gen.row_shapes else torch.nn.EmbeddingBag)(
+            rows, gen.embedding_dim, mode="sum", sparse=True
+        )
         torch.nn.init.normal_(table.weight, std=gen.embedding_dim**-0.5)
         tables.append(table)
     return DLRMNet(tables, gen.num_dense, args.bottom, args.top)
@@ -93,10 +101,19 @@ def train_bayesian(model, guide, train, args):
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", tb.infer.DeadGradientWarning)
-        history = tb.fit(model, guide, loader, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
-                         lr_warmup=args.lr_warmup,
-                         lambda_step=args.lambda_step,
-                         init="none", seed=args.seed, progress=not args.no_progress)
+        history = tb.fit(
+            model,
+            guide,
+            loader,
+            epochs=args.epochs,
+            lr=args.lr,
+            lr_decay=args.lr_decay,
+            lr_warmup=args.lr_warmup,
+            lambda_step=args.lambda_step,
+            init="none",
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
     seconds = time.perf_counter() - t0
     for w in caught:  # shown after the fit, not lost
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -106,10 +123,17 @@ def train_bayesian(model, guide, train, args):
         pass
     generate = (time.perf_counter() - t0) * len(loader) * args.epochs / probe
     n = len(train) * args.epochs
-    return {"steps": history.steps, "train_seconds": seconds - generate, "generate_seconds": generate,
-            "samples_per_s": n / (seconds - generate), "samples_per_s_with_generation": n / seconds,
-            "elbo": history.elbo, "log_likelihood": history.log_likelihood, "kl": history.kl,
-            "dead_gradients": [str(w.message) for w in caught if issubclass(w.category, tb.infer.DeadGradientWarning)]}
+    return {
+        "steps": history.steps,
+        "train_seconds": seconds - generate,
+        "generate_seconds": generate,
+        "samples_per_s": n / (seconds - generate),
+        "samples_per_s_with_generation": n / seconds,
+        "elbo": history.elbo,
+        "log_likelihood": history.log_likelihood,
+        "kl": history.kl,
+        "dead_gradients": [str(w.message) for w in caught if issubclass(w.category, tb.infer.DeadGradientWarning)],
+    }
 
 
 def train_dense(net, train, args, desc="dense baseline"):
@@ -172,18 +196,30 @@ def table_report(model, guide, gen):
     rows = []
     for row in tb.compression_report(model, guide):
         t = tables[row["tensor"]]
-        rows.append({"table": f"C{t + 1}", "rows": gen.cardinalities[t], "planted": list(gen.ranks[t]),
-                     "found": list(found[row["tensor"]]), "max_ranks": list(row["max_ranks"]),
-                     "params_max": row["params_max"], "params_found": row["params"], "dense": row["dense"],
-                     "bond_weights": [[round(x, 5) for x in (w / w[0]).tolist()] for w in weights[row["tensor"]]]})
+        rows.append(
+            {
+                "table": f"C{t + 1}",
+                "rows": gen.cardinalities[t],
+                "planted": list(gen.ranks[t]),
+                "found": list(found[row["tensor"]]),
+                "max_ranks": list(row["max_ranks"]),
+                "params_max": row["params_max"],
+                "params_found": row["params"],
+                "dense": row["dense"],
+                "bond_weights": [[round(x, 5) for x in (w / w[0]).tolist()] for w in weights[row["tensor"]]],
+            }
+        )
     return rows
 
 
 def run(args):
     torch.manual_seed(args.seed)
     pyro.set_rng_seed(args.seed)
-    gen = (ClickGenerator.tiny(seed=args.seed, id_order=args.id_order) if args.smoke or args.tiny
-           else generator(1, args.seed, args.id_order))
+    gen = (
+        ClickGenerator.tiny(seed=args.seed, id_order=args.id_order)
+        if args.smoke or args.tiny
+        else generator(1, args.seed, args.id_order)
+    )
     train, test = gen.stream(args.samples, "train"), gen.stream(args.test, "test")
     rss0 = peak_rss_gib()
     model = build(gen, args)
@@ -203,8 +239,11 @@ def run(args):
         "gpu": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else None,
         "bayes_optimal": gen.bayes_optimal(test, args.eval_batch),
         "bayesian": {
-            **bayes_train, **bayes_eval,
-            "peak_rss_gib": rss_bayes, "rss_before_gib": rss0, "peak_gpu_gib": gpu_bayes,
+            **bayes_train,
+            **bayes_eval,
+            "peak_rss_gib": rss_bayes,
+            "rss_before_gib": rss0,
+            "peak_gpu_gib": gpu_bayes,
             "tables": tables,
             "tensorized_params_max": sum(r["params_max"] for r in tables),
             "tensorized_params_found": tensor_params,
@@ -217,8 +256,12 @@ def run(args):
     }
     torch.manual_seed(args.seed)
     base = baseline_net(gen, model, args).to(args.device)
-    result["dense_baseline"] = {**train_dense(base, train, args), **evaluate(base, test, args.eval_batch),
-                                "params": sum(p.numel() for p in base.parameters()), "scale_down": args.scale_down}
+    result["dense_baseline"] = {
+        **train_dense(base, train, args),
+        **evaluate(base, test, args.eval_batch),
+        "params": sum(p.numel() for p in base.parameters()),
+        "scale_down": args.scale_down,
+    }
     result["peak_rss_gib"] = peak_rss_gib()
     return result
 
@@ -229,10 +272,19 @@ def markdown(r):
         f"# DLRM on a synthetic Criteo-shaped click log ({c['samples']:,} training samples x {c['epochs']} epoch(s), "
         f"{c['test']:,} test, {r['threads']} threads" + (f", GPU: {r['gpu']})" if r.get("gpu") else ")"),
         "",
-        *(["The tiny log (`ClickGenerator.tiny`): the same structure, its planted tables 1,000 rows by 8 columns.",
-           ""] if c.get("tiny") or c.get("smoke") else []),
-        *(["Category ids are numbered by frequency (`--id-order frequency`).", ""]
-          if c.get("id_order") == "frequency" else []),
+        *(
+            [
+                "The tiny log (`ClickGenerator.tiny`): the same structure, its planted tables 1,000 rows by 8 columns.",
+                "",
+            ]
+            if c.get("tiny") or c.get("smoke")
+            else []
+        ),
+        *(
+            ["Category ids are numbered by frequency (`--id-order frequency`).", ""]
+            if c.get("id_order") == "frequency"
+            else []
+        ),
         "| | accuracy | AUC | samples/s | params |",
         "|---|---|---|---|---|",
         f"| Bayesian TTM DLRM (pruned, posterior mean) | {100 * b['accuracy']:.3f} % | {b['auc']:.4f} | "
@@ -241,24 +293,34 @@ def markdown(r):
         f"{d['samples_per_s']:.0f} | {d['params']:,} |",
         f"| generator's Bayes-optimal | {100 * opt['accuracy']:.3f} % | {opt['auc']:.4f} | | |",
         "",
-        f"Peak RSS: {b['peak_rss_gib']:.2f} GiB after the Bayesian model, {r['peak_rss_gib']:.2f} GiB for the whole run. "
-        + (f"Peak GPU memory allocated by torch: {b['peak_gpu_gib']:.2f} GiB after the Bayesian model. "
-           if b.get("peak_gpu_gib") is not None else "")
+        f"Peak RSS: {b['peak_rss_gib']:.2f} GiB after the Bayesian model, "
+        f"{r['peak_rss_gib']:.2f} GiB for the whole run. "
+        + (
+            f"Peak GPU memory allocated by torch: {b['peak_gpu_gib']:.2f} GiB after the Bayesian model. "
+            if b.get("peak_gpu_gib") is not None
+            else ""
+        )
         + f"Bayesian training: {b['samples_per_s']:.0f} samples/s in the SVI steps, "
         f"{b['samples_per_s_with_generation']:.0f} samples/s with data generation; {b['steps']} steps.",
         "",
-        *([f"`tb.fit` warned that part of the Bayesian model stopped learning: {b['dead_gradients'][0]}", ""]
-          if b.get("dead_gradients") else []),
-        f"Tensorized tables: {b['tensorized_params_max']:,} parameters at max rank, {b['tensorized_params_found']:,} at "
-        f"the found ranks; compression {b['compression_vs_paper_4.2e9']:,.0f}x against the paper's 4.249e9 dense "
-        f"parameters ({b['compression_vs_own_tables']:,.0f}x against these tables' own {b['tensorized_dense_params']:,}).",
+        *(
+            [f"`tb.fit` warned that part of the Bayesian model stopped learning: {b['dead_gradients'][0]}", ""]
+            if b.get("dead_gradients")
+            else []
+        ),
+        f"Tensorized tables: {b['tensorized_params_max']:,} parameters at max rank, "
+        f"{b['tensorized_params_found']:,} at the found ranks; compression "
+        f"{b['compression_vs_paper_4.2e9']:,.0f}x against the paper's 4.249e9 dense parameters "
+        f"({b['compression_vs_own_tables']:,.0f}x against these tables' own {b['tensorized_dense_params']:,}).",
         "",
         "| table | rows | planted ranks | found ranks | params (max rank) | params (found) |",
         "|---|---|---|---|---|---|",
     ]
     for t in b["tables"]:
-        lines.append(f"| {t['table']} | {t['rows']:,} | {tuple(t['planted'])} | {tuple(t['found'])} | "
-                     f"{t['params_max']:,} | {t['params_found']:,} |")
+        lines.append(
+            f"| {t['table']} | {t['rows']:,} | {tuple(t['planted'])} | {tuple(t['found'])} | "
+            f"{t['params_max']:,} | {t['params_found']:,} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -271,21 +333,40 @@ def parse(argv=None):
     p.add_argument("--eval-batch", type=int, default=16384)
     p.add_argument("--max-rank", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--lr-decay", type=float, default=0.5,
-                   help="the share of the steps, at the end, over which every learner's rate falls linearly to 0")
-    p.add_argument("--lr-warmup", type=int, default=0,
-                   help="steps, at the start, over which every learner's rate rises linearly (tb.fit's lr_warmup)")
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=0.5,
+        help="the share of the steps, at the end, over which every learner's rate falls linearly to 0",
+    )
+    p.add_argument(
+        "--lr-warmup",
+        type=int,
+        default=0,
+        help="steps, at the start, over which every learner's rate rises linearly (tb.fit's lr_warmup)",
+    )
     p.add_argument("--lambda-step", type=float, default=0.1)
-    p.add_argument("--scale-down", type=int, default=None,
-                   help="the hashed baseline's large tables are this many times smaller (default 1000; 10 with --tiny)")
-    p.add_argument("--id-order", choices=ID_ORDERS, default="shuffled",
-                   help="category ids: a pseudo-random bijection of the frequency ranks (shuffled, default) or the "
-                        "ranks themselves (frequency: the most frequent category first)")
+    p.add_argument(
+        "--scale-down",
+        type=int,
+        default=None,
+        help="the hashed baseline's large tables are this many times smaller (default 1000; 10 with --tiny)",
+    )
+    p.add_argument(
+        "--id-order",
+        choices=ID_ORDERS,
+        default="shuffled",
+        help="category ids: a pseudo-random bijection of the frequency ranks (shuffled, default) or the "
+        "ranks themselves (frequency: the most frequent category first)",
+    )
     p.add_argument("--bottom", type=int, nargs="*", default=None, help="hidden widths (default 256; 32 with --tiny)")
     p.add_argument("--top", type=int, nargs="*", default=None, help="hidden widths (default 256 64; 32 with --tiny)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true",
-                   help="the tiny log (ClickGenerator.tiny: planted tables of 1000 rows x 8 columns, the same structure)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the tiny log (ClickGenerator.tiny: planted tables of 1000 rows x 8 columns, the same structure)",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     check_device(p, args.device)
@@ -309,8 +390,11 @@ def main(argv=None):
     args = parse(argv)
     torch.set_num_threads(args.threads)
     result = run(args)
-    name = ("dlrm_smoke" if args.smoke else "dlrm_tiny" if args.tiny else "dlrm") + (
-        "_ids_by_frequency" if args.id_order == "frequency" else "") + ("_cuda" if args.device.type == "cuda" else "")
+    name = (
+        ("dlrm_smoke" if args.smoke else "dlrm_tiny" if args.tiny else "dlrm")
+        + ("_ids_by_frequency" if args.id_order == "frequency" else "")
+        + ("_cuda" if args.device.type == "cuda" else "")
+    )
     write_results(args.out, name, result, markdown(result))
     return result
 

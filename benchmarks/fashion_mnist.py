@@ -59,8 +59,8 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import write_results
 import tensorbayes as tb
+from benchmarks.common import write_results
 from tensorbayes.models import TensorizedConv2d, TensorizedLinear
 from tensorbayes.models.layers import contract_flops, dense_flops
 
@@ -71,8 +71,12 @@ FORMATS = ("ttm", "tt", "cp", "tucker")
 #: CP stops at 300 (40x on ``mlp``): its layers contract the input with the factors, the
 #: cheaper path by FLOP count, which on this CPU takes 6x (R = 60) to 13x (R = 400) the wall
 #: time of reconstructing the weight, so a CP step at R = 400 is 30x the dense step.
-FRONTIER_RANKS = {"ttm": (1, 2, 4, 8, 12, 20, 40), "tt": (2, 4, 8, 12, 20, 40, 64),
-                  "cp": (5, 10, 25, 60, 150), "tucker": (1, 2, 3, 4)}
+FRONTIER_RANKS = {
+    "ttm": (1, 2, 4, 8, 12, 20, 40),
+    "tt": (2, 4, 8, 12, 20, 40, 64),
+    "cp": (5, 10, 25, 60, 150),
+    "tucker": (1, 2, 3, 4),
+}
 
 #: The accuracy an automatic point is scored by (its exported, pruned network's).
 SCORE = "exported_accuracy"
@@ -84,12 +88,22 @@ def network(name):
     if name == "mlp":
         return torch.nn.Sequential(linear(784, 625), relu(), linear(625, 10)), 128
     if name == "deep":
-        return torch.nn.Sequential(linear(784, 512), relu(), linear(512, 512), relu(), linear(512, 256), relu(),
-                                   linear(256, 10)), 128
+        return torch.nn.Sequential(
+            linear(784, 512), relu(), linear(512, 512), relu(), linear(512, 256), relu(), linear(256, 10)
+        ), 128
     conv, pool = torch.nn.Conv2d, torch.nn.MaxPool2d
     return torch.nn.Sequential(
-        torch.nn.Unflatten(1, (1, 28, 28)), conv(1, 32, 3, padding=1), relu(), pool(2),
-        conv(32, 64, 3, padding=1), relu(), pool(2), torch.nn.Flatten(), linear(3136, 256), relu(), linear(256, 10),
+        torch.nn.Unflatten(1, (1, 28, 28)),
+        conv(1, 32, 3, padding=1),
+        relu(),
+        pool(2),
+        conv(32, 64, 3, padding=1),
+        relu(),
+        pool(2),
+        torch.nn.Flatten(),
+        linear(3136, 256),
+        relu(),
+        linear(256, 10),
     ), 64
 
 
@@ -114,7 +128,8 @@ class FixedRank(torch.nn.Module):
         self.layout = layer.layout
         scale = layer.weight.init_loc_scale()
         self.factors = torch.nn.ParameterList(
-            torch.nn.Parameter(torch.randn(shape) * scale) for shape in self.layout.factor_shapes)
+            torch.nn.Parameter(torch.randn(shape) * scale) for shape in self.layout.factor_shapes
+        )
         self.bias = torch.nn.Parameter(layer.bias.detach().clone())
         self.conv = None
         if isinstance(layer, TensorizedConv2d):
@@ -150,8 +165,9 @@ def fixed_rank_network(name, fmt, rank, seed):
 
 def accuracy(predict, x, y, chunk=2000):
     with torch.no_grad():
-        right = sum((predict(x[i : i + chunk]).argmax(-1) == y[i : i + chunk]).sum().item()
-                    for i in range(0, len(y), chunk))
+        right = sum(
+            (predict(x[i : i + chunk]).argmax(-1) == y[i : i + chunk]).sum().item() for i in range(0, len(y), chunk)
+        )
     return right / len(y)
 
 
@@ -197,8 +213,11 @@ def ratios(row, dense):
 def run_frontier(fmt, rank, data, dense, args):
     net, ranks = fixed_rank_network(args.network, fmt, rank, args.seed)
     row = train(net, data, args)
-    row.update(rank=rank, ranks=ranks, layer_params=sum(m.layout.num_params() for m in net.modules()
-                                                         if isinstance(m, FixedRank)))
+    row.update(
+        rank=rank,
+        ranks=ranks,
+        layer_params=sum(m.layout.num_params() for m in net.modules() if isinstance(m, FixedRank)),
+    )
     return ratios(row, dense)
 
 
@@ -224,8 +243,16 @@ def run_automatic(fmt, data, dense, args):
     guide = tb.guides.MeanField(model, seed=args.seed)
     timer = _StepTimer()
     start = timer.epoch_start
-    history = tb.fit(model, guide, (x_train, y_train), epochs=args.epochs, batch_size=args.batch_size,
-                     seed=args.seed, callbacks=[timer], progress=args.progress)
+    history = tb.fit(
+        model,
+        guide,
+        (x_train, y_train),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        callbacks=[timer],
+        progress=args.progress,
+    )
     total = time.perf_counter() - start
     with torch.no_grad():
         probs, _ = tb.predict(model, guide, x_test, num_samples=args.eval_samples, chunk_size=2000)
@@ -238,8 +265,11 @@ def run_automatic(fmt, data, dense, args):
         "exported_accuracy": accuracy(exported, x_test, y_test),
         "max_ranks": {_layer(name): list(r["max_ranks"]) for name, r in before.items()},
         "ranks": {_layer(name): list(r) for name, r in found.items()},
-        "layer_params": params, "layer_params_max": sum(r["params_max"] for r in before.values()),
-        "total_seconds": total, "step_seconds": timer.train_seconds / history.steps, "final_elbo": history.elbo[-1],
+        "layer_params": params,
+        "layer_params_max": sum(r["params_max"] for r in before.values()),
+        "total_seconds": total,
+        "step_seconds": timer.train_seconds / history.steps,
+        "final_elbo": history.elbo[-1],
     }
     return ratios(row, dense)
 
@@ -265,28 +295,45 @@ def targets(result):
         below = 100 * (dense["accuracy"] - auto[SCORE])
         if network_name == "mlp" and fmt == "ttm":
             found += [
-                {"format": fmt, "target": f">= 100x on the tensorized layer ({auto['compression']:.0f}x)",
-                 "holds": auto["compression"] >= 100},
+                {
+                    "format": fmt,
+                    "target": f">= 100x on the tensorized layer ({auto['compression']:.0f}x)",
+                    "holds": auto["compression"] >= 100,
+                },
                 {"format": fmt, "target": f"<= 0.5 points below dense ({below:.2f})", "holds": below <= 0.5},
-                {"format": fmt, "target": f"total time <= 1.0x dense ({auto['total_ratio']:.2f}x)",
-                 "holds": auto["total_ratio"] <= 1.0},
+                {
+                    "format": fmt,
+                    "target": f"total time <= 1.0x dense ({auto['total_ratio']:.2f}x)",
+                    "holds": auto["total_ratio"] <= 1.0,
+                },
             ]
         elif network_name == "mlp":
             gap = auto["frontier_gap"]
             what = "no frontier point that small" if gap is None else f"{gap:+.2f} points"
-            found.append({"format": fmt, "target": f"within 0.5 points of the frontier at its size ({what})",
-                          "holds": None if gap is None else gap <= 0.5})
+            found.append(
+                {
+                    "format": fmt,
+                    "target": f"within 0.5 points of the frontier at its size ({what})",
+                    "holds": None if gap is None else gap <= 0.5,
+                }
+            )
         else:
-            found.append({"format": fmt, "target": f"within 1 point of dense ({below:.2f}) at >= 50x "
-                          f"({auto['compression']:.0f}x)", "holds": below <= 1.0 and auto["compression"] >= 50})
+            found.append(
+                {
+                    "format": fmt,
+                    "target": f"within 1 point of dense ({below:.2f}) at >= 50x ({auto['compression']:.0f}x)",
+                    "holds": below <= 1.0 and auto["compression"] >= 50,
+                }
+            )
     return found
 
 
 def _ranks(row):
     """``layer: (ranks)`` per layer; for an automatic point ``layer: (max ranks) → (found)``."""
     start = row.get("max_ranks", {})
-    return "; ".join(f"{name}: {f'{tuple(start[name])} → ' if name in start else ''}{tuple(r)}"
-                     for name, r in row["ranks"].items())
+    return "; ".join(
+        f"{name}: {f'{tuple(start[name])} → ' if name in start else ''}{tuple(r)}" for name, r in row["ranks"].items()
+    )
 
 
 def _ratio(row):
@@ -318,17 +365,22 @@ def markdown(result):
         for kind, r in sorted(rows, key=lambda kr: kr[1]["layer_params"]):
             run = f"R = {r['rank']}" if kind == "frontier" else kind
             exported = f"{r['exported_accuracy']:.2%}" if "exported_accuracy" in r else "—"
-            lines.append(f"| {fmt} | {run} | {_ranks(r)} | {r['layer_params']:,} | {r['compression']:.1f}x | "
-                         f"{r['accuracy']:.2%} | {exported} | {_ratio(r)} |")
+            lines.append(
+                f"| {fmt} | {run} | {_ranks(r)} | {r['layer_params']:,} | {r['compression']:.1f}x | "
+                f"{r['accuracy']:.2%} | {exported} | {_ratio(r)} |"
+            )
     lines += ["", "## The frontier at the automatic point's size", ""]
     for fmt, auto in result["automatic"].items():
         if auto["frontier_accuracy"] is None:
-            lines.append(f"- {fmt}: {auto[SCORE]:.2%} at {auto['layer_params']:,} parameters; "
-                         "no frontier point is that small")
+            lines.append(
+                f"- {fmt}: {auto[SCORE]:.2%} at {auto['layer_params']:,} parameters; no frontier point is that small"
+            )
         else:
-            lines.append(f"- {fmt}: {auto[SCORE]:.2%} at {auto['layer_params']:,} parameters; the frontier's best at "
-                         f"no more: {auto['frontier_accuracy']:.2%} "
-                         f"(frontier - automatic: {auto['frontier_gap']:+.2f} points)")
+            lines.append(
+                f"- {fmt}: {auto[SCORE]:.2%} at {auto['layer_params']:,} parameters; the frontier's best at "
+                f"no more: {auto['frontier_accuracy']:.2%} "
+                f"(frontier - automatic: {auto['frontier_gap']:+.2f} points)"
+            )
     lines += ["", "## Targets", ""]
     marks = {True: "holds", False: "**fails**", None: "cannot tell"}
     lines += [f"- {t['format']}: {t['target']}: {marks[t['holds']]}" for t in result["targets"]]
@@ -341,10 +393,16 @@ def parse(argv=None):
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
-    parser.add_argument("--frontier-ranks", type=int, nargs="*", default=None,
-                        help="the fixed ranks of every format's frontier (default: per format, FRONTIER_RANKS)")
-    parser.add_argument("--max-rank", type=int, default=None,
-                        help="the automatic point's max rank (default: tensorize's)")
+    parser.add_argument(
+        "--frontier-ranks",
+        type=int,
+        nargs="*",
+        default=None,
+        help="the fixed ranks of every format's frontier (default: per format, FRONTIER_RANKS)",
+    )
+    parser.add_argument(
+        "--max-rank", type=int, default=None, help="the automatic point's max rank (default: tensorize's)"
+    )
     parser.add_argument("--train-size", type=int, default=60000, help="use the first N training images")
     parser.add_argument("--test-size", type=int, default=10000, help="score on the first N test images")
     parser.add_argument("--eval-samples", type=int, default=20)
@@ -372,8 +430,13 @@ def main(argv=None):
     args.train_size, args.test_size = len(data[1]), len(data[3])
     dense = run_dense(data, args)
     print("dense", dense, flush=True)
-    result = {"settings": vars(args), "machine": platform.processor() or platform.machine(), "dense": dense,
-              "frontier": {}, "automatic": {}}
+    result = {
+        "settings": vars(args),
+        "machine": platform.processor() or platform.machine(),
+        "dense": dense,
+        "frontier": {},
+        "automatic": {},
+    }
     for fmt in args.formats:
         ranks = FRONTIER_RANKS[fmt] if args.frontier_ranks is None else args.frontier_ranks
         result["frontier"][fmt] = []

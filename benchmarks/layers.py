@@ -138,18 +138,35 @@ def linear_grid(grid, repeats, device):
             layer = TensorizedLinear(size, size, format=fmt, max_rank=rank)
             det = _time(_deterministic_step(layer, x, y), repeats, device)
             svi = _time(_svi_step(layer, x, y)[0], repeats, device)
-            rows.append({"format": fmt, "size": size, "batch": batch, "max_rank": rank, "ranks": layer.layout.ranks,
-                         "path": layer.choose_path(batch), "params": layer.layout.num_params(),
-                         "in_shape": layer.in_shape, "out_shape": layer.out_shape,
-                         "dense_s": dense, "deterministic_s": det, "svi_s": svi,
-                         "svi_over_dense": svi / dense, "svi_over_deterministic": svi / det,
-                         "deterministic_over_dense": det / dense})
-            print(f"linear {fmt:6s} {size:5d} batch {batch:5d} rank {rank:3d}: dense {1e3 * dense:8.2f} ms, "
-                  f"det {1e3 * det:8.2f} ms, svi {1e3 * svi:8.2f} ms ({svi / dense:.2f}x dense)", flush=True)
+            rows.append(
+                {
+                    "format": fmt,
+                    "size": size,
+                    "batch": batch,
+                    "max_rank": rank,
+                    "ranks": layer.layout.ranks,
+                    "path": layer.choose_path(batch),
+                    "params": layer.layout.num_params(),
+                    "in_shape": layer.in_shape,
+                    "out_shape": layer.out_shape,
+                    "dense_s": dense,
+                    "deterministic_s": det,
+                    "svi_s": svi,
+                    "svi_over_dense": svi / dense,
+                    "svi_over_deterministic": svi / det,
+                    "deterministic_over_dense": det / dense,
+                }
+            )
+            print(
+                f"linear {fmt:6s} {size:5d} batch {batch:5d} rank {rank:3d}: dense {1e3 * dense:8.2f} ms, "
+                f"det {1e3 * det:8.2f} ms, svi {1e3 * svi:8.2f} ms ({svi / dense:.2f}x dense)",
+                flush=True,
+            )
     return rows
 
 
 # ----- embedding lookups, one process per size -----
+
 
 def lookup_batches(rows, batch, repeats, kind, device):
     """
@@ -170,7 +187,9 @@ def lookup_batches(rows, batch, repeats, kind, device):
             table.weight.grad = None
     else:
         layer = TensorizedEmbeddingBag(rows, 128, format="ttm", max_rank=16, col_shape=(4, 4, 8))
-        factors = [(0.3 * torch.randn(s, generator=gen)).to(device).requires_grad_() for s in layer.layout.factor_shapes]
+        factors = [
+            (0.3 * torch.randn(s, generator=gen)).to(device).requires_grad_() for s in layer.layout.factor_shapes
+        ]
         params = layer.layout.num_params()
 
         def step(idx, off):
@@ -178,6 +197,7 @@ def lookup_batches(rows, batch, repeats, kind, device):
             bag_lookup(layer.layout, factors, i, o).square().sum().backward()
             for f in factors:
                 f.grad = None
+
     u = torch.rand(repeats + 2, batch, generator=gen, dtype=torch.float64)
     zipf = [(torch.exp(v * torch.log(torch.tensor(rows + 1.0))) - 1).long().clamp(0, rows - 1) for v in u]
     off = torch.arange(batch, device=device)
@@ -235,11 +255,18 @@ def lookup_cuda(rows, batch, repeats, kind, device):
     _synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    times = [_timed(lambda: step(idx, off), device) for idx, off in batches][2:]
+    # each lambda is called at once, by _timed, within its own iteration
+    times = [_timed(lambda: step(idx, off), device) for idx, off in batches][2:]  # noqa: B023
     peak = torch.cuda.max_memory_allocated(device)
-    return {"rows": rows, "kind": kind, "params": params, "time_s": statistics.median(times),
-            "peak_gpu_mib": peak / 2**20, "gpu_before_lookups_mib": base / 2**20,
-            "lookup_gpu_increase_mib": (peak - base) / 2**20}
+    return {
+        "rows": rows,
+        "kind": kind,
+        "params": params,
+        "time_s": statistics.median(times),
+        "peak_gpu_mib": peak / 2**20,
+        "gpu_before_lookups_mib": base / 2**20,
+        "lookup_gpu_increase_mib": (peak - base) / 2**20,
+    }
 
 
 def lookup_table(sizes, batch, repeats, threads, dense_max, device):
@@ -248,11 +275,17 @@ def lookup_table(sizes, batch, repeats, threads, dense_max, device):
     peak_key, _, increase_key = memory_keys(device.type == "cuda")
     for rows in sizes:
         for kind in ("tensorized", "dense") if rows <= dense_max else ("tensorized",):
-            r = (lookup_cuda(rows, batch, repeats, kind, device) if device.type == "cuda"
-                 else lookup(rows, batch, repeats, kind, threads))
+            r = (
+                lookup_cuda(rows, batch, repeats, kind, device)
+                if device.type == "cuda"
+                else lookup(rows, batch, repeats, kind, threads)
+            )
             found.append(r)
-            print(f"lookup {kind:10s} {rows:>17,d} rows: {1e3 * r['time_s']:7.2f} ms/batch, {memory} "
-                  f"{r[peak_key]:7.1f} MiB (+{r[increase_key]:.1f} during lookups)", flush=True)
+            print(
+                f"lookup {kind:10s} {rows:>17,d} rows: {1e3 * r['time_s']:7.2f} ms/batch, {memory} "
+                f"{r[peak_key]:7.1f} MiB (+{r[increase_key]:.1f} during lookups)",
+                flush=True,
+            )
     return found
 
 
@@ -280,7 +313,9 @@ def profile_svi(size, batch, rank, repeats, device):
     shaped = dict(format="ttm", max_rank=rank, in_shape=in_shape, out_shape=out_shape)
     shaped_step, shaped_model, _ = _svi_step(TensorizedLinear(size, size, **shaped), x, y)
     shaped_det_step = _deterministic_step(TensorizedLinear(size, size, **shaped), x, y)
-    unchecked_step = _without_pyro_validation(_svi_step(TensorizedLinear(size, size, format="ttm", max_rank=rank), x, y)[0])
+    unchecked_step = _without_pyro_validation(
+        _svi_step(TensorizedLinear(size, size, format="ttm", max_rank=rank), x, y)[0]
+    )
     for _ in range(2):
         step()
         det_step()
@@ -289,13 +324,21 @@ def profile_svi(size, batch, rank, repeats, device):
     events = prof.key_averages()
     top_level = sum(e.self_cpu_time_total for e in events) / 1e6 / repeats  # every op's own time
     ops = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
-    table = [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / repeats, "calls_per_step": e.count / repeats}
-             for e in ops]
+    table = [
+        {"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / repeats, "calls_per_step": e.count / repeats}
+        for e in ops
+    ]
     # the target, measured interleaved (dense, deterministic, SVI, dense, ...) so that a busy
     # machine slows them all alike
     dense_step = _dense_step(size, x, y)
-    steps = {"dense": dense_step, "deterministic": det_step, "svi": step, "svi_without_pyro_validation": unchecked_step,
-             "balanced_shapes_deterministic": shaped_det_step, "balanced_shapes_svi": shaped_step}
+    steps = {
+        "dense": dense_step,
+        "deterministic": det_step,
+        "svi": step,
+        "svi_without_pyro_validation": unchecked_step,
+        "balanced_shapes_deterministic": shaped_det_step,
+        "balanced_shapes_svi": shaped_step,
+    }
     for fn in (dense_step, shaped_step, shaped_det_step, unchecked_step):  # their first steps, as step's above
         fn()
     rounds = {key: [] for key in steps}
@@ -305,18 +348,33 @@ def profile_svi(size, batch, rank, repeats, device):
     med = {k: statistics.median(v) for k, v in rounds.items()}
     det = med["deterministic"]
     split = layer.layout.split(batch)
-    return {"size": size, "batch": batch, "max_rank": rank, "in_shape": layer.in_shape, "out_shape": layer.out_shape,
-            "split": None if split is None else split._asdict(), "svi_step_s": wall, "deterministic_step_s": det,
-            "interleaved_s": med, "interleaved_svi_over_dense": med["svi"] / med["dense"],
-            "interleaved_deterministic_over_dense": med["deterministic"] / med["dense"],
-            "interleaved_svi_without_pyro_validation_over_dense": med["svi_without_pyro_validation"] / med["dense"],
-            "balanced_shapes": {"in_shape": in_shape, "out_shape": out_shape,
-                                "flops": shaped_model.net.flop_counts(batch)["contract"],
-                                "svi_over_dense": med["balanced_shapes_svi"] / med["dense"],
-                                "deterministic_over_dense": med["balanced_shapes_deterministic"] / med["dense"]},
-            "flops": layer.flop_counts(batch), "dense_layer_flops": 2 * batch * size * size,
-            "torch_op_time_s": top_level, "outside_torch_ops_share": max(0.0, 1 - top_level / wall),
-            "ops_per_step": sum(e.count for e in events) / repeats, "top_ops": table}
+    return {
+        "size": size,
+        "batch": batch,
+        "max_rank": rank,
+        "in_shape": layer.in_shape,
+        "out_shape": layer.out_shape,
+        "split": None if split is None else split._asdict(),
+        "svi_step_s": wall,
+        "deterministic_step_s": det,
+        "interleaved_s": med,
+        "interleaved_svi_over_dense": med["svi"] / med["dense"],
+        "interleaved_deterministic_over_dense": med["deterministic"] / med["dense"],
+        "interleaved_svi_without_pyro_validation_over_dense": med["svi_without_pyro_validation"] / med["dense"],
+        "balanced_shapes": {
+            "in_shape": in_shape,
+            "out_shape": out_shape,
+            "flops": shaped_model.net.flop_counts(batch)["contract"],
+            "svi_over_dense": med["balanced_shapes_svi"] / med["dense"],
+            "deterministic_over_dense": med["balanced_shapes_deterministic"] / med["dense"],
+        },
+        "flops": layer.flop_counts(batch),
+        "dense_layer_flops": 2 * batch * size * size,
+        "torch_op_time_s": top_level,
+        "outside_torch_ops_share": max(0.0, 1 - top_level / wall),
+        "ops_per_step": sum(e.count for e in events) / repeats,
+        "top_ops": table,
+    }
 
 
 def _split_words(p):
@@ -335,49 +393,82 @@ def markdown(r):
     where = "GPU: " + r["gpu"] if r.get("gpu") else f"{r['threads']} thread(s)"
     memory = "peak GPU memory" if r.get("gpu") else "peak RSS"
     peak_key, _, increase_key = memory_keys(r.get("gpu"))
-    lines = [f"# Tensorized layers: speed and memory ({where})", "",
-             "## SVI step of TensorizedLinear against dense nn.Linear + Adam and the same layer without Pyro", "",
-             "| format | size | modes (in -> out) | batch | max rank | path | params | dense ms | deterministic ms | SVI ms | SVI / dense | SVI / deterministic |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Tensorized layers: speed and memory ({where})",
+        "",
+        "## SVI step of TensorizedLinear against dense nn.Linear + Adam and the same layer without Pyro",
+        "",
+        "| format | size | modes (in -> out) | batch | max rank | path | params | dense ms | deterministic ms | SVI ms "
+        "| SVI / dense | SVI / deterministic |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for x in r["linear"]:
         modes = f"{_modes(x['in_shape'])} -> {_modes(x['out_shape'])}"
-        lines.append(f"| {x['format']} | {x['size']} | {modes} | {x['batch']} | {x['max_rank']} | {x['path']} | {x['params']:,} | "
-                     f"{1e3 * x['dense_s']:.2f} | {1e3 * x['deterministic_s']:.2f} | {1e3 * x['svi_s']:.2f} | "
-                     f"{x['svi_over_dense']:.2f} | {x['svi_over_deterministic']:.2f} |")
+        lines.append(
+            f"| {x['format']} | {x['size']} | {modes} | {x['batch']} | {x['max_rank']} | {x['path']} | "
+            f"{x['params']:,} | {1e3 * x['dense_s']:.2f} | {1e3 * x['deterministic_s']:.2f} | {1e3 * x['svi_s']:.2f} | "
+            f"{x['svi_over_dense']:.2f} | {x['svi_over_deterministic']:.2f} |"
+        )
     t = r["targets"]
     p = r["profile"]
     q = p["balanced_shapes"]
-    lines += ["", f"Target, SVI step of the {p['size']} x {p['size']} TTM layer (batch {p['batch']}, max rank "
-              f"{p['max_rank']}) at most 0.5x the dense step, measured interleaved: "
-              f"{t['ttm_4096_svi_over_dense']:.2f}x ({'met' if t['ttm_4096_met'] else 'not met'}); dense "
-              f"{1e3 * p['interleaved_s']['dense']:.1f} ms, deterministic TTM {1e3 * p['interleaved_s']['deterministic']:.1f} ms, "
-              f"SVI TTM {1e3 * p['interleaved_s']['svi']:.1f} ms. The layer has its default mode shapes "
-              f"{tuple(p['in_shape'])} -> {tuple(p['out_shape'])}; its contraction ({_split_words(p)}) costs "
-              f"{p['flops']['contract'] / p['dense_layer_flops']:.2f}x the dense product's FLOPs. "
-              "(The grid above measures each step in turn: on a shared machine its ratios are noisier.)", "",
-              *([f"The same SVI step with Pyro's validation off (`pyro.validation_enabled(False)`: no per-site NaN "
-                 f"checks, each a host synchronization), in the same rounds: "
-                 f"{1e3 * p['interleaved_s']['svi_without_pyro_validation']:.1f} ms, "
-                 f"{p['interleaved_svi_without_pyro_validation_over_dense']:.2f}x dense.", ""]
-                if "svi_without_pyro_validation" in p["interleaved_s"] else []),
-              f"The same layer with the balanced shapes {tuple(q['in_shape'])} -> {tuple(q['out_shape'])} (the same cores and "
-              "parameter count, "
-              f"{q['flops'] / p['dense_layer_flops']:.2f}x the dense product's FLOPs), in the same interleaved rounds: "
-              f"SVI {q['svi_over_dense']:.2f}x dense, deterministic {q['deterministic_over_dense']:.2f}x dense "
-              f"(SVI {1e3 * p['interleaved_s']['balanced_shapes_svi']:.1f} ms).", "",
-              "## Bag lookup (forward + backward, batch of one-index bags, Zipf indices), one process per size", "",
-              f"| kind | rows | params | ms / batch | {memory} MiB | increase during lookups MiB |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Target, SVI step of the {p['size']} x {p['size']} TTM layer (batch {p['batch']}, max rank "
+        f"{p['max_rank']}) at most 0.5x the dense step, measured interleaved: "
+        f"{t['ttm_4096_svi_over_dense']:.2f}x ({'met' if t['ttm_4096_met'] else 'not met'}); dense "
+        f"{1e3 * p['interleaved_s']['dense']:.1f} ms, "
+        f"deterministic TTM {1e3 * p['interleaved_s']['deterministic']:.1f} ms, "
+        f"SVI TTM {1e3 * p['interleaved_s']['svi']:.1f} ms. The layer has its default mode shapes "
+        f"{tuple(p['in_shape'])} -> {tuple(p['out_shape'])}; its contraction ({_split_words(p)}) costs "
+        f"{p['flops']['contract'] / p['dense_layer_flops']:.2f}x the dense product's FLOPs. "
+        "(The grid above measures each step in turn: on a shared machine its ratios are noisier.)",
+        "",
+        *(
+            [
+                f"The same SVI step with Pyro's validation off (`pyro.validation_enabled(False)`: no per-site NaN "
+                f"checks, each a host synchronization), in the same rounds: "
+                f"{1e3 * p['interleaved_s']['svi_without_pyro_validation']:.1f} ms, "
+                f"{p['interleaved_svi_without_pyro_validation_over_dense']:.2f}x dense.",
+                "",
+            ]
+            if "svi_without_pyro_validation" in p["interleaved_s"]
+            else []
+        ),
+        f"The same layer with the balanced shapes {tuple(q['in_shape'])} -> {tuple(q['out_shape'])} "
+        "(the same cores and parameter count, "
+        f"{q['flops'] / p['dense_layer_flops']:.2f}x the dense product's FLOPs), in the same interleaved rounds: "
+        f"SVI {q['svi_over_dense']:.2f}x dense, deterministic {q['deterministic_over_dense']:.2f}x dense "
+        f"(SVI {1e3 * p['interleaved_s']['balanced_shapes_svi']:.1f} ms).",
+        "",
+        "## Bag lookup (forward + backward, batch of one-index bags, Zipf indices), one process per size",
+        "",
+        f"| kind | rows | params | ms / batch | {memory} MiB | increase during lookups MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for x in r["lookup"]:
-        lines.append(f"| {x['kind']} | {x['rows']:.0e} | {x['params']:,} | {1e3 * x['time_s']:.2f} | "
-                     f"{x[peak_key]:.1f} | {x[increase_key]:.1f} |")
-    lines += ["", f"Target, tensorized lookup peak memory flat within 2x from the smallest table to {TARGET_ROWS:.0e} rows: "
-              f"ratio {t['lookup_peak_ratio']:.2f} ({'met' if t['lookup_flat'] else 'not met'}).", ""]
+        lines.append(
+            f"| {x['kind']} | {x['rows']:.0e} | {x['params']:,} | {1e3 * x['time_s']:.2f} | "
+            f"{x[peak_key]:.1f} | {x[increase_key]:.1f} |"
+        )
+    lines += [
+        "",
+        f"Target, tensorized lookup peak memory flat within 2x from the smallest table to {TARGET_ROWS:.0e} rows: "
+        f"ratio {t['lookup_peak_ratio']:.2f} ({'met' if t['lookup_flat'] else 'not met'}).",
+        "",
+    ]
     p = r["profile"]
-    lines += ["## Profile of the TTM SVI step", "",
-              f"{p['size']} x {p['size']}, batch {p['batch']}, max rank {p['max_rank']}: SVI step "
-              f"{1e3 * p['svi_step_s']:.2f} ms, deterministic {1e3 * p['deterministic_step_s']:.2f} ms; "
-              f"{p['ops_per_step']:.0f} torch op calls per step, {100 * p['outside_torch_ops_share']:.0f} % of the "
-              "step outside torch operators (Python).", "", "| op | self ms / step | calls / step |", "|---|---|---|"]
+    lines += [
+        "## Profile of the TTM SVI step",
+        "",
+        f"{p['size']} x {p['size']}, batch {p['batch']}, max rank {p['max_rank']}: SVI step "
+        f"{1e3 * p['svi_step_s']:.2f} ms, deterministic {1e3 * p['deterministic_step_s']:.2f} ms; "
+        f"{p['ops_per_step']:.0f} torch op calls per step, {100 * p['outside_torch_ops_share']:.0f} % of the "
+        "step outside torch operators (Python).",
+        "",
+        "| op | self ms / step | calls / step |",
+        "|---|---|---|",
+    ]
     for o in p["top_ops"]:
         lines.append(f"| {o['op']} | {o['self_ms_per_step']:.3f} | {o['calls_per_step']:.0f} |")
     return "\n".join(lines) + "\n"
@@ -388,8 +479,11 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="where the steps run: cpu (default) or cuda")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--batch", type=int, default=4096, help="bags per lookup batch")
-    p.add_argument("--parts", default="linear,lookup,profile",
-                   help="parts to measure; the others are taken from the existing JSON in --out")
+    p.add_argument(
+        "--parts",
+        default="linear,lookup,profile",
+        help="parts to measure; the others are taken from the existing JSON in --out",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -406,7 +500,9 @@ def main(argv=None):
         raise ValueError(f"--parts must be among linear, lookup, profile, got {args.parts!r}")
     previous = os.path.join(args.out, f"{name}.json")
     result = json.load(open(previous)) if parts != {"linear", "lookup", "profile"} else {}
-    result.update({"threads": args.threads, "repeats": repeats, "gpu": torch.cuda.get_device_name(device) if cuda else None})
+    result.update(
+        {"threads": args.threads, "repeats": repeats, "gpu": torch.cuda.get_device_name(device) if cuda else None}
+    )
     if "linear" in parts:
         result["linear"] = linear_grid(grid, repeats, device)
     if "lookup" in parts:

@@ -44,14 +44,23 @@ def run_case(fmt, shape, ranks, seed):
     model = tb.models.TensorCompletion(shape, format=fmt, max_rank=2 * max(ranks))
     guide = tb.guides.MeanField(model, seed=seed)
     start = time.perf_counter()
-    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=3, batch_size=1024,
-           progress=False, seed=seed)
+    tb.fit(
+        model, guide, (planted.train_index, planted.train_values), epochs=3, batch_size=1024, progress=False, seed=seed
+    )
     seconds = time.perf_counter() - start
     found = tb.ranks(model, guide)["tensor"]
     prediction = model.tensor.layout.entries(guide.factor_means(model.tensor), planted.test_index)
     error = planted.relative_error(prediction)
-    return {"format": fmt, "shape": list(shape), "planted": list(planted.ranks), "found": list(found),
-            "seed": seed, "error": error, "seconds": seconds, "exact": found == planted.ranks and error < 0.05}
+    return {
+        "format": fmt,
+        "shape": list(shape),
+        "planted": list(planted.ranks),
+        "found": list(found),
+        "seed": seed,
+        "error": error,
+        "seconds": seconds,
+        "exact": found == planted.ranks and error < 0.05,
+    }
 
 
 def main(argv=None):
@@ -66,13 +75,16 @@ def main(argv=None):
     rows += [run_case(f, s, r, 100 + i) for i, (f, s, r) in enumerate(random_cases(randoms, 2026))]
     lines = ["| format | shape | planted | found | held-out error | seconds | ok |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['format']} | {'x'.join(map(str, r['shape']))} | {tuple(r['planted'])} | "
-                     f"{tuple(r['found'])} | {r['error']:.2%} | {r['seconds']:.1f} | {'yes' if r['exact'] else 'no'} |")
+        lines.append(
+            f"| {r['format']} | {'x'.join(map(str, r['shape']))} | {tuple(r['planted'])} | "
+            f"{tuple(r['found'])} | {r['error']:.2%} | {r['seconds']:.1f} | {'yes' if r['exact'] else 'no'} |"
+        )
     for fmt in ("cp", "tucker", "tt", "ttm"):
         mine = [r for r in rows if r["format"] == fmt]
         lines.append(f"\n{fmt}: {sum(r['exact'] for r in mine)} of {len(mine)} exact")
-    write_results(args.out, "rank_recovery_smoke" if args.smoke else "rank_recovery", rows, "\n".join(lines) + "\n",
-                  indent=1)
+    write_results(
+        args.out, "rank_recovery_smoke" if args.smoke else "rank_recovery", rows, "\n".join(lines) + "\n", indent=1
+    )
     return rows
 
 

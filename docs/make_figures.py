@@ -52,8 +52,12 @@ def save(fig, name, out=OUT):
 
 
 def completion():
-    cases = [("cp", (12, 10, 14), (3,)), ("tucker", (10, 12, 14), (3, 4, 2)),
-             ("tt", (8, 10, 12, 8), (3, 4, 2)), ("ttm", (8, 10, 12, 8), (3,))]
+    cases = [
+        ("cp", (12, 10, 14), (3,)),
+        ("tucker", (10, 12, 14), (3, 4, 2)),
+        ("tt", (8, 10, 12, 8), (3, 4, 2)),
+        ("ttm", (8, 10, 12, 8), (3,)),
+    ]
     fig = plt.figure(figsize=(11, 6.5), layout="constrained")
     axes = fig.subplots(2, 2).ravel()
     found = {}
@@ -67,20 +71,34 @@ def completion():
         if fmt == "tt":
             posterior = plots.factor_posterior(model, guide, "tensor")
             save(posterior[0].figure, "factor_posterior.png")
-    fig.suptitle("Tensor completion at max rank 6, after the closed-form start (planted ranks "
-                 + ", ".join(f"{f} {r['planted']}" for f, r in found.items()) + ")", fontsize="medium")
+    fig.suptitle(
+        "Tensor completion at max rank 6, after the closed-form start (planted ranks "
+        + ", ".join(f"{f} {r['planted']}" for f, r in found.items())
+        + ")",
+        fontsize="medium",
+    )
     save(fig, "rank_shrinkage_completion.png")
     return found
 
 
 def student(task, fmt, max_rank, seed=0):
     torch.manual_seed(seed)
-    net = tb.models.tensorize(torch.nn.Sequential(torch.nn.Linear(64, 64)), format=fmt, max_rank=max_rank,
-                              min_features=32, order=3)
+    net = tb.models.tensorize(
+        torch.nn.Sequential(torch.nn.Linear(64, 64)), format=fmt, max_rank=max_rank, min_features=32, order=3
+    )
     model = tb.models.BayesianClassifier(net, num_classes=task.num_classes)
     guide = tb.guides.MeanField(model, seed=seed)
-    history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=EPOCHS, batch_size=256, seed=seed,
-                     eval_data=(task.x_test, task.y_test), eval_samples=10, progress=False)
+    history = tb.fit(
+        model,
+        guide,
+        (task.x_train, task.y_train),
+        epochs=EPOCHS,
+        batch_size=256,
+        seed=seed,
+        eval_data=(task.x_test, task.y_test),
+        eval_samples=10,
+        progress=False,
+    )
     return model, guide, history
 
 
@@ -117,13 +135,22 @@ def network():
     for fmt, max_rank in [("ttm", 6), ("ttm", 3), ("tt", 6), ("cp", 8), ("cp", 16)]:
         m, g, h = (model, guide, history) if (fmt, max_rank) == ("ttm", 6) else student(task, fmt, max_rank)
         row = tb.compression_report(m, g)[0]
-        results.append({"format": fmt, "accuracy": h.accuracy[-1], "compression": row["compression"],
-                        "label": f"R≤{max_rank}: " + ",".join(map(str, row["ranks"]))})
+        results.append(
+            {
+                "format": fmt,
+                "accuracy": h.accuracy[-1],
+                "compression": row["compression"],
+                "label": f"R≤{max_rank}: " + ",".join(map(str, row["ranks"])),
+            }
+        )
     save(plots.compression_vs_accuracy(results).figure, "compression_vs_accuracy.png")
     return {
-        "planted": task.ranks, "found": tb.ranks(model, guide)["net.0.weight"], "accuracy": history.accuracy,
+        "planted": task.ranks,
+        "found": tb.ranks(model, guide)["net.0.weight"],
+        "accuracy": history.accuracy,
         "ece_posterior": expected_calibration_error(probs, task.y_test),
-        "ece_export": expected_calibration_error(point, task.y_test), "results": results,
+        "ece_export": expected_calibration_error(point, task.y_test),
+        "results": results,
     }
 
 
@@ -137,21 +164,32 @@ def frontier_fashion_mnist(paths, out=OUT):
         rows = [{"format": "dense", "accuracy": dense["accuracy"], "compression": 1.0}]
         for fmt, auto in result["automatic"].items():
             rows.append({"format": fmt, "accuracy": auto["exported_accuracy"], "compression": auto["compression"]})
-        frontier = {fmt: [(p["compression"], p["accuracy"]) for p in points]
-                    for fmt, points in result["frontier"].items() if points}
+        frontier = {
+            fmt: [(p["compression"], p["accuracy"]) for p in points]
+            for fmt, points in result["frontier"].items()
+            if points
+        }
         plots.compression_vs_accuracy(rows, ax=ax, frontier=frontier)
         s = result["settings"]
         layers = f"layer{'s' * (len(dense['layers']) > 1)} {', '.join(dense['layers'])}"
-        ax.set_title(f"Fashion-MNIST, {s['network']} ({layers} tensorized), {s['epochs']} epochs:"
-                     "\nfixed ranks (lines) and tb.fit's defaults (diamonds)", fontsize="medium")
+        ax.set_title(
+            f"Fashion-MNIST, {s['network']} ({layers} tensorized), {s['epochs']} epochs:"
+            "\nfixed ranks (lines) and tb.fit's defaults (diamonds)",
+            fontsize="medium",
+        )
     os.makedirs(out, exist_ok=True)
     save(fig, "frontier_fashion_mnist.png", out)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--frontier", nargs="+", metavar="JSON", default=None,
-                        help="draw only frontier_fashion_mnist.png, from benchmarks/fashion_mnist.py's JSON files")
+    parser.add_argument(
+        "--frontier",
+        nargs="+",
+        metavar="JSON",
+        default=None,
+        help="draw only frontier_fashion_mnist.png, from benchmarks/fashion_mnist.py's JSON files",
+    )
     args = parser.parse_args()
     if args.frontier is not None:
         missing = [p for p in args.frontier if not os.path.isfile(p)]

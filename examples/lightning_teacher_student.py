@@ -33,23 +33,33 @@ def main(argv=None):
 
     pl.seed_everything(args.seed)
     task = tb.data.teacher_student(seed=args.seed)
-    layer = tb.models.TensorizedLinear(64, 64, format="ttm", max_rank=6, in_shape=task.in_shape,
-                                       out_shape=task.out_shape)
+    layer = tb.models.TensorizedLinear(
+        64, 64, format="ttm", max_rank=6, in_shape=task.in_shape, out_shape=task.out_shape
+    )
     model = tb.models.BayesianClassifier(PyroModule[torch.nn.Sequential](layer), task.num_classes)
     guide = tb.guides.MeanField(model, seed=args.seed)
 
-    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(task.x_train, task.y_train),
-                                        batch_size=args.batch_size, shuffle=True)
+    train = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(task.x_train, task.y_train), batch_size=args.batch_size, shuffle=True
+    )
     test = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(task.x_test, task.y_test), batch_size=1024)
     module = TensorBayesModule(model, guide, num_data=len(task.x_train), lr=1e-2)
-    trainer = pl.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=args.devices,
-                         strategy=args.strategy, logger=False, enable_checkpointing=False)
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        strategy=args.strategy,
+        logger=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, train, test)
 
     if trainer.is_global_zero:
         found = tb.ranks(model, guide)
-        print(f"planted ranks {tuple(task.ranks)}, found {found}, "
-              f"held-out accuracy {float(trainer.callback_metrics['val_accuracy']):.1%}")
+        print(
+            f"planted ranks {tuple(task.ranks)}, found {found}, "
+            f"held-out accuracy {float(trainer.callback_metrics['val_accuracy']):.1%}"
+        )
         tb.prune(model, guide)
         print(tb.compression_report(model))
 

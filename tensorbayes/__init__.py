@@ -26,8 +26,21 @@ from .rank import compression_report, prune, ranks
 __version__ = "0.1.0"
 
 __all__ = [
-    "compression_report", "data", "expected_calibration_error", "export", "fit", "formats", "guides", "infer",
-    "models", "plots", "predict", "priors", "prune", "ranks", "tensorize",
+    "compression_report",
+    "data",
+    "expected_calibration_error",
+    "export",
+    "fit",
+    "formats",
+    "guides",
+    "infer",
+    "models",
+    "plots",
+    "predict",
+    "priors",
+    "prune",
+    "ranks",
+    "tensorize",
 ]
 
 #: Submodules imported on first use (PEP 562): ``tb.plots`` needs matplotlib, which

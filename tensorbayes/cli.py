@@ -39,28 +39,43 @@ def run_network_demo(seed=0, epochs=20, progress=False, out=sys.stdout):
     """Train the demo's teacher-student students; returns one summary dict per format."""
     from .runs import RunConfig, fit_run
 
-    header = (f"{'format':<8}{'planted':<16}{'max':<16}{'found':<16}{'accuracy':>9}{'exported':>10}"
-              f"{'compression':>13}{'seconds':>9}")
-    print("teacher-student: a softmax teacher whose 64x64 weight has planted ranks labels 4096 Gaussian inputs",
-          file=out)
+    header = (
+        f"{'format':<8}{'planted':<16}{'max':<16}{'found':<16}{'accuracy':>9}{'exported':>10}"
+        f"{'compression':>13}{'seconds':>9}"
+    )
+    print(
+        "teacher-student: a softmax teacher whose 64x64 weight has planted ranks labels 4096 Gaussian inputs", file=out
+    )
     print(header, file=out)
     print("-" * len(header), file=out)
     results = []
     for fmt, max_rank in NETWORK_DEMO:
         start = time.perf_counter()
-        model, guide, history, summary = fit_run(RunConfig(data="teacher", format=fmt, max_rank=max_rank,
-                                                           epochs=epochs, seed=seed), progress=progress)
+        model, guide, history, summary = fit_run(
+            RunConfig(data="teacher", format=fmt, max_rank=max_rank, epochs=epochs, seed=seed), progress=progress
+        )
         (row,) = summary["tensors"]
-        summary.update(format=fmt, planted=tuple(summary["data"]["planted_ranks"]), found=tuple(row["ranks"]),
-                       max_ranks=tuple(row["max_ranks"]), compression=row["compression"],
-                       seconds=time.perf_counter() - start)
+        summary.update(
+            format=fmt,
+            planted=tuple(summary["data"]["planted_ranks"]),
+            found=tuple(row["ranks"]),
+            max_ranks=tuple(row["max_ranks"]),
+            compression=row["compression"],
+            seconds=time.perf_counter() - start,
+        )
         results.append(summary)
-        print(f"{fmt:<8}{str(summary['planted']):<16}{str(summary['max_ranks']):<16}{str(summary['found']):<16}"
-              f"{summary['accuracy']:>9.1%}{summary['exported_accuracy']:>10.1%}{summary['compression']:>12.1f}x"
-              f"{summary['seconds']:>9.1f}", file=out)
+        print(
+            f"{fmt:<8}{str(summary['planted']):<16}{str(summary['max_ranks']):<16}{str(summary['found']):<16}"
+            f"{summary['accuracy']:>9.1%}{summary['exported_accuracy']:>10.1%}{summary['compression']:>12.1f}x"
+            f"{summary['seconds']:>9.1f}",
+            file=out,
+        )
     hits = sum(r["found"] == r["planted"] for r in results)
-    print(f"\nranks recovered exactly for {hits} of {len(results)} formats "
-          "(accuracy: posterior predictive; exported: the pruned network at the posterior mean)", file=out)
+    print(
+        f"\nranks recovered exactly for {hits} of {len(results)} formats "
+        "(accuracy: posterior predictive; exported: the pruned network at the posterior mean)",
+        file=out,
+    )
     return results
 
 
@@ -69,24 +84,38 @@ def run_demo(seed=0, epochs=3, progress=False, out=sys.stdout):
     import tensorbayes as tb
 
     results = []
-    header = f"{'format':<8}{'shape':<20}{'planted':<12}{'found':<12}{'held-out err':>13}{'compression':>13}{'seconds':>9}"
+    header = (
+        f"{'format':<8}{'shape':<20}{'planted':<12}{'found':<12}{'held-out err':>13}{'compression':>13}{'seconds':>9}"
+    )
     print(header, file=out)
     print("-" * len(header), file=out)
     for fmt, shape, planted_ranks, max_rank in DEMO_CASES:
         start = time.perf_counter()
-        planted = tb.data.planted_tensor(shape, fmt, planted_ranks, observed=0.3, noise=0.01, seed=seed,
-                                         dtype=torch.float32)
+        planted = tb.data.planted_tensor(
+            shape, fmt, planted_ranks, observed=0.3, noise=0.01, seed=seed, dtype=torch.float32
+        )
         model = tb.models.TensorCompletion(shape, format=fmt, max_rank=max_rank)
         guide = tb.guides.MeanField(model, seed=seed)
-        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=epochs, batch_size=1024,
-               seed=seed, progress=progress)
+        tb.fit(
+            model,
+            guide,
+            (planted.train_index, planted.train_values),
+            epochs=epochs,
+            batch_size=1024,
+            seed=seed,
+            progress=progress,
+        )
         found = tb.ranks(model, guide)["tensor"]
         tb.prune(model, guide)
         prediction = model.tensor.layout.entries(guide.factor_means(model.tensor), planted.test_index)
         report = tb.compression_report(model)[0]
         row = {
-            "format": fmt, "shape": shape, "planted": planted.ranks, "found": found,
-            "error": planted.relative_error(prediction), "compression": report["compression"],
+            "format": fmt,
+            "shape": shape,
+            "planted": planted.ranks,
+            "found": found,
+            "error": planted.relative_error(prediction),
+            "compression": report["compression"],
             "seconds": time.perf_counter() - start,
         }
         results.append(row)
@@ -153,8 +182,12 @@ def _parser():
         "ranks, accuracy, compression and time. --completion runs the tensor-completion demo instead.",
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the fits (default 0)")
-    demo.add_argument("--epochs", type=_positive, default=None,
-                      help="SVI epochs (default 20; 3 after the closed-form start with --completion)")
+    demo.add_argument(
+        "--epochs",
+        type=_positive,
+        default=None,
+        help="SVI epochs (default 20; 3 after the closed-form start with --completion)",
+    )
     demo.add_argument("--completion", action="store_true", help="tensor completion of one planted tensor per format")
     demo.add_argument("--progress", action="store_true", help="show progress bars")
     _train_parser(commands)
@@ -174,29 +207,59 @@ def _train_parser(commands):
         "per epoch; writes config.json, checkpoint.pt (every epoch; a rerun resumes it) and summary.json to --out.",
     )
     train.add_argument("--data", choices=DATA_SETS, default=defaults.data, help="the data set (default %(default)s)")
-    train.add_argument("--format", choices=("cp", "tucker", "tt", "ttm"), default=defaults.format,
-                       help="format of every tensorized layer (default %(default)s)")
-    train.add_argument("--max-rank", type=_positive, default=defaults.max_rank,
-                       help="rank bound of every tensorized layer (default %(default)s)")
-    train.add_argument("--prior", choices=("half_cauchy", "log_uniform", "gamma"), default=defaults.prior,
-                       help="the rank-shrinkage prior (default %(default)s)")
+    train.add_argument(
+        "--format",
+        choices=("cp", "tucker", "tt", "ttm"),
+        default=defaults.format,
+        help="format of every tensorized layer (default %(default)s)",
+    )
+    train.add_argument(
+        "--max-rank",
+        type=_positive,
+        default=defaults.max_rank,
+        help="rank bound of every tensorized layer (default %(default)s)",
+    )
+    train.add_argument(
+        "--prior",
+        choices=("half_cauchy", "log_uniform", "gamma"),
+        default=defaults.prior,
+        help="the rank-shrinkage prior (default %(default)s)",
+    )
     train.add_argument("--epochs", type=_positive, default=defaults.epochs, help="SVI epochs (default %(default)s)")
-    train.add_argument("--batch-size", type=_positive, default=defaults.batch_size,
-                       help="examples per step (default %(default)s)")
-    train.add_argument("--lr", type=_positive_float, default=None,
-                       help="Adam's learning rate (default: tb.fit's, 0.01)")
-    train.add_argument("--hidden", type=_positive, default=defaults.hidden,
-                       help="hidden width of the Fashion-MNIST MLP (default %(default)s)")
-    train.add_argument("--num-train", type=_positive, default=defaults.num_train,
-                       help="training examples: the first N of Fashion-MNIST's 60,000 training images (default: "
-                       f"all), or the number of teacher-student examples generated (default {TEACHER_NUM_TRAIN})")
+    train.add_argument(
+        "--batch-size", type=_positive, default=defaults.batch_size, help="examples per step (default %(default)s)"
+    )
+    train.add_argument(
+        "--lr", type=_positive_float, default=None, help="Adam's learning rate (default: tb.fit's, 0.01)"
+    )
+    train.add_argument(
+        "--hidden",
+        type=_positive,
+        default=defaults.hidden,
+        help="hidden width of the Fashion-MNIST MLP (default %(default)s)",
+    )
+    train.add_argument(
+        "--num-train",
+        type=_positive,
+        default=defaults.num_train,
+        help="training examples: the first N of Fashion-MNIST's 60,000 training images (default: "
+        f"all), or the number of teacher-student examples generated (default {TEACHER_NUM_TRAIN})",
+    )
     train.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files (default: Debian's)")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed of data, initialization and fit")
     train.add_argument("--out", default="runs/latest", help="the run folder (default %(default)s)")
-    train.add_argument("--nproc", type=_positive, default=1,
-                       help="data-parallel processes on this machine, started with torchrun --standalone (default 1)")
-    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                       help="show a progress bar within each epoch (default on)")
+    train.add_argument(
+        "--nproc",
+        type=_positive,
+        default=1,
+        help="data-parallel processes on this machine, started with torchrun --standalone (default 1)",
+    )
+    train.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show a progress bar within each epoch (default on)",
+    )
 
 
 def _print_epoch(epoch, history):
@@ -208,9 +271,19 @@ def _print_epoch(epoch, history):
 def _config(args):
     from .runs import RunConfig
 
-    return RunConfig(data=args.data, format=args.format, max_rank=args.max_rank, prior=args.prior,
-                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hidden=args.hidden,
-                     num_train=args.num_train, seed=args.seed, data_root=args.data_root)
+    return RunConfig(
+        data=args.data,
+        format=args.format,
+        max_rank=args.max_rank,
+        prior=args.prior,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        hidden=args.hidden,
+        num_train=args.num_train,
+        seed=args.seed,
+        data_root=args.data_root,
+    )
 
 
 def _check_data_files(config):
@@ -234,8 +307,9 @@ def _train(args):
 
     config = _config(args)
     log = (lambda line: print(line, flush=True)) if is_main() else None
-    summary = train(config, args.out, progress=args.progress, callbacks=[_print_epoch], distributed=in_torchrun(),
-                    log=log)
+    summary = train(
+        config, args.out, progress=args.progress, callbacks=[_print_epoch], distributed=in_torchrun(), log=log
+    )
     if is_main():
         print(json.dumps({k: summary[k] for k in ("accuracy", "exported_accuracy", "ranks", "params")}, indent=2))
         print(f"wrote {args.out}/config.json, checkpoint.pt and summary.json")
@@ -253,17 +327,21 @@ def main(argv=None):
     try:
         return _run(args, argv)
     except KeyboardInterrupt:
-        print(f"tensorbayes {args.command}: interrupted" + (
-            " (rerun the same command to resume from the last checkpoint)" if args.command == "train" else ""),
-              file=sys.stderr)
+        print(
+            f"tensorbayes {args.command}: interrupted"
+            + (" (rerun the same command to resume from the last checkpoint)" if args.command == "train" else ""),
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None
     except _USER_ERRORS as error:
         raise SystemExit(f"tensorbayes {args.command}: {_one_line(error)}") from None
     except Exception as error:
         if os.environ.get(DEBUG_VAR):
             raise
-        raise SystemExit(f"tensorbayes {args.command}: unexpected {type(error).__name__}: {_one_line(error)} "
-                         f"(set {DEBUG_VAR}=1 for the traceback)") from None
+        raise SystemExit(
+            f"tensorbayes {args.command}: unexpected {type(error).__name__}: {_one_line(error)} "
+            f"(set {DEBUG_VAR}=1 for the traceback)"
+        ) from None
 
 
 def _run(args, argv):

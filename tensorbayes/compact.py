@@ -160,7 +160,16 @@ class CompactConv2d(torch.nn.Module):
     def __init__(self, layer, factors):
         super().__init__()
         _check_layer(layer, TensorizedConv2d)
-        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "in_shape", "out_shape"):
+        for name in (
+            "in_channels",
+            "out_channels",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "in_shape",
+            "out_shape",
+        ):
             setattr(self, name, getattr(layer, name))
         self.weight = CompactTensor(layer.layout, factors)
         self.bias = _copy_bias(layer)
@@ -267,7 +276,9 @@ def _convert(module, guide, path, memo):
     new = cls.__new__(cls)
     memo[id(module)] = new
     state = {
-        k: v for k, v in module.__dict__.items() if k not in _PYRO_ATTRS and k not in ("_parameters", "_buffers", "_modules")
+        k: v
+        for k, v in module.__dict__.items()
+        if k not in _PYRO_ATTRS and k not in ("_parameters", "_buffers", "_modules")
     }
     new.__dict__.update(copy.deepcopy(state))
     parameters = OrderedDict()
@@ -292,7 +303,9 @@ def _copy_tensor(t, memo):
         return None
     if id(t) not in memo:
         copied = t.detach().clone()
-        memo[id(t)] = torch.nn.Parameter(copied, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else copied
+        memo[id(t)] = (
+            torch.nn.Parameter(copied, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else copied
+        )
     return memo[id(t)]
 
 

@@ -37,8 +37,16 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from .infer.elbo import MeanFieldELBO
-from .infer.fit import (KLScale, Schedule, _adam, _check_positive_int, _held_out_metric, _lambdas, _set_learning_rates,
-                        sparse_tables)
+from .infer.fit import (
+    KLScale,
+    Schedule,
+    _adam,
+    _check_positive_int,
+    _held_out_metric,
+    _lambdas,
+    _set_learning_rates,
+    sparse_tables,
+)
 
 __all__ = ["TensorBayesModule"]
 
@@ -65,8 +73,19 @@ class TensorBayesModule(pl.LightningModule):
     :param int eval_samples: posterior draws per validation batch.
     """
 
-    def __init__(self, model, guide, num_data, lr=1e-2, warmup=None, ramp=None, lambda_step=0.1, num_particles=1,
-                 eval_samples=10, lr_decay=0.5):
+    def __init__(
+        self,
+        model,
+        guide,
+        num_data,
+        lr=1e-2,
+        warmup=None,
+        ramp=None,
+        lambda_step=0.1,
+        num_particles=1,
+        eval_samples=10,
+        lr_decay=0.5,
+    ):
         super().__init__()
         _check_positive_int(num_data, "num_data")
         _check_positive_int(num_particles, "num_particles")
@@ -98,8 +117,10 @@ class TensorBayesModule(pl.LightningModule):
     def configure_optimizers(self):
         """Adam over the model's and the guide's parameters (a learned noise in its own group)."""
         if sparse_tables(self.model):
-            raise ValueError("TensorBayesModule steps one dense Adam: build the model's embedding tables with "
-                             "sparse=False, or train with tensorbayes.fit, which steps them with SparseAdam")
+            raise ValueError(
+                "TensorBayesModule steps one dense Adam: build the model's embedding tables with "
+                "sparse=False, or train with tensorbayes.fit, which steps them with SparseAdam"
+            )
         return _adam(self.model, self.guide, self.lr)
 
     def on_fit_start(self):
@@ -108,14 +129,20 @@ class TensorBayesModule(pl.LightningModule):
         total = self.trainer.estimated_stepping_batches
         known = math.isfinite(total)
         default = int(0.2 * total) if known else 0
-        self.schedule = Schedule(warmup=default if self._warmup is None else self._warmup,
-                                 ramp=default if self._ramp is None else self._ramp,
-                                 total=int(total) if known else 0, decay=round(self.lr_decay * total) if known else 0)
+        self.schedule = Schedule(
+            warmup=default if self._warmup is None else self._warmup,
+            ramp=default if self._ramp is None else self._ramp,
+            total=int(total) if known else 0,
+            decay=round(self.lr_decay * total) if known else 0,
+        )
 
     def on_train_batch_start(self, batch, batch_idx):
         optimizer = self.optimizers(use_pl_optimizer=False)
-        _set_learning_rates(optimizer, self.lr * self.schedule.lr_factor(self.global_step),
-                            hold_noise=self.global_step < self.schedule.warmup)
+        _set_learning_rates(
+            optimizer,
+            self.lr * self.schedule.lr_factor(self.global_step),
+            hold_noise=self.global_step < self.schedule.warmup,
+        )
 
     def training_step(self, batch, batch_idx):
         """The negative ELBO of the batch, its KL term weighted by the warm-up β."""

@@ -109,8 +109,9 @@ def _tensors(model):
 def _check_guide(guide, *methods):
     missing = [m for m in methods if not hasattr(guide, m)]
     if missing:
-        raise TypeError(f"guide must be a tensorbayes MeanField guide (with {', '.join(methods)}), "
-                        f"got {type(guide).__name__}")
+        raise TypeError(
+            f"guide must be a tensorbayes MeanField guide (with {', '.join(methods)}), got {type(guide).__name__}"
+        )
 
 
 def _display_name(name):
@@ -188,19 +189,24 @@ def _shrinkage_panel(ax, name, tensor, weights, threshold, gap):
             ax.axvline(start - 1, color="0.8", linestyle=":", linewidth=1)
         start += len(w) + 1
     ax.scatter(*points[True], color=ACTIVE_COLOR, marker="o", s=24, zorder=3, label=f"active ({len(points[True][0])})")
-    ax.scatter(*points[False], color=PRUNED_COLOR, marker="x", s=24, zorder=3,
-               label=f"pruned ({len(points[False][0])})")
+    ax.scatter(
+        *points[False], color=PRUNED_COLOR, marker="x", s=24, zorder=3, label=f"pruned ({len(points[False][0])})"
+    )
     ax.axhline(threshold, color=THRESHOLD_COLOR, linestyle="--", linewidth=1, label=f"threshold ({threshold:g})")
     for k, x in enumerate(cuts):
-        ax.axvline(x, ymin=0.55, ymax=0.95, color="0.5", linewidth=1.5,
-                   label=f"gap cut (drop ≥ {gap:g}×)" if k == 0 else None)
+        ax.axvline(
+            x, ymin=0.55, ymax=0.95, color="0.5", linewidth=1.5, label=f"gap cut (drop ≥ {gap:g}×)" if k == 0 else None
+        )
     ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks])
     lowest = min(points[True][1] + points[False][1] + [threshold])
     ax.set_ylim(lowest / 5, 3.0)
     ax.set_ylabel("bond weight / bond max")
     ax.set_xlabel("rank index, by bond")
-    ax.set_title(f"{_display_name(name)}: {tensor.layout.name.upper()} {_shape_text(tensor.layout)}\n"
-                 f"ranks {_ranks_text(tensor.layout.ranks)} → {_ranks_text(chosen)}", fontsize="medium")
+    ax.set_title(
+        f"{_display_name(name)}: {tensor.layout.name.upper()} {_shape_text(tensor.layout)}\n"
+        f"ranks {_ranks_text(tensor.layout.ranks)} → {_ranks_text(chosen)}",
+        fontsize="medium",
+    )
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
 
 
@@ -214,8 +220,9 @@ def _lambda_records(history):
         return list(trace["step"]), trace["lambdas"], "SVI step"
     records = getattr(history, "lambdas", None) or []
     if not records:
-        raise ValueError("history must hold λ records (history.lambda_trace or history.lambdas): "
-                         "fit with a MeanField guide")
+        raise ValueError(
+            "history must hold λ records (history.lambda_trace or history.lambdas): fit with a MeanField guide"
+        )
     return list(range(1, len(records) + 1)), records, "epoch"
 
 
@@ -251,8 +258,9 @@ def lambda_trajectories(history, ax=None):
             for j in range(width):
                 xs = [s for s, r in zip(x, records) if name in r and len(r[name]) > b and len(r[name][b]) > j]
                 ys = [float(r[name][b][j]) for r in records if name in r and len(r[name]) > b and len(r[name][b]) > j]
-                a.plot(xs, ys, color=colors[b % len(colors)], linewidth=1, alpha=0.8,
-                       label=f"bond {b}" if j == 0 else None)
+                a.plot(
+                    xs, ys, color=colors[b % len(colors)], linewidth=1, alpha=0.8, label=f"bond {b}" if j == 0 else None
+                )
         a.set_xlabel(xlabel)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.set_ylabel("λ (prior variance scale)")
@@ -319,8 +327,9 @@ def training_curves(history, model=None, ax=None):
                 a.set_yscale("log")
         else:
             totals, dense = _active_params(history, model)
-            a.plot(range(1, len(totals) + 1), totals, marker="o", markersize=3, color=ACTIVE_COLOR,
-                   label="at chosen ranks")
+            a.plot(
+                range(1, len(totals) + 1), totals, marker="o", markersize=3, color=ACTIVE_COLOR, label="at chosen ranks"
+            )
             a.axhline(dense, color=THRESHOLD_COLOR, linestyle="--", linewidth=1, label=f"dense ({dense:,})")
             a.set_yscale("log")
             a.set_ylabel("parameters (count)")
@@ -347,8 +356,9 @@ def _elbo_panel(ax, history, elbo):
 
 def _check_results(results):
     if not isinstance(results, (list, tuple)) or not results or not all(isinstance(r, dict) for r in results):
-        raise TypeError("results must be a non-empty list of dicts with keys 'format', 'accuracy' and "
-                        "'compression' (or 'params')")
+        raise TypeError(
+            "results must be a non-empty list of dicts with keys 'format', 'accuracy' and 'compression' (or 'params')"
+        )
     dense = [r for r in results if r.get("format") == "dense"]
     rows = []
     for i, r in enumerate(results):
@@ -361,8 +371,10 @@ def _check_results(results):
         elif "params" in r and (dense and "params" in dense[0] or "dense_params" in r):
             compression = float(r.get("dense_params", dense[0].get("params") if dense else None)) / float(r["params"])
         else:
-            raise ValueError(f"results[{i}] must have 'compression', or 'params' with 'dense_params' "
-                             f"or a 'dense' row that has 'params'")
+            raise ValueError(
+                f"results[{i}] must have 'compression', or 'params' with 'dense_params' "
+                f"or a 'dense' row that has 'params'"
+            )
         rows.append(dict(r, compression=compression))
     return rows
 
@@ -380,8 +392,9 @@ def _frontier(points):
 def _check_frontier(frontier):
     """``{format: [(compression, accuracy), ...]}`` validated, each line sorted by compression."""
     if not isinstance(frontier, dict):
-        raise TypeError(f"frontier must be None or a dict {{format: [(compression, accuracy), ...]}}, "
-                        f"got {type(frontier).__name__}")
+        raise TypeError(
+            f"frontier must be None or a dict {{format: [(compression, accuracy), ...]}}, got {type(frontier).__name__}"
+        )
     lines = {}
     for fmt, points in frontier.items():
         try:
@@ -433,18 +446,30 @@ def compression_vs_accuracy(results, ax=None, frontier=None):
     ax.set_xscale("log")
     colours = {}
     for fmt, points in (lines or {}).items():
-        (line,) = ax.plot(*zip(*points), marker=".", markersize=5, linewidth=1.2, zorder=2,
-                          label=f"{str(fmt).upper()} frontier")
+        (line,) = ax.plot(
+            *zip(*points), marker=".", markersize=5, linewidth=1.2, zorder=2, label=f"{str(fmt).upper()} frontier"
+        )
         colours[fmt] = line.get_color()
     for fmt in dict.fromkeys(r["format"] for r in rows if r["format"] != "dense"):
         mine = [r for r in rows if r["format"] == fmt]
         style = {} if fmt not in colours else {"color": colours[fmt], "edgecolors": "black", "marker": "D"}
-        ax.scatter([r["compression"] for r in mine], [r["accuracy"] for r in mine], s=30, zorder=3,
-                   label=str(fmt).upper(), **style)
+        ax.scatter(
+            [r["compression"] for r in mine],
+            [r["accuracy"] for r in mine],
+            s=30,
+            zorder=3,
+            label=str(fmt).upper(),
+            **style,
+        )
     labelled = [r for r in rows if r.get("label")]
     for k, r in enumerate(labelled):  # alternately above and below: neighbours rarely collide
-        ax.annotate(str(r["label"]), (r["compression"], r["accuracy"]), textcoords="offset points",
-                    xytext=(5, 4 if k % 2 == 0 else -11), fontsize="x-small")
+        ax.annotate(
+            str(r["label"]),
+            (r["compression"], r["accuracy"]),
+            textcoords="offset points",
+            xytext=(5, 4 if k % 2 == 0 else -11),
+            fontsize="x-small",
+        )
     for r in (r for r in rows if r["format"] == "dense"):
         ax.scatter([r["compression"]], [r["accuracy"]], marker="*", s=120, color="black", zorder=4)
         ax.axhline(r["accuracy"], color="black", linestyle="--", linewidth=1, label=f"dense ({r['accuracy']:.3f})")
@@ -478,8 +503,10 @@ def _resolve_tensor(model, layer):
         for name, t in tensors.items():
             if t is found:
                 return name, t
-    raise ValueError(f"layer must be a tensor name {list(tensors)}, a LowRankTensor of the model, "
-                     f"or a layer of the model holding one as .weight, got {type(layer).__name__}")
+    raise ValueError(
+        f"layer must be a tensor name {list(tensors)}, a LowRankTensor of the model, "
+        f"or a layer of the model holding one as .weight, got {type(layer).__name__}"
+    )
 
 
 def slice_norms(layout, factors):
@@ -535,8 +562,16 @@ def factor_posterior(model, guide, layer=None, num_samples=200, level=0.9, seed=
     for b, (a, mean, (low, high)) in enumerate(zip(axes, means, bands)):
         idx = list(range(len(mean)))
         yerr = torch.stack([(mean - low).clamp_min(0), (high - mean).clamp_min(0)])
-        a.errorbar(idx, mean.tolist(), yerr=yerr.tolist(), fmt="o", markersize=4, capsize=2, color=ACTIVE_COLOR,
-                   label=f"posterior mean, {level:.0%} band")
+        a.errorbar(
+            idx,
+            mean.tolist(),
+            yerr=yerr.tolist(),
+            fmt="o",
+            markersize=4,
+            capsize=2,
+            color=ACTIVE_COLOR,
+            label=f"posterior mean, {level:.0%} band",
+        )
         a.set_yscale("log")
         a.set_xticks(idx)
         a.set_xlabel(f"rank index of bond {b}")
@@ -550,8 +585,10 @@ def factor_posterior(model, guide, layer=None, num_samples=200, level=0.9, seed=
 def _slice_norm_posterior(tensor, guide, num_samples, level, seed):
     generator = torch.Generator().manual_seed(seed)
     locs, scales = guide.factor_means(tensor), guide.factor_scales(tensor)
-    draws = [loc + scale * torch.randn((num_samples,) + tuple(loc.shape), generator=generator, dtype=loc.dtype)
-             for loc, scale in zip(locs, scales)]
+    draws = [
+        loc + scale * torch.randn((num_samples,) + tuple(loc.shape), generator=generator, dtype=loc.dtype)
+        for loc, scale in zip(locs, scales)
+    ]
     norms = slice_norms(tensor.layout, draws)
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     means = [n.double().mean(0) for n in norms]
@@ -588,10 +625,18 @@ def reliability(probs, labels, num_bins=15, ax=None):
     width = 1.0 / num_bins
     used = count > 0
     left = torch.arange(num_bins, dtype=torch.float64)[used] * width
-    ax.bar(left.tolist(), accuracy[used].tolist(), width=width, align="edge", color=ACTIVE_COLOR,
-           edgecolor="white", label="accuracy in bin")
-    ax.scatter(confidence[used].tolist(), accuracy[used].tolist(), color="black", s=10, zorder=3,
-               label="mean confidence")
+    ax.bar(
+        left.tolist(),
+        accuracy[used].tolist(),
+        width=width,
+        align="edge",
+        color=ACTIVE_COLOR,
+        edgecolor="white",
+        label="accuracy in bin",
+    )
+    ax.scatter(
+        confidence[used].tolist(), accuracy[used].tolist(), color="black", s=10, zorder=3, label="mean confidence"
+    )
     ax.plot([0, 1], [0, 1], color=THRESHOLD_COLOR, linestyle="--", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

@@ -28,8 +28,17 @@ from .guides.meanfield import low_rank_tensors
 from .infer.fit import DEFAULT_TOLERANCE
 
 __all__ = [
-    "CUT_SCALE", "DEFAULT_GAP", "DEFAULT_THRESHOLD", "DEFAULT_TOLERANCE", "active_ranks", "bond_weights",
-    "compression_report", "held_out_score", "prune", "ranks", "search_ranks",
+    "CUT_SCALE",
+    "DEFAULT_GAP",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_TOLERANCE",
+    "active_ranks",
+    "bond_weights",
+    "compression_report",
+    "held_out_score",
+    "prune",
+    "ranks",
+    "search_ranks",
 ]
 
 #: Relative weight below which a rank index is inactive: 1 % of its bond's largest weight.
@@ -41,7 +50,6 @@ DEFAULT_GAP = 10.0
 #: The posterior standard deviation of a factor entry after a cut (:func:`prune`), relative to
 #: the root-mean-square of the factor's means.
 CUT_SCALE = 1e-3
-
 
 
 def _check_readout(threshold, gap):
@@ -99,7 +107,8 @@ def prune(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP, ranks=None
     :data:`CUT_SCALE` times the root-mean-square of its means: the cut network starts from
     its posterior mean, nearly noise-free, and the ELBO's gradient grows the spread back where
     the data allow (a spread carried over from the old gauge, or the guide's initial one,
-    injects noise the fitted network never had, and its accuracy falls for epochs), and λ to its closed-form value given the pruned factors.
+    injects noise the fitted network never had, and its accuracy falls for epochs), and λ to
+    its closed-form value given the pruned factors.
 
     :param float threshold: relative weight below which an index is inactive (as :func:`ranks`).
     :param float gap: a drop by this factor between consecutive weights ends the active indices.
@@ -131,15 +140,18 @@ def _check_target_ranks(ranks, tensors):
         if len(wanted) != len(current) or not all(
             isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= c for r, c in zip(wanted, current)
         ):
-            raise ValueError(f"ranks[{name!r}] must be {len(current)} ints in [1, current rank] {current}, got {wanted}")
+            raise ValueError(
+                f"ranks[{name!r}] must be {len(current)} ints in [1, current rank] {current}, got {wanted}"
+            )
         checked[name] = wanted
     return checked
 
 
 def _cut(name, tensor, guide, means, counts):
     """
-    Cut ``tensor`` (called ``name`` in the model) and its posterior in ``guide`` to the leading ``counts`` indices of every
-    bond of its canonical factor means ``means`` (:func:`~tensorbayes.formats.canonical.canonicalize`).
+    Cut ``tensor`` (called ``name`` in the model) and its posterior in ``guide`` to the leading
+    ``counts`` indices of every bond of its canonical factor means ``means``
+    (:func:`~tensorbayes.formats.canonical.canonicalize`).
     The scales are reset to :data:`CUT_SCALE` times each factor's root-mean-square mean (see
     :func:`prune`) and λ to its closed-form value given the cut factors. Returns the new ranks.
     """
@@ -266,7 +278,9 @@ def search_ranks(model, guide, inputs, target, tolerance=DEFAULT_TOLERANCE, refe
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     tensors = low_rank_tensors(model)
     canon = {name: canonicalize(t.layout, guide.factor_means(t)) for name, t in tensors.items()}
-    relative = sorted({float(r) for _, ws in canon.values() for w in ws if w[0] > 0 for r in w / w[0]}, reverse=True)  # τ from the largest (smallest ranks) down
+    relative = sorted(
+        {float(r) for _, ws in canon.values() for w in ws if w[0] > 0 for r in w / w[0]}, reverse=True
+    )  # τ from the largest (smallest ranks) down
     full = _score(model, tensors, _cuts(tensors, canon, 0.0), inputs, target, chunk_size)
     lo, hi = 0, len(relative) - 1  # relative[hi] keeps every index with a nonzero weight
     best = _cuts(tensors, canon, relative[hi]) if relative else _cuts(tensors, canon, 0.0)

@@ -60,9 +60,12 @@ def _file_name(name):
 
 def _figures(model, guide, history, summary, probs, labels, out_dir, threshold):
     """Draw and save every figure the inputs allow; returns their paths."""
-    written = [_save(plots.rank_shrinkage(model, guide, threshold=threshold),
-                     os.path.join(out_dir, "rank_shrinkage.png"))]
-    if history is not None and (getattr(history, "lambdas", None) or (getattr(history, "lambda_trace", None) or {}).get("lambdas")):
+    written = [
+        _save(plots.rank_shrinkage(model, guide, threshold=threshold), os.path.join(out_dir, "rank_shrinkage.png"))
+    ]
+    if history is not None and (
+        getattr(history, "lambdas", None) or (getattr(history, "lambda_trace", None) or {}).get("lambdas")
+    ):
         written.append(_save(plots.lambda_trajectories(history), os.path.join(out_dir, "lambda_trajectories.png")))
     if history is not None and getattr(history, "elbo", None):
         written.append(_save(plots.training_curves(history, model), os.path.join(out_dir, "training_curves.png")))
@@ -70,8 +73,11 @@ def _figures(model, guide, history, summary, probs, labels, out_dir, threshold):
         path = os.path.join(out_dir, f"factor_posterior-{_file_name(name)}.png")
         written.append(_save(plots.factor_posterior(model, guide, name), path))
     if summary.get("results"):
-        written.append(_save(plots.compression_vs_accuracy(summary["results"]),
-                             os.path.join(out_dir, "compression_vs_accuracy.png")))
+        written.append(
+            _save(
+                plots.compression_vs_accuracy(summary["results"]), os.path.join(out_dir, "compression_vs_accuracy.png")
+            )
+        )
     if probs is not None:
         written.append(_save(plots.reliability(probs, labels), os.path.join(out_dir, "reliability.png")))
     return written
@@ -112,28 +118,40 @@ def _markdown(model, guide, history, summary, figures, out_dir, threshold, probs
         lines += ["## Summary", "", "| key | value |", "|---|---|"]
         lines += [f"| {k} | {_value_text(v)} |" for k, v in summary.items() if k != "results"]
         lines.append("")
-    lines += ["## Ranks and compression", "",
-              f"A rank index is active when its canonical bond weight exceeds {threshold:g} x its bond's largest "
-              f"and no drop by {DEFAULT_GAP:g}x or more separates it from the largest (tb.ranks).", "",
-              "| tensor | format | shape | max ranks | ranks now | ranks chosen | params (max -> chosen) | dense | compression |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Ranks and compression",
+        "",
+        f"A rank index is active when its canonical bond weight exceeds {threshold:g} x its bond's largest "
+        f"and no drop by {DEFAULT_GAP:g}x or more separates it from the largest (tb.ranks).",
+        "",
+        "| tensor | format | shape | max ranks | ranks now | ranks chosen | params (max -> chosen) "
+        "| dense | compression |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     tensors = low_rank_tensors(model)
     for row, (name, tensor) in zip(rows, tensors.items()):
         lines.append(
             f"| {row['tensor']} | {row['format']} | {'x'.join(map(str, row['shape']))} | {row['max_ranks']} "
             f"| {tensor.layout.ranks} | {chosen[name]} | {row['params_max']:,} -> {row['params']:,} "
-            f"| {row['dense']:,} | {row['compression']:.1f}x |")
+            f"| {row['dense']:,} | {row['compression']:.1f}x |"
+        )
     params = sum(r["params"] for r in rows)
     dense = sum(r["dense"] for r in rows)
-    lines += ["", f"All tensors: {params:,} parameters at the chosen ranks against {dense:,} dense "
-              f"({dense / params:.1f}x).", ""]
+    lines += [
+        "",
+        f"All tensors: {params:,} parameters at the chosen ranks against {dense:,} dense ({dense / params:.1f}x).",
+        "",
+    ]
     lines += _training_lines(history)
     if probs is not None:
         from .infer.calibration import expected_calibration_error
 
         accuracy = (probs.argmax(-1) == labels).double().mean().item()
-        lines += [f"Held-out data ({len(labels)} examples): posterior predictive accuracy {accuracy:.4f}, "
-                  f"expected calibration error (15 bins) {expected_calibration_error(probs, labels):.4f}.", ""]
+        lines += [
+            f"Held-out data ({len(labels)} examples): posterior predictive accuracy {accuracy:.4f}, "
+            f"expected calibration error (15 bins) {expected_calibration_error(probs, labels):.4f}.",
+            "",
+        ]
     lines += ["## Figures", ""]
     for p in figures:
         lines += [f"![{os.path.splitext(os.path.basename(p))[0]}]({os.path.relpath(p, out_dir)})", ""]
@@ -143,8 +161,11 @@ def _markdown(model, guide, history, summary, figures, out_dir, threshold, probs
 def _training_lines(history):
     if history is None or not getattr(history, "elbo", None):
         return []
-    lines = ["## Training", "", f"- {len(history.elbo)} epochs, {getattr(history, 'steps', 0)} steps; "
-             f"final ELBO {history.elbo[-1]:.6g}."]
+    lines = [
+        "## Training",
+        "",
+        f"- {len(history.elbo)} epochs, {getattr(history, 'steps', 0)} steps; final ELBO {history.elbo[-1]:.6g}.",
+    ]
     if getattr(history, "accuracy", None):
         lines.append(f"- Held-out accuracy: {history.accuracy[-1]:.4f} (best {max(history.accuracy):.4f}).")
     if getattr(history, "error", None):
@@ -152,8 +173,9 @@ def _training_lines(history):
     return lines + [""]
 
 
-def write_report_for(model, guide, history=None, summary=None, out_dir=".", eval_data=None,
-                     threshold=DEFAULT_THRESHOLD):
+def write_report_for(
+    model, guide, history=None, summary=None, out_dir=".", eval_data=None, threshold=DEFAULT_THRESHOLD
+):
     """
     Write the report of a fitted model: PNG figures and ``report.md`` in ``out_dir``.
 
@@ -208,8 +230,10 @@ def write_report(run_dir, out_dir=None, threshold=DEFAULT_THRESHOLD):
     if not isinstance(run_dir, (str, os.PathLike)):
         raise TypeError(f"run_dir must be a path, got {type(run_dir).__name__}")
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run_dir must be a run directory (from tensorbayes train --out), "
-                                f"but {os.fspath(run_dir)!r} is not a directory")
+        raise FileNotFoundError(
+            f"run_dir must be a run directory (from tensorbayes train --out), "
+            f"but {os.fspath(run_dir)!r} is not a directory"
+        )
     from .runs import load_run
 
     run = load_run(run_dir)
@@ -219,8 +243,15 @@ def write_report(run_dir, out_dir=None, threshold=DEFAULT_THRESHOLD):
     if "planted_ranks" in found.get("data", {}):
         summary["planted ranks"] = tuple(found["data"]["planted_ranks"])
     out_dir = os.path.join(os.fspath(run_dir), "report") if out_dir is None else out_dir
-    return write_report_for(run.model, run.guide, getattr(run, "history", None), summary, out_dir,
-                            eval_data=getattr(run, "eval_data", None), threshold=threshold)
+    return write_report_for(
+        run.model,
+        run.guide,
+        getattr(run, "history", None),
+        summary,
+        out_dir,
+        eval_data=getattr(run, "eval_data", None),
+        threshold=threshold,
+    )
 
 
 def run_report(args):
@@ -252,8 +283,11 @@ def add_report_parser(subparsers):
     )
     parser.add_argument("run_dir", help="the run directory (from tensorbayes train --out RUN_DIR)")
     parser.add_argument("--out", default=None, help="folder to write the report into (default RUN_DIR/report)")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help=f"relative bond weight below which a rank index is inactive (default {DEFAULT_THRESHOLD:g})")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"relative bond weight below which a rank index is inactive (default {DEFAULT_THRESHOLD:g})",
+    )
     parser.set_defaults(handler=run_report)
     return parser
-

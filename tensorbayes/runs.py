@@ -31,8 +31,18 @@ from dataclasses import dataclass
 import torch
 from pyro.nn import PyroModule
 
-__all__ = ["DATA_SETS", "TEACHER_NUM_TRAIN", "Run", "RunConfig", "build", "describe_training_set", "fit_run",
-           "load_data", "load_run", "train"]
+__all__ = [
+    "DATA_SETS",
+    "TEACHER_NUM_TRAIN",
+    "Run",
+    "RunConfig",
+    "build",
+    "describe_training_set",
+    "fit_run",
+    "load_data",
+    "load_run",
+    "train",
+]
 
 #: The data sets a run can train on.
 DATA_SETS = ("teacher", "fashion-mnist")
@@ -88,8 +98,9 @@ class RunConfig:
             if name == "num_train" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int{' or None' if name == 'num_train' else ''}, "
-                                 f"got {value!r}")
+                raise ValueError(
+                    f"{name} must be a positive int{' or None' if name == 'num_train' else ''}, got {value!r}"
+                )
         if self.teacher_ranks is not None:
             self.teacher_ranks = tuple(self.teacher_ranks)
 
@@ -126,20 +137,28 @@ def load_data(config):
     if config.data == "teacher":
         fmt, out_shape, ranks = _teacher_settings(config)
         num_train = TEACHER_NUM_TRAIN if config.num_train is None else config.num_train
-        task = tb.data.teacher_student(num_train=num_train, format=fmt, out_shape=out_shape, ranks=ranks,
-                                       seed=config.seed)
-        info = {"planted_ranks": list(task.ranks), "teacher_format": fmt, "in_shape": list(task.in_shape),
-                "out_shape": list(task.out_shape), "num_classes": task.num_classes,
-                "num_train": len(task.y_train), "available": len(task.y_train)}
+        task = tb.data.teacher_student(
+            num_train=num_train, format=fmt, out_shape=out_shape, ranks=ranks, seed=config.seed
+        )
+        info = {
+            "planted_ranks": list(task.ranks),
+            "teacher_format": fmt,
+            "in_shape": list(task.in_shape),
+            "out_shape": list(task.out_shape),
+            "num_classes": task.num_classes,
+            "num_train": len(task.y_train),
+            "available": len(task.y_train),
+        }
         return task.x_train, task.y_train, task.x_test, task.y_test, info
     x_train, y_train = tb.data.load_fashion_mnist("train", root=config.data_root)
     x_test, y_test = tb.data.load_fashion_mnist("test", root=config.data_root)
     available = len(y_train)
     if config.num_train is not None:
         if config.num_train > available:
-            raise ValueError(f"num_train must be at most the {available} training images of Fashion-MNIST, "
-                             f"got {config.num_train}")
-        x_train, y_train = x_train[:config.num_train], y_train[:config.num_train]
+            raise ValueError(
+                f"num_train must be at most the {available} training images of Fashion-MNIST, got {config.num_train}"
+            )
+        x_train, y_train = x_train[: config.num_train], y_train[: config.num_train]
     return x_train, y_train, x_test, y_test, {"num_classes": 10, "num_train": len(y_train), "available": available}
 
 
@@ -156,18 +175,28 @@ def build(config, info):
 
     if config.data == "teacher":
         layer = tb.models.TensorizedLinear(
-            math.prod(info["in_shape"]), math.prod(info["out_shape"]), format=config.format,
-            max_rank=config.max_rank, prior=config.prior, in_shape=tuple(info["in_shape"]),
+            math.prod(info["in_shape"]),
+            math.prod(info["out_shape"]),
+            format=config.format,
+            max_rank=config.max_rank,
+            prior=config.prior,
+            in_shape=tuple(info["in_shape"]),
             out_shape=tuple(info["out_shape"]),
         )
         net = PyroModule[torch.nn.Sequential](layer)
     else:
-        dense = torch.nn.Sequential(torch.nn.Linear(784, config.hidden), torch.nn.ReLU(),
-                                    torch.nn.Linear(config.hidden, 10))
+        dense = torch.nn.Sequential(
+            torch.nn.Linear(784, config.hidden), torch.nn.ReLU(), torch.nn.Linear(config.hidden, 10)
+        )
         # the hidden layer is tensorized at any width (tensorize's size rule alone would leave a
         # narrow one dense, and a network without a low-rank tensor has nothing to fit)
-        net = tb.models.tensorize(dense, format=config.format, max_rank=config.max_rank, prior=config.prior,
-                                  min_features=min(128, config.hidden))
+        net = tb.models.tensorize(
+            dense,
+            format=config.format,
+            max_rank=config.max_rank,
+            prior=config.prior,
+            min_features=min(128, config.hidden),
+        )
     return tb.models.BayesianClassifier(net, info["num_classes"])
 
 
@@ -200,10 +229,22 @@ def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=Fa
     model = build(config, info)
     guide = tb.guides.MeanField(model, seed=config.seed)
     start = time.perf_counter()
-    history = tb.fit(model, guide, (x_train, y_train), epochs=config.epochs, batch_size=config.batch_size,
-                     lr=config.lr, eval_data=(x_test, y_test), eval_samples=config.eval_samples,
-                     checkpoint=checkpoint, resume=checkpoint is not None, callbacks=callbacks,
-                     seed=config.seed, progress=progress, distributed=distributed)
+    history = tb.fit(
+        model,
+        guide,
+        (x_train, y_train),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        eval_data=(x_test, y_test),
+        eval_samples=config.eval_samples,
+        checkpoint=checkpoint,
+        resume=checkpoint is not None,
+        callbacks=callbacks,
+        seed=config.seed,
+        progress=progress,
+        distributed=distributed,
+    )
     seconds = time.perf_counter() - start
     before = {row["tensor"]: row for row in tb.compression_report(model)}
     found = tb.prune(model, guide)
@@ -212,14 +253,20 @@ def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=Fa
     with torch.no_grad():
         exported = _accuracy(net(x_test), y_test)
     summary = {
-        "config": dataclasses.asdict(config), "data": info,
-        "accuracy": history.accuracy[-1], "exported_accuracy": exported,
-        "elbo": history.elbo[-1], "ranks": {k: list(v) for k, v in found.items()},
+        "config": dataclasses.asdict(config),
+        "data": info,
+        "accuracy": history.accuracy[-1],
+        "exported_accuracy": exported,
+        "elbo": history.elbo[-1],
+        "ranks": {k: list(v) for k, v in found.items()},
         "tensors": [{**row, "params_max": before[row["tensor"]]["params_max"]} for row in report],
-        "params": {"tensorized": sum(r["params"] for r in report),
-                   "tensorized_max": sum(before[r["tensor"]]["params_max"] for r in report),
-                   "network": sum(p.numel() for p in net.parameters())},
-        "seconds": seconds, "epochs_run": len(history),
+        "params": {
+            "tensorized": sum(r["params"] for r in report),
+            "tensorized_max": sum(before[r["tensor"]]["params_max"] for r in report),
+            "network": sum(p.numel() for p in net.parameters()),
+        },
+        "seconds": seconds,
+        "epochs_run": len(history),
     }
     return model, guide, history, summary
 
@@ -239,8 +286,9 @@ def train(config, out_dir, progress=True, callbacks=(), distributed=False, log=N
     if is_main():
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(config), f, indent=2)
-    *_, summary = fit_run(config, os.path.join(out_dir, "checkpoint.pt"), progress, callbacks, distributed, data=data,
-                          log=log)
+    *_, summary = fit_run(
+        config, os.path.join(out_dir, "checkpoint.pt"), progress, callbacks, distributed, data=data, log=log
+    )
     if is_main():
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2, default=list)
@@ -262,13 +310,18 @@ def _check_same_model(config, out_dir):
         except ValueError as error:
             raise ValueError(f"{path!r} is not a run's config: {error}") from None
     ours = dataclasses.asdict(config)
-    differ = [name for name in MODEL_SETTINGS
-              if name in saved and (tuple(saved[name]) if isinstance(saved[name], list) else saved[name]) != ours[name]]
+    differ = [
+        name
+        for name in MODEL_SETTINGS
+        if name in saved and (tuple(saved[name]) if isinstance(saved[name], list) else saved[name]) != ours[name]
+    ]
     if differ:
         there = ", ".join(f"{name}={saved[name]!r}" for name in differ)
         here = ", ".join(f"{name}={ours[name]!r}" for name in differ)
-        raise ValueError(f"{out_dir!r} holds a run of another model ({there}; asked for {here}): its checkpoint "
-                         f"cannot be resumed; choose another out_dir (--out) or the run's settings")
+        raise ValueError(
+            f"{out_dir!r} holds a run of another model ({there}; asked for {here}): its checkpoint "
+            f"cannot be resumed; choose another out_dir (--out) or the run's settings"
+        )
 
 
 def load_run(run_dir):
@@ -284,7 +337,9 @@ def load_run(run_dir):
     paths = {name: os.path.join(run_dir, name) for name in ("config.json", "checkpoint.pt", "summary.json")}
     for name in ("config.json", "checkpoint.pt"):
         if not os.path.exists(paths[name]):
-            raise FileNotFoundError(f"{run_dir!r} is not a training run: {name} is missing (write one with tensorbayes train)")
+            raise FileNotFoundError(
+                f"{run_dir!r} is not a training run: {name} is missing (write one with tensorbayes train)"
+            )
     with open(paths["config.json"]) as f:
         try:
             config = RunConfig(**json.load(f))
@@ -298,5 +353,6 @@ def load_run(run_dir):
     model = build(config, info)
     guide = tb.guides.MeanField(model, seed=config.seed)
     state = _load_checkpoint(paths["checkpoint.pt"], model, guide)
-    return Run(model=model, guide=guide, history=state["history"], config=config, summary=summary,
-               eval_data=(x_test, y_test))
+    return Run(
+        model=model, guide=guide, history=state["history"], config=config, summary=summary, eval_data=(x_test, y_test)
+    )

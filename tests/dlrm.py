@@ -12,6 +12,13 @@ def tiny_dlrm(**kwargs):
     """
     gen = ClickGenerator.tiny(seed=0)
     tables = {t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape} for t in gen.planted_tables}
-    kwargs = {"embedding_dim": 8, "bottom": (16,), "top": (16,), "tensorize_min_rows": None, "tables": tables,
-              "max_rank": 4, **kwargs}
+    kwargs = {
+        "embedding_dim": 8,
+        "bottom": (16,),
+        "top": (16,),
+        "tensorize_min_rows": None,
+        "tables": tables,
+        "max_rank": 4,
+        **kwargs,
+    }
     return gen, DLRM(gen.cardinalities, **kwargs)

@@ -33,9 +33,16 @@ def test_completion_demo_prints_every_format_and_recovers_the_planted_ranks():
     assert f"ranks recovered exactly for {len(results)} of {len(results)} formats" in text
 
 
-@pytest.mark.parametrize("command", [["demo", "--epochs", "0"], ["train", "--epochs", "0"],
-                                     ["train", "--max-rank", "-1"], ["train", "--format", "svd"],
-                                     ["train", "--data", "mnist"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["demo", "--epochs", "0"],
+        ["train", "--epochs", "0"],
+        ["train", "--max-rank", "-1"],
+        ["train", "--format", "svd"],
+        ["train", "--data", "mnist"],
+    ],
+)
 def test_bad_arguments_are_refused_by_name(command, capsys):
     with pytest.raises(SystemExit):
         main(command)
@@ -58,6 +65,7 @@ def test_unknown_command_is_refused(capsys):
 
 # ----- errors: one line on stderr, a non-zero exit, never a traceback -----
 
+
 def _one_line_error(capsys, call, code=1):
     with pytest.raises(SystemExit) as info:
         call()
@@ -73,8 +81,9 @@ def _one_line_error(capsys, call, code=1):
 def _idx(path, magic, array):
     import struct
 
-    path.write_bytes(struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape)
-                     + array.astype("uint8").tobytes())
+    path.write_bytes(
+        struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape) + array.astype("uint8").tobytes()
+    )
 
 
 def _fake_fashion_mnist(root, num_train=5, num_test=3):
@@ -93,8 +102,23 @@ def test_a_missing_data_root_is_one_line_from_the_shell_and_writes_nothing(tmp_p
     import sys
 
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "tensorbayes.cli", "train", "--data", "fashion-mnist", "--data-root",
-                           str(tmp_path / "missing"), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tensorbayes.cli",
+            "train",
+            "--data",
+            "fashion-mnist",
+            "--data-root",
+            str(tmp_path / "missing"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -102,14 +126,17 @@ def test_a_missing_data_root_is_one_line_from_the_shell_and_writes_nothing(tmp_p
     assert not out.exists()
 
 
-@pytest.mark.parametrize("command, named", [
-    (["train", "--lr", "-1"], "--lr: must be a positive number, got -1"),
-    (["train", "--lr", "abc"], "--lr: must be a positive number, got abc"),
-    (["train", "--lr", "nan"], "--lr: must be a positive number"),
-    (["train", "--epochs", "x"], "--epochs: must be a positive int, got x"),
-    (["train", "--num-train", "0"], "--num-train: must be a positive int, got 0"),
-    (["report"], "the following arguments are required: run_dir"),
-])
+@pytest.mark.parametrize(
+    "command, named",
+    [
+        (["train", "--lr", "-1"], "--lr: must be a positive number, got -1"),
+        (["train", "--lr", "abc"], "--lr: must be a positive number, got abc"),
+        (["train", "--lr", "nan"], "--lr: must be a positive number"),
+        (["train", "--epochs", "x"], "--epochs: must be a positive int, got x"),
+        (["train", "--num-train", "0"], "--num-train: must be a positive int, got 0"),
+        (["report"], "the following arguments are required: run_dir"),
+    ],
+)
 def test_bad_values_are_one_line_naming_the_option(command, named, capsys):
     line = _one_line_error(capsys, lambda: main(command), code=2)
     assert named in line and line.startswith(f"tensorbayes {command[0]}: error:") and "--help" in line
@@ -122,8 +149,22 @@ def test_missing_data_files_are_refused_before_processes_start(tmp_path, capsys,
     monkeypatch.delenv("RANK", raising=False)
     root = tmp_path / "partial"
     root.mkdir()
-    line = _one_line_error(capsys, lambda: main(["train", "--data", "fashion-mnist", "--data-root", str(root),
-                                                 "--nproc", "2", "--out", str(tmp_path / "run")]))
+    line = _one_line_error(
+        capsys,
+        lambda: main(
+            [
+                "train",
+                "--data",
+                "fashion-mnist",
+                "--data-root",
+                str(root),
+                "--nproc",
+                "2",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        ),
+    )
     assert "no file train-images-idx3-ubyte" in line and not (tmp_path / "run").exists()
 
 
@@ -159,8 +200,9 @@ def test_an_interrupt_or_an_unexpected_error_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "_train", broken)
     monkeypatch.delenv(cli.DEBUG_VAR, raising=False)
     line = _one_line_error(capsys, lambda: main(["train"]))
-    assert line == ("tensorbayes train: unexpected RuntimeError: something went wrong "
-                    f"(set {cli.DEBUG_VAR}=1 for the traceback)")
+    assert line == (
+        f"tensorbayes train: unexpected RuntimeError: something went wrong (set {cli.DEBUG_VAR}=1 for the traceback)"
+    )
     monkeypatch.setenv(cli.DEBUG_VAR, "1")
     with pytest.raises(RuntimeError, match="went wrong"):
         main(["train"])
@@ -168,8 +210,19 @@ def test_an_interrupt_or_an_unexpected_error_is_one_line(capsys, monkeypatch):
 
 def test_resuming_a_run_folder_of_another_model_is_one_line_and_changes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    common = ["--epochs", "1", "--num-train", "64", "--batch-size", "64", "--max-rank", "2", "--no-progress",
-              "--out", str(out)]
+    common = [
+        "--epochs",
+        "1",
+        "--num-train",
+        "64",
+        "--batch-size",
+        "64",
+        "--max-rank",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     main(["train", "--data", "teacher", "--format", "ttm", *common])
     capsys.readouterr()
     files = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -180,8 +233,21 @@ def test_resuming_a_run_folder_of_another_model_is_one_line_and_changes_nothing(
 
 def test_fashion_mnist_trains_on_every_image_unless_told_and_says_how_many(tmp_path, capsys):
     root = _fake_fashion_mnist(tmp_path / "fmnist", num_train=5)
-    common = ["--data", "fashion-mnist", "--data-root", str(root), "--hidden", "16", "--max-rank", "2", "--epochs", "1",
-              "--batch-size", "8", "--no-progress"]
+    common = [
+        "--data",
+        "fashion-mnist",
+        "--data-root",
+        str(root),
+        "--hidden",
+        "16",
+        "--max-rank",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]
     main(["train", *common, "--out", str(tmp_path / "all")])
     assert "training on 5 of the 5 Fashion-MNIST training images" in capsys.readouterr().out.splitlines()
     summary = json.loads((tmp_path / "all" / "summary.json").read_text())
@@ -194,6 +260,22 @@ def test_fashion_mnist_trains_on_every_image_unless_told_and_says_how_many(tmp_p
 
 
 def test_the_teacher_task_says_how_many_examples(tmp_path, capsys):
-    main(["train", "--data", "teacher", "--epochs", "1", "--num-train", "64", "--batch-size", "64", "--max-rank", "2",
-          "--no-progress", "--out", str(tmp_path / "run")])
+    main(
+        [
+            "train",
+            "--data",
+            "teacher",
+            "--epochs",
+            "1",
+            "--num-train",
+            "64",
+            "--batch-size",
+            "64",
+            "--max-rank",
+            "2",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert "training on 64 generated teacher-student examples" in capsys.readouterr().out.splitlines()

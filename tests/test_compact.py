@@ -16,8 +16,8 @@ from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule, PyroParam, PyroSample
 
 import tensorbayes as tb
-from tensorbayes.data import teacher_student
 from tensorbayes.compact import CompactConv2d, CompactEmbedding, CompactLinear, CompactTensor, num_params
+from tensorbayes.data import teacher_student
 from tensorbayes.guides import MeanField
 from tensorbayes.guides.meanfield import low_rank_tensors
 from tensorbayes.models import BayesianClassifier, BayesianRegressor, TensorCompletion, TensorizedLinear, tensorize
@@ -78,7 +78,12 @@ def test_export_is_the_network_at_the_posterior_mean(format):
 
 def _hand_count(format):
     """Factor entries of a (4, 4, 4, 4) weight at rank 2 on every bond, written out."""
-    return {"cp": 2 * 16, "tucker": 2**4 + 4 * 4 * 2, "tt": 4 * 2 + 2 * 4 * 2 + 2 * 4 * 2 + 2 * 4, "ttm": 2 * (4 * 4 * 2)}[format]
+    return {
+        "cp": 2 * 16,
+        "tucker": 2**4 + 4 * 4 * 2,
+        "tt": 4 * 2 + 2 * 4 * 2 + 2 * 4 * 2 + 2 * 4,
+        "ttm": 2 * (4 * 4 * 2),
+    }[format]
 
 
 @pytest.mark.parametrize("format", FORMATS)
@@ -143,7 +148,11 @@ def test_export_conv_and_embedding(format):
     images, tokens = torch.randn(5, 4, 4, 4, generator=gen, dtype=D), torch.randint(0, 30, (5, 3), generator=gen)
     torch.testing.assert_close(out(images, tokens), _at_means(net, guide, images, tokens), rtol=0, atol=1e-10)
     tensors = low_rank_tensors(net).values()
-    plain = sum(p.numel() for name, p in net.named_parameters() if name.endswith("bias") or name.split(".")[0] in ("norm", "out"))
+    plain = sum(
+        p.numel()
+        for name, p in net.named_parameters()
+        if name.endswith("bias") or name.split(".")[0] in ("norm", "out")
+    )
     assert num_params(out) == sum(t.layout.num_params() for t in tensors) + plain
     with pytest.raises(ValueError, match="num_embeddings=30"):
         out(images, tokens + 27)
@@ -186,8 +195,13 @@ def test_export_holds_no_pyro_and_round_trips_a_state_dict():
 
 
 def test_export_of_a_regressor_and_of_pyro_params():
-    net = tensorize(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)),
-                    format="ttm", max_rank=3, min_features=16, order=2)
+    net = tensorize(
+        torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)),
+        format="ttm",
+        max_rank=3,
+        min_features=16,
+        order=2,
+    )
     model = BayesianRegressor(net, noise=0.5)
     model.net[2].bias = PyroParam(torch.full((2,), 0.5, dtype=D), constraint=constraints.positive)
     guide = MeanField(model, seed=0)

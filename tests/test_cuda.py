@@ -178,8 +178,13 @@ def test_embedding_bag_matches_cpu(fmt):
         out_dev = layer_dev.bag(factors_dev, input.to(DEVICE), offsets.to(DEVICE), None if w is None else w.to(DEVICE))
         assert out_dev.shape == (4, 8) and (out_dev[2] == 0).all()
         _assert_close(out_dev, out)
-        dense = torch.nn.functional.embedding_bag(input.to(DEVICE), table, offsets.to(DEVICE), mode=mode,
-                                                  per_sample_weights=None if w is None else w.to(DEVICE))
+        dense = torch.nn.functional.embedding_bag(
+            input.to(DEVICE),
+            table,
+            offsets.to(DEVICE),
+            mode=mode,
+            per_sample_weights=None if w is None else w.to(DEVICE),
+        )
         _assert_close(out_dev, dense, rtol=1e-12, atol=1e-12)
     # a 2-d input (bags of fixed length) and the forward pass under the guide
     layer_dev.mode = "mean"
@@ -195,8 +200,9 @@ def test_embedding_bag_matches_cpu(fmt):
 
 def test_a_virtual_table_of_10_to_the_12_rows_looks_up_on_the_device():
     layer = TensorizedEmbeddingBag(10**12, 8, format="ttm", max_rank=4, row_shape=(10**4,) * 3, col_shape=(2, 2, 2))
-    layer_dev = TensorizedEmbeddingBag(10**12, 8, format="ttm", max_rank=4, row_shape=(10**4,) * 3,
-                                       col_shape=(2, 2, 2)).to(DEVICE)
+    layer_dev = TensorizedEmbeddingBag(
+        10**12, 8, format="ttm", max_rank=4, row_shape=(10**4,) * 3, col_shape=(2, 2, 2)
+    ).to(DEVICE)
     guide, guide_dev = MeanField(layer, seed=0), MeanField(layer_dev, seed=0)
     factors, factors_dev = guide.factor_means(layer.weight), guide_dev.factor_means(layer_dev.weight)
     assert all(f.device.type == DEVICE.type for f in factors_dev)
@@ -306,12 +312,28 @@ def test_coordinate_ascent_matches_cpu_and_fit_runs(fmt, monkeypatch):
     full = model.tensor.layout.full(guide.factor_means(model.tensor))
     full_dev = model_dev.tensor.layout.full(guide_dev.factor_means(model_dev.tensor))
     _assert_close(full_dev, full, rtol=1e-8, atol=1e-10 * full.abs().max().item())
-    assert planted.relative_error(model_dev.tensor.layout.entries(guide_dev.factor_means(model_dev.tensor),
-                                                                  planted.test_index.to(DEVICE)).cpu()) < 0.1
+    assert (
+        planted.relative_error(
+            model_dev.tensor.layout.entries(
+                guide_dev.factor_means(model_dev.tensor), planted.test_index.to(DEVICE)
+            ).cpu()
+        )
+        < 0.1
+    )
     # tb.fit's closed-form start (coordinate ascent, pruning, again), SVI, held-out error, the
     # data and held-out data on the CPU (tb.fit moves them to the model's device)
-    history = tb.fit(model_dev, guide_dev, data, epochs=1, batch_size=64, init="cavi", init_sweeps=4,
-                     progress=False, seed=0, eval_data=(planted.test_index, planted.test_values))
+    history = tb.fit(
+        model_dev,
+        guide_dev,
+        data,
+        epochs=1,
+        batch_size=64,
+        init="cavi",
+        init_sweeps=4,
+        progress=False,
+        seed=0,
+        eval_data=(planted.test_index, planted.test_values),
+    )
     assert len(history.elbo) == 1 and torch.isfinite(torch.tensor(history.elbo + history.error)).all()
     _assert_on_device(model_dev, guide_dev)
 

@@ -18,8 +18,9 @@ from tensorbayes.lightning import TensorBayesModule  # noqa: E402
 
 
 def _problem():
-    task = tb.data.teacher_student(num_train=256, num_test=64, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0,
-                                   dtype=torch.float64)
+    task = tb.data.teacher_student(
+        num_train=256, num_test=64, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0, dtype=torch.float64
+    )
     torch.manual_seed(0)
     layer = tb.models.TensorizedLinear(16, 16, format="ttm", max_rank=3, in_shape=(4, 4), out_shape=(4, 4))
     model = tb.models.BayesianClassifier(layer, task.num_classes).double()
@@ -28,13 +29,26 @@ def _problem():
 
 
 def _loader(x, y, batch_size, shuffle=True):
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle,
-                                       generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def _trainer(epochs, **kwargs):
-    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
 
 
 def _fit_lightning(module, loader, epochs, val_loader=None, seed=3):
@@ -52,14 +66,26 @@ def test_lightning_makes_the_steps_of_fit_and_logs_elbo_ranks_and_accuracy():
     task, model, guide = _problem()
     # Lightning draws the second epoch's shuffle differently from the loader's own iteration:
     # an unshuffled loader gives both the same batches
-    history = tb.fit(model, guide, _loader(task.x_train, task.y_train, 32, shuffle=False), epochs=2, seed=3,
-                     progress=False, eval_data=(task.x_test, task.y_test), eval_samples=10)
+    history = tb.fit(
+        model,
+        guide,
+        _loader(task.x_train, task.y_train, 32, shuffle=False),
+        epochs=2,
+        seed=3,
+        progress=False,
+        eval_data=(task.x_test, task.y_test),
+        eval_samples=10,
+    )
     expected = {k: v.clone() for k, v in list(model.state_dict().items()) + list(guide.state_dict().items())}
 
     task, model, guide = _problem()
     module = TensorBayesModule(model, guide, num_data=len(task.x_train), lr=1e-2)
-    trainer = _fit_lightning(module, _loader(task.x_train, task.y_train, 32, shuffle=False), 2,
-                             _loader(task.x_test, task.y_test, 64, shuffle=False))
+    trainer = _fit_lightning(
+        module,
+        _loader(task.x_train, task.y_train, 32, shuffle=False),
+        2,
+        _loader(task.x_test, task.y_test, 64, shuffle=False),
+    )
     state = dict(list(model.state_dict().items()) + list(guide.state_dict().items()))
     for key, value in expected.items():
         assert torch.allclose(state[key], value, rtol=1e-9, atol=1e-9), key
@@ -72,8 +98,15 @@ def test_lightning_makes_the_steps_of_fit_and_logs_elbo_ranks_and_accuracy():
     assert module.ranks() == history.ranks[-1]
 
 
-@pytest.mark.parametrize("kwargs, name", [(dict(num_data=0), "num_data"), (dict(lr=0), "lr"),
-                                          (dict(lambda_step=2), "lambda_step"), (dict(warmup=-1), "warmup")])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(num_data=0), "num_data"),
+        (dict(lr=0), "lr"),
+        (dict(lambda_step=2), "lambda_step"),
+        (dict(warmup=-1), "warmup"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, name):
     _, model, guide = _problem()
     args = dict(num_data=256)
@@ -88,8 +121,9 @@ def test_lightning_finds_the_teacher_ranks_as_fit_does():
     found = []
     for use_lightning in (False, True):
         torch.manual_seed(0)
-        layer = tb.models.TensorizedLinear(64, 64, format="ttm", max_rank=6, in_shape=task.in_shape,
-                                           out_shape=task.out_shape)
+        layer = tb.models.TensorizedLinear(
+            64, 64, format="ttm", max_rank=6, in_shape=task.in_shape, out_shape=task.out_shape
+        )
         model = tb.models.BayesianClassifier(PyroModule[torch.nn.Sequential](layer), task.num_classes)
         guide = MeanField(model, seed=0)
         if use_lightning:
@@ -107,8 +141,16 @@ def test_sparse_embedding_tables_are_refused():
 
     gen = ClickGenerator.tiny(seed=0)
     tables = {t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape} for t in gen.planted_tables}
-    model = tb.models.DLRM(gen.cardinalities, embedding_dim=8, bottom=(4,), top=(4,), tensorize_min_rows=None,
-                           tables=tables, max_rank=2, sparse=True)
+    model = tb.models.DLRM(
+        gen.cardinalities,
+        embedding_dim=8,
+        bottom=(4,),
+        top=(4,),
+        tensorize_min_rows=None,
+        tables=tables,
+        max_rank=2,
+        sparse=True,
+    )
     module = TensorBayesModule(model, MeanField(model, seed=0), num_data=64)
     with pytest.raises(ValueError, match="build the model's embedding tables with sparse=False"):
         module.configure_optimizers()

@@ -33,8 +33,9 @@ def test_notebook_runs_in_the_small_setting(path, tmp_path, monkeypatch):
     monkeypatch.setenv("TENSORBAYES_SMALL", "1")
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel then draws inline (PNG outputs)
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=LIMIT, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=LIMIT, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start

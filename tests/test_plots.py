@@ -25,7 +25,7 @@ from tests.embedding import EMBEDDED_CASES, embedded_completion  # noqa: E402
 
 D = torch.float64
 
-CASES = [pytest.param(*case, id=name) for case, name in zip(EMBEDDED_CASES, ['tt', 'ttm', 'tucker', 'cp'])]
+CASES = [pytest.param(*case, id=name) for case, name in zip(EMBEDDED_CASES, ["tt", "ttm", "tucker", "cp"])]
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +125,7 @@ def test_rank_shrinkage_marks_a_gap_cut():
     assert _scatter_points(ax, "active")[:, 1].tolist() == pytest.approx([1.0, 0.5], rel=1e-5)
     assert _scatter_points(ax, "pruned")[:, 1].tolist() == pytest.approx([0.03, 0.02], rel=1e-5)
     (cut,) = _lines(ax, "gap cut")
-    assert list(cut.get_xdata()) == [1.5, 1.5]                # between index 1 and index 2
+    assert list(cut.get_xdata()) == [1.5, 1.5]  # between index 1 and index 2
     assert "(4,) → (2,)" in ax.get_title()
     # with a larger gap the drop is tolerated, and the threshold decides
     ax = plots.rank_shrinkage(model, guide, gap=100.0)[0]
@@ -188,8 +188,9 @@ def _history(epochs=3, ranks=((4, 3), (4, 2), (4, 2))):
     history = History()
     for e in range(epochs):
         history.elbo.append(-100.0 + 10 * e)
-        history.lambdas.append({"net.0.weight": [torch.full((r,), 0.5 ** e) * torch.arange(1.0, r + 1)
-                                                 for r in ranks[e]]})
+        history.lambdas.append(
+            {"net.0.weight": [torch.full((r,), 0.5**e) * torch.arange(1.0, r + 1) for r in ranks[e]]}
+        )
         history.ranks.append({"net.0.weight": ranks[e]})
     history.lambda_trace = {"step": [], "lambdas": []}
     return history
@@ -197,7 +198,7 @@ def _history(epochs=3, ranks=((4, 3), (4, 2), (4, 2))):
 
 def test_lambda_trajectories_per_epoch():
     history = _history()
-    ax, = plots.lambda_trajectories(history)
+    (ax,) = plots.lambda_trajectories(history)
     assert ax.get_yscale() == "log"
     assert ax.get_xlabel() == "epoch"
     lines = ax.get_lines()
@@ -212,9 +213,11 @@ def test_lambda_trajectories_per_epoch():
 
 def test_lambda_trajectories_prefer_the_step_trace():
     history = _history()
-    history.lambda_trace = {"step": [0, 10, 20, 30],
-                            "lambdas": [{"t": [torch.tensor([1.0, 0.1 ** k])]} for k in range(4)]}
-    ax, = plots.lambda_trajectories(history)
+    history.lambda_trace = {
+        "step": [0, 10, 20, 30],
+        "lambdas": [{"t": [torch.tensor([1.0, 0.1**k])]} for k in range(4)],
+    }
+    (ax,) = plots.lambda_trajectories(history)
     assert ax.get_xlabel() == "SVI step"
     assert len(ax.get_lines()) == 2
     assert list(ax.get_lines()[1].get_xdata()) == [0, 10, 20, 30]
@@ -236,8 +239,11 @@ def test_training_curves_draw_every_recorded_quantity():
     history.log_likelihood = [-40.0, -12.0, -4.0]
     history.kl = [10.0, 8.0, 6.0]
     history.accuracy = [0.5, 0.7, 0.8]
-    history.ranks = [{"first": (3, 3), "second": (2,)}, {"first": (2, 3), "second": (1,)},
-                     {"first": (1, 1), "second": (1,)}]
+    history.ranks = [
+        {"first": (3, 3), "second": (2,)},
+        {"first": (2, 3), "second": (1,)},
+        {"first": (1, 1), "second": (1,)},
+    ]
     before = copy.deepcopy(history)
     axes = plots.training_curves(history, model)
     assert history == before
@@ -248,8 +254,7 @@ def test_training_curves_draw_every_recorded_quantity():
     assert list(_lines(elbo_ax, "−KL")[0].get_ydata()) == [-10.0, -8.0, -6.0]
     assert list(acc_ax.get_lines()[0].get_ydata()) == history.accuracy
     # TT (4, 5, 6) at (r1, r2): 4 r1 + r1 5 r2 + r2 6; CP (4, 5) at R: 9 R
-    expected = [4 * a + 5 * a * b + 6 * b + 9 * c for (a, b), (c,) in
-                [((3, 3), (2,)), ((2, 3), (1,)), ((1, 1), (1,))]]
+    expected = [4 * a + 5 * a * b + 6 * b + 9 * c for (a, b), (c,) in [((3, 3), (2,)), ((2, 3), (1,)), ((1, 1), (1,))]]
     assert list(_lines(param_ax, "at chosen")[0].get_ydata()) == expected
     (dense,) = _lines(param_ax, "dense")
     assert list(dense.get_ydata()) == [4 * 5 * 6 + 4 * 5] * 2
@@ -276,7 +281,7 @@ def test_compression_vs_accuracy_marks_the_frontier_and_the_baseline():
     results = [
         {"format": "dense", "accuracy": 0.90, "params": 4000},
         {"format": "tt", "accuracy": 0.88, "params": 500, "label": "R=8"},
-        {"format": "tt", "accuracy": 0.80, "params": 400},          # dominated by the TTM below
+        {"format": "tt", "accuracy": 0.80, "params": 400},  # dominated by the TTM below
         {"format": "ttm", "accuracy": 0.85, "params": 200},
         {"format": "cp", "accuracy": 0.70, "compression": 100.0},
     ]
@@ -335,10 +340,10 @@ def test_factor_posterior_bands_and_means():
     at_mean = plots.slice_norms(layout, guide.factor_means(model.tensor))
     for b, ax in enumerate(axes):
         assert ax.get_yscale() == "log"
-        (container,) = ax.containers               # one errorbar: points, caps, bars
+        (container,) = ax.containers  # one errorbar: points, caps, bars
         points, _, (band,) = container
         mean = torch.tensor([float(y) for y in points.get_ydata()], dtype=D)
-        assert len(mean) == 5                       # one point per rank index
+        assert len(mean) == 5  # one point per rank index
         # small posterior scales: the draws' mean norm is the norm of the mean slices
         torch.testing.assert_close(mean, at_mean[b], rtol=0.05, atol=0.05)
         for (low, high), m in zip([seg[:, 1] for seg in band.get_segments()], mean):
@@ -377,7 +382,7 @@ def test_reliability_draws_the_bins_of_the_ece():
     labels = torch.tensor([0, 1, 0, 1, 0])
     ax = plots.reliability(probs, labels, num_bins=5)
     bars = ax.patches
-    assert len(bars) == 3                                    # three non-empty bins
+    assert len(bars) == 3  # three non-empty bins
     assert [round(b.get_x(), 6) for b in bars] == [0.4, 0.6, 0.8]
     assert [b.get_height() for b in bars] == pytest.approx([1.0, 1 / 3, 1.0])
     assert [b.get_width() for b in bars] == pytest.approx([0.2] * 3)
@@ -397,15 +402,27 @@ def test_every_plot_on_a_real_fit_agrees_with_the_readout():
     planted = planted_tensor((8, 9, 10), "tucker", (2, 3, 2), observed=0.4, noise=0.01, seed=0, dtype=torch.float32)
     model = TensorCompletion(planted.format.shape, format="tucker", max_rank=4)
     guide = MeanField(model, seed=0)
-    history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=2, batch_size=256,
-                     init_sweeps=4, eval_data=(planted.test_index, planted.test_values), seed=0, progress=False)
+    history = tb.fit(
+        model,
+        guide,
+        (planted.train_index, planted.train_values),
+        epochs=2,
+        batch_size=256,
+        init_sweeps=4,
+        eval_data=(planted.test_index, planted.test_values),
+        seed=0,
+        progress=False,
+    )
     before = _state(model, guide)
     snapshot = copy.deepcopy(history)
     (ax,) = plots.rank_shrinkage(model, guide)
     assert len(_scatter_points(ax, "active")) == sum(tb.ranks(model, guide)["tensor"])
     assert len(plots.lambda_trajectories(history)[0].get_lines()) == sum(model.tensor.layout.ranks)
     assert [a.get_title() for a in plots.training_curves(history, model)] == [
-        "ELBO", "held-out error", "active parameters"]
+        "ELBO",
+        "held-out error",
+        "active parameters",
+    ]
     assert len(plots.factor_posterior(model, guide, num_samples=20)) == 3
     _assert_same_state(before, _state(model, guide))
     assert history.elbo == snapshot.elbo and history.ranks == snapshot.ranks

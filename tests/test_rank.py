@@ -18,7 +18,7 @@ from tests.embedding import EMBEDDED_CASES, embedded_completion
 D = torch.float64
 
 
-CASES = [pytest.param(*case, id=name) for case, name in zip(EMBEDDED_CASES, ['tt', 'ttm-odd', 'tucker', 'cp'])]
+CASES = [pytest.param(*case, id=name) for case, name in zip(EMBEDDED_CASES, ["tt", "ttm-odd", "tucker", "cp"])]
 
 
 def _num_params(fmt, shape, ranks):
@@ -119,7 +119,9 @@ def test_active_ranks_end_at_the_first_large_drop_or_below_the_threshold():
     assert tb.rank.active_ranks([w([1.0, 0.75, 0.5, 0.026, 0.019, 0.009])]) == [3]
     assert tb.rank.active_ranks([w([1.0, 0.5, 0.2, 0.1])]) == [4]  # smooth decay: all kept
     assert tb.rank.active_ranks([w([1.0, 0.5, 0.2, 0.1])], gap=2.4) == [2]  # 0.5 -> 0.2 is a 2.5x drop
-    assert tb.rank.active_ranks([w([1.0, 0.3, 0.02, 0.015])], threshold=0.018, gap=100) == [3]  # the threshold still applies
+    assert tb.rank.active_ranks([w([1.0, 0.3, 0.02, 0.015])], threshold=0.018, gap=100) == [
+        3
+    ]  # the threshold still applies
     assert tb.rank.active_ranks([w([1.0, 0.3, 0.02, 0.015])], threshold=0.1, gap=100) == [2]
     assert tb.rank.active_ranks([w([0.0, 0.0]), w([2.0])]) == [1, 1]  # at least one index per bond
     for bad in (1, 0.5, "10", None):
@@ -129,18 +131,18 @@ def test_active_ranks_end_at_the_first_large_drop_or_below_the_threshold():
 
 def test_a_drop_of_exactly_gap_ends_the_active_indices():
     # the docs: a drop "by a factor of gap or more" ends them; 1 -> 0.5 is a drop of exactly 2
-    assert tb.rank.active_ranks([torch.tensor([1, .5, .25])], gap=2) == [1]
+    assert tb.rank.active_ranks([torch.tensor([1, 0.5, 0.25])], gap=2) == [1]
     w = lambda *values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
-    assert tb.rank.active_ranks([w(1, .5, .25)], gap=2) == [1]
+    assert tb.rank.active_ranks([w(1, 0.5, 0.25)], gap=2) == [1]
     # the neighbours of the boundary: a drop just under gap continues, one just over ends
-    assert tb.rank.active_ranks([w(1, .5, .25)], gap=2 * (1 + 1e-9)) == [3]
-    assert tb.rank.active_ranks([w(1, .5, .25)], gap=2 * (1 - 1e-9)) == [1]
-    assert tb.rank.active_ranks([w(1, .5 + 1e-12, .25)], gap=2) == [2]  # 0.5 -> 0.25 is exactly 2 again
-    assert tb.rank.active_ranks([w(1, .5 - 1e-12, .25)], gap=2) == [1]
-    assert tb.rank.active_ranks([w(1, .75, .375, .1)], gap=2) == [2]  # a later exact drop ends there
+    assert tb.rank.active_ranks([w(1, 0.5, 0.25)], gap=2 * (1 + 1e-9)) == [3]
+    assert tb.rank.active_ranks([w(1, 0.5, 0.25)], gap=2 * (1 - 1e-9)) == [1]
+    assert tb.rank.active_ranks([w(1, 0.5 + 1e-12, 0.25)], gap=2) == [2]  # 0.5 -> 0.25 is exactly 2 again
+    assert tb.rank.active_ranks([w(1, 0.5 - 1e-12, 0.25)], gap=2) == [1]
+    assert tb.rank.active_ranks([w(1, 0.75, 0.375, 0.1)], gap=2) == [2]  # a later exact drop ends there
     # the threshold is strict the same way: an index at exactly threshold times the largest is inactive
-    assert tb.rank.active_ranks([w(1, .5, .25)], threshold=.25, gap=10) == [2]
-    assert tb.rank.active_ranks([w(1, .5, .25)], threshold=.25 * (1 - 1e-9), gap=10) == [3]
+    assert tb.rank.active_ranks([w(1, 0.5, 0.25)], threshold=0.25, gap=10) == [2]
+    assert tb.rank.active_ranks([w(1, 0.5, 0.25)], threshold=0.25 * (1 - 1e-9), gap=10) == [3]
 
 
 def test_ranks_and_prune_follow_the_gap():
@@ -203,8 +205,7 @@ def test_fit_recovers_the_planted_ranks(fmt, shape, ranks, max_rank):
     planted = planted_tensor(shape, fmt, ranks, observed=0.3, noise=0.01, seed=0, dtype=torch.float32)
     model = TensorCompletion(shape, format=fmt, max_rank=max_rank)
     guide = MeanField(model, seed=0)
-    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=3, batch_size=1024,
-           progress=False, seed=0)
+    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=3, batch_size=1024, progress=False, seed=0)
     found = tb.ranks(model, guide)["tensor"]
     tensor = model.tensor
     error = planted.relative_error(tensor.layout.entries(guide.factor_means(tensor), planted.test_index))

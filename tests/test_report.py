@@ -26,10 +26,25 @@ def run():
     net = tb.models.tensorize(net, format="ttm", max_rank=4, min_features=32, order=3)
     model = tb.models.BayesianClassifier(net, task.num_classes)
     guide = tb.guides.MeanField(model, seed=0)
-    history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=2, batch_size=128, seed=0,
-                     eval_data=(task.x_test, task.y_test), eval_samples=5, progress=False)
-    return types.SimpleNamespace(model=model, guide=guide, history=history, task=task,
-                                 config={"format": "ttm", "max_rank": 4}, summary={"seed": 0, "epochs": 2})
+    history = tb.fit(
+        model,
+        guide,
+        (task.x_train, task.y_train),
+        epochs=2,
+        batch_size=128,
+        seed=0,
+        eval_data=(task.x_test, task.y_test),
+        eval_samples=5,
+        progress=False,
+    )
+    return types.SimpleNamespace(
+        model=model,
+        guide=guide,
+        history=history,
+        task=task,
+        config={"format": "ttm", "max_rank": 4},
+        summary={"seed": 0, "epochs": 2},
+    )
 
 
 def _is_png(path):
@@ -39,14 +54,28 @@ def _is_png(path):
 
 def test_write_report_for_writes_the_figures_and_a_summary(run, tmp_path):
     before = {k: v.clone() for k, v in run.guide.state_dict().items()}
-    results = [{"format": "dense", "accuracy": 0.9, "compression": 1.0},
-               {"format": "ttm", "accuracy": run.history.accuracy[-1], "compression": 6.4}]
-    paths = write_report_for(run.model, run.guide, run.history, dict(run.summary, results=results), tmp_path / "rep",
-                             eval_data=(run.task.x_test, run.task.y_test))
+    results = [
+        {"format": "dense", "accuracy": 0.9, "compression": 1.0},
+        {"format": "ttm", "accuracy": run.history.accuracy[-1], "compression": 6.4},
+    ]
+    paths = write_report_for(
+        run.model,
+        run.guide,
+        run.history,
+        dict(run.summary, results=results),
+        tmp_path / "rep",
+        eval_data=(run.task.x_test, run.task.y_test),
+    )
     names = [os.path.basename(p) for p in paths]
-    assert names == ["rank_shrinkage.png", "lambda_trajectories.png", "training_curves.png",
-                     "factor_posterior-net.0.weight.png", "compression_vs_accuracy.png", "reliability.png",
-                     "report.md"]
+    assert names == [
+        "rank_shrinkage.png",
+        "lambda_trajectories.png",
+        "training_curves.png",
+        "factor_posterior-net.0.weight.png",
+        "compression_vs_accuracy.png",
+        "reliability.png",
+        "report.md",
+    ]
     assert all(os.path.dirname(p) == str(tmp_path / "rep") for p in paths)
     assert all(_is_png(p) for p in paths[:-1])
     text = open(paths[-1], encoding="utf-8").read()
@@ -57,16 +86,19 @@ def test_write_report_for_writes_the_figures_and_a_summary(run, tmp_path):
     assert f"Held-out accuracy: {run.history.accuracy[-1]:.4f}" in text
     assert "expected calibration error" in text
     assert "| seed | 0 |" in text and "results" not in text.split("## Ranks")[0]
-    for name in names[:-1]:                              # every figure is linked, relative to the report
+    for name in names[:-1]:  # every figure is linked, relative to the report
         assert f"]({name})" in text
-    for k, v in run.guide.state_dict().items():          # the report only reads
+    for k, v in run.guide.state_dict().items():  # the report only reads
         assert torch.equal(v, before[k]), k
 
 
 def test_write_report_for_without_history_or_data(run, tmp_path):
     paths = write_report_for(run.model, run.guide, out_dir=tmp_path)
-    assert [os.path.basename(p) for p in paths] == ["rank_shrinkage.png", "factor_posterior-net.0.weight.png",
-                                                    "report.md"]
+    assert [os.path.basename(p) for p in paths] == [
+        "rank_shrinkage.png",
+        "factor_posterior-net.0.weight.png",
+        "report.md",
+    ]
     assert "## Training" not in open(paths[-1], encoding="utf-8").read()
     with pytest.raises(TypeError, match="summary must be a dict"):
         write_report_for(run.model, run.guide, summary=[1], out_dir=tmp_path)
@@ -80,8 +112,11 @@ def run_dir(tmp_path_factory):
     from tensorbayes.runs import RunConfig, train
 
     folder = tmp_path_factory.mktemp("run")
-    train(RunConfig(format="ttm", max_rank=4, epochs=2, num_train=256, batch_size=64, eval_samples=2), str(folder),
-          progress=False)
+    train(
+        RunConfig(format="ttm", max_rank=4, epochs=2, num_train=256, batch_size=64, eval_samples=2),
+        str(folder),
+        progress=False,
+    )
     return folder
 
 

@@ -31,8 +31,13 @@ def test_student_recovers_the_planted_ranks_and_exports_the_posterior_mean(fmt, 
     assert tuple(summary["ranks"]["net.0.weight"]) == planted == tensor.layout.ranks  # pruned to them
     assert history.accuracy[-1] > 0.85 and summary["exported_accuracy"] > 0.85
     # the pruned, exported network is the pruned Bayesian model at its posterior mean
-    task = tb.data.teacher_student(format=summary["data"]["teacher_format"], out_shape=tuple(summary["data"]["out_shape"]),
-                                   ranks=planted, num_train=1, seed=0)
+    task = tb.data.teacher_student(
+        format=summary["data"]["teacher_format"],
+        out_shape=tuple(summary["data"]["out_shape"]),
+        ranks=planted,
+        num_train=1,
+        seed=0,
+    )
     net = tb.export(model, guide)
     with torch.no_grad():
         exported = torch.softmax(net(task.x_test), dim=-1)
@@ -45,8 +50,26 @@ def test_student_recovers_the_planted_ranks_and_exports_the_posterior_mean(fmt, 
 
 def test_train_writes_a_run_that_load_run_restores(tmp_path):
     out = tmp_path / "run"
-    main(["train", "--data", "teacher", "--format", "ttm", "--max-rank", "4", "--epochs", "2", "--num-train", "256", "--no-progress",
-          "--batch-size", "64", "--out", str(out)])
+    main(
+        [
+            "train",
+            "--data",
+            "teacher",
+            "--format",
+            "ttm",
+            "--max-rank",
+            "4",
+            "--epochs",
+            "2",
+            "--num-train",
+            "256",
+            "--no-progress",
+            "--batch-size",
+            "64",
+            "--out",
+            str(out),
+        ]
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= {"accuracy", "exported_accuracy", "ranks", "params", "tensors", "config", "seconds"}
     assert summary["config"]["max_rank"] == 4 and summary["epochs_run"] == 2
@@ -61,8 +84,13 @@ def test_train_writes_a_run_that_load_run_restores(tmp_path):
     # tensorbayes report reads the run: every figure, reliability included (the run has held-out data)
     main(["report", str(out)])
     written = {p.name for p in (out / "report").iterdir()}
-    assert {"rank_shrinkage.png", "training_curves.png", "lambda_trajectories.png", "reliability.png",
-            "report.md"} <= written
+    assert {
+        "rank_shrinkage.png",
+        "training_curves.png",
+        "lambda_trajectories.png",
+        "reliability.png",
+        "report.md",
+    } <= written
     assert "(4, 4)" in (out / "report" / "report.md").read_text()
 
 
@@ -71,8 +99,9 @@ def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
         load_run(tmp_path)
 
 
-@pytest.mark.parametrize("kwargs, name", [(dict(data="mnist"), "data"), (dict(max_rank=0), "max_rank"),
-                                          (dict(epochs=1.5), "epochs")])
+@pytest.mark.parametrize(
+    "kwargs, name", [(dict(data="mnist"), "data"), (dict(max_rank=0), "max_rank"), (dict(epochs=1.5), "epochs")]
+)
 def test_run_config_refuses_bad_settings(kwargs, name):
     with pytest.raises(ValueError, match=name):
         RunConfig(**kwargs)

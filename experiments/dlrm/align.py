@@ -27,8 +27,11 @@ def _ttm_tables(net):
     """``{name: table}`` of a DLRMNet's TTM tables, which :func:`align_tables` turns; its other
     tables must be dense (a ``weight`` of rows by width)."""
     compact = {name: t for name, t in net.tables() if isinstance(t, CompactEmbeddingBag)}
-    odd = [name for name, t in net.tables() if (t.layout.name != "ttm" if name in compact
-                                                 else not isinstance(getattr(t, "weight", None), torch.Tensor))]
+    odd = [
+        name
+        for name, t in net.tables()
+        if (t.layout.name != "ttm" if name in compact else not isinstance(getattr(t, "weight", None), torch.Tensor))
+    ]
     if odd or not compact:
         found = f"tables {odd} are neither" if compact else "no TTM table"
         raise ValueError(f"net must have TTM tables (CompactEmbeddingBag) and dense tables only; {found}")

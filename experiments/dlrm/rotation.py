@@ -51,7 +51,9 @@ def _check_turnable(layout, factors):
 def _check_turn(turn, size, dtype, device):
     if not isinstance(turn, torch.Tensor) or turn.shape != (size, size):
         got = tuple(turn.shape) if isinstance(turn, torch.Tensor) else type(turn).__name__
-        raise ValueError(f"turn must be an orthogonal ({size}, {size}) torch.Tensor (first two column modes), got {got}")
+        raise ValueError(
+            f"turn must be an orthogonal ({size}, {size}) torch.Tensor (first two column modes), got {got}"
+        )
     turn = turn.to(dtype=dtype, device=device)
     eye = torch.eye(size, dtype=dtype, device=device)
     if not torch.allclose(turn @ turn.T, eye, atol=1e-4 if dtype == torch.float32 else 1e-8):
@@ -106,8 +108,11 @@ def first_bond_spectrum(layout, factors, turn=None):
     factors = _check_turnable(layout, factors)
     left, right = _first_bond_parts(factors)
     size = left.shape[1] * right.shape[1]
-    turn = (torch.eye(size, dtype=left.dtype, device=left.device) if turn is None
-            else _check_turn(turn, size, left.dtype, left.device))
+    turn = (
+        torch.eye(size, dtype=left.dtype, device=left.device)
+        if turn is None
+        else _check_turn(turn, size, left.dtype, left.device)
+    )
     return _spectrum(turn, left, right)
 
 
@@ -137,7 +142,9 @@ def turn_first_columns(layout, factors, turn, rank=None):
     if rank is None:
         rank = s.numel()
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= s.numel():
-        raise ValueError(f"rank must be an int in [1, {s.numel()}] (the turned first bond's largest rank), got {rank!r}")
+        raise ValueError(
+            f"rank must be an int in [1, {s.numel()}] (the turned first bond's largest rank), got {rank!r}"
+        )
     new_first = (basis @ u[:, :rank].reshape(-1, n1 * rank)).reshape(1, m1, n1, rank)
     new_second = (u[:, :rank].T @ merged).reshape(rank, m2, n2, r2)  # the best cut: project on the leading vectors
     new_layout = TTM(layout.shape, (rank,) + tuple(layout.ranks[1:]))
@@ -213,12 +220,16 @@ def lowest_rank_turn(tables, restarts=4, max_iter=100, seed=0):
         flip = torch.ones(size, dtype=torch.float64, device=device)
         flip[0] = sign
         for start in range(restarts):
-            a = torch.zeros(size, size, dtype=torch.float64) if start == 0 else torch.randn(
-                size, size, generator=generator, dtype=torch.float64)
+            a = (
+                torch.zeros(size, size, dtype=torch.float64)
+                if start == 0
+                else torch.randn(size, size, generator=generator, dtype=torch.float64)
+            )
             a = a.to(device).requires_grad_()
             try:
                 for eps in SMOOTHING:
-                    _minimize(lambda: _sparsity(torch.linalg.matrix_exp(a - a.T) * flip, parts, eps), a, max_iter)
+                    # the loss is only called within _minimize, within this iteration
+                    _minimize(lambda: _sparsity(torch.linalg.matrix_exp(a - a.T) * flip, parts, eps), a, max_iter)  # noqa: B023
                 with torch.no_grad():
                     turn = torch.linalg.matrix_exp(a - a.T) * flip
                     value = float(_sparsity(turn, parts))
@@ -228,6 +239,9 @@ def lowest_rank_turn(tables, restarts=4, max_iter=100, seed=0):
             if math.isfinite(value) and bool(torch.isfinite(turn).all()) and (best is None or value < best[0]):
                 best = (value, turn)
     if best is None:
-        raise SearchFailed(f"no start of the search ended at a finite turn ({2 * restarts} starts"
-                           + (f"; {len(failures)} failed: {failures[0]}" if failures else "") + ")")
+        raise SearchFailed(
+            f"no start of the search ended at a finite turn ({2 * restarts} starts"
+            + (f"; {len(failures)} failed: {failures[0]}" if failures else "")
+            + ")"
+        )
     return best[1]

@@ -25,10 +25,17 @@ import sys
 
 import torch
 
+from experiments.dlrm.study import (
+    PlantedForm,
+    _percent,
+    bayes_optimal_report,
+    evaluate,
+    generator,
+    train_dense,
+    truth_of,
+    write_results,
+)
 from tensorbayes.data.clicks import ID_ORDERS, ClickGenerator
-
-from experiments.dlrm.study import (PlantedForm, _percent, bayes_optimal_report, evaluate, generator, train_dense,
-                                    truth_of, write_results)
 
 
 def run_count(gen, samples, test, truth, args):
@@ -52,7 +59,8 @@ def markdown(r):
         "less it. By rare lookups: the expected accuracy of the test examples with 0, 1, 2, 3 or more lookups of "
         "categories outside the first TTM core's first slice.",
         "",
-        "| samples | accuracy | expected accuracy | gap (points) | gap / the row above | 0 rare | 1 | 2 | 3+ | samples/s |",
+        "| samples | accuracy | expected accuracy | gap (points) | gap / the row above "
+        "| 0 rare | 1 | 2 | 3+ | samples/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     previous = None
@@ -60,8 +68,10 @@ def markdown(r):
         gap = opt["accuracy"] - run["expected_accuracy"]
         ratio = f"{gap / previous:.2f}" if previous else ""
         groups = " | ".join(_percent(a) for a in run["expected_accuracy_by_rare_lookups"])
-        lines.append(f"| {run['samples']:,} | {100 * run['accuracy']:.2f} % | {100 * run['expected_accuracy']:.2f} % | "
-                     f"{100 * gap:.2f} | {ratio} | {groups} | {run['samples_per_s']:,.0f} |")
+        lines.append(
+            f"| {run['samples']:,} | {100 * run['accuracy']:.2f} % | {100 * run['expected_accuracy']:.2f} % | "
+            f"{100 * gap:.2f} | {ratio} | {groups} | {run['samples_per_s']:,.0f} |"
+        )
         previous = gap
     groups = " | ".join(_percent(a) for a in opt["by_rare_lookups"]["accuracy"])
     lines.append(f"| Bayes-optimal | {100 * opt['accuracy']:.2f} % | | | | {groups} | |")
@@ -72,17 +82,30 @@ def markdown(r):
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=int, nargs="+", default=[6_000_000, 12_000_000, 24_000_000, 48_000_000],
-                   help="training samples of each run, in the order run")
+    p.add_argument(
+        "--samples",
+        type=int,
+        nargs="+",
+        default=[6_000_000, 12_000_000, 24_000_000, 48_000_000],
+        help="training samples of each run, in the order run",
+    )
     p.add_argument("--test", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--eval-batch", type=int, default=16384)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--lr-decay", type=float, default=0.5,
-                   help="the share of the steps, at the end, over which the rate falls linearly to 0")
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=0.5,
+        help="the share of the steps, at the end, over which the rate falls linearly to 0",
+    )
     p.add_argument("--lr-warmup", type=int, default=0, help="steps, at the start, over which the rate rises linearly")
-    p.add_argument("--id-order", choices=ID_ORDERS, default="frequency",
-                   help="category ids: the frequency ranks (frequency, default) or a pseudo-random bijection of them")
+    p.add_argument(
+        "--id-order",
+        choices=ID_ORDERS,
+        default="frequency",
+        help="category ids: the frequency ranks (frequency, default) or a pseudo-random bijection of them",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="the tiny log, a few thousand samples (seconds)")
@@ -100,8 +123,11 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     torch.set_num_threads(args.threads)
-    gen = (ClickGenerator.tiny(seed=args.seed, id_order=args.id_order) if args.smoke
-           else generator(1, args.seed, args.id_order))
+    gen = (
+        ClickGenerator.tiny(seed=args.seed, id_order=args.id_order)
+        if args.smoke
+        else generator(1, args.seed, args.id_order)
+    )
     test = gen.stream(args.test, "test")
     truth = truth_of(test, args.eval_batch)
     result = {

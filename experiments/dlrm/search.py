@@ -25,9 +25,8 @@ import time
 
 import torch
 
-from tensorbayes.data.clicks import ClickGenerator, expected_accuracy
-
 from experiments.dlrm.study import PlantedForm, generator, train_dense, write_results
+from tensorbayes.data.clicks import ClickGenerator, expected_accuracy
 
 #: ``(label, row shrink or "tiny", id order, overlap of the start with the planted cores)``.
 CASES = [
@@ -68,10 +67,18 @@ def run_case(label, rows, id_order, overlap, args):
     train_dense(form, train, args, desc=label)
     reached = reached_accuracy(form, gen, test)
     bayes, floor = marks["accuracy"], marks["accuracy_without_interactions"]
-    return {"case": label, "rows": rows, "id_order": id_order, "overlap": overlap,
-            "large_table_rows": [gen.cardinalities[t] for t in gen.planted_tables],
-            "bayes_optimal": bayes, "floor": floor, "reached": reached,
-            "share_found": (reached - floor) / (bayes - floor), "seconds": time.perf_counter() - t0}
+    return {
+        "case": label,
+        "rows": rows,
+        "id_order": id_order,
+        "overlap": overlap,
+        "large_table_rows": [gen.cardinalities[t] for t in gen.planted_tables],
+        "bayes_optimal": bayes,
+        "floor": floor,
+        "reached": reached,
+        "share_found": (reached - floor) / (bayes - floor),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def markdown(r):
@@ -81,14 +88,17 @@ def markdown(r):
         "",
         "Expected test accuracy on "
         f"{r['config']['test']:,} examples. Floor: the true logit without the planted tables' pairwise "
-        "interactions. Found: the share of the gap from the floor to the Bayes-optimal accuracy that the learner closed.",
+        "interactions. Found: the share of the gap from the floor to the Bayes-optimal accuracy "
+        "that the learner closed.",
         "",
         "| case | rows of the largest planted table | Bayes-optimal | floor | reached | found |",
         "|---|---|---|---|---|---|",
     ]
     for c in r["cases"]:
-        lines.append(f"| {c['case']} | {max(c['large_table_rows']):,} | {100 * c['bayes_optimal']:.2f} % | "
-                     f"{100 * c['floor']:.2f} % | {100 * c['reached']:.2f} % | {round(100 * c['share_found']):d} % |")
+        lines.append(
+            f"| {c['case']} | {max(c['large_table_rows']):,} | {100 * c['bayes_optimal']:.2f} % | "
+            f"{100 * c['floor']:.2f} % | {100 * c['reached']:.2f} % | {round(100 * c['share_found']):d} % |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -98,8 +108,12 @@ def parse(argv=None):
     p.add_argument("--test", type=int, default=50_000)
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--lr-decay", type=float, default=0.0,
-                   help="the share of the steps, at the end, over which the rate falls linearly to 0")
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=0.0,
+        help="the share of the steps, at the end, over which the rate falls linearly to 0",
+    )
     p.add_argument("--lr-warmup", type=int, default=0, help="steps, at the start, over which the rate rises linearly")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -53,7 +53,8 @@ pruned network is turned by :func:`tensorbayes.models.align_tables` to where its
 first bonds are lowest and cut there (:func:`aligned_report`): the ranks found up to that
 symmetry, their parameters and the turned network's accuracy are reported beside the readout's.
 
-    python -m experiments.dlrm.study [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate] [--reference] [--reference-warm 0.7] [--id-order frequency] [--tiny] [--smoke] [--out experiments/dlrm/results]
+    python -m experiments.dlrm.study [--samples 3000000] [--batch 2048] [--shrink-rows 1] [--point-estimate]
+        [--reference] [--reference-warm 0.7] [--id-order frequency] [--tiny] [--smoke] [--out experiments/dlrm/results]
 """
 
 import argparse
@@ -68,14 +69,24 @@ import torch
 
 import tensorbayes as tb
 from benchmarks.common import peak_gpu_gib, peak_rss_gib, write_results
-from benchmarks.dlrm import (PAPER_DENSE_PARAMS, baseline_net, build, default_sizes, generator, table_report, tensor_name,
-                             train_bayesian, train_dense)
+from benchmarks.dlrm import (
+    PAPER_DENSE_PARAMS,
+    baseline_net,
+    build,
+    default_sizes,
+    generator,
+    table_report,
+    tensor_name,
+    train_bayesian,
+    train_dense,
+)
 from experiments.dlrm.align import SearchFailed, align_tables
 from tensorbayes.data.clicks import ID_ORDERS, ClickGenerator, auc, expected_hits
 from tensorbayes.formats import TTM
 from tensorbayes.formats.canonical import canonicalize
 from tensorbayes.guides.meanfield import low_rank_tensors
 from tensorbayes.infer.batches import module_device, to_device
+
 
 class PlantedForm(torch.nn.Module):
     """
@@ -110,8 +121,10 @@ class PlantedForm(torch.nn.Module):
             layout = gen.layouts[t]
             std = (1.0 / gen.embedding_dim / math.prod(layout.ranks)) ** (0.5 / len(layout.factor_shapes))
             if overlap > 0:
-                cores = [overlap * c + math.sqrt(1 - overlap**2) * torch.randn(c.shape, dtype=c.dtype) * c.std()
-                         for c in gen.factors[t]]
+                cores = [
+                    overlap * c + math.sqrt(1 - overlap**2) * torch.randn(c.shape, dtype=c.dtype) * c.std()
+                    for c in gen.factors[t]
+                ]
             else:
                 cores = [torch.randn(shape) * std for shape in layout.factor_shapes]
             self.cores.append(torch.nn.ParameterList(c.float() for c in cores))
@@ -154,8 +167,9 @@ def rare_lookups(gen, sparse):
     ``prod(row_shape[1:])`` most frequent, as many as one slice of the first TTM core holds (with
     ids by frequency, exactly the rows off the first core's first slice).
     """
-    return sum((gen.frequency_ranks(t, sparse[:, t]) >= math.prod(gen.row_shapes[t][1:])).long()
-               for t in gen.planted_tables)
+    return sum(
+        (gen.frequency_ranks(t, sparse[:, t]) >= math.prod(gen.row_shapes[t][1:])).long() for t in gen.planted_tables
+    )
 
 
 @torch.no_grad()
@@ -200,8 +214,12 @@ def evaluate(net, test, batch, truth):
     logit, y = torch.cat(logits), torch.cat(labels)
     prob, groups = truth
     expected = expected_hits(logit, prob)
-    return {"accuracy": ((logit > 0).float() == y).double().mean().item(), "auc": auc(logit, y),
-            "expected_accuracy": expected.mean().item(), "expected_accuracy_by_rare_lookups": by_group(expected, groups)}
+    return {
+        "accuracy": ((logit > 0).float() == y).double().mean().item(),
+        "auc": auc(logit, y),
+        "expected_accuracy": expected.mean().item(),
+        "expected_accuracy_by_rare_lookups": by_group(expected, groups),
+    }
 
 
 @torch.no_grad()
@@ -214,16 +232,21 @@ def live_units(net, test, batch):
     """
     dense, sparse, _ = next(iter(test.batches(batch)))
     outputs = {}
-    hooks = [module.register_forward_hook(lambda m, i, out, name=f"{part}.{k}": outputs.__setitem__(name, out))
-             for part in ("bottom", "top") for k, module in enumerate(getattr(net, part))
-             if isinstance(module, torch.nn.ReLU)]
+    hooks = [
+        module.register_forward_hook(lambda m, i, out, name=f"{part}.{k}": outputs.__setitem__(name, out))
+        for part in ("bottom", "top")
+        for k, module in enumerate(getattr(net, part))
+        if isinstance(module, torch.nn.ReLU)
+    ]
     try:
         net(*to_device((dense, sparse), module_device(net)))
     finally:
         for hook in hooks:
             hook.remove()
-    return {"examples": len(dense), "layers": {name: (out > 0).any(0).double().mean().item()
-                                               for name, out in outputs.items()}}
+    return {
+        "examples": len(dense),
+        "layers": {name: (out > 0).any(0).double().mean().item() for name, out in outputs.items()},
+    }
 
 
 #: The largest planted table (rows x embedding dim) that :func:`turned_back` forms densely: the tiny log's.
@@ -243,7 +266,10 @@ def learned_tables(gen, model, guide):
 
 
 def learned_rows(gen, model, guide):
-    """``rows(table, ids)``: posterior-mean rows ``ids`` of planted table ``table``, float64, gathered from the factors."""
+    """
+    ``rows(table, ids)``: posterior-mean rows ``ids`` of planted table ``table``, float64, gathered
+    from the factors.
+    """
     factors = learned_factors(gen, model, guide)
     return lambda t, ids: factors[t][0].rows(factors[t][1], ids)
 
@@ -300,8 +326,9 @@ def turned_back(gen, learned):
     :returns: ``{table: (dense turned-back table, scale)}``, the scales summing to a positive number.
     """
     true = {t: gen.layouts[t].to_matrix(gen.factors[t]) for t in learned}
-    rotation, scales = shared_rotation({t: true[t].T @ learned[t] for t in learned},
-                                       {t: true[t].pow(2).sum().item() for t in learned})
+    rotation, scales = shared_rotation(
+        {t: true[t].T @ learned[t] for t in learned}, {t: true[t].pow(2).sum().item() for t in learned}
+    )
     return {t: (learned[t] @ rotation.T, scales[t]) for t in learned}
 
 
@@ -316,11 +343,18 @@ def turned_back_report(gen, model, guide):
     for t, (back, scale) in turned_back(gen, learned).items():
         before, after = bond_spectra(gen, t, learned[t])[0], bond_spectra(gen, t, back)[0]
         true = gen.layouts[t].to_matrix(gen.factors[t])
-        rows.append({"table": f"C{t + 1}", "planted": gen.ranks[t][0], "largest_drop_before": largest_drop(before),
-                     "largest_drop_turned_back": largest_drop(after), "scale": scale,
-                     "relative_error": float((back - scale * true).norm() / (scale * true).norm()),
-                     "first_bond_before": [round(x, 5) for x in before.tolist()],
-                     "first_bond_turned_back": [round(x, 5) for x in after.tolist()]})
+        rows.append(
+            {
+                "table": f"C{t + 1}",
+                "planted": gen.ranks[t][0],
+                "largest_drop_before": largest_drop(before),
+                "largest_drop_turned_back": largest_drop(after),
+                "scale": scale,
+                "relative_error": float((back - scale * true).norm() / (scale * true).norm()),
+                "first_bond_before": [round(x, 5) for x in before.tolist()],
+                "first_bond_turned_back": [round(x, 5) for x in after.tolist()],
+            }
+        )
     return rows
 
 
@@ -336,7 +370,9 @@ def planted_fit(gen, rows, test, lookups=100_000, chunk=10_000):
 
     :param rows: ``rows(table, ids)``, the learned rows (:func:`learned_rows`).
     """
-    grams = {t: {"LL": 0.0, "PL": 0.0, "PP": 0.0} for t in gen.planted_tables}  # learned^T learned, planted^T learned, ...
+    grams = {
+        t: {"LL": 0.0, "PL": 0.0, "PP": 0.0} for t in gen.planted_tables
+    }  # learned^T learned, planted^T learned, ...
     for start in range(0, min(lookups, len(test)), chunk):
         _, sparse, _ = test[start : min(start + chunk, lookups, len(test))]
         for t, g in grams.items():
@@ -351,8 +387,13 @@ def planted_fit(gen, rows, test, lookups=100_000, chunk=10_000):
         scale, planted2 = scales[t], planted_sq[t]
         turned = max(g["LL"].trace().item() - scale**2 * planted2, 0.0) / (scale**2 * planted2)
         linear = 1 - torch.trace(g["PL"] @ torch.linalg.pinv(g["LL"], hermitian=True) @ g["PL"].T).item() / planted2
-        report.append({"table": f"C{t + 1}", "turned_back_distance": math.sqrt(turned),
-                       "linear_map_distance": math.sqrt(max(linear, 0.0))})
+        report.append(
+            {
+                "table": f"C{t + 1}",
+                "turned_back_distance": math.sqrt(turned),
+                "linear_map_distance": math.sqrt(max(linear, 0.0)),
+            }
+        )
     return report
 
 
@@ -382,8 +423,11 @@ def aligned_report(net, test, args, truth, tables):
         table = getattr(turned, row["table"])
         row["aligned"] = list(ranks[row["table"]])
         row["params_aligned"] = table.layout.num_params()
-    return {**evaluate(turned, test, args.eval_batch, truth), "seconds": seconds,
-            "tensorized_params": sum(row["params_aligned"] for row in tables)}
+    return {
+        **evaluate(turned, test, args.eval_batch, truth),
+        "seconds": seconds,
+        "tensorized_params": sum(row["params_aligned"] for row in tables),
+    }
 
 
 def train_point_estimate(gen, train, test, truth, args):
@@ -402,8 +446,11 @@ def train_point_estimate(gen, train, test, truth, args):
 def run(args):
     torch.manual_seed(args.seed)
     pyro.set_rng_seed(args.seed)
-    gen = (ClickGenerator.tiny(seed=args.seed, id_order=args.id_order) if args.smoke or args.tiny
-           else generator(args.shrink_rows, args.seed, args.id_order))
+    gen = (
+        ClickGenerator.tiny(seed=args.seed, id_order=args.id_order)
+        if args.smoke or args.tiny
+        else generator(args.shrink_rows, args.seed, args.id_order)
+    )
     train, test = gen.stream(args.samples, "train"), gen.stream(args.test, "test")
     truth = truth_of(test, args.eval_batch)
     rss0 = peak_rss_gib()
@@ -432,8 +479,12 @@ def run(args):
         "gpu": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else None,
         "bayes_optimal": bayes_optimal_report(test, truth, args.eval_batch),
         "bayesian": {
-            **bayes_train, **bayes_eval, "unpruned": bayes_eval_unpruned,
-            "peak_rss_gib": rss_bayes, "rss_before_gib": rss0, "peak_gpu_gib": gpu_bayes,
+            **bayes_train,
+            **bayes_eval,
+            "unpruned": bayes_eval_unpruned,
+            "peak_rss_gib": rss_bayes,
+            "rss_before_gib": rss0,
+            "peak_gpu_gib": gpu_bayes,
             "live_units": live,
             "tables": tables,
             "turned_back": turned,
@@ -454,20 +505,35 @@ def run(args):
         result["point_estimate"] = train_point_estimate(gen, train, test, truth, args)
     references = []  # (key, start, overlap with the truth, description)
     if args.reference:
-        references += [("reference", lambda: PlantedForm(gen), 0.0, "generator's model class"),
-                       ("reference_truth", lambda: PlantedForm(gen).start_at_truth(), 1.0, "the same, from the truth")]
+        references += [
+            ("reference", lambda: PlantedForm(gen), 0.0, "generator's model class"),
+            ("reference_truth", lambda: PlantedForm(gen).start_at_truth(), 1.0, "the same, from the truth"),
+        ]
     if args.reference_warm:
-        references.append(("reference_warm", lambda: PlantedForm(gen, overlap=args.reference_warm), args.reference_warm,
-                           "the same, started near the truth"))
+        references.append(
+            (
+                "reference_warm",
+                lambda: PlantedForm(gen, overlap=args.reference_warm),
+                args.reference_warm,
+                "the same, started near the truth",
+            )
+        )
     for key, start, overlap, desc in references:
         torch.manual_seed(args.seed)
         form = start().to(args.device)
-        result[key] = {**train_dense(form, train, args, desc=desc), **evaluate(form, test, args.eval_batch, truth),
-                       "overlap": overlap}
+        result[key] = {
+            **train_dense(form, train, args, desc=desc),
+            **evaluate(form, test, args.eval_batch, truth),
+            "overlap": overlap,
+        }
     torch.manual_seed(args.seed)
     base = baseline_net(gen, model, args).to(args.device)
-    result["dense_baseline"] = {**train_dense(base, train, args), **evaluate(base, test, args.eval_batch, truth),
-                                "params": sum(p.numel() for p in base.parameters()), "scale_down": args.scale_down}
+    result["dense_baseline"] = {
+        **train_dense(base, train, args),
+        **evaluate(base, test, args.eval_batch, truth),
+        "params": sum(p.numel() for p in base.parameters()),
+        "scale_down": args.scale_down,
+    }
     result["peak_rss_gib"] = peak_rss_gib()
     return result
 
@@ -484,97 +550,208 @@ def markdown(r):
         f"{r['config']['epochs']} epoch(s), "
         f"{r['config']['test']:,} test, {r['threads']} threads" + (f", GPU: {r['gpu']})" if r.get("gpu") else ")"),
         "",
-        *(["The tiny log (`ClickGenerator.tiny`): the same structure, its planted tables 10 x 10 x 10 rows by "
-           "2 x 2 x 2 columns and its other tables at most 50 rows (the paper's compression figure below still "
-           "compares with the full-size tables).", ""] if r["config"].get("tiny") else []),
-        (f"Every learner's rate falls linearly to 0 over the last {100 * r['config']['lr_decay']:g} % of its steps "
-         "(`--lr-decay`)." if r["config"].get("lr_decay") else "Every learner's rate is constant (`--lr-decay 0`)."),
-        *([f"It first rises linearly over {r['config']['lr_warmup']:,} steps (`--lr-warmup`)."]
-          if r["config"].get("lr_warmup") else []),
+        *(
+            [
+                "The tiny log (`ClickGenerator.tiny`): the same structure, its planted tables 10 x 10 x 10 rows by "
+                "2 x 2 x 2 columns and its other tables at most 50 rows (the paper's compression figure below still "
+                "compares with the full-size tables).",
+                "",
+            ]
+            if r["config"].get("tiny")
+            else []
+        ),
+        (
+            f"Every learner's rate falls linearly to 0 over the last {100 * r['config']['lr_decay']:g} % of its steps "
+            "(`--lr-decay`)."
+            if r["config"].get("lr_decay")
+            else "Every learner's rate is constant (`--lr-decay 0`)."
+        ),
+        *(
+            [f"It first rises linearly over {r['config']['lr_warmup']:,} steps (`--lr-warmup`)."]
+            if r["config"].get("lr_warmup")
+            else []
+        ),
         "",
-        *([f"λ is updated by MacKay's fixed-point step (`--m-step {r['config']['m_step']}`, "
-           "`tb.guides.MeanField(m_step=...)`).", ""] if r["config"].get("m_step", "em") != "em" else []),
-        *(["Category ids are numbered by frequency (`--id-order frequency`): the most frequent category of "
-           "every table has id 0.", ""] if r["config"].get("id_order") == "frequency" else []),
-        *([f"The large tables' row modes are divided by {r['config']['shrink_rows']:g} (the paper's compression "
-           "figure below still compares with the full-size tables).", ""] if r["config"].get("shrink_rows", 1) != 1 else []),
+        *(
+            [
+                f"λ is updated by MacKay's fixed-point step (`--m-step {r['config']['m_step']}`, "
+                "`tb.guides.MeanField(m_step=...)`).",
+                "",
+            ]
+            if r["config"].get("m_step", "em") != "em"
+            else []
+        ),
+        *(
+            [
+                "Category ids are numbered by frequency (`--id-order frequency`): the most frequent category of "
+                "every table has id 0.",
+                "",
+            ]
+            if r["config"].get("id_order") == "frequency"
+            else []
+        ),
+        *(
+            [
+                f"The large tables' row modes are divided by {r['config']['shrink_rows']:g} (the paper's compression "
+                "figure below still compares with the full-size tables).",
+                "",
+            ]
+            if r["config"].get("shrink_rows", 1) != 1
+            else []
+        ),
         "| | accuracy | AUC | samples/s | params |",
         "|---|---|---|---|---|",
         f"| Bayesian TTM DLRM (pruned, posterior mean) | {100 * b['accuracy']:.3f} % | {b['auc']:.4f} | "
         f"{b['samples_per_s']:.0f} | {b['model_params_after']:,} |",
         f"| same, before pruning | {100 * b['unpruned']['accuracy']:.3f} % | {b['unpruned']['auc']:.4f} | | "
         f"{b['model_params_before']:,} |",
-        *([f"| same, pruned, turned to its lowest first bonds and cut there (`align_tables`) | "
-           f"{100 * b['aligned']['accuracy']:.3f} % | {b['aligned']['auc']:.4f} | | |"] if _aligned(b) else []),
+        *(
+            [
+                f"| same, pruned, turned to its lowest first bonds and cut there (`align_tables`) | "
+                f"{100 * b['aligned']['accuracy']:.3f} % | {b['aligned']['auc']:.4f} | | |"
+            ]
+            if _aligned(b)
+            else []
+        ),
         f"| dense baseline (large tables hashed /{d['scale_down']}) | {100 * d['accuracy']:.3f} % | {d['auc']:.4f} | "
         f"{d['samples_per_s']:.0f} | {d['params']:,} |",
-        *([f"| same TTM network, point estimate without Pyro | {100 * r['point_estimate']['accuracy']:.3f} % | "
-           f"{r['point_estimate']['auc']:.4f} | {r['point_estimate']['samples_per_s']:.0f} | |"] if "point_estimate" in r else []),
-        *([f"| generator's own model class at the planted ranks, point estimate | {100 * r['reference']['accuracy']:.3f} % | "
-           f"{r['reference']['auc']:.4f} | {r['reference']['samples_per_s']:.0f} | |"] if "reference" in r else []),
-        *([f"| the same, every parameter started at the truth | {100 * r['reference_truth']['accuracy']:.3f} % | "
-           f"{r['reference_truth']['auc']:.4f} | {r['reference_truth']['samples_per_s']:.0f} | |"]
-          if "reference_truth" in r else []),
-        *([f"| the same, its cores started at overlap {r['reference_warm']['overlap']:g} with the planted ones | "
-           f"{100 * r['reference_warm']['accuracy']:.3f} % | {r['reference_warm']['auc']:.4f} | "
-           f"{r['reference_warm']['samples_per_s']:.0f} | |"] if "reference_warm" in r else []),
+        *(
+            [
+                f"| same TTM network, point estimate without Pyro | {100 * r['point_estimate']['accuracy']:.3f} % | "
+                f"{r['point_estimate']['auc']:.4f} | {r['point_estimate']['samples_per_s']:.0f} | |"
+            ]
+            if "point_estimate" in r
+            else []
+        ),
+        *(
+            [
+                f"| generator's own model class at the planted ranks, point estimate | "
+                f"{100 * r['reference']['accuracy']:.3f} % | {r['reference']['auc']:.4f} | "
+                f"{r['reference']['samples_per_s']:.0f} | |"
+            ]
+            if "reference" in r
+            else []
+        ),
+        *(
+            [
+                f"| the same, every parameter started at the truth | {100 * r['reference_truth']['accuracy']:.3f} % | "
+                f"{r['reference_truth']['auc']:.4f} | {r['reference_truth']['samples_per_s']:.0f} | |"
+            ]
+            if "reference_truth" in r
+            else []
+        ),
+        *(
+            [
+                f"| the same, its cores started at overlap {r['reference_warm']['overlap']:g} with the planted ones | "
+                f"{100 * r['reference_warm']['accuracy']:.3f} % | {r['reference_warm']['auc']:.4f} | "
+                f"{r['reference_warm']['samples_per_s']:.0f} | |"
+            ]
+            if "reference_warm" in r
+            else []
+        ),
         f"| generator's Bayes-optimal | {100 * opt['accuracy']:.3f} % | {opt['auc']:.4f} | | |",
         f"| generator without the planted tables' interactions (expected) | "
         f"{100 * opt['accuracy_without_interactions']:.3f} % | | | |",
         "",
-        f"Peak RSS: {b['peak_rss_gib']:.2f} GiB after the Bayesian model, {r['peak_rss_gib']:.2f} GiB for the whole run. "
-        + (f"Peak GPU memory allocated by torch: {b['peak_gpu_gib']:.2f} GiB after the Bayesian model. "
-           if b.get("peak_gpu_gib") is not None else "")
+        f"Peak RSS: {b['peak_rss_gib']:.2f} GiB after the Bayesian model, "
+        f"{r['peak_rss_gib']:.2f} GiB for the whole run. "
+        + (
+            f"Peak GPU memory allocated by torch: {b['peak_gpu_gib']:.2f} GiB after the Bayesian model. "
+            if b.get("peak_gpu_gib") is not None
+            else ""
+        )
         + f"Bayesian training: {b['samples_per_s']:.0f} samples/s in the SVI steps, "
         f"{b['samples_per_s_with_generation']:.0f} samples/s with data generation; {b['steps']} steps.",
         "",
-        *([f"`tb.fit` warned that part of the Bayesian model stopped learning: {b['dead_gradients'][0]}", ""]
-          if b.get("dead_gradients") else []),
-        *([f"ReLU units of the Bayesian model's MLPs that fire on some of the first {b['live_units']['examples']:,} "
-           "test examples: "
-           + ", ".join(f"{name} {100 * share:.0f} %" for name, share in b["live_units"]["layers"].items())
-           + " (`live_units`).", ""] if b.get("live_units") else []),
-        f"Tensorized tables: {b['tensorized_params_max']:,} parameters at max rank, {b['tensorized_params_found']:,} at "
-        f"the found ranks; compression {b['compression_vs_paper_4.2e9']:,.0f}x against the paper's 4.249e9 dense "
-        f"parameters ({b['compression_vs_own_tables']:,.0f}x against these tables' own {b['tensorized_dense_params']:,}).",
+        *(
+            [f"`tb.fit` warned that part of the Bayesian model stopped learning: {b['dead_gradients'][0]}", ""]
+            if b.get("dead_gradients")
+            else []
+        ),
+        *(
+            [
+                "ReLU units of the Bayesian model's MLPs that fire on some of the first "
+                f"{b['live_units']['examples']:,} test examples: "
+                + ", ".join(f"{name} {100 * share:.0f} %" for name, share in b["live_units"]["layers"].items())
+                + " (`live_units`).",
+                "",
+            ]
+            if b.get("live_units")
+            else []
+        ),
+        f"Tensorized tables: {b['tensorized_params_max']:,} parameters at max rank, "
+        f"{b['tensorized_params_found']:,} at the found ranks; compression "
+        f"{b['compression_vs_paper_4.2e9']:,.0f}x against the paper's 4.249e9 dense parameters "
+        f"({b['compression_vs_own_tables']:,.0f}x against these tables' own {b['tensorized_dense_params']:,}).",
         "",
-        *([f"Up to the DLRM's symmetry (`align_tables`: one orthogonal map of the first two column modes shared by "
-           f"every table, found in {b['aligned']['seconds']:.0f} s, the first bonds cut at the readout's rule there): "
-           f"{b['aligned']['tensorized_params']:,} parameters.", ""] if _aligned(b) else []),
-        *([f"The search for the DLRM's symmetry (`align_tables`) failed: {b['aligned']['failed']}", ""]
-          if b.get("aligned") and not _aligned(b) else []),
+        *(
+            [
+                "Up to the DLRM's symmetry (`align_tables`: one orthogonal map of the first two column modes shared "
+                f"by every table, found in {b['aligned']['seconds']:.0f} s, the first bonds cut at the readout's rule "
+                f"there): {b['aligned']['tensorized_params']:,} parameters.",
+                "",
+            ]
+            if _aligned(b)
+            else []
+        ),
+        *(
+            [f"The search for the DLRM's symmetry (`align_tables`) failed: {b['aligned']['failed']}", ""]
+            if b.get("aligned") and not _aligned(b)
+            else []
+        ),
         "| table | rows | planted ranks | found ranks | up to the symmetry | params (max rank) | params (found) | "
         "params (up to the symmetry) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for t in b["tables"]:
-        lines.append(f"| {t['table']} | {t['rows']:,} | {tuple(t['planted'])} | {tuple(t['found'])} | "
-                     f"{tuple(t['aligned']) if 'aligned' in t else ''} | {t['params_max']:,} | {t['params_found']:,} | "
-                     f"{format(t['params_aligned'], ',') if 'params_aligned' in t else ''} |")
+        lines.append(
+            f"| {t['table']} | {t['rows']:,} | {tuple(t['planted'])} | {tuple(t['found'])} | "
+            f"{tuple(t['aligned']) if 'aligned' in t else ''} | {t['params_max']:,} | {t['params_found']:,} | "
+            f"{format(t['params_aligned'], ',') if 'params_aligned' in t else ''} |"
+        )
     lines += rare_lookups_section(r)
     if b.get("planted_fit"):
-        lines += ["", "How near the learned tables are to the planted ones over the rows the test examples look up "
-                  "(`planted_fit`): the relative distance after the rotation shared by all tables and the scale per "
-                  "table that a DLRM cannot tell apart, and after the best linear map of each table alone.", "",
-                  "| table | turned back | best linear map |", "|---|---|---|"]
+        lines += [
+            "",
+            "How near the learned tables are to the planted ones over the rows the test examples look up "
+            "(`planted_fit`): the relative distance after the rotation shared by all tables and the scale per "
+            "table that a DLRM cannot tell apart, and after the best linear map of each table alone.",
+            "",
+            "| table | turned back | best linear map |",
+            "|---|---|---|",
+        ]
         for t in b["planted_fit"]:
-            lines.append(f"| {t['table']} | {100 * t['turned_back_distance']:.0f} % | {100 * t['linear_map_distance']:.0f} % |")
+            lines.append(
+                f"| {t['table']} | {100 * t['turned_back_distance']:.0f} % | {100 * t['linear_map_distance']:.0f} % |"
+            )
     if b.get("turned_back"):
-        lines += ["", "The first bond up to the DLRM's symmetries (one rotation of the embedding space shared by all "
-                  "tables, a scale per table): where the learned first-bond spectrum drops most, before and after "
-                  "turning the learned tables back onto the planted ones (`turned_back` in the JSON).", "",
-                  "| table | planted first-bond rank | largest drop, learned | largest drop, turned back | "
-                  "distance to planted, turned back |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "The first bond up to the DLRM's symmetries (one rotation of the embedding space shared by all "
+            "tables, a scale per table): where the learned first-bond spectrum drops most, before and after "
+            "turning the learned tables back onto the planted ones (`turned_back` in the JSON).",
+            "",
+            "| table | planted first-bond rank | largest drop, learned | largest drop, turned back | "
+            "distance to planted, turned back |",
+            "|---|---|---|---|---|",
+        ]
         for t in b["turned_back"]:
-            lines.append(f"| {t['table']} | {t['planted']} | {t['largest_drop_before']} | "
-                         f"{t['largest_drop_turned_back']} | {100 * t['relative_error']:.0f} % |")
+            lines.append(
+                f"| {t['table']} | {t['planted']} | {t['largest_drop_before']} | "
+                f"{t['largest_drop_turned_back']} | {100 * t['relative_error']:.0f} % |"
+            )
     return "\n".join(lines) + "\n"
 
 
 #: The learners of a result, by key, as :func:`rare_lookups_section` names them.
-LEARNERS = {"bayesian": "Bayesian DLRM", "dense_baseline": "hashed baseline", "point_estimate": "point estimate",
-            "reference": "own model class", "reference_truth": "the same, from the truth",
-            "reference_warm": "the same, from overlap {overlap:g}"}
+LEARNERS = {
+    "bayesian": "Bayesian DLRM",
+    "dense_baseline": "hashed baseline",
+    "point_estimate": "point estimate",
+    "reference": "own model class",
+    "reference_truth": "the same, from the truth",
+    "reference_warm": "the same, from overlap {overlap:g}",
+}
 
 
 def _percent(x):
@@ -588,11 +765,15 @@ def rare_lookups_section(r):
         return []
     keys = [k for k in LEARNERS if k in r]
     names = [LEARNERS[k].format(overlap=r[k].get("overlap", 0)) for k in keys]
-    lines = ["", "Where the accuracy is lost: the expected accuracy (under the true click probability) of the test "
-             "examples grouped by how many of their planted-table lookups are rare, of a category outside its "
-             "table's most frequent ones that one slice of the first TTM core holds (`rare_lookups`).", "",
-             "| rare lookups | share of examples | " + " | ".join(names) + " | Bayes-optimal |",
-             "|---" * (len(names) + 3) + "|"]
+    lines = [
+        "",
+        "Where the accuracy is lost: the expected accuracy (under the true click probability) of the test "
+        "examples grouped by how many of their planted-table lookups are rare, of a category outside its "
+        "table's most frequent ones that one slice of the first TTM core holds (`rare_lookups`).",
+        "",
+        "| rare lookups | share of examples | " + " | ".join(names) + " | Bayes-optimal |",
+        "|---" * (len(names) + 3) + "|",
+    ]
     for g, (share, best) in enumerate(zip(optimal["share"], optimal["accuracy"])):
         label = f"{g} or more" if g == RARE_GROUPS else str(g)
         cells = [_percent(r[k]["expected_accuracy_by_rare_lookups"][g]) for k in keys] + [_percent(best)]
@@ -611,38 +792,80 @@ def parse(argv=None):
     p.add_argument("--eval-batch", type=int, default=16384)
     p.add_argument("--max-rank", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--lr-decay", type=float, default=0.5,
-                   help="the share of the steps, at the end, over which every learner's rate falls linearly to 0")
-    p.add_argument("--lr-warmup", type=int, default=0,
-                   help="steps, at the start, over which every learner's rate rises linearly (tb.fit's lr_warmup)")
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=0.5,
+        help="the share of the steps, at the end, over which every learner's rate falls linearly to 0",
+    )
+    p.add_argument(
+        "--lr-warmup",
+        type=int,
+        default=0,
+        help="steps, at the start, over which every learner's rate rises linearly (tb.fit's lr_warmup)",
+    )
     p.add_argument("--lambda-step", type=float, default=0.1)
-    p.add_argument("--m-step", choices=("em", "mackay"), default="em",
-                   help="the guide's closed-form λ update (tb.guides.MeanField's m_step)")
-    p.add_argument("--scale-down", type=int, default=None,
-                   help="the hashed baseline's large tables are this many times smaller (default 1000; 10 with --tiny)")
-    p.add_argument("--point-estimate", action="store_true",
-                   help="also train the same TTM network as a plain torch point estimate (no Pyro, no priors)")
-    p.add_argument("--reference", action="store_true",
-                   help="also train the generator's own model class (its logit's form, TTM at the planted ranks) "
-                        "as a point estimate, from a random start (what the best-specified learner reaches from "
-                        "these samples) and from the truth (how far the optimizer alone carries it away)")
-    p.add_argument("--id-order", choices=ID_ORDERS, default="shuffled",
-                   help="category ids: a pseudo-random bijection of the frequency ranks (shuffled, default) or the "
-                        "ranks themselves (frequency: the most frequent category first)")
-    p.add_argument("--reference-warm", type=float, default=0.0, metavar="OVERLAP",
-                   help="also train the generator's model class started near the truth (each core OVERLAP times "
-                        "the planted one plus noise): whether the samples hold the planted tables")
-    p.add_argument("--shrink-rows", type=float, default=1.0,
-                   help="divide the large tables' row modes by this (tables about its cube smaller)")
+    p.add_argument(
+        "--m-step",
+        choices=("em", "mackay"),
+        default="em",
+        help="the guide's closed-form λ update (tb.guides.MeanField's m_step)",
+    )
+    p.add_argument(
+        "--scale-down",
+        type=int,
+        default=None,
+        help="the hashed baseline's large tables are this many times smaller (default 1000; 10 with --tiny)",
+    )
+    p.add_argument(
+        "--point-estimate",
+        action="store_true",
+        help="also train the same TTM network as a plain torch point estimate (no Pyro, no priors)",
+    )
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="also train the generator's own model class (its logit's form, TTM at the planted ranks) "
+        "as a point estimate, from a random start (what the best-specified learner reaches from "
+        "these samples) and from the truth (how far the optimizer alone carries it away)",
+    )
+    p.add_argument(
+        "--id-order",
+        choices=ID_ORDERS,
+        default="shuffled",
+        help="category ids: a pseudo-random bijection of the frequency ranks (shuffled, default) or the "
+        "ranks themselves (frequency: the most frequent category first)",
+    )
+    p.add_argument(
+        "--reference-warm",
+        type=float,
+        default=0.0,
+        metavar="OVERLAP",
+        help="also train the generator's model class started near the truth (each core OVERLAP times "
+        "the planted one plus noise): whether the samples hold the planted tables",
+    )
+    p.add_argument(
+        "--shrink-rows",
+        type=float,
+        default=1.0,
+        help="divide the large tables' row modes by this (tables about its cube smaller)",
+    )
     p.add_argument("--bottom", type=int, nargs="*", default=None, help="hidden widths (default 256; 32 with --tiny)")
     p.add_argument("--top", type=int, nargs="*", default=None, help="hidden widths (default 256 64; 32 with --tiny)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", type=torch.device, default=torch.device("cpu"),
-                   help="where the models train: cpu (default) or cuda; the log is generated on the CPU")
+    p.add_argument(
+        "--device",
+        type=torch.device,
+        default=torch.device("cpu"),
+        help="where the models train: cpu (default) or cuda; the log is generated on the CPU",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true",
-                   help="the tiny log (ClickGenerator.tiny: planted tables of 1000 rows x 8 columns, the same "
-                        "structure) trained at full length: small enough for its interactions to be learned")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the tiny log (ClickGenerator.tiny: planted tables of 1000 rows x 8 columns, the same "
+        "structure) trained at full length: small enough for its interactions to be learned",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -656,9 +879,19 @@ def main(argv=None):
     args = parse(argv)
     torch.set_num_threads(args.threads)
     result = run(args)
-    name = ("dlrm_smoke" if args.smoke else "dlrm_tiny" if args.tiny else "dlrm" if args.shrink_rows == 1
-            else f"dlrm_rows_shrunk_{args.shrink_rows:g}") + ("_ids_by_frequency" if args.id_order == "frequency" else "") + (
-        f"_{args.m_step}" if args.m_step != "em" else "")
+    name = (
+        (
+            "dlrm_smoke"
+            if args.smoke
+            else "dlrm_tiny"
+            if args.tiny
+            else "dlrm"
+            if args.shrink_rows == 1
+            else f"dlrm_rows_shrunk_{args.shrink_rows:g}"
+        )
+        + ("_ids_by_frequency" if args.id_order == "frequency" else "")
+        + (f"_{args.m_step}" if args.m_step != "em" else "")
+    )
     write_results(args.out, name, result, markdown(result))
     return result
 

@@ -51,17 +51,21 @@ def _acc(r, key):
 
 
 def runs_table():
-    lines = ["| run | result file | rate | Bayesian DLRM | hashed baseline | own model class | the same, from the truth "
-             "| Bayes-optimal | samples/s (Bayesian) | table parameters (found) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | result file | rate | Bayesian DLRM | hashed baseline | own model class | the same, from the truth "
+        "| Bayes-optimal | samples/s (Bayesian) | table parameters (found) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, label in RUNS:
         r = load(name)
         decay = r["config"].get("lr_decay")
         rate = f"falls over the last {100 * decay:g} %" if decay else "constant"
         b = r["bayesian"]
-        lines.append(f"| {label} | `{name}` | {rate} | {_acc(r, 'bayesian')} | {_acc(r, 'dense_baseline')} | "
-                     f"{_acc(r, 'reference')} | {_acc(r, 'reference_truth')} | {_acc(r, 'bayes_optimal')} | "
-                     f"{b['samples_per_s']:,.0f} | {b['tensorized_params_found']:,} |")
+        lines.append(
+            f"| {label} | `{name}` | {rate} | {_acc(r, 'bayesian')} | {_acc(r, 'dense_baseline')} | "
+            f"{_acc(r, 'reference')} | {_acc(r, 'reference_truth')} | {_acc(r, 'bayes_optimal')} | "
+            f"{b['samples_per_s']:,.0f} | {b['tensorized_params_found']:,} |"
+        )
     return lines
 
 
@@ -77,13 +81,17 @@ def rare_table(name):
 def ranks_table():
     names = [name for name, _ in RUNS if name in ("dlrm_ids_by_frequency", "dlrm_ids_by_frequency_12M", "dlrm_tiny")]
     labels = dict(RUNS)
-    lines = ["| run | table | rows | planted ranks | found ranks | up to the symmetry (`align_tables`) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| run | table | rows | planted ranks | found ranks | up to the symmetry (`align_tables`) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in names:
         for t in load(name)["bayesian"]["tables"]:
             aligned = tuple(t["aligned"]) if "aligned" in t else ""
-            lines.append(f"| {labels[name]} | {t['table']} | {t['rows']:,} | {tuple(t['planted'])} | "
-                         f"{tuple(t['found'])} | {aligned} |")
+            lines.append(
+                f"| {labels[name]} | {t['table']} | {t['rows']:,} | {tuple(t['planted'])} | "
+                f"{tuple(t['found'])} | {aligned} |"
+            )
     return lines
 
 
@@ -92,8 +100,10 @@ def planted_fit_table():
     lines = ["| run | table | turned back | best linear map |", "|---|---|---|---|"]
     for name in ("dlrm_ids_by_frequency", "dlrm_ids_by_frequency_12M", "dlrm_tiny"):
         for t in load(name)["bayesian"].get("planted_fit") or []:
-            lines.append(f"| {labels[name]} | {t['table']} | {100 * t['turned_back_distance']:.0f} % | "
-                         f"{100 * t['linear_map_distance']:.0f} % |")
+            lines.append(
+                f"| {labels[name]} | {t['table']} | {100 * t['turned_back_distance']:.0f} % | "
+                f"{100 * t['linear_map_distance']:.0f} % |"
+            )
     return lines
 
 
@@ -112,6 +122,7 @@ TABLES = {
 
 def rebuild(text):
     """``text`` with every table block rebuilt; an unknown table name raises ``KeyError``."""
+
     def body(match):
         return match.group(1) + "\n".join(TABLES[match.group("name")]()) + "\n" + match.group(4)
 

@@ -13,10 +13,10 @@ Data for the method: generators of problems with a known answer, and loaders of 
 Nothing here downloads anything at run time.
 """
 
-from .planted import PlantedTensor, planted_tensor
-from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-from .teacher import TeacherStudent, teacher_student
 from .clicks import CRITEO_KAGGLE_CARDINALITIES, ClickGenerator, ClickStream
+from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from .planted import PlantedTensor, planted_tensor
+from .teacher import TeacherStudent, teacher_student
 
 __all__ = [
     "PlantedTensor",

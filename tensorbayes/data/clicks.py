@@ -77,8 +77,32 @@ __all__ = [
 
 #: Criteo Kaggle's 26 categorical cardinalities (DLRM reference code, ``--data-set=kaggle``).
 CRITEO_KAGGLE_CARDINALITIES = (
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+    1460,
+    583,
+    10131227,
+    2202608,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    93145,
+    5683,
+    8351593,
+    3194,
+    27,
+    14992,
+    5461306,
+    10,
+    5652,
+    2173,
+    4,
+    7046547,
+    18,
+    15,
+    286181,
+    105,
+    142572,
 )
 
 #: The row shapes of the five large tables (by feature position, 0-based), as the paper factors
@@ -169,9 +193,22 @@ class ClickGenerator:
     :param int seed: seeds the planted truth and every stream.
     """
 
-    def __init__(self, cardinalities=None, row_shapes=None, col_shape=PAPER_COL_SHAPE, ranks=None, num_dense=13,
-                 zipf=1.1, interaction_scale=1.5, main_scale=0.0, dense_scale=1.0, small_scale=0.5, click_rate=0.25,
-                 id_order="shuffled", seed=0):
+    def __init__(
+        self,
+        cardinalities=None,
+        row_shapes=None,
+        col_shape=PAPER_COL_SHAPE,
+        ranks=None,
+        num_dense=13,
+        zipf=1.1,
+        interaction_scale=1.5,
+        main_scale=0.0,
+        dense_scale=1.0,
+        small_scale=0.5,
+        click_rate=0.25,
+        id_order="shuffled",
+        seed=0,
+    ):
         if id_order not in ID_ORDERS:
             raise ValueError(f"id_order must be one of {ID_ORDERS}, got {id_order!r}")
         self.id_order = id_order
@@ -184,7 +221,9 @@ class ClickGenerator:
             cards[t] = math.prod(shape)
         self.cardinalities = tuple(_check_positive_int(c, "cardinalities") for c in cards)
         if set(ranks) != set(row_shapes):
-            raise ValueError(f"ranks must give the TTM ranks of every planted table {sorted(row_shapes)}, got {sorted(ranks)}")
+            raise ValueError(
+                f"ranks must give the TTM ranks of every planted table {sorted(row_shapes)}, got {sorted(ranks)}"
+            )
         self.row_shapes, self.col_shape = row_shapes, tuple(col_shape)
         self.embedding_dim = math.prod(self.col_shape)
         self.num_dense = _check_positive_int(num_dense, "num_dense")
@@ -210,16 +249,19 @@ class ClickGenerator:
         if main_scale == 0:  # drawn all the same, so that the draws after them do not depend on main_scale
             self.main = {}
         elif v == 0:
-            raise ValueError("main_scale sets the main effects against the embeddings' scale: it needs "
-                             "interaction_scale > 0")
+            raise ValueError(
+                "main_scale sets the main effects against the embeddings' scale: it needs interaction_scale > 0"
+            )
         for t in self.main:
             self.main[t] *= main_scale / math.sqrt(len(self.main) * dim * v)
         self.small = [t for t in range(len(self.cardinalities)) if t not in self.layouts]
         per_small = small_scale / math.sqrt(max(1, len(self.small)))
-        self.effects = {t: torch.randn(self.cardinalities[t], generator=gen, dtype=torch.float64) * per_small
-                        for t in self.small}
+        self.effects = {
+            t: torch.randn(self.cardinalities[t], generator=gen, dtype=torch.float64) * per_small for t in self.small
+        }
         self.dense_weight = torch.randn(self.num_dense, generator=gen, dtype=torch.float64) * (
-            dense_scale / math.sqrt(self.num_dense))
+            dense_scale / math.sqrt(self.num_dense)
+        )
         self.bias = math.log(click_rate / (1 - click_rate))
         self.multipliers = [_coprime_multiplier(n, 7919 * t) for t, n in enumerate(self.cardinalities)]
         self.shifts = [(104729 * (t + 1)) % n for t, n in enumerate(self.cardinalities)]
@@ -343,9 +385,13 @@ class ClickGenerator:
             count += len(idx)
             probs.append(p.float())
             labels.append(y)
-        return {"accuracy": expected / count, "realized_accuracy": hits / count,
-                "auc": auc(torch.cat(probs), torch.cat(labels)), "click_rate": clicks / count,
-                "accuracy_without_interactions": floor / count}
+        return {
+            "accuracy": expected / count,
+            "realized_accuracy": hits / count,
+            "auc": auc(torch.cat(probs), torch.cat(labels)),
+            "click_rate": clicks / count,
+            "accuracy_without_interactions": floor / count,
+        }
 
 
 def _stream_id(stream):
@@ -419,7 +465,9 @@ class ClickStream(torch.utils.data.Dataset):
             return torch.arange(*key.indices(self.num_samples))
         index = torch.as_tensor(key, dtype=torch.int64).reshape(-1)
         if index.numel() and (index.min() < -self.num_samples or index.max() >= self.num_samples):
-            raise IndexError(f"index must lie in [0, {self.num_samples}), got values in [{int(index.min())}, {int(index.max())}]")
+            raise IndexError(
+                f"index must lie in [0, {self.num_samples}), got values in [{int(index.min())}, {int(index.max())}]"
+            )
         return index % self.num_samples
 
     def __getitem__(self, key):

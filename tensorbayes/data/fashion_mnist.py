@@ -187,8 +187,7 @@ def load_fashion_mnist(split="train", root=None, dtype=torch.float32, flatten=Tr
     labels = read_idx(label_path, LABEL_MAGIC)[1]
     if len(images) != len(labels):
         raise ValueError(
-            f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels: "
-            "one of them is corrupt"
+            f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels: one of them is corrupt"
         )
     if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
         raise ValueError(

@@ -239,7 +239,9 @@ def _check_attainable(fmt):
     """Ranks within ``max_ranks()`` and jointly attainable by a tensor of that format."""
     top = fmt.max_ranks()
     if any(r > m for r, m in zip(fmt.ranks, top)):
-        raise ValueError(f"ranks must be at most max_ranks() = {top} for a {fmt.name} of shape {fmt.shape}, got {fmt.ranks}")
+        raise ValueError(
+            f"ranks must be at most max_ranks() = {top} for a {fmt.name} of shape {fmt.shape}, got {fmt.ranks}"
+        )
     if fmt.name == "tucker":
         for k, r in enumerate(fmt.ranks):
             others = math.prod(fmt.ranks) // r

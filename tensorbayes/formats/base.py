@@ -341,7 +341,9 @@ class TensorFormat:
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         cols = self.matrix_shape[1]
         if x.dim() == 0 or x.shape[-1] != cols:
-            raise ValueError(f"x must have last dimension {cols} (the product of {self.col_shape}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have last dimension {cols} (the product of {self.col_shape}), got {tuple(x.shape)}"
+            )
 
     def _contract_equation(self):
         """The einsum of :meth:`contract`: the input ``(batch, col modes...)`` with the factors."""
@@ -403,10 +405,14 @@ class TensorFormat:
         factors = self.check_factors(factors)
         row_index = torch.as_tensor(row_index)
         if row_index.dtype not in (torch.int32, torch.int64) or row_index.dim() != 1:
-            raise TypeError(f"row_index must be a 1-d integer tensor, got {row_index.dtype} of shape {tuple(row_index.shape)}")
+            raise TypeError(
+                f"row_index must be a 1-d integer tensor, got {row_index.dtype} of shape {tuple(row_index.shape)}"
+            )
         rows = self.matrix_shape[0]
         if row_index.numel() and (row_index.min() < 0 or row_index.max() >= rows):
-            raise ValueError(f"row_index must lie in [0, {rows}), got values in [{int(row_index.min())}, {int(row_index.max())}]")
+            raise ValueError(
+                f"row_index must lie in [0, {rows}), got values in [{int(row_index.min())}, {int(row_index.max())}]"
+            )
         p = self.row_modes
         if p == 0:  # a single row: nothing to gather
             return self.to_matrix(factors).expand(len(row_index), -1)

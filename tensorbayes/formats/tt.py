@@ -73,15 +73,10 @@ class TT(TensorFormat):
 
     def _layout(self):
         order = len(self.shape)
-        return [
-            ("e0" if k == 0 else f"b{k - 1}", f"m{k}", "e1" if k == order - 1 else f"b{k}")
-            for k in range(order)
-        ]
+        return [("e0" if k == 0 else f"b{k - 1}", f"m{k}", "e1" if k == order - 1 else f"b{k}") for k in range(order)]
 
     def max_ranks(self):
-        return tuple(
-            min(math.prod(self.shape[: k + 1]), math.prod(self.shape[k + 1 :])) for k in range(self.num_bonds)
-        )
+        return tuple(min(math.prod(self.shape[: k + 1]), math.prod(self.shape[k + 1 :])) for k in range(self.num_bonds))
 
     @classmethod
     def decompose(cls, tensor, ranks, shape=None):

@@ -46,7 +46,9 @@ class TensorPosterior(torch.nn.Module):
             [torch.nn.Parameter(torch.randn(s, generator=generator) * loc_std) for s in layout.factor_shapes]
         )
         raw = _inverse_softplus(torch.tensor(init_scale * loc_std))
-        self.raw_scales = torch.nn.ParameterList([torch.nn.Parameter(torch.full(s, float(raw))) for s in layout.factor_shapes])
+        self.raw_scales = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.full(s, float(raw))) for s in layout.factor_shapes]
+        )
         lambdas = [torch.full((r,), loc_std**2) for r in layout.ranks]
         self.lambda_guide = lambda_guide
         self.lambda_update = lambda_update
@@ -57,7 +59,10 @@ class TensorPosterior(torch.nn.Module):
             self.log_lambdas = torch.nn.ParameterList([torch.nn.Parameter(lam.log()) for lam in lambdas])
         if lambda_guide == "lognormal":
             self.raw_lambda_scales = torch.nn.ParameterList(
-                [torch.nn.Parameter(torch.full((r,), float(_inverse_softplus(torch.tensor(0.1))))) for r in layout.ranks]
+                [
+                    torch.nn.Parameter(torch.full((r,), float(_inverse_softplus(torch.tensor(0.1)))))
+                    for r in layout.ranks
+                ]
             )
 
     def log_lambda(self, b):
@@ -114,9 +119,11 @@ class MeanField(PyroModule):
             raise ValueError(f"m_step={m_step!r} needs lambda_update='closed_form'")
         tensors = low_rank_tensors(model)
         if not tensors:
-            raise ValueError("model holds no LowRankTensor: MeanField has nothing to approximate (build the model "
-                             "from tensorbayes layers, or tensorize a network whose layers meet tensorize's size "
-                             "rule, min_features)")
+            raise ValueError(
+                "model holds no LowRankTensor: MeanField has nothing to approximate (build the model "
+                "from tensorbayes layers, or tensorize a network whose layers meet tensorize's size "
+                "rule, min_features)"
+            )
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         self._model_tensors = tensors  # plain dict: not registered as submodules of the guide
         self.posteriors = torch.nn.ModuleDict(
@@ -154,8 +161,10 @@ class MeanField(PyroModule):
 
     def lambdas(self, tensor_name=None):
         """The point estimates (or LogNormal medians) of λ, per tensor and bond."""
-        out = {name: [post.log_lambda(b).detach().exp() for b in range(len(t.layout.ranks))]
-               for (name, t), (_, post) in zip(self._model_tensors.items(), self.tensors())}
+        out = {
+            name: [post.log_lambda(b).detach().exp() for b in range(len(t.layout.ranks))]
+            for (name, t), (_, post) in zip(self._model_tensors.items(), self.tensors())
+        }
         return out if tensor_name is None else out[tensor_name]
 
     def factor_means(self, tensor):
@@ -238,8 +247,9 @@ def _mackay_moments(tensor, means2, variances, lambdas, b, m, d):
     EM pair ``(m, d)`` for the indices where MacKay's ``λ*`` would be the larger.
     """
     touched = {f for f, _ in tensor.layout.bonds[b]}  # slice_moments reads only the factors bond b touches
-    clipped = [torch.minimum(v, tensor.prior_variance(f, lambdas)) if f in touched else None
-               for f, v in enumerate(variances)]
+    clipped = [
+        torch.minimum(v, tensor.prior_variance(f, lambdas)) if f in touched else None for f, v in enumerate(variances)
+    ]
     ((m_loc, _),) = tensor.slice_moments(means2, lambdas, bonds=[b])
     ((spread, _),) = tensor.slice_moments(clipped, lambdas, bonds=[b])
     gamma = (d - spread / lambdas[b]).clamp(min=1e-3)  # a thousandth of an entry: keeps M / γ finite

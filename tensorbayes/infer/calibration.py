@@ -43,8 +43,9 @@ def check_probs(probs, labels):
     if probs.dim() == 1:
         probs = torch.stack([1 - probs, probs], dim=-1)
     if probs.dim() != 2 or probs.shape[0] == 0 or probs.shape[1] < 2:
-        raise ValueError(f"probs must have shape (N, C) with N >= 1 and C >= 2 (or (N,) for binary), "
-                         f"got {tuple(probs.shape)}")
+        raise ValueError(
+            f"probs must have shape (N, C) with N >= 1 and C >= 2 (or (N,) for binary), got {tuple(probs.shape)}"
+        )
     if not torch.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
         raise ValueError("probs must be finite probabilities in [0, 1]")
     if ((probs.sum(-1) - 1).abs() > 1e-3).any():
@@ -55,8 +56,10 @@ def check_probs(probs, labels):
         raise ValueError(f"labels must have shape ({probs.shape[0]},), one per row of probs, got {tuple(labels.shape)}")
     labels = labels.detach().long()
     if labels.min() < 0 or labels.max() >= probs.shape[1]:
-        raise ValueError(f"labels must be class indices in [0, {probs.shape[1]}), "
-                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+        raise ValueError(
+            f"labels must be class indices in [0, {probs.shape[1]}), "
+            f"got values in [{int(labels.min())}, {int(labels.max())}]"
+        )
     return probs, labels
 
 

@@ -183,8 +183,9 @@ def spectral_factors(shape, rank, index, values):
             if j != k:
                 columns = columns + index[:, j] * stride
                 stride *= shape[j]
-        unfolding = torch.sparse_coo_tensor(torch.stack([index[:, k], columns]), scaled, (size, stride),
-                                            check_invariants=True).coalesce()
+        unfolding = torch.sparse_coo_tensor(
+            torch.stack([index[:, k], columns]), scaled, (size, stride), check_invariants=True
+        ).coalesce()
         q = min(rank, size, stride)
         u, s, _ = torch.svd_lowrank(unfolding, q=q, niter=4)
         factor = 0.01 * torch.randn(size, rank, dtype=values.dtype, device=values.device)
@@ -194,9 +195,20 @@ def spectral_factors(shape, rank, index, values):
 
 
 @torch.no_grad()
-def coordinate_ascent(model, guide, index, values, *, sweeps=30, warmup=4, warmup_noise=0.5, noise_decay=0.5,
-                      noise_floor=1e-4,
-                      propagate_variance=None, progress=False):
+def coordinate_ascent(
+    model,
+    guide,
+    index,
+    values,
+    *,
+    sweeps=30,
+    warmup=4,
+    warmup_noise=0.5,
+    noise_decay=0.5,
+    noise_floor=1e-4,
+    propagate_variance=None,
+    progress=False,
+):
     """
     Closed-form mean-field updates of ``guide`` for a
     :class:`~tensorbayes.models.TensorCompletion` ``model`` on all of its data.

@@ -52,8 +52,19 @@ from pyro.poutine.messenger import Messenger
 from .batches import TensorBatches, module_device
 
 __all__ = [
-    "DistributedContext", "LikelihoodScale", "ShardedTensorBatches", "all_reduce_step", "broadcast_seed",
-    "broadcast_state", "check_in_sync", "check_loader", "evaluate", "in_torchrun", "init", "is_main", "launch",
+    "DistributedContext",
+    "LikelihoodScale",
+    "ShardedTensorBatches",
+    "all_reduce_step",
+    "broadcast_seed",
+    "broadcast_state",
+    "check_in_sync",
+    "check_loader",
+    "evaluate",
+    "in_torchrun",
+    "init",
+    "is_main",
+    "launch",
 ]
 
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -114,8 +125,11 @@ def broadcast_seed(seed, ctx, modules=()):
     Rank 0's ``seed`` on every rank (drawn on rank 0 when ``None``), so that all ranks agree;
     sent from the device of ``modules`` (a NCCL group carries CUDA tensors only).
     """
-    value = torch.tensor([int(torch.randint(2**31, ())) if seed is None else int(seed)], dtype=torch.int64,
-                         device=module_device(*modules))
+    value = torch.tensor(
+        [int(torch.randint(2**31, ())) if seed is None else int(seed)],
+        dtype=torch.int64,
+        device=module_device(*modules),
+    )
     dist.broadcast(value, src=0)
     return int(value.item())
 
@@ -197,8 +211,11 @@ def all_reduce_step(params, loss, likelihood, ctx):
     for (dtype, device), group in groups.items():
         parts = [p.grad.reshape(-1) for p in group]
         if scalars is None:
-            parts.append(torch.stack([loss.detach().to(device, dtype), torch.tensor(float(likelihood), dtype=dtype,
-                                                                                   device=device)]))
+            parts.append(
+                torch.stack(
+                    [loss.detach().to(device, dtype), torch.tensor(float(likelihood), dtype=dtype, device=device)]
+                )
+            )
         buffer = torch.cat(parts)
         dist.all_reduce(buffer)
         buffer /= ctx.world_size
@@ -214,8 +231,12 @@ def all_reduce_step(params, loss, likelihood, ctx):
 
 def _checksum(modules, device):
     """Three numbers that differ, in practice, whenever two copies of ``modules`` differ."""
-    values = [t.detach().reshape(-1).to(device, torch.float64) for m in modules
-              for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point()]
+    values = [
+        t.detach().reshape(-1).to(device, torch.float64)
+        for m in modules
+        for t in list(m.parameters()) + list(m.buffers())
+        if t.is_floating_point()
+    ]
     flat = torch.cat(values) if values else torch.zeros(1, dtype=torch.float64, device=device)
     weights = torch.linspace(1.0, 2.0, len(flat), dtype=torch.float64, device=device)
     return torch.stack([flat.sum(), flat.abs().sum(), (flat * weights).sum()])
@@ -299,8 +320,16 @@ def launch(argv, nproc, module="tensorbayes.cli"):
     """
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a positive int, got {nproc!r}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", module, *_without_nproc(list(argv))]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        *_without_nproc(list(argv)),
+    ]
     return subprocess.call(command)
 
 

@@ -36,8 +36,9 @@ __all__ = ["MeanFieldELBO"]
 def _log_prob_sum(site, max_plate_nesting=None):
     """A sample site's scaled and masked log density, summed; stored in the site as Pyro does, and
     its shape checked against ``max_plate_nesting`` unless that is ``None``."""
-    log_p = scale_and_mask(site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"]),
-                           site["scale"], site["mask"])
+    log_p = scale_and_mask(
+        site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"]), site["scale"], site["mask"]
+    )
     site["log_prob"] = log_p
     if max_plate_nesting is not None:
         check_site_shape(site, max_plate_nesting)
@@ -71,7 +72,8 @@ class MeanFieldELBO(TraceMeanField_ELBO):
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace), graph_type="flat").get_trace(
-            *args, **kwargs)
+            *args, **kwargs
+        )
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
             _check_mean_field_requirement(model_trace, guide_trace)
@@ -90,16 +92,20 @@ class MeanFieldELBO(TraceMeanField_ELBO):
                 continue
             guide_site = guide_trace.nodes[name]
             if is_validation_enabled() and not guide_site["fn"].has_rsample:
-                raise NotImplementedError(f"All distributions in the guide must be fully reparameterized; "
-                                          f"site '{name}' is not")
+                raise NotImplementedError(
+                    f"All distributions in the guide must be fully reparameterized; site '{name}' is not"
+                )
             try:
                 site_kl = kl_divergence(guide_site["fn"], site["fn"])
             except NotImplementedError:
                 kl = kl + _log_prob_sum(guide_site, nesting) - _log_prob_sum(site, nesting)
                 continue
             site_kl = scale_and_mask(site_kl, scale=guide_site["scale"], mask=guide_site["mask"])
-            kl = kl + (site_kl.sum() if torch.is_tensor(site_kl)
-                       else site_kl * torch.Size(guide_site["fn"].batch_shape).numel())
+            kl = kl + (
+                site_kl.sum()
+                if torch.is_tensor(site_kl)
+                else site_kl * torch.Size(guide_site["fn"].batch_shape).numel()
+            )
         for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites, as Pyro's
             if guide_site["type"] == "sample" and name not in model_trace.nodes:
                 kl = kl + _log_prob_sum(guide_site, nesting)

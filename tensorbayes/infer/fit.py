@@ -25,7 +25,7 @@ from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from . import distributed as _distributed
-from .batches import as_tensors, module_device, to_device, TensorBatches
+from .batches import TensorBatches, as_tensors, module_device, to_device
 from .elbo import MeanFieldELBO
 
 __all__ = ["DeadGradientWarning", "History", "NonFiniteError", "fit"]
@@ -172,10 +172,34 @@ class _LoaderBatches:
             yield list(batch) if isinstance(batch, (tuple, list)) else [batch]
 
 
-def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.5, lr_warmup=0, warmup=None, ramp=None,
-        lambda_step=0.1, num_particles=1, init="auto", init_sweeps=None, eval_data=None, eval_samples=20,
-        checkpoint=None, resume=False, callbacks=(), trace_every=None, seed=None, progress=True,
-        distributed=False, tolerance=DEFAULT_TOLERANCE, validation=DEFAULT_VALIDATION):
+def fit(
+    model,
+    guide,
+    data,
+    *,
+    epochs=100,
+    batch_size=1024,
+    lr=None,
+    lr_decay=0.5,
+    lr_warmup=0,
+    warmup=None,
+    ramp=None,
+    lambda_step=0.1,
+    num_particles=1,
+    init="auto",
+    init_sweeps=None,
+    eval_data=None,
+    eval_samples=20,
+    checkpoint=None,
+    resume=False,
+    callbacks=(),
+    trace_every=None,
+    seed=None,
+    progress=True,
+    distributed=False,
+    tolerance=DEFAULT_TOLERANCE,
+    validation=DEFAULT_VALIDATION,
+):
     """
     Fit ``guide`` to the posterior of ``model`` by SVI on minibatches of ``data``.
 
@@ -239,8 +263,9 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         shards. Every process returns the same :class:`History`. See
         :mod:`tensorbayes.infer.distributed`.
     :param float tolerance: the rank search's tolerance (default :data:`DEFAULT_TOLERANCE`:
-        half a point of accuracy, or 0.005 of relative error); ``None`` keeps the ranks the model has. At the end of every epoch
-        from the end of the KL ramp until :data:`SEARCH_UNTIL` of the steps,
+        half a point of accuracy, or 0.005 of relative error); ``None`` keeps the ranks the model
+        has. At the end of every epoch from the end of the KL ramp until :data:`SEARCH_UNTIL` of
+        the steps,
         :func:`~tensorbayes.rank.search_ranks` finds the smallest ranks, along the posterior's
         ordering of the rank indices, whose posterior-mean network scores on a held-out
         ``validation`` share of ``data`` within ``tolerance`` of the best score of the
@@ -255,8 +280,12 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
     :param float validation: the share of ``data`` held out for the rank search, in (0, 0.5].
     :returns: the :class:`History` of the fit.
     """
-    for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (num_particles, "num_particles"),
-                        (eval_samples, "eval_samples")):
+    for value, name in (
+        (epochs, "epochs"),
+        (batch_size, "batch_size"),
+        (num_particles, "num_particles"),
+        (eval_samples, "eval_samples"),
+    ):
         _check_positive_int(value, name)
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
@@ -278,8 +307,9 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         raise ValueError("resume=True needs a checkpoint path")
     if not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True or False, got {distributed!r}")
-    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
-                                  or not 0 < tolerance < 1):
+    if tolerance is not None and (
+        isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1
+    ):
         raise ValueError(f"tolerance must be a number in (0, 1) or None, got {tolerance!r}")
     if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not 0 < validation <= 0.5:
         raise ValueError(f"validation must be a share of the data in (0, 0.5], got {validation!r}")
@@ -288,8 +318,9 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         if len(eval_data) < 2:
             raise ValueError("eval_data must be (*inputs, target): at least two tensors")
     if distributed and sparse_tables(model):
-        raise ValueError("distributed=True averages dense gradients only: build the model's embedding tables "
-                         "with sparse=False")
+        raise ValueError(
+            "distributed=True averages dense gradients only: build the model's embedding tables with sparse=False"
+        )
     ctx = _distributed.init() if distributed else None
     if ctx is not None:
         seed = _distributed.broadcast_seed(seed, ctx, [model, guide])  # every rank draws the same batches and samples
@@ -299,14 +330,20 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
             _distributed.check_loader(data, ctx)
         batches = _LoaderBatches(data)
     else:
-        batches = (TensorBatches(data, batch_size, generator) if ctx is None
-                   else _distributed.ShardedTensorBatches(data, batch_size, generator, ctx))
+        batches = (
+            TensorBatches(data, batch_size, generator)
+            if ctx is None
+            else _distributed.ShardedTensorBatches(data, batch_size, generator, ctx)
+        )
         if hasattr(model, "check_data"):
             batches.data = tuple(t for t in model.check_data(*batches.data) if t is not None)
     search = None
     if tolerance is not None and batches.data is None:
-        warnings.warn("fit: no rank search over a DataLoader (it cannot hold a share out): pass the data as tensors, "
-                      "or tolerance=None to keep the ranks", stacklevel=2)
+        warnings.warn(
+            "fit: no rank search over a DataLoader (it cannot hold a share out): pass the data as tensors, "
+            "or tolerance=None to keep the ranks",
+            stacklevel=2,
+        )
     elif tolerance is not None:
         search = _RankSearch.plan(batches, epochs, validation, tolerance, generator, warmup, ramp, ctx)
         if search is not None:
@@ -320,9 +357,11 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
 
     state = _load_checkpoint(checkpoint, model, guide) if resume and os.path.exists(checkpoint) else None
     if state is None:
-        initialized = (init != "none" and batches.data is not None
-                       and _coordinate_ascent_init(model, guide, to_device(batches.data, device), init, init_sweeps,
-                                                   progress))
+        initialized = (
+            init != "none"
+            and batches.data is not None
+            and _coordinate_ascent_init(model, guide, to_device(batches.data, device), init, init_sweeps, progress)
+        )
     else:
         initialized = state["initialized"]
     if ctx is not None:
@@ -331,8 +370,13 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
         lr = 1e-3 if initialized else 1e-2
     total = epochs * len(batches) if search is None else search.total_steps(epochs)
     default = 0 if initialized else int(0.2 * total)
-    schedule = Schedule(warmup=default if warmup is None else warmup, ramp=default if ramp is None else ramp,
-                        total=total, decay=round(lr_decay * total), lr_warmup=lr_warmup)
+    schedule = Schedule(
+        warmup=default if warmup is None else warmup,
+        ramp=default if ramp is None else ramp,
+        total=total,
+        decay=round(lr_decay * total),
+        lr_warmup=lr_warmup,
+    )
 
     elbo = MeanFieldELBO(num_particles=num_particles)  # particles in turn: the models hold no particle dim
     optimizer = _adam(model, guide, lr)
@@ -355,8 +399,18 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
             batch = to_device(batch, device)
             beta = schedule.beta(step)
             _set_learning_rates(optimizer, lr * schedule.lr_factor(step), hold_noise=step < schedule.warmup)
-            loss, likelihood, norms = _step(model, guide, elbo, optimizer, batch, batches.num_data, beta, step, epoch,
-                                            **_parallel(ctx, optimizer, share))
+            loss, likelihood, norms = _step(
+                model,
+                guide,
+                elbo,
+                optimizer,
+                batch,
+                batches.num_data,
+                beta,
+                step,
+                epoch,
+                **_parallel(ctx, optimizer, share),
+            )
             if main:  # the gradients are the same on every rank: warn once
                 dead_gradients.update(norms, step, epoch)
             if closed_form and step >= schedule.warmup:
@@ -370,8 +424,17 @@ def fit(model, guide, data, *, epochs=100, batch_size=1024, lr=None, lr_decay=0.
             bar.update()
         if ctx is not None:
             _distributed.check_in_sync([model, guide], ctx, f"after epoch {epoch}")
-        _record(history, model, guide, -epoch_loss / len(batches), epoch_likelihood / len(batches), beta,
-                eval_data, eval_samples, ctx)
+        _record(
+            history,
+            model,
+            guide,
+            -epoch_loss / len(batches),
+            epoch_likelihood / len(batches),
+            beta,
+            eval_data,
+            eval_samples,
+            ctx,
+        )
         history.lr.append(optimizer.param_groups[0]["lr"])
         if search is not None and epoch in search.epochs:  # the same on every rank: no communication
             history.rank_search.append(search.run(model, guide, epoch, device))
@@ -426,8 +489,11 @@ def _adam(model, guide, lr, previous=None):
 def sparse_tables(model):
     """The weights of ``model``'s :class:`torch.nn.Embedding` and :class:`torch.nn.EmbeddingBag`
     tables built with ``sparse=True``, whose gradients are sparse tensors."""
-    return [m.weight for m in model.modules()
-            if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad]
+    return [
+        m.weight
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad
+    ]
 
 
 class SparseAndDenseAdam:
@@ -559,10 +625,16 @@ def _held_out_metric(mean, target):
 def _save_checkpoint(path, model, guide, optimizer, history, step, epoch, generator, initialized):
     """Write atomically: to a temporary file in the same folder, then rename over ``path``."""
     state = {
-        "model": model.state_dict(), "guide": guide.state_dict(), "optimizer": optimizer.state_dict(),
+        "model": model.state_dict(),
+        "guide": guide.state_dict(),
+        "optimizer": optimizer.state_dict(),
         "ranks": {name: t.layout.ranks for name, t in _low_rank_tensors(model).items()},
-        "history": history, "step": step, "epoch": epoch, "generator": generator.get_state(),
-        "rng": pyro.util.get_rng_state(), "initialized": initialized,
+        "history": history,
+        "step": step,
+        "epoch": epoch,
+        "generator": generator.get_state(),
+        "rng": pyro.util.get_rng_state(),
+        "initialized": initialized,
     }
     folder = os.path.dirname(os.path.abspath(path))
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".tmp")
@@ -596,13 +668,16 @@ def _load_checkpoint(path, model, guide):
 
 def _describe(tensor):
     layout = tensor.layout
-    return (f"a {layout.name} tensor of shape {layout.shape} with {layout.num_bonds} "
-            f"bond{'s' if layout.num_bonds != 1 else ''} at ranks {layout.ranks}")
+    return (
+        f"a {layout.name} tensor of shape {layout.shape} with {layout.num_bonds} "
+        f"bond{'s' if layout.num_bonds != 1 else ''} at ranks {layout.ranks}"
+    )
 
 
 def _listed_shapes(shapes):
     return ", ".join(f"{key} {tuple(shape)}" for key, shape in list(shapes.items())[:4]) + (
-        f" and {len(shapes) - 4} more" if len(shapes) > 4 else "")
+        f" and {len(shapes) - 4} more" if len(shapes) > 4 else ""
+    )
 
 
 def _check_checkpoint_fits(path, state, model, guide):
@@ -622,46 +697,58 @@ def _check_checkpoint_fits(path, state, model, guide):
     extra = sorted(set(saved) - set(tensors))
     missing = sorted(set(tensors) - set(saved))
     if extra or missing:
-        raise ValueError(f"{fits}: the checkpoint holds low-rank tensors {sorted(saved)}, the model "
-                         f"{sorted(tensors)} (missing from the checkpoint: {missing}, not in the model: {extra})")
+        raise ValueError(
+            f"{fits}: the checkpoint holds low-rank tensors {sorted(saved)}, the model "
+            f"{sorted(tensors)} (missing from the checkpoint: {missing}, not in the model: {extra})"
+        )
     expected_guide = {key: tuple(value.shape) for key, value in guide.state_dict().items() if torch.is_tensor(value)}
     for name, tensor in tensors.items():
         ranks = tuple(int(r) for r in saved[name])
         layout = tensor.layout
         if len(ranks) != layout.num_bonds:
-            raise ValueError(f"{fits}: tensor {name!r}: the checkpoint holds {len(ranks)} bond"
-                             f"{'s' if len(ranks) != 1 else ''} at ranks {ranks}, the model {_describe(tensor)}")
+            raise ValueError(
+                f"{fits}: tensor {name!r}: the checkpoint holds {len(ranks)} bond"
+                f"{'s' if len(ranks) != 1 else ''} at ranks {ranks}, the model {_describe(tensor)}"
+            )
         if any(r < 1 or r > m for r, m in zip(ranks, layout.ranks)):
-            raise ValueError(f"{fits}: tensor {name!r}: the checkpoint holds ranks {ranks}, the model "
-                             f"{_describe(tensor)} (a model is shrunk to a checkpoint's ranks, never grown)")
+            raise ValueError(
+                f"{fits}: tensor {name!r}: the checkpoint holds ranks {ranks}, the model "
+                f"{_describe(tensor)} (a model is shrunk to a checkpoint's ranks, never grown)"
+            )
         prefix = f"posteriors.{_key(name)}."
         shapes = layout.with_ranks(ranks).factor_shapes
         for key in expected_guide:
             if not key.startswith(prefix):
                 continue
-            head, _, tail = key[len(prefix):].rpartition(".")
+            head, _, tail = key[len(prefix) :].rpartition(".")
             if head in ("locs", "raw_scales"):
                 expected_guide[key] = shapes[int(tail)]
             elif head in ("log_lambdas", "raw_lambda_scales"):
                 expected_guide[key] = (ranks[int(tail)],)
             elif tail.startswith("log_lambda"):
-                expected_guide[key] = (ranks[int(tail[len("log_lambda"):])],)
+                expected_guide[key] = (ranks[int(tail[len("log_lambda") :])],)
         factors = {k: tuple(v.shape) for k, v in state["guide"].items() if k.startswith(prefix + "locs.")}
         wanted = {k: v for k, v in expected_guide.items() if k.startswith(prefix + "locs.")}
         if factors != wanted:
-            raise ValueError(f"{fits}: tensor {name!r}: the checkpoint's factors are {_listed_shapes(factors)}; "
-                             f"the model's, {_describe(tensor)} shrunk to the checkpoint's ranks {ranks}, "
-                             f"would be {_listed_shapes(wanted)}")
-    for what, expected in (("model", {k: tuple(v.shape) for k, v in model.state_dict().items() if torch.is_tensor(v)}),
-                           ("guide", expected_guide)):
+            raise ValueError(
+                f"{fits}: tensor {name!r}: the checkpoint's factors are {_listed_shapes(factors)}; "
+                f"the model's, {_describe(tensor)} shrunk to the checkpoint's ranks {ranks}, "
+                f"would be {_listed_shapes(wanted)}"
+            )
+    for what, expected in (
+        ("model", {k: tuple(v.shape) for k, v in model.state_dict().items() if torch.is_tensor(v)}),
+        ("guide", expected_guide),
+    ):
         found = {k: tuple(v.shape) for k, v in state[what].items() if torch.is_tensor(v)}
         if set(found) != set(expected) or any(found[k] != expected[k] for k in expected):
             only_saved = {k: found[k] for k in sorted(set(found) - set(expected))}
             only_here = {k: expected[k] for k in sorted(set(expected) - set(found))}
             differ = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
-            parts = ([f"{k}: the checkpoint's {found[k]}, the {what}'s {expected[k]}" for k in differ[:4]]
-                     + ([f"only in the checkpoint: {_listed_shapes(only_saved)}"] if only_saved else [])
-                     + ([f"only in the {what}: {_listed_shapes(only_here)}"] if only_here else []))
+            parts = (
+                [f"{k}: the checkpoint's {found[k]}, the {what}'s {expected[k]}" for k in differ[:4]]
+                + ([f"only in the checkpoint: {_listed_shapes(only_saved)}"] if only_saved else [])
+                + ([f"only in the {what}: {_listed_shapes(only_here)}"] if only_here else [])
+            )
             raise ValueError(f"{fits}: the {what}'s state differs: " + "; ".join(parts))
 
 
@@ -746,10 +833,12 @@ class _DeadGradients:
                 self.zero_steps[name] += 1
         dead = [name for name, steps in self.zero_steps.items() if steps == DEAD_GRADIENT_STEPS]
         if dead:
-            message = (f"fit: at step {step} (epoch {epoch}), {len(dead)} parameter{'s' if len(dead) > 1 else ''} "
-                       f"had an exactly zero gradient for {DEAD_GRADIENT_STEPS} steps in a row, after nonzero "
-                       f"ones: {_listed(dead)}. The loss no longer depends on them (as when every unit of a ReLU "
-                       "layer has gone dark)")
+            message = (
+                f"fit: at step {step} (epoch {epoch}), {len(dead)} parameter{'s' if len(dead) > 1 else ''} "
+                f"had an exactly zero gradient for {DEAD_GRADIENT_STEPS} steps in a row, after nonzero "
+                f"ones: {_listed(dead)}. The loss no longer depends on them (as when every unit of a ReLU "
+                "layer has gone dark)"
+            )
             warnings.warn(DeadGradientWarning(message, dead), stacklevel=3)
 
 
@@ -772,7 +861,9 @@ def _diagnose(model, guide, batch, num_data, step, epoch):
         return f"ELBO is not finite {where}: {found[0]} parameter '{found[1]}' holds NaN or infinite values"
     with torch.no_grad():
         guide_trace = pyro.poutine.trace(guide).get_trace(*batch, num_data=num_data)
-        model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(*batch, num_data=num_data)
+        model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(
+            *batch, num_data=num_data
+        )
         for trace, owner in ((guide_trace, "guide"), (model_trace, "model")):
             for name, site in trace.nodes.items():
                 if site["type"] != "sample":
@@ -813,13 +904,19 @@ class _RankSearch:
         order = torch.randperm(n, generator=generator)
         train, held = order[n_held:], order[:n_held]
         train_data = tuple(t[train] for t in batches.data)
-        train_batches = (TensorBatches(train_data, train_size, generator) if ctx is None
-                         else _distributed.ShardedTensorBatches(train_data, train_size, generator, ctx))
+        train_batches = (
+            TensorBatches(train_data, train_size, generator)
+            if ctx is None
+            else _distributed.ShardedTensorBatches(train_data, train_size, generator, ctx)
+        )
         held_out = tuple(t[held] for t in batches.data)
         return cls(train_batches, batches, held_out, chosen, tolerance)
 
     def total_steps(self, epochs):
-        """The steps of a fit of ``epochs`` epochs: on the training share up to the last search, then on all the data."""
+        """
+        The steps of a fit of ``epochs`` epochs: on the training share up to the last search, then
+        on all the data.
+        """
         last = self.epochs[-1]
         return sum(len(self.train_batches) if e <= last else len(self.all_batches) for e in range(epochs))
 

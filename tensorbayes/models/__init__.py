@@ -11,11 +11,18 @@ from .tensor import LowRankTensor
 __all__ = ["LowRankTensor", "TensorCompletion"]
 
 # Tensorized layers (Linear, Conv2d, Embedding) and the conversion of whole networks.
-from .layers import (FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, budget_rank,
-                     factorize)
+# budget_rank is public as tb.models.budget_rank, though not listed in __all__
+from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, budget_rank, factorize  # noqa: F401
 from .tensorize import tensorize
 
-__all__ += ["FactorizationError", "TensorizedConv2d", "TensorizedEmbedding", "TensorizedLinear", "factorize", "tensorize"]
+__all__ += [
+    "FactorizationError",
+    "TensorizedConv2d",
+    "TensorizedEmbedding",
+    "TensorizedLinear",
+    "factorize",
+    "tensorize",
+]
 
 # Whole networks under a likelihood: classification and regression.
 from .networks import BayesianClassifier, BayesianRegressor
@@ -23,7 +30,7 @@ from .networks import BayesianClassifier, BayesianRegressor
 __all__ += ["BayesianClassifier", "BayesianRegressor"]
 
 # Recommendation: multi-hot lookups in tensorized tables and the DLRM model.
-from .dlrm import DLRM, DLRMNet, PAPER_PRESET
+from .dlrm import DLRM, PAPER_PRESET, DLRMNet
 from .embedding_bag import TensorizedEmbeddingBag
 
 __all__ += ["DLRM", "DLRMNet", "PAPER_PRESET", "TensorizedEmbeddingBag"]

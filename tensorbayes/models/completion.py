@@ -7,7 +7,6 @@ subsampled, so that the likelihood of a minibatch is scaled by ``num_data / batc
 is the full-data ELBO.
 """
 
-
 import pyro
 import torch
 from pyro.nn import PyroModule
@@ -54,7 +53,9 @@ class TensorCompletion(PyroModule, NormalNoise):
             if not values.is_floating_point():
                 raise TypeError(f"values must be a floating point tensor, got dtype {values.dtype}")
             if values.shape != index.shape[:1]:
-                raise ValueError(f"values must have shape ({index.shape[0]},) to match index, got {tuple(values.shape)}")
+                raise ValueError(
+                    f"values must have shape ({index.shape[0]},) to match index, got {tuple(values.shape)}"
+                )
             if not torch.isfinite(values).all():
                 raise ValueError("values must be finite: found NaN or infinite observed values")
         return index, values

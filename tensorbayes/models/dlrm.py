@@ -109,8 +109,9 @@ class DLRMNet(torch.nn.Module):
         features = len(tables) + 1
         rows, cols = torch.tril_indices(features, features, offset=-1)
         self.register_buffer("pairs", torch.stack([rows, cols]), persistent=False)
-        self.top = mlp((self.embedding_dim + features * (features - 1) // 2,) + _check_sizes(top, "top") + (1,),
-                       final_relu=False)
+        self.top = mlp(
+            (self.embedding_dim + features * (features - 1) // 2,) + _check_sizes(top, "top") + (1,), final_relu=False
+        )
 
     @property
     def cardinalities(self):
@@ -191,9 +192,25 @@ class DLRM(PyroModule):
         every row of every table at every step).
     """
 
-    def __init__(self, cardinalities, num_dense=13, embedding_dim=128, bottom=(256,), top=(256, 64), *,
-                 tensorize_min_rows=1_000_000, format="ttm", max_rank=16, prior="half_cauchy", prior_kwargs=None,
-                 tables=None, col_shape=None, mode="sum", sparse=False, init_variance=None):
+    def __init__(
+        self,
+        cardinalities,
+        num_dense=13,
+        embedding_dim=128,
+        bottom=(256,),
+        top=(256, 64),
+        *,
+        tensorize_min_rows=1_000_000,
+        format="ttm",
+        max_rank=16,
+        prior="half_cauchy",
+        prior_kwargs=None,
+        tables=None,
+        col_shape=None,
+        mode="sum",
+        sparse=False,
+        init_variance=None,
+    ):
         super().__init__()
         cardinalities = _check_sizes(cardinalities, "cardinalities")
         if not cardinalities:
@@ -211,12 +228,20 @@ class DLRM(PyroModule):
                 built.append(torch.nn.EmbeddingBag(rows, embedding_dim, mode=mode, sparse=sparse))
                 torch.nn.init.normal_(built[-1].weight, std=init_variance**0.5)
                 continue
-            built.append(TensorizedEmbeddingBag(
-                rows, embedding_dim, format=opts.get("format", format), max_rank=opts.get("max_rank", max_rank),
-                prior=opts.get("prior", prior), mode=mode, prior_kwargs=opts.get("prior_kwargs", prior_kwargs),
-                row_shape=opts.get("row_shape"), col_shape=opts.get("col_shape", col_shape),
-                init_variance=init_variance,
-            ))
+            built.append(
+                TensorizedEmbeddingBag(
+                    rows,
+                    embedding_dim,
+                    format=opts.get("format", format),
+                    max_rank=opts.get("max_rank", max_rank),
+                    prior=opts.get("prior", prior),
+                    mode=mode,
+                    prior_kwargs=opts.get("prior_kwargs", prior_kwargs),
+                    row_shape=opts.get("row_shape"),
+                    col_shape=opts.get("col_shape", col_shape),
+                    init_variance=init_variance,
+                )
+            )
         self.net = PyroModule[DLRMNet](built, num_dense, bottom, top)
         self.cardinalities = cardinalities
         self.num_dense = self.net.num_dense
@@ -297,8 +322,13 @@ class DLRM(PyroModule):
             raise ValueError("dense must be finite: found NaN or infinite values")
         sizes = torch.tensor(self.cardinalities, device=sparse.device).view(1, -1, *([1] * (sparse.dim() - 2)))
         if (sparse < 0).any() or (sparse >= sizes).any():
-            bad = int(((sparse < 0) | (sparse >= sizes)).reshape(sparse.shape[0], sparse.shape[1], -1).any(-1).any(0)
-                      .nonzero()[0])
+            bad = int(
+                ((sparse < 0) | (sparse >= sizes))
+                .reshape(sparse.shape[0], sparse.shape[1], -1)
+                .any(-1)
+                .any(0)
+                .nonzero()[0]
+            )
             raise ValueError(f"sparse[:, {bad}] must hold ids in [0, {self.cardinalities[bad]}) (table C{bad + 1})")
         if y is not None:
             y = self._check_clicks(torch.as_tensor(y), dense.shape[0])
@@ -329,4 +359,3 @@ class DLRM(PyroModule):
         plain = sum(p.numel() for name, p in self.named_parameters())
         dense_tables = sum(t.weight.numel() for _, t in self.net.tables() if isinstance(t, torch.nn.EmbeddingBag))
         return tables + plain - dense_tables
-

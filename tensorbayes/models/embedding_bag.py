@@ -56,7 +56,9 @@ def _check_offsets(offsets, length):
     if offsets.min() < 0:
         raise ValueError(f"offsets must be non-negative, got a minimum of {int(offsets.min())}")
     if offsets[0] != 0:
-        raise ValueError(f"offsets must start at 0 (the first bag starts at input[0]), got offsets[0]={int(offsets[0])}")
+        raise ValueError(
+            f"offsets must start at 0 (the first bag starts at input[0]), got offsets[0]={int(offsets[0])}"
+        )
     if offsets.numel() > 1 and (offsets[1:] < offsets[:-1]).any():
         raise ValueError("offsets must be sorted (non-decreasing): bag b is input[offsets[b]:offsets[b + 1]]")
     if offsets[-1] > length:
@@ -102,11 +104,16 @@ def check_bags(input, offsets, per_sample_weights, mode, num_embeddings):
         if mode != "sum":
             raise ValueError(f"per_sample_weights needs mode='sum', got mode={mode!r}")
         if not isinstance(per_sample_weights, torch.Tensor) or not per_sample_weights.is_floating_point():
-            got = per_sample_weights.dtype if isinstance(per_sample_weights, torch.Tensor) else type(per_sample_weights).__name__
+            got = (
+                per_sample_weights.dtype
+                if isinstance(per_sample_weights, torch.Tensor)
+                else type(per_sample_weights).__name__
+            )
             raise TypeError(f"per_sample_weights must be a floating point torch.Tensor, got {got}")
         if per_sample_weights.shape != input.shape:
             raise ValueError(
-                f"per_sample_weights must have the shape of input, {tuple(input.shape)}, got {tuple(per_sample_weights.shape)}"
+                f"per_sample_weights must have the shape of input, {tuple(input.shape)}, "
+                f"got {tuple(per_sample_weights.shape)}"
             )
         if not torch.isfinite(per_sample_weights).all():
             raise ValueError("per_sample_weights must be finite: found NaN or infinite values")
@@ -161,8 +168,9 @@ class TensorizedEmbeddingBag(TensorizedEmbedding):
         ``init_variance``, as :class:`~.layers.TensorizedEmbedding` takes them.
     """
 
-    def __init__(self, num_embeddings, embedding_dim, format="ttm", max_rank=8, prior="half_cauchy", *, mode="sum",
-                 **kwargs):
+    def __init__(
+        self, num_embeddings, embedding_dim, format="ttm", max_rank=8, prior="half_cauchy", *, mode="sum", **kwargs
+    ):
         super().__init__(num_embeddings, embedding_dim, format=format, max_rank=max_rank, prior=prior, **kwargs)
         self.mode = _check_mode(mode)
 

@@ -505,7 +505,12 @@ class TensorizedLinear(PyroModule):
             in_shape, out_shape = _cheapest_ttm_pairing(in_shape, out_shape, ranks)
         self.in_shape, self.out_shape = in_shape, out_shape
         self.weight = _low_rank_weight(
-            out_shape + in_shape, len(out_shape), fmt, max_rank, prior, prior_kwargs,
+            out_shape + in_shape,
+            len(out_shape),
+            fmt,
+            max_rank,
+            prior,
+            prior_kwargs,
             _check_init_variance(init_variance, 1.0 / self.in_features),
         )
         if bias:
@@ -704,10 +709,18 @@ class TensorizedConv2d(PyroModule):
         window = self.kernel_size[0] * self.kernel_size[1]
         rows, cols = out_shape, in_shape
         if window > 1:
-            rows, cols = (out_shape + (1,), in_shape + (window,)) if fmt.name == "ttm" else (out_shape, in_shape + (window,))
+            rows, cols = (
+                (out_shape + (1,), in_shape + (window,)) if fmt.name == "ttm" else (out_shape, in_shape + (window,))
+            )
         fan_in = self.in_channels * window
         self.weight = _low_rank_weight(
-            rows + cols, len(rows), fmt, max_rank, prior, prior_kwargs, _check_init_variance(init_variance, 1.0 / fan_in)
+            rows + cols,
+            len(rows),
+            fmt,
+            max_rank,
+            prior,
+            prior_kwargs,
+            _check_init_variance(init_variance, 1.0 / fan_in),
         )
         if bias:
             bound = 1.0 / math.sqrt(fan_in)
@@ -822,7 +835,12 @@ class TensorizedEmbedding(PyroModule):
         self.row_shape, self.col_shape = row_shape, col_shape
         max_rank = EMBEDDING_MAX_RANK if max_rank is None else max_rank
         self.weight = _low_rank_weight(
-            row_shape + col_shape, len(row_shape), fmt, max_rank, prior, prior_kwargs,
+            row_shape + col_shape,
+            len(row_shape),
+            fmt,
+            max_rank,
+            prior,
+            prior_kwargs,
             _check_init_variance(init_variance, 1.0),
         )
 

@@ -170,7 +170,9 @@ class BayesianRegressor(PyroModule, NormalNoise):
         if not y.is_floating_point():
             raise TypeError(f"y must be a floating point tensor of targets, got dtype {y.dtype}")
         if y.dim() == 0 or y.shape[0] != batch:
-            raise ValueError(f"y must have a leading dimension of {batch}, one target per example of x, got {tuple(y.shape)}")
+            raise ValueError(
+                f"y must have a leading dimension of {batch}, one target per example of x, got {tuple(y.shape)}"
+            )
         return y
 
     def check_data(self, x, y=None):

@@ -34,8 +34,10 @@ class SharedScaleNormal(dist.Normal):
     def __init__(self, loc, scale, validate_args=None):
         scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
         if scale.dim() != 0:
-            raise ValueError(f"scale must be a number or a 0-d tensor, one scale shared by every entry, "
-                             f"got shape {tuple(scale.shape)}")
+            raise ValueError(
+                f"scale must be a number or a 0-d tensor, one scale shared by every entry, "
+                f"got shape {tuple(scale.shape)}"
+            )
         self.shared_scale = scale
         validate = type(self)._validate_args if validate_args is None else validate_args  # torch's default
         super().__init__(loc, scale, validate_args=False)
@@ -43,9 +45,11 @@ class SharedScaleNormal(dist.Normal):
         if validate:  # as torch checks them, but the scale once, not once per entry
             for name, value in (("loc", loc), ("scale", scale)):
                 if not bool(self.arg_constraints[name].check(value).all()):
-                    raise ValueError(f"Expected parameter {name} (Tensor of shape {tuple(value.shape)}) of "
-                                     f"distribution {type(self).__name__} to satisfy the constraint "
-                                     f"{self.arg_constraints[name]}, but found invalid values:\n{value}")
+                    raise ValueError(
+                        f"Expected parameter {name} (Tensor of shape {tuple(value.shape)}) of "
+                        f"distribution {type(self).__name__} to satisfy the constraint "
+                        f"{self.arg_constraints[name]}, but found invalid values:\n{value}"
+                    )
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(SharedScaleNormal, _instance)

@@ -111,7 +111,9 @@ class LowRankTensor(PyroModule):
     def prior_variance(self, f, lambdas, skip=None):
         """The prior variance of factor ``f`` alone (:meth:`prior_variances`), without bond ``skip``'s scales."""
         labels = self.layout.labels[f]
-        var = torch.ones([1] * len(labels), device=self.device) if not lambdas else lambdas[0].new_ones([1] * len(labels))
+        var = (
+            torch.ones([1] * len(labels), device=self.device) if not lambdas else lambdas[0].new_ones([1] * len(labels))
+        )
         for d, lab in enumerate(labels):
             if lab[0] == "b" and int(lab[1:]) != skip:
                 view = [1] * len(labels)
@@ -152,8 +154,9 @@ class LowRankTensor(PyroModule):
         :func:`~tensorbayes.fit` with a message that names where it began.
         """
         lambdas = [
-            pyro.sample(self.lambda_site(b),
-                        self.prior.distribution((r,), device=self.device, validate_args=False).to_event(1))
+            pyro.sample(
+                self.lambda_site(b), self.prior.distribution((r,), device=self.device, validate_args=False).to_event(1)
+            )
             for b, r in enumerate(self.layout.ranks)
         ]
         factors = []

@@ -63,7 +63,12 @@ def _unsupported(module):
         if module.padding_mode != "zeros":
             return f"padding_mode={module.padding_mode!r} (only 'zeros' is tensorized)"
     if isinstance(module, torch.nn.Embedding):
-        for attr, default in (("padding_idx", None), ("max_norm", None), ("scale_grad_by_freq", False), ("sparse", False)):
+        for attr, default in (
+            ("padding_idx", None),
+            ("max_norm", None),
+            ("scale_grad_by_freq", False),
+            ("sparse", False),
+        ):
             if getattr(module, attr) != default:
                 return f"{attr}={getattr(module, attr)!r} (not supported by TensorizedEmbedding)"
     return None
@@ -74,14 +79,27 @@ def _replacement(module, format, max_rank, prior, kwargs):
     factory = dict(dtype=weight.dtype, device=weight.device)
     if isinstance(module, torch.nn.Linear):
         new = TensorizedLinear(
-            module.in_features, module.out_features, format=format, max_rank=max_rank, prior=prior,
-            bias=module.bias is not None, **kwargs,
+            module.in_features,
+            module.out_features,
+            format=format,
+            max_rank=max_rank,
+            prior=prior,
+            bias=module.bias is not None,
+            **kwargs,
         )
     elif isinstance(module, torch.nn.Conv2d):
         new = TensorizedConv2d(
-            module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
-            padding=module.padding, dilation=module.dilation, bias=module.bias is not None,
-            format=format, max_rank=max_rank, prior=prior, **kwargs,
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            bias=module.bias is not None,
+            format=format,
+            max_rank=max_rank,
+            prior=prior,
+            **kwargs,
         )
     else:
         new = TensorizedEmbedding(
@@ -185,13 +203,16 @@ def tensorize(module, format="ttm", max_rank=None, prior="half_cauchy", min_feat
 def _nothing_tensorized(seen, min_features):
     """The warning of a :func:`tensorize` call that replaced no layer: what it saw, what the rule asks."""
     if not seen:
-        return ("tensorize replaced nothing: the module holds no torch.nn.Linear, Conv2d or Embedding (subclasses "
-                "are left alone), so it has no low-rank tensor and a MeanField guide will refuse it")
+        return (
+            "tensorize replaced nothing: the module holds no torch.nn.Linear, Conv2d or Embedding (subclasses "
+            "are left alone), so it has no low-rank tensor and a MeanField guide will refuse it"
+        )
     listed = ", ".join(name for name, _ in seen[:6]) + (f" and {len(seen) - 6} more" if len(seen) > 6 else "")
     met = sum(ok for _, ok in seen)
-    return (f"tensorize replaced nothing: the size rule replaces a layer when both sides of its weight as a matrix "
-            f"are at least min_features={min_features}; the layers seen were {listed}"
-            + (f" ({met} of them met the rule but {'was' if met == 1 else 'were'} left dense, as warned)"
-               if met else "")
-            + "; pass a smaller min_features to tensorize them. Without a low-rank tensor a MeanField guide will "
-            "refuse the model")
+    return (
+        f"tensorize replaced nothing: the size rule replaces a layer when both sides of its weight as a matrix "
+        f"are at least min_features={min_features}; the layers seen were {listed}"
+        + (f" ({met} of them met the rule but {'was' if met == 1 else 'were'} left dense, as warned)" if met else "")
+        + "; pass a smaller min_features to tensorize them. Without a low-rank tensor a MeanField guide will "
+        "refuse the model"
+    )

@@ -9,9 +9,9 @@ import os
 import pathlib
 
 import pytest
+import torch
 
 import tensorbayes as tb
-import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -42,8 +42,16 @@ def test_dlrm_smoke(tmp_path):
     text = (tmp_path / "dlrm_smoke_ids_by_frequency.md").read_text()
     assert text.startswith("# DLRM") and "dense baseline" in text and "Bayes-optimal" in text
     b, d = result["bayesian"], result["dense_baseline"]
-    for key in ("peak_rss_gib", "samples_per_s", "accuracy", "auc", "tables", "model_params_before",
-                "model_params_after", "compression_vs_paper_4.2e9"):
+    for key in (
+        "peak_rss_gib",
+        "samples_per_s",
+        "accuracy",
+        "auc",
+        "tables",
+        "model_params_before",
+        "model_params_after",
+        "compression_vs_paper_4.2e9",
+    ):
         assert key in b
     assert {t["table"] for t in b["tables"]} == {"C3", "C4", "C12", "C16", "C21"}
     assert all(len(t["planted"]) == len(t["found"]) == 2 for t in b["tables"])
@@ -107,10 +115,15 @@ def test_fashion_mnist_fixed_rank_layers_start_at_the_kaiming_variance_and_compu
     assert sum(p.numel() for p in linear.parameters()) == linear.layout.num_params() + 256  # factors and bias only
 
 
-@pytest.mark.parametrize("argv,name", [
-    (["--epochs", "0"], "--epochs"), (["--frontier-ranks", "2", "-1"], "--frontier-ranks"),
-    (["--network", "resnet"], "--network"), (["--formats", "ht"], "--formats"),
-])
+@pytest.mark.parametrize(
+    "argv,name",
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--frontier-ranks", "2", "-1"], "--frontier-ranks"),
+        (["--network", "resnet"], "--network"),
+        (["--formats", "ht"], "--formats"),
+    ],
+)
 def test_fashion_mnist_refuses_bad_arguments_naming_them(argv, name, capsys):
     with pytest.raises(SystemExit):
         _load("fashion_mnist").parse(argv)
@@ -123,8 +136,29 @@ def test_fashion_mnist_refuses_bad_arguments_naming_them(argv, name, capsys):
 @pytest.mark.parametrize("network,fmt", [("mlp", "ttm"), ("deep", "tt"), ("cnn", "cp")])
 def test_fashion_mnist_smoke(tmp_path, network, fmt):
     fm = _load("fashion_mnist")
-    fm.main(["--network", network, "--formats", fmt, "--train-size", "512", "--test-size", "1000", "--epochs", "1",
-             "--frontier-ranks", "2", "8", "--eval-samples", "2", "--threads", "1", "--out", str(tmp_path)])
+    fm.main(
+        [
+            "--network",
+            network,
+            "--formats",
+            fmt,
+            "--train-size",
+            "512",
+            "--test-size",
+            "1000",
+            "--epochs",
+            "1",
+            "--frontier-ranks",
+            "2",
+            "8",
+            "--eval-samples",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     result = json.loads((tmp_path / f"fashion_mnist_{network}.json").read_text())
     assert fm.markdown(result) == (tmp_path / f"fashion_mnist_{network}.md").read_text()
     dense, points, auto = result["dense"], result["frontier"][fmt], result["automatic"][fmt]

@@ -130,16 +130,16 @@ def test_logits_without_interactions_drop_exactly_the_pairwise_dots():
     dense, sparse, _, _ = gen.sample(torch.arange(500))
     rows = [gen.embeddings(t, sparse[:, t]) for t in gen.planted_tables]
     pairs = sum((a * b).sum(-1) for i, a in enumerate(rows) for b in rows[i + 1 :])
-    torch.testing.assert_close(gen.logits(dense, sparse, interactions=False),
-                               gen.logits(dense, sparse) - pairs, rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        gen.logits(dense, sparse, interactions=False), gen.logits(dense, sparse) - pairs, rtol=0, atol=1e-12
+    )
 
 
 def _bond_ranks(gen, t, table):
     """The TTM ranks of a dense planted table: the ranks of its two bond unfoldings, float64."""
     (m1, m2, m3), (c1, c2, c3) = gen.row_shapes[t], gen.col_shape
     modes = table.reshape(m1, m2, m3, c1, c2, c3).permute(0, 3, 1, 4, 2, 5)
-    return tuple(int(torch.linalg.matrix_rank(modes.reshape(m1 * c1 * (m2 * c2) ** k, -1), rtol=1e-10))
-                 for k in (0, 1))
+    return tuple(int(torch.linalg.matrix_rank(modes.reshape(m1 * c1 * (m2 * c2) ** k, -1), rtol=1e-10)) for k in (0, 1))
 
 
 def test_a_common_rotation_of_the_embeddings_keeps_every_logit_and_the_second_bond_but_not_the_first():
@@ -151,16 +151,22 @@ def test_a_common_rotation_of_the_embeddings_keeps_every_logit_and_the_second_bo
     gen = ClickGenerator.tiny(seed=3)
     c1, c2, c3 = gen.col_shape
     assert (c1, c2) == (2, 2)
-    q, _ = torch.linalg.qr(torch.randn(c1 * c2, c1 * c2, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    q, _ = torch.linalg.qr(
+        torch.randn(c1 * c2, c1 * c2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    )
     rotation = torch.kron(q.contiguous(), torch.eye(c3, dtype=torch.float64))
     dense, sparse, _, _ = gen.sample(torch.arange(500))
     rows = {t: gen.embeddings(t, sparse[:, t]) for t in gen.planted_tables}
     turned = {t: e @ rotation for t, e in rows.items()}
-    planted_part = gen.logits(dense, sparse) - gen.logits(dense, sparse, interactions=False) + sum(
-        rows[t] @ a for t, a in gen.main.items())
+    planted_part = (
+        gen.logits(dense, sparse)
+        - gen.logits(dense, sparse, interactions=False)
+        + sum(rows[t] @ a for t, a in gen.main.items())
+    )
     tables = gen.planted_tables
-    turned_part = sum((turned[s] * turned[t]).sum(-1) for i, s in enumerate(tables) for t in tables[i + 1:]) + sum(
-        turned[t] @ (a @ rotation) for t, a in gen.main.items())
+    turned_part = sum((turned[s] * turned[t]).sum(-1) for i, s in enumerate(tables) for t in tables[i + 1 :]) + sum(
+        turned[t] @ (a @ rotation) for t, a in gen.main.items()
+    )
     torch.testing.assert_close(turned_part, planted_part, rtol=0, atol=1e-12)
     for t in tables:
         table = gen.layouts[t].to_matrix(gen.factors[t])

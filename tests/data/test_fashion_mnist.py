@@ -49,9 +49,7 @@ def make_split(root, split="train", n=5, gz=True, seed=0, images=None, labels=No
 
 def installed():
     root = Path(os.environ.get(ENV_VAR) or DEFAULT_ROOT)
-    return all(
-        (root / name).is_file() or (root / f"{name}.gz").is_file() for names in FILES.values() for name in names
-    )
+    return all((root / name).is_file() or (root / f"{name}.gz").is_file() for names in FILES.values() for name in names)
 
 
 def test_classes():

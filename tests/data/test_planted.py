@@ -7,7 +7,6 @@ import torch
 
 from tensorbayes.data import PlantedTensor, planted_tensor
 from tensorbayes.formats import TT
-
 from tests.data.rank_checks import assert_rank, unfolding
 
 
@@ -134,7 +133,9 @@ def test_seeds_reproduce_and_differ():
     a, b = planted_tensor(*args, seed=7), planted_tensor(*args, seed=8)
     assert not torch.allclose(a.full, b.full)
     assert not torch.equal(a.train_index, b.train_index)
-    assert not torch.equal(a.train_values - a.full[tuple(a.train_index.T)], b.train_values - b.full[tuple(b.train_index.T)])
+    assert not torch.equal(
+        a.train_values - a.full[tuple(a.train_index.T)], b.train_values - b.full[tuple(b.train_index.T)]
+    )
 
 
 def test_split_depends_on_seed_and_observed_only():

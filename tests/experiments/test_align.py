@@ -20,8 +20,9 @@ def _turned_compact_bag(rows, ranks, turn, seed):
     spectrum = first_bond_spectrum(layout, planted, turn)
     rank = int((spectrum > 1e-10 * spectrum[0]).sum())
     layout, factors = turn_first_columns(layout, planted, turn, rank)
-    layer = TensorizedEmbeddingBag(math.prod(rows), 8, format="ttm", max_rank=list(layout.ranks), row_shape=rows,
-                                   col_shape=(2, 2, 2))
+    layer = TensorizedEmbeddingBag(
+        math.prod(rows), 8, format="ttm", max_rank=list(layout.ranks), row_shape=rows, col_shape=(2, 2, 2)
+    )
     assert layer.layout.ranks == layout.ranks
     return CompactEmbeddingBag(layer, factors)
 

@@ -76,7 +76,9 @@ def test_turned_back_undoes_a_rotation_shared_by_the_tables_and_a_scale_per_tabl
     dlrm = _load("study")
     gen = ClickGenerator.tiny(seed=3)
     dim = gen.embedding_dim
-    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    rotation, _ = torch.linalg.qr(
+        torch.randn(dim, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    )
     scales = dict(zip(gen.planted_tables, (2.0, -3.0, 0.5, 4.0, -1.0)))
     true = {t: gen.layouts[t].to_matrix(gen.factors[t]) for t in gen.planted_tables}
     learned = {t: scales[t] * true[t] @ rotation for t in gen.planted_tables}
@@ -85,7 +87,10 @@ def test_turned_back_undoes_a_rotation_shared_by_the_tables_and_a_scale_per_tabl
         torch.testing.assert_close(back, scales[t] * true[t], rtol=0, atol=1e-10)
         r0, r1 = gen.ranks[t]
         assert dlrm.largest_drop(dlrm.bond_spectra(gen, t, back)[0]) == r0
-        assert [dlrm.largest_drop(w) for w in dlrm.bond_spectra(gen, t, learned[t])] != [r0, r1]  # turned, it hides them
+        assert [dlrm.largest_drop(w) for w in dlrm.bond_spectra(gen, t, learned[t])] != [
+            r0,
+            r1,
+        ]  # turned, it hides them
 
 
 def test_planted_fit_is_zero_up_to_the_dlrms_symmetries_and_large_for_unrelated_tables():
@@ -94,7 +99,9 @@ def test_planted_fit_is_zero_up_to_the_dlrms_symmetries_and_large_for_unrelated_
     dlrm = _load("study")
     gen = ClickGenerator.tiny(seed=3, id_order="frequency")
     dim, test = gen.embedding_dim, gen.stream(2000, "test")
-    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    rotation, _ = torch.linalg.qr(
+        torch.randn(dim, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    )
     scales = dict(zip(gen.planted_tables, (2.0, -3.0, 0.5, 4.0, -1.0)))
     turned = dlrm.planted_fit(gen, lambda t, ids: scales[t] * gen.embeddings(t, ids) @ rotation, test, chunk=700)
     # distances are square roots of differences of O(1) sums: float64 leaves them near 1e-8
@@ -135,15 +142,43 @@ def test_live_units_counts_the_relu_units_that_fire_and_finds_a_layer_switched_o
 @pytest.mark.slow
 def test_dlrm_smoke(tmp_path):
     dlrm = _load("study")
-    dlrm.main(["--smoke", "--threads", "1", "--no-progress", "--point-estimate", "--reference",
-               "--reference-warm", "0.7", "--id-order", "frequency", "--lr-decay", "0.5", "--lr-warmup", "5",
-               "--m-step", "mackay", "--out", str(tmp_path)])
+    dlrm.main(
+        [
+            "--smoke",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--point-estimate",
+            "--reference",
+            "--reference-warm",
+            "0.7",
+            "--id-order",
+            "frequency",
+            "--lr-decay",
+            "0.5",
+            "--lr-warmup",
+            "5",
+            "--m-step",
+            "mackay",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     result = json.loads((tmp_path / "dlrm_smoke_ids_by_frequency_mackay.json").read_text())
     text = (tmp_path / "dlrm_smoke_ids_by_frequency_mackay.md").read_text()
     assert text.startswith("# DLRM") and "point estimate without Pyro" in text and "own model class" in text
     b = result["bayesian"]
-    for key in ("peak_rss_gib", "samples_per_s", "accuracy", "auc", "tables", "model_params_before",
-                "model_params_after", "compression_vs_paper_4.2e9", "unpruned"):
+    for key in (
+        "peak_rss_gib",
+        "samples_per_s",
+        "accuracy",
+        "auc",
+        "tables",
+        "model_params_before",
+        "model_params_after",
+        "compression_vs_paper_4.2e9",
+        "unpruned",
+    ):
         assert key in b
     assert {t["table"] for t in b["tables"]} == {"C3", "C4", "C12", "C16", "C21"}
     assert all(len(t["planted"]) == len(t["found"]) == 2 for t in b["tables"])
@@ -163,7 +198,9 @@ def test_dlrm_smoke(tmp_path):
     assert {"accuracy", "auc", "samples_per_s"} <= set(result["reference"])
     assert result["reference_truth"]["overlap"] == 1.0 and "started at the truth" in text
     for key in ("bayesian", "dense_baseline", "point_estimate", "reference", "reference_truth", "reference_warm"):
-        assert len(result[key]["expected_accuracy_by_rare_lookups"]) == len(result["bayes_optimal"]["by_rare_lookups"]["share"])
+        assert len(result[key]["expected_accuracy_by_rare_lookups"]) == len(
+            result["bayes_optimal"]["by_rare_lookups"]["share"]
+        )
     assert "Where the accuracy is lost" in text and "| 3 or more |" in text
     assert result["reference_warm"]["overlap"] == 0.7 and "started at overlap 0.7" in text
     assert result["bayes_optimal"]["accuracy_without_interactions"] < result["bayes_optimal"]["accuracy"]
@@ -191,7 +228,10 @@ def test_dlrm_samples_smoke(tmp_path):
         for reached, best in zip(run["expected_accuracy_by_rare_lookups"], opt["by_rare_lookups"]["accuracy"]):
             assert reached is None or reached <= best + 1e-12
         gap = 100 * (opt["accuracy"] - run["expected_accuracy"])
-        assert f"| {run['samples']:,} | {100 * run['accuracy']:.2f} % | {100 * run['expected_accuracy']:.2f} % | {gap:.2f} |" in text
+        assert (
+            f"| {run['samples']:,} | {100 * run['accuracy']:.2f} % | "
+            f"{100 * run['expected_accuracy']:.2f} % | {gap:.2f} |" in text
+        )
     first, second = (opt["accuracy"] - run["expected_accuracy"] for run in result["runs"])
     assert f"| {second / first:.2f} |" in text and "| Bayes-optimal |" in text
 

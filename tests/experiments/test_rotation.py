@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from tensorbayes.formats import TT, TTM
 from experiments.dlrm import rotation
 from experiments.dlrm.rotation import SearchFailed, first_bond_spectrum, lowest_rank_turn, turn_first_columns
+from tensorbayes.formats import TT, TTM
 
 DT = torch.float64
 
@@ -64,6 +64,7 @@ def _assert_same_spectrum(got, expected):
     got, expected = (torch.nn.functional.pad(s, (0, n - len(s))) for s in (got, expected))
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10 * expected[0].item())
 
+
 @pytest.mark.parametrize("rows,cols,ranks", LAYOUTS)
 def test_turn_first_columns_is_exact_at_full_rank_and_cuts_by_eckart_young(rows, cols, ranks):
     layout, factors = _table(rows, cols, ranks)
@@ -103,7 +104,7 @@ def test_lowest_rank_turn_brings_the_first_bonds_back_to_the_planted_ranks(det, 
     for (layout, factors), ranks in zip(tables, planted):
         s = first_bond_spectrum(layout, factors, turn)
         # an iterative search: the rest lands near 0 (1e-8 of the largest at worst over 12 other cases), not at it
-        assert s[ranks[0] - 1] > 1e-2 * s[0] and s[ranks[0]:].max() < 1e-6 * s[0]
+        assert s[ranks[0] - 1] > 1e-2 * s[0] and s[ranks[0] :].max() < 1e-6 * s[0]
 
 
 def test_a_table_of_a_trillion_rows_is_turned_from_its_factors():
@@ -112,9 +113,12 @@ def test_a_table_of_a_trillion_rows_is_turned_from_its_factors():
     new_layout, new_factors = turn_first_columns(layout, factors, turn)
     assert math.prod(new_layout.shape[:3]) == 10**12 and new_layout.ranks[0] <= 8
     ids = torch.tensor([0, 123_456_789_012, 10**12 - 1])
-    torch.testing.assert_close(new_layout.rows(new_factors, ids),
-                               torch.einsum("xu,nur->nxr", turn, layout.rows(factors, ids).reshape(3, 4, 2)).reshape(3, 8),
-                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        new_layout.rows(new_factors, ids),
+        torch.einsum("xu,nur->nxr", turn, layout.rows(factors, ids).reshape(3, 4, 2)).reshape(3, 8),
+        rtol=1e-10,
+        atol=1e-10,
+    )
     _assert_same_spectrum(first_bond_spectrum(new_layout, new_factors), first_bond_spectrum(layout, factors, turn))
 
 

@@ -23,12 +23,16 @@ def test_check_fails_on_a_table_that_differs(tmp_path, capsys):
     assert tables.main(["--check", "--readme", str(readme)]) == 1 and "differ" in capsys.readouterr().err
     assert tables.main(["--readme", str(readme)]) == 0
     rebuilt = readme.read_text()
-    assert rebuilt.startswith("before\n<!-- table: search -->\n| case |") and rebuilt.endswith("<!-- end table -->\nafter\n")
+    assert rebuilt.startswith("before\n<!-- table: search -->\n| case |") and rebuilt.endswith(
+        "<!-- end table -->\nafter\n"
+    )
     assert tables.main(["--check", "--readme", str(readme)]) == 0
 
 
-@pytest.mark.parametrize("name,module", [("dlrm_ids_by_frequency_12M", study), ("dlrm_tiny", study),
-                                         ("dlrm_search", search), ("dlrm_samples", samples)])
+@pytest.mark.parametrize(
+    "name,module",
+    [("dlrm_ids_by_frequency_12M", study), ("dlrm_tiny", study), ("dlrm_search", search), ("dlrm_samples", samples)],
+)
 def test_the_newer_runs_reports_are_their_json_through_todays_markdown(name, module):
     with open(os.path.join(tables.RESULTS, f"{name}.json")) as f:
         result = json.load(f)

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from tensorbayes.formats import CP, TT, TTM, FORMATS, Tucker, decompose, get_format
+from tensorbayes.formats import CP, FORMATS, TT, TTM, Tucker, decompose, get_format
 
 DT = torch.float64
 

@@ -30,9 +30,7 @@ def _expected_weights(layout, full, factors):
     """One vector of singular values per bond, computed from the dense tensor (or CP norms)."""
     shape = layout.shape
     if layout.name == "tt":
-        return [
-            torch.linalg.svdvals(full.reshape(math.prod(shape[: k + 1]), -1)) for k in range(layout.num_bonds)
-        ]
+        return [torch.linalg.svdvals(full.reshape(math.prod(shape[: k + 1]), -1)) for k in range(layout.num_bonds)]
     if layout.name == "ttm":
         groups = _ttm_groups(layout)
         out = []

@@ -70,7 +70,7 @@ def test_contract_is_the_product_with_the_dense_matrix(name, data, seed):
     layout = data.draw(layouts(name), label="layout")
     batch = tuple(data.draw(st.lists(st.integers(1, 3), max_size=2), label="batch shape"))
     factors = _factors(layout, seed)
-    rows, cols = math.prod(layout.shape[:layout.row_modes]), math.prod(layout.shape[layout.row_modes:])
+    rows, cols = math.prod(layout.shape[: layout.row_modes]), math.prod(layout.shape[layout.row_modes :])
     x = torch.randn(*batch, cols, generator=torch.Generator().manual_seed(seed + 1), dtype=D)
     dense = layout.full(factors).reshape(rows, cols)
     y = layout.contract(x, factors)
@@ -85,8 +85,13 @@ def test_contract_is_the_product_with_the_dense_matrix(name, data, seed):
 def test_entries_are_the_dense_tensor_indexed(name, data, seed):
     layout = data.draw(layouts(name), label="layout")
     n = data.draw(st.integers(1, 6), label="entries")
-    index = torch.stack([torch.randint(size, (n,), generator=torch.Generator().manual_seed(seed + k))
-                         for k, size in enumerate(layout.shape)], dim=1)
+    index = torch.stack(
+        [
+            torch.randint(size, (n,), generator=torch.Generator().manual_seed(seed + k))
+            for k, size in enumerate(layout.shape)
+        ],
+        dim=1,
+    )
     factors = _factors(layout, seed)
     got = layout.entries(factors, index)
     want = layout.full(factors)[tuple(index.T)]

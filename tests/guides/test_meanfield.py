@@ -183,15 +183,19 @@ def test_mackay_step_of_a_train_reads_each_bond_from_the_factors_it_touches(prio
         return torch.minimum(update(m_loc, gamma), update(m, torch.full_like(m, d)))
 
     v1 = lam0.reshape(-1, 1, 1) * lam1.reshape(1, 1, -1)
-    new0 = step(l0.pow(2).sum((0, 1)) + (l1.pow(2) / lam1.reshape(1, 1, -1)).sum((1, 2)),
-                (1 - s0.pow(2) / lam0).sum((0, 1)) + (1 - s1.pow(2) / v1).sum((1, 2)),
-                (l0.pow(2) + s0.pow(2)).sum((0, 1)) + ((l1.pow(2) + s1.pow(2)) / lam1.reshape(1, 1, -1)).sum((1, 2)),
-                1 * 3 + 4 * 3)
+    new0 = step(
+        l0.pow(2).sum((0, 1)) + (l1.pow(2) / lam1.reshape(1, 1, -1)).sum((1, 2)),
+        (1 - s0.pow(2) / lam0).sum((0, 1)) + (1 - s1.pow(2) / v1).sum((1, 2)),
+        (l0.pow(2) + s0.pow(2)).sum((0, 1)) + ((l1.pow(2) + s1.pow(2)) / lam1.reshape(1, 1, -1)).sum((1, 2)),
+        1 * 3 + 4 * 3,
+    )
     v1 = new0.reshape(-1, 1, 1) * lam1.reshape(1, 1, -1)  # bond by bond: bond 1 sees the new λ0
-    new1 = step((l1.pow(2) / new0.reshape(-1, 1, 1)).sum((0, 1)) + l2.pow(2).sum((1, 2)),
-                (1 - s1.pow(2) / v1).sum((0, 1)) + (1 - s2.pow(2) / lam1.reshape(-1, 1, 1)).sum((1, 2)),
-                ((l1.pow(2) + s1.pow(2)) / new0.reshape(-1, 1, 1)).sum((0, 1)) + (l2.pow(2) + s2.pow(2)).sum((1, 2)),
-                2 * 4 + 5 * 1)
+    new1 = step(
+        (l1.pow(2) / new0.reshape(-1, 1, 1)).sum((0, 1)) + l2.pow(2).sum((1, 2)),
+        (1 - s1.pow(2) / v1).sum((0, 1)) + (1 - s2.pow(2) / lam1.reshape(-1, 1, 1)).sum((1, 2)),
+        ((l1.pow(2) + s1.pow(2)) / new0.reshape(-1, 1, 1)).sum((0, 1)) + (l2.pow(2) + s2.pow(2)).sum((1, 2)),
+        2 * 4 + 5 * 1,
+    )
     guide.update_lambdas(step_size=1)
     got0, got1 = guide.lambdas()["tensor"]
     torch.testing.assert_close(got0, new0, rtol=1e-10, atol=0)
@@ -284,7 +288,7 @@ def test_truncate_keeps_the_posterior_at_the_kept_indices(fmt, shape, max_rank, 
     labels = tensor.layout.labels
     locs, scales = guide.factor_means(tensor), guide.factor_scales(tensor)
     lambdas = guide.lambdas("tensor")
-    raw_lambda_scales = ([p.detach().clone() for p in post.raw_lambda_scales] if lambda_guide == "lognormal" else None)
+    raw_lambda_scales = [p.detach().clone() for p in post.raw_lambda_scales] if lambda_guide == "lognormal" else None
     # not the leading indices: the last, then the first (an order too), or the last alone
     keep = [torch.tensor([r - 1, 0]) if r >= 2 else torch.tensor([0]) for r in tensor.layout.ranks]
     assert any(len(k) > 1 for k in keep)

@@ -32,8 +32,8 @@ def test_calibration_bins_of_the_hand_computed_case():
 
 def test_ece_extremes_and_one_bin():
     onehot = torch.eye(3, dtype=D)[[0, 2, 1, 1]]
-    assert expected_calibration_error(onehot, torch.tensor([0, 2, 1, 1])) == 0.0    # sure and right
-    assert expected_calibration_error(onehot, torch.tensor([1, 0, 2, 0])) == 1.0    # sure and wrong
+    assert expected_calibration_error(onehot, torch.tensor([0, 2, 1, 1])) == 0.0  # sure and right
+    assert expected_calibration_error(onehot, torch.tensor([1, 0, 2, 0])) == 1.0  # sure and wrong
     # one bin: |accuracy - mean confidence| = |3/5 - mean of the confidences|
     mean_conf = (0.95 + 0.75 + 0.55 + 0.70 + 0.65) / 5
     assert expected_calibration_error(PROBS, LABELS, num_bins=1) == pytest.approx(abs(0.6 - mean_conf))
@@ -64,9 +64,9 @@ def test_a_calibrated_sample_has_small_ece():
 @pytest.mark.parametrize(
     "probs, labels, num_bins, error, match",
     [
-        (torch.tensor([[2.0, -1.0]]), torch.tensor([0]), 15, ValueError, "probs"),          # logits
+        (torch.tensor([[2.0, -1.0]]), torch.tensor([0]), 15, ValueError, "probs"),  # logits
         (torch.tensor([[0.6, 0.6]]), torch.tensor([0]), 15, ValueError, "sum to 1"),
-        (torch.tensor([[1, 0]]), torch.tensor([0]), 15, TypeError, "probs"),                # integers
+        (torch.tensor([[1, 0]]), torch.tensor([0]), 15, TypeError, "probs"),  # integers
         (torch.ones(2, 2, 2) / 2, torch.tensor([0, 1]), 15, ValueError, "shape"),
         (PROBS, LABELS[:3], 15, ValueError, "labels must have shape"),
         (PROBS, LABELS.double(), 15, TypeError, "labels"),

@@ -93,8 +93,9 @@ def test_matrix_free_tucker_core_update_equals_the_direct_solve():
     index, values, noise_var = planted.train_index, planted.train_values, 0.3
     gram, rhs, design, slices = cavi._slice_statistics(layout, locs, None, index, values, 0)
     mean, var = cavi._solve_blocks(gram, rhs, precision, noise_var)
-    free_mean, free_var, spread = cavi._tucker_core_update(layout, locs, index, values, precision, noise_var,
-                                                           iterations=200)
+    free_mean, free_var, spread = cavi._tucker_core_update(
+        layout, locs, index, values, precision, noise_var, iterations=200
+    )
     assert torch.allclose(free_mean, mean, rtol=1e-8, atol=1e-10)
     assert torch.allclose(free_var, var, rtol=1e-10)
     assert torch.allclose(spread, (design**2 * var[slices]).sum(-1), rtol=1e-10)

@@ -23,8 +23,10 @@ def _problem():
 
 
 def _state(model, guide):
-    return {**{f"model.{k}": v.clone() for k, v in model.state_dict().items()},
-            **{f"guide.{k}": v.clone() for k, v in guide.state_dict().items()}}
+    return {
+        **{f"model.{k}": v.clone() for k, v in model.state_dict().items()},
+        **{f"guide.{k}": v.clone() for k, v in guide.state_dict().items()},
+    }
 
 
 @pytest.mark.parametrize("init", ["none", "auto"])
@@ -70,13 +72,33 @@ def test_a_crash_mid_epoch_leaves_the_last_complete_checkpoint(tmp_path, monkeyp
 
     monkeypatch.setattr(fit_module, "_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        tb.fit(model, guide, data, epochs=3, batch_size=64, seed=0, progress=False, init="none",
-               checkpoint=str(path), resume=True)
+        tb.fit(
+            model,
+            guide,
+            data,
+            epochs=3,
+            batch_size=64,
+            seed=0,
+            progress=False,
+            init="none",
+            checkpoint=str(path),
+            resume=True,
+        )
     assert path.read_bytes() == saved
     assert not [p for p in tmp_path.iterdir() if p.name != "run.pt"]  # no temporary file left
     monkeypatch.setattr(fit_module, "_step", real_step)
-    history = tb.fit(model, guide, data, epochs=2, batch_size=64, seed=0, progress=False, init="none",
-                     checkpoint=str(path), resume=True)
+    history = tb.fit(
+        model,
+        guide,
+        data,
+        epochs=2,
+        batch_size=64,
+        seed=0,
+        progress=False,
+        init="none",
+        checkpoint=str(path),
+        resume=True,
+    )
     assert len(history.elbo) == 2
 
 
@@ -86,8 +108,15 @@ def test_a_corrupt_checkpoint_is_refused_naming_it(tmp_path):
     path.write_bytes(b"not a checkpoint")
     before = _state(model, guide)
     with pytest.raises(ValueError, match="run.pt"):
-        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, progress=False,
-               checkpoint=str(path), resume=True)
+        tb.fit(
+            model,
+            guide,
+            (planted.train_index, planted.train_values),
+            epochs=1,
+            progress=False,
+            checkpoint=str(path),
+            resume=True,
+        )
     after = _state(model, guide)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -101,8 +130,9 @@ def test_resume_needs_a_checkpoint():
 def test_a_dataloader_is_fitted_with_the_dataset_size_and_evaluated(monkeypatch):
     planted, model, guide = _problem()
     dataset = torch.utils.data.TensorDataset(planted.train_index, planted.train_values)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=50, shuffle=True,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     seen = []
     real_step = fit_module._step
 
@@ -111,8 +141,16 @@ def test_a_dataloader_is_fitted_with_the_dataset_size_and_evaluated(monkeypatch)
         return real_step(model, guide, elbo, optimizer, batch, num_data, *args)
 
     monkeypatch.setattr(fit_module, "_step", recording_step)
-    history = tb.fit(model, guide, loader, epochs=2, progress=False, init="none",
-                     eval_data=(planted.test_index, planted.test_values), eval_samples=5)
+    history = tb.fit(
+        model,
+        guide,
+        loader,
+        epochs=2,
+        progress=False,
+        init="none",
+        eval_data=(planted.test_index, planted.test_values),
+        eval_samples=5,
+    )
     assert {n for _, n in seen} == {len(dataset)}
     assert sum(b for b, _ in seen) == 2 * len(dataset)
     assert len(history.error) == 2 and all(0 < e < 10 for e in history.error)
@@ -123,15 +161,24 @@ def test_callbacks_see_every_epoch_and_bad_ones_are_refused():
     planted, model, guide = _problem()
     data = (planted.train_index, planted.train_values)
     seen = []
-    tb.fit(model, guide, data, epochs=3, progress=False, init="none", callbacks=[lambda e, h: seen.append((e, len(h.elbo)))])
+    tb.fit(
+        model,
+        guide,
+        data,
+        epochs=3,
+        progress=False,
+        init="none",
+        callbacks=[lambda e, h: seen.append((e, len(h.elbo)))],
+    )
     assert seen == [(0, 1), (1, 2), (2, 3)]
     with pytest.raises(TypeError, match="callbacks"):
         tb.fit(model, guide, data, epochs=1, progress=False, callbacks=[3])
 
 
 def _classifier():
-    task = tb.data.teacher_student(num_train=256, num_test=64, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0,
-                                   dtype=torch.float64)
+    task = tb.data.teacher_student(
+        num_train=256, num_test=64, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0, dtype=torch.float64
+    )
     torch.manual_seed(0)  # the bias is initialized from torch's generator, as nn.Linear's
     layer = tb.models.TensorizedLinear(16, 16, format="ttm", max_rank=3, in_shape=(4, 4), out_shape=(4, 4))
     model = tb.models.BayesianClassifier(layer, task.num_classes).double()
@@ -156,8 +203,16 @@ def test_a_classifier_resumed_at_epoch_k_equals_the_uninterrupted_run_at_k_plus_
     path = tmp_path / "classifier.pt"
     task, model, guide = _classifier()
     with pytest.raises(Interrupted):  # the same run, stopped after its checkpoint at epoch k = 1 (0-based)
-        tb.fit(model, guide, data, epochs=3, eval_data=held_out, checkpoint=str(path), callbacks=[stop_after_epoch_k],
-               **kwargs)
+        tb.fit(
+            model,
+            guide,
+            data,
+            epochs=3,
+            eval_data=held_out,
+            checkpoint=str(path),
+            callbacks=[stop_after_epoch_k],
+            **kwargs,
+        )
     task, model, guide = _classifier()
     resumed = tb.fit(model, guide, data, epochs=3, eval_data=held_out, checkpoint=str(path), resume=True, **kwargs)
     state = _state(model, guide)
@@ -174,45 +229,84 @@ def _completion(fmt="tt", shape=SHAPE, max_rank=4):
 def _written_by(tmp_path, model, guide, shape=SHAPE):
     planted = planted_tensor(shape, "tt", (2, 2), observed=0.5, noise=0.05, seed=0, dtype=torch.float64)
     path = tmp_path / "other.pt"
-    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=64, seed=0,
-           progress=False, init="none", checkpoint=str(path))
+    tb.fit(
+        model,
+        guide,
+        (planted.train_index, planted.train_values),
+        epochs=1,
+        batch_size=64,
+        seed=0,
+        progress=False,
+        init="none",
+        checkpoint=str(path),
+    )
     return path, (planted.train_index, planted.train_values)
 
 
-@pytest.mark.parametrize("written, resumed, message", [
-    # another format: TT (2 bonds) into CP (1 bond) and into Tucker (3 bonds)
-    (dict(fmt="tt"), dict(fmt="cp"), r"tensor 'tensor': the checkpoint holds 2 bonds at ranks \(4, 4\), "
-                                     r"the model a cp tensor of shape \(6, 7, 8\) with 1 bond at ranks \(4,\)"),
-    (dict(fmt="tt"), dict(fmt="tucker"),
-     r"holds 2 bonds .* the model a tucker tensor of shape \(6, 7, 8\) with 3 bonds"),
-    # other ranks: the model cannot grow to the checkpoint's
-    (dict(max_rank=4), dict(max_rank=2), r"the checkpoint holds ranks \(4, 4\), the model a tt tensor .* at ranks "
-                                         r"\(2, 2\) \(a model is shrunk .* never grown\)"),
-    # another shape, the same bonds: the factors differ
-    (dict(), dict(shape=(6, 7, 9)), r"the checkpoint's factors are posteriors.tensor.locs.0 \(1, 6, 4\), "
-                                    r".*locs.2 \(4, 8, 1\); .* would be .*locs.2 \(4, 9, 1\)"),
-])
+@pytest.mark.parametrize(
+    "written, resumed, message",
+    [
+        # another format: TT (2 bonds) into CP (1 bond) and into Tucker (3 bonds)
+        (
+            dict(fmt="tt"),
+            dict(fmt="cp"),
+            r"tensor 'tensor': the checkpoint holds 2 bonds at ranks \(4, 4\), "
+            r"the model a cp tensor of shape \(6, 7, 8\) with 1 bond at ranks \(4,\)",
+        ),
+        (
+            dict(fmt="tt"),
+            dict(fmt="tucker"),
+            r"holds 2 bonds .* the model a tucker tensor of shape \(6, 7, 8\) with 3 bonds",
+        ),
+        # other ranks: the model cannot grow to the checkpoint's
+        (
+            dict(max_rank=4),
+            dict(max_rank=2),
+            r"the checkpoint holds ranks \(4, 4\), the model a tt tensor .* at ranks "
+            r"\(2, 2\) \(a model is shrunk .* never grown\)",
+        ),
+        # another shape, the same bonds: the factors differ
+        (
+            dict(),
+            dict(shape=(6, 7, 9)),
+            r"the checkpoint's factors are posteriors.tensor.locs.0 \(1, 6, 4\), "
+            r".*locs.2 \(4, 8, 1\); .* would be .*locs.2 \(4, 9, 1\)",
+        ),
+    ],
+)
 def test_a_checkpoint_of_another_model_is_refused_naming_the_mismatch(tmp_path, written, resumed, message):
     path, data = _written_by(tmp_path, *_completion(**written))
     model, guide = _completion(**resumed)
     before, ranks = _state(model, guide), model.tensor.layout.ranks
     with pytest.raises(ValueError, match=message) as info:
-        tb.fit(model, guide, data, epochs=2, batch_size=64, progress=False, init="none", checkpoint=str(path),
-               resume=True)
+        tb.fit(
+            model, guide, data, epochs=2, batch_size=64, progress=False, init="none", checkpoint=str(path), resume=True
+        )
     assert "does not fit this model" in str(info.value) and "other.pt" in str(info.value)
     after = _state(model, guide)  # nothing changed: not the ranks, not a value
     assert model.tensor.layout.ranks == ranks and after.keys() == before.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("written, resumed, message", [
-    # 16 -> 16 is tensorized at min_features=16, 16 -> 8 is not
-    (16, 8, r"the checkpoint holds low-rank tensors \['net.0.weight', 'net.2.weight'\], the model \['net.0.weight'\] "
-            r"\(missing from the checkpoint: \[\], not in the model: \['net.2.weight'\]\)"),
-    # both last layers dense: their plain parameters differ
-    (10, 12, r"the model's state differs: net.2.bias: the checkpoint's \(10,\), the model's \(12,\); "
-             r"net.2.weight: the checkpoint's \(10, 16\), the model's \(12, 16\)"),
-])
+@pytest.mark.parametrize(
+    "written, resumed, message",
+    [
+        # 16 -> 16 is tensorized at min_features=16, 16 -> 8 is not
+        (
+            16,
+            8,
+            r"the checkpoint holds low-rank tensors \['net.0.weight', 'net.2.weight'\], the model \['net.0.weight'\] "
+            r"\(missing from the checkpoint: \[\], not in the model: \['net.2.weight'\]\)",
+        ),
+        # both last layers dense: their plain parameters differ
+        (
+            10,
+            12,
+            r"the model's state differs: net.2.bias: the checkpoint's \(10,\), the model's \(12,\); "
+            r"net.2.weight: the checkpoint's \(10, 16\), the model's \(12, 16\)",
+        ),
+    ],
+)
 def test_a_checkpoint_of_another_network_is_refused_naming_the_layers(tmp_path, written, resumed, message):
     def classifier(hidden):
         net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, hidden))
@@ -220,16 +314,31 @@ def test_a_checkpoint_of_another_network_is_refused_naming_the_layers(tmp_path, 
         model = tb.models.BayesianClassifier(net, hidden).double()
         return model, MeanField(model, seed=0).double()
 
-    task = tb.data.teacher_student(num_train=64, num_test=8, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0,
-                                   dtype=torch.float64)
+    task = tb.data.teacher_student(
+        num_train=64, num_test=8, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0, dtype=torch.float64
+    )
     path = tmp_path / "net.pt"
-    tb.fit(*classifier(written), (task.x_train, task.y_train % written), epochs=1, batch_size=32, progress=False,
-           checkpoint=str(path))
+    tb.fit(
+        *classifier(written),
+        (task.x_train, task.y_train % written),
+        epochs=1,
+        batch_size=32,
+        progress=False,
+        checkpoint=str(path),
+    )
     model, guide = classifier(resumed)
     before = _state(model, guide)
     with pytest.raises(ValueError, match=message):
-        tb.fit(model, guide, (task.x_train, task.y_train % resumed), epochs=2, batch_size=32, progress=False,
-               checkpoint=str(path), resume=True)
+        tb.fit(
+            model,
+            guide,
+            (task.x_train, task.y_train % resumed),
+            epochs=2,
+            batch_size=32,
+            progress=False,
+            checkpoint=str(path),
+            resume=True,
+        )
     after = _state(model, guide)
     assert all(torch.equal(before[k], after[k]) for k in before)
 

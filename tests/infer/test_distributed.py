@@ -30,8 +30,9 @@ EPOCHS = 2
 
 
 def _problem():
-    task = tb.data.teacher_student(num_train=256, num_test=64, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0,
-                                   dtype=torch.float64)
+    task = tb.data.teacher_student(
+        num_train=256, num_test=64, in_shape=(4, 4), out_shape=(4, 4), ranks=2, seed=0, dtype=torch.float64
+    )
     torch.manual_seed(0)  # the layer's bias is drawn from torch's generator
     layer = tb.models.TensorizedLinear(16, 16, format="ttm", max_rank=3, in_shape=(4, 4), out_shape=(4, 4))
     model = tb.models.BayesianClassifier(layer, task.num_classes).double()
@@ -40,8 +41,10 @@ def _problem():
 
 
 def _state(model, guide):
-    return {**{f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()},
-            **{f"guide.{k}": v.detach().clone() for k, v in guide.state_dict().items()}}
+    return {
+        **{f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()},
+        **{f"guide.{k}": v.detach().clone() for k, v in guide.state_dict().items()},
+    }
 
 
 def _free_port():
@@ -69,19 +72,37 @@ def _exact_job(rank, out):
         found = tb.ranks(model, guide)
         state = _state(model, guide)
         pruned = tb.prune(model, guide)
-        results[batch_size] = dict(state=state, elbo=history.elbo, likelihood=history.log_likelihood, ranks=found,
-                                   pruned=pruned, pruned_state=_state(model, guide))
+        results[batch_size] = dict(
+            state=state,
+            elbo=history.elbo,
+            likelihood=history.log_likelihood,
+            ranks=found,
+            pruned=pruned,
+            pruned_state=_state(model, guide),
+        )
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 
 def _uninterrupted_job(rank, out):
     """The checkpointed run that a crashed and resumed one must reproduce."""
     task, model, guide = _problem()
-    history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=3, batch_size=64, seed=1, progress=False,
-                     distributed=True, checkpoint=os.path.join(out, "uninterrupted.pt"),
-                     eval_data=(task.x_test, task.y_test), eval_samples=3)
-    torch.save(dict(state=_state(model, guide), elbo=history.elbo, accuracy=history.accuracy),
-               os.path.join(out, f"uninterrupted{rank}.pt"))
+    history = tb.fit(
+        model,
+        guide,
+        (task.x_train, task.y_train),
+        epochs=3,
+        batch_size=64,
+        seed=1,
+        progress=False,
+        distributed=True,
+        checkpoint=os.path.join(out, "uninterrupted.pt"),
+        eval_data=(task.x_test, task.y_test),
+        eval_samples=3,
+    )
+    torch.save(
+        dict(state=_state(model, guide), elbo=history.elbo, accuracy=history.accuracy),
+        os.path.join(out, f"uninterrupted{rank}.pt"),
+    )
 
 
 def _crash_job(rank, out):
@@ -101,18 +122,42 @@ def _crash_job(rank, out):
         shutil.copy(os.path.join(out, "run.pt"), os.path.join(out, f"copy{epoch}.bin"))
 
     task, model, guide = _problem()
-    tb.fit(model, guide, (task.x_train, task.y_train), epochs=3, batch_size=64, seed=1, progress=False,
-           distributed=True, checkpoint=os.path.join(out, "run.pt"), eval_data=(task.x_test, task.y_test),
-           eval_samples=3, callbacks=[keep_a_copy])
+    tb.fit(
+        model,
+        guide,
+        (task.x_train, task.y_train),
+        epochs=3,
+        batch_size=64,
+        seed=1,
+        progress=False,
+        distributed=True,
+        checkpoint=os.path.join(out, "run.pt"),
+        eval_data=(task.x_test, task.y_test),
+        eval_samples=3,
+        callbacks=[keep_a_copy],
+    )
 
 
 def _resume_job(rank, out):
     task, model, guide = _problem()
-    history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=3, batch_size=64, seed=1, progress=False,
-                     distributed=True, checkpoint=os.path.join(out, "run.pt"), resume=True,
-                     eval_data=(task.x_test, task.y_test), eval_samples=3)
-    torch.save(dict(state=_state(model, guide), elbo=history.elbo, accuracy=history.accuracy),
-               os.path.join(out, f"resumed{rank}.pt"))
+    history = tb.fit(
+        model,
+        guide,
+        (task.x_train, task.y_train),
+        epochs=3,
+        batch_size=64,
+        seed=1,
+        progress=False,
+        distributed=True,
+        checkpoint=os.path.join(out, "run.pt"),
+        resume=True,
+        eval_data=(task.x_test, task.y_test),
+        eval_samples=3,
+    )
+    torch.save(
+        dict(state=_state(model, guide), elbo=history.elbo, accuracy=history.accuracy),
+        os.path.join(out, f"resumed{rank}.pt"),
+    )
 
 
 def _drift_job(rank, out):
@@ -122,19 +167,34 @@ def _drift_job(rank, out):
         real_update = guide.update_lambdas
         guide.update_lambdas = lambda step_size: real_update(step_size / 2)
     try:
-        tb.fit(model, guide, (task.x_train, task.y_train), epochs=2, batch_size=64, seed=1, progress=False,
-               distributed=True)
+        tb.fit(
+            model,
+            guide,
+            (task.x_train, task.y_train),
+            epochs=2,
+            batch_size=64,
+            seed=1,
+            progress=False,
+            distributed=True,
+        )
     except RuntimeError as error:
         with open(os.path.join(out, f"drift{rank}.txt"), "w") as f:
             f.write(str(error))
 
 
-_JOBS = {"exact": _exact_job, "drift": _drift_job, "uninterrupted": _uninterrupted_job, "crash": _crash_job, "resume": _resume_job}
+_JOBS = {
+    "exact": _exact_job,
+    "drift": _drift_job,
+    "uninterrupted": _uninterrupted_job,
+    "crash": _crash_job,
+    "resume": _resume_job,
+}
 
 
 def _worker(rank, job, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     try:
         _JOBS[job](rank, out)
@@ -238,11 +298,25 @@ def test_a_world_of_one_is_one_process_and_a_loader_needs_a_distributed_sampler(
 
     dataset = torch.utils.data.TensorDataset(task.x_train, task.y_train)
     with pytest.raises(ValueError, match="DistributedSampler"):
-        tb.fit(model, guide, torch.utils.data.DataLoader(dataset, batch_size=32), epochs=1, distributed=True,
-               progress=False)
+        tb.fit(
+            model,
+            guide,
+            torch.utils.data.DataLoader(dataset, batch_size=32),
+            epochs=1,
+            distributed=True,
+            progress=False,
+        )
     sampler = torch.utils.data.DistributedSampler(dataset, seed=0)
-    history = tb.fit(model, guide, torch.utils.data.DataLoader(dataset, batch_size=32, sampler=sampler), epochs=2,
-                     distributed=True, progress=False, eval_data=(task.x_test, task.y_test), eval_samples=2)
+    history = tb.fit(
+        model,
+        guide,
+        torch.utils.data.DataLoader(dataset, batch_size=32, sampler=sampler),
+        epochs=2,
+        distributed=True,
+        progress=False,
+        eval_data=(task.x_test, task.y_test),
+        eval_samples=2,
+    )
     assert len(history.accuracy) == 2 and sampler.epoch == 1
 
 
@@ -251,7 +325,17 @@ def test_launch_runs_torchrun_without_the_nproc_option(monkeypatch):
     monkeypatch.setattr(tbdist.subprocess, "call", lambda command: seen.append(command) or 0)
     assert tbdist.launch(["train", "--nproc", "2", "--epochs=3", "--nproc=2", "--out", "x"], 2) == 0
     (command,) = seen
-    assert command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                           "tensorbayes.cli", "train", "--epochs=3", "--out", "x"]
+    assert command[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "tensorbayes.cli",
+        "train",
+        "--epochs=3",
+        "--out",
+        "x",
+    ]
     with pytest.raises(ValueError, match="nproc"):
         tbdist.launch(["train"], 0)

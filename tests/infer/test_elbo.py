@@ -122,4 +122,5 @@ def test_svi_steps_as_with_pyros():
     for got, want in zip(*states):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     assert MeanFieldELBO().loss(model, guide, *args, **kwargs) == pytest.approx(
-        TraceMeanField_ELBO().loss(model, guide, *args, **kwargs), rel=0.5)  # both estimate it; not the same draw
+        TraceMeanField_ELBO().loss(model, guide, *args, **kwargs), rel=0.5
+    )  # both estimate it; not the same draw

@@ -75,10 +75,29 @@ def _bad_index(p):
         (dict(), lambda p: (p.train_index[:0], p.train_values[:0]), ValueError, "data"),
         (dict(), lambda p: [p.train_index.tolist(), p.train_values], TypeError, "data"),
     ],
-    ids=["batch_size", "epochs", "epochs-float", "lr-0", "lr-neg", "lambda_step-2", "lambda_step-0",
-         "num_particles", "init", "init_sweeps", "trace_every", "lr_decay-neg", "lr_decay-1.5",
-         "lr_decay-bool", "lr_warmup-neg", "lr_warmup-float", "nan-values", "index-range", "lengths", "empty",
-         "not-tensors"],
+    ids=[
+        "batch_size",
+        "epochs",
+        "epochs-float",
+        "lr-0",
+        "lr-neg",
+        "lambda_step-2",
+        "lambda_step-0",
+        "num_particles",
+        "init",
+        "init_sweeps",
+        "trace_every",
+        "lr_decay-neg",
+        "lr_decay-1.5",
+        "lr_decay-bool",
+        "lr_warmup-neg",
+        "lr_warmup-float",
+        "nan-values",
+        "index-range",
+        "lengths",
+        "empty",
+        "not-tensors",
+    ],
 )
 def test_bad_input_names_the_argument_and_changes_nothing(kwargs, data, error, name):
     planted, model, guide = _problem()
@@ -113,8 +132,16 @@ def test_nan_parameter_is_named_without_validation():
     pyro.enable_validation(False)
     try:
         with pytest.raises(tb.infer.NonFiniteError, match=r"posteriors\.tensor\.locs\.1"):
-            tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=32,
-                   progress=False, seed=0, init="none")
+            tb.fit(
+                model,
+                guide,
+                (planted.train_index, planted.train_values),
+                epochs=1,
+                batch_size=32,
+                progress=False,
+                seed=0,
+                init="none",
+            )
     finally:
         pyro.enable_validation(True)
 
@@ -124,8 +151,16 @@ def test_nan_parameter_is_named(init):
     planted, model, guide = _problem()
     _poison(guide)
     with pytest.raises(tb.infer.NonFiniteError, match=r"posteriors\.tensor\.locs\.1"):
-        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=32,
-               progress=False, seed=0, init=init)
+        tb.fit(
+            model,
+            guide,
+            (planted.train_index, planted.train_values),
+            epochs=1,
+            batch_size=32,
+            progress=False,
+            seed=0,
+            init=init,
+        )
 
 
 def test_nan_during_training_is_named():
@@ -140,8 +175,16 @@ def test_nan_during_training_is_named():
 
     loc.register_hook(poison)
     with pytest.raises(tb.infer.NonFiniteError, match=r"posteriors\.tensor\.locs\.2"):
-        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=5, batch_size=16,
-               progress=False, seed=0, init="none")
+        tb.fit(
+            model,
+            guide,
+            (planted.train_index, planted.train_values),
+            epochs=5,
+            batch_size=16,
+            progress=False,
+            seed=0,
+            init="none",
+        )
     assert len(calls) == 3
 
 
@@ -160,8 +203,16 @@ def test_huge_but_finite_gradients_are_not_called_non_finite():
         return grad
 
     loc.register_hook(inflate)
-    history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=16,
-                     progress=False, seed=0, init="none")
+    history = tb.fit(
+        model,
+        guide,
+        (planted.train_index, planted.train_values),
+        epochs=1,
+        batch_size=16,
+        progress=False,
+        seed=0,
+        init="none",
+    )
     assert len(calls) > 2 and math.isfinite(history.elbo[-1])
 
 
@@ -183,8 +234,17 @@ def _tiny_dlrm_fit(darken_after_epoch_0=False):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tb.fit(model, guide, gen.stream(512)[:], epochs=2, batch_size=64, init="none", progress=False, seed=0,
-               callbacks=[darken])
+        tb.fit(
+            model,
+            guide,
+            gen.stream(512)[:],
+            epochs=2,
+            batch_size=64,
+            init="none",
+            progress=False,
+            seed=0,
+            callbacks=[darken],
+        )
     return model, [w for w in caught if issubclass(w.category, tb.infer.DeadGradientWarning)]
 
 
@@ -207,8 +267,16 @@ def test_a_healthy_fit_is_not_warned_of(monkeypatch):
 def test_history_has_one_entry_per_epoch():
     planted, model, guide = _problem()
     n = len(planted.train_values)
-    history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=3, batch_size=16,
-                     progress=False, seed=0, init="none")
+    history = tb.fit(
+        model,
+        guide,
+        (planted.train_index, planted.train_values),
+        epochs=3,
+        batch_size=16,
+        progress=False,
+        seed=0,
+        init="none",
+    )
     assert isinstance(history, tb.infer.History)
     assert len(history) == len(history.elbo) == 3
     assert len(history.beta) == len(history.noise) == len(history.lambdas) == 3
@@ -226,9 +294,20 @@ def test_lr_decay_holds_the_rate_then_anneals_it_to_nothing():
         planted, model, guide = _problem()
         steps = math.ceil(len(planted.train_values) / 16)
         snapshots = []
-        history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=4, batch_size=16, lr=0.01,
-                         lr_decay=decay, progress=False, seed=0, init="none",
-                         callbacks=[lambda epoch, h: snapshots.append(_state(model, guide))])
+        history = tb.fit(
+            model,
+            guide,
+            (planted.train_index, planted.train_values),
+            epochs=4,
+            batch_size=16,
+            lr=0.01,
+            lr_decay=decay,
+            progress=False,
+            seed=0,
+            init="none",
+            # the callback only runs during this iteration's fit
+            callbacks=[lambda epoch, h: snapshots.append(_state(model, guide))],  # noqa: B023
+        )
         locs = [k for k in snapshots[0] if "locs" in k]
         moves[decay] = sum((snapshots[3][k] - snapshots[2][k]).norm() for k in locs)
         if decay:  # the last step of each epoch: held for two epochs, then (total - step) / decay steps
@@ -248,9 +327,21 @@ def test_lr_warmup_raises_the_rate_linearly_and_keeps_the_first_steps_small():
         lr_warmup = warmup_epochs * steps
         start = _state(model, guide)
         snapshots = []
-        history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=4, batch_size=16, lr=0.01,
-                         lr_warmup=lr_warmup, lr_decay=0.25, progress=False, seed=0, init="none",
-                         callbacks=[lambda epoch, h: snapshots.append(_state(model, guide))])
+        history = tb.fit(
+            model,
+            guide,
+            (planted.train_index, planted.train_values),
+            epochs=4,
+            batch_size=16,
+            lr=0.01,
+            lr_warmup=lr_warmup,
+            lr_decay=0.25,
+            progress=False,
+            seed=0,
+            init="none",
+            # the callback only runs during this iteration's fit
+            callbacks=[lambda epoch, h: snapshots.append(_state(model, guide))],  # noqa: B023
+        )
         locs = [k for k in start if "locs" in k]
         moves[warmup_epochs] = sum((snapshots[0][k] - start[k]).norm() for k in locs)
         if lr_warmup:  # the last step of epoch e rises to (e + 1) / 3; the decay's first step times 1
@@ -262,8 +353,16 @@ def test_lr_warmup_raises_the_rate_linearly_and_keeps_the_first_steps_small():
 def test_fit_changes_the_guide():
     planted, model, guide = _problem()
     before = _state(model, guide)
-    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=2, batch_size=16,
-           progress=False, seed=0, init="none")
+    tb.fit(
+        model,
+        guide,
+        (planted.train_index, planted.train_values),
+        epochs=2,
+        batch_size=16,
+        progress=False,
+        seed=0,
+        init="none",
+    )
     after = _state(model, guide)
     for k in before:
         if "locs" in k or "raw_scales" in k or "log_lambda" in k:
@@ -275,16 +374,32 @@ def test_seed_makes_fits_identical():
     for _ in range(2):
         planted, model, guide = _problem()
         pyro.set_rng_seed(123 + len(runs))  # the global state differs: only seed= may decide
-        history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=2, batch_size=16,
-                         progress=False, seed=7, init="none")
+        history = tb.fit(
+            model,
+            guide,
+            (planted.train_index, planted.train_values),
+            epochs=2,
+            batch_size=16,
+            progress=False,
+            seed=7,
+            init="none",
+        )
         runs.append((history, _state(model, guide)))
     (h1, s1), (h2, s2) = runs
     assert h1.elbo == h2.elbo
     assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
     # and another seed gives another fit
     planted, model, guide = _problem()
-    h3 = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=2, batch_size=16,
-                progress=False, seed=8, init="none")
+    h3 = tb.fit(
+        model,
+        guide,
+        (planted.train_index, planted.train_values),
+        epochs=2,
+        batch_size=16,
+        progress=False,
+        seed=8,
+        init="none",
+    )
     assert h3.elbo != h1.elbo
 
 
@@ -296,8 +411,17 @@ def test_several_particles_average_their_elbos():
     fits = {}
     for particles in (1, 3):
         _, model, guide = _problem()
-        fits[particles] = tb.fit(model, guide, data, epochs=1, batch_size=len(data[0]), num_particles=particles,
-                                 progress=False, seed=4, init="none")
+        fits[particles] = tb.fit(
+            model,
+            guide,
+            data,
+            epochs=1,
+            batch_size=len(data[0]),
+            num_particles=particles,
+            progress=False,
+            seed=4,
+            init="none",
+        )
     pyro.set_rng_seed(4)
     _, model, guide = _problem()
     elbo = tb.infer.MeanFieldELBO()
@@ -312,13 +436,29 @@ def test_several_particles_average_their_elbos():
 
 def test_progress_false_is_silent(capsys):
     planted, model, guide = _problem()
-    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=32,
-           progress=False, seed=0, init="none")
+    tb.fit(
+        model,
+        guide,
+        (planted.train_index, planted.train_values),
+        epochs=1,
+        batch_size=32,
+        progress=False,
+        seed=0,
+        init="none",
+    )
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
     planted, model, guide = _problem()
-    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=32,
-           progress=True, seed=0, init="none")
+    tb.fit(
+        model,
+        guide,
+        (planted.train_index, planted.train_values),
+        epochs=1,
+        batch_size=32,
+        progress=True,
+        seed=0,
+        init="none",
+    )
     assert "fit" in capsys.readouterr().err
 
 
@@ -347,8 +487,15 @@ def _fit_observed(observed, **fit_kwargs):
     initial = [s.clone() for s in guide.factor_scales(model.tensor)]
     n = len(planted.train_values)
     batch_size = fit_kwargs.pop("batch_size", None) or math.ceil(n / 4)
-    tb.fit(model, guide, (planted.train_index, planted.train_values), batch_size=batch_size, progress=False, seed=0,
-           **fit_kwargs)
+    tb.fit(
+        model,
+        guide,
+        (planted.train_index, planted.train_values),
+        batch_size=batch_size,
+        progress=False,
+        seed=0,
+        **fit_kwargs,
+    )
     return model, guide, initial
 
 
@@ -382,8 +529,9 @@ def test_history_splits_the_elbo_into_likelihood_and_kl():
     data = (planted.train_index, planted.train_values)
     steps = math.ceil(len(planted.train_values) / 16)
     # one epoch of warm-up (β = 0): no KL in the objective; then β = 1 from the first step
-    history = tb.fit(model, guide, data, epochs=2, batch_size=16, init="none", warmup=steps, ramp=1, seed=0,
-                     progress=False)
+    history = tb.fit(
+        model, guide, data, epochs=2, batch_size=16, init="none", warmup=steps, ramp=1, seed=0, progress=False
+    )
     assert history.kl[0] == pytest.approx(0.0, abs=1e-3 * abs(history.elbo[0]))
     assert history.kl[1] > 0  # a KL to the prior is positive
     for elbo, likelihood, kl in zip(history.elbo, history.log_likelihood, history.kl):
@@ -411,7 +559,9 @@ def _student(num_train=2048):
 
     task = tb.data.teacher_student(num_train=num_train, seed=0)
     torch.manual_seed(0)
-    layer = tb.models.TensorizedLinear(64, 64, format="ttm", max_rank=6, in_shape=task.in_shape, out_shape=task.out_shape)
+    layer = tb.models.TensorizedLinear(
+        64, 64, format="ttm", max_rank=6, in_shape=task.in_shape, out_shape=task.out_shape
+    )
     model = tb.models.BayesianClassifier(PyroModule[torch.nn.Sequential](layer), task.num_classes)
     return task, model, MeanField(model, seed=0)
 
@@ -427,8 +577,17 @@ def test_a_callback_that_prunes_leaves_the_new_parameters_optimized():
             seen["pruned"] = [loc.clone() for loc in guide.factor_means(tensor)]
 
     # a constant rate (lr_decay=0): the readout then sees the gap by epoch 10
-    tb.fit(model, guide, (task.x_train, task.y_train), epochs=12, batch_size=256, seed=0, progress=False,
-           callbacks=[prune_after_the_first_epochs], lr_decay=0.0)
+    tb.fit(
+        model,
+        guide,
+        (task.x_train, task.y_train),
+        epochs=12,
+        batch_size=256,
+        seed=0,
+        progress=False,
+        callbacks=[prune_after_the_first_epochs],
+        lr_decay=0.0,
+    )
     assert tensor.layout.ranks < (6, 6)  # the prune removed indices: the guide holds new parameters
     after = guide.factor_means(tensor)
     assert [a.shape for a in after] == [p.shape for p in seen["pruned"]]
@@ -463,16 +622,21 @@ def test_the_rank_search_cuts_to_the_planted_ranks_within_its_tolerance():
     # 15 steps an epoch on the 90 % kept: the KL ramp ends at 40 % of the steps, searches until 80 %
     assert [r["epoch"] for r in history.rank_search] == [3, 4, 5, 6, 7]
     for record in history.rank_search:
-        assert record["found"] >= record["reference"] - fit_module.DEFAULT_TOLERANCE or record["found"] == record["full"]
+        assert (
+            record["found"] >= record["reference"] - fit_module.DEFAULT_TOLERANCE or record["found"] == record["full"]
+        )
     assert history.rank_search[-1]["ranks"] == {"net.0.weight": (3, 3)}
     assert model.net[0].weight.layout.ranks == (3, 3)  # cut in place: the later epochs train (3, 3)
-    assert [tuple(loc.shape) for loc in guide.factor_means(model.net[0].weight)] == model.net[0].weight.layout.factor_shapes
+    assert [tuple(loc.shape) for loc in guide.factor_means(model.net[0].weight)] == model.net[
+        0
+    ].weight.layout.factor_shapes
 
 
 def test_no_rank_search_without_a_tolerance_or_enough_data():
     task, model, guide = _searching_student()
-    history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=10, batch_size=256, seed=0, progress=False,
-                     tolerance=None)
+    history = tb.fit(
+        model, guide, (task.x_train, task.y_train), epochs=10, batch_size=256, seed=0, progress=False, tolerance=None
+    )
     assert history.rank_search == [] and model.net[0].weight.layout.ranks == (6, 6)
     task, model, guide = _searching_student(num_train=2048)  # 205 held out cannot resolve 0.005
     history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=10, batch_size=256, seed=0, progress=False)
@@ -486,12 +650,15 @@ def test_a_dataloader_warns_that_it_gets_no_rank_search():
         tb.fit(model, guide, loader, epochs=1, seed=0, progress=False)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"tolerance": 0}, "tolerance must be a number in \\(0, 1\\) or None, got 0"),
-    ({"tolerance": "0.5%"}, "tolerance must be a number"),
-    ({"validation": 0.9}, "validation must be a share of the data in \\(0, 0.5\\], got 0.9"),
-    ({"validation": 0}, "validation must be a share"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tolerance": 0}, "tolerance must be a number in \\(0, 1\\) or None, got 0"),
+        ({"tolerance": "0.5%"}, "tolerance must be a number"),
+        ({"validation": 0.9}, "validation must be a share of the data in \\(0, 0.5\\], got 0.9"),
+        ({"validation": 0}, "validation must be a share"),
+    ],
+)
 def test_fit_refuses_a_bad_tolerance_or_validation_share(kwargs, message):
     task, model, guide = _searching_student(num_train=512)
     with pytest.raises(ValueError, match=message):

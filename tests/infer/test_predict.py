@@ -33,9 +33,9 @@ def test_predict_spread_matches_the_sample_spread():
     mean, std = tb.predict(model, guide, index, num_samples=400, chunk_size=7)
     layout = model.tensor.layout
     locs, scales = guide.factor_means(model.tensor), guide.factor_scales(model.tensor)
-    draws = torch.stack([
-        layout.entries([l + s * torch.randn_like(s) for l, s in zip(locs, scales)], index) for _ in range(400)
-    ])
+    draws = torch.stack(
+        [layout.entries([loc + s * torch.randn_like(s) for loc, s in zip(locs, scales)], index) for _ in range(400)]
+    )
     # two independent Monte Carlo estimates of the same moments: 400 draws, a few standard errors
     assert torch.allclose(mean, draws.mean(0), atol=5 * (draws.std(0).max() / 20).item())
     assert torch.allclose(std, draws.std(0), rtol=0.25)

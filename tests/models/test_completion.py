@@ -133,8 +133,19 @@ def test_check_data_accepts_good_data():
         (lambda i, v: (i, v.reshape(3, 1)), ValueError, "values"),
         (lambda i, v: (i, torch.tensor([1, 2, 3])), TypeError, "values"),
     ],
-    ids=["index-too-big", "index-negative", "too-few-columns", "too-many-columns", "1d-index", "float-index",
-         "nan-values", "inf-values", "short-values", "2d-values", "int-values"],
+    ids=[
+        "index-too-big",
+        "index-negative",
+        "too-few-columns",
+        "too-many-columns",
+        "1d-index",
+        "float-index",
+        "nan-values",
+        "inf-values",
+        "short-values",
+        "2d-values",
+        "int-values",
+    ],
 )
 def test_check_data_errors_name_the_argument(change, error, name):
     model = TensorCompletion((3, 4, 5))

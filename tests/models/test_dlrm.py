@@ -41,11 +41,15 @@ def test_likelihood_scaled_by_num_data_over_batch():
 
 
 def test_sites_for_tensorized_tables_only():
-    gen, model = _tiny(tables={2: {"format": "tt", "max_rank": 3}, 11: {}, 15: {"dense": True}},
-                       tensorize_min_rows=None)
+    gen, model = _tiny(
+        tables={2: {"format": "tt", "max_rank": 3}, 11: {}, 15: {"dense": True}}, tensorize_min_rows=None
+    )
     trace = poutine.trace(model).get_trace(*gen.stream(8)[:2])
-    latent = {name for name, site in trace.nodes.items()
-              if site["type"] == "sample" and not site["is_observed"] and name != "data"}
+    latent = {
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and name != "data"
+    }
     tt_sites = {f"net.C3.weight.factor{k}" for k in range(6)} | {f"net.C3.weight.lambda{b}" for b in range(5)}
     ttm_sites = {f"net.C12.weight.factor{k}" for k in range(3)} | {f"net.C12.weight.lambda{b}" for b in range(2)}
     assert latent == tt_sites | ttm_sites
@@ -111,8 +115,11 @@ def test_export_is_plain_torch_and_predicts_the_posterior_mean():
     assert isinstance(net, DLRMNet) and not any(isinstance(m, pyro.nn.PyroModule) for m in net.modules())
     assert isinstance(net.C3, CompactEmbeddingBag)
     dense, sparse, _ = gen.stream(16)[:]
-    means = {t.weight.factor_site(k): f for t in model.tensorized_tables().values()
-             for k, f in enumerate(guide.factor_means(t.weight))}
+    means = {
+        t.weight.factor_site(k): f
+        for t in model.tensorized_tables().values()
+        for k, f in enumerate(guide.factor_means(t.weight))
+    }
     expected = poutine.condition(model, data=means)(dense, sparse)
     torch.testing.assert_close(torch.sigmoid(net(dense, sparse)), expected)
 
@@ -147,8 +154,18 @@ def _fitted_tables(sparse, epochs=1, checkpoint=None, resume=False):
     tables = {name: t for name, t in model.net.tables() if isinstance(t, torch.nn.EmbeddingBag)}
     before = {name: t.weight.detach().clone() for name, t in tables.items()}
     dense, ids, clicks = gen.stream(256)[:]
-    tb.fit(model, guide, (dense.double(), ids, clicks.double()), epochs=epochs, batch_size=256, init="none",
-           progress=False, seed=0, checkpoint=checkpoint, resume=resume)
+    tb.fit(
+        model,
+        guide,
+        (dense.double(), ids, clicks.double()),
+        epochs=epochs,
+        batch_size=256,
+        init="none",
+        progress=False,
+        seed=0,
+        checkpoint=checkpoint,
+        resume=resume,
+    )
     return ids, before, {name: t.weight.detach().clone() for name, t in tables.items()}
 
 
@@ -184,7 +201,9 @@ def test_nan_in_a_sparse_gradient_is_named():
     guide = tb.guides.MeanField(model, seed=0)
     model.net.C5.weight.register_hook(lambda g: g * float("nan"))
     dense, ids, clicks = gen.stream(256)[:]
-    with pytest.raises(tb.infer.NonFiniteError, match=r"gradient is not finite at step 0 .*model parameter 'net.C5.weight'"):
+    with pytest.raises(
+        tb.infer.NonFiniteError, match=r"gradient is not finite at step 0 .*model parameter 'net.C5.weight'"
+    ):
         tb.fit(model, guide, (dense, ids, clicks), epochs=1, batch_size=256, init="none", progress=False, seed=0)
 
 
@@ -206,9 +225,17 @@ def test_a_dlrm_represents_the_planted_click_model_exactly():
     # large) dots, ignoring the rest (the +/- pair of hidden units makes its ReLU exact).
     gen = ClickGenerator.tiny(seed=3, num_dense=3)
     d, dim = gen.num_dense, gen.embedding_dim
-    model = DLRM(gen.cardinalities, num_dense=d, embedding_dim=dim, tensorize_min_rows=None, max_rank=4,
-                 tables={t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape, "max_rank": list(gen.ranks[t])}
-                         for t in gen.planted_tables}).double()
+    model = DLRM(
+        gen.cardinalities,
+        num_dense=d,
+        embedding_dim=dim,
+        tensorize_min_rows=None,
+        max_rank=4,
+        tables={
+            t: {"row_shape": gen.row_shapes[t], "col_shape": gen.col_shape, "max_rank": list(gen.ranks[t])}
+            for t in gen.planted_tables
+        },
+    ).double()
     tables = []
     for t, (_, table) in enumerate(model.net.tables()):
         if t in gen.planted_tables:

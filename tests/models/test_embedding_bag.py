@@ -54,7 +54,9 @@ def test_per_sample_weights_and_gradients_equal_dense_path(format):
     out = layer.bag(factors, INPUT, OFFSETS, per_sample_weights=weights)
     probe = torch.randn(out.shape, dtype=D)
     grads = torch.autograd.grad((out * probe).sum(), factors)
-    dense = F.embedding_bag(INPUT, layer.layout.to_matrix(factors)[:NUM], OFFSETS, mode="sum", per_sample_weights=weights)
+    dense = F.embedding_bag(
+        INPUT, layer.layout.to_matrix(factors)[:NUM], OFFSETS, mode="sum", per_sample_weights=weights
+    )
     torch.testing.assert_close(out, dense)
     for g, ref in zip(grads, torch.autograd.grad((dense * probe).sum(), factors)):
         torch.testing.assert_close(g, ref)
@@ -116,7 +118,9 @@ def test_trillion_rows_never_formed():
     assert out.shape == (2, 16) and torch.isfinite(out).all()
     factors = _factors(layer)
     rows = layer.layout.rows(factors, idx)
-    torch.testing.assert_close(layer.bag(factors, idx, torch.tensor([0, 2])), torch.stack([rows[:2].sum(0), rows[2:].sum(0)]))
+    torch.testing.assert_close(
+        layer.bag(factors, idx, torch.tensor([0, 2])), torch.stack([rows[:2].sum(0), rows[2:].sum(0)])
+    )
 
 
 def test_padding_rows_are_never_indexed():

@@ -184,7 +184,9 @@ def test_choose_path_takes_the_fewer_flops(format, rank):
         assert counts["dense"] == dense
         # the contraction's count is that of the path actually planned: never below the optimum
         assert contract <= counts["contract"] <= dense
-        assert layer.choose_path(batch) == ("contract" if counts["contract"] < counts["dense"] else "dense")  # tie: dense
+        assert layer.choose_path(batch) == (
+            "contract" if counts["contract"] < counts["dense"] else "dense"
+        )  # tie: dense
         if max(contract, dense) > 1.2 * min(contract, dense):  # a clear case: the optimum agrees
             assert layer.choose_path(batch) == ("contract" if contract < dense else "dense")
 
@@ -263,8 +265,16 @@ def test_linear_gradients_reach_every_factor(format, path):
 @pytest.mark.parametrize("format", FORMATS)
 def test_conv_matches_dense_conv(format, kernel_size, stride, padding, dilation):
     conv = TensorizedConv2d(
-        4, 6, kernel_size, stride=stride, padding=padding, dilation=dilation, format=format, max_rank=3,
-        in_shape=(2, 2), out_shape=(2, 3),
+        4,
+        6,
+        kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        format=format,
+        max_rank=3,
+        in_shape=(2, 2),
+        out_shape=(2, 3),
     ).double()
     kh, kw = conv.kernel_size
     window = (kh * kw,) if kh * kw > 1 else ()  # the window is one extra mode (none for 1x1)

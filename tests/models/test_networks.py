@@ -149,8 +149,11 @@ def test_regressor_bad_noise(noise):
 @pytest.mark.parametrize(
     "change, error, match",
     [
-        (lambda x, y: (x, y.index_put((torch.tensor([2]),), torch.tensor(3))), ValueError,
-         r"y must hold class labels in \[0, num_classes=3\)"),
+        (
+            lambda x, y: (x, y.index_put((torch.tensor([2]),), torch.tensor(3))),
+            ValueError,
+            r"y must hold class labels in \[0, num_classes=3\)",
+        ),
         (lambda x, y: (x, y.index_put((torch.tensor([0]),), torch.tensor(-1))), ValueError, "y must hold class labels"),
         (lambda x, y: (x, y.double()), TypeError, "y must be an integer tensor"),
         (lambda x, y: (x, y[:7]), ValueError, r"y must have shape \(8,\)"),
@@ -159,8 +162,16 @@ def test_regressor_bad_noise(noise):
         (lambda x, y: (x[0, 0], y), ValueError, "x must have a leading batch dimension"),
         (lambda x, y: (x[:, :15], y), ValueError, "in_features=16"),
     ],
-    ids=["label-too-big", "label-negative", "float-labels", "short-labels", "2d-labels", "list-labels", "no-batch",
-         "wrong-width"],
+    ids=[
+        "label-too-big",
+        "label-negative",
+        "float-labels",
+        "short-labels",
+        "2d-labels",
+        "list-labels",
+        "no-batch",
+        "wrong-width",
+    ],
 )
 def test_classifier_bad_input_names_the_argument(change, error, match):
     model, guide = _classifier("tt")

@@ -131,8 +131,8 @@ def test_slice_moments_give_the_lambda_dependent_part(format, shape, ranks):
         moved[b] = base[b] * torch.linspace(0.3, 3.0, len(base[b]), dtype=D)
         change = _expected_log_density(tensor, second, moved) - _expected_log_density(tensor, second, base)
 
-        def f(lam):
-            return (-d / 2 * lam.log() - m / (2 * lam)).sum()
+        def f(lam):  # only called within this iteration
+            return (-d / 2 * lam.log() - m / (2 * lam)).sum()  # noqa: B023
 
         torch.testing.assert_close(change, f(moved[b]) - f(base[b]), rtol=1e-10, atol=1e-9)
 

@@ -95,7 +95,9 @@ def test_mean_field_guide_on_a_tensorized_network():
     guide = MeanField(model, seed=0)
     assert list(guide.posteriors.keys()) == ["body__0__weight"]
     guide_sites = _sites(poutine.trace(guide).get_trace(), "sample")
-    assert guide_sites == ["body.0.weight.lambda0"] + [f"body.0.weight.factor{k}" for k in range(len(body[0].layout.labels))]
+    assert guide_sites == ["body.0.weight.lambda0"] + [
+        f"body.0.weight.factor{k}" for k in range(len(body[0].layout.labels))
+    ]
     loss = TraceMeanField_ELBO().differentiable_loss(model, guide, torch.randn(4, 256), torch.tensor([0, 1, 2, 0]))
     assert torch.isfinite(loss)
     loss.backward()
@@ -152,9 +154,12 @@ def test_a_network_with_nothing_to_tensorize_warns_naming_the_size_rule():
     # (test_subclasses_and_pyro_modules, test_a_big_module_at_the_root_and_the_threshold), and the
     # MeanField guide that needs a low-rank tensor says so itself
     net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    with pytest.warns(UserWarning, match=r"replaced nothing: the size rule .* at least min_features=128; the layers "
-                                         r"seen were 0 \(Linear, 64x64\), 2 \(Linear, 10x64\); pass a smaller "
-                                         r"min_features") as caught:
+    with pytest.warns(
+        UserWarning,
+        match=r"replaced nothing: the size rule .* at least min_features=128; the layers "
+        r"seen were 0 \(Linear, 64x64\), 2 \(Linear, 10x64\); pass a smaller "
+        r"min_features",
+    ) as caught:
         model = tensorize(net)
     assert len(caught) == 1 and caught[0].filename == __file__  # it points at the caller
     assert not any(isinstance(m, TensorizedLinear) for m in model.modules())
