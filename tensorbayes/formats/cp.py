@@ -57,7 +57,8 @@ class CP(TensorFormat):
         :param torch.Tensor x: inputs of shape ``(..., prod(col_shape))``.
         :returns: outputs of shape ``(..., prod(row_shape))``.
         """
-        if self._khatri_rao_flops(max(1, math.prod(x.shape[:-1]))) > super().contract_flops(max(1, math.prod(x.shape[:-1]))):
+        batch = max(1, math.prod(x.shape[:-1]))
+        if self._khatri_rao_flops(batch) > super().contract_flops(batch):
             return super().contract(x, factors)
         factors = self.check_factors(factors)
         self._check_contract_input(x)

@@ -11,8 +11,7 @@ from .tensor import LowRankTensor
 __all__ = ["LowRankTensor", "TensorCompletion"]
 
 # Tensorized layers (Linear, Conv2d, Embedding) and the conversion of whole networks.
-# budget_rank is public as tb.models.budget_rank, though not listed in __all__
-from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, budget_rank, factorize  # noqa: F401
+from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, budget_rank, factorize
 from .tensorize import tensorize
 
 __all__ += [
@@ -20,6 +19,7 @@ __all__ += [
     "TensorizedConv2d",
     "TensorizedEmbedding",
     "TensorizedLinear",
+    "budget_rank",
     "factorize",
     "tensorize",
 ]

@@ -22,8 +22,13 @@ from tensorbayes.formats import CP, TT, TTM, Tucker
 
 D = torch.float64
 FORMATS = {"cp": CP, "tucker": Tucker, "tt": TT, "ttm": TTM}
-EXAMPLES = settings(max_examples=25, deadline=None, derandomize=True, database=None,  # the same examples every run
-                    suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,  # the same examples every run
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 # Rounding bounds, relative to the size of what is compared. Every comparison is of two float64
 # computations of the same sums of products in another order: a few dozen terms of a few
