@@ -72,10 +72,10 @@ FORMATS = ("ttm", "tt", "cp", "tucker")
 #: cheaper path by FLOP count, which on this CPU takes 6x (R = 60) to 13x (R = 400) the wall
 #: time of reconstructing the weight, so a CP step at R = 400 is 30x the dense step.
 FRONTIER_RANKS = {
-    "ttm": (1, 2, 4, 8, 12, 20, 40),
-    "tt": (2, 4, 8, 12, 20, 40, 64),
+    "ttm": (1, 2, 4, 8, 12, 20),
+    "tt": (2, 4, 8, 12, 20, 40),
     "cp": (5, 10, 25, 60, 150),
-    "tucker": (1, 2, 3, 4),
+    "tucker": (1, 2, 3),
 }
 
 #: The accuracy an automatic point is scored by (its exported, pruned network's).

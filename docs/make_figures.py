@@ -33,6 +33,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from pyro.nn import PyroModule  # noqa: E402
 
 import tensorbayes as tb  # noqa: E402
 from tensorbayes import plots  # noqa: E402
@@ -83,9 +84,11 @@ def completion():
 
 def student(task, fmt, max_rank, seed=0):
     torch.manual_seed(seed)
-    net = tb.models.tensorize(
-        torch.nn.Sequential(torch.nn.Linear(64, 64)), format=fmt, max_rank=max_rank, min_features=32, order=3
+    # the teacher's mode shapes: a TTM student re-paired for speed could not express its weight
+    layer = tb.models.TensorizedLinear(
+        64, 64, format=fmt, max_rank=max_rank, in_shape=task.in_shape, out_shape=task.out_shape
     )
+    net = PyroModule[torch.nn.Sequential](layer)
     model = tb.models.BayesianClassifier(net, num_classes=task.num_classes)
     guide = tb.guides.MeanField(model, seed=seed)
     history = tb.fit(

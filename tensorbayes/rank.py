@@ -36,6 +36,7 @@ __all__ = [
     "bond_weights",
     "compression_report",
     "held_out_score",
+    "mean_score",
     "prune",
     "ranks",
     "search_ranks",
@@ -243,6 +244,20 @@ def _score(model, tensors, cut, inputs, target, chunk_size):
         for name, tensor in tensors.items():
             tensor.set_layout(layouts[name])
     return held_out_score(torch.cat(outputs), target)
+
+
+@torch.no_grad()
+def mean_score(model, guide, inputs, target, chunk_size=2048):
+    """
+    The :func:`held_out_score` of ``model`` at its posterior-mean factors on held-out data.
+
+    :param inputs: the held-out inputs, a tensor or a tuple of tensors (the model's arguments).
+    :param torch.Tensor target: the held-out targets (class labels, or values).
+    """
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    tensors = low_rank_tensors(model)
+    means = {name: (t.layout, guide.factor_means(t)) for name, t in tensors.items()}
+    return _score(model, tensors, means, inputs, target, chunk_size)
 
 
 @torch.no_grad()

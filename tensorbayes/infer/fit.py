@@ -78,7 +78,9 @@ class History:
 
     ``rank_search`` holds one entry per rank search (see ``tolerance`` in :func:`fit`):
     ``{"epoch", "ranks" (per tensor, after the cut), "reference" (the best held-out score of
-    the uncut network so far), "full" (its score now), "found" (the cut network's score)}``.
+    the uncut network so far), "full" (its score now), "found" (the cut network's score),
+    "cut" (whether it searched: not at the first, nor while the network still gained more
+    than the tolerance since the last)}``.
 
     ``lambda_trace`` holds λ at a finer grain, every ``trace_every`` steps:
     ``{"step": [step, ...], "lambdas": [{tensor name: [λ of each bond]}, ...]}``.
@@ -265,11 +267,12 @@ def fit(
     :param float tolerance: the rank search's tolerance (default :data:`DEFAULT_TOLERANCE`:
         half a point of accuracy, or 0.005 of relative error); ``None`` keeps the ranks the model
         has. At the end of every epoch from the end of the KL ramp until :data:`SEARCH_UNTIL` of
-        the steps,
-        :func:`~tensorbayes.rank.search_ranks` finds the smallest ranks, along the posterior's
-        ordering of the rank indices, whose posterior-mean network scores on a held-out
-        ``validation`` share of ``data`` within ``tolerance`` of the best score of the
-        uncut network so far, and the model and guide are cut to them
+        the steps, the posterior-mean network is scored on a held-out ``validation`` share of
+        ``data``; where it gained at most ``tolerance`` since the last epoch (a network still
+        learning is not cut), :func:`~tensorbayes.rank.search_ranks` finds the smallest ranks,
+        along the posterior's ordering of the rank indices, whose network scores within
+        ``tolerance`` of the best score of the uncut network so far, and the model and guide
+        are cut to them
         (:func:`~tensorbayes.prune` with ``ranks=``; the optimizer follows), so that later
         epochs run at the smaller ranks. After the last search the held-out share joins the
         training data. Each search is recorded in ``history.rank_search``. None runs where the
@@ -879,12 +882,13 @@ def _diagnose(model, guide, batch, num_data, step, epoch):
 class _RankSearch:
     """
     The rank search of :func:`fit`: the held-out share of the data, the epochs at whose ends it
-    runs, and the best held-out score of the uncut network seen so far (the reference).
+    runs, the best held-out score of the uncut network seen so far (the reference) and its last
+    score (a network still gaining more than the tolerance an epoch is not cut).
     """
 
     def __init__(self, train_batches, all_batches, held_out, epochs, tolerance):
         self.train_batches, self.all_batches, self.held_out = train_batches, all_batches, held_out
-        self.epochs, self.tolerance, self.reference = epochs, tolerance, -math.inf
+        self.epochs, self.tolerance, self.reference, self.last = epochs, tolerance, -math.inf, None
 
     @classmethod
     def plan(cls, batches, epochs, validation, tolerance, generator, warmup, ramp, ctx=None):
@@ -923,14 +927,26 @@ class _RankSearch:
     def resume(self, history):
         """The batches and reference of a fit resumed after ``history``'s epochs."""
         self.reference = max([r["reference"] for r in history.rank_search], default=-math.inf)
+        self.last = history.rank_search[-1]["full"] if history.rank_search else None
         return self.train_batches if len(history) <= self.epochs[-1] else self.all_batches
 
     def run(self, model, guide, epoch, device):
-        """Search, cut the model and guide to the ranks found, and return the record."""
-        from ..rank import prune, search_ranks
+        """
+        Score the uncut network; unless it is the first score or the network gained more than
+        the tolerance since the last one (a cut would cost capacity it is still using), search
+        and cut the model and guide to the ranks found. Returns the record.
+        """
+        from ..rank import mean_score, prune, search_ranks
 
         *inputs, target = to_device(self.held_out, device)
-        found, scores = search_ranks(model, guide, inputs, target, self.tolerance, reference=self.reference)
-        self.reference = max(self.reference, scores["full"])
-        prune(model, guide, ranks=found)
-        return {"epoch": epoch, "ranks": found, "reference": self.reference, **scores}
+        full = mean_score(model, guide, inputs, target)
+        learning = self.last is None or full - self.last > self.tolerance
+        self.last = full
+        if learning:
+            ranks = {name: t.layout.ranks for name, t in _low_rank_tensors(model).items()}
+            scores = {"full": full, "found": full}
+        else:
+            ranks, scores = search_ranks(model, guide, inputs, target, self.tolerance, reference=self.reference)
+            prune(model, guide, ranks=ranks)
+        self.reference = max(self.reference, full)
+        return {"epoch": epoch, "ranks": ranks, "reference": self.reference, **scores, "cut": not learning}
