@@ -341,7 +341,8 @@ def _ratio(row):
 
 
 def markdown(result):
-    """The Markdown report of a result (the JSON's dict)."""
+    """The Markdown report of a result (the JSON's dict; an optional ``"note"`` added to it by
+    hand, such as what was measured on a quieter machine, is printed under the settings)."""
     s, dense = result["settings"], result["dense"]
     lines = [
         f"# Fashion-MNIST, network `{s['network']}`: automatic ranks against the fixed-rank frontier",
@@ -353,6 +354,7 @@ def markdown(result):
         f"{'tensorize default' if s['max_rank'] is None else s['max_rank']}; accuracy: posterior predictive, "
         "and the pruned exported network's (the one scored). Frontier: fixed ranks, Adam 1e-3.",
         "",
+        *([result["note"], ""] if result.get("note") else []),
         "| format | run | ranks | layer params | compression | test acc. | exported acc. | step / dense "
         "| total / dense |",
         "|---|---|---|---|---|---|---|---|---|",
