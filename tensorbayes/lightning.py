@@ -38,15 +38,16 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from .infer.elbo import MeanFieldELBO
 from .infer.fit import (
+    WARMUP_SHARE,
     KLScale,
     Schedule,
     _adam,
     _check_positive_int,
-    _held_out_metric,
     _lambdas,
     _set_learning_rates,
     sparse_tables,
 )
+from .infer.predict import held_out_metric
 
 __all__ = ["TensorBayesModule"]
 
@@ -128,7 +129,7 @@ class TensorBayesModule(pl.LightningModule):
         learning rate to its last ``lr_decay`` share (none where the Trainer's steps are not known)."""
         total = self.trainer.estimated_stepping_batches
         known = math.isfinite(total)
-        default = int(0.2 * total) if known else 0
+        default = int(WARMUP_SHARE * total) if known else 0
         self.schedule = Schedule(
             warmup=default if self._warmup is None else self._warmup,
             ramp=default if self._ramp is None else self._ramp,
@@ -175,7 +176,7 @@ class TensorBayesModule(pl.LightningModule):
 
         *inputs, target = batch
         mean, _ = predict(self.model, self.guide, *inputs, num_samples=self.eval_samples)
-        name, value = _held_out_metric(mean, target)
+        name, value = held_out_metric(mean, target)
         self.log(f"val_{name}", value, batch_size=len(target), prog_bar=True, sync_dist=True)
 
     # ----- summaries -----

@@ -26,6 +26,7 @@ import torch
 from .formats.canonical import canonicalize
 from .guides.meanfield import low_rank_tensors
 from .infer.fit import DEFAULT_TOLERANCE
+from .infer.predict import held_out_metric
 
 __all__ = [
     "CUT_SCALE",
@@ -208,11 +209,10 @@ def held_out_score(output, target):
     """
     The score of a model's output on held-out data, higher is better: the accuracy of class
     probabilities ``(n, classes)`` against integer labels, else minus the relative error
-    ``||output - target|| / ||target||``.
+    (:func:`~tensorbayes.infer.predict.held_out_metric`).
     """
-    if output.dim() == 2 and not target.is_floating_point():
-        return float((output.argmax(-1) == target).double().mean())
-    return -float((output - target).norm() / target.norm())
+    name, value = held_out_metric(output, target)
+    return float(value) if name == "accuracy" else -float(value)
 
 
 def _cuts(tensors, canon, tau):

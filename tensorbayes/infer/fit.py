@@ -27,8 +27,12 @@ from tqdm.auto import tqdm
 from . import distributed as _distributed
 from .batches import TensorBatches, as_tensors, module_device, to_device
 from .elbo import MeanFieldELBO
+from .predict import held_out_metric
 
 __all__ = ["DeadGradientWarning", "History", "NonFiniteError", "fit"]
+
+#: The share of the steps the KL warm-up takes by default, and then the ramp.
+WARMUP_SHARE = 0.2
 
 #: The default share of the data :func:`fit` holds out for its rank search.
 DEFAULT_VALIDATION = 0.1
@@ -372,7 +376,7 @@ def fit(
     if lr is None:
         lr = 1e-3 if initialized else 1e-2
     total = epochs * len(batches) if search is None else search.total_steps(epochs)
-    default = 0 if initialized else int(0.2 * total)
+    default = 0 if initialized else int(WARMUP_SHARE * total)
     schedule = Schedule(
         warmup=default if warmup is None else warmup,
         ramp=default if ramp is None else ramp,
@@ -611,18 +615,8 @@ def _record(history, model, guide, elbo, likelihood, beta, eval_data, eval_sampl
     elif eval_data is not None:
         *inputs, target = eval_data
         mean, _ = predict(model, guide, *inputs, num_samples=eval_samples)
-        name, value = _held_out_metric(mean, target)
+        name, value = held_out_metric(mean, target)
         getattr(history, name).append(value.item())
-
-
-def _held_out_metric(mean, target):
-    """
-    ``("accuracy", value)`` for class probabilities ``(n, classes)`` against integer labels,
-    else ``("error", value)``, the relative error ``||mean - target|| / ||target||``.
-    """
-    if mean.dim() == 2 and not target.is_floating_point():
-        return "accuracy", (mean.argmax(-1) == target).double().mean()
-    return "error", (mean - target).norm() / target.norm()
 
 
 def _save_checkpoint(path, model, guide, optimizer, history, step, epoch, generator, initialized):
@@ -901,7 +895,8 @@ class _RankSearch:
         train_size = min(batches.batch_size, n - n_held)
         per_epoch = math.ceil((n - n_held) / train_size)
         total = epochs * per_epoch
-        ramp_end = (int(0.2 * total) if warmup is None else warmup) + (int(0.2 * total) if ramp is None else ramp)
+        default = int(WARMUP_SHARE * total)  # as fit's, which a closed-form start sets to 0 (not known yet)
+        ramp_end = (default if warmup is None else warmup) + (default if ramp is None else ramp)
         chosen = [e for e in range(epochs) if ramp_end <= (e + 1) * per_epoch <= SEARCH_UNTIL * total]
         if not chosen:
             return None

@@ -9,7 +9,7 @@ probabilities), ``num_samples`` times, in chunks of inputs so that memory stays 
 import pyro
 import torch
 
-__all__ = ["predict"]
+__all__ = ["held_out_metric", "predict"]
 
 
 def _check_positive_int(value, name):
@@ -66,3 +66,13 @@ def predict(model, guide, *inputs, num_samples=100, chunk_size=4096):
         means.append(mean)
         stds.append(std)
     return torch.cat(means), torch.cat(stds)
+
+
+def held_out_metric(mean, target):
+    """
+    ``("accuracy", value)`` for class probabilities ``(n, classes)`` against integer labels,
+    else ``("error", value)``, the relative error ``||mean - target|| / ||target||``.
+    """
+    if mean.dim() == 2 and not target.is_floating_point():
+        return "accuracy", (mean.argmax(-1) == target).double().mean()
+    return "error", (mean - target).norm() / target.norm()
