@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 import tensorbayes as tb
 from benchmarks.common import check_device, parser, peak_gpu_gib, peak_rss_gib, write_results
 from tensorbayes.data.clicks import ID_ORDERS, PAPER_ROW_SHAPES, ClickGenerator, auc
+from tensorbayes.infer import Schedule, sparse_tables
 from tensorbayes.infer.batches import module_device, to_device
-from tensorbayes.infer.fit import Schedule, sparse_tables
 from tensorbayes.models.dlrm import DLRM, DLRMNet
 
 #: The dense size of the paper's five large tables (33,193,281 rows x 128).

@@ -2,14 +2,13 @@
 A Lightning module for tensorbayes models: SVI with Lightning's Trainer, callbacks, loggers
 and strategies (DDP on several GPUs or machines, checkpointing, early stopping, ...).
 
-:class:`TensorBayesModule` holds a model and its guide. Its ``training_step`` is one step of
-:func:`tensorbayes.fit`: the ELBO of :class:`~tensorbayes.infer.elbo.MeanFieldELBO` on the batch (the
-likelihood scaled by ``num_data / batch`` through the model's data plate), the KL term weighted
-by the warm-up β of :class:`~tensorbayes.infer.fit.Schedule`, a learned noise held during the
-warm-up, and after every optimizer step the damped closed-form λ update of a
-:class:`~tensorbayes.guides.MeanField` guide. It logs ``elbo``, ``log_likelihood``, ``kl`` and
-``beta`` per epoch, the rank of every bond (``rank/<tensor>/<bond>``) at the end of every
-epoch, and ``val_accuracy`` (a classifier) or ``val_error`` for validation batches.
+:class:`TensorBayesModule` holds a model, its guide and the :class:`~tensorbayes.infer.SVIEngine`
+that :func:`tensorbayes.fit` uses: its ``training_step`` is the engine's step (Lightning's manual
+optimization), so that both have the same ELBO, schedule (the KL warm-up and ramp, the learning
+rate's rise and decay, a learned noise held during the warm-up), λ M-step and checks. It logs
+``elbo``, ``log_likelihood``, ``kl`` and ``beta`` per epoch, the rank of every bond
+(``rank/<tensor>/<bond>``) at the end of every epoch, and ``val_accuracy`` (a classifier) or
+``val_error`` for validation batches.
 
 Under Lightning's DDP each process's loss is its shard's ELBO (likelihood scaled by
 ``num_data`` over the *local* batch), and DDP averages the gradients, which is the gradient of
@@ -36,18 +35,12 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "tensorbayes.lightning needs Lightning: pip install 'tensorbayes[lightning]' (or pip install lightning)"
     ) from error
 
-from .infer.elbo import MeanFieldELBO
-from .infer.fit import (
-    WARMUP_SHARE,
-    KLScale,
-    Schedule,
-    _adam,
-    _check_positive_int,
-    _lambdas,
-    _set_learning_rates,
-    sparse_tables,
-)
+from .guides.base import as_tensor_guide
+from .infer import SVIEngine, predict
+from .infer.engine import Schedule, sparse_tables
+from .infer.fit import WARMUP_SHARE
 from .infer.predict import held_out_metric
+from .rank import ranks
 
 __all__ = ["TensorBayesModule"]
 
@@ -63,7 +56,7 @@ class TensorBayesModule(pl.LightningModule):
         available as ``module.model``.
     :param guide: its guide (e.g. :class:`~tensorbayes.guides.MeanField`), as ``module.guide``.
     :param int num_data: the size of the training set (the ELBO's likelihood scale).
-    :param float lr: Adam's learning rate over the model's and the guide's parameters.
+    :param float lr: the learning rate over the model's and the guide's parameters.
     :param int warmup: steps with no KL term, no λ update and a frozen noise (default: 20 % of
         the Trainer's steps, as :func:`tensorbayes.fit`).
     :param int ramp: steps over which β rises to 1 after the warm-up (default: 20 %).
@@ -72,6 +65,9 @@ class TensorBayesModule(pl.LightningModule):
     :param float lambda_step: damping of the closed-form λ update, in (0, 1].
     :param int num_particles: samples per ELBO estimate.
     :param int eval_samples: posterior draws per validation batch.
+    :param int lr_warmup: steps over which the learning rate rises (default 0, as :func:`tensorbayes.fit`).
+    :param optim: the optimizer, as :class:`~tensorbayes.infer.SVIEngine` takes it (default Adam).
+    :param loss: the ELBO, as :class:`~tensorbayes.infer.SVIEngine` takes it.
     """
 
     def __init__(
@@ -86,43 +82,41 @@ class TensorBayesModule(pl.LightningModule):
         num_particles=1,
         eval_samples=10,
         lr_decay=0.5,
+        lr_warmup=0,
+        optim=None,
+        loss=None,
     ):
         super().__init__()
-        _check_positive_int(num_data, "num_data")
-        _check_positive_int(num_particles, "num_particles")
-        _check_positive_int(eval_samples, "eval_samples")
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        if not (isinstance(lambda_step, (int, float)) and 0 < lambda_step <= 1):
-            raise ValueError(f"lambda_step must be in (0, 1], got {lambda_step!r}")
+        if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) or eval_samples < 1:
+            raise ValueError(f"eval_samples must be a positive int, got {eval_samples!r}")
         if isinstance(lr_decay, bool) or not (isinstance(lr_decay, (int, float)) and 0 <= lr_decay <= 1):
             raise ValueError(f"lr_decay must be a number in [0, 1], got {lr_decay!r}")
-        for value, name in ((warmup, "warmup"), (ramp, "ramp")):
+        for value, name in ((warmup, "warmup"), (ramp, "ramp"), (lr_warmup, "lr_warmup")):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
         self.model = model
         self.guide = guide
+        self.engine = SVIEngine(
+            model, guide, num_data, lr=lr, optim=optim, loss=loss, lambda_step=lambda_step,
+            num_particles=num_particles, backward=self.manual_backward,
+        )  # fmt: skip
+        self.automatic_optimization = False  # the engine steps: one copy of the step for fit and Lightning
         self.num_data = int(num_data)
-        self.lr = lr
-        self.lambda_step = lambda_step
-        self.lr_decay = lr_decay
-        self.num_particles = num_particles
         self.eval_samples = eval_samples
-        self._warmup, self._ramp = warmup, ramp
-        self.schedule = Schedule(warmup=warmup or 0, ramp=ramp or 0)
-        self.elbo = MeanFieldELBO(num_particles=num_particles)  # particles in turn, as tensorbayes.fit
-        self.closed_form = getattr(guide, "lambda_update", None) == "closed_form"
+        self._schedule_args = dict(warmup=warmup, ramp=ramp, lr_decay=lr_decay, lr_warmup=lr_warmup)
 
     # ----- optimization -----
 
     def configure_optimizers(self):
-        """Adam over the model's and the guide's parameters (a learned noise in its own group)."""
+        """The engine's optimizer (Adam over the model's and the guide's parameters by default)."""
         if sparse_tables(self.model):
             raise ValueError(
                 "TensorBayesModule steps one dense Adam: build the model's embedding tables with "
                 "sparse=False, or train with tensorbayes.fit, which steps them with SparseAdam"
             )
-        return _adam(self.model, self.guide, self.lr)
+        return self.engine.follow_parameters()
 
     def on_fit_start(self):
         """Fix the default warm-up and ramp to 20 % of the Trainer's steps each, and the decay of the
@@ -130,50 +124,39 @@ class TensorBayesModule(pl.LightningModule):
         total = self.trainer.estimated_stepping_batches
         known = math.isfinite(total)
         default = int(WARMUP_SHARE * total) if known else 0
-        self.schedule = Schedule(
-            warmup=default if self._warmup is None else self._warmup,
-            ramp=default if self._ramp is None else self._ramp,
+        args = self._schedule_args
+        self.engine.schedule = Schedule(
+            warmup=default if args["warmup"] is None else args["warmup"],
+            ramp=default if args["ramp"] is None else args["ramp"],
             total=int(total) if known else 0,
-            decay=round(self.lr_decay * total) if known else 0,
+            decay=round(args["lr_decay"] * total) if known else 0,
+            lr_warmup=args["lr_warmup"],
         )
 
-    def on_train_batch_start(self, batch, batch_idx):
-        optimizer = self.optimizers(use_pl_optimizer=False)
-        _set_learning_rates(
-            optimizer,
-            self.lr * self.schedule.lr_factor(self.global_step),
-            hold_noise=self.global_step < self.schedule.warmup,
-        )
+    def on_train_start(self):
+        self.engine.optimizer = self.optimizers()  # Lightning's wrapper: it counts the steps
 
     def training_step(self, batch, batch_idx):
-        """The negative ELBO of the batch, its KL term weighted by the warm-up β."""
+        """One step of the engine; logs the ELBO, its parts and β."""
         batch = list(batch) if isinstance(batch, (tuple, list)) else [batch]
-        beta = self.schedule.beta(self.global_step)
-        with KLScale(beta):
-            loss, likelihood = self.elbo.loss_and_log_likelihood(self.model, self.guide, *batch, num_data=self.num_data)
+        beta = self.engine.beta
+        loss = self.engine.step(*batch)
         size = len(batch[0])
-        self.log("elbo", -loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
+        likelihood = self.engine.log_likelihood
+        self.log("elbo", -loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
         self.log("log_likelihood", likelihood, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
-        self.log("kl", likelihood + loss.detach(), on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log("kl", likelihood + loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         self.log("beta", float(beta), on_step=False, on_epoch=True, batch_size=size)
-        return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        """The closed-form λ update, after the optimizer step (``global_step`` counts it)."""
-        if self.closed_form and self.global_step - 1 >= self.schedule.warmup:
-            self.guide.update_lambdas(self.lambda_step)
 
     def on_train_epoch_end(self):
-        for name, ranks in self.ranks().items():
-            for b, r in enumerate(ranks):
+        for name, found in self.ranks().items():
+            for b, r in enumerate(found):
                 self.log(f"rank/{name or 'tensor'}/{b}", float(r), sync_dist=True)  # the same on every process
 
     # ----- evaluation -----
 
     def validation_step(self, batch, batch_idx):
         """Posterior predictive accuracy (integer targets) or relative error of the batch."""
-        from .infer.predict import predict
-
         *inputs, target = batch
         mean, _ = predict(self.model, self.guide, *inputs, num_samples=self.eval_samples)
         name, value = held_out_metric(mean, target)
@@ -183,10 +166,9 @@ class TensorBayesModule(pl.LightningModule):
 
     def ranks(self):
         """:func:`tensorbayes.ranks` of the model and guide."""
-        from .rank import ranks
-
         return ranks(self.model, self.guide)
 
     def lambdas(self):
-        """λ per tensor and bond (a copy), for a :class:`~tensorbayes.guides.MeanField` guide."""
-        return _lambdas(self.guide)
+        """λ per tensor and bond (a copy), for a guide with rank scales."""
+        lambdas = as_tensor_guide(self.model, self.guide).lambdas()
+        return {name: [v.clone() for v in vs] for name, vs in lambdas.items()}

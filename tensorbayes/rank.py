@@ -24,9 +24,10 @@ import pyro
 import torch
 
 from .formats.canonical import canonicalize
-from .guides.meanfield import low_rank_tensors
+from .guides.base import as_tensor_guide
 from .infer.fit import DEFAULT_TOLERANCE
 from .infer.predict import held_out_metric
+from .models.tensor import low_rank_tensors
 
 __all__ = [
     "CUT_SCALE",
@@ -84,6 +85,7 @@ def active_ranks(weights, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP):
 
 def bond_weights(model, guide):
     """The canonical weight of every rank index, per tensor and bond (non-increasing)."""
+    guide = as_tensor_guide(model, guide)
     return {name: canonicalize(t.layout, guide.factor_means(t))[1] for name, t in low_rank_tensors(model).items()}
 
 
@@ -120,6 +122,7 @@ def prune(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP, ranks=None
     :returns: the ranks after pruning, as :func:`ranks` gives them.
     """
     _check_readout(threshold, gap)
+    guide = as_tensor_guide(model, guide)
     tensors = low_rank_tensors(model)
     ranks = _check_target_ranks(ranks or {}, tensors)
     found = {}
@@ -255,6 +258,7 @@ def mean_score(model, guide, inputs, target, chunk_size=2048):
     :param torch.Tensor target: the held-out targets (class labels, or values).
     """
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    guide = as_tensor_guide(model, guide)
     tensors = low_rank_tensors(model)
     means = {name: (t.layout, guide.factor_means(t)) for name, t in tensors.items()}
     return _score(model, tensors, means, inputs, target, chunk_size)
@@ -291,6 +295,7 @@ def search_ranks(model, guide, inputs, target, tolerance=DEFAULT_TOLERANCE, refe
     if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and tolerance >= 0):
         raise ValueError(f"tolerance must be a non-negative number, got {tolerance!r}")
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    guide = as_tensor_guide(model, guide)
     tensors = low_rank_tensors(model)
     canon = {name: canonicalize(t.layout, guide.factor_means(t)) for name, t in tensors.items()}
     relative = sorted(

@@ -332,7 +332,7 @@ def load_run(run_dir):
     :raises FileNotFoundError: when the folder lacks ``config.json`` or ``checkpoint.pt``.
     """
     import tensorbayes as tb
-    from tensorbayes.infer.fit import _load_checkpoint
+    from tensorbayes.infer import load_checkpoint as _load_checkpoint
 
     paths = {name: os.path.join(run_dir, name) for name in ("config.json", "checkpoint.pt", "summary.json")}
     for name in ("config.json", "checkpoint.pt"):

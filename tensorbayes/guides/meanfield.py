@@ -4,20 +4,23 @@ The mean-field guide of tensorbayes models, and the closed-form λ M-step.
 :class:`MeanField` puts an independent Normal on every factor entry of every
 :class:`~tensorbayes.models.LowRankTensor` in a model (learned loc and scale, reparameterized)
 and a point mass (default) or a LogNormal on every rank scale λ. Its KL terms are analytic, so
-it is meant for :class:`pyro.infer.TraceMeanField_ELBO`. With ``lambda_update="closed_form"``
-(the default for point masses) λ is not a gradient parameter: :meth:`MeanField.update_lambdas`
-sets it to the maximizer of ``E_q[log p(factors | λ)] + log p(λ)``, damped (docs/method.md,
-"The λ M-step").
+it is meant for :class:`pyro.infer.TraceMeanField_ELBO` (or the library's
+:class:`~tensorbayes.infer.MeanFieldELBO`, which gives the same values faster). With
+``lambda_update="closed_form"`` (the default for point masses) λ is not a gradient parameter:
+:meth:`MeanField.update_lambdas` sets it to the maximizer of ``E_q[log p(factors | λ)] + log
+p(λ)``, damped (docs/method.md, "The λ M-step"). The guide runs that step itself, once each
+time its parameters have changed, when it is called with gradients on: so the shrinkage works
+in a plain :class:`pyro.infer.SVI` loop, with any Pyro optimizer, as under
+:func:`~tensorbayes.fit`.
 """
 
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroModule
 
-from ..infer.batches import module_device
-from ..models.tensor import LowRankTensor
+from ..models.tensor import low_rank_tensors
+from .base import Draw, TensorGuide
 
 __all__ = ["MeanField", "low_rank_tensors"]
 
@@ -25,10 +28,8 @@ _LAMBDA_GUIDES = ("delta", "lognormal")
 _LAMBDA_UPDATES = ("closed_form", "gradient")
 _M_STEPS = ("em", "mackay")
 
-
-def low_rank_tensors(model):
-    """The :class:`LowRankTensor` modules of a model, by their path in it."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, LowRankTensor)}
+#: The damping of the closed-form λ step the guide runs itself (see :class:`MeanField`).
+DEFAULT_LAMBDA_STEP = 0.1
 
 
 def _inverse_softplus(x):
@@ -80,16 +81,21 @@ class TensorPosterior(torch.nn.Module):
         return [F.softplus(raw) for raw in self.raw_scales]
 
 
-class MeanField(PyroModule):
+class MeanField(TensorGuide):
     """
     Mean-field guide for every :class:`~tensorbayes.models.LowRankTensor` in ``model``.
 
-    Usage::
+    Usage, with :func:`tensorbayes.fit` or with Pyro's own SVI::
 
         guide = MeanField(model)
-        loss = pyro.infer.TraceMeanField_ELBO().differentiable_loss(model, guide, index, values)
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), tb.infer.MeanFieldELBO())
+        for step in range(2000):
+            svi.step(index, values)            # λ takes its closed-form step inside the guide
+        tb.ranks(model, guide)
 
-    :param model: a Pyro model (a :class:`~pyro.nn.PyroModule`) holding low-rank tensors.
+    :param model: a Pyro model (a :class:`~pyro.nn.PyroModule`) holding low-rank tensors, or
+        such a model under Pyro's handlers (``poutine.block(model, expose=...)``, to put the
+        guide into an :class:`~pyro.infer.autoguide.AutoGuideList`).
     :param str lambda_guide: "delta" (a point estimate of λ, default) or "lognormal".
     :param str lambda_update: "closed_form" (the damped M-step; default with "delta") or
         "gradient" (λ is an ordinary variational parameter; forced with "lognormal").
@@ -99,10 +105,22 @@ class MeanField(PyroModule):
     :param str m_step: the closed-form update of λ (:meth:`update_lambdas`): "em" (default) or
         "mackay", MacKay's update: the same stationary points, and λ moves where most entries of
         a slice sit at their prior and EM stalls.
+    :param float lambda_step: the damping of the closed-form step the guide takes when it is
+        called with gradients on after its parameters changed (an optimizer step), in (0, 1]
+        (default :data:`DEFAULT_LAMBDA_STEP`). :func:`tensorbayes.fit` takes the step itself,
+        with its own ``lambda_step`` and warm-up.
     """
 
-    def __init__(self, model, lambda_guide="delta", lambda_update=None, init_scale=0.1, seed=None, m_step="em"):
-        super().__init__()
+    def __init__(
+        self,
+        model,
+        lambda_guide="delta",
+        lambda_update=None,
+        init_scale=0.1,
+        seed=None,
+        m_step="em",
+        lambda_step=DEFAULT_LAMBDA_STEP,
+    ):
         if lambda_guide not in _LAMBDA_GUIDES:
             raise ValueError(f"lambda_guide must be one of {_LAMBDA_GUIDES}, got {lambda_guide!r}")
         if lambda_update is None:
@@ -117,15 +135,11 @@ class MeanField(PyroModule):
             raise ValueError(f"m_step must be one of {_M_STEPS}, got {m_step!r}")
         if m_step != "em" and lambda_update != "closed_form":
             raise ValueError(f"m_step={m_step!r} needs lambda_update='closed_form'")
-        tensors = low_rank_tensors(model)
-        if not tensors:
-            raise ValueError(
-                "model holds no LowRankTensor: MeanField has nothing to approximate (build the model "
-                "from tensorbayes layers, or tensorize a network whose layers meet tensorize's size "
-                "rule, min_features)"
-            )
+        if isinstance(lambda_step, bool) or not (isinstance(lambda_step, (int, float)) and 0 < lambda_step <= 1):
+            raise ValueError(f"lambda_step must be a number in (0, 1], got {lambda_step!r}")
+        super().__init__(model)
+        tensors = self._model_tensors
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        self._model_tensors = tensors  # plain dict: not registered as submodules of the guide
         self.posteriors = torch.nn.ModuleDict(
             {
                 _key(name): TensorPosterior(t, init_scale, lambda_guide, lambda_update, generator)
@@ -136,26 +150,116 @@ class MeanField(PyroModule):
         self.lambda_update = lambda_update
         self.m_step = m_step
         self.init_scale = init_scale
-        self.to(device=module_device(model), dtype=_model_dtype(model))
+        self.lambda_step = lambda_step
+        module = next(iter(tensors.values()))
+        self.to(device=module.device, dtype=_tensor_dtype(model, module))
+        self.keep_lambdas()
 
-    def tensors(self):
+    def pairs(self):
         """Pairs ``(model tensor, its posterior parameters)``."""
         return [(t, self.posteriors[_key(name)]) for name, t in self._model_tensors.items()]
 
+    # ----- the variational draw -----
+
     def forward(self, *args, **kwargs):
-        """Sample λ and every factor from the variational distribution (without torch's argument
+        """
+        Sample λ and every factor from the variational distribution (without torch's argument
         checks, as the model's sites: λ = exp(.) and the scales softplus(.) are valid by
-        construction, and each check would be a host synchronization)."""
-        for tensor, post in self.tensors():
+        construction, and each check would be a host synchronization). Called with gradients
+        on after the parameters changed, it first takes the closed-form λ step. Returns
+        ``{site: value}``, as Pyro's autoguides do.
+        """
+        self._refresh_lambdas()
+        values = {}
+        for tensor, post in self.pairs():
             for b in range(len(tensor.layout.ranks)):
-                log_lam = post.log_lambda(b)
-                if self.lambda_guide == "delta":
-                    q = dist.Delta(log_lam.exp(), event_dim=1, validate_args=False)
-                else:
-                    q = dist.LogNormal(log_lam, F.softplus(post.raw_lambda_scales[b]), validate_args=False).to_event(1)
-                pyro.sample(tensor.lambda_site(b), q)
+                values[tensor.lambda_site(b)] = pyro.sample(tensor.lambda_site(b), self._lambda_posterior(post, b))
             for k, (loc, scale) in enumerate(zip(post.locs, post.scales())):
-                pyro.sample(tensor.factor_site(k), dist.Normal(loc, scale, validate_args=False).to_event(loc.dim()))
+                q = dist.Normal(loc, scale, validate_args=False).to_event(loc.dim())
+                values[tensor.factor_site(k)] = pyro.sample(tensor.factor_site(k), q)
+        return values
+
+    def draws(self):
+        """
+        Every site's draw at once, without Pyro's tracing: ``{site: Draw}`` with the value and,
+        for a factor, its loc and scale (so that the ELBO computes the KL in closed form). The
+        same random numbers, in the same order, as :meth:`forward`.
+        """
+        with self._pyro_context:  # as a call: Pyro's handlers see the parameters (SVI steps those)
+            self._refresh_lambdas()
+            out = {}
+            for tensor, post in self.pairs():
+                for b in range(len(tensor.layout.ranks)):
+                    q = self._lambda_posterior(post, b)
+                    if self.lambda_guide == "delta":
+                        out[tensor.lambda_site(b)] = Draw(q.v)
+                    else:
+                        out[tensor.lambda_site(b)] = Draw(q.rsample(), dist=q)
+                for k, (loc, scale) in enumerate(zip(post.locs, post.scales())):
+                    eps = torch.empty_like(loc).normal_()
+                    out[tensor.factor_site(k)] = Draw(loc + eps * scale, loc=loc, scale=scale)
+            return out
+
+    def _lambda_posterior(self, post, b):
+        log_lam = post.log_lambda(b)
+        if self.lambda_guide == "delta":
+            return dist.Delta(log_lam.exp(), event_dim=1, validate_args=False)
+        return dist.LogNormal(log_lam, F.softplus(post.raw_lambda_scales[b]), validate_args=False).to_event(1)
+
+    def get_posterior(self, site):
+        """The variational distribution of one sample site (a factor's or a λ's)."""
+        for tensor, post in self.pairs():
+            for b in range(len(tensor.layout.ranks)):
+                if site == tensor.lambda_site(b):
+                    return self._lambda_posterior(post, b)
+            for k, (loc, scale) in enumerate(zip(post.locs, post.scales())):
+                if site == tensor.factor_site(k):
+                    return dist.Normal(loc, scale, validate_args=False).to_event(loc.dim())
+        raise KeyError(f"site {site!r} is not one of the guide's (it covers {sorted(self.median())})")
+
+    @torch.no_grad()
+    def quantiles(self, quantiles, *args, **kwargs):
+        """``{site: values}`` of every site at each of ``quantiles`` (stacked in the first
+        dimension), as Pyro's autoguides give them."""
+        qs = torch.as_tensor(quantiles, dtype=self._dtype())
+        if qs.dim() != 1 or not bool(((qs > 0) & (qs < 1)).all()):
+            raise ValueError(f"quantiles must be a list of numbers in (0, 1), got {quantiles!r}")
+        out = {}
+        for tensor, post in self.pairs():
+            for b in range(len(tensor.layout.ranks)):
+                log_lam = post.log_lambda(b).detach()
+                if self.lambda_guide == "delta":
+                    spread = torch.zeros_like(log_lam)
+                else:
+                    spread = F.softplus(post.raw_lambda_scales[b]).detach()
+                z = dist.Normal(0.0, 1.0).icdf(qs.to(log_lam)).reshape(-1, 1)
+                out[tensor.lambda_site(b)] = (log_lam + z * spread).exp()
+            for k, (loc, scale) in enumerate(zip(post.locs, post.scales())):
+                z = dist.Normal(0.0, 1.0).icdf(qs.to(loc)).reshape((-1,) + (1,) * loc.dim())
+                out[tensor.factor_site(k)] = loc.detach() + z * scale.detach()
+        return out
+
+    def _dtype(self):
+        return next(iter(self.parameters())).dtype
+
+    # ----- λ: the closed-form step the guide takes itself -----
+
+    @property
+    def has_closed_form_lambdas(self):
+        return self.lambda_update == "closed_form"
+
+    def _versions(self):
+        return tuple(p._version for p in self.parameters())
+
+    def keep_lambdas(self):
+        """Mark λ as up to date with the current parameters: the next call takes no λ step
+        unless they change (what :func:`~tensorbayes.fit` does during its warm-up)."""
+        self._seen_versions = self._versions()
+
+    def _refresh_lambdas(self):
+        """The closed-form λ step, once per change of the parameters, when gradients are on."""
+        if self.has_closed_form_lambdas and torch.is_grad_enabled() and self._versions() != self._seen_versions:
+            self.update_lambdas(self.lambda_step)
 
     # ----- summaries of the posterior -----
 
@@ -163,7 +267,7 @@ class MeanField(PyroModule):
         """The point estimates (or LogNormal medians) of λ, per tensor and bond."""
         out = {
             name: [post.log_lambda(b).detach().exp() for b in range(len(t.layout.ranks))]
-            for (name, t), (_, post) in zip(self._model_tensors.items(), self.tensors())
+            for (name, t), (_, post) in zip(self._model_tensors.items(), self.pairs())
         }
         return out if tensor_name is None else out[tensor_name]
 
@@ -174,7 +278,7 @@ class MeanField(PyroModule):
         return [s.detach() for s in self._posterior(tensor).scales()]
 
     def _posterior(self, tensor):
-        for t, post in self.tensors():
+        for t, post in self.pairs():
             if t is tensor:
                 return post
         raise ValueError("tensor is not part of the model this guide was built for")
@@ -204,7 +308,7 @@ class MeanField(PyroModule):
         """
         if self.lambda_update != "closed_form":
             raise RuntimeError("update_lambdas needs lambda_update='closed_form'")
-        for tensor, post in self.tensors():
+        for tensor, post in self.pairs():
             means2, variances = [loc**2 for loc in post.locs], [s**2 for s in post.scales()]
             second = [m + v for m, v in zip(means2, variances)]
             lambdas = [post.log_lambda(b).exp() for b in range(len(tensor.layout.ranks))]
@@ -214,6 +318,7 @@ class MeanField(PyroModule):
                     m, d = _mackay_moments(tensor, means2, variances, lambdas, b, m, d)
                 lambdas[b] = tensor.prior.damped_update(lambdas[b], m, d, step_size)
                 post.set_log_lambda(b, lambdas[b].log())
+        self.keep_lambdas()
 
     @torch.no_grad()
     def set_posterior(self, tensor, locs, scales=None, lambdas=None):
@@ -257,8 +362,9 @@ def _mackay_moments(tensor, means2, variances, lambdas, b, m, d):
     return torch.where(faster, m_loc, m), torch.where(faster, gamma, torch.as_tensor(d, dtype=m.dtype, device=m.device))
 
 
-def _model_dtype(model):
+def _tensor_dtype(model, tensor):
     """The floating dtype of the model's parameters and buffers (torch's default if it has none)."""
+    model = model if isinstance(model, torch.nn.Module) else tensor
     for t in list(model.parameters()) + list(model.buffers()):
         if t.is_floating_point():
             return t.dtype

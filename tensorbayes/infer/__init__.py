@@ -1,17 +1,36 @@
-"""Fitting tensorbayes models by variational inference, and predicting with them."""
+"""
+Fitting tensorbayes models by variational inference, and predicting with them.
+
+:class:`SVIEngine` takes one SVI step at a time (in the manner of :class:`pyro.infer.SVI`);
+:func:`fit` is a short loop around it; :class:`MeanFieldELBO` is its ELBO.
+"""
 
 from .calibration import calibration_bins, expected_calibration_error
+from .cavi import closed_form_start, supports_closed_form
+from .checkpoint import load_checkpoint, save_checkpoint
+from .diagnostics import DeadGradientWarning, NonFiniteError
 from .elbo import MeanFieldELBO
-from .fit import DeadGradientWarning, History, NonFiniteError, fit
-from .predict import predict
+from .engine import KLScale, Schedule, SVIEngine, make_optimizer, sparse_tables
+from .fit import History, fit
+from .predict import held_out_metric, predict
 
 __all__ = [
     "DeadGradientWarning",
     "History",
+    "KLScale",
     "MeanFieldELBO",
     "NonFiniteError",
+    "SVIEngine",
+    "Schedule",
     "calibration_bins",
+    "closed_form_start",
     "expected_calibration_error",
     "fit",
+    "held_out_metric",
+    "load_checkpoint",
+    "make_optimizer",
     "predict",
+    "save_checkpoint",
+    "sparse_tables",
+    "supports_closed_form",
 ]

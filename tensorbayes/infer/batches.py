@@ -4,26 +4,13 @@ reshuffled every epoch by a seeded generator (sharded across processes by
 :mod:`~tensorbayes.infer.distributed`).
 """
 
-import itertools
 import math
 
 import torch
 
+from ..util import module_device, to_device
+
 __all__ = ["TensorBatches", "as_tensors", "module_device", "to_device"]
-
-
-def module_device(*modules):
-    """The device of the first parameter or buffer of ``modules`` (the CPU if they hold none)."""
-    for module in modules:
-        for t in itertools.chain(module.parameters(), module.buffers()):
-            return t.device
-    return torch.device("cpu")
-
-
-def to_device(batch, device):
-    """The items of a batch with its tensors on ``device`` (those already there, and items that
-    are not tensors, unchanged)."""
-    return tuple(t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch)
 
 
 def as_tensors(data, name="data"):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..formats.base import _einsum
 from ..formats.canonical import canonicalize
 
-__all__ = ["coordinate_ascent", "factor_design"]
+__all__ = ["closed_form_start", "coordinate_ascent", "factor_design", "supports_closed_form"]
 
 #: Coordinate-ascent sweeps of a fresh fit, per format: CP's extra components die more slowly.
 DEFAULT_SWEEPS = {"cp": 100, "tucker": 40, "tt": 40, "ttm": 40}
@@ -308,3 +308,43 @@ def coordinate_ascent(
     if model.learns_noise:
         model.log_noise.data.fill_(float(noise_var.sqrt().log()))
     return noises
+
+
+def supports_closed_form(model, guide):
+    """Whether ``model`` and ``guide`` have the closed-form start of :func:`closed_form_start`: a
+    :class:`~tensorbayes.models.TensorCompletion` under a :class:`~tensorbayes.guides.MeanField`
+    guide whose λ is updated in closed form."""
+    from ..guides import MeanField
+    from ..models import TensorCompletion
+
+    return isinstance(model, TensorCompletion) and isinstance(guide, MeanField) and guide.has_closed_form_lambdas
+
+
+def closed_form_start(model, guide, *data, sweeps=None, progress=False, required=False):
+    """
+    Start ``model`` and ``guide`` where SVI would take long to get: coordinate ascent on all of the
+    data (:func:`coordinate_ascent`, ``sweeps`` sweeps, default :data:`DEFAULT_SWEEPS` of the
+    format), prune the rank indices it switched off (:func:`tensorbayes.prune`) and re-fit at the
+    pruned ranks (half as many sweeps). :func:`~tensorbayes.fit` calls it with ``init="auto"``.
+
+    Usage::
+
+        if tb.infer.closed_form_start(model, guide, index, values):
+            tb.fit(model, guide, (index, values), init="none", lr=1e-3, warmup=0, ramp=0)
+
+    :param data: the model's data, ``(index, values)`` for a completion model.
+    :returns: whether it ran (``False`` where the pair offers no closed form, see
+        :func:`supports_closed_form`; with ``required=True`` that raises a :class:`ValueError`).
+    """
+    from ..rank import prune  # the readout sits above inference: borrowed only here
+
+    if not supports_closed_form(model, guide):
+        if required:
+            raise ValueError("init='cavi' needs a TensorCompletion model and a MeanField guide with closed-form λ")
+        return False
+    index, values = data
+    sweeps = sweeps or DEFAULT_SWEEPS[model.tensor.layout.name]
+    coordinate_ascent(model, guide, index, values, sweeps=sweeps, progress=progress)
+    prune(model, guide)
+    coordinate_ascent(model, guide, index, values, sweeps=max(1, sweeps // 2), warmup=0, progress=progress)
+    return True

@@ -1,5 +1,6 @@
 """
-The mean-field ELBO of :func:`~tensorbayes.fit`, with no log density computed that it does not use.
+The mean-field ELBO of :func:`~tensorbayes.fit`: Pyro's estimator, without the tracing where the
+guide can say what it drew.
 
 :class:`MeanFieldELBO` is :class:`pyro.infer.TraceMeanField_ELBO`: the same estimator (the
 observed sites' log-likelihood, minus the analytic KL of every latent site that has one, minus
@@ -13,6 +14,15 @@ uses it, and also returns the log-likelihood it summed
 (:meth:`MeanFieldELBO.loss_and_log_likelihood`), so that a training loop does not compute it
 again to report it.
 
+Where the guide offers every draw at once (:meth:`~tensorbayes.guides.TensorGuide.draws`, as
+:class:`~tensorbayes.guides.MeanField` does), the guide is not traced at all: its draws go
+straight into the model's sites as the model runs, the KL of every factor is computed in closed
+form from its loc and scale, and the log-likelihood is summed on the way; the values and
+gradients are Pyro's (the same random numbers, in the same order). A model with latent sites
+the guide does not draw, a guide that draws sites the model lacks, and
+``vectorize_particles=True`` go through Pyro's traces, as does everything when ``fast=False``
+(with Pyro's validation on, that path also checks that model and guide match).
+
 Usage::
 
     elbo = MeanFieldELBO()
@@ -22,10 +32,13 @@ Usage::
 
 import torch
 from pyro import poutine
+from pyro.distributions import Independent, Normal
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
 from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
 from torch.distributions import kl_divergence
@@ -45,12 +58,83 @@ def _log_prob_sum(site, max_plate_nesting=None):
     return log_p.sum()
 
 
+def _normal_prior(fn):
+    """The Normal under an ``Independent(Normal)`` prior, or ``None``."""
+    while isinstance(fn, Independent):
+        fn = fn.base_dist
+    return fn if isinstance(fn, Normal) else None
+
+
+def _site_kl(draw, prior):
+    """The KL term of one latent site, elementwise or summed: in closed form for a Normal draw
+    under a Normal prior (as :func:`torch.distributions.kl_divergence`), else estimated from the
+    draw (``log q - log p``; ``log q = 0`` for a point mass, as Pyro's ``Delta``)."""
+    base = _normal_prior(prior) if draw.loc is not None else None
+    if base is not None:
+        var_ratio = (draw.scale / base.scale).pow(2)
+        t1 = ((draw.loc - base.loc) / base.scale).pow(2)
+        return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
+    log_p = prior.log_prob(draw.value)
+    if draw.loc is not None:
+        return Normal(draw.loc, draw.scale).to_event(draw.loc.dim()).log_prob(draw.value) - log_p
+    return (draw.dist.log_prob(draw.value) if draw.dist is not None else 0.0) - log_p
+
+
+class _DrawsIntoModel(Messenger):
+    """
+    Put a guide's draws into the model's latent sites and sum the ELBO's two terms as the model
+    runs: the scaled log density of the observed sites and the scaled KL of the drawn ones.
+    ``foreign`` lists the latent sites it had no draw for (and masked ones).
+    """
+
+    def __init__(self, draws):
+        super().__init__()
+        self.draws, self.used, self.foreign = draws, set(), []
+        self.log_likelihood = self.kl = 0.0
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"] and msg["name"] in self.draws:
+            msg["value"] = self.draws[msg["name"]].value
+
+    def _postprocess_message(self, msg):
+        if msg["type"] != "sample" or isinstance(msg["fn"], _Subsample):
+            return
+        if msg["is_observed"]:
+            log_p = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
+            self.log_likelihood = self.log_likelihood + scale_and_mask(log_p, msg["scale"], msg["mask"]).sum()
+        elif msg["name"] in self.draws and msg["mask"] is None:
+            self.used.add(msg["name"])
+            self.kl = self.kl + scale_and_mask(_site_kl(self.draws[msg["name"]], msg["fn"]), msg["scale"]).sum()
+        else:
+            self.foreign.append(msg["name"])
+
+
 class MeanFieldELBO(TraceMeanField_ELBO):
     """
     :class:`pyro.infer.TraceMeanField_ELBO` that computes a site's log density only where its
-    estimator uses it. Takes the same arguments (``num_particles``, ``vectorize_particles``,
-    ``max_plate_nesting``, ...) and gives the same losses and gradients.
+    estimator uses it, and does not trace a guide that offers its draws. Takes the same
+    arguments (``num_particles``, ``vectorize_particles``, ``max_plate_nesting``, ...) and gives
+    the same losses and gradients; works in :class:`pyro.infer.SVI` as Pyro's ELBOs do.
+
+    :param bool fast: put the draws of a guide that offers them (``guide.draws()``) straight
+        into the model (default); ``False`` traces every guide, as Pyro does (a debug switch:
+        with Pyro's validation on, it checks that model and guide match).
     """
+
+    def __init__(self, *args, fast=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fast = fast
+        self._traced = set()  # ids of (model, guide) pairs the draws did not fit
+
+    def loss(self, model, guide, *args, **kwargs):
+        with torch.no_grad():
+            return torch_item(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return torch_item(loss)
 
     def loss_and_log_likelihood(self, model, guide, *args, **kwargs):
         """
@@ -58,6 +142,11 @@ class MeanFieldELBO(TraceMeanField_ELBO):
             :meth:`differentiable_loss`) and its log-likelihood part, the scaled log density of
             the observed sites, detached; both averaged over the particles.
         """
+        if self.fast and not self.vectorize_particles and (id(model), id(guide)) not in self._traced:
+            result = self._from_draws(model, guide, args, kwargs)
+            if result is not None:
+                return result
+            self._traced.add((id(model), id(guide)))
         loss = log_likelihood = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             particle_likelihood, particle_kl = self._elbo_terms(model_trace, guide_trace)
@@ -68,6 +157,24 @@ class MeanFieldELBO(TraceMeanField_ELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         return self.loss_and_log_likelihood(model, guide, *args, **kwargs)[0]
+
+    def _from_draws(self, model, guide, args, kwargs):
+        """``(loss, log_likelihood)`` from the guide's draws, or ``None`` where they do not fit."""
+        draw = getattr(guide, "draws", None)
+        loss = log_likelihood = 0.0
+        for _ in range(self.num_particles):
+            draws = draw() if callable(draw) else None
+            if draws is None:
+                return None
+            with _DrawsIntoModel(draws) as run:
+                model(*args, **kwargs)
+            if run.foreign or run.used != set(draws):
+                return None
+            loss = loss + (run.kl - run.log_likelihood) / self.num_particles
+            log_likelihood = log_likelihood + torch.as_tensor(run.log_likelihood).detach() / self.num_particles
+        loss = torch.as_tensor(loss)
+        warn_if_nan(loss, "loss")
+        return loss, log_likelihood
 
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)

@@ -6,9 +6,9 @@ under a Normal likelihood.
 """
 
 from .completion import TensorCompletion
-from .tensor import LowRankTensor
+from .tensor import LowRankTensor, low_rank_tensors
 
-__all__ = ["LowRankTensor", "TensorCompletion"]
+__all__ = ["LowRankTensor", "TensorCompletion", "low_rank_tensors"]
 
 # Tensorized layers (Linear, Conv2d, Embedding) and the conversion of whole networks.
 from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, budget_rank, factorize

@@ -29,7 +29,7 @@ from pyro.nn import PyroModule
 from ..formats import get_format
 from ..priors import get_prior
 
-__all__ = ["LowRankTensor"]
+__all__ = ["LowRankTensor", "low_rank_tensors"]
 
 
 class LowRankTensor(PyroModule):
@@ -191,3 +191,10 @@ def _clip_ranks(max_rank, probe):
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"max_rank must be positive ints (a rank is at least 1), got {max_rank!r}")
     return tuple(min(r, lim) for r, lim in zip(wanted, limits))
+
+
+def low_rank_tensors(model):
+    """The :class:`LowRankTensor` modules of a model (a :class:`torch.nn.Module`), by their path in it."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module holding LowRankTensor modules, got {type(model).__name__}")
+    return {name: m for name, m in model.named_modules() if isinstance(m, LowRankTensor)}

@@ -1,6 +1,5 @@
 """Checkpoints of :func:`tensorbayes.fit`: atomic, and a resumed run equals an uninterrupted one."""
 
-import importlib
 
 import pytest
 import torch
@@ -9,8 +8,6 @@ import tensorbayes as tb
 from tensorbayes.data import planted_tensor
 from tensorbayes.guides import MeanField
 from tensorbayes.models import TensorCompletion
-
-fit_module = importlib.import_module("tensorbayes.infer.fit")  # the package exports the function as `fit`
 
 SHAPE = (6, 7, 8)
 
@@ -61,7 +58,7 @@ def test_a_crash_mid_epoch_leaves_the_last_complete_checkpoint(tmp_path, monkeyp
     path = tmp_path / "run.pt"
     tb.fit(model, guide, data, epochs=1, batch_size=64, seed=0, progress=False, init="none", checkpoint=str(path))
     saved = path.read_bytes()
-    real_step = fit_module._step
+    real_step = tb.infer.SVIEngine.step
     calls = {"n": 0}
 
     def dying_step(*args, **kwargs):
@@ -70,7 +67,7 @@ def test_a_crash_mid_epoch_leaves_the_last_complete_checkpoint(tmp_path, monkeyp
             raise KeyboardInterrupt("killed mid-epoch")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "_step", dying_step)
+    monkeypatch.setattr(tb.infer.SVIEngine, "step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         tb.fit(
             model,
@@ -86,7 +83,7 @@ def test_a_crash_mid_epoch_leaves_the_last_complete_checkpoint(tmp_path, monkeyp
         )
     assert path.read_bytes() == saved
     assert not [p for p in tmp_path.iterdir() if p.name != "run.pt"]  # no temporary file left
-    monkeypatch.setattr(fit_module, "_step", real_step)
+    monkeypatch.setattr(tb.infer.SVIEngine, "step", real_step)
     history = tb.fit(
         model,
         guide,
@@ -134,13 +131,13 @@ def test_a_dataloader_is_fitted_with_the_dataset_size_and_evaluated(monkeypatch)
         dataset, batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
     seen = []
-    real_step = fit_module._step
+    real_step = tb.infer.SVIEngine.step
 
-    def recording_step(model, guide, elbo, optimizer, batch, num_data, *args):
-        seen.append((len(batch[0]), num_data))
-        return real_step(model, guide, elbo, optimizer, batch, num_data, *args)
+    def recording_step(engine, *batch, **kwargs):
+        seen.append((len(batch[0]), engine.num_data))
+        return real_step(engine, *batch, **kwargs)
 
-    monkeypatch.setattr(fit_module, "_step", recording_step)
+    monkeypatch.setattr(tb.infer.SVIEngine, "step", recording_step)
     history = tb.fit(
         model,
         guide,
@@ -354,7 +351,7 @@ def test_a_pruned_checkpoint_still_shrinks_the_model_it_fits(tmp_path):
     state.update(model=model.state_dict(), guide=guide.state_dict(), ranks={"tensor": (2, 3)})
     torch.save(state, path)
     fresh, fresh_guide = _completion(max_rank=4)
-    fit_module._load_checkpoint(str(path), fresh, fresh_guide)
+    tb.infer.load_checkpoint(str(path), fresh, fresh_guide)
     assert fresh.tensor.layout.ranks == (2, 3)
     for a, b in zip(fresh_guide.factor_means(fresh.tensor), guide.factor_means(model.tensor)):
         assert torch.equal(a, b)

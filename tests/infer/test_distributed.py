@@ -9,7 +9,6 @@ they start in milliseconds; each initializes its process group from the environm
 ``torchrun``.
 """
 
-import importlib
 import os
 import shutil
 import socket
@@ -22,8 +21,6 @@ import torch.multiprocessing as mp
 import tensorbayes as tb
 from tensorbayes.guides import MeanField
 from tensorbayes.infer import distributed as tbdist
-
-fit_module = importlib.import_module("tensorbayes.infer.fit")
 
 WORLD = 2
 EPOCHS = 2
@@ -107,7 +104,7 @@ def _uninterrupted_job(rank, out):
 
 def _crash_job(rank, out):
     """Rank 1 dies (a hard exit) at the third step of the second epoch."""
-    real_step = fit_module._step
+    real_step = tb.infer.SVIEngine.step
     calls = {"n": 0}
 
     def dying_step(*args, **kwargs):
@@ -116,7 +113,7 @@ def _crash_job(rank, out):
             os._exit(3)
         return real_step(*args, **kwargs)
 
-    fit_module._step = dying_step
+    tb.infer.SVIEngine.step = dying_step
 
     def keep_a_copy(epoch, history):  # rank 0 only: what the checkpoint held after epoch 0
         shutil.copy(os.path.join(out, "run.pt"), os.path.join(out, f"copy{epoch}.bin"))

@@ -249,7 +249,7 @@ def _tiny_dlrm_fit(darken_after_epoch_0=False):
 
 
 def test_a_layer_gone_dark_is_warned_of_by_name(monkeypatch):
-    monkeypatch.setattr(fit_module, "DEAD_GRADIENT_STEPS", 3)
+    monkeypatch.setattr(tb.infer.diagnostics, "DEAD_GRADIENT_STEPS", 3)
     model, dead = _tiny_dlrm_fit(darken_after_epoch_0=True)
     assert len(dead) == 1
     warning = dead[0].message
@@ -260,7 +260,7 @@ def test_a_layer_gone_dark_is_warned_of_by_name(monkeypatch):
 
 
 def test_a_healthy_fit_is_not_warned_of(monkeypatch):
-    monkeypatch.setattr(fit_module, "DEAD_GRADIENT_STEPS", 3)
+    monkeypatch.setattr(tb.infer.diagnostics, "DEAD_GRADIENT_STEPS", 3)
     assert _tiny_dlrm_fit()[1] == []
 
 

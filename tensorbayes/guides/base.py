@@ -1,0 +1,280 @@
+"""
+The guide contract: what :func:`~tensorbayes.fit`, the rank readout, pruning, the plots and the
+export may ask of a guide over a model's low-rank tensors.
+
+:class:`TensorGuide` states it, in the manner of Pyro's :class:`~pyro.infer.autoguide.AutoGuide`:
+a guide is a :class:`~pyro.nn.PyroModule` called with the model's arguments, and a tensor
+guide also answers, for every :class:`~tensorbayes.models.LowRankTensor` of its model, the
+posterior's factor means and scales and its rank scales λ, and can be cut to fewer rank
+indices. :class:`~tensorbayes.guides.MeanField` fulfils it with trainable parameters;
+:class:`MedianGuide` reads any Pyro autoguide fitted to a tensorbayes model through its
+medians, and :func:`as_tensor_guide` finds the tensor guide inside whatever a user passes
+(a tensor guide, an :class:`~pyro.infer.autoguide.AutoGuideList` holding one, or an autoguide).
+"""
+
+from typing import NamedTuple
+
+import pyro
+import torch
+from pyro.infer.autoguide import AutoCallable, AutoGuide, AutoGuideList
+
+from ..models.tensor import low_rank_tensors
+
+__all__ = ["Draw", "GuideError", "MedianGuide", "TensorGuide", "as_tensor_guide"]
+
+
+class Draw(NamedTuple):
+    """
+    One latent site's draw from a guide, with what its KL term needs: a factor's Normal ``loc``
+    and ``scale`` (the KL is then computed in closed form), or the distribution ``dist`` it was
+    drawn from (the KL is then estimated from the draw), or neither (a point mass: the KL is
+    minus the prior's log density at ``value``).
+    """
+
+    value: torch.Tensor
+    loc: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    dist: object | None = None
+
+
+class GuideError(TypeError):
+    """A guide that cannot answer what the rank readout, pruning, the plots or the export ask."""
+
+
+class TensorGuide(AutoGuide):
+    """
+    Base class of guides over the low-rank tensors of a model: a Pyro
+    :class:`~pyro.infer.autoguide.AutoGuide`, so that it goes into an
+    :class:`~pyro.infer.autoguide.AutoGuideList` beside Pyro's own guides for the other sites
+    (``guide.append(MeanField(poutine.block(model, expose=tb.guides.tensor_sites(model))))``).
+
+    A subclass implements :meth:`forward` (the variational draw, as any Pyro guide),
+    :meth:`factor_means`, :meth:`factor_scales`, :meth:`lambdas` and :meth:`truncate`; it may
+    override :meth:`update_lambdas` (a closed-form λ step, run by the guide itself or by the
+    SVI engine after each optimizer step) and :meth:`draws` (every latent site's draw at once,
+    which the fast ELBO uses instead of tracing the guide).
+
+    :param model: the model whose :class:`~tensorbayes.models.LowRankTensor` modules it covers.
+    """
+
+    def __init__(self, model):
+        super().__init__(model)
+        tensors = low_rank_tensors(_unblocked(model))
+        if not tensors:
+            raise ValueError(
+                "model holds no LowRankTensor: the guide has nothing to approximate (build the model "
+                "from tensorbayes layers, or tensorize a network whose layers meet tensorize's size "
+                "rule, min_features)"
+            )
+        self._model_tensors = tensors  # plain dict: not registered as submodules of the guide
+
+    def tensors(self):
+        """``{name in the model: LowRankTensor}`` of every tensor the guide covers."""
+        return dict(self._model_tensors)
+
+    def factor_means(self, tensor):
+        """The posterior means (or medians) of ``tensor``'s factors, detached."""
+        raise NotImplementedError
+
+    def factor_scales(self, tensor):
+        """The posterior standard deviations of ``tensor``'s factors, detached."""
+        raise NotImplementedError
+
+    def lambdas(self, tensor_name=None):
+        """λ per tensor and bond, ``{name: [λ of each bond]}`` (or one tensor's list)."""
+        raise NotImplementedError
+
+    def truncate(self, tensor, keep):
+        """Keep the rank indices ``keep`` (one index tensor per bond) of ``tensor``'s posterior."""
+        raise NotImplementedError
+
+    def set_posterior(self, tensor, locs, scales=None, lambdas=None):
+        """Overwrite the posterior of ``tensor``: factor means, optionally scales and λ."""
+        raise NotImplementedError
+
+    def update_lambdas(self, step_size=1.0):
+        """One closed-form step of λ (none by default: λ is fitted with the other parameters)."""
+
+    def keep_lambdas(self):
+        """Mark λ as up to date with the current posterior (no update is pending)."""
+
+    @property
+    def has_closed_form_lambdas(self):
+        """Whether :meth:`update_lambdas` does something (λ is not fitted by gradient)."""
+        return False
+
+    def draws(self):
+        """``{site: draw}`` of every latent site, or ``None`` where the guide must be traced."""
+        return None
+
+    def median(self, *args, **kwargs):
+        """``{site: posterior median}`` of every factor and λ site, as Pyro's autoguides give it."""
+        out = {}
+        for name, tensor in self.tensors().items():
+            out.update({tensor.factor_site(k): m for k, m in enumerate(self.factor_means(tensor))})
+            out.update({tensor.lambda_site(b): lam for b, lam in enumerate(self.lambdas(name))})
+        return out
+
+
+def _unblocked(model):
+    """The module under Pyro's handlers (``poutine.block(model, ...)`` wraps a model's module)."""
+    while not isinstance(model, torch.nn.Module) and getattr(model, "args", None):
+        model = model.args[-1]  # a handler's bound partial: (messenger, fn)
+    return model
+
+
+def _autoguide_parts(guide):
+    """The parts of an :class:`AutoGuideList` (recursively, callables unwrapped), or ``[guide]``."""
+    if isinstance(guide, AutoGuideList):
+        return [p for part in guide for p in _autoguide_parts(part)]
+    if isinstance(guide, AutoCallable):
+        return [guide._guide]
+    return [guide]
+
+
+class MedianGuide(TensorGuide):
+    """
+    Read a Pyro autoguide fitted to a tensorbayes model as a tensor guide: the factor means are
+    the autoguide's medians of the factor sites, λ its medians of the λ sites, and the scales
+    (where the autoguide has a per-site Normal, as :class:`~pyro.infer.autoguide.AutoNormal`)
+    its scales. It holds no parameters of its own; :meth:`truncate` cuts the autoguide's
+    per-site parameters where it has them (``AutoNormal``, ``AutoDelta``).
+
+    :param model: the model the autoguide was fitted to.
+    :param guide: the autoguide (it must offer ``median()``; it has been called once, so that
+        its sites exist).
+    """
+
+    def __init__(self, model, guide):
+        super().__init__(model)
+        if not callable(getattr(guide, "median", None)):
+            raise GuideError(f"{type(guide).__name__} offers no median(): it cannot be read as a tensor guide")
+        self.__dict__["autoguide"] = guide  # not a submodule: the autoguide owns its parameters
+
+    def _medians(self):
+        with torch.no_grad():
+            return self.autoguide.median()
+
+    def _site(self, site):
+        medians = self._medians()
+        if site not in medians:
+            raise GuideError(
+                f"{type(self.autoguide).__name__} has no site {site!r}: call it (or fit it) once first, and "
+                "make sure it covers the model's factor and λ sites"
+            )
+        return medians[site].detach()
+
+    def factor_means(self, tensor):
+        return [self._site(tensor.factor_site(k)) for k in range(len(tensor.layout.factor_shapes))]
+
+    def factor_scales(self, tensor):
+        out = []
+        for k in range(len(tensor.layout.factor_shapes)):
+            part = self._part_with(tensor.factor_site(k), "scales")
+            if part is None:
+                raise GuideError(
+                    f"{type(self.autoguide).__name__} has no per-site scale for {tensor.factor_site(k)!r} "
+                    "(an AutoNormal or a tb.guides.MeanField has)"
+                )
+            out.append(_deep_getattr(part.scales, tensor.factor_site(k)).detach())
+        return out
+
+    def lambdas(self, tensor_name=None):
+        tensors = self.tensors()
+        out = {
+            name: [self._site(t.lambda_site(b)) for b in range(len(t.layout.ranks))]
+            for name, t in tensors.items()
+            if tensor_name is None or name == tensor_name
+        }
+        return out if tensor_name is None else out[tensor_name]
+
+    def _part_with(self, site, attribute):
+        """The part of the autoguide holding ``site`` under ``attribute`` (``locs``, ``scales``)."""
+        for part in _autoguide_parts(self.autoguide):
+            holder = getattr(part, attribute, None) if attribute else part
+            if holder is not None and _deep_has(holder, site):
+                return part
+        return None
+
+    @torch.no_grad()
+    def truncate(self, tensor, keep):
+        layout = tensor.layout
+        sites = [tensor.factor_site(k) for k in range(len(layout.factor_shapes))]
+        for attribute in ("locs", "scales", None):
+            parts = [self._part_with(s, attribute) for s in sites]
+            if any(p is None for p in parts):
+                continue
+            values = [
+                _deep_getattr(getattr(p, attribute) if attribute else p, s).detach() for p, s in zip(parts, sites)
+            ]
+            _, cut = layout.truncate(values, keep)
+            for p, s, v in zip(parts, sites, cut):
+                _deep_setparam(getattr(p, attribute) if attribute else p, s, v.clone())
+        for b, idx in enumerate(keep):
+            site = tensor.lambda_site(b)
+            for attribute in ("locs", "scales", None):
+                part = self._part_with(site, attribute)
+                if part is not None:
+                    holder = getattr(part, attribute) if attribute else part
+                    _deep_setparam(holder, site, _deep_getattr(holder, site).detach()[idx].clone())
+
+    @torch.no_grad()
+    def set_posterior(self, tensor, locs, scales=None, lambdas=None):
+        for k, loc in enumerate(locs):
+            site = tensor.factor_site(k)
+            for attribute in ("locs", None):
+                part = self._part_with(site, attribute)
+                if part is not None:
+                    _deep_setparam(getattr(part, attribute) if attribute else part, site, loc.clone())
+                    break
+
+
+def _deep_getattr(obj, dotted):
+    for name in dotted.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _deep_has(obj, dotted):
+    try:
+        _deep_getattr(obj, dotted)
+    except AttributeError:
+        return False
+    return True
+
+
+def _deep_setparam(obj, dotted, value):
+    """Replace the parameter at ``dotted`` under ``obj`` by ``value`` (constrained, as its
+    :class:`~pyro.nn.PyroParam` was): the param store entry goes, so Pyro rebuilds it."""
+    *path, last = dotted.split(".")
+    for name in path:
+        obj = getattr(obj, name)
+    unconstrained = obj._parameters.get(last)
+    constraint = obj._constraints.get(last) if hasattr(obj, "_constraints") else None
+    if unconstrained is None and last + "_unconstrained" in obj._parameters:
+        unconstrained = obj._parameters[last + "_unconstrained"]
+    delattr(obj, last)
+    if constraint is not None:
+        setattr(obj, last, pyro.nn.PyroParam(value, constraint=constraint))
+    else:
+        setattr(obj, last, torch.nn.Parameter(value))
+
+
+def as_tensor_guide(model, guide):
+    """
+    The :class:`TensorGuide` to read ``model``'s tensors from: ``guide`` itself, the one inside an
+    :class:`~pyro.infer.autoguide.AutoGuideList`, or a :class:`MedianGuide` over a Pyro
+    autoguide. Raises :class:`GuideError` naming what is missing.
+    """
+    if isinstance(guide, TensorGuide):
+        return guide
+    if isinstance(guide, AutoGuideList):
+        inner = [p for p in _autoguide_parts(guide) if isinstance(p, TensorGuide)]
+        if len(inner) == 1:
+            return inner[0]
+    if isinstance(guide, AutoGuide) or callable(getattr(guide, "median", None)):
+        return MedianGuide(model, guide)
+    raise GuideError(
+        f"guide must be a tb.guides.MeanField (or another TensorGuide), an AutoGuideList holding one, or a "
+        f"Pyro autoguide with median(); got {type(guide).__name__}"
+    )

@@ -1,0 +1,151 @@
+"""
+Checkpoints of :func:`~tensorbayes.fit`: written atomically after every epoch, checked against the
+model and guide before anything is restored, and restored into a model pruned since (the model
+is shrunk to the checkpoint's ranks first).
+"""
+
+import os
+import tempfile
+
+import pyro
+import torch
+
+from ..guides.base import as_tensor_guide
+from ..models.tensor import low_rank_tensors
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+
+def save_checkpoint(path, model, guide, optimizer, history, step, epoch, generator, initialized):
+    """
+    Write a :func:`~tensorbayes.fit` checkpoint atomically: to a temporary file in the same
+    folder, then rename over ``path``, so that a crash never leaves it half-written.
+    """
+    state = {
+        "model": model.state_dict(),
+        "guide": guide.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "ranks": {name: t.layout.ranks for name, t in low_rank_tensors(model).items()},
+        "history": history,
+        "step": step,
+        "epoch": epoch,
+        "generator": generator.get_state(),
+        "rng": pyro.util.get_rng_state(),
+        "initialized": initialized,
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path, model, guide):
+    """
+    Restore model and guide from a :func:`~tensorbayes.fit` checkpoint, shrinking them first to
+    its pruned ranks; returns the checkpoint's state (optimizer, history, step, random states).
+    Raises a :class:`ValueError` naming the first mismatch, before anything changes.
+    """
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as error:
+        raise ValueError(f"checkpoint {path!r} cannot be read: {error}") from error
+    _check_checkpoint_fits(path, state, model, guide)  # before anything changes
+    for name, tensor in low_rank_tensors(model).items():
+        ranks = state["ranks"].get(name)
+        if ranks is not None and tuple(ranks) != tensor.layout.ranks:
+            keep = [torch.arange(r, device=tensor.device) for r in ranks]
+            as_tensor_guide(model, guide).truncate(tensor, keep)
+            tensor.set_layout(tensor.layout.with_ranks(ranks))
+    model.load_state_dict(state["model"])
+    guide.load_state_dict(state["guide"])
+    return state
+
+
+def _describe(tensor):
+    layout = tensor.layout
+    return (
+        f"a {layout.name} tensor of shape {layout.shape} with {layout.num_bonds} "
+        f"bond{'s' if layout.num_bonds != 1 else ''} at ranks {layout.ranks}"
+    )
+
+
+def _listed_shapes(shapes):
+    return ", ".join(f"{key} {tuple(shape)}" for key, shape in list(shapes.items())[:4]) + (
+        f" and {len(shapes) - 4} more" if len(shapes) > 4 else ""
+    )
+
+
+def _check_checkpoint_fits(path, state, model, guide):
+    """
+    Raise a :class:`ValueError` naming the first mismatch between the checkpoint ``state``
+    and the model and guide (a tensor of another format, shape or ranks; another network),
+    before either is changed. A checkpoint may hold lower ranks than the model (pruned): the
+    model is shrunk to them; it may not hold more bonds, other bonds or higher ranks.
+    """
+    fields = ("model", "guide", "ranks")
+    if not isinstance(state, dict) or any(not isinstance(state.get(k), dict) for k in fields):
+        raise ValueError(f"checkpoint {path!r} is not a tb.fit checkpoint: it lacks {', '.join(fields)}")
+    fits = f"checkpoint {path!r} does not fit this model"
+    tensors, saved = low_rank_tensors(model), state["ranks"]
+    extra = sorted(set(saved) - set(tensors))
+    missing = sorted(set(tensors) - set(saved))
+    if extra or missing:
+        raise ValueError(
+            f"{fits}: the checkpoint holds low-rank tensors {sorted(saved)}, the model "
+            f"{sorted(tensors)} (missing from the checkpoint: {missing}, not in the model: {extra})"
+        )
+    expected_guide = {key: tuple(value.shape) for key, value in guide.state_dict().items() if torch.is_tensor(value)}
+    for name, tensor in tensors.items():
+        ranks = tuple(int(r) for r in saved[name])
+        layout = tensor.layout
+        if len(ranks) != layout.num_bonds:
+            raise ValueError(
+                f"{fits}: tensor {name!r}: the checkpoint holds {len(ranks)} bond"
+                f"{'s' if len(ranks) != 1 else ''} at ranks {ranks}, the model {_describe(tensor)}"
+            )
+        if any(r < 1 or r > m for r, m in zip(ranks, layout.ranks)):
+            raise ValueError(
+                f"{fits}: tensor {name!r}: the checkpoint holds ranks {ranks}, the model "
+                f"{_describe(tensor)} (a model is shrunk to a checkpoint's ranks, never grown)"
+            )
+        prefix = f"posteriors.{name.replace('.', '__') or '_root'}."
+        shapes = layout.with_ranks(ranks).factor_shapes
+        for key in expected_guide:
+            if not key.startswith(prefix):
+                continue
+            head, _, tail = key[len(prefix) :].rpartition(".")
+            if head in ("locs", "raw_scales"):
+                expected_guide[key] = shapes[int(tail)]
+            elif head in ("log_lambdas", "raw_lambda_scales"):
+                expected_guide[key] = (ranks[int(tail)],)
+            elif tail.startswith("log_lambda"):
+                expected_guide[key] = (ranks[int(tail[len("log_lambda") :])],)
+        factors = {k: tuple(v.shape) for k, v in state["guide"].items() if k.startswith(prefix + "locs.")}
+        wanted = {k: v for k, v in expected_guide.items() if k.startswith(prefix + "locs.")}
+        if factors != wanted:
+            raise ValueError(
+                f"{fits}: tensor {name!r}: the checkpoint's factors are {_listed_shapes(factors)}; "
+                f"the model's, {_describe(tensor)} shrunk to the checkpoint's ranks {ranks}, "
+                f"would be {_listed_shapes(wanted)}"
+            )
+    for what, expected in (
+        ("model", {k: tuple(v.shape) for k, v in model.state_dict().items() if torch.is_tensor(v)}),
+        ("guide", expected_guide),
+    ):
+        found = {k: tuple(v.shape) for k, v in state[what].items() if torch.is_tensor(v)}
+        if set(found) != set(expected) or any(found[k] != expected[k] for k in expected):
+            only_saved = {k: found[k] for k in sorted(set(found) - set(expected))}
+            only_here = {k: expected[k] for k in sorted(set(expected) - set(found))}
+            differ = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
+            parts = (
+                [f"{k}: the checkpoint's {found[k]}, the {what}'s {expected[k]}" for k in differ[:4]]
+                + ([f"only in the checkpoint: {_listed_shapes(only_saved)}"] if only_saved else [])
+                + ([f"only in the {what}: {_listed_shapes(only_here)}"] if only_here else [])
+            )
+            raise ValueError(f"{fits}: the {what}'s state differs: " + "; ".join(parts))

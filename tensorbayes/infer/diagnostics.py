@@ -1,0 +1,142 @@
+"""
+What the SVI engine watches while it trains: parameters, gradients and losses that stop being
+finite (:class:`NonFiniteError`, naming where the NaN began), and parameters whose gradients
+stay exactly zero (:class:`DeadGradientWarning`).
+"""
+
+import math
+import warnings
+
+import pyro
+import torch
+
+__all__ = ["DEAD_GRADIENT_STEPS", "DeadGradientWarning", "DeadGradients", "NonFiniteError", "diagnose"]
+
+#: Steps in a row with an exactly zero gradient, after nonzero ones, before the engine warns.
+DEAD_GRADIENT_STEPS = 100
+
+
+class NonFiniteError(FloatingPointError):
+    """The ELBO or a gradient became NaN or infinite during training."""
+
+
+class DeadGradientWarning(RuntimeWarning):
+    """
+    Parameters that had gradients got exactly zero ones for :data:`DEAD_GRADIENT_STEPS` steps in
+    a row during training: the loss no longer depends on them, as after every unit of a ReLU
+    layer went dark. A fit that goes on from there predicts without that part of the model (a
+    classifier whose hidden units all died predicts a constant). Make it an error with
+    ``warnings.simplefilter("error", tb.infer.DeadGradientWarning)``.
+
+    :ivar list parameters: the parameters' names, ``"model.<name>"`` or ``"guide.<name>"``.
+    """
+
+    def __init__(self, message, parameters=()):
+        super().__init__(message)
+        self.parameters = list(parameters)
+
+
+def named_parameters(model, guide):
+    """``("guide" or "model", name, parameter)`` of every parameter, the guide's first."""
+    return [
+        (owner, name, p)
+        for owner, module in (("guide", guide), ("model", model))
+        for name, p in module.named_parameters()
+    ]
+
+
+def non_finite_parameter(model, guide):
+    """``(owner, name)`` of the first parameter holding NaN or infinite values, or ``None``."""
+    for owner, name, p in named_parameters(model, guide):
+        if not torch.isfinite(p).all():
+            return owner, name
+    return None
+
+
+def check_finite_parameters(model, guide):
+    """Raise :class:`NonFiniteError` naming a parameter that holds NaN or infinite values."""
+    found = non_finite_parameter(model, guide)
+    if found is not None:
+        raise NonFiniteError(f"before fitting: {found[0]} parameter '{found[1]}' holds NaN or infinite values")
+
+
+def gradient_norms(model, guide, step, epoch=None):
+    """
+    ``{"model.<name>" or "guide.<name>": 2-norm of its gradient}`` over the parameters that have
+    a gradient; stops with :class:`NonFiniteError` naming the first whose gradient is not finite.
+    """
+    grads = []
+    for owner, name, p in named_parameters(model, guide):
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # once: SparseAdam's own coalesce then finds it done
+        grads.append((owner, name, p.grad.values() if p.grad.is_sparse else p.grad))
+    if not grads:
+        return {}
+    # One pass per gradient and one read to the host: a 2-norm is finite when every entry is
+    # (torch.isfinite would write a mask as large as the gradient, dear on a DLRM's tables). A
+    # norm whose squares overflowed is told apart from a NaN or infinite entry by the exact check.
+    norms = torch.stack(torch._foreach_norm([g.detach() for *_, g in grads])).float().tolist()
+    if not all(math.isfinite(n) for n in norms):
+        for owner, name, grad in grads:
+            if not torch.isfinite(grad).all():
+                raise NonFiniteError(f"gradient is not finite at {_where(step, epoch)}: {owner} parameter '{name}'")
+    return {f"{owner}.{name}": norm for (owner, name, _), norm in zip(grads, norms)}
+
+
+def _where(step, epoch):
+    return f"step {step}" + ("" if epoch is None else f" (epoch {epoch})")
+
+
+class DeadGradients:
+    """
+    Per parameter, the steps in a row whose gradient was exactly zero after a nonzero one; warns
+    with :class:`DeadGradientWarning` when a run reaches :data:`DEAD_GRADIENT_STEPS`. A parameter
+    that never had a gradient (one that only a KL term still off reaches) is not counted.
+    """
+
+    def __init__(self):
+        self.zero_steps = {}  # parameters that had a nonzero gradient: steps at zero since
+
+    def update(self, norms, step, epoch=None):
+        for name, norm in norms.items():
+            if norm != 0:
+                self.zero_steps[name] = 0
+            elif name in self.zero_steps:
+                self.zero_steps[name] += 1
+        dead = [name for name, steps in self.zero_steps.items() if steps == DEAD_GRADIENT_STEPS]
+        if dead:
+            message = (
+                f"fit: at {_where(step, epoch)}, {len(dead)} parameter{'s' if len(dead) > 1 else ''} "
+                f"had an exactly zero gradient for {DEAD_GRADIENT_STEPS} steps in a row, after nonzero "
+                f"ones: {_listed(dead)}. The loss no longer depends on them (as when every unit of a ReLU "
+                "layer has gone dark)"
+            )
+            warnings.warn(DeadGradientWarning(message, dead), stacklevel=4)
+
+
+def _listed(names, most=4):
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
+
+def diagnose(model, guide, args, kwargs, step, epoch=None):
+    """The message of a :class:`NonFiniteError`: the first parameter or sample site that is not finite."""
+    where = f"at {_where(step, epoch)}"
+    found = non_finite_parameter(model, guide)
+    if found is not None:
+        return f"ELBO is not finite {where}: {found[0]} parameter '{found[1]}' holds NaN or infinite values"
+    with torch.no_grad():
+        guide_trace = pyro.poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        for trace, owner in ((guide_trace, "guide"), (model_trace, "model")):
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                if not torch.isfinite(site["value"]).all():
+                    return f"ELBO is not finite {where}: the {owner}'s sample site '{name}' has a NaN or infinite value"
+                log_p = site["fn"].log_prob(site["value"])
+                if not torch.isfinite(log_p).all():
+                    return f"ELBO is not finite {where}: the {owner}'s log density at site '{name}' is not finite"
+    return f"ELBO is not finite {where}, though every parameter and site is finite (overflow in the loss)"

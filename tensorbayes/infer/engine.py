@@ -1,0 +1,363 @@
+"""
+The SVI engine: one object that takes one step of stochastic variational inference at a time.
+
+:class:`SVIEngine` is :class:`pyro.infer.SVI` plus what a tensorbayes guide owns: it computes
+the ELBO (:class:`~tensorbayes.infer.MeanFieldELBO` by default, or any Pyro ELBO), steps the
+optimizer, follows the :class:`Schedule` (the KL warm-up and ramp, the learning rate's rise and
+decay), takes the guide's closed-form λ step after each optimizer step, and watches for values
+that stop being finite and gradients that die (:mod:`~tensorbayes.infer.diagnostics`). The
+loop over the data is the caller's: :func:`~tensorbayes.fit` is one such loop, the Lightning
+module another. ``state_dict()`` and ``load_state_dict()`` resume it exactly.
+"""
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro.poutine.messenger import Messenger
+
+from ..guides.base import GuideError, as_tensor_guide
+from . import distributed as _distributed
+from .diagnostics import DeadGradients, NonFiniteError, diagnose, gradient_norms, non_finite_parameter
+from .elbo import MeanFieldELBO
+
+__all__ = ["KLScale", "SVIEngine", "Schedule", "SparseAndDenseAdam", "make_optimizer", "sparse_tables"]
+
+
+class KLScale(Messenger):
+    """Multiply the log density of every latent (unobserved) site by ``beta``: a KL warm-up."""
+
+    def __init__(self, beta):
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.beta
+
+
+@dataclass
+class Schedule:
+    """
+    The schedule of an SVI run, in steps.
+
+    For ``warmup`` steps the KL term is off (β = 0), λ is not updated and a learned noise is
+    held at its initial value, so that the factors first fit the data. β then ramps linearly
+    to 1 over ``ramp`` steps; the λ M-step and the noise start with it. The learning rate
+    rises linearly over the first ``lr_warmup`` steps, is constant, and falls linearly over
+    the last ``decay`` of the ``total`` steps. ``Schedule()`` is none of these: β = 1 and a
+    constant learning rate from the first step.
+    """
+
+    warmup: int = 0
+    ramp: int = 0
+    total: int = 0
+    decay: int = 0
+    lr_warmup: int = 0
+
+    def beta(self, step):
+        if step < self.warmup:
+            return 0.0
+        return min(1.0, (step - self.warmup + 1) / max(1, self.ramp))
+
+    def lr_factor(self, step):
+        """The learning rate's share at ``step``: rising linearly from ``1 / lr_warmup`` at the
+        first step to 1, then falling linearly over the last ``decay`` steps to ``1 / decay`` at
+        the last one."""
+        rise = min(1.0, (step + 1) / self.lr_warmup) if self.lr_warmup else 1.0
+        return rise * (min(1.0, (self.total - step) / self.decay) if self.decay else 1.0)
+
+
+def sparse_tables(model):
+    """The weights of ``model``'s :class:`torch.nn.Embedding` and :class:`torch.nn.EmbeddingBag`
+    tables built with ``sparse=True``, whose gradients are sparse tensors."""
+    return [
+        m.weight
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad
+    ]
+
+
+class SparseAndDenseAdam:
+    """
+    An optimizer over dense parameters and :class:`torch.optim.SparseAdam` over sparse embedding
+    tables, stepped, zeroed, saved and restored as one optimizer. Its ``param_groups`` are the
+    dense optimizer's followed by SparseAdam's, so the group indices of a model without sparse
+    tables keep their meaning.
+
+    :param torch.optim.Optimizer dense: the optimizer of the dense parameters.
+    :param torch.optim.SparseAdam sparse: that of the sparse tables.
+    """
+
+    def __init__(self, dense, sparse):
+        self.dense, self.sparse = dense, sparse
+
+    @property
+    def param_groups(self):
+        return self.dense.param_groups + self.sparse.param_groups
+
+    def zero_grad(self, set_to_none=True):
+        self.dense.zero_grad(set_to_none)
+        self.sparse.zero_grad(set_to_none)
+
+    def step(self):
+        self.dense.step()
+        self.sparse.step()
+
+    def state_dict(self):
+        return {"adam": self.dense.state_dict(), "sparse_adam": self.sparse.state_dict()}
+
+    def load_state_dict(self, state):
+        if set(state) != {"adam", "sparse_adam"}:
+            raise ValueError("the optimizer state was saved for a model without sparse embedding tables")
+        self.dense.load_state_dict(state["adam"])
+        self.sparse.load_state_dict(state["sparse_adam"])
+
+
+def _optimizer_class(optim):
+    """``(constructor, default arguments)`` of ``optim``: a Pyro optimizer (its torch optimizer and
+    arguments), a :class:`torch.optim.Optimizer` subclass, or a callable ``optim(groups, lr=...)``."""
+    if optim is None:
+        return torch.optim.Adam, {}
+    if isinstance(optim, pyro.optim.PyroOptim):
+        if callable(optim.pt_optim_args):
+            raise ValueError("optim: a Pyro optimizer with per-parameter arguments (a callable) is not supported")
+        return optim.pt_optim_constructor, dict(optim.pt_optim_args)
+    if callable(optim):
+        return optim, {}
+    raise TypeError(
+        "optim must be a Pyro optimizer (pyro.optim.Adam({'lr': 0.01})), a torch.optim.Optimizer class, or a "
+        f"callable optim(param_groups, lr=...) returning one; got {type(optim).__name__}"
+    )
+
+
+def make_optimizer(model, guide, lr, optim=None, previous=None):
+    """
+    The optimizer of an SVI run: ``optim`` (Adam by default) over the guide's and the model's
+    parameters, a learned noise in a group of its own (held during the warm-up), and
+    :class:`torch.optim.SparseAdam` over the weights of embedding tables built with
+    ``sparse=True`` (their gradients hold only the rows a batch looked up), the two stepped as
+    one :class:`SparseAndDenseAdam`. With ``previous``, parameters it already optimized keep
+    their state and the noise group its current learning rate; a parameter that pruning
+    replaced starts with a fresh state: its moment estimates belonged to the old gauge, and
+    carried over they slowed the cut network's recovery.
+    """
+    constructor, defaults = _optimizer_class(optim)
+    if lr is not None:
+        defaults["lr"] = lr
+    tables = sparse_tables(model)
+    table_ids = {id(t) for t in tables}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in table_ids]
+    noise = [p for n, p in named if n.endswith("log_noise")]
+    others = [p for n, p in named if not n.endswith("log_noise")]
+    guide_params = [p for p in guide.parameters() if p.requires_grad]
+    dense = constructor([{"params": guide_params + others}, {"params": noise}], **defaults)
+    for group in dense.param_groups:
+        group.setdefault("base_lr", group["lr"])
+    if previous is not None:
+        old_dense = previous.dense if isinstance(previous, SparseAndDenseAdam) else previous
+        dense.param_groups[1]["lr"] = old_dense.param_groups[1]["lr"]
+        for group, old_group in zip(dense.param_groups, old_dense.param_groups):
+            for p, old in zip(group["params"], old_group["params"]):
+                if p is old and old in old_dense.state:  # a parameter pruning replaced starts afresh
+                    dense.state[p] = old_dense.state[old]
+    if not tables:
+        return dense
+    sparse = torch.optim.SparseAdam(tables, lr=dense.param_groups[0]["base_lr"])
+    sparse.param_groups[0]["base_lr"] = sparse.param_groups[0]["lr"]
+    if isinstance(previous, SparseAndDenseAdam):  # pruning leaves the embedding tables as they are
+        sparse.load_state_dict(previous.sparse.state_dict())
+    return SparseAndDenseAdam(dense, sparse)
+
+
+def _trainable(model, guide):
+    return [p for module in (guide, model) for p in module.parameters() if p.requires_grad]
+
+
+class SVIEngine:
+    """
+    Stochastic variational inference of ``guide`` to the posterior of ``model``, one
+    :meth:`step` at a time, in the manner of :class:`pyro.infer.SVI`.
+
+    Usage::
+
+        engine = tb.infer.SVIEngine(model, guide, num_data=len(x), lr=0.01)
+        for epoch in range(10):
+            for xb, yb in loader:
+                loss = engine.step(xb, yb)      # model(xb, yb, num_data=len(x)) under the guide
+
+    Each step computes the loss (its KL term weighted by the schedule's β), the gradients, and
+    stops with :class:`~tensorbayes.infer.NonFiniteError` naming the first parameter or site
+    that is not finite; steps the optimizer at the schedule's learning rate; and takes the
+    guide's closed-form λ step (after the warm-up). The optimizer follows the parameters: one
+    that pruning replaced, or a guide's that first appeared in a step (Pyro's autoguides make
+    theirs on their first call), is optimized from the next step on.
+
+    :param model: a Pyro model, called as ``model(*args, num_data=num_data, **kwargs)``.
+    :param guide: its guide: a :class:`~tensorbayes.guides.MeanField`, an
+        :class:`~pyro.infer.autoguide.AutoGuideList` holding one, or any Pyro guide.
+    :param int num_data: passed to the model as ``num_data`` (the size of the data set, which
+        scales a minibatch's likelihood); ``None`` passes nothing.
+    :param float lr: the learning rate (default 0.01, or the Pyro optimizer's own ``lr``).
+    :param optim: the optimizer: ``None`` (Adam), a Pyro optimizer such as
+        ``pyro.optim.ClippedAdam({"lr": 0.01})``, a :class:`torch.optim.Optimizer` subclass, or
+        a callable ``optim(param_groups, lr=...)``. Sparse embedding tables always get
+        :class:`torch.optim.SparseAdam`.
+    :param loss: the ELBO: :class:`~tensorbayes.infer.MeanFieldELBO` (default) or any Pyro ELBO
+        with ``differentiable_loss`` (then the log-likelihood is not split out: ``nan``).
+    :param Schedule schedule: warm-up, ramp and learning-rate schedule (default: none).
+    :param float lambda_step: damping of the guide's closed-form λ step, in (0, 1].
+    :param int num_particles: samples per ELBO estimate of the default loss, drawn in turn.
+    :param process_group: a :mod:`~tensorbayes.infer.distributed` context: the gradients, loss
+        and log-likelihood are averaged over its processes before the checks and the step.
+    :param backward: how the loss's gradients are computed (default ``loss.backward()``; a
+        Lightning module passes its ``manual_backward``).
+    """
+
+    def __init__(
+        self,
+        model,
+        guide,
+        num_data=None,
+        *,
+        lr=None,
+        optim=None,
+        loss=None,
+        schedule=None,
+        lambda_step=0.1,
+        num_particles=1,
+        process_group=None,
+        backward=None,
+    ):
+        if num_data is not None and (isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1):
+            raise ValueError(f"num_data must be a positive int or None, got {num_data!r}")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        if isinstance(lambda_step, bool) or not (isinstance(lambda_step, (int, float)) and 0 < lambda_step <= 1):
+            raise ValueError(f"lambda_step must be in (0, 1], got {lambda_step!r}")
+        if loss is not None and not callable(getattr(loss, "differentiable_loss", None)):
+            raise TypeError(f"loss must be a Pyro ELBO (with differentiable_loss), got {type(loss).__name__}")
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a tb.infer.Schedule, got {type(schedule).__name__}")
+        _optimizer_class(optim)  # refuse a bad optimizer now, not at the first step
+        self.model, self.guide, self.num_data = model, guide, num_data
+        self.optim, self.lambda_step, self.process_group = optim, lambda_step, process_group
+        self.backward = backward or torch.Tensor.backward
+        if lr is None and not isinstance(optim, pyro.optim.PyroOptim):
+            lr = 1e-2
+        self.lr = lr
+        self.loss = loss if loss is not None else MeanFieldELBO(num_particles=num_particles)
+        self.schedule = schedule or Schedule()
+        self.num_steps = 0
+        self.epoch = None  # set by a loop that counts epochs: errors then name it
+        self.watch_gradients = process_group is None or process_group.is_main
+        self.dead_gradients = DeadGradients()
+        self.log_likelihood = math.nan
+        self.optimizer = None
+        self._tensor_guide = _tensor_guide_or_none(model, guide)
+        if self._tensor_guide is not None:
+            self._tensor_guide.keep_lambdas()
+        if _trainable(model, guide):
+            self.optimizer = make_optimizer(model, guide, lr, optim)
+
+    @property
+    def beta(self):
+        """The KL weight of the next step."""
+        return self.schedule.beta(self.num_steps)
+
+    def step(self, *args, **kwargs):
+        """
+        Take one SVI step on the model's arguments ``args``, ``kwargs``.
+
+        :returns: the loss (the negative ELBO, its KL term weighted by β) as a float; its
+            log-likelihood part is left in ``engine.log_likelihood``.
+        """
+        if self.num_data is not None:
+            kwargs.setdefault("num_data", self.num_data)
+        step = self.num_steps
+        loss, likelihood = self._loss(args, kwargs)
+        self.follow_parameters()
+        self._set_learning_rates(step)
+        self.optimizer.zero_grad()
+        self.backward(loss)
+        if self.process_group is None:
+            value = loss.item()
+        else:
+            value, likelihood = _distributed.all_reduce_step(self._stepped(), loss, likelihood, self.process_group)
+        if not math.isfinite(value):  # on every process alike: a reduced loss is the same everywhere
+            raise NonFiniteError(diagnose(self.model, self.guide, args, kwargs, step, self.epoch))
+        norms = gradient_norms(self.model, self.guide, step, self.epoch)
+        if self.watch_gradients:
+            self.dead_gradients.update(norms, step, self.epoch)
+        self.optimizer.step()
+        self._lambda_step(step)
+        self.num_steps += 1
+        self.log_likelihood = float(likelihood)
+        return value
+
+    def _loss(self, args, kwargs):
+        """``(loss, log-likelihood)`` of one step, the KL weighted by the schedule's β."""
+        beta = self.schedule.beta(self.num_steps)
+        try:
+            with KLScale(beta) if beta != 1 else nullcontext():
+                if isinstance(self.loss, MeanFieldELBO):
+                    return self.loss.loss_and_log_likelihood(self.model, self.guide, *args, **kwargs)
+                return self.loss.differentiable_loss(self.model, self.guide, *args, **kwargs), math.nan
+        except ValueError as error:  # Pyro's validation refuses a NaN parameter of a distribution
+            if non_finite_parameter(self.model, self.guide) is None:
+                raise
+            raise NonFiniteError(diagnose(self.model, self.guide, args, kwargs, self.num_steps, self.epoch)) from error
+
+    def _lambda_step(self, step):
+        guide = self._tensor_guide
+        if guide is None or not guide.has_closed_form_lambdas:
+            return
+        if step >= self.schedule.warmup:
+            guide.update_lambdas(self.lambda_step)
+        else:
+            guide.keep_lambdas()  # the warm-up holds λ: the guide must not take the step itself
+
+    def _set_learning_rates(self, step):
+        """Every group at its base rate times the schedule's factor; the learned noise's (group 1)
+        at 0 during the warm-up."""
+        factor = self.schedule.lr_factor(step)
+        hold_noise = step < self.schedule.warmup
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = 0.0 if i == 1 and hold_noise else group.get("base_lr", self.lr) * factor
+
+    def _stepped(self):
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def follow_parameters(self):
+        """
+        The optimizer, rebuilt where the parameters are no longer those it steps (after pruning,
+        or a guide's first call): parameters it stepped keep their state.
+        """
+        if self.optimizer is None:
+            self.optimizer = make_optimizer(self.model, self.guide, self.lr, self.optim)
+        elif {id(p) for p in self._stepped()} != {id(p) for p in _trainable(self.model, self.guide)}:
+            self.optimizer = make_optimizer(self.model, self.guide, self.lr, self.optim, previous=self.optimizer)
+            self._tensor_guide = _tensor_guide_or_none(self.model, self.guide)
+        return self.optimizer
+
+    def state_dict(self):
+        """What resumes the engine exactly: the optimizer's state and the step count."""
+        return {"optimizer": self.optimizer.state_dict() if self.optimizer else None, "num_steps": self.num_steps}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict` (into an engine over the same model and guide, restored first)."""
+        self.follow_parameters()
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.num_steps = state["num_steps"]
+        if self._tensor_guide is not None:
+            self._tensor_guide.keep_lambdas()
+
+
+def _tensor_guide_or_none(model, guide):
+    try:
+        return as_tensor_guide(model, guide)
+    except GuideError:
+        return None

@@ -1,0 +1,210 @@
+"""
+SVIEngine and the fast ELBO: the guide's draws go straight into the model with Pyro's values and
+gradients (every model, no tracing); the engine's step is Pyro's SVI step plus the guide's λ
+step; its schedule holds λ in the warm-up; it resumes exactly from its state; it takes Pyro and
+torch optimizers and Pyro's ELBOs, and refuses bad ones by name.
+"""
+
+import pyro
+import pytest
+import torch
+from pyro.infer import TraceMeanField_ELBO
+
+import tensorbayes as tb
+from tensorbayes.infer import MeanFieldELBO, Schedule, SVIEngine
+from tensorbayes.infer.elbo import MeanFieldELBO as ElboClass
+from tests.dlrm import tiny_dlrm
+
+
+def _classifier():
+    torch.manual_seed(0)
+    layer = tb.models.TensorizedLinear(16, 12, format="ttm", max_rank=3, in_shape=(4, 4), out_shape=(3, 4))
+    model = tb.models.BayesianClassifier(layer, 12).double()
+    x, y = torch.randn(10, 16, dtype=torch.float64), torch.randint(0, 12, (10,))
+    return model, (x, y), {"num_data": 50}
+
+
+def _completion(fmt="tucker"):
+    torch.manual_seed(0)
+    model = tb.models.TensorCompletion((5, 6, 7), format=fmt, max_rank=3, noise=None).double()
+    index = torch.stack([torch.randint(0, n, (30,)) for n in (5, 6, 7)], 1)
+    return model, (index, torch.randn(30, dtype=torch.float64)), {"num_data": 90}
+
+
+def _dlrm():
+    gen, model = tiny_dlrm()
+    model = model.double()
+    dense, sparse, clicks = next(iter(gen.stream(64, "train").batches(16)))
+    return model, (dense.double(), sparse, clicks.double()), {"num_data": 64}
+
+
+def _regressor():
+    torch.manual_seed(0)
+    layer = tb.models.TensorizedConv2d(4, 6, 3, format="tt", max_rank=3, in_shape=(2, 2), out_shape=(2, 3))
+    net = pyro.nn.PyroModule[torch.nn.Sequential](layer, pyro.nn.PyroModule[torch.nn.Flatten]())
+    model = tb.models.BayesianRegressor(net, noise=None).double()
+    x = torch.randn(5, 4, 5, 5, dtype=torch.float64)
+    return model, (x, torch.randn(5, 6 * 9, dtype=torch.float64)), {"num_data": 20}
+
+
+def _no_tracing(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fast ELBO traced the guide")
+
+    monkeypatch.setattr(ElboClass, "_get_traces", refuse)
+
+
+@pytest.mark.parametrize("make", [_classifier, _completion, _dlrm, _regressor], ids=lambda f: f.__name__[1:])
+def test_the_draws_give_pyros_loss_and_gradients_without_tracing(make, monkeypatch):
+    model, args, kwargs = make()
+    guide = tb.guides.MeanField(model, seed=1).double()
+    params = list(model.parameters()) + list(guide.parameters())
+    results = []
+    for elbo in (TraceMeanField_ELBO(), MeanFieldELBO()):
+        if isinstance(elbo, MeanFieldELBO):
+            _no_tracing(monkeypatch)
+        pyro.set_rng_seed(3)
+        loss = elbo.differentiable_loss(model, guide, *args, **kwargs)
+        results.append((loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)))
+    (want, want_grads), (got, grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for g, w in zip(grads, want_grads):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-8)
+
+
+def test_a_model_with_a_site_the_guide_lacks_is_traced_as_pyro_does():
+    model, args, kwargs = _completion()
+    guide = tb.guides.MeanField(model, seed=1).double()
+
+    def with_extra_site(*a, **k):
+        pyro.sample("extra", pyro.distributions.Normal(torch.zeros((), dtype=torch.float64), 1.0))
+        return model(*a, **k)
+
+    def guide_with_extra(*a, **k):
+        pyro.sample("extra", pyro.distributions.Normal(torch.zeros((), dtype=torch.float64), 0.5))
+        return guide(*a, **k)
+
+    guide_with_extra.draws = guide.draws  # claims draws, but not of every site
+    losses = []
+    for elbo in (TraceMeanField_ELBO(), MeanFieldELBO()):
+        pyro.set_rng_seed(3)
+        losses.append(elbo.differentiable_loss(with_extra_site, guide_with_extra, *args, **kwargs).detach())
+    elbo = MeanFieldELBO()
+    elbo.differentiable_loss(with_extra_site, guide_with_extra, *args, **kwargs)
+    assert (id(with_extra_site), id(guide_with_extra)) in elbo._traced
+    assert torch.isfinite(losses[1])
+
+
+def _svi_problem():
+    model, args, kwargs = _completion("tt")
+    return model, tb.guides.MeanField(model, seed=1).double(), args, kwargs
+
+
+def test_the_engine_steps_as_pyros_svi_with_the_guides_lambda_step():
+    """Pyro's SVI takes the guide's λ step at the next call, the engine right after the optimizer's:
+    after the same steps and the guide's pending λ step, the two agree."""
+    model, guide, args, kwargs = _svi_problem()
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), MeanFieldELBO())
+    pyro.set_rng_seed(3)
+    for _ in range(5):
+        svi.step(*args, **kwargs)
+    with torch.enable_grad():
+        guide.draws()  # takes the pending λ step; draws nothing that is kept
+    want = {k: v.clone() for k, v in guide.state_dict().items()}
+
+    pyro.clear_param_store()
+    model, guide, args, kwargs = _svi_problem()
+    engine = SVIEngine(model, guide, kwargs["num_data"], lr=0.01)
+    pyro.set_rng_seed(3)
+    for _ in range(5):
+        engine.step(*args)
+    for key, value in guide.state_dict().items():
+        torch.testing.assert_close(value, want[key], rtol=1e-10, atol=1e-12)
+
+
+def test_the_warm_up_holds_lambda_and_then_lets_it_move():
+    model, guide, args, kwargs = _svi_problem()
+    engine = SVIEngine(model, guide, kwargs["num_data"], schedule=Schedule(warmup=3, ramp=2))
+    start = [v.clone() for v in guide.lambdas()["tensor"]]
+    betas = []
+    for _ in range(3):
+        betas.append(engine.beta)
+        engine.step(*args)
+    assert betas == [0.0, 0.0, 0.0]
+    assert all(torch.equal(a, b) for a, b in zip(start, guide.lambdas()["tensor"]))
+    engine.step(*args)
+    assert not all(torch.equal(a, b) for a, b in zip(start, guide.lambdas()["tensor"]))
+    assert engine.beta == 1.0
+
+
+def test_the_engine_resumes_exactly_from_its_state():
+    model, guide, args, kwargs = _svi_problem()
+    engine = SVIEngine(model, guide, kwargs["num_data"], schedule=Schedule(warmup=2, ramp=2, total=8, decay=4))
+    pyro.set_rng_seed(0)
+    uninterrupted = [engine.step(*args) for _ in range(8)]
+    want = {k: v.clone() for k, v in guide.state_dict().items()}
+
+    model, guide, args, kwargs = _svi_problem()
+    engine = SVIEngine(model, guide, kwargs["num_data"], schedule=Schedule(warmup=2, ramp=2, total=8, decay=4))
+    pyro.set_rng_seed(0)
+    first = [engine.step(*args) for _ in range(4)]
+    saved = (model.state_dict(), guide.state_dict(), engine.state_dict(), pyro.util.get_rng_state())
+    model, guide, args, kwargs = _svi_problem()
+    model.load_state_dict(saved[0])
+    guide.load_state_dict(saved[1])
+    engine = SVIEngine(model, guide, kwargs["num_data"], schedule=Schedule(warmup=2, ramp=2, total=8, decay=4))
+    engine.load_state_dict(saved[2])
+    pyro.util.set_rng_state(saved[3])
+    rest = [engine.step(*args) for _ in range(4)]
+    assert first + rest == uninterrupted
+    for key, value in guide.state_dict().items():
+        assert torch.equal(value, want[key]), key
+
+
+@pytest.mark.parametrize(
+    "optim, expected",
+    [
+        (pyro.optim.ClippedAdam({"lr": 0.02}), 0.02),
+        (torch.optim.SGD, 0.01),
+        (lambda groups, lr: torch.optim.RMSprop(groups, lr=lr), 0.01),
+    ],
+    ids=["pyro", "torch-class", "factory"],
+)
+def test_pyro_and_torch_optimizers_and_pyros_elbos_are_taken(optim, expected):
+    model, guide, args, kwargs = _svi_problem()
+    engine = SVIEngine(model, guide, kwargs["num_data"], optim=optim, loss=TraceMeanField_ELBO(), lr=None)
+    before = [p.detach().clone() for p in guide.parameters()]
+    losses = [engine.step(*args) for _ in range(3)]
+    assert all(isinstance(v, float) for v in losses)
+    assert any(not torch.equal(a, b) for a, b in zip(before, guide.parameters()))
+    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        (dict(optim="adam"), TypeError, "optim"),
+        (dict(loss=object()), TypeError, "loss"),
+        (dict(lr=-1), ValueError, "lr"),
+        (dict(lambda_step=0), ValueError, "lambda_step"),
+        (dict(schedule=(1, 2)), TypeError, "schedule"),
+    ],
+)
+def test_bad_arguments_are_named_and_change_nothing(kwargs, error, name):
+    model, guide, args, _ = _svi_problem()
+    before = {k: v.clone() for k, v in guide.state_dict().items()}
+    with pytest.raises(error, match=name):
+        SVIEngine(model, guide, 90, **kwargs)
+    assert all(torch.equal(v, before[k]) for k, v in guide.state_dict().items())
+
+
+def test_fit_takes_a_pyro_optimizer_and_elbo():
+    model, guide, args, _ = _svi_problem()
+    history = tb.fit(
+        model, guide, args, epochs=2, batch_size=15, progress=False, init="none", seed=0,
+        optim=pyro.optim.Adam({"lr": 0.005}), loss=TraceMeanField_ELBO(), tolerance=None,
+    )  # fmt: skip
+    assert len(history.elbo) == 2 and all(torch.isfinite(torch.tensor(history.elbo)))
+    assert history.lr[0] == pytest.approx(0.005)
