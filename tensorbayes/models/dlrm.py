@@ -19,6 +19,9 @@ which max rank is the user's choice (``tensorize_min_rows``, ``format``, ``max_r
 per-table overrides ``tables=``); :data:`PAPER_PRESET` and :meth:`DLRM.paper_preset` give the
 paper's setting: the five large Criteo Kaggle tables as TTM, max rank 16, width 128 = 4 x 4 x 8.
 
+:meth:`DLRM.export` is the model's plain-torch export (a :class:`DLRMNet`), and what
+:func:`tensorbayes.export` returns for a DLRM.
+
 The sample sites are ``net.C<k>.weight.factor<i>`` and ``net.C<k>.weight.lambda<b>`` for the
 tensorized table of categorical feature ``k`` (1-based, as Criteo names them ``C1..C26``).
 """
@@ -32,7 +35,7 @@ import torch
 from pyro.nn import PyroModule
 
 from ..data.clicks import CRITEO_KAGGLE_CARDINALITIES, PAPER_COL_SHAPE, PAPER_ROW_SHAPES
-from .embedding_bag import CompactEmbeddingBag, TensorizedEmbeddingBag
+from .embedding_bag import TensorizedEmbeddingBag
 from .networks import _check_num_data
 
 __all__ = ["DLRM", "DLRMNet", "PAPER_PRESET", "mlp"]
@@ -267,6 +270,7 @@ class DLRM(PyroModule):
         posterior-mean factors: tensorized tables become
         :class:`~.embedding_bag.CompactEmbeddingBag` s at the ranks they have now (call
         :func:`tensorbayes.prune` first), the other tables and the MLPs are copied.
+        ``tb.export(model, guide)`` is this method.
 
         :param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`.
         :returns: a :class:`DLRMNet` returning click logits.
@@ -274,7 +278,7 @@ class DLRM(PyroModule):
         tables = []
         for _, table in self.net.tables():
             if isinstance(table, TensorizedEmbeddingBag):
-                tables.append(CompactEmbeddingBag(table, guide.factor_means(table.weight)))
+                tables.append(table.export(guide))
             else:
                 tables.append(copy.deepcopy(table))
         net = DLRMNet(tables, self.num_dense, self.bottom_sizes, self.top_sizes)
