@@ -13,13 +13,22 @@ The ``tensorbayes`` command.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
 
 import torch
 
+from .data import planted_tensor
+from .data.fashion_mnist import _PREFIX, _find, _root
+from .guides import MeanField
+from .infer import distributed, fit
+from .models import TensorCompletion
+from .rank import compression_report, prune, ranks
 from .report import add_report_parser
+from .runs import DATA_SETS, TEACHER_NUM_TRAIN, RunConfig, fit_run
+from .runs import train as train_run
 
 __all__ = ["main"]
 
@@ -37,8 +46,6 @@ NETWORK_DEMO = (("ttm", 6), ("tt", 8))
 
 def run_network_demo(seed=0, epochs=20, progress=False, out=sys.stdout):
     """Train the demo's teacher-student students; returns one summary dict per format."""
-    from .runs import RunConfig, fit_run
-
     header = (
         f"{'format':<8}{'planted':<16}{'max':<16}{'found':<16}{'accuracy':>9}{'exported':>10}"
         f"{'compression':>13}{'seconds':>9}"
@@ -81,8 +88,6 @@ def run_network_demo(seed=0, epochs=20, progress=False, out=sys.stdout):
 
 def run_demo(seed=0, epochs=3, progress=False, out=sys.stdout):
     """Fit the completion demo's planted tensors; returns one result dict per format."""
-    import tensorbayes as tb
-
     results = []
     header = (
         f"{'format':<8}{'shape':<20}{'planted':<12}{'found':<12}{'held-out err':>13}{'compression':>13}{'seconds':>9}"
@@ -91,12 +96,10 @@ def run_demo(seed=0, epochs=3, progress=False, out=sys.stdout):
     print("-" * len(header), file=out)
     for fmt, shape, planted_ranks, max_rank in DEMO_CASES:
         start = time.perf_counter()
-        planted = tb.data.planted_tensor(
-            shape, fmt, planted_ranks, observed=0.3, noise=0.01, seed=seed, dtype=torch.float32
-        )
-        model = tb.models.TensorCompletion(shape, format=fmt, max_rank=max_rank)
-        guide = tb.guides.MeanField(model, seed=seed)
-        tb.fit(
+        planted = planted_tensor(shape, fmt, planted_ranks, observed=0.3, noise=0.01, seed=seed, dtype=torch.float32)
+        model = TensorCompletion(shape, format=fmt, max_rank=max_rank)
+        guide = MeanField(model, seed=seed)
+        fit(
             model,
             guide,
             (planted.train_index, planted.train_values),
@@ -105,10 +108,10 @@ def run_demo(seed=0, epochs=3, progress=False, out=sys.stdout):
             seed=seed,
             progress=progress,
         )
-        found = tb.ranks(model, guide)["tensor"]
-        tb.prune(model, guide)
+        found = ranks(model, guide)["tensor"]
+        prune(model, guide)
         prediction = model.tensor.layout.entries(guide.factor_means(model.tensor), planted.test_index)
-        report = tb.compression_report(model)[0]
+        report = compression_report(model)[0]
         row = {
             "format": fmt,
             "shape": shape,
@@ -196,8 +199,6 @@ def _parser():
 
 
 def _train_parser(commands):
-    from .runs import DATA_SETS, TEACHER_NUM_TRAIN, RunConfig
-
     defaults = RunConfig()
     train = commands.add_parser(
         "train",
@@ -264,13 +265,11 @@ def _train_parser(commands):
 
 def _print_epoch(epoch, history):
     accuracy = f"{history.accuracy[-1]:.2%}" if history.accuracy else "-"
-    ranks = " ".join(f"{name}={tuple(r)}" for name, r in history.ranks[-1].items()) if history.ranks else ""
-    print(f"epoch {epoch + 1:>3}  accuracy {accuracy}  elbo {history.elbo[-1]:.6g}  ranks {ranks}", flush=True)
+    found = " ".join(f"{name}={tuple(r)}" for name, r in history.ranks[-1].items()) if history.ranks else ""
+    print(f"epoch {epoch + 1:>3}  accuracy {accuracy}  elbo {history.elbo[-1]:.6g}  ranks {found}", flush=True)
 
 
 def _config(args):
-    from .runs import RunConfig
-
     return RunConfig(
         data=args.data,
         format=args.format,
@@ -291,8 +290,6 @@ def _check_data_files(config):
     check before ``--nproc`` starts its processes (each would fail with the same error)."""
     if config.data != "fashion-mnist":
         return
-    from .data.fashion_mnist import _PREFIX, _find, _root
-
     root = _root(config.data_root)
     for prefix in _PREFIX.values():
         _find(root, f"{prefix}-images-idx3-ubyte")
@@ -300,17 +297,17 @@ def _check_data_files(config):
 
 
 def _train(args):
-    import json
-
-    from .infer.distributed import in_torchrun, is_main
-    from .runs import train
-
     config = _config(args)
-    log = (lambda line: print(line, flush=True)) if is_main() else None
-    summary = train(
-        config, args.out, progress=args.progress, callbacks=[_print_epoch], distributed=in_torchrun(), log=log
+    log = (lambda line: print(line, flush=True)) if distributed.is_main() else None
+    summary = train_run(
+        config,
+        args.out,
+        progress=args.progress,
+        callbacks=[_print_epoch],
+        distributed=distributed.in_torchrun(),
+        log=log,
     )
-    if is_main():
+    if distributed.is_main():
         print(json.dumps({k: summary[k] for k in ("accuracy", "exported_accuracy", "ranks", "params")}, indent=2))
         print(f"wrote {args.out}/config.json, checkpoint.pt and summary.json")
 
@@ -351,11 +348,9 @@ def _run(args, argv):
         else:
             run_network_demo(seed=args.seed, epochs=args.epochs or 20, progress=args.progress)
     elif args.command == "train":
-        from .infer.distributed import in_torchrun, launch
-
-        if args.nproc > 1 and not in_torchrun():
+        if args.nproc > 1 and not distributed.in_torchrun():
             _check_data_files(_config(args))
-            return launch(sys.argv[1:] if argv is None else list(argv), args.nproc)
+            return distributed.launch(sys.argv[1:] if argv is None else list(argv), args.nproc)
         _train(args)
     elif args.command == "report":
         return args.handler(args) or 0

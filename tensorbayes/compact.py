@@ -4,19 +4,29 @@ Export of a trained Bayesian tensorized network as a compact, deterministic torc
 :func:`export` fixes every low-rank tensor of a network at its posterior-mean factors and
 returns a plain :class:`torch.nn.Module` that needs neither Pyro nor a guide to run: no
 :class:`~pyro.nn.PyroModule` anywhere in it, no sample sites, no param-store entries, and a
-plain ``state_dict``. Its tensorized layers become
+plain ``state_dict``. It walks the network and asks each module for its export:
 
-- :class:`CompactLinear`, :class:`CompactConv2d`, :class:`CompactEmbedding`: the deterministic
-  counterparts of :class:`~tensorbayes.models.TensorizedLinear`,
-  :class:`~tensorbayes.models.TensorizedConv2d` and :class:`~tensorbayes.models.TensorizedEmbedding`.
-  Each holds its weight as a :class:`CompactTensor` (the factors as :class:`torch.nn.Parameter` s
-  and their layout) and runs the forward pass of the Bayesian layer itself (its methods are
-  borrowed, not copied), so a linear layer still picks the cheaper of contracting the input
-  with the factors and reconstructing ``W`` by FLOP count, and an embedding still gathers only
-  the rows it is asked for;
+- a Bayesian module whose class defines ``export(guide)`` exports itself. The tensorized layers
+  do: they return :class:`CompactLinear`, :class:`CompactConv2d`, :class:`CompactEmbedding` and
+  :class:`CompactEmbeddingBag`, the deterministic counterparts of
+  :class:`~tensorbayes.models.TensorizedLinear`, :class:`~tensorbayes.models.TensorizedConv2d`,
+  :class:`~tensorbayes.models.TensorizedEmbedding` and
+  :class:`~tensorbayes.models.TensorizedEmbeddingBag`. Each holds its weight as a
+  :class:`CompactTensor` (the factors as :class:`torch.nn.Parameter` s and their layout) and runs
+  the forward pass of the Bayesian layer itself (its methods are borrowed, not copied), so a
+  linear layer still picks the cheaper of contracting the input with the factors and
+  reconstructing ``W`` by FLOP count, and an embedding still gathers only the rows it is asked
+  for. :meth:`DLRM.export <tensorbayes.models.DLRM.export>` returns a plain
+  :class:`~tensorbayes.models.DLRMNet`;
+- a model whose class names an ``export_child`` is exported as that child: a
+  :class:`~tensorbayes.models.BayesianClassifier` or
+  :class:`~tensorbayes.models.BayesianRegressor` as its network ``net`` (the likelihood has no
+  deterministic counterpart);
+- every other module is copied and converted back from ``PyroModule[cls]`` to its torch class
+  ``cls``, with its parameters, buffers and attributes, its children exported in turn.
 
-and every other module is copied and converted back from ``PyroModule[cls]`` to its torch class
-``cls``, with its parameters, buffers and attributes.
+So this module knows no model class: a new tensorized layer becomes exportable by defining its
+own ``export(guide)`` beside it, in :mod:`tensorbayes.models`.
 
 The factors are kept at the ranks the tensors have *now*: call :func:`tensorbayes.prune` first
 to remove the rank indices the posterior switched off, so that the export is as small as the
@@ -31,7 +41,8 @@ Usage::
     logits = net(x)                             # for a BayesianClassifier: softmax for probabilities
     torch.save(net.state_dict(), "net.pt")
 
-(``tb.export`` is the function; the classes live in this module:
+(``tb.export`` is the function; the classes are offered by this module, though they are defined
+beside their Bayesian layers in :mod:`tensorbayes.models`:
 ``from tensorbayes.compact import CompactLinear, num_params``.)
 """
 
@@ -43,182 +54,49 @@ import torch
 from pyro.nn import PyroModule
 from torch.distributions import transform_to
 
-from .models.dlrm import DLRM
-from .models.embedding_bag import CompactEmbeddingBag, TensorizedEmbeddingBag
-from .models.layers import TensorizedConv2d, TensorizedEmbedding, TensorizedLinear
-from .models.networks import BayesianClassifier, BayesianRegressor
-from .models.tensor import LowRankTensor
+# the deterministic counterparts live beside their Bayesian layers (each layer's export(guide)
+# makes its own); they are offered here too, where the export's users look for them
+from .models.embedding_bag import CompactEmbeddingBag
+from .models.layers import CompactConv2d, CompactEmbedding, CompactLinear
+from .models.tensor import CompactTensor, LowRankTensor
 
-__all__ = ["CompactConv2d", "CompactEmbedding", "CompactLinear", "CompactTensor", "export", "num_params"]
+__all__ = [
+    "CompactConv2d",
+    "CompactEmbedding",
+    "CompactEmbeddingBag",
+    "CompactLinear",
+    "CompactTensor",
+    "export",
+    "num_params",
+]
 
 # the attributes PyroModule adds to a torch module's __dict__
 _PYRO_ATTRS = ("_pyro_name", "_pyro_context", "_pyro_params", "_pyro_samples")
 
 
-class CompactTensor(torch.nn.Module):
-    """
-    A low-rank tensor fixed at given factors: the deterministic counterpart of a
-    :class:`~tensorbayes.models.LowRankTensor`. Calling it returns ``(factors, None)``, as a
-    draw of a :class:`~tensorbayes.models.LowRankTensor` returns ``(factors, lambdas)``, so that
-    the tensorized layers' forward passes run on it unchanged.
-
-    Usage::
-
-        weight = CompactTensor(model.tensor.layout, guide.factor_means(model.tensor))
-        dense = weight.full()
-
-    :param layout: the :class:`~tensorbayes.formats.TensorFormat` of the factors.
-    :param list factors: the factors, one tensor per factor of ``layout`` (copied).
-    """
-
-    def __init__(self, layout, factors):
-        super().__init__()
-        factors = layout.check_factors(factors)
-        self.layout = layout
-        self.factors = torch.nn.ParameterList([torch.nn.Parameter(f.detach().clone()) for f in factors])
-
-    @property
-    def format(self):
-        return self.layout.name
-
-    @property
-    def ranks(self):
-        return self.layout.ranks
-
-    def full(self):
-        """The dense tensor."""
-        return self.layout.full(list(self.factors))
-
-    def forward(self):
-        """``(factors, None)``: the factors, and no rank scales."""
-        return list(self.factors), None
-
-    def extra_repr(self):
-        return f"format={self.layout.name!r}, shape={self.layout.shape}, ranks={self.layout.ranks}"
-
-
-def _copy_bias(layer):
-    bias = layer._parameters.get("bias")
-    return None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
-
-
-def _check_layer(layer, cls):
-    if not isinstance(layer, cls):
-        raise TypeError(f"layer must be a {cls.__name__}, got {type(layer).__name__}")
-
-
-class CompactLinear(torch.nn.Module):
-    """
-    ``y = x W^T + b`` with ``W`` a low-rank tensor fixed at given factors: a
-    :class:`~tensorbayes.models.TensorizedLinear` without its priors. The forward pass is the
-    Bayesian layer's: by FLOP count (:meth:`choose_path`), the input is contracted with the
-    factors or ``W`` is reconstructed once; :attr:`path` forces either.
-
-    Usage::
-
-        layer = CompactLinear(model.fc, guide.factor_means(model.fc.weight))
-        y = layer(x)
-
-    :param layer: the :class:`~tensorbayes.models.TensorizedLinear` whose sizes, shapes, path
-        and bias (copied) to take.
-    :param list factors: the factors of ``layer.weight``'s layout (copied).
-    """
-
-    def __init__(self, layer, factors):
-        super().__init__()
-        _check_layer(layer, TensorizedLinear)
-        self.in_features, self.out_features = layer.in_features, layer.out_features
-        self.in_shape, self.out_shape = layer.in_shape, layer.out_shape
-        self.weight = CompactTensor(layer.layout, factors)
-        self.bias = _copy_bias(layer)
-        self.path = layer.path
-
-    path = TensorizedLinear.path
-    layout = TensorizedLinear.layout
-    flop_counts = TensorizedLinear.flop_counts
-    choose_path = TensorizedLinear.choose_path
-    _check_input = TensorizedLinear._check_input
-    forward = TensorizedLinear.forward
-    extra_repr = TensorizedLinear.extra_repr
-
-
-class CompactConv2d(torch.nn.Module):
-    """
-    A 2-d convolution whose kernel is a low-rank tensor fixed at given factors: a
-    :class:`~tensorbayes.models.TensorizedConv2d` without its priors (the kernel is
-    reconstructed and :func:`torch.nn.functional.conv2d` called, as there).
-
-    Usage::
-
-        conv = CompactConv2d(model.conv, guide.factor_means(model.conv.weight))
-
-    :param layer: the :class:`~tensorbayes.models.TensorizedConv2d` whose sizes, shapes,
-        stride, padding, dilation and bias (copied) to take.
-    :param list factors: the factors of ``layer.weight``'s layout (copied).
-    """
-
-    def __init__(self, layer, factors):
-        super().__init__()
-        _check_layer(layer, TensorizedConv2d)
-        for name in (
-            "in_channels",
-            "out_channels",
-            "kernel_size",
-            "stride",
-            "padding",
-            "dilation",
-            "in_shape",
-            "out_shape",
-        ):
-            setattr(self, name, getattr(layer, name))
-        self.weight = CompactTensor(layer.layout, factors)
-        self.bias = _copy_bias(layer)
-
-    layout = TensorizedConv2d.layout
-    kernel = TensorizedConv2d.kernel
-    forward = TensorizedConv2d.forward
-    extra_repr = TensorizedConv2d.extra_repr
-
-
-class CompactEmbedding(torch.nn.Module):
-    """
-    An embedding table held as a low-rank tensor fixed at given factors: a
-    :class:`~tensorbayes.models.TensorizedEmbedding` without its priors (a lookup gathers only
-    the rows it needs, by mixed-radix indexing into the factors).
-
-    Usage::
-
-        emb = CompactEmbedding(model.emb, guide.factor_means(model.emb.weight))
-
-    :param layer: the :class:`~tensorbayes.models.TensorizedEmbedding` whose sizes and shapes
-        to take.
-    :param list factors: the factors of ``layer.weight``'s layout (copied).
-    """
-
-    def __init__(self, layer, factors):
-        super().__init__()
-        _check_layer(layer, TensorizedEmbedding)
-        for name in ("num_embeddings", "embedding_dim", "row_shape", "col_shape"):
-            setattr(self, name, getattr(layer, name))
-        self.weight = CompactTensor(layer.layout, factors)
-
-    layout = TensorizedEmbedding.layout
-    num_padding_rows = TensorizedEmbedding.num_padding_rows
-    _check_indices = TensorizedEmbedding._check_indices
-    forward = TensorizedEmbedding.forward
-    extra_repr = TensorizedEmbedding.extra_repr
-
-
-# subclasses before their bases: the first isinstance match wins
-_COMPACT = {
-    TensorizedEmbeddingBag: CompactEmbeddingBag,
-    TensorizedLinear: CompactLinear,
-    TensorizedConv2d: CompactConv2d,
-    TensorizedEmbedding: CompactEmbedding,
-}
-
-
 # ----- converting a network -----
+
+
+def _wrapped_torch_class(cls):
+    """``base`` when ``cls`` is ``PyroModule[base]`` for a torch class ``base``, else ``None``."""
+    base = cls.__bases__[0]  # PyroModule[cls] subclasses cls first, then the PyroModule[...] of its bases
+    if not issubclass(base, PyroModule) and PyroModule[base] is cls:
+        return base
+    return None
+
+
+def _own_export(module):
+    """
+    ``module.export`` when ``module`` is a Bayesian module that exports itself: a
+    :class:`~pyro.nn.PyroModule` whose class defines ``export(guide)`` (not a ``PyroModule[cls]``
+    of a torch class, whose ``export`` would be the torch class's own); else ``None``.
+    """
+    cls = type(module)
+    if not isinstance(module, PyroModule) or not callable(getattr(cls, "export", None)):
+        return None
+    if cls is PyroModule or _wrapped_torch_class(cls) is not None:
+        return None
+    return module.export
 
 
 def _torch_class(module, path):
@@ -228,8 +106,8 @@ def _torch_class(module, path):
         return cls
     if cls is PyroModule:
         return torch.nn.Module
-    base = cls.__bases__[0]  # PyroModule[cls] subclasses cls first, then the PyroModule[...] of its bases
-    if not issubclass(base, PyroModule) and PyroModule[base] is cls:
+    base = _wrapped_torch_class(cls)
+    if base is not None:
         return base
     raise TypeError(
         f"export cannot convert {path or 'the network'} ({cls.__name__}): a PyroModule subclass of its own has "
@@ -256,10 +134,10 @@ def _convert(module, guide, path, memo):
     """
     if id(module) in memo:
         return memo[id(module)]
-    for cls, compact in _COMPACT.items():
-        if isinstance(module, cls):
-            memo[id(module)] = new = compact(module, guide.factor_means(module.weight))
-            return new
+    own = _own_export(module)
+    if own is not None:
+        memo[id(module)] = new = own(guide)
+        return new
     if isinstance(module, LowRankTensor):
         raise TypeError(
             f"export cannot convert {path or 'the model'}: a LowRankTensor outside a tensorized layer has no "
@@ -320,15 +198,19 @@ def export(model, guide):
     tensor fixed at its posterior-mean factors ``guide.factor_means(tensor)``, at the ranks the
     tensor has now (call :func:`tensorbayes.prune` first to drop the inactive rank indices).
 
-    Tensorized layers become :class:`CompactLinear`, :class:`CompactConv2d` and
-    :class:`CompactEmbedding`; every other module is copied (parameters, buffers, attributes,
-    training flag) and converted from ``PyroModule[cls]`` back to ``cls``. Nothing is shared
-    with ``model`` or ``guide``, which are left unchanged.
+    Tensorized layers become :class:`CompactLinear`, :class:`CompactConv2d`,
+    :class:`CompactEmbedding` and :class:`CompactEmbeddingBag` (each layer's own
+    ``export(guide)``); every other module is copied (parameters, buffers, attributes, training
+    flag) and converted from ``PyroModule[cls]`` back to ``cls``. Nothing is shared with
+    ``model`` or ``guide``, which are left unchanged.
 
     For a :class:`~tensorbayes.models.BayesianClassifier` or
-    :class:`~tensorbayes.models.BayesianRegressor` the export is its network ``model.net``, so it
-    returns what the network returns: a classifier's *logits* (``torch.softmax(net(x), -1)`` are
-    the probabilities the model returns at the posterior mean), a regressor's mean.
+    :class:`~tensorbayes.models.BayesianRegressor` the export is its network ``model.net`` (the
+    child its class names as ``export_child``), so it returns what the network returns: a
+    classifier's *logits* (``torch.softmax(net(x), -1)`` are the probabilities the model returns
+    at the posterior mean), a regressor's mean. For a :class:`~tensorbayes.models.DLRM` it is
+    :meth:`DLRM.export <tensorbayes.models.DLRM.export>`, a :class:`~tensorbayes.models.DLRMNet`
+    returning click logits.
 
     Usage::
 
@@ -353,8 +235,9 @@ def export(model, guide):
         raise TypeError(
             f"guide must offer factor_means(tensor), as tb.guides.MeanField does, got {type(guide).__name__}"
         )
-    if isinstance(model, (BayesianClassifier, BayesianRegressor, DLRM)):
-        return _convert(model.net, guide, "net", {})
+    child = getattr(type(model), "export_child", None)
+    if child is not None:
+        return _convert(getattr(model, child), guide, child, {})
     return _convert(model, guide, "", {})
 
 

@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .guides.meanfield import low_rank_tensors
+from .infer.calibration import calibration_bins
 from .models.tensor import LowRankTensor
 from .rank import DEFAULT_GAP, DEFAULT_THRESHOLD, active_ranks, bond_weights
 
@@ -617,8 +618,6 @@ def reliability(probs, labels, num_bins=15, ax=None):
     :param ax: ``None`` or an Axes.
     :returns: the Axes.
     """
-    from .infer.calibration import calibration_bins
-
     confidence, accuracy, count = calibration_bins(probs, labels, num_bins)
     ece = float((count * (accuracy - confidence).abs()).sum() / count.sum())
     ax = _single(ax, figsize=(4.2, 4.0))

@@ -37,7 +37,10 @@ import torch
 
 from . import plots
 from .guides.meanfield import low_rank_tensors
+from .infer import predict
+from .infer.calibration import expected_calibration_error
 from .rank import DEFAULT_GAP, DEFAULT_THRESHOLD, compression_report, ranks
+from .runs import load_run
 
 __all__ = ["add_report_parser", "run_report", "write_report", "write_report_for"]
 
@@ -48,7 +51,7 @@ REPORT_NAME = "report.md"
 def _save(axes, path):
     fig = (axes[0] if isinstance(axes, list) else axes).figure
     fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazily, as tensorbayes.plots imports pyplot: on the first figure
 
     plt.close(fig)
     return path
@@ -87,8 +90,6 @@ def _class_probs(model, guide, eval_data, num_samples=20):
     """Posterior predictive class probabilities on held-out data, or ``None`` if not a classifier."""
     if eval_data is None:
         return None
-    from .infer import predict
-
     *inputs, target = eval_data
     if target.is_floating_point():
         return None
@@ -144,8 +145,6 @@ def _markdown(model, guide, history, summary, figures, out_dir, threshold, probs
     ]
     lines += _training_lines(history)
     if probs is not None:
-        from .infer.calibration import expected_calibration_error
-
         accuracy = (probs.argmax(-1) == labels).double().mean().item()
         lines += [
             f"Held-out data ({len(labels)} examples): posterior predictive accuracy {accuracy:.4f}, "
@@ -234,8 +233,6 @@ def write_report(run_dir, out_dir=None, threshold=DEFAULT_THRESHOLD):
             f"run_dir must be a run directory (from tensorbayes train --out), "
             f"but {os.fspath(run_dir)!r} is not a directory"
         )
-    from .runs import load_run
-
     run = load_run(run_dir)
     summary = {f"config.{k}": v for k, v in dataclasses.asdict(run.config).items() if v is not None}
     found = run.summary or {}

@@ -28,8 +28,17 @@ import os
 import time
 from dataclasses import dataclass
 
+import pyro
 import torch
 from pyro.nn import PyroModule
+
+from .compact import export
+from .data import load_fashion_mnist, teacher_student
+from .guides import MeanField
+from .infer import fit, load_checkpoint
+from .infer.distributed import is_main
+from .models import BayesianClassifier, TensorizedLinear, tensorize
+from .rank import compression_report, prune
 
 __all__ = [
     "DATA_SETS",
@@ -132,14 +141,10 @@ def load_data(config):
     ``(x_train, y_train, x_test, y_test, info)`` for a run; ``info`` describes the data, with
     ``num_train`` (the training examples used) and ``available`` (those the data set has).
     """
-    import tensorbayes as tb
-
     if config.data == "teacher":
         fmt, out_shape, ranks = _teacher_settings(config)
         num_train = TEACHER_NUM_TRAIN if config.num_train is None else config.num_train
-        task = tb.data.teacher_student(
-            num_train=num_train, format=fmt, out_shape=out_shape, ranks=ranks, seed=config.seed
-        )
+        task = teacher_student(num_train=num_train, format=fmt, out_shape=out_shape, ranks=ranks, seed=config.seed)
         info = {
             "planted_ranks": list(task.ranks),
             "teacher_format": fmt,
@@ -150,8 +155,8 @@ def load_data(config):
             "available": len(task.y_train),
         }
         return task.x_train, task.y_train, task.x_test, task.y_test, info
-    x_train, y_train = tb.data.load_fashion_mnist("train", root=config.data_root)
-    x_test, y_test = tb.data.load_fashion_mnist("test", root=config.data_root)
+    x_train, y_train = load_fashion_mnist("train", root=config.data_root)
+    x_test, y_test = load_fashion_mnist("test", root=config.data_root)
     available = len(y_train)
     if config.num_train is not None:
         if config.num_train > available:
@@ -171,10 +176,8 @@ def describe_training_set(config, info):
 
 def build(config, info):
     """The Bayesian classifier of a run (its tensorized layers at ``config.max_rank``)."""
-    import tensorbayes as tb
-
     if config.data == "teacher":
-        layer = tb.models.TensorizedLinear(
+        layer = TensorizedLinear(
             math.prod(info["in_shape"]),
             math.prod(info["out_shape"]),
             format=config.format,
@@ -190,14 +193,14 @@ def build(config, info):
         )
         # the hidden layer is tensorized at any width (tensorize's size rule alone would leave a
         # narrow one dense, and a network without a low-rank tensor has nothing to fit)
-        net = tb.models.tensorize(
+        net = tensorize(
             dense,
             format=config.format,
             max_rank=config.max_rank,
             prior=config.prior,
             min_features=min(128, config.hidden),
         )
-    return tb.models.BayesianClassifier(net, info["num_classes"])
+    return BayesianClassifier(net, info["num_classes"])
 
 
 def _accuracy(logits_or_probs, y):
@@ -217,19 +220,15 @@ def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=Fa
     :param log: a function given one line of text (how many training examples are used), or ``None``.
     :returns: ``(model, guide, history, summary)``, the model and guide pruned.
     """
-    import pyro
-
-    import tensorbayes as tb
-
     x_train, y_train, x_test, y_test, info = load_data(config) if data is None else data
     if log is not None:
         log(describe_training_set(config, info))
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     model = build(config, info)
-    guide = tb.guides.MeanField(model, seed=config.seed)
+    guide = MeanField(model, seed=config.seed)
     start = time.perf_counter()
-    history = tb.fit(
+    history = fit(
         model,
         guide,
         (x_train, y_train),
@@ -246,10 +245,10 @@ def fit_run(config, checkpoint=None, progress=True, callbacks=(), distributed=Fa
         distributed=distributed,
     )
     seconds = time.perf_counter() - start
-    before = {row["tensor"]: row for row in tb.compression_report(model)}
-    found = tb.prune(model, guide)
-    report = tb.compression_report(model)
-    net = tb.export(model, guide).eval()
+    before = {row["tensor"]: row for row in compression_report(model)}
+    found = prune(model, guide)
+    report = compression_report(model)
+    net = export(model, guide).eval()
     with torch.no_grad():
         exported = _accuracy(net(x_test), y_test)
     summary = {
@@ -278,8 +277,6 @@ def train(config, out_dir, progress=True, callbacks=(), distributed=False, log=N
     ``distributed``); returns the summary dict. The data are loaded first, so data that cannot
     be loaded leave ``out_dir`` untouched. ``log`` is given one line: the training examples used.
     """
-    from .infer.distributed import is_main
-
     _check_same_model(config, out_dir)
     data = load_data(config)
     os.makedirs(out_dir, exist_ok=True)
@@ -331,9 +328,6 @@ def load_run(run_dir):
     :returns: a :class:`Run` (model and guide as at the last checkpoint, before pruning).
     :raises FileNotFoundError: when the folder lacks ``config.json`` or ``checkpoint.pt``.
     """
-    import tensorbayes as tb
-    from tensorbayes.infer import load_checkpoint as _load_checkpoint
-
     paths = {name: os.path.join(run_dir, name) for name in ("config.json", "checkpoint.pt", "summary.json")}
     for name in ("config.json", "checkpoint.pt"):
         if not os.path.exists(paths[name]):
@@ -351,8 +345,8 @@ def load_run(run_dir):
             summary = json.load(f)
     _, _, x_test, y_test, info = load_data(config)
     model = build(config, info)
-    guide = tb.guides.MeanField(model, seed=config.seed)
-    state = _load_checkpoint(paths["checkpoint.pt"], model, guide)
+    guide = MeanField(model, seed=config.seed)
+    state = load_checkpoint(paths["checkpoint.pt"], model, guide)
     return Run(
         model=model, guide=guide, history=state["history"], config=config, summary=summary, eval_data=(x_test, y_test)
     )

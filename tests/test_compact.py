@@ -21,7 +21,7 @@ from tensorbayes.data import teacher_student
 from tensorbayes.guides import MeanField
 from tensorbayes.guides.meanfield import low_rank_tensors
 from tensorbayes.models import BayesianClassifier, BayesianRegressor, TensorCompletion, TensorizedLinear, tensorize
-from tests.embedding import embed
+from tests.common import embed
 
 D = torch.float64
 FORMATS = ["cp", "tucker", "tt", "ttm"]

@@ -24,8 +24,7 @@ from tensorbayes.guides import MeanField, auto_mean_field
 from tensorbayes.infer.calibration import expected_calibration_error
 from tensorbayes.models import BayesianRegressor, TensorCompletion, TensorizedLinear
 from tensorbayes.models.embedding_bag import TensorizedEmbeddingBag
-from tests.dlrm import tiny_dlrm
-from tests.embedding import EMBEDDED_CASES, embedded_completion
+from tests.common import EMBEDDED_CASES, embedded_completion, tiny_dlrm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

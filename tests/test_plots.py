@@ -21,7 +21,7 @@ from tensorbayes.guides import MeanField  # noqa: E402
 from tensorbayes.infer import History, expected_calibration_error  # noqa: E402
 from tensorbayes.models import LowRankTensor, TensorCompletion  # noqa: E402
 from tensorbayes.rank import bond_weights  # noqa: E402
-from tests.embedding import EMBEDDED_CASES, embedded_completion  # noqa: E402
+from tests.common import EMBEDDED_CASES, embedded_completion  # noqa: E402
 
 D = torch.float64
 

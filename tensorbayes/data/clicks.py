@@ -30,7 +30,9 @@ data), as the DLRM reference code lists them for ``--data-set=kaggle``
 facebookresearch/dlrm); the five large tables (features 3, 4, 12, 16 and 21) have
 ``10131227 + 2202608 + 8351593 + 5461306 + 7046547 = 33,193,281`` rows (docs/method.md, "The
 paper's DLRM setting"). Here each large table has the rows of its factor shape in the paper
-(``200 x 220 x 250 = 11,000,000`` and so on), so that its planted TTM has no padding.
+(``200 x 220 x 250 = 11,000,000`` and so on), so that its planted TTM has no padding. These
+numbers (:data:`CRITEO_KAGGLE_CARDINALITIES`, :data:`PAPER_ROW_SHAPES`, :data:`PAPER_COL_SHAPE`)
+are defined in :mod:`tensorbayes.presets`, which :class:`~tensorbayes.models.DLRM` reads too.
 
 The planted click model, for example ``n`` (``e_t`` the true embedding of its category in table
 ``t``, ``D = 128``)::
@@ -61,6 +63,7 @@ import math
 import torch
 
 from ..formats import get_format
+from ..presets import CRITEO_KAGGLE_CARDINALITIES, PAPER_COL_SHAPE, PAPER_ROW_SHAPES
 
 __all__ = [
     "CRITEO_KAGGLE_CARDINALITIES",
@@ -74,49 +77,6 @@ __all__ = [
     "expected_accuracy",
     "expected_hits",
 ]
-
-#: Criteo Kaggle's 26 categorical cardinalities (DLRM reference code, ``--data-set=kaggle``).
-CRITEO_KAGGLE_CARDINALITIES = (
-    1460,
-    583,
-    10131227,
-    2202608,
-    305,
-    24,
-    12517,
-    633,
-    3,
-    93145,
-    5683,
-    8351593,
-    3194,
-    27,
-    14992,
-    5461306,
-    10,
-    5652,
-    2173,
-    4,
-    7046547,
-    18,
-    15,
-    286181,
-    105,
-    142572,
-)
-
-#: The row shapes of the five large tables (by feature position, 0-based), as the paper factors
-#: them (docs/method.md, "The paper's DLRM setting").
-PAPER_ROW_SHAPES = {
-    2: (200, 220, 250),
-    3: (125, 130, 136),
-    11: (200, 200, 209),
-    15: (166, 175, 188),
-    20: (200, 200, 200),
-}
-
-#: The column shape of every tensorized table: 128 = 4 x 4 x 8.
-PAPER_COL_SHAPE = (4, 4, 8)
 
 #: The TTM ranks planted in the five large tables by default.
 PLANTED_RANKS = {2: (4, 2), 3: (2, 2), 11: (3, 3), 15: (4, 1), 20: (2, 1)}

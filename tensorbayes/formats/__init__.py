@@ -9,16 +9,23 @@ the package ("cp", "tucker", "tt", "ttm") to their classes, and :func:`decompose
 factors of a dense tensor in any of them.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
 from .base import TensorFormat, check_dense, check_ranks, check_shape
 from .cp import CP
 from .tt import TT, clip_train_ranks, tt_svd
 from .ttm import TTM
 from .tucker import Tucker
 
-FORMATS = {"cp": CP, "tucker": Tucker, "tt": TT, "ttm": TTM}
+FORMATS: dict[str, type[TensorFormat]] = {"cp": CP, "tucker": Tucker, "tt": TT, "ttm": TTM}
 
 
-def get_format(name):
+def get_format(name: str | type[TensorFormat]) -> type[TensorFormat]:
     """The format class for a ``format=`` string ("cp", "tucker", "tt" or "ttm")."""
     if isinstance(name, type) and issubclass(name, TensorFormat):
         return name
@@ -27,7 +34,9 @@ def get_format(name):
     return FORMATS[name.lower()]
 
 
-def decompose(tensor, format, ranks, **kwargs):
+def decompose(
+    tensor: torch.Tensor, format: str | type[TensorFormat], ranks: int | Sequence[int], **kwargs: Any
+) -> list[torch.Tensor]:
     """
     The factors of a dense tensor in a format: ``get_format(format).decompose(tensor, ranks)``.
 

@@ -13,8 +13,12 @@ decided by FLOP count.
 This module is pure torch: it knows nothing of Pyro, priors or training.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import Any, Self
 
 import opt_einsum
 import torch
@@ -22,7 +26,7 @@ import torch
 __all__ = ["TensorFormat", "check_dense", "check_ranks", "check_shape", "leading_left_singular_vectors", "unfold"]
 
 
-def check_shape(shape, name="shape"):
+def check_shape(shape: Iterable[int], name: str = "shape") -> tuple[int, ...]:
     """Validate a tensor shape: a non-empty sequence of positive ints. Returns a tuple."""
     try:
         shape = tuple(shape)
@@ -36,7 +40,7 @@ def check_shape(shape, name="shape"):
     return shape
 
 
-def check_ranks(ranks, num_bonds, name="ranks"):
+def check_ranks(ranks: int | Iterable[int], num_bonds: int, name: str = "ranks") -> tuple[int, ...]:
     """
     Validate ranks: an int (the same for every bond) or one positive int per bond.
     Returns a tuple of length ``num_bonds``.
@@ -55,7 +59,7 @@ def check_ranks(ranks, num_bonds, name="ranks"):
     return ranks
 
 
-def check_dense(tensor, shape=None, name="tensor"):
+def check_dense(tensor: torch.Tensor, shape: Sequence[int] | None = None, name: str = "tensor") -> torch.Tensor:
     """
     Validate a dense tensor to decompose: a float32 or float64 :class:`torch.Tensor` with at
     least one mode, every size positive, all entries finite. Returns it, viewed as ``shape`` if given
@@ -86,12 +90,12 @@ def check_dense(tensor, shape=None, name="tensor"):
     return tensor
 
 
-def unfold(tensor, mode):
+def unfold(tensor: torch.Tensor, mode: int) -> torch.Tensor:
     """The mode-``mode`` unfolding: a matrix ``(tensor.shape[mode], -1)``, other modes in order."""
     return tensor.movedim(mode, 0).reshape(tensor.shape[mode], -1)
 
 
-def leading_left_singular_vectors(matrix, rank):
+def leading_left_singular_vectors(matrix: torch.Tensor, rank: int) -> torch.Tensor:
     """
     The ``rank`` leading left singular vectors of ``matrix`` (orthonormal columns, by
     decreasing singular value). When the matrix has fewer than ``rank`` columns, the
@@ -193,18 +197,19 @@ class TensorFormat:
     :param int row_modes: how many leading modes index the rows of the matrix view.
     """
 
-    name = None
+    #: The ``format=`` string of the format ("cp", "tucker", "tt", "ttm").
+    name: str | None = None
 
-    def __init__(self, shape, ranks, row_modes=None):
-        self.shape = check_shape(shape)
-        self.num_bonds = self._num_bonds(len(self.shape))
-        self.ranks = check_ranks(ranks, self.num_bonds)
+    def __init__(self, shape: Sequence[int], ranks: int | Sequence[int], row_modes: int | None = None) -> None:
+        self.shape: tuple[int, ...] = check_shape(shape)
+        self.num_bonds: int = self._num_bonds(len(self.shape))
+        self.ranks: tuple[int, ...] = check_ranks(ranks, self.num_bonds)
         if row_modes is None:
             row_modes = self._default_row_modes(len(self.shape))
         if isinstance(row_modes, bool) or not isinstance(row_modes, int) or not 0 <= row_modes <= len(self.shape):
             raise ValueError(f"row_modes must be an int in [0, {len(self.shape)}], got {row_modes!r}")
-        self.row_modes = row_modes
-        self.labels = self._layout()
+        self.row_modes: int = row_modes
+        self.labels: list[tuple[str, ...]] = self._layout()
 
     # ----- what a subclass defines -----
 
@@ -221,7 +226,7 @@ class TensorFormat:
         raise NotImplementedError
 
     @classmethod
-    def decompose(cls, tensor, ranks, **kwargs):
+    def decompose(cls, tensor: torch.Tensor, ranks: int | Sequence[int], **kwargs: Any) -> list[torch.Tensor]:
         """
         Factors of a dense ``tensor`` at ``ranks``, in this format's layout and with the
         tensor's dtype and device (an initialization from a dense tensor). Each format
@@ -231,14 +236,14 @@ class TensorFormat:
 
     # ----- derived layout -----
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={self.shape}, ranks={self.ranks})"
 
-    def with_ranks(self, ranks):
+    def with_ranks(self, ranks: int | Sequence[int]) -> Self:
         """The same layout at other ranks."""
         return type(self)(self.shape, ranks, row_modes=self.row_modes)
 
-    def label_size(self, label):
+    def label_size(self, label: str) -> int:
         kind, index = label[0], int(label[1:])
         if kind == "m":
             return self.shape[index]
@@ -247,12 +252,12 @@ class TensorFormat:
         return 1
 
     @property
-    def factor_shapes(self):
+    def factor_shapes(self) -> list[tuple[int, ...]]:
         """The shape of every factor, in order."""
         return [tuple(self.label_size(lab) for lab in labels) for labels in self.labels]
 
     @property
-    def bonds(self):
+    def bonds(self) -> list[list[tuple[int, int]]]:
         """For each rank bond, the ``(factor, dim)`` pairs that carry its index."""
         found = [[] for _ in range(self.num_bonds)]
         for f, labels in enumerate(self.labels):
@@ -262,24 +267,24 @@ class TensorFormat:
         return found
 
     @property
-    def row_shape(self):
+    def row_shape(self) -> tuple[int, ...]:
         return self.shape[: self.row_modes]
 
     @property
-    def col_shape(self):
+    def col_shape(self) -> tuple[int, ...]:
         return self.shape[self.row_modes :]
 
     @property
-    def matrix_shape(self):
+    def matrix_shape(self) -> tuple[int, int]:
         return math.prod(self.row_shape), math.prod(self.col_shape)
 
-    def num_params(self, ranks=None):
+    def num_params(self, ranks: int | Sequence[int] | None = None) -> int:
         """The number of entries in the factors (at ``ranks``, default the format's own)."""
         fmt = self if ranks is None else self.with_ranks(ranks)
         return sum(math.prod(s) for s in fmt.factor_shapes)
 
     @property
-    def dense_size(self):
+    def dense_size(self) -> int:
         return math.prod(self.shape)
 
     # ----- einsum equations -----
@@ -294,7 +299,7 @@ class TensorFormat:
         inputs = ",".join("".join(sym[lab] for lab in labels) for labels in operand_labels)
         return inputs + "->" + "".join(sym[lab] for lab in output_labels)
 
-    def check_factors(self, factors):
+    def check_factors(self, factors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
         """Validate factors: one tensor per factor, each of the layout's shape. Returns a list."""
         try:
             factors = list(factors)
@@ -312,17 +317,17 @@ class TensorFormat:
 
     # ----- the algebra -----
 
-    def full(self, factors):
+    def full(self, factors: Sequence[torch.Tensor]) -> torch.Tensor:
         """The dense tensor, of shape :attr:`shape`."""
         factors = self.check_factors(factors)
         modes = [f"m{k}" for k in range(len(self.shape))]
         return _einsum(self._equation(self.labels, modes), *factors)
 
-    def to_matrix(self, factors):
+    def to_matrix(self, factors: Sequence[torch.Tensor]) -> torch.Tensor:
         """The dense matrix view, of shape :attr:`matrix_shape`."""
         return self.full(factors).reshape(self.matrix_shape)
 
-    def contract(self, x, factors):
+    def contract(self, x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
         """
         ``x @ W.T`` for the matrix view ``W`` (rows: out, columns: in), without forming ``W``
         unless that is the cheapest contraction order for this batch size.
@@ -352,7 +357,7 @@ class TensorFormat:
         out_labels = ["batch"] + [f"m{k}" for k in range(p)]
         return self._equation([x_labels] + self.labels, out_labels)
 
-    def contract_flops(self, batch_size):
+    def contract_flops(self, batch_size: int) -> int:
         """
         The FLOP count (as opt_einsum counts it: twice the multiply-adds of each pairwise
         contraction with a summed index) of :meth:`contract` on ``batch_size`` rows, for the
@@ -375,7 +380,7 @@ class TensorFormat:
             labels.append(labs)
         return operands, labels
 
-    def unravel(self, flat_index, shape):
+    def unravel(self, flat_index: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """Mixed-radix digits of flat indices into ``shape`` (row-major), as columns."""
         if not shape:
             return flat_index.new_zeros(flat_index.shape + (0,))
@@ -385,7 +390,7 @@ class TensorFormat:
             flat_index = torch.div(flat_index, size, rounding_mode="floor")
         return torch.stack(digits[::-1], dim=-1)
 
-    def entries(self, factors, index):
+    def entries(self, factors: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """
         The entries at multi-indices, without forming the dense tensor.
 
@@ -397,7 +402,7 @@ class TensorFormat:
         operands, labels = self._gathered(factors, index, set(range(len(self.shape))))
         return _einsum(self._equation(labels, ["batch"]), *operands)
 
-    def rows(self, factors, row_index):
+    def rows(self, factors: Sequence[torch.Tensor], row_index: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """
         Rows of the matrix view for flat row indices (mixed-radix over :attr:`row_shape`),
         without forming the matrix: shape ``(n, prod(col_shape))``.
@@ -422,7 +427,7 @@ class TensorFormat:
         return _einsum(self._equation(labels, out), *operands).reshape(len(row_index), -1)
 
     @staticmethod
-    def check_index(index, shape, name):
+    def check_index(index: torch.Tensor | Sequence[Sequence[int]], shape: Sequence[int], name: str) -> torch.Tensor:
         index = torch.as_tensor(index)
         if index.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"{name} must be an integer tensor, got dtype {index.dtype}")
@@ -433,7 +438,9 @@ class TensorFormat:
             raise ValueError(f"{name} must have every column k in [0, shape[k]) for shape {shape}")
         return index.long()
 
-    def truncate(self, factors, keep):
+    def truncate(
+        self, factors: Sequence[torch.Tensor], keep: Sequence[torch.Tensor | Sequence[int]]
+    ) -> tuple[Self, list[torch.Tensor]]:
         """
         Keep a subset of the rank indices of every bond.
 
@@ -461,6 +468,6 @@ class TensorFormat:
                 new[f] = new[f].index_select(d, keep[b].to(new[f].device))
         return self.with_ranks(tuple(k.numel() for k in keep)), new
 
-    def max_ranks(self):
+    def max_ranks(self) -> tuple[int, ...]:
         """The largest rank each bond can usefully have for this shape."""
         raise NotImplementedError

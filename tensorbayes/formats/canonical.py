@@ -19,12 +19,20 @@ them does not depend on the gauge the factors happen to be in. Everything here i
 and never forms the dense tensor.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import torch
+
+from .base import TensorFormat
 
 __all__ = ["canonicalize"]
 
 
-def canonicalize(layout, factors):
+def canonicalize(
+    layout: TensorFormat, factors: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """
     The balanced factors of the same tensor and the weights of every bond.
 

@@ -4,7 +4,10 @@ CP (canonical polyadic) format: ``T[i_1..i_d] = sum_r U_1[i_1, r] ... U_d[i_d, r
 :meth:`CP.decompose` fits the factors of a dense tensor by alternating least squares (CP-ALS).
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -41,10 +44,10 @@ class CP(TensorFormat):
     def _layout(self):
         return [(f"m{k}", "b0") for k in range(len(self.shape))]
 
-    def max_ranks(self):
+    def max_ranks(self) -> tuple[int, ...]:
         return (max(1, math.prod(self.shape) // max(self.shape)),)
 
-    def contract(self, x, factors):
+    def contract(self, x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
         """
         ``x @ W.T`` for the matrix view ``W = A B^T``, where ``A`` and ``B`` are the Khatri-Rao
         products of the row and of the column factors (``(prod(row_shape), R)`` and
@@ -66,7 +69,7 @@ class CP(TensorFormat):
         y = (x.reshape(-1, cols.shape[0]) @ cols) @ rows.T
         return y.reshape(*x.shape[:-1], self.matrix_shape[0])
 
-    def contract_flops(self, batch_size):
+    def contract_flops(self, batch_size: int) -> int:
         """The FLOPs of :meth:`contract`: the cheaper of the Khatri-Rao path and the planned einsum."""
         return min(self._khatri_rao_flops(batch_size), super().contract_flops(batch_size))
 
@@ -80,7 +83,15 @@ class CP(TensorFormat):
         return 2 * rank * (batch_size * (rows + cols) + rows + cols)
 
     @classmethod
-    def decompose(cls, tensor, ranks, n_iter_max=500, tol=1e-10, seed=0, shape=None):
+    def decompose(
+        cls,
+        tensor: torch.Tensor,
+        ranks: int | Sequence[int],
+        n_iter_max: int = 500,
+        tol: float = 1e-10,
+        seed: int = 0,
+        shape: Sequence[int] | None = None,
+    ) -> list[torch.Tensor]:
         """
         CP-ALS: the factors of a rank-``R`` CP approximation of a dense tensor.
 

@@ -5,7 +5,10 @@ Tensor-train format: cores ``G_k`` of shape ``(r_{k-1}, I_k, r_k)`` with ``r_0 =
 tensor-train matrix format (:mod:`.ttm`) reuses over its merged modes.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -14,7 +17,7 @@ from .base import TensorFormat, check_dense
 __all__ = ["TT", "clip_train_ranks", "tt_svd"]
 
 
-def clip_train_ranks(sizes, ranks):
+def clip_train_ranks(sizes: Sequence[int], ranks: Sequence[int]) -> tuple[int, ...]:
     """
     Clip the internal ranks of a train with mode sizes ``sizes`` to what the shape allows:
     ``r_k <= r_{k-1} * sizes[k]`` and ``r_k <= sizes[k + 1] * r_{k+1}`` (with ``r_0 = r_d = 1``),
@@ -32,7 +35,7 @@ def clip_train_ranks(sizes, ranks):
     return tuple(ranks)
 
 
-def tt_svd(tensor, ranks):
+def tt_svd(tensor: torch.Tensor, ranks: Sequence[int]) -> list[torch.Tensor]:
     """
     TT-SVD: sequential truncated SVDs, left to right. Core ``k`` holds the ``r_k`` leading
     left singular vectors of the remainder unfolded as ``(r_{k-1} * I_k, -1)``; the singular
@@ -75,11 +78,13 @@ class TT(TensorFormat):
         order = len(self.shape)
         return [("e0" if k == 0 else f"b{k - 1}", f"m{k}", "e1" if k == order - 1 else f"b{k}") for k in range(order)]
 
-    def max_ranks(self):
+    def max_ranks(self) -> tuple[int, ...]:
         return tuple(min(math.prod(self.shape[: k + 1]), math.prod(self.shape[k + 1 :])) for k in range(self.num_bonds))
 
     @classmethod
-    def decompose(cls, tensor, ranks, shape=None):
+    def decompose(
+        cls, tensor: torch.Tensor, ranks: int | Sequence[int], shape: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
         """
         TT-SVD (:func:`tt_svd`). The ranks are clipped to what the shape allows
         (:func:`clip_train_ranks`), so the cores may be smaller than asked: read the ranks off

@@ -20,7 +20,10 @@ batch so that their intermediate (``s * I_left * O_right`` entries per row) stay
 in layouts that need no permuted copy of it, forward or backward (:class:`_SplitProduct`).
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -114,7 +117,7 @@ class TTM(TensorFormat):
 
     name = "ttm"
 
-    def __init__(self, shape, ranks, row_modes=None):
+    def __init__(self, shape: Sequence[int], ranks: int | Sequence[int], row_modes: int | None = None) -> None:
         shape = check_shape(shape)
         cores = _num_cores(len(shape))
         if row_modes is not None and row_modes != cores:
@@ -142,7 +145,7 @@ class TTM(TensorFormat):
             for k in range(cores)
         ]
 
-    def max_ranks(self):
+    def max_ranks(self) -> tuple[int, ...]:
         sizes = [math.prod(self.shape[m] for m in self._core_modes(k)) for k in range(_num_cores(len(self.shape)))]
         return tuple(min(math.prod(sizes[: k + 1]), math.prod(sizes[k + 1 :])) for k in range(self.num_bonds))
 
@@ -159,7 +162,7 @@ class TTM(TensorFormat):
         merged = _einsum(self._equation([self.labels[k] for k in cores], flat), *[factors[k] for k in cores])
         return merged.reshape([self._size(group) for group in labels])
 
-    def split(self, batch_size):
+    def split(self, batch_size: int) -> Split | None:
         """
         The :class:`Split` product that :meth:`contract` uses for ``batch_size`` rows, or
         ``None`` when the planned einsum (:meth:`TensorFormat.contract
@@ -172,7 +175,7 @@ class TTM(TensorFormat):
             return None
         return best
 
-    def split_row_cost(self):
+    def split_row_cost(self) -> int | None:
         """
         The multiply-adds per input row of the cheapest split product, by the closed form of
         the module docs (``s * (N_in * O_right + I_left * N_out)``, or its mirror image), over
@@ -190,13 +193,13 @@ class TTM(TensorFormat):
             costs += [rank * (n_in * out_right + in_left * n_out), rank * (n_in * out_left + in_right * n_out)]
         return min(costs, default=None)
 
-    def contract_flops(self, batch_size):
+    def contract_flops(self, batch_size: int) -> int:
         split = self.split(batch_size)
         return super().contract_flops(batch_size) if split is None else split.flops
 
     contract_flops.__doc__ = TensorFormat.contract_flops.__doc__
 
-    def contract(self, x, factors):
+    def contract(self, x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
         """
         ``x @ W.T`` for the matrix view ``W`` (rows: out, columns: in): a split product (see
         the module docs) or the planned einsum of the base class, whichever costs fewer FLOPs
@@ -241,7 +244,9 @@ class TTM(TensorFormat):
         return math.prod(self.label_size(lab) for lab in labels)
 
     @classmethod
-    def decompose(cls, tensor, ranks, shape=None):
+    def decompose(
+        cls, tensor: torch.Tensor, ranks: int | Sequence[int], shape: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
         """
         TTM-SVD: the tensor's modes are permuted so that each core's modes (row mode ``k``,
         then column mode ``k``) are adjacent and merged, TT-SVD (:func:`~.tt.tt_svd`) runs over

@@ -5,7 +5,12 @@ Tucker format: a core ``G`` of shape ``(R_1..R_d)`` and one factor ``U_k: (I_k, 
 (HOSVD) refined by a few sweeps of higher-order orthogonal iteration (HOOI).
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+
+import torch
 
 from .base import TensorFormat, _einsum, check_dense, leading_left_singular_vectors, unfold
 
@@ -33,12 +38,14 @@ class Tucker(TensorFormat):
         order = len(self.shape)
         return [tuple(f"b{k}" for k in range(order))] + [(f"m{k}", f"b{k}") for k in range(order)]
 
-    def max_ranks(self):
+    def max_ranks(self) -> tuple[int, ...]:
         total = math.prod(self.shape)
         return tuple(min(size, total // size) for size in self.shape)
 
     @classmethod
-    def decompose(cls, tensor, ranks, n_iter=2, shape=None):
+    def decompose(
+        cls, tensor: torch.Tensor, ranks: int | Sequence[int], n_iter: int = 2, shape: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
         """
         Truncated HOSVD followed by ``n_iter`` sweeps of HOOI.
 

@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 
 from ..formats.base import _einsum
 from ..formats.canonical import canonicalize
+from ..guides.meanfield import MeanField
+from ..models.completion import TensorCompletion
 
 __all__ = ["closed_form_start", "coordinate_ascent", "factor_design", "supports_closed_form"]
 
@@ -314,9 +316,6 @@ def supports_closed_form(model, guide):
     """Whether ``model`` and ``guide`` have the closed-form start of :func:`closed_form_start`: a
     :class:`~tensorbayes.models.TensorCompletion` under a :class:`~tensorbayes.guides.MeanField`
     guide whose λ is updated in closed form."""
-    from ..guides import MeanField
-    from ..models import TensorCompletion
-
     return isinstance(model, TensorCompletion) and isinstance(guide, MeanField) and guide.has_closed_form_lambdas
 
 

@@ -50,6 +50,7 @@ import torch.distributed as dist
 from pyro.poutine.messenger import Messenger
 
 from .batches import TensorBatches, module_device
+from .predict import predict
 
 __all__ = [
     "DistributedContext",
@@ -270,8 +271,6 @@ def evaluate(model, guide, eval_data, eval_samples, ctx):
     forked, so that training goes on with the same draws on every rank) and the sums are
     all-reduced. Returns ``("accuracy", value)`` or ``("error", value)``.
     """
-    from .predict import predict
-
     *inputs, target = eval_data
     classifier = not target.is_floating_point()  # class labels; a regression's targets are floats
     shard = torch.arange(len(target)).tensor_split(ctx.world_size)[ctx.rank]

@@ -17,7 +17,11 @@ subsampled data plate, so the minibatch ELBO is the full-data ELBO (as
 :class:`~.networks.BayesianClassifier`). Which tables are tensorized, in which format and at
 which max rank is the user's choice (``tensorize_min_rows``, ``format``, ``max_rank`` and
 per-table overrides ``tables=``); :data:`PAPER_PRESET` and :meth:`DLRM.paper_preset` give the
-paper's setting: the five large Criteo Kaggle tables as TTM, max rank 16, width 128 = 4 x 4 x 8.
+paper's setting: the five large Criteo Kaggle tables as TTM, max rank 16, width 128 = 4 x 4 x 8
+(the numbers are those of :mod:`tensorbayes.presets`, which the synthetic click log reads too).
+
+:meth:`DLRM.export` is the model's plain-torch export (a :class:`DLRMNet`), and what
+:func:`tensorbayes.export` returns for a DLRM.
 
 The sample sites are ``net.C<k>.weight.factor<i>`` and ``net.C<k>.weight.lambda<b>`` for the
 tensorized table of categorical feature ``k`` (1-based, as Criteo names them ``C1..C26``).
@@ -31,23 +35,11 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ..data.clicks import CRITEO_KAGGLE_CARDINALITIES, PAPER_COL_SHAPE, PAPER_ROW_SHAPES
-from .embedding_bag import CompactEmbeddingBag, TensorizedEmbeddingBag
+from ..presets import CRITEO_KAGGLE_CARDINALITIES, PAPER_PRESET
+from .embedding_bag import TensorizedEmbeddingBag
 from .networks import _check_num_data
 
 __all__ = ["DLRM", "DLRMNet", "PAPER_PRESET", "mlp"]
-
-#: The paper's setting (docs/method.md, "The paper's DLRM setting"): the five large Criteo Kaggle
-#: tables as TTM at max rank 16, rows factored as the paper factors them, 128 columns as
-#: 4 x 4 x 8; the others dense.
-PAPER_PRESET = {
-    "embedding_dim": 128,
-    "format": "ttm",
-    "max_rank": 16,
-    "prior": "half_cauchy",
-    "tensorize_min_rows": None,
-    "tables": {t: {"row_shape": shape, "col_shape": PAPER_COL_SHAPE} for t, shape in PAPER_ROW_SHAPES.items()},
-}
 
 _TABLE_KEYS = ("dense", "format", "max_rank", "prior", "prior_kwargs", "row_shape", "col_shape")
 
@@ -267,6 +259,7 @@ class DLRM(PyroModule):
         posterior-mean factors: tensorized tables become
         :class:`~.embedding_bag.CompactEmbeddingBag` s at the ranks they have now (call
         :func:`tensorbayes.prune` first), the other tables and the MLPs are copied.
+        ``tb.export(model, guide)`` is this method.
 
         :param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`.
         :returns: a :class:`DLRMNet` returning click logits.
@@ -274,7 +267,7 @@ class DLRM(PyroModule):
         tables = []
         for _, table in self.net.tables():
             if isinstance(table, TensorizedEmbeddingBag):
-                tables.append(CompactEmbeddingBag(table, guide.factor_means(table.weight)))
+                tables.append(table.export(guide))
             else:
                 tables.append(copy.deepcopy(table))
         net = DLRMNet(tables, self.num_dense, self.bottom_sizes, self.top_sizes)

@@ -22,13 +22,15 @@ and rank scales are the sample sites ``<layer>.weight.factor<k>`` and
 ``<layer>.weight.lambda<b>`` that :class:`~tensorbayes.guides.MeanField` finds.
 
 :class:`CompactEmbeddingBag` is the deterministic export of a trained bag layer (the
-posterior-mean factors, no Pyro), as :mod:`tensorbayes.compact` builds for the other layers.
+posterior-mean factors, no Pyro): what :meth:`TensorizedEmbeddingBag.export`, and so
+:func:`tensorbayes.export`, returns for it.
 """
 
 import torch
 import torch.nn.functional as F
 
 from .layers import TensorizedEmbedding
+from .tensor import CompactTensor
 
 __all__ = ["BAG_MODES", "CompactEmbeddingBag", "TensorizedEmbeddingBag", "bag_lookup", "check_bags"]
 
@@ -196,6 +198,15 @@ class TensorizedEmbeddingBag(TensorizedEmbedding):
     def extra_repr(self):
         return TensorizedEmbedding.extra_repr(self) + f", mode={self.mode!r}"
 
+    def export(self, guide):
+        """
+        This layer as a plain, deterministic :class:`CompactEmbeddingBag` at the guide's
+        posterior-mean factors (not the :class:`~.layers.CompactEmbedding` of the base class).
+
+        :param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`.
+        """
+        return CompactEmbeddingBag(self, guide.factor_means(self.weight))
+
 
 class CompactEmbeddingBag(torch.nn.Module):
     """
@@ -213,8 +224,6 @@ class CompactEmbeddingBag(torch.nn.Module):
     """
 
     def __init__(self, layer, factors):
-        from ..compact import CompactTensor  # compact imports the layers: import it late
-
         super().__init__()
         if not isinstance(layer, TensorizedEmbeddingBag):
             raise TypeError(f"layer must be a TensorizedEmbeddingBag, got {type(layer).__name__}")

@@ -34,6 +34,12 @@ the dense layer, ``Var W = 1 / fan_in`` (``fan_in = in_features`` for a linear l
 ``in_channels * kh * kw`` for a convolution), and ``Var W = 1`` for an embedding (as
 :class:`torch.nn.Embedding`'s ``N(0, 1)``). Draws from the prior (and autoguides initialized
 from it) are not scaled: the prior's scales are the rank scales λ.
+
+Export: each layer's :meth:`~TensorizedLinear.export` returns its deterministic counterpart at the
+guide's posterior-mean factors, :class:`CompactLinear`, :class:`CompactConv2d` or
+:class:`CompactEmbedding` (plain torch, no Pyro), which :func:`tensorbayes.export` asks every
+tensorized layer of a network for. Those classes run the Bayesian layer's own forward pass
+(its methods are borrowed, not copied) on a :class:`~.tensor.CompactTensor` weight.
 """
 
 import math
@@ -46,9 +52,12 @@ from pyro.nn import PyroModule
 
 from ..formats import get_format
 from ..formats.base import _planned_cost
-from .tensor import LowRankTensor, _clip_ranks
+from .tensor import CompactTensor, LowRankTensor, _clip_ranks
 
 __all__ = [
+    "CompactConv2d",
+    "CompactEmbedding",
+    "CompactLinear",
     "FactorizationError",
     "DEFAULT_BUDGET",
     "EMBEDDING_MAX_RANK",
@@ -583,6 +592,16 @@ class TensorizedLinear(PyroModule):
             f"bias={self.bias is not None}"
         )
 
+    def export(self, guide):
+        """
+        This layer as a plain, deterministic :class:`CompactLinear` at the guide's posterior-mean factors
+        ``guide.factor_means(self.weight)``, at the ranks the weight has now (what
+        :func:`tensorbayes.export` makes of the layer).
+
+        :param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`.
+        """
+        return CompactLinear(self, guide.factor_means(self.weight))
+
 
 def _side_shapes(sizes, given, order, pad=()):
     """
@@ -762,6 +781,16 @@ class TensorizedConv2d(PyroModule):
             f"format={self.layout.name!r}, ranks={self.layout.ranks}, bias={self.bias is not None}"
         )
 
+    def export(self, guide):
+        """
+        This layer as a plain, deterministic :class:`CompactConv2d` at the guide's posterior-mean factors
+        ``guide.factor_means(self.weight)``, at the ranks the weight has now (what
+        :func:`tensorbayes.export` makes of the layer).
+
+        :param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`.
+        """
+        return CompactConv2d(self, guide.factor_means(self.weight))
+
 
 class TensorizedEmbedding(PyroModule):
     """
@@ -880,3 +909,126 @@ class TensorizedEmbedding(PyroModule):
             f"{self.num_embeddings}, {self.embedding_dim}, row_shape={self.row_shape}, col_shape={self.col_shape}, "
             f"format={self.layout.name!r}, ranks={self.layout.ranks}"
         )
+
+    def export(self, guide):
+        """
+        This layer as a plain, deterministic :class:`CompactEmbedding` at the guide's posterior-mean factors
+        ``guide.factor_means(self.weight)``, at the ranks the weight has now (what
+        :func:`tensorbayes.export` makes of the layer).
+
+        :param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`.
+        """
+        return CompactEmbedding(self, guide.factor_means(self.weight))
+
+
+# ----- the deterministic counterparts (tensorbayes.export) -----
+
+
+def _copy_bias(layer):
+    bias = layer._parameters.get("bias")
+    return None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+
+
+def _check_layer(layer, cls):
+    if not isinstance(layer, cls):
+        raise TypeError(f"layer must be a {cls.__name__}, got {type(layer).__name__}")
+
+
+class CompactLinear(torch.nn.Module):
+    """
+    ``y = x W^T + b`` with ``W`` a low-rank tensor fixed at given factors: a
+    :class:`TensorizedLinear` without its priors. The forward pass is the Bayesian layer's: by
+    FLOP count (:meth:`choose_path`), the input is contracted with the factors or ``W`` is
+    reconstructed once; :attr:`path` forces either.
+
+    Usage::
+
+        layer = CompactLinear(model.fc, guide.factor_means(model.fc.weight))   # = model.fc.export(guide)
+        y = layer(x)
+
+    :param layer: the :class:`TensorizedLinear` whose sizes, shapes, path and bias (copied) to take.
+    :param list factors: the factors of ``layer.weight``'s layout (copied).
+    """
+
+    def __init__(self, layer, factors):
+        super().__init__()
+        _check_layer(layer, TensorizedLinear)
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.in_shape, self.out_shape = layer.in_shape, layer.out_shape
+        self.weight = CompactTensor(layer.layout, factors)
+        self.bias = _copy_bias(layer)
+        self.path = layer.path
+
+    path = TensorizedLinear.path
+    layout = TensorizedLinear.layout
+    flop_counts = TensorizedLinear.flop_counts
+    choose_path = TensorizedLinear.choose_path
+    _check_input = TensorizedLinear._check_input
+    forward = TensorizedLinear.forward
+    extra_repr = TensorizedLinear.extra_repr
+
+
+class CompactConv2d(torch.nn.Module):
+    """
+    A 2-d convolution whose kernel is a low-rank tensor fixed at given factors: a
+    :class:`TensorizedConv2d` without its priors (the kernel is reconstructed and
+    :func:`torch.nn.functional.conv2d` called, as there).
+
+    Usage::
+
+        conv = CompactConv2d(model.conv, guide.factor_means(model.conv.weight))   # = model.conv.export(guide)
+
+    :param layer: the :class:`TensorizedConv2d` whose sizes, shapes, stride, padding, dilation
+        and bias (copied) to take.
+    :param list factors: the factors of ``layer.weight``'s layout (copied).
+    """
+
+    def __init__(self, layer, factors):
+        super().__init__()
+        _check_layer(layer, TensorizedConv2d)
+        for name in (
+            "in_channels",
+            "out_channels",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "in_shape",
+            "out_shape",
+        ):
+            setattr(self, name, getattr(layer, name))
+        self.weight = CompactTensor(layer.layout, factors)
+        self.bias = _copy_bias(layer)
+
+    layout = TensorizedConv2d.layout
+    kernel = TensorizedConv2d.kernel
+    forward = TensorizedConv2d.forward
+    extra_repr = TensorizedConv2d.extra_repr
+
+
+class CompactEmbedding(torch.nn.Module):
+    """
+    An embedding table held as a low-rank tensor fixed at given factors: a
+    :class:`TensorizedEmbedding` without its priors (a lookup gathers only the rows it needs, by
+    mixed-radix indexing into the factors).
+
+    Usage::
+
+        emb = CompactEmbedding(model.emb, guide.factor_means(model.emb.weight))   # = model.emb.export(guide)
+
+    :param layer: the :class:`TensorizedEmbedding` whose sizes and shapes to take.
+    :param list factors: the factors of ``layer.weight``'s layout (copied).
+    """
+
+    def __init__(self, layer, factors):
+        super().__init__()
+        _check_layer(layer, TensorizedEmbedding)
+        for name in ("num_embeddings", "embedding_dim", "row_shape", "col_shape"):
+            setattr(self, name, getattr(layer, name))
+        self.weight = CompactTensor(layer.layout, factors)
+
+    layout = TensorizedEmbedding.layout
+    num_padding_rows = TensorizedEmbedding.num_padding_rows
+    _check_indices = TensorizedEmbedding._check_indices
+    forward = TensorizedEmbedding.forward
+    extra_repr = TensorizedEmbedding.extra_repr

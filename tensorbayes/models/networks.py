@@ -86,6 +86,10 @@ class BayesianClassifier(PyroModule):
     :param int num_classes: the number of classes, at least 2.
     """
 
+    #: :func:`tensorbayes.export` exports this child, the network (returning logits): the
+    #: likelihood has no deterministic counterpart.
+    export_child = "net"
+
     def __init__(self, net, num_classes):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 2:
@@ -157,6 +161,10 @@ class BayesianRegressor(PyroModule, NormalNoise):
     :param noise: the noise standard deviation; ``None`` (default) learns it as a point
         estimate (the parameter ``log_noise``), a positive number fixes it.
     """
+
+    #: :func:`tensorbayes.export` exports this child, the network (returning the mean): the
+    #: likelihood has no deterministic counterpart.
+    export_child = "net"
 
     def __init__(self, net, noise=None):
         super().__init__()

@@ -17,6 +17,8 @@ indices it touches (docs/method.md, "Priors"):
   pruning index ``j`` removes both together.
 
 The module knows nothing of guides or training: calling it samples ``(factors, lambdas)``.
+:class:`CompactTensor` is its deterministic, Pyro-free counterpart fixed at given (posterior-mean)
+factors: the weight of the tensorized layers' exports (:func:`tensorbayes.export`).
 """
 
 import math
@@ -29,7 +31,7 @@ from pyro.nn import PyroModule
 from ..formats import get_format
 from ..priors import get_prior
 
-__all__ = ["LowRankTensor", "low_rank_tensors"]
+__all__ = ["CompactTensor", "LowRankTensor", "low_rank_tensors"]
 
 
 class LowRankTensor(PyroModule):
@@ -198,3 +200,45 @@ def low_rank_tensors(model):
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module holding LowRankTensor modules, got {type(model).__name__}")
     return {name: m for name, m in model.named_modules() if isinstance(m, LowRankTensor)}
+
+
+class CompactTensor(torch.nn.Module):
+    """
+    A low-rank tensor fixed at given factors: the deterministic counterpart of a
+    :class:`LowRankTensor`. Calling it returns ``(factors, None)``, as a draw of a
+    :class:`LowRankTensor` returns ``(factors, lambdas)``, so that the tensorized layers' forward
+    passes run on it unchanged.
+
+    Usage::
+
+        weight = CompactTensor(model.tensor.layout, guide.factor_means(model.tensor))
+        dense = weight.full()
+
+    :param layout: the :class:`~tensorbayes.formats.TensorFormat` of the factors.
+    :param list factors: the factors, one tensor per factor of ``layout`` (copied).
+    """
+
+    def __init__(self, layout, factors):
+        super().__init__()
+        factors = layout.check_factors(factors)
+        self.layout = layout
+        self.factors = torch.nn.ParameterList([torch.nn.Parameter(f.detach().clone()) for f in factors])
+
+    @property
+    def format(self):
+        return self.layout.name
+
+    @property
+    def ranks(self):
+        return self.layout.ranks
+
+    def full(self):
+        """The dense tensor."""
+        return self.layout.full(list(self.factors))
+
+    def forward(self):
+        """``(factors, None)``: the factors, and no rank scales."""
+        return list(self.factors), None
+
+    def extra_repr(self):
+        return f"format={self.layout.name!r}, shape={self.layout.shape}, ranks={self.layout.ranks}"

@@ -7,7 +7,7 @@ import torch
 
 from tensorbayes.data import PlantedTensor, planted_tensor
 from tensorbayes.formats import TT
-from tests.data.rank_checks import assert_rank, unfolding
+from tests.common import assert_rank, unfolding
 
 
 def test_cp_ranks():

@@ -7,7 +7,7 @@ import torch
 
 from tensorbayes.data import TeacherStudent, teacher_student
 from tensorbayes.formats import TT, TTM
-from tests.data.rank_checks import assert_rank, unfolding
+from tests.common import assert_rank, unfolding
 
 SMALL = dict(num_train=64, num_test=32)
 

@@ -1,6 +1,5 @@
 """Checkpoints of :func:`tensorbayes.fit`: atomic, and a resumed run equals an uninterrupted one."""
 
-
 import pytest
 import torch
 

@@ -18,7 +18,7 @@ import tensorbayes as tb
 from tensorbayes.data.clicks import CRITEO_KAGGLE_CARDINALITIES, PAPER_ROW_SHAPES, ClickGenerator
 from tensorbayes.models.dlrm import DLRM, PAPER_PRESET, DLRMNet
 from tensorbayes.models.embedding_bag import CompactEmbeddingBag, TensorizedEmbeddingBag
-from tests.dlrm import tiny_dlrm as _tiny
+from tests.common import tiny_dlrm as _tiny
 
 
 def test_shapes_and_probabilities():
