@@ -19,7 +19,7 @@ Usage::
 
 from . import data, formats, guides, infer, models, priors
 from .compact import export
-from .infer import expected_calibration_error, fit, predict
+from .infer import expected_calibration_error, fit, load, predict, save
 from .models import tensorize
 from .rank import compression_report, prune, ranks
 
@@ -34,12 +34,14 @@ __all__ = [
     "formats",
     "guides",
     "infer",
+    "load",
     "models",
     "plots",
     "predict",
     "priors",
     "prune",
     "ranks",
+    "save",
     "tensorize",
 ]
 

@@ -56,6 +56,7 @@ from torch.distributions import transform_to
 
 # the deterministic counterparts live beside their Bayesian layers (each layer's export(guide)
 # makes its own); they are offered here too, where the export's users look for them
+from .guides.base import as_tensor_guide
 from .models.embedding_bag import CompactEmbeddingBag
 from .models.layers import CompactConv2d, CompactEmbedding, CompactLinear
 from .models.tensor import CompactTensor, LowRankTensor
@@ -220,8 +221,9 @@ def export(model, guide):
 
     :param model: a network (a :class:`~pyro.nn.PyroModule`, e.g. from
         :func:`~tensorbayes.models.tensorize`) or a model wrapping one.
-    :param guide: its guide: anything with ``factor_means(tensor)``, such as
-        :class:`~tensorbayes.guides.MeanField`.
+    :param guide: its guide: a :class:`~tensorbayes.guides.MeanField` (or another
+        :class:`~tensorbayes.guides.TensorGuide`), an :class:`~pyro.infer.autoguide.AutoGuideList`
+        holding one, or a Pyro autoguide (read through its medians).
     :returns: a :class:`torch.nn.Module` with no Pyro module in it.
     :raises TypeError: for a model part that has no deterministic torch counterpart (a
         ``PyroSample`` weight, a :class:`~pyro.nn.PyroModule` subclass of its own, a bare
@@ -231,10 +233,7 @@ def export(model, guide):
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not callable(getattr(guide, "factor_means", None)):
-        raise TypeError(
-            f"guide must offer factor_means(tensor), as tb.guides.MeanField does, got {type(guide).__name__}"
-        )
+    guide = as_tensor_guide(model, guide)
     child = getattr(type(model), "export_child", None)
     if child is not None:
         return _convert(getattr(model, child), guide, child, {})

@@ -38,6 +38,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .guides.base import as_tensor_guide
 from .guides.meanfield import low_rank_tensors
 from .infer.calibration import calibration_bins
 from .models.tensor import LowRankTensor
@@ -107,14 +108,6 @@ def _tensors(model):
     return tensors
 
 
-def _check_guide(guide, *methods):
-    missing = [m for m in methods if not hasattr(guide, m)]
-    if missing:
-        raise TypeError(
-            f"guide must be a tensorbayes MeanField guide (with {', '.join(methods)}), got {type(guide).__name__}"
-        )
-
-
 def _display_name(name):
     return name or "tensor"
 
@@ -163,8 +156,7 @@ def rank_shrinkage(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP, a
     """
     active_ranks([], threshold, gap)  # validates threshold and gap before anything is drawn
     tensors = _tensors(model)
-    _check_guide(guide, "factor_means")
-    weights = bond_weights(model, guide)
+    weights = bond_weights(model, guide)  # any guide the readout takes (tb.guides.as_tensor_guide)
     axes = _panels(len(tensors), ax, panel_size=(5.6, 3.2), max_cols=2)
     for a, (name, tensor) in zip(axes, tensors.items()):
         _shrinkage_panel(a, name, tensor, weights[name], threshold, gap)
@@ -557,7 +549,7 @@ def factor_posterior(model, guide, layer=None, num_samples=200, level=0.9, seed=
     if not (isinstance(level, (int, float)) and 0 < level < 1):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     name, tensor = _resolve_tensor(model, layer)
-    _check_guide(guide, "factor_means", "factor_scales")
+    guide = as_tensor_guide(model, guide)
     means, bands = _slice_norm_posterior(tensor, guide, num_samples, level, seed)
     axes = _panels(len(means), ax, panel_size=(3.4, 3.0))
     for b, (a, mean, (low, high)) in enumerate(zip(axes, means, bands)):

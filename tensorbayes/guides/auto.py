@@ -14,12 +14,24 @@ from pyro.infer.autoguide.initialization import InitMessenger
 from ..priors import init_improper_to_feasible
 from .meanfield import low_rank_tensors
 
-__all__ = ["auto_mean_field", "lambda_sites"]
+__all__ = ["auto_mean_field", "lambda_sites", "tensor_sites"]
 
 
 def lambda_sites(model):
     """The names of the λ sample sites of every low-rank tensor in ``model``."""
     return [t.lambda_site(b) for t in low_rank_tensors(model).values() for b in range(len(t.layout.ranks))]
+
+
+def tensor_sites(model):
+    """The names of every sample site of ``model``'s low-rank tensors (λ and factors): what a
+    :class:`~tensorbayes.guides.MeanField` inside an :class:`~pyro.infer.autoguide.AutoGuideList`
+    exposes, ``MeanField(poutine.block(model, expose=tensor_sites(model)))``, and the other parts hide."""
+    return [
+        site
+        for t in low_rank_tensors(model).values()
+        for site in [t.lambda_site(b) for b in range(len(t.layout.ranks))]
+        + [t.factor_site(k) for k in range(len(t.layout.factor_shapes))]
+    ]
 
 
 def auto_mean_field(model, init_scale=0.1):

@@ -149,6 +149,11 @@ class MedianGuide(TensorGuide):
         super().__init__(model)
         if not callable(getattr(guide, "median", None)):
             raise GuideError(f"{type(guide).__name__} offers no median(): it cannot be read as a tensor guide")
+        if isinstance(guide, AutoGuide) and getattr(guide, "prototype_trace", True) is None:
+            raise GuideError(
+                f"guide must offer factor_means(tensor): this {type(guide).__name__} has not been called yet, so it "
+                "has no sites to read (fit it first, or call it once with the model's arguments)"
+            )
         self.__dict__["autoguide"] = guide  # not a submodule: the autoguide owns its parameters
 
     def _medians(self):
@@ -275,6 +280,6 @@ def as_tensor_guide(model, guide):
     if isinstance(guide, AutoGuide) or callable(getattr(guide, "median", None)):
         return MedianGuide(model, guide)
     raise GuideError(
-        f"guide must be a tb.guides.MeanField (or another TensorGuide), an AutoGuideList holding one, or a "
-        f"Pyro autoguide with median(); got {type(guide).__name__}"
+        "guide must be a tb.guides.MeanField (or another TensorGuide, with factor_means and lambdas), an "
+        f"AutoGuideList holding one, or a Pyro autoguide with median(); got {type(guide).__name__}"
     )

@@ -7,7 +7,7 @@ Fitting tensorbayes models by variational inference, and predicting with them.
 
 from .calibration import calibration_bins, expected_calibration_error
 from .cavi import closed_form_start, supports_closed_form
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load, load_checkpoint, save, save_checkpoint
 from .diagnostics import DeadGradientWarning, NonFiniteError
 from .elbo import MeanFieldELBO
 from .engine import KLScale, Schedule, SVIEngine, make_optimizer, sparse_tables
@@ -27,9 +27,11 @@ __all__ = [
     "expected_calibration_error",
     "fit",
     "held_out_metric",
+    "load",
     "load_checkpoint",
     "make_optimizer",
     "predict",
+    "save",
     "save_checkpoint",
     "sparse_tables",
     "supports_closed_form",

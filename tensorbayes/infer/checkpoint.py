@@ -13,7 +13,7 @@ import torch
 from ..guides.base import as_tensor_guide
 from ..models.tensor import low_rank_tensors
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load", "load_checkpoint", "save", "save_checkpoint"]
 
 
 def save_checkpoint(path, model, guide, optimizer, history, step, epoch, generator, initialized):
@@ -33,16 +33,7 @@ def save_checkpoint(path, model, guide, optimizer, history, step, epoch, generat
         "rng": pyro.util.get_rng_state(),
         "initialized": initialized,
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    _write_atomically(state, path, ".checkpoint-")
 
 
 def load_checkpoint(path, model, guide):
@@ -149,3 +140,44 @@ def _check_checkpoint_fits(path, state, model, guide):
                 + ([f"only in the {what}: {_listed_shapes(only_here)}"] if only_here else [])
             )
             raise ValueError(f"{fits}: the {what}'s state differs: " + "; ".join(parts))
+
+
+def save(path, model, guide):
+    """
+    Save a model and its guide, pruned or not, to ``path``: their states and the ranks of every
+    low-rank tensor. :func:`load` restores them into a model and guide built as the originals
+    were (at their maximum ranks), shrinking them to the saved ranks first.
+
+    Usage::
+
+        tb.save("net.pt", model, guide)
+        model2, guide2 = build()                 # the same constructor calls as the original
+        tb.load("net.pt", model2, guide2)
+    """
+    state = {
+        "model": model.state_dict(),
+        "guide": guide.state_dict(),
+        "ranks": {name: t.layout.ranks for name, t in low_rank_tensors(model).items()},
+    }
+    _write_atomically(state, path, ".tensorbayes-")
+
+
+def _write_atomically(state, path, prefix):
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load(path, model, guide):
+    """Restore what :func:`save` (or :func:`~tensorbayes.fit`'s checkpoint) wrote into ``model`` and
+    ``guide``, shrinking them to its ranks first; a mismatch raises a :class:`ValueError` naming it
+    before anything changes."""
+    load_checkpoint(path, model, guide)

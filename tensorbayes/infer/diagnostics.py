@@ -10,7 +10,14 @@ import warnings
 import pyro
 import torch
 
-__all__ = ["DEAD_GRADIENT_STEPS", "DeadGradientWarning", "DeadGradients", "NonFiniteError", "diagnose"]
+__all__ = [
+    "DEAD_GRADIENT_STEPS",
+    "DeadGradientWarning",
+    "DeadGradients",
+    "NonFiniteError",
+    "diagnose",
+    "guide_parameters",
+]
 
 #: Steps in a row with an exactly zero gradient, after nonzero ones, before the engine warns.
 DEAD_GRADIENT_STEPS = 100
@@ -36,12 +43,19 @@ class DeadGradientWarning(RuntimeWarning):
         self.parameters = list(parameters)
 
 
+def guide_parameters(guide, model=None):
+    """``(name, parameter)`` of a guide: a module's own, or for a guide written as a function the
+    unconstrained parameters in Pyro's param store (those of ``model`` left out)."""
+    if isinstance(guide, torch.nn.Module):
+        return list(guide.named_parameters())
+    taken = set() if model is None else {id(p) for p in model.parameters()}
+    return [(name, p) for name, p in pyro.get_param_store().named_parameters() if id(p) not in taken]
+
+
 def named_parameters(model, guide):
     """``("guide" or "model", name, parameter)`` of every parameter, the guide's first."""
-    return [
-        (owner, name, p)
-        for owner, module in (("guide", guide), ("model", model))
-        for name, p in module.named_parameters()
+    return [("guide", name, p) for name, p in guide_parameters(guide, model)] + [
+        ("model", name, p) for name, p in model.named_parameters()
     ]
 
 

@@ -20,7 +20,14 @@ from pyro.poutine.messenger import Messenger
 
 from ..guides.base import GuideError, as_tensor_guide
 from . import distributed as _distributed
-from .diagnostics import DeadGradients, NonFiniteError, diagnose, gradient_norms, non_finite_parameter
+from .diagnostics import (
+    DeadGradients,
+    NonFiniteError,
+    diagnose,
+    gradient_norms,
+    guide_parameters,
+    non_finite_parameter,
+)
 from .elbo import MeanFieldELBO
 
 __all__ = ["KLScale", "SVIEngine", "Schedule", "SparseAndDenseAdam", "make_optimizer", "sparse_tables"]
@@ -152,7 +159,7 @@ def make_optimizer(model, guide, lr, optim=None, previous=None):
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in table_ids]
     noise = [p for n, p in named if n.endswith("log_noise")]
     others = [p for n, p in named if not n.endswith("log_noise")]
-    guide_params = [p for p in guide.parameters() if p.requires_grad]
+    guide_params = [p for _, p in guide_parameters(guide, model) if p.requires_grad]
     dense = constructor([{"params": guide_params + others}, {"params": noise}], **defaults)
     for group in dense.param_groups:
         group.setdefault("base_lr", group["lr"])
@@ -173,7 +180,8 @@ def make_optimizer(model, guide, lr, optim=None, previous=None):
 
 
 def _trainable(model, guide):
-    return [p for module in (guide, model) for p in module.parameters() if p.requires_grad]
+    params = [p for _, p in guide_parameters(guide, model)] + list(model.parameters())
+    return [p for p in params if p.requires_grad]
 
 
 class SVIEngine:

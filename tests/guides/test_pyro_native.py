@@ -1,0 +1,177 @@
+"""
+The method in a researcher's own Pyro code: MeanField in plain ``pyro.infer.SVI`` keeps shrinking
+(its λ step runs inside the guide) and finds the planted ranks; inside an ``AutoGuideList`` it works
+with ``tb.fit``, the readout, the plots, pruning and export; any Pyro autoguide is read through its
+medians; ``median``, ``quantiles`` and ``get_posterior`` as Pyro's autoguides; a guide that cannot
+be read gets one error; ``tb.save``/``tb.load`` round-trip a pruned model.
+"""
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
+
+import tensorbayes as tb
+from tensorbayes.guides import GuideError, MeanField
+from tensorbayes.models import TensorCompletion
+
+SHAPE, PLANTED = (10, 12, 14), (2, 3)
+
+
+def _planted():
+    return tb.data.planted_tensor(SHAPE, "tt", PLANTED, observed=0.3, noise=0.05, seed=0, dtype=torch.float32)
+
+
+def _model():
+    torch.manual_seed(0)
+    return TensorCompletion(SHAPE, format="tt", max_rank=5)
+
+
+def _tensor_sites(model):
+    return tb.guides.tensor_sites(model)
+
+
+def _svi(model, guide, planted, steps, lr=0.03):
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": lr}), tb.infer.MeanFieldELBO())
+    n = len(planted.train_values)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, n, (128,), generator=g)
+        svi.step(planted.train_index[idx], planted.train_values[idx], num_data=n)
+
+
+def _separated(lambdas, ranks, factor=10):
+    """Each bond's λ, sorted, falls by ``factor`` between its last active index and the next."""
+    for lam, r in zip(lambdas, ranks):
+        lam = lam.sort(descending=True).values
+        if not lam[r - 1] > factor * lam[r]:
+            return False
+    return True
+
+
+def test_plain_pyro_svi_keeps_shrinking_and_finds_the_planted_ranks():
+    planted, model = _planted(), _model()
+    guide = MeanField(model, seed=0)
+    start = [v.clone() for v in guide.lambdas()["tensor"]]
+    _svi(model, guide, planted, steps=600)
+    assert tb.ranks(model, guide)["tensor"] == PLANTED
+    lambdas = guide.lambdas()["tensor"]
+    assert not any(torch.equal(a, b) for a, b in zip(start, lambdas))  # λ moved without update_lambdas()
+    assert _separated(lambdas, PLANTED)
+
+
+def test_the_guides_lambda_step_runs_once_per_change_of_its_parameters():
+    planted, model = _planted(), _model()
+    guide = MeanField(model, seed=0)
+    calls = []
+    real = guide.update_lambdas
+    guide.update_lambdas = lambda step: (calls.append(step), real(step))
+    args = (planted.train_index[:20], planted.train_values[:20])
+    guide(*args)
+    guide(*args)  # nothing changed since it was built: no step
+    with torch.no_grad():
+        guide.posteriors["tensor"].locs[0].mul_(1.01)
+        guide(*args)  # gradients off (as in Predictive): no step
+    guide(*args)
+    guide(*args)
+    assert calls == [guide.lambda_step]
+
+
+def test_an_autoguide_list_with_meanfield_inside_fits_reads_prunes_and_exports():
+    planted, model = _planted(), _model()
+    sites = _tensor_sites(model)
+    guide = AutoGuideList(model)
+    guide.append(MeanField(poutine.block(model, expose=sites), seed=0))
+    guide.append(AutoDelta(poutine.block(model, hide=sites)))  # the learned noise, if any: none here
+    data = (planted.train_index, planted.train_values)
+    history = tb.fit(model, guide, data, epochs=100, batch_size=64, seed=0, progress=False, init="none", lr=0.03)
+    assert history.ranks and history.ranks[-1]["tensor"] == PLANTED
+    assert tb.ranks(model, guide)["tensor"] == PLANTED
+    assert tb.prune(model, guide)["tensor"] == PLANTED
+    assert model.tensor.layout.ranks == PLANTED
+    (ax,) = tb.plots.rank_shrinkage(model, guide)
+    assert ax.has_data()
+
+
+def test_export_reads_the_meanfield_inside_an_autoguide_list():
+    torch.manual_seed(0)
+    layer = tb.models.TensorizedLinear(16, 12, format="ttm", max_rank=3, in_shape=(4, 4), out_shape=(3, 4))
+    net = pyro.nn.PyroModule[torch.nn.Sequential](layer, pyro.nn.PyroModule[torch.nn.ReLU]())
+    model = tb.models.BayesianClassifier(net, 12)
+    inner = MeanField(poutine.block(model, expose=_tensor_sites(model)), seed=0)
+    guide = AutoGuideList(model)
+    guide.append(inner)
+    x = torch.randn(5, 16)
+    guide(x)
+    torch.testing.assert_close(tb.export(model, guide)(x), tb.export(model, inner)(x), rtol=0, atol=0)
+
+
+def test_an_autonormal_fit_is_read_through_its_medians():
+    planted, model = _planted(), _model()
+    guide = AutoNormal(model, init_scale=0.01)
+    _svi(model, guide, planted, steps=600)
+    found = tb.ranks(model, guide)
+    assert set(found) == {"tensor"} and all(1 <= r <= 5 for r in found["tensor"])
+    medians = guide.median()
+    means = tb.guides.as_tensor_guide(model, guide).factor_means(model.tensor)
+    assert all(torch.equal(m, medians[model.tensor.factor_site(k)]) for k, m in enumerate(means))
+    pruned = tb.prune(model, guide)
+    assert model.tensor.layout.ranks == pruned["tensor"]
+    assert tuple(guide.median()[model.tensor.factor_site(1)].shape) == model.tensor.layout.factor_shapes[1]
+
+
+def test_median_quantiles_and_posteriors_cover_every_site():
+    model = _model()
+    guide = MeanField(model, seed=0)
+    trace = poutine.trace(model).get_trace(torch.zeros(3, 3, dtype=torch.long), torch.zeros(3))
+    latent = {n for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
+    latent -= {n for n, s in trace.nodes.items() if s["type"] == "sample" and type(s["fn"]).__name__ == "_Subsample"}
+    assert set(guide.median()) == latent
+    quantiles = guide.quantiles([0.1, 0.5, 0.9])
+    assert set(quantiles) == latent
+    for site, q in quantiles.items():
+        assert q.shape[0] == 3 and bool((q[0] <= q[1]).all() and (q[1] <= q[2]).all())
+        torch.testing.assert_close(q[1], guide.median()[site])
+        assert guide.get_posterior(site).event_shape == q[1].shape
+    with pytest.raises(ValueError, match="quantiles"):
+        guide.quantiles([0.0, 1.5])
+    with pytest.raises(KeyError, match="nowhere"):
+        guide.get_posterior("nowhere")
+
+
+@pytest.mark.parametrize("call", [tb.ranks, tb.prune, tb.export, tb.rank.bond_weights])
+def test_a_guide_that_cannot_be_read_gets_one_error(call):
+    model = _model()
+    with pytest.raises(GuideError, match="MeanField.*AutoGuideList.*autoguide"):
+        call(model, lambda *args, **kwargs: None)
+
+
+def test_fit_with_a_guide_it_cannot_read_warns_once_and_records_no_ranks():
+    planted, model = _planted(), _model()
+    auto = AutoNormal(model)
+
+    def guide(*args, **kwargs):  # a plain Pyro guide: fitted, but with nothing to read ranks from
+        return auto(*args, **kwargs)
+
+    with pytest.warns(UserWarning, match="no ranks or λ are recorded") as caught:
+        history = tb.fit(
+            model, guide, (planted.train_index, planted.train_values), epochs=3, progress=False, init="none"
+        )
+    assert sum("no ranks" in str(w.message) for w in caught) == 1
+    assert len(history.elbo) == 3 and history.ranks == []
+
+
+def test_save_and_load_rebuild_the_pruned_shapes(tmp_path):
+    planted, model = _planted(), _model()
+    guide = MeanField(model, seed=0)
+    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=3, progress=False, seed=0)
+    tb.prune(model, guide)
+    tb.save(str(tmp_path / "m.pt"), model, guide)
+    fresh = _model()
+    fresh_guide = MeanField(fresh, seed=1)
+    tb.load(str(tmp_path / "m.pt"), fresh, fresh_guide)
+    assert fresh.tensor.layout.ranks == model.tensor.layout.ranks
+    for k, m in enumerate(guide.factor_means(model.tensor)):
+        assert torch.equal(fresh_guide.factor_means(fresh.tensor)[k], m)
+    assert tb.ranks(fresh, fresh_guide) == tb.ranks(model, guide)
