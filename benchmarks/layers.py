@@ -5,9 +5,10 @@ Speed and memory of the tensorized layers against dense ones, measured in the sa
    of sizes 256 to 4096, batches 64 to 1024, max ranks 8 to 32) as a ratio to (a) the step of a
    dense :class:`torch.nn.Linear` of the same shape with Adam and (b) the step of the same
    tensorized layer trained deterministically, its factors plain torch parameters, without
-   Pyro. The SVI step is the loss of :func:`tensorbayes.fit` (``tb.infer.MeanFieldELBO``) for a
+   Pyro. The SVI step is :func:`tensorbayes.fit`'s, one :meth:`tb.infer.SVIEngine.step` (the ELBO,
+   its backward pass, the checks, Adam and the λ M-step) for a
    :class:`~tensorbayes.models.BayesianRegressor` (noise fixed to 1) on the layer's output with
-   a :class:`~tensorbayes.guides.MeanField` guide, its backward pass, Adam and the λ M-step.
+   a :class:`~tensorbayes.guides.MeanField` guide.
    Target: the 4096 x 4096 TTM layer (batch 256) at most half the dense step's time. The layer
    is built with its default mode shapes (in ``(4, 4, 16, 16)``, out ``(16, 16, 4, 4)``: the
    pairing of the balanced cores that contracts most cheaply, see
@@ -115,15 +116,10 @@ def _svi_step(layer, x, y):
     # y ~ Normal(layer(x), 1) under a subsampled data plate; the guide follows the model's device
     model = BayesianRegressor(layer, noise=1.0).to(x.device)
     guide = tb.guides.MeanField(model, seed=0)
-    optim = torch.optim.Adam(list(guide.parameters()) + list(model.parameters()), lr=1e-3)
-    elbo = tb.infer.MeanFieldELBO()
+    engine = tb.infer.SVIEngine(model, guide, num_data=100 * len(x), lr=1e-3)  # tb.fit's step
 
     def step():
-        loss = elbo.differentiable_loss(model, guide, x, y, num_data=100 * len(x))
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        guide.update_lambdas(0.1)
+        engine.step(x, y)
 
     return step, model, guide
 
