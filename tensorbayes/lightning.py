@@ -38,7 +38,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from .guides.base import as_tensor_guide
 from .infer import SVIEngine, predict
 from .infer.engine import Schedule, sparse_tables
-from .infer.fit import WARMUP_SHARE
+from .infer.fit import default_schedule
 from .infer.predict import held_out_metric
 from .rank import ranks
 
@@ -122,16 +122,13 @@ class TensorBayesModule(pl.LightningModule):
         """Fix the default warm-up and ramp to 20 % of the Trainer's steps each, and the decay of the
         learning rate to its last ``lr_decay`` share (none where the Trainer's steps are not known)."""
         total = self.trainer.estimated_stepping_batches
-        known = math.isfinite(total)
-        default = int(WARMUP_SHARE * total) if known else 0
         args = self._schedule_args
-        self.engine.schedule = Schedule(
-            warmup=default if args["warmup"] is None else args["warmup"],
-            ramp=default if args["ramp"] is None else args["ramp"],
-            total=int(total) if known else 0,
-            decay=round(args["lr_decay"] * total) if known else 0,
-            lr_warmup=args["lr_warmup"],
-        )
+        if math.isfinite(total):
+            self.engine.schedule = default_schedule(int(total), False, **args)
+        else:  # an endless Trainer: no default warm-up, ramp or decay
+            self.engine.schedule = Schedule(
+                warmup=args["warmup"] or 0, ramp=args["ramp"] or 0, lr_warmup=args["lr_warmup"]
+            )
 
     def on_train_start(self):
         self.engine.optimizer = self.optimizers()  # Lightning's wrapper: it counts the steps

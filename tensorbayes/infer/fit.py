@@ -205,12 +205,9 @@ def fit(
     :returns: the :class:`History` of the fit.
     """
     _check_arguments(**{k: v for k, v in locals().items() if k not in ("model", "guide", "data")})
-    if eval_data is not None:
-        eval_data = _check_eval_data(eval_data)
+    eval_data = None if eval_data is None else _check_eval_data(eval_data)
     if distributed and sparse_tables(model):
-        raise ValueError(
-            "distributed=True averages dense gradients only: build the model's embedding tables with sparse=False"
-        )
+        raise ValueError("distributed=True averages dense gradients only: build the embedding tables with sparse=False")
     ctx = _distributed.init() if distributed else None
     if ctx is not None:
         seed = _distributed.broadcast_seed(seed, ctx, [model, guide])  # every rank draws the same batches and samples
@@ -230,16 +227,9 @@ def fit(
     if ctx is not None:
         _distributed.broadcast_state([model, guide], ctx)  # as DDP: every rank starts from rank 0's
     total = epochs * len(batches) if search is None else search.total_steps(epochs)
-    default = 0 if initialized else int(WARMUP_SHARE * total)
-    schedule = Schedule(
-        warmup=default if warmup is None else warmup,
-        ramp=default if ramp is None else ramp,
-        total=total,
-        decay=round(lr_decay * total),
-        lr_warmup=lr_warmup,
-    )
+    schedule = default_schedule(total, initialized, warmup, ramp, lr_decay, lr_warmup)
     if lr is None and optim is None:
-        lr = 1e-3 if initialized else 1e-2
+        lr = 1e-3 if initialized else 1e-2  # a closed-form start's fit, which larger steps would first undo
     engine = SVIEngine(
         model, guide, batches.num_data, lr=lr, optim=optim, loss=loss, schedule=schedule,
         lambda_step=lambda_step, num_particles=num_particles, process_group=ctx,
@@ -268,6 +258,22 @@ def fit(
             callback(epoch, history)
     loop.close()
     return history
+
+
+def default_schedule(total, initialized=False, warmup=None, ramp=None, lr_decay=0.5, lr_warmup=0):
+    """
+    The :class:`~tensorbayes.infer.Schedule` of :func:`fit` over ``total`` steps: a KL warm-up and a
+    ramp of :data:`WARMUP_SHARE` of the steps each (none after a closed-form start), unless given,
+    and the learning rate's decay over the last ``lr_decay`` share.
+    """
+    default = 0 if initialized else int(WARMUP_SHARE * total)
+    return Schedule(
+        warmup=default if warmup is None else warmup,
+        ramp=default if ramp is None else ramp,
+        total=total,
+        decay=round(lr_decay * total),
+        lr_warmup=lr_warmup,
+    )
 
 
 def _check_positive_int(value, name):
