@@ -35,6 +35,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "tensorbayes.lightning needs Lightning: pip install 'tensorbayes[lightning]' (or pip install lightning)"
     ) from error
 
+from .checks import check_int, check_number
 from .guides.base import as_tensor_guide
 from .infer import SVIEngine, predict
 from .infer.engine import Schedule, sparse_tables
@@ -87,15 +88,11 @@ class TensorBayesModule(pl.LightningModule):
         loss=None,
     ):
         super().__init__()
-        if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) or eval_samples < 1:
-            raise ValueError(f"eval_samples must be a positive int, got {eval_samples!r}")
-        if isinstance(lr_decay, bool) or not (isinstance(lr_decay, (int, float)) and 0 <= lr_decay <= 1):
-            raise ValueError(f"lr_decay must be a number in [0, 1], got {lr_decay!r}")
+        check_int(eval_samples, "eval_samples")
+        check_number(lr_decay, "lr_decay", "[0, 1]")
         for value, name in ((warmup, "warmup"), (ramp, "ramp"), (lr_warmup, "lr_warmup")):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+            if value is not None:
+                check_int(value, name, low=0)
         self.model = model
         self.guide = guide
         self.engine = SVIEngine(

@@ -38,6 +38,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .checks import check_int
 from .guides.base import as_tensor_guide
 from .guides.meanfield import low_rank_tensors
 from .infer.calibration import calibration_bins
@@ -544,8 +545,7 @@ def factor_posterior(model, guide, layer=None, num_samples=200, level=0.9, seed=
     :param ax: ``None``, a Figure, or one Axes per bond.
     :returns: the list of Axes, one per bond.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"num_samples must be an int of at least 2, got {num_samples!r}")
+    check_int(num_samples, "num_samples", low=2)
     if not (isinstance(level, (int, float)) and 0 < level < 1):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     name, tensor = _resolve_tensor(model, layer)

@@ -34,6 +34,7 @@ MODULE_LAYERS = {
     "tensorbayes": "facade",
     "tensorbayes.presets": "presets",
     "tensorbayes.util": "presets",
+    "tensorbayes.checks": "presets",
     "tensorbayes.priors": "priors",
     "tensorbayes.rank": "rank/compact",
     "tensorbayes.compact": "rank/compact",

@@ -62,6 +62,7 @@ import math
 
 import torch
 
+from ..checks import check_int
 from ..formats import get_format
 from ..presets import CRITEO_KAGGLE_CARDINALITIES, PAPER_COL_SHAPE, PAPER_ROW_SHAPES
 
@@ -106,12 +107,6 @@ def _uniforms(index, key, slots):
     h = _mix32((index & _MASK32)[:, None] ^ slot_keys[None, :])
     h = _mix32(h ^ ((index >> 32) & _MASK32)[:, None] ^ _mix32(slot_keys ^ 0x5BD1E995)[None, :])
     return (h.double() + 0.5) / 2.0**32
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _coprime_multiplier(n, salt):
@@ -179,14 +174,14 @@ class ClickGenerator:
             if not 0 <= t < len(cards):
                 raise ValueError(f"row_shapes has table {t}, but there are {len(cards)} tables")
             cards[t] = math.prod(shape)
-        self.cardinalities = tuple(_check_positive_int(c, "cardinalities") for c in cards)
+        self.cardinalities = tuple(check_int(c, "cardinalities") for c in cards)
         if set(ranks) != set(row_shapes):
             raise ValueError(
                 f"ranks must give the TTM ranks of every planted table {sorted(row_shapes)}, got {sorted(ranks)}"
             )
         self.row_shapes, self.col_shape = row_shapes, tuple(col_shape)
         self.embedding_dim = math.prod(self.col_shape)
-        self.num_dense = _check_positive_int(num_dense, "num_dense")
+        self.num_dense = check_int(num_dense, "num_dense")
         if not (isinstance(zipf, (int, float)) and zipf > 0):
             raise ValueError(f"zipf must be a positive number, got {zipf!r}")
         self.zipf, self.seed = float(zipf), int(seed)
@@ -413,7 +408,7 @@ class ClickStream(torch.utils.data.Dataset):
         if not isinstance(generator, ClickGenerator):
             raise TypeError(f"generator must be a ClickGenerator, got {type(generator).__name__}")
         self.generator = generator
-        self.num_samples = _check_positive_int(num_samples, "num_samples")
+        self.num_samples = check_int(num_samples, "num_samples")
         _stream_id(stream)
         self.stream = stream
 
@@ -436,7 +431,7 @@ class ClickStream(torch.utils.data.Dataset):
 
     def batches(self, batch_size):
         """Consecutive minibatches ``(dense, sparse, clicks)`` of ``batch_size`` (the last may be smaller)."""
-        _check_positive_int(batch_size, "batch_size")
+        check_int(batch_size, "batch_size")
         for start in range(0, self.num_samples, batch_size):
             yield self[start : min(start + batch_size, self.num_samples)]
 
@@ -448,7 +443,7 @@ class ClickStream(torch.utils.data.Dataset):
         :param int batch_size: examples per batch.
         :param bool shuffle: visit the examples in a random order (seeded by ``seed``).
         """
-        _check_positive_int(batch_size, "batch_size")
+        check_int(batch_size, "batch_size")
         if shuffle:
             sampler = torch.utils.data.RandomSampler(self, generator=torch.Generator().manual_seed(seed))
         else:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..checks import check_int
 from .base import TensorFormat, _einsum, check_dense, leading_left_singular_vectors, unfold
 
 __all__ = ["CP"]
@@ -120,8 +121,7 @@ class CP(TensorFormat):
         tensor = check_dense(tensor, shape)
         fmt = cls(tensor.shape, ranks)
         (rank,) = fmt.ranks
-        if isinstance(n_iter_max, bool) or not isinstance(n_iter_max, int) or n_iter_max < 0:
-            raise ValueError(f"n_iter_max must be a non-negative int, got {n_iter_max!r}")
+        check_int(n_iter_max, "n_iter_max", low=0)
         tol = max(float(tol), 10 * torch.finfo(tensor.dtype).eps)  # below: rounding noise
         order = tensor.dim()
         if order == 1:  # a vector: R equal columns that sum to it

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..checks import check_int
 from .base import TensorFormat, _einsum, check_dense, leading_left_singular_vectors, unfold
 
 __all__ = ["Tucker"]
@@ -65,8 +66,7 @@ class Tucker(TensorFormat):
         """
         tensor = check_dense(tensor, shape)
         fmt = cls(tensor.shape, ranks)
-        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
-            raise ValueError(f"n_iter must be a non-negative int, got {n_iter!r}")
+        check_int(n_iter, "n_iter", low=0)
         fmt = fmt.with_ranks(tuple(min(r, m) for r, m in zip(fmt.ranks, fmt.max_ranks())))
         order = tensor.dim()
         modes = [f"m{k}" for k in range(order)]

@@ -19,6 +19,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_number
 from ..models.tensor import low_rank_tensors
 from .base import Draw, TensorGuide
 
@@ -129,14 +130,12 @@ class MeanField(TensorGuide):
             raise ValueError(f"lambda_update must be one of {_LAMBDA_UPDATES}, got {lambda_update!r}")
         if lambda_guide == "lognormal" and lambda_update == "closed_form":
             raise ValueError("lambda_update='closed_form' needs lambda_guide='delta'")
-        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
-            raise ValueError(f"init_scale must be a positive number, got {init_scale!r}")
+        check_number(init_scale, "init_scale", "(0, inf)", "a positive number")
         if m_step not in _M_STEPS:
             raise ValueError(f"m_step must be one of {_M_STEPS}, got {m_step!r}")
         if m_step != "em" and lambda_update != "closed_form":
             raise ValueError(f"m_step={m_step!r} needs lambda_update='closed_form'")
-        if isinstance(lambda_step, bool) or not (isinstance(lambda_step, (int, float)) and 0 < lambda_step <= 1):
-            raise ValueError(f"lambda_step must be a number in (0, 1], got {lambda_step!r}")
+        check_number(lambda_step, "lambda_step", "(0, 1]")
         super().__init__(model)
         tensors = self._model_tensors
         generator = None if seed is None else torch.Generator().manual_seed(seed)

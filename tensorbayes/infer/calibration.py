@@ -20,12 +20,13 @@ Usage::
 
 import torch
 
+from ..checks import check_int
+
 __all__ = ["calibration_bins", "expected_calibration_error"]
 
 
 def _check_num_bins(num_bins):
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
+    check_int(num_bins, "num_bins")
 
 
 def check_probs(probs, labels):

@@ -49,6 +49,7 @@ import torch
 import torch.distributed as dist
 from pyro.poutine.messenger import Messenger
 
+from ..checks import check_int
 from .batches import TensorBatches, module_device
 from .predict import predict
 
@@ -317,8 +318,7 @@ def launch(argv, nproc, module="tensorbayes.cli"):
     :param list argv: the command's arguments (without the program name).
     :param int nproc: processes to start, at least 1.
     """
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc must be a positive int, got {nproc!r}")
+    check_int(nproc, "nproc")
     command = [
         sys.executable,
         "-m",

@@ -18,6 +18,7 @@ import pyro
 import torch
 from pyro.poutine.messenger import Messenger
 
+from ..checks import check_int, check_number
 from ..guides.base import GuideError, as_tensor_guide
 from . import distributed as _distributed
 from .diagnostics import (
@@ -239,12 +240,12 @@ class SVIEngine:
         process_group=None,
         backward=None,
     ):
-        if num_data is not None and (isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1):
-            raise ValueError(f"num_data must be a positive int or None, got {num_data!r}")
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        if isinstance(lambda_step, bool) or not (isinstance(lambda_step, (int, float)) and 0 < lambda_step <= 1):
-            raise ValueError(f"lambda_step must be in (0, 1], got {lambda_step!r}")
+        if num_data is not None:
+            check_int(num_data, "num_data")
+        if lr is not None:
+            check_number(lr, "lr", "(0, inf)", "a positive number")
+        check_number(lambda_step, "lambda_step", "(0, 1]")
+        check_int(num_particles, "num_particles")
         if loss is not None and not callable(getattr(loss, "differentiable_loss", None)):
             raise TypeError(f"loss must be a Pyro ELBO (with differentiable_loss), got {type(loss).__name__}")
         if schedule is not None and not isinstance(schedule, Schedule):

@@ -20,6 +20,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import check_int, check_number
 from ..guides.base import GuideError, as_tensor_guide
 from ..models.tensor import low_rank_tensors
 from . import distributed as _distributed
@@ -276,11 +277,6 @@ def default_schedule(total, initialized=False, warmup=None, ramp=None, lr_decay=
     )
 
 
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _check_arguments(
     *, epochs, batch_size, lr, lr_decay, lr_warmup, warmup, ramp, lambda_step, num_particles, init, init_sweeps,
     eval_data, eval_samples, checkpoint, resume, callbacks, trace_every, seed, progress, distributed, tolerance,
@@ -289,32 +285,26 @@ def _check_arguments(
     """Refuse a bad argument of :func:`fit` with an error that names it, before anything changes."""
     for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (num_particles, "num_particles"),
                         (eval_samples, "eval_samples")):  # fmt: skip
-        _check_positive_int(value, name)
-    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if isinstance(lr_decay, bool) or not (isinstance(lr_decay, (int, float)) and 0 <= lr_decay <= 1):
-        raise ValueError(f"lr_decay must be a number in [0, 1], got {lr_decay!r}")
-    if isinstance(lr_warmup, bool) or not isinstance(lr_warmup, int) or lr_warmup < 0:
-        raise ValueError(f"lr_warmup must be a non-negative int (steps), got {lr_warmup!r}")
-    if not (isinstance(lambda_step, (int, float)) and 0 < lambda_step <= 1):
-        raise ValueError(f"lambda_step must be in (0, 1], got {lambda_step!r}")
+        check_int(value, name)
+    if lr is not None:
+        check_number(lr, "lr", "(0, inf)", "a positive number")
+    check_number(lr_decay, "lr_decay", "[0, 1]")
+    check_int(lr_warmup, "lr_warmup (steps)", low=0)
+    check_number(lambda_step, "lambda_step", "(0, 1]")
     if init not in ("auto", "cavi", "none"):
         raise ValueError(f"init must be 'auto', 'cavi' or 'none', got {init!r}")
     for value, name in ((init_sweeps, "init_sweeps"), (trace_every, "trace_every")):
         if value is not None:
-            _check_positive_int(value, name)
+            check_int(value, name)
     if not all(callable(c) for c in callbacks):
         raise TypeError("callbacks must be a sequence of callables callback(epoch, history)")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
     if not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True or False, got {distributed!r}")
-    if tolerance is not None and (
-        isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1
-    ):
-        raise ValueError(f"tolerance must be a number in (0, 1) or None, got {tolerance!r}")
-    if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not 0 < validation <= 0.5:
-        raise ValueError(f"validation must be a share of the data in (0, 0.5], got {validation!r}")
+    if tolerance is not None:
+        check_number(tolerance, "tolerance", "(0, 1)", "a number in (0, 1) or None")
+    check_number(validation, "validation", "(0, 0.5]", "a share of the data in (0, 0.5]")
     if loss is not None and not callable(getattr(loss, "differentiable_loss", None)):
         raise TypeError(f"loss must be a Pyro ELBO (with differentiable_loss), got {type(loss).__name__}")
 

@@ -9,12 +9,9 @@ probabilities), ``num_samples`` times, in chunks of inputs so that memory stays 
 import pyro
 import torch
 
+from ..checks import check_int
+
 __all__ = ["held_out_metric", "predict"]
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 @torch.no_grad()
@@ -53,8 +50,8 @@ def predict(model, guide, *inputs, num_samples=100, chunk_size=4096):
         the sample standard deviation (``n - 1`` in the denominator, as :func:`torch.std`, so
         that a few draws do not understate the spread; NaN when ``num_samples`` is 1).
     """
-    _check_positive_int(num_samples, "num_samples")
-    _check_positive_int(chunk_size, "chunk_size")
+    check_int(num_samples, "num_samples")
+    check_int(chunk_size, "chunk_size")
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise TypeError("inputs must be one or more tensors sharing their first dimension")
     n = inputs[0].shape[0]

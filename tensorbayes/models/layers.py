@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
 
+from ..checks import check_int
 from ..formats import get_format
 from ..formats.base import _planned_cost
 from .tensor import CompactTensor, LowRankTensor, _clip_ranks
@@ -94,12 +95,6 @@ class FactorizationError(ValueError):
 
 
 # ----- factoring sizes -----
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 @lru_cache(maxsize=1024)
@@ -188,8 +183,8 @@ def padded_shape(n, d):
     :param int n: the size to cover.
     :param int d: the number of factors.
     """
-    n = _check_positive_int(n, "n")
-    d = _check_positive_int(d, "d")
+    n = check_int(n, "n")
+    d = check_int(d, "d")
     if d == 1:
         return (n,)
     f = max(2, _iroot_ceil(n, d))
@@ -219,8 +214,8 @@ def factorize(n, d, max_ratio=MAX_RATIO, name="n"):
         ``d`` prime factors, or only splits with a ratio above ``max_ratio``; the message
         suggests explicit shapes or a padded size.
     """
-    n = _check_positive_int(n, name)
-    d = _check_positive_int(d, "d")
+    n = check_int(n, name)
+    d = check_int(d, "d")
     if isinstance(max_ratio, bool) or not isinstance(max_ratio, Real) or not max_ratio >= 1:
         raise ValueError(f"max_ratio must be a number >= 1, got {max_ratio!r}")
     if d == 1:
@@ -271,7 +266,7 @@ def _auto_shapes(sizes, order, pad=()):
     in ``pad`` may be padded (:func:`padded_shape`) when they do not factor at any order
     tried (an exact split at a lower order is preferred to a padded one at a higher order).
     """
-    orders = AUTO_ORDERS if order is None else (_check_positive_int(order, "order"),)
+    orders = AUTO_ORDERS if order is None else (check_int(order, "order"),)
     errors = []
     for allow_pad in (False, True) if pad else (False,):
         for d in orders:
@@ -493,8 +488,8 @@ class TensorizedLinear(PyroModule):
         init_variance=None,
     ):
         super().__init__()
-        self.in_features = _check_positive_int(in_features, "in_features")
-        self.out_features = _check_positive_int(out_features, "out_features")
+        self.in_features = check_int(in_features, "in_features")
+        self.out_features = check_int(out_features, "out_features")
         fmt = get_format(format)
         pair_for_speed = fmt.name == "ttm" and in_shape is None and out_shape is None
         in_shape, out_shape = _side_shapes(
@@ -550,7 +545,7 @@ class TensorizedLinear(PyroModule):
         <tensorbayes.formats.TensorFormat.contract_flops>` for ``"contract"``; ``F.linear`` as
         ``2 * batch * out * in``;
         the bias, added on both paths, is left out)."""
-        batch_size = _check_positive_int(batch_size, "batch_size")
+        batch_size = check_int(batch_size, "batch_size")
         return {"contract": contract_flops(self.layout, batch_size), "dense": dense_flops(self.layout, batch_size)}
 
     def choose_path(self, batch_size):
@@ -695,8 +690,8 @@ class TensorizedConv2d(PyroModule):
         init_variance=None,
     ):
         super().__init__()
-        self.in_channels = _check_positive_int(in_channels, "in_channels")
-        self.out_channels = _check_positive_int(out_channels, "out_channels")
+        self.in_channels = check_int(in_channels, "in_channels")
+        self.out_channels = check_int(out_channels, "out_channels")
         self.kernel_size = _pair(kernel_size, "kernel_size")
         if min(self.kernel_size) < 1:
             raise ValueError(f"kernel_size must be positive, got {kernel_size!r}")
@@ -845,8 +840,8 @@ class TensorizedEmbedding(PyroModule):
         init_variance=None,
     ):
         super().__init__()
-        self.num_embeddings = _check_positive_int(num_embeddings, "num_embeddings")
-        self.embedding_dim = _check_positive_int(embedding_dim, "embedding_dim")
+        self.num_embeddings = check_int(num_embeddings, "num_embeddings")
+        self.embedding_dim = check_int(embedding_dim, "embedding_dim")
         if not isinstance(padding, bool):
             raise TypeError(f"padding must be a bool, got {padding!r}")
         fmt = get_format(format)

@@ -19,6 +19,7 @@ import torch
 from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
 
+from ..checks import check_int
 from ..formats import get_format
 from ..priors import get_prior
 from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear
@@ -153,8 +154,7 @@ def tensorize(module, format="ttm", max_rank=None, prior="half_cauchy", min_feat
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    if isinstance(min_features, bool) or not isinstance(min_features, int) or min_features < 1:
-        raise ValueError(f"min_features must be a positive int, got {min_features!r}")
+    check_int(min_features, "min_features")
     get_format(format)  # fail early, before copying, on a bad format or prior
     get_prior(prior, **(kwargs.get("prior_kwargs") or {}))
     if isinstance(module, (TensorizedLinear, TensorizedConv2d, TensorizedEmbedding)):
