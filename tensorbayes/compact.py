@@ -46,6 +46,8 @@ beside their Bayesian layers in :mod:`tensorbayes.models`:
 ``from tensorbayes.compact import CompactLinear, num_params``.)
 """
 
+from __future__ import annotations
+
 import copy
 from collections import OrderedDict
 
@@ -193,7 +195,7 @@ def _join(path, name):
 
 
 @torch.no_grad()
-def export(model, guide):
+def export(model: torch.nn.Module, guide) -> torch.nn.Module:
     """
     The network of ``model`` as a plain, deterministic :class:`torch.nn.Module`, every low-rank
     tensor fixed at its posterior-mean factors ``guide.factor_means(tensor)``, at the ranks the
@@ -240,7 +242,7 @@ def export(model, guide):
     return _convert(model, guide, "", {})
 
 
-def num_params(module):
+def num_params(module: torch.nn.Module) -> int:
     """
     The number of parameters ``module`` holds (each shared parameter once; buffers such as
     batch-norm statistics not counted). For an export, ``sum(layout.num_params())`` over its

@@ -20,6 +20,10 @@ removes the inactive indices from the factors and from the guide's parameters, s
 compute shrink; the mean tensor then changes by the weight of what was removed.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import pyro
 import torch
 
@@ -62,7 +66,9 @@ def _check_readout(threshold, gap):
         raise ValueError(f"gap must be a number > 1 (a factor between consecutive weights), got {gap!r}")
 
 
-def active_ranks(weights, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP):
+def active_ranks(
+    weights: Sequence[torch.Tensor], threshold: float = DEFAULT_THRESHOLD, gap: float = DEFAULT_GAP
+) -> list[int]:
     """
     The number of active indices of every bond, from its non-increasing weights: the leading
     indices whose weight exceeds ``threshold`` times the largest, up to the first drop between
@@ -83,13 +89,15 @@ def active_ranks(weights, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP):
     return counts
 
 
-def bond_weights(model, guide):
+def bond_weights(model: torch.nn.Module, guide) -> dict[str, list[torch.Tensor]]:
     """The canonical weight of every rank index, per tensor and bond (non-increasing)."""
     guide = as_tensor_guide(model, guide)
     return {name: canonicalize(t.layout, guide.factor_means(t))[1] for name, t in low_rank_tensors(model).items()}
 
 
-def ranks(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP):
+def ranks(
+    model: torch.nn.Module, guide, threshold: float = DEFAULT_THRESHOLD, gap: float = DEFAULT_GAP
+) -> dict[str, tuple[int, ...]]:
     """
     The ranks the posterior chose, per tensor: ``{"tensor": (3, 4, 2), ...}``.
 
@@ -103,7 +111,13 @@ def ranks(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP):
 
 
 @torch.no_grad()
-def prune(model, guide, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP, ranks=None):
+def prune(
+    model: torch.nn.Module,
+    guide,
+    threshold: float = DEFAULT_THRESHOLD,
+    gap: float = DEFAULT_GAP,
+    ranks: dict[str, Sequence[int]] | None = None,
+) -> dict[str, tuple[int, ...]]:
     """
     Physically remove the inactive rank indices of every tensor from the model's layout and
     the guide's parameters. The factor means move to the canonical gauge first; because a
@@ -175,7 +189,9 @@ def _cut(name, tensor, guide, means, counts):
     return new_layout.ranks
 
 
-def compression_report(model, guide=None, threshold=DEFAULT_THRESHOLD, gap=DEFAULT_GAP):
+def compression_report(
+    model: torch.nn.Module, guide=None, threshold: float = DEFAULT_THRESHOLD, gap: float = DEFAULT_GAP
+) -> list[dict]:
     """
     Per tensor: format, shape, the max ranks it started from, the ranks it has (or, with a
     guide, the ranks the posterior chose), parameter counts at both, the dense size and the
@@ -208,7 +224,7 @@ def compression_report(model, guide=None, threshold=DEFAULT_THRESHOLD, gap=DEFAU
 # ----- the rank search: the smallest ranks within a tolerance on held-out data -----
 
 
-def held_out_score(output, target):
+def held_out_score(output: torch.Tensor, target: torch.Tensor) -> float:
     """
     The score of a model's output on held-out data, higher is better: the accuracy of class
     probabilities ``(n, classes)`` against integer labels, else minus the relative error
@@ -250,7 +266,7 @@ def _score(model, tensors, cut, inputs, target, chunk_size):
 
 
 @torch.no_grad()
-def mean_score(model, guide, inputs, target, chunk_size=2048):
+def mean_score(model: torch.nn.Module, guide, inputs, target: torch.Tensor, chunk_size: int = 2048) -> float:
     """
     The :func:`held_out_score` of ``model`` at its posterior-mean factors on held-out data.
 
@@ -265,7 +281,15 @@ def mean_score(model, guide, inputs, target, chunk_size=2048):
 
 
 @torch.no_grad()
-def search_ranks(model, guide, inputs, target, tolerance=DEFAULT_TOLERANCE, reference=None, chunk_size=2048):
+def search_ranks(
+    model: torch.nn.Module,
+    guide,
+    inputs,
+    target: torch.Tensor,
+    tolerance: float = DEFAULT_TOLERANCE,
+    reference: float | None = None,
+    chunk_size: int = 2048,
+) -> tuple[dict[str, tuple[int, ...]], dict[str, float]]:
     """
     The smallest ranks, along the posterior's own ordering of the rank indices, whose
     posterior-mean network scores within ``tolerance`` of the current ranks on held-out data.

@@ -12,6 +12,8 @@ medians, and :func:`as_tensor_guide` finds the tensor guide inside whatever a us
 (a tensor guide, an :class:`~pyro.infer.autoguide.AutoGuideList` holding one, or an autoguide).
 """
 
+from __future__ import annotations
+
 from typing import NamedTuple
 
 import pyro
@@ -265,7 +267,7 @@ def _deep_setparam(obj, dotted, value):
         setattr(obj, last, torch.nn.Parameter(value))
 
 
-def as_tensor_guide(model, guide):
+def as_tensor_guide(model: torch.nn.Module, guide) -> TensorGuide:
     """
     The :class:`TensorGuide` to read ``model``'s tensors from: ``guide`` itself, the one inside an
     :class:`~pyro.infer.autoguide.AutoGuideList`, or a :class:`MedianGuide` over a Pyro

@@ -14,6 +14,8 @@ in a plain :class:`pyro.infer.SVI` loop, with any Pyro optimizer, as under
 :func:`~tensorbayes.fit`.
 """
 
+from __future__ import annotations
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -160,7 +162,7 @@ class MeanField(TensorGuide):
 
     # ----- the variational draw -----
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """
         Sample λ and every factor from the variational distribution (without torch's argument
         checks, as the model's sites: λ = exp(.) and the scales softplus(.) are valid by
@@ -178,7 +180,7 @@ class MeanField(TensorGuide):
                 values[tensor.factor_site(k)] = pyro.sample(tensor.factor_site(k), q)
         return values
 
-    def draws(self):
+    def draws(self) -> dict[str, Draw]:
         """
         Every site's draw at once, without Pyro's tracing: ``{site: Draw}`` with the value and,
         for a factor, its loc and scale (so that the ELBO computes the KL in closed form). The
@@ -205,7 +207,7 @@ class MeanField(TensorGuide):
             return dist.Delta(log_lam.exp(), event_dim=1, validate_args=False)
         return dist.LogNormal(log_lam, F.softplus(post.raw_lambda_scales[b]), validate_args=False).to_event(1)
 
-    def get_posterior(self, site):
+    def get_posterior(self, site: str):
         """The variational distribution of one sample site (a factor's or a λ's)."""
         for tensor, post in self.pairs():
             for b in range(len(tensor.layout.ranks)):
@@ -217,7 +219,7 @@ class MeanField(TensorGuide):
         raise KeyError(f"site {site!r} is not one of the guide's (it covers {sorted(self.median())})")
 
     @torch.no_grad()
-    def quantiles(self, quantiles, *args, **kwargs):
+    def quantiles(self, quantiles, *args, **kwargs) -> dict[str, torch.Tensor]:
         """``{site: values}`` of every site at each of ``quantiles`` (stacked in the first
         dimension), as Pyro's autoguides give them."""
         qs = torch.as_tensor(quantiles, dtype=self._dtype())
@@ -262,7 +264,7 @@ class MeanField(TensorGuide):
 
     # ----- summaries of the posterior -----
 
-    def lambdas(self, tensor_name=None):
+    def lambdas(self, tensor_name: str | None = None):
         """The point estimates (or LogNormal medians) of λ, per tensor and bond."""
         out = {
             name: [post.log_lambda(b).detach().exp() for b in range(len(t.layout.ranks))]
@@ -270,10 +272,10 @@ class MeanField(TensorGuide):
         }
         return out if tensor_name is None else out[tensor_name]
 
-    def factor_means(self, tensor):
+    def factor_means(self, tensor) -> list[torch.Tensor]:
         return [loc.detach() for loc in self._posterior(tensor).locs]
 
-    def factor_scales(self, tensor):
+    def factor_scales(self, tensor) -> list[torch.Tensor]:
         return [s.detach() for s in self._posterior(tensor).scales()]
 
     def _posterior(self, tensor):
@@ -285,7 +287,7 @@ class MeanField(TensorGuide):
     # ----- the closed-form M-step -----
 
     @torch.no_grad()
-    def update_lambdas(self, step_size=1.0):
+    def update_lambdas(self, step_size: float = 1.0) -> None:
         """
         One damped closed-form update of every λ point estimate (docs/method.md, "The λ M-step"):
         ``λ ← λ^(1-s) λ*^s``, bond by bond.
@@ -330,7 +332,7 @@ class MeanField(TensorGuide):
         for b, lam in enumerate(lambdas or []):
             post.set_log_lambda(b, lam.log().to(post.log_lambda(b)))
 
-    def truncate(self, tensor, keep):
+    def truncate(self, tensor, keep: list[torch.Tensor]) -> None:
         """Keep the rank indices ``keep`` (one index tensor per bond) of ``tensor``'s posterior."""
         post = self._posterior(tensor)
         layout = tensor.layout

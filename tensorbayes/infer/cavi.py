@@ -15,6 +15,8 @@ not propagated), which makes it a variational EM in the spirit of Bayesian ALS; 
 writes for each entry is the mean-field one, ``1 / Λ_ii``.
 """
 
+from __future__ import annotations
+
 import math
 
 import torch
@@ -312,14 +314,16 @@ def coordinate_ascent(
     return noises
 
 
-def supports_closed_form(model, guide):
+def supports_closed_form(model, guide) -> bool:
     """Whether ``model`` and ``guide`` have the closed-form start of :func:`closed_form_start`: a
     :class:`~tensorbayes.models.TensorCompletion` under a :class:`~tensorbayes.guides.MeanField`
     guide whose λ is updated in closed form."""
     return isinstance(model, TensorCompletion) and isinstance(guide, MeanField) and guide.has_closed_form_lambdas
 
 
-def closed_form_start(model, guide, *data, sweeps=None, progress=False, required=False):
+def closed_form_start(
+    model, guide, *data: torch.Tensor, sweeps: int | None = None, progress: bool = False, required: bool = False
+) -> bool:
     """
     Start ``model`` and ``guide`` where SVI would take long to get: coordinate ascent on all of the
     data (:func:`coordinate_ascent`, ``sweeps`` sweeps, default :data:`DEFAULT_SWEEPS` of the

@@ -4,6 +4,8 @@ model and guide before anything is restored, and restored into a model pruned si
 is shrunk to the checkpoint's ranks first).
 """
 
+from __future__ import annotations
+
 import os
 import tempfile
 
@@ -36,7 +38,7 @@ def save_checkpoint(path, model, guide, optimizer, history, step, epoch, generat
     _write_atomically(state, path, ".checkpoint-")
 
 
-def load_checkpoint(path, model, guide):
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, guide) -> dict:
     """
     Restore model and guide from a :func:`~tensorbayes.fit` checkpoint, shrinking them first to
     its pruned ranks; returns the checkpoint's state (optimizer, history, step, random states).
@@ -72,6 +74,16 @@ def _listed_shapes(shapes):
     )
 
 
+def _guide_path(guide, model):
+    """Where the tensor guide sits inside ``guide`` (``"0._guide."`` inside an AutoGuideList), as a
+    prefix of ``guide.state_dict()``'s keys."""
+    inner = as_tensor_guide(model, guide)
+    for path, module in guide.named_modules():
+        if module is inner:
+            return f"{path}." if path else ""
+    return ""
+
+
 def _check_checkpoint_fits(path, state, model, guide):
     """
     Raise a :class:`ValueError` naming the first mismatch between the checkpoint ``state``
@@ -105,7 +117,7 @@ def _check_checkpoint_fits(path, state, model, guide):
                 f"{fits}: tensor {name!r}: the checkpoint holds ranks {ranks}, the model "
                 f"{_describe(tensor)} (a model is shrunk to a checkpoint's ranks, never grown)"
             )
-        prefix = f"posteriors.{name.replace('.', '__') or '_root'}."
+        prefix = f"{_guide_path(guide, model)}posteriors.{name.replace('.', '__') or '_root'}."
         shapes = layout.with_ranks(ranks).factor_shapes
         for key in expected_guide:
             if not key.startswith(prefix):
@@ -142,7 +154,7 @@ def _check_checkpoint_fits(path, state, model, guide):
             raise ValueError(f"{fits}: the {what}'s state differs: " + "; ".join(parts))
 
 
-def save(path, model, guide):
+def save(path: str | os.PathLike, model: torch.nn.Module, guide) -> None:
     """
     Save a model and its guide, pruned or not, to ``path``: their states and the ranks of every
     low-rank tensor. :func:`load` restores them into a model and guide built as the originals
@@ -176,7 +188,7 @@ def _write_atomically(state, path, prefix):
         raise
 
 
-def load(path, model, guide):
+def load(path: str | os.PathLike, model: torch.nn.Module, guide) -> None:
     """Restore what :func:`save` (or :func:`~tensorbayes.fit`'s checkpoint) wrote into ``model`` and
     ``guide``, shrinking them to its ranks first; a mismatch raises a :class:`ValueError` naming it
     before anything changes."""

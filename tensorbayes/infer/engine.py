@@ -10,6 +10,8 @@ loop over the data is the caller's: :func:`~tensorbayes.fit` is one such loop, t
 module another. ``state_dict()`` and ``load_state_dict()`` resume it exactly.
 """
 
+from __future__ import annotations
+
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -65,12 +67,12 @@ class Schedule:
     decay: int = 0
     lr_warmup: int = 0
 
-    def beta(self, step):
+    def beta(self, step: int) -> float:
         if step < self.warmup:
             return 0.0
         return min(1.0, (step - self.warmup + 1) / max(1, self.ramp))
 
-    def lr_factor(self, step):
+    def lr_factor(self, step: int) -> float:
         """The learning rate's share at ``step``: rising linearly from ``1 / lr_warmup`` at the
         first step to 1, then falling linearly over the last ``decay`` steps to ``1 / decay`` at
         the last one."""
@@ -78,7 +80,7 @@ class Schedule:
         return rise * (min(1.0, (self.total - step) / self.decay) if self.decay else 1.0)
 
 
-def sparse_tables(model):
+def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The weights of ``model``'s :class:`torch.nn.Embedding` and :class:`torch.nn.EmbeddingBag`
     tables built with ``sparse=True``, whose gradients are sparse tensors."""
     return [
@@ -229,17 +231,17 @@ class SVIEngine:
         self,
         model,
         guide,
-        num_data=None,
+        num_data: int | None = None,
         *,
-        lr=None,
+        lr: float | None = None,
         optim=None,
         loss=None,
-        schedule=None,
-        lambda_step=0.1,
-        num_particles=1,
+        schedule: Schedule | None = None,
+        lambda_step: float = 0.1,
+        num_particles: int = 1,
         process_group=None,
         backward=None,
-    ):
+    ) -> None:
         if num_data is not None:
             check_int(num_data, "num_data")
         if lr is not None:
@@ -272,11 +274,11 @@ class SVIEngine:
             self.optimizer = make_optimizer(model, guide, lr, optim)
 
     @property
-    def beta(self):
+    def beta(self) -> float:
         """The KL weight of the next step."""
         return self.schedule.beta(self.num_steps)
 
-    def step(self, *args, **kwargs):
+    def step(self, *args, **kwargs) -> float:
         """
         Take one SVI step on the model's arguments ``args``, ``kwargs``.
 
@@ -351,11 +353,11 @@ class SVIEngine:
             self._tensor_guide = _tensor_guide_or_none(self.model, self.guide)
         return self.optimizer
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """What resumes the engine exactly: the optimizer's state and the step count."""
         return {"optimizer": self.optimizer.state_dict() if self.optimizer else None, "num_steps": self.num_steps}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` (into an engine over the same model and guide, restored first)."""
         self.follow_parameters()
         if state["optimizer"] is not None:

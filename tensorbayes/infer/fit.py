@@ -10,9 +10,12 @@ checkpoints (:mod:`~tensorbayes.infer.checkpoint`) and calls the callbacks. With
 group (see :mod:`tensorbayes.infer.distributed`).
 """
 
+from __future__ import annotations
+
 import math
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -92,31 +95,31 @@ def fit(
     guide,
     data,
     *,
-    epochs=100,
-    batch_size=1024,
-    lr=None,
-    lr_decay=0.5,
-    lr_warmup=0,
-    warmup=None,
-    ramp=None,
-    lambda_step=0.1,
-    num_particles=1,
-    init="auto",
-    init_sweeps=None,
-    eval_data=None,
-    eval_samples=20,
-    checkpoint=None,
-    resume=False,
-    callbacks=(),
-    trace_every=None,
-    seed=None,
-    progress=True,
-    distributed=False,
-    tolerance=DEFAULT_TOLERANCE,
-    validation=DEFAULT_VALIDATION,
+    epochs: int = 100,
+    batch_size: int = 1024,
+    lr: float | None = None,
+    lr_decay: float = 0.5,
+    lr_warmup: int = 0,
+    warmup: int | None = None,
+    ramp: int | None = None,
+    lambda_step: float = 0.1,
+    num_particles: int = 1,
+    init: str = "auto",
+    init_sweeps: int | None = None,
+    eval_data: tuple | None = None,
+    eval_samples: int = 20,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable] = (),
+    trace_every: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    distributed: bool = False,
+    tolerance: float | None = DEFAULT_TOLERANCE,
+    validation: float = DEFAULT_VALIDATION,
     optim=None,
     loss=None,
-):
+) -> History:
     """
     Fit ``guide`` to the posterior of ``model`` by SVI on minibatches of ``data``.
 
@@ -261,7 +264,14 @@ def fit(
     return history
 
 
-def default_schedule(total, initialized=False, warmup=None, ramp=None, lr_decay=0.5, lr_warmup=0):
+def default_schedule(
+    total: int,
+    initialized: bool = False,
+    warmup: int | None = None,
+    ramp: int | None = None,
+    lr_decay: float = 0.5,
+    lr_warmup: int = 0,
+) -> Schedule:
     """
     The :class:`~tensorbayes.infer.Schedule` of :func:`fit` over ``total`` steps: a KL warm-up and a
     ramp of :data:`WARMUP_SHARE` of the steps each (none after a closed-form start), unless given,

@@ -6,6 +6,8 @@ returns (a completion model returns the tensor's entries; a classifier its class
 probabilities), ``num_samples`` times, in chunks of inputs so that memory stays bounded.
 """
 
+from __future__ import annotations
+
 import pyro
 import torch
 
@@ -33,7 +35,9 @@ def _draws(model, guide, inputs, num_samples):
     return mean, (m2 / (num_samples - 1)).sqrt()
 
 
-def predict(model, guide, *inputs, num_samples=100, chunk_size=4096):
+def predict(
+    model, guide, *inputs: torch.Tensor, num_samples: int = 100, chunk_size: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
     """
     The posterior predictive mean and standard deviation of the model's return value.
 
@@ -65,7 +69,7 @@ def predict(model, guide, *inputs, num_samples=100, chunk_size=4096):
     return torch.cat(means), torch.cat(stds)
 
 
-def held_out_metric(mean, target):
+def held_out_metric(mean: torch.Tensor, target: torch.Tensor) -> tuple[str, torch.Tensor]:
     """
     ``("accuracy", value)`` for class probabilities ``(n, classes)`` against integer labels,
     else ``("error", value)``, the relative error ``||mean - target|| / ||target||``.

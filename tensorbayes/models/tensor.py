@@ -21,6 +21,8 @@ The module knows nothing of guides or training: calling it samples ``(factors, l
 factors: the weight of the tensorized layers' exports (:func:`tensorbayes.export`).
 """
 
+from __future__ import annotations
+
 import math
 
 import pyro
@@ -195,7 +197,7 @@ def _clip_ranks(max_rank, probe):
     return tuple(min(r, lim) for r, lim in zip(wanted, limits))
 
 
-def low_rank_tensors(model):
+def low_rank_tensors(model: torch.nn.Module) -> dict[str, LowRankTensor]:
     """The :class:`LowRankTensor` modules of a model (a :class:`torch.nn.Module`), by their path in it."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module holding LowRankTensor modules, got {type(model).__name__}")

@@ -11,6 +11,8 @@ hierarchical names (``"0.weight.factor0"``) and whose remaining plain weights ar
 ``pyro.param`` point estimates.
 """
 
+from __future__ import annotations
+
 import copy
 import math
 import warnings
@@ -112,7 +114,14 @@ def _replacement(module, format, max_rank, prior, kwargs):
     return new
 
 
-def tensorize(module, format="ttm", max_rank=None, prior="half_cauchy", min_features=128, **kwargs):
+def tensorize(
+    module: torch.nn.Module,
+    format: str = "ttm",
+    max_rank: int | tuple[int, ...] | None = None,
+    prior: str = "half_cauchy",
+    min_features: int = 128,
+    **kwargs,
+) -> torch.nn.Module:
     """
     A Bayesian tensorized copy of ``module``: every large :class:`~torch.nn.Linear`,
     :class:`~torch.nn.Conv2d` and :class:`~torch.nn.Embedding` is replaced by its tensorized

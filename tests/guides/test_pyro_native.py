@@ -175,3 +175,26 @@ def test_save_and_load_rebuild_the_pruned_shapes(tmp_path):
     for k, m in enumerate(guide.factor_means(model.tensor)):
         assert torch.equal(fresh_guide.factor_means(fresh.tensor)[k], m)
     assert tb.ranks(fresh, fresh_guide) == tb.ranks(model, guide)
+
+
+def test_save_and_load_find_the_meanfield_inside_an_autoguide_list(tmp_path):
+    def build():
+        model = _model()
+        guide = AutoGuideList(model)
+        guide.append(MeanField(poutine.block(model, expose=_tensor_sites(model)), seed=0))
+        return model, guide
+
+    planted = _planted()
+    model, guide = build()
+    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=3, progress=False, seed=0, init="none")
+    tb.prune(model, guide, ranks={"tensor": (2, 3)})
+    tb.save(str(tmp_path / "m.pt"), model, guide)
+    fresh, fresh_guide = build()
+    tb.load(str(tmp_path / "m.pt"), fresh, fresh_guide)
+    assert fresh.tensor.layout.ranks == (2, 3)
+    torch.testing.assert_close(
+        fresh.tensor.layout.full(fresh_guide[0].factor_means(fresh.tensor)),
+        model.tensor.layout.full(guide[0].factor_means(model.tensor)),
+        rtol=0,
+        atol=0,
+    )
