@@ -92,7 +92,7 @@ def active_ranks(
 def bond_weights(model: torch.nn.Module, guide) -> dict[str, list[torch.Tensor]]:
     """The canonical weight of every rank index, per tensor and bond (non-increasing)."""
     guide = as_tensor_guide(model, guide)
-    return {name: canonicalize(t.layout, guide.factor_means(t))[1] for name, t in low_rank_tensors(model).items()}
+    return {name: canonicalize(t.layout, guide.factor_means(t))[1] for name, t in guide.tensors().items()}
 
 
 def ranks(
@@ -137,7 +137,7 @@ def prune(
     """
     _check_readout(threshold, gap)
     guide = as_tensor_guide(model, guide)
-    tensors = low_rank_tensors(model)
+    tensors = guide.tensors()
     ranks = _check_target_ranks(ranks or {}, tensors)
     found = {}
     for name, tensor in tensors.items():
@@ -200,8 +200,9 @@ def compression_report(
     :returns: a list of dicts, one per tensor.
     """
     chosen = ranks(model, guide, threshold, gap) if guide is not None else None
+    tensors = as_tensor_guide(model, guide).tensors() if guide is not None else low_rank_tensors(model)
     rows = []
-    for name, tensor in low_rank_tensors(model).items():
+    for name, tensor in tensors.items():
         layout = tensor.layout
         now = chosen[name] if chosen is not None else layout.ranks
         params = layout.num_params(now)
@@ -275,7 +276,7 @@ def mean_score(model: torch.nn.Module, guide, inputs, target: torch.Tensor, chun
     """
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     guide = as_tensor_guide(model, guide)
-    tensors = low_rank_tensors(model)
+    tensors = guide.tensors()
     means = {name: (t.layout, guide.factor_means(t)) for name, t in tensors.items()}
     return _score(model, tensors, means, inputs, target, chunk_size)
 
@@ -320,7 +321,7 @@ def search_ranks(
         raise ValueError(f"tolerance must be a non-negative number, got {tolerance!r}")
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     guide = as_tensor_guide(model, guide)
-    tensors = low_rank_tensors(model)
+    tensors = guide.tensors()
     canon = {name: canonicalize(t.layout, guide.factor_means(t)) for name, t in tensors.items()}
     relative = sorted(
         {float(r) for _, ws in canon.values() for w in ws if w[0] > 0 for r in w / w[0]}, reverse=True

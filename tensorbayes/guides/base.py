@@ -18,9 +18,10 @@ from typing import NamedTuple
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer.autoguide import AutoCallable, AutoGuide, AutoGuideList
 
-from ..models.tensor import low_rank_tensors
+from ..models.tensor import low_rank_tensors, traced_tensors
 
 __all__ = ["Draw", "GuideError", "MedianGuide", "TensorGuide", "as_tensor_guide"]
 
@@ -61,17 +62,38 @@ class TensorGuide(AutoGuide):
 
     def __init__(self, model):
         super().__init__(model)
-        tensors = low_rank_tensors(_unblocked(model))
+        module = model_module(model)
+        self._model_tensors = None  # plain dict: not registered as submodules of the guide
+        if isinstance(module, torch.nn.Module):
+            self._set_tensors(low_rank_tensors(module))
+
+    def _set_tensors(self, tensors):
         if not tensors:
             raise ValueError(
                 "model holds no LowRankTensor: the guide has nothing to approximate (build the model "
                 "from tensorbayes layers, or tensorize a network whose layers meet tensorize's size "
                 "rule, min_features)"
             )
-        self._model_tensors = tensors  # plain dict: not registered as submodules of the guide
+        self._model_tensors = tensors
+
+    def _find_tensors(self, *args, **kwargs):
+        """Trace a model written as a function once, as Pyro's autoguides do, for its tensors."""
+        with torch.no_grad(), poutine.block():
+            trace = poutine.trace(self.model).get_trace(*args, **kwargs)
+        self._set_tensors(traced_tensors(trace))
+
+    @property
+    def ready(self):
+        """Whether the guide knows its tensors (a guide of a model function learns them at its first call)."""
+        return self._model_tensors is not None
 
     def tensors(self):
         """``{name in the model: LowRankTensor}`` of every tensor the guide covers."""
+        if self._model_tensors is None:
+            raise RuntimeError(
+                f"{type(self).__name__} of a model function finds its tensors when it is first called: call it "
+                "(or take an SVI step) with the model's arguments first"
+            )
         return dict(self._model_tensors)
 
     def factor_means(self, tensor):
@@ -118,8 +140,9 @@ class TensorGuide(AutoGuide):
         return out
 
 
-def _unblocked(model):
-    """The module under Pyro's handlers (``poutine.block(model, ...)`` wraps a model's module)."""
+def model_module(model):
+    """The module under Pyro's handlers (``poutine.block(model, ...)`` wraps a model's module), or
+    ``model`` itself (a module, or a model written as a function)."""
     while not isinstance(model, torch.nn.Module) and getattr(model, "args", None):
         model = model.args[-1]  # a handler's bound partial: (messenger, fn)
     return model
@@ -149,6 +172,8 @@ class MedianGuide(TensorGuide):
 
     def __init__(self, model, guide):
         super().__init__(model)
+        if not self.ready and getattr(guide, "prototype_trace", None) is not None:
+            self._set_tensors(traced_tensors(guide.prototype_trace))
         if not callable(getattr(guide, "median", None)):
             raise GuideError(f"{type(guide).__name__} offers no median(): it cannot be read as a tensor guide")
         if isinstance(guide, AutoGuide) and getattr(guide, "prototype_trace", True) is None:

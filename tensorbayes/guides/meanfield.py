@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..checks import check_number
 from ..models.tensor import low_rank_tensors
-from .base import Draw, TensorGuide
+from .base import Draw, TensorGuide, model_module
 
 __all__ = ["MeanField", "low_rank_tensors"]
 
@@ -96,9 +96,10 @@ class MeanField(TensorGuide):
             svi.step(index, values)            # λ takes its closed-form step inside the guide
         tb.ranks(model, guide)
 
-    :param model: a Pyro model (a :class:`~pyro.nn.PyroModule`) holding low-rank tensors, or
-        such a model under Pyro's handlers (``poutine.block(model, expose=...)``, to put the
-        guide into an :class:`~pyro.infer.autoguide.AutoGuideList`).
+    :param model: a Pyro model holding low-rank tensors: a :class:`~pyro.nn.PyroModule`, such a
+        model under Pyro's handlers (``poutine.block(model, expose=...)``, to put the guide into
+        an :class:`~pyro.infer.autoguide.AutoGuideList`), or a model function that calls them,
+        whose tensors the guide finds by tracing it at its first call (as Pyro's autoguides).
     :param str lambda_guide: "delta" (a point estimate of λ, default) or "lognormal".
     :param str lambda_update: "closed_form" (the damped M-step; default with "delta") or
         "gradient" (λ is an ordinary variational parameter; forced with "lognormal").
@@ -139,26 +140,32 @@ class MeanField(TensorGuide):
             raise ValueError(f"m_step={m_step!r} needs lambda_update='closed_form'")
         check_number(lambda_step, "lambda_step", "(0, 1]")
         super().__init__(model)
-        tensors = self._model_tensors
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
-        self.posteriors = torch.nn.ModuleDict(
-            {
-                _key(name): TensorPosterior(t, init_scale, lambda_guide, lambda_update, generator)
-                for name, t in tensors.items()
-            }
-        )
         self.lambda_guide = lambda_guide
         self.lambda_update = lambda_update
         self.m_step = m_step
         self.init_scale = init_scale
         self.lambda_step = lambda_step
+        self.seed = seed
+        if self.ready:
+            self._build()
+
+    def _build(self):
+        """The posteriors of the tensors, once they are known (at once for a module model)."""
+        tensors = self._model_tensors
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+        self.posteriors = torch.nn.ModuleDict(
+            {
+                _key(name): TensorPosterior(t, self.init_scale, self.lambda_guide, self.lambda_update, generator)
+                for name, t in tensors.items()
+            }
+        )
         module = next(iter(tensors.values()))
-        self.to(device=module.device, dtype=_tensor_dtype(model, module))
+        self.to(device=module.device, dtype=_tensor_dtype(self.model, module))
         self.keep_lambdas()
 
     def pairs(self):
         """Pairs ``(model tensor, its posterior parameters)``."""
-        return [(t, self.posteriors[_key(name)]) for name, t in self._model_tensors.items()]
+        return [(t, self.posteriors[_key(name)]) for name, t in self.tensors().items()]
 
     # ----- the variational draw -----
 
@@ -170,6 +177,9 @@ class MeanField(TensorGuide):
         on after the parameters changed, it first takes the closed-form λ step. Returns
         ``{site: value}``, as Pyro's autoguides do.
         """
+        if not self.ready:  # a model function: find its tensors, as Pyro's autoguides do
+            self._find_tensors(*args, **kwargs)
+            self._build()
         self._refresh_lambdas()
         values = {}
         for tensor, post in self.pairs():
@@ -180,12 +190,14 @@ class MeanField(TensorGuide):
                 values[tensor.factor_site(k)] = pyro.sample(tensor.factor_site(k), q)
         return values
 
-    def draws(self) -> dict[str, Draw]:
+    def draws(self) -> dict[str, Draw] | None:
         """
         Every site's draw at once, without Pyro's tracing: ``{site: Draw}`` with the value and,
         for a factor, its loc and scale (so that the ELBO computes the KL in closed form). The
         same random numbers, in the same order, as :meth:`forward`.
         """
+        if not self.ready:
+            return None  # not called yet: the first step traces it
         with self._pyro_context:  # as a call: Pyro's handlers see the parameters (SVI steps those)
             self._refresh_lambdas()
             out = {}
@@ -268,7 +280,7 @@ class MeanField(TensorGuide):
         """The point estimates (or LogNormal medians) of λ, per tensor and bond."""
         out = {
             name: [post.log_lambda(b).detach().exp() for b in range(len(t.layout.ranks))]
-            for (name, t), (_, post) in zip(self._model_tensors.items(), self.pairs())
+            for (name, t), (_, post) in zip(self.tensors().items(), self.pairs())
         }
         return out if tensor_name is None else out[tensor_name]
 
@@ -365,6 +377,7 @@ def _mackay_moments(tensor, means2, variances, lambdas, b, m, d):
 
 def _tensor_dtype(model, tensor):
     """The floating dtype of the model's parameters and buffers (torch's default if it has none)."""
+    model = model_module(model)
     model = model if isinstance(model, torch.nn.Module) else tensor
     for t in list(model.parameters()) + list(model.buffers()):
         if t.is_floating_point():

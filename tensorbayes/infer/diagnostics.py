@@ -17,6 +17,7 @@ __all__ = [
     "NonFiniteError",
     "diagnose",
     "guide_parameters",
+    "model_parameters",
 ]
 
 #: Steps in a row with an exactly zero gradient, after nonzero ones, before the engine warns.
@@ -45,17 +46,28 @@ class DeadGradientWarning(RuntimeWarning):
 
 def guide_parameters(guide, model=None):
     """``(name, parameter)`` of a guide: a module's own, or for a guide written as a function the
-    unconstrained parameters in Pyro's param store (those of ``model`` left out)."""
+    unconstrained parameters in Pyro's param store (a module model's left out)."""
     if isinstance(guide, torch.nn.Module):
         return list(guide.named_parameters())
-    taken = set() if model is None else {id(p) for p in model.parameters()}
+    taken = {id(p) for p in model.parameters()} if isinstance(model, torch.nn.Module) else set()
+    return [(name, p) for name, p in pyro.get_param_store().named_parameters() if id(p) not in taken]
+
+
+def model_parameters(model, guide=None):
+    """``(name, parameter)`` of a model: a module's own, or for a model written as a function the
+    parameters in Pyro's param store that are not the guide's."""
+    if isinstance(model, torch.nn.Module):
+        return list(model.named_parameters())
+    if not isinstance(guide, torch.nn.Module):
+        return []  # two functions: the param store's parameters count as the guide's
+    taken = {id(p) for p in guide.parameters()}
     return [(name, p) for name, p in pyro.get_param_store().named_parameters() if id(p) not in taken]
 
 
 def named_parameters(model, guide):
     """``("guide" or "model", name, parameter)`` of every parameter, the guide's first."""
     return [("guide", name, p) for name, p in guide_parameters(guide, model)] + [
-        ("model", name, p) for name, p in model.named_parameters()
+        ("model", name, p) for name, p in model_parameters(model, guide)
     ]
 
 

@@ -144,9 +144,10 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         """
         if self.fast and not self.vectorize_particles and (id(model), id(guide)) not in self._traced:
             result = self._from_draws(model, guide, args, kwargs)
-            if result is not None:
+            if isinstance(result, tuple):
                 return result
-            self._traced.add((id(model), id(guide)))
+            if result == "misfit":  # not a guide that is not set up yet (its first call traces it)
+                self._traced.add((id(model), id(guide)))
         loss = log_likelihood = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             particle_likelihood, particle_kl = self._elbo_terms(model_trace, guide_trace)
@@ -159,17 +160,18 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         return self.loss_and_log_likelihood(model, guide, *args, **kwargs)[0]
 
     def _from_draws(self, model, guide, args, kwargs):
-        """``(loss, log_likelihood)`` from the guide's draws, or ``None`` where they do not fit."""
+        """``(loss, log_likelihood)`` from the guide's draws; ``None`` where the guide offers none
+        (yet), ``"misfit"`` where they do not fit the model's sites."""
         draw = getattr(guide, "draws", None)
         loss = log_likelihood = 0.0
         for _ in range(self.num_particles):
             draws = draw() if callable(draw) else None
             if draws is None:
-                return None
+                return "misfit" if not callable(draw) else None
             with _DrawsIntoModel(draws) as run:
                 model(*args, **kwargs)
             if run.foreign or run.used != set(draws):
-                return None
+                return "misfit"
             loss = loss + (run.kl - run.log_likelihood) / self.num_particles
             log_likelihood = log_likelihood + torch.as_tensor(run.log_likelihood).detach() / self.num_particles
         loss = torch.as_tensor(loss)

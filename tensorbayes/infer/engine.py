@@ -29,6 +29,7 @@ from .diagnostics import (
     diagnose,
     gradient_norms,
     guide_parameters,
+    model_parameters,
     non_finite_parameter,
 )
 from .elbo import MeanFieldELBO
@@ -83,6 +84,8 @@ class Schedule:
 def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The weights of ``model``'s :class:`torch.nn.Embedding` and :class:`torch.nn.EmbeddingBag`
     tables built with ``sparse=True``, whose gradients are sparse tensors."""
+    if not isinstance(model, torch.nn.Module):
+        return []
     return [
         m.weight
         for m in model.modules()
@@ -159,7 +162,7 @@ def make_optimizer(model, guide, lr, optim=None, previous=None):
         defaults["lr"] = lr
     tables = sparse_tables(model)
     table_ids = {id(t) for t in tables}
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in table_ids]
+    named = [(n, p) for n, p in model_parameters(model, guide) if p.requires_grad and id(p) not in table_ids]
     noise = [p for n, p in named if n.endswith("log_noise")]
     others = [p for n, p in named if not n.endswith("log_noise")]
     guide_params = [p for _, p in guide_parameters(guide, model) if p.requires_grad]
@@ -183,7 +186,7 @@ def make_optimizer(model, guide, lr, optim=None, previous=None):
 
 
 def _trainable(model, guide):
-    params = [p for _, p in guide_parameters(guide, model)] + list(model.parameters())
+    params = [p for _, p in guide_parameters(guide, model) + model_parameters(model, guide)]
     return [p for p in params if p.requires_grad]
 
 

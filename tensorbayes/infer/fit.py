@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from ..checks import check_int, check_number
 from ..guides.base import GuideError, as_tensor_guide
-from ..models.tensor import low_rank_tensors
 from . import distributed as _distributed
 from .batches import TensorBatches, as_tensors, module_device, to_device
 from .cavi import closed_form_start
@@ -523,7 +522,7 @@ class _RankSearch:
         learning = self.last is None or full - self.last > self.tolerance
         self.last = full
         if learning:
-            ranks = {name: t.layout.ranks for name, t in low_rank_tensors(model).items()}
+            ranks = {name: t.layout.ranks for name, t in as_tensor_guide(model, guide).tensors().items()}
             scores = {"full": full, "found": full}
         else:
             ranks, scores = search_ranks(model, guide, inputs, target, self.tolerance, reference=self.reference)

@@ -33,7 +33,11 @@ from pyro.nn import PyroModule
 from ..formats import get_format
 from ..priors import get_prior
 
-__all__ = ["CompactTensor", "LowRankTensor", "low_rank_tensors"]
+__all__ = ["CompactTensor", "LowRankTensor", "TENSOR_KEY", "low_rank_tensors", "traced_tensors"]
+
+#: The key of a :class:`LowRankTensor`'s sample sites' ``infer`` dict that holds the tensor itself,
+#: so that a trace of a model written as a function finds its tensors (:func:`traced_tensors`).
+TENSOR_KEY = "low_rank_tensor"
 
 
 class LowRankTensor(PyroModule):
@@ -157,9 +161,12 @@ class LowRankTensor(PyroModule):
         is a host synchronization per site and step (on a GPU, a stall). A NaN still stops
         :func:`~tensorbayes.fit` with a message that names where it began.
         """
+        infer = {TENSOR_KEY: self}  # a trace of any model then finds the tensor behind its sites
         lambdas = [
             pyro.sample(
-                self.lambda_site(b), self.prior.distribution((r,), device=self.device, validate_args=False).to_event(1)
+                self.lambda_site(b),
+                self.prior.distribution((r,), device=self.device, validate_args=False).to_event(1),
+                infer=dict(infer),
             )
             for b, r in enumerate(self.layout.ranks)
         ]
@@ -167,7 +174,7 @@ class LowRankTensor(PyroModule):
         for k, (shape, var) in enumerate(zip(self.layout.factor_shapes, self.prior_variances(lambdas))):
             scale = var.sqrt().expand(shape)
             prior = dist.Normal(torch.zeros_like(scale), scale, validate_args=False).to_event(len(shape))
-            factors.append(pyro.sample(self.factor_site(k), prior))
+            factors.append(pyro.sample(self.factor_site(k), prior, infer=dict(infer)))
         return factors, lambdas
 
     #: The variance :meth:`init_loc_scale` aims the tensor's entries at (1 by default; a
@@ -195,6 +202,17 @@ def _clip_ranks(max_rank, probe):
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"max_rank must be positive ints (a rank is at least 1), got {max_rank!r}")
     return tuple(min(r, lim) for r, lim in zip(wanted, limits))
+
+
+def traced_tensors(trace) -> dict[str, LowRankTensor]:
+    """The :class:`LowRankTensor` modules behind the sample sites of a Pyro trace, by their site
+    prefix (the name :func:`low_rank_tensors` gives them in a module model)."""
+    found = {}
+    for site in trace.nodes.values():
+        tensor = site.get("infer", {}).get(TENSOR_KEY) if site["type"] == "sample" else None
+        if tensor is not None:
+            found.setdefault(tensor.__dict__["_pyro_name"], tensor)
+    return found
 
 
 def low_rank_tensors(model: torch.nn.Module) -> dict[str, LowRankTensor]:

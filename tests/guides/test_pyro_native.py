@@ -198,3 +198,21 @@ def test_save_and_load_find_the_meanfield_inside_an_autoguide_list(tmp_path):
         rtol=0,
         atol=0,
     )
+
+
+def test_a_model_function_is_traced_for_its_tensors_as_autoguides_do():
+    planted, completion = _planted(), _model()
+
+    def model(index, values=None, num_data=None):
+        return completion(index, values, num_data=num_data)
+
+    guide = MeanField(model, seed=0)
+    assert not guide.ready and list(guide.parameters()) == []
+    with pytest.raises(RuntimeError, match="first called"):
+        tb.ranks(model, guide)
+    _svi(model, guide, planted, steps=600)
+    assert guide.ready and set(guide.tensors()) == {"tensor"}
+    assert tb.ranks(model, guide)["tensor"] == PLANTED
+    history = tb.fit(model, MeanField(model, seed=0), (planted.train_index, planted.train_values), epochs=2,
+                     progress=False, seed=0)  # fmt: skip
+    assert len(history.ranks) == 2 and set(history.ranks[-1]) == {"tensor"}
