@@ -198,15 +198,6 @@ class TensorizedEmbeddingBag(TensorizedEmbedding):
     def extra_repr(self):
         return TensorizedEmbedding.extra_repr(self) + f", mode={self.mode!r}"
 
-    def export(self, guide):
-        """
-        This layer as a plain, deterministic :class:`CompactEmbeddingBag` at the guide's
-        posterior-mean factors (not the :class:`~.layers.CompactEmbedding` of the base class).
-
-        :param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`.
-        """
-        return CompactEmbeddingBag(self, guide.factor_means(self.weight))
-
 
 class CompactEmbeddingBag(torch.nn.Module):
     """
@@ -236,3 +227,6 @@ class CompactEmbeddingBag(torch.nn.Module):
     bag = TensorizedEmbeddingBag.bag
     forward = TensorizedEmbeddingBag.forward
     extra_repr = TensorizedEmbeddingBag.extra_repr
+
+
+TensorizedEmbeddingBag.compact_class = CompactEmbeddingBag  # not the CompactEmbedding of the base class

@@ -421,7 +421,22 @@ def dense_flops(layout, batch_size):
 # ----- layers -----
 
 
-class TensorizedLinear(PyroModule):
+class _Exports:
+    """
+    A tensorized layer's ``export(guide)``: itself as its plain, deterministic counterpart
+    (:attr:`compact_class`) at the guide's posterior-mean factors ``guide.factor_means(self.weight)``,
+    at the ranks the weight has now (what :func:`tensorbayes.export` makes of the layer).
+    """
+
+    #: The deterministic counterpart, set below each class's definition.
+    compact_class = None
+
+    def export(self, guide):
+        """:param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`."""
+        return self.compact_class(self, guide.factor_means(self.weight))
+
+
+class TensorizedLinear(PyroModule, _Exports):
     """
     A Bayesian linear layer ``y = x W^T + b`` whose weight ``W`` (``out_features x
     in_features``) is a low-rank tensor with rank-shrinkage priors.
@@ -587,16 +602,6 @@ class TensorizedLinear(PyroModule):
             f"bias={self.bias is not None}"
         )
 
-    def export(self, guide):
-        """
-        This layer as a plain, deterministic :class:`CompactLinear` at the guide's posterior-mean factors
-        ``guide.factor_means(self.weight)``, at the ranks the weight has now (what
-        :func:`tensorbayes.export` makes of the layer).
-
-        :param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`.
-        """
-        return CompactLinear(self, guide.factor_means(self.weight))
-
 
 def _side_shapes(sizes, given, order, pad=()):
     """
@@ -628,7 +633,7 @@ def _pair(value, name):
     return tuple(int(v) for v in value)
 
 
-class TensorizedConv2d(PyroModule):
+class TensorizedConv2d(PyroModule, _Exports):
     """
     A Bayesian 2-d convolution whose kernel ``(out_channels, in_channels, kh, kw)`` is a
     low-rank tensor with rank-shrinkage priors.
@@ -776,18 +781,8 @@ class TensorizedConv2d(PyroModule):
             f"format={self.layout.name!r}, ranks={self.layout.ranks}, bias={self.bias is not None}"
         )
 
-    def export(self, guide):
-        """
-        This layer as a plain, deterministic :class:`CompactConv2d` at the guide's posterior-mean factors
-        ``guide.factor_means(self.weight)``, at the ranks the weight has now (what
-        :func:`tensorbayes.export` makes of the layer).
 
-        :param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`.
-        """
-        return CompactConv2d(self, guide.factor_means(self.weight))
-
-
-class TensorizedEmbedding(PyroModule):
+class TensorizedEmbedding(PyroModule, _Exports):
     """
     A Bayesian embedding table ``(num_embeddings, embedding_dim)`` held as a low-rank tensor
     with rank-shrinkage priors; a lookup gathers only the rows it needs.
@@ -905,16 +900,6 @@ class TensorizedEmbedding(PyroModule):
             f"format={self.layout.name!r}, ranks={self.layout.ranks}"
         )
 
-    def export(self, guide):
-        """
-        This layer as a plain, deterministic :class:`CompactEmbedding` at the guide's posterior-mean factors
-        ``guide.factor_means(self.weight)``, at the ranks the weight has now (what
-        :func:`tensorbayes.export` makes of the layer).
-
-        :param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`.
-        """
-        return CompactEmbedding(self, guide.factor_means(self.weight))
-
 
 # ----- the deterministic counterparts (tensorbayes.export) -----
 
@@ -1027,3 +1012,8 @@ class CompactEmbedding(torch.nn.Module):
     _check_indices = TensorizedEmbedding._check_indices
     forward = TensorizedEmbedding.forward
     extra_repr = TensorizedEmbedding.extra_repr
+
+
+TensorizedLinear.compact_class = CompactLinear
+TensorizedConv2d.compact_class = CompactConv2d
+TensorizedEmbedding.compact_class = CompactEmbedding
