@@ -86,8 +86,9 @@ def _as_float(x, like=None):
     return torch.as_tensor(x, dtype=torch.get_default_dtype())
 
 
-def _prepare_MD(M, D):
-    """Validate and broadcast the sufficient statistics of the M-step."""
+def _prepare_MD(M, D, check=True):
+    """Validate (unless ``check`` is false: the caller computed them) and broadcast the
+    sufficient statistics of the M-step."""
     if isinstance(M, torch.Tensor):
         M = _as_float(M)
         D = _as_float(D, like=M)
@@ -98,6 +99,8 @@ def _prepare_MD(M, D):
         M, D = _as_float(M), _as_float(D)
     dtype = torch.promote_types(M.dtype, D.dtype)
     M, D = torch.broadcast_tensors(M.to(dtype), D.to(dtype))
+    if not check:
+        return M, D
     if not bool(torch.all(torch.isfinite(M) & (M >= 0))):
         raise ValueError("M (the expected squared norm of the slices) must be finite and >= 0")
     if not bool(torch.all(torch.isfinite(D) & (D > 0))):
@@ -158,7 +161,7 @@ class RankPrior:
         """
         raise NotImplementedError
 
-    def update(self, M, D):
+    def update(self, M, D, *, check=True):
         r"""Closed-form M-step: :math:`\arg\max_\lambda -\frac D2\log\lambda - \frac M{2\lambda} + \log p(\lambda)`.
 
         Elementwise; ``M`` and ``D`` broadcast. The result is clamped to at least the
@@ -167,13 +170,15 @@ class RankPrior:
         :param M: :math:`E_q\lVert\text{slice}\rVert^2` (finite, >= 0), summed over the
             ``D`` entries attached to the rank index; tensor or number.
         :param D: number of entries attached to the rank index (> 0); tensor or number.
+        :param bool check: validate ``M`` and ``D`` (each check reads a value to the host; a
+            caller that computed them, as the guide's M-step, passes ``False``).
         :return: λ* with the broadcast shape of ``M`` and ``D``.
         :rtype: torch.Tensor
         :raises ValueError: if ``M`` is negative or not finite, or ``D`` is not > 0.
         """
         raise NotImplementedError
 
-    def damped_update(self, lam, M, D, step_size):
+    def damped_update(self, lam, M, D, step_size, *, check=True):
         r"""Damped M-step, a geometric interpolation between the current λ and λ*.
 
         Returns :math:`\exp((1-s)\log\lambda + s\log\lambda^*)` with
@@ -184,15 +189,17 @@ class RankPrior:
         :param M: as in :meth:`update`.
         :param D: as in :meth:`update`.
         :param step_size: :math:`0 < s \le 1` (float or tensor broadcasting with λ).
+        :param bool check: validate the arguments (see :meth:`update`).
         :rtype: torch.Tensor
         :raises ValueError: if ``step_size`` is outside (0, 1] or ``lam`` is negative / NaN.
         """
-        _check_step_size(step_size)
-        new = self.update(M, D)
+        if check:
+            _check_step_size(step_size)
+        new = self.update(M, D, check=check)
         if not isinstance(step_size, torch.Tensor) and float(step_size) == 1.0:
             return new
         lam = _as_float(lam, like=new)
-        if not bool(torch.all(lam >= 0)):
+        if check and not bool(torch.all(lam >= 0)):
             raise ValueError("lam must be >= 0 (and not NaN)")
         dtype = torch.promote_types(lam.dtype, new.dtype)
         lam, new = lam.to(dtype), new.to(dtype)
@@ -295,8 +302,8 @@ class HalfCauchy(RankPrior):
         dphi = 1.0 + 8.0 * sigma * (1.0 - sigma) / (D + 4.0 * sigma)
         return phi, dphi
 
-    def update(self, M, D):
-        M, D = _prepare_MD(M, D)
+    def update(self, M, D, *, check=True):
+        M, D = _prepare_MD(M, D, check)
         eps = torch.finfo(M.dtype).eps
         with torch.no_grad():
             Md, Dd = M.detach(), D.detach()
@@ -420,8 +427,8 @@ class LogUniform(RankPrior):
         lp = torch.where(lam == 0, torch.full_like(lp, math.inf), lp)
         return torch.where(lam < 0, torch.full_like(lp, -math.inf), lp)
 
-    def update(self, M, D):
-        M, D = _prepare_MD(M, D)
+    def update(self, M, D, *, check=True):
+        M, D = _prepare_MD(M, D, check)
         return _clamp_scale(M / (D + 2.0))
 
 
@@ -480,8 +487,8 @@ class Gamma(RankPrior):
         lp = a * math.log(b) - math.lgamma(a) - (a + 1.0) * torch.log(safe) - b / safe
         return torch.where(lam > 0, lp, torch.full_like(lp, -math.inf))
 
-    def update(self, M, D):
-        M, D = _prepare_MD(M, D)
+    def update(self, M, D, *, check=True):
+        M, D = _prepare_MD(M, D, check)
         return _clamp_scale((M + 2.0 * self.rate) / (D + 2.0 * self.concentration + 2.0))
 
 

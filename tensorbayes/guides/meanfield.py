@@ -329,7 +329,7 @@ class MeanField(TensorGuide):
                 ((m, d),) = tensor.slice_moments(second, lambdas, bonds=[b])
                 if self.m_step == "mackay":
                     m, d = _mackay_moments(tensor, means2, variances, lambdas, b, m, d)
-                lambdas[b] = tensor.prior.damped_update(lambdas[b], m, d, step_size)
+                lambdas[b] = tensor.prior.damped_update(lambdas[b], m, d, step_size, check=False)
                 post.set_log_lambda(b, lambdas[b].log())
         self.keep_lambdas()
 

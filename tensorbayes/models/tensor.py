@@ -163,11 +163,7 @@ class LowRankTensor(PyroModule):
         """
         infer = {TENSOR_KEY: self}  # a trace of any model then finds the tensor behind its sites
         lambdas = [
-            pyro.sample(
-                self.lambda_site(b),
-                self.prior.distribution((r,), device=self.device, validate_args=False).to_event(1),
-                infer=dict(infer),
-            )
+            pyro.sample(self.lambda_site(b), self._lambda_prior(r), infer=dict(infer))
             for b, r in enumerate(self.layout.ranks)
         ]
         factors = []
@@ -176,6 +172,14 @@ class LowRankTensor(PyroModule):
             prior = dist.Normal(torch.zeros_like(scale), scale, validate_args=False).to_event(len(shape))
             factors.append(pyro.sample(self.factor_site(k), prior, infer=dict(infer)))
         return factors, lambdas
+
+    def _lambda_prior(self, rank):
+        """The hyperprior of ``rank`` scales (made once per rank and device: it does not change)."""
+        cache = self.__dict__.setdefault("_lambda_priors", {})
+        key = (rank, self.device)
+        if key not in cache:
+            cache[key] = self.prior.distribution((rank,), device=self.device, validate_args=False).to_event(1)
+        return cache[key]
 
     #: The variance :meth:`init_loc_scale` aims the tensor's entries at (1 by default; a
     #: tensorized layer sets its own, e.g. ``1 / fan_in`` for Kaiming (fan_in, gain 1)).
