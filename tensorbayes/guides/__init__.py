@@ -12,12 +12,13 @@ Variational families for tensorbayes models.
 """
 
 from .auto import auto_mean_field, lambda_sites, tensor_sites
-from .base import Draw, GuideError, MedianGuide, TensorGuide, as_tensor_guide
+from .base import Draw, GuideError, GuideNotReady, MedianGuide, TensorGuide, as_tensor_guide
 from .meanfield import MeanField, low_rank_tensors
 
 __all__ = [
     "Draw",
     "GuideError",
+    "GuideNotReady",
     "MeanField",
     "MedianGuide",
     "TensorGuide",

@@ -23,7 +23,7 @@ from pyro.infer.autoguide import AutoCallable, AutoGuide, AutoGuideList
 
 from ..models.tensor import low_rank_tensors, traced_tensors
 
-__all__ = ["Draw", "GuideError", "MedianGuide", "TensorGuide", "as_tensor_guide"]
+__all__ = ["Draw", "GuideError", "GuideNotReady", "MedianGuide", "TensorGuide", "as_tensor_guide"]
 
 
 class Draw(NamedTuple):
@@ -42,6 +42,11 @@ class Draw(NamedTuple):
 
 class GuideError(TypeError):
     """A guide that cannot answer what the rank readout, pruning, the plots or the export ask."""
+
+
+class GuideNotReady(GuideError):
+    """A guide that can answer once it has been called (or fitted): an autoguide, or a guide of a
+    model written as a function, before its first call."""
 
 
 class TensorGuide(AutoGuide):
@@ -90,7 +95,7 @@ class TensorGuide(AutoGuide):
     def tensors(self):
         """``{name in the model: LowRankTensor}`` of every tensor the guide covers."""
         if self._model_tensors is None:
-            raise RuntimeError(
+            raise GuideNotReady(
                 f"{type(self).__name__} of a model function finds its tensors when it is first called: call it "
                 "(or take an SVI step) with the model's arguments first"
             )
@@ -177,7 +182,7 @@ class MedianGuide(TensorGuide):
         if not callable(getattr(guide, "median", None)):
             raise GuideError(f"{type(guide).__name__} offers no median(): it cannot be read as a tensor guide")
         if isinstance(guide, AutoGuide) and getattr(guide, "prototype_trace", True) is None:
-            raise GuideError(
+            raise GuideNotReady(
                 f"guide must offer factor_means(tensor): this {type(guide).__name__} has not been called yet, so it "
                 "has no sites to read (fit it first, or call it once with the model's arguments)"
             )

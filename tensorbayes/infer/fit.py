@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checks import check_int, check_number
-from ..guides.base import GuideError, as_tensor_guide
+from ..guides.base import GuideError, GuideNotReady, as_tensor_guide
 from . import distributed as _distributed
 from .batches import TensorBatches, as_tensors, module_device, to_device
 from .cavi import closed_form_start
@@ -359,7 +359,22 @@ class _Loop:
         main = ctx is None or ctx.is_main
         total = engine.schedule.total
         self.bar = tqdm(total=total, initial=engine.num_steps, disable=not (progress and main), desc="fit", leave=False)
-        self.guide = _readable_guide(engine.model, engine.guide)
+        self.guide, self.unreadable = None, False
+
+    def readable_guide(self):
+        """The tensor guide to record λ and ranks from (an autoguide is readable once it has been
+        called), or ``None``: warned once per fit."""
+        if self.guide is None and not self.unreadable:
+            try:
+                guide = as_tensor_guide(self.engine.model, self.engine.guide)
+                guide.tensors()  # a guide of a model function knows them after its first call
+                self.guide = guide
+            except GuideNotReady:
+                pass  # not called yet: read it at the end of the epoch
+            except GuideError as error:
+                self.unreadable = True
+                warnings.warn(f"fit: no ranks or λ are recorded: {error}", stacklevel=4)
+        return self.guide
 
     def run_epoch(self, batches, epoch):
         engine, history = self.engine, self.history
@@ -370,29 +385,21 @@ class _Loop:
             with _distributed.LikelihoodScale(share) if share != 1.0 else nullcontext():
                 loss += engine.step(*to_device(batch, self.device))
             likelihood += engine.log_likelihood
-            if engine.num_steps % self.trace_every == 0 and self.guide is not None:
+            if engine.num_steps % self.trace_every == 0 and self.readable_guide() is not None:
                 history.lambda_trace["step"].append(engine.num_steps)
                 history.lambda_trace["lambdas"].append(_lambdas(self.guide))
             self.bar.update()
         if self.ctx is not None:
             _distributed.check_in_sync([engine.model, engine.guide], self.ctx, f"after epoch {epoch}")
-        _record(history, engine.model, engine.guide, self.guide, -loss / len(batches), likelihood / len(batches),
-                beta, self.eval_data, self.eval_samples, self.ctx)  # fmt: skip
+        summary = (-loss / len(batches), likelihood / len(batches), beta)
+        _record(history, engine.model, engine.guide, self.readable_guide(), *summary, self.eval_data, self.eval_samples,
+                self.ctx)  # fmt: skip
         history.lr.append(engine.optimizer.param_groups[0]["lr"])
         history.steps = engine.num_steps
         self.bar.set_postfix(elbo=f"{history.elbo[-1]:.4g}", beta=f"{beta:.2f}")
 
     def close(self):
         self.bar.close()
-
-
-def _readable_guide(model, guide):
-    """The tensor guide to record λ and ranks from, or ``None`` (warned once per fit)."""
-    try:
-        return as_tensor_guide(model, guide)
-    except GuideError as error:
-        warnings.warn(f"fit: no ranks or λ are recorded: {error}", stacklevel=4)
-        return None
 
 
 class _LoaderBatches:

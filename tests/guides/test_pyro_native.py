@@ -107,6 +107,13 @@ def test_export_reads_the_meanfield_inside_an_autoguide_list():
     torch.testing.assert_close(tb.export(model, guide)(x), tb.export(model, inner)(x), rtol=0, atol=0)
 
 
+def test_fit_records_the_ranks_of_an_autonormal_once_it_has_been_called():
+    planted, model = _planted(), _model()
+    guide = AutoNormal(model, init_scale=0.01)
+    history = tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=2, progress=False, init="none")
+    assert len(history.ranks) == 2 and set(history.ranks[-1]) == {"tensor"}
+
+
 def test_an_autonormal_fit_is_read_through_its_medians():
     planted, model = _planted(), _model()
     guide = AutoNormal(model, init_scale=0.01)
@@ -208,7 +215,7 @@ def test_a_model_function_is_traced_for_its_tensors_as_autoguides_do():
 
     guide = MeanField(model, seed=0)
     assert not guide.ready and list(guide.parameters()) == []
-    with pytest.raises(RuntimeError, match="first called"):
+    with pytest.raises(tb.guides.GuideNotReady, match="first called"):
         tb.ranks(model, guide)
     _svi(model, guide, planted, steps=600)
     assert guide.ready and set(guide.tensors()) == {"tensor"}
