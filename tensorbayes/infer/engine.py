@@ -291,8 +291,10 @@ class SVIEngine:
         if self.num_data is not None:
             kwargs.setdefault("num_data", self.num_data)
         step = self.num_steps
+        if self.optimizer is not None:
+            self.follow_parameters()  # pruned since the last step: before the guide draws
         loss, likelihood = self._loss(args, kwargs)
-        self.follow_parameters()
+        self.follow_parameters()  # a guide whose parameters appeared in this step (an autoguide's first call)
         self._set_learning_rates(step)
         self.optimizer.zero_grad()
         self.backward(loss)
@@ -354,6 +356,8 @@ class SVIEngine:
         elif {id(p) for p in self._stepped()} != {id(p) for p in _trainable(self.model, self.guide)}:
             self.optimizer = make_optimizer(self.model, self.guide, self.lr, self.optim, previous=self.optimizer)
             self._tensor_guide = _tensor_guide_or_none(self.model, self.guide)
+            if self._tensor_guide is not None:
+                self._tensor_guide.keep_lambdas()  # λ was set with the cut: the engine times the next step
         return self.optimizer
 
     def state_dict(self) -> dict:

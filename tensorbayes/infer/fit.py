@@ -379,6 +379,7 @@ class _Loop:
     def run_epoch(self, batches, epoch):
         engine, history = self.engine, self.history
         engine.epoch = epoch
+        engine.num_data = batches.num_data  # the held-out share joins the data after the last rank search
         loss = likelihood = 0.0
         for batch, share in _shares(batches, epoch):
             beta = engine.beta

@@ -208,3 +208,25 @@ def test_fit_takes_a_pyro_optimizer_and_elbo():
     )  # fmt: skip
     assert len(history.elbo) == 2 and all(torch.isfinite(torch.tensor(history.elbo)))
     assert history.lr[0] == pytest.approx(0.005)
+
+
+def test_after_the_last_rank_search_the_likelihood_counts_the_whole_data(monkeypatch):
+    task = tb.data.teacher_student(num_train=4096, num_test=64, seed=0)
+    torch.manual_seed(0)
+    layer = tb.models.TensorizedLinear(
+        64, 64, format="ttm", max_rank=4, in_shape=task.in_shape, out_shape=task.out_shape
+    )
+    model = tb.models.BayesianClassifier(pyro.nn.PyroModule[torch.nn.Sequential](layer), task.num_classes)
+    guide = tb.guides.MeanField(model, seed=0)
+    seen = []
+    real_step = SVIEngine.step
+
+    def recording_step(engine, *args, **kwargs):
+        seen.append(engine.num_data)
+        return real_step(engine, *args, **kwargs)
+
+    monkeypatch.setattr(SVIEngine, "step", recording_step)
+    history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=6, batch_size=256, seed=0, progress=False)
+    assert history.rank_search, "the fit must have searched for this test to mean something"
+    held = round(0.1 * 4096)
+    assert seen[0] == 4096 - held and seen[-1] == 4096
