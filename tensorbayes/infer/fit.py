@@ -188,7 +188,8 @@ def fit(
         has. At the end of every epoch from the end of the KL ramp until :data:`SEARCH_UNTIL` of
         the steps, the posterior-mean network is scored on a held-out ``validation`` share of
         ``data``; where it gained at most ``tolerance`` since the last epoch (a network still
-        learning is not cut), :func:`~tensorbayes.rank.search_ranks` finds the smallest ranks,
+        learning is not cut, but at the last search epoch it is),
+        :func:`~tensorbayes.rank.search_ranks` finds the smallest ranks,
         along the posterior's ordering of the rank indices, whose network scores within
         ``tolerance`` of the best score of the uncut network so far, and the model and guide
         are cut to them
@@ -521,19 +522,21 @@ class _RankSearch:
         """
         Score the uncut network; unless it is the first score or the network gained more than
         the tolerance since the last one (a cut would cost capacity it is still using), search
-        and cut the model and guide to the ranks found. Returns the record.
+        and cut the model and guide to the ranks found. The last search epoch always searches:
+        a network that kept learning until then is cut there, or never. Returns the record.
         """
         from ..rank import mean_score, prune, search_ranks
 
         *inputs, target = to_device(self.held_out, device)
         full = mean_score(model, guide, inputs, target)
-        learning = self.last is None or full - self.last > self.tolerance
+        last_chance = epoch == self.epochs[-1]
+        learning = not last_chance and (self.last is None or full - self.last > self.tolerance)
         self.last = full
+        self.reference = max(self.reference, full)  # the best uncut score so far, this one included
         if learning:
             ranks = {name: t.layout.ranks for name, t in as_tensor_guide(model, guide).tensors().items()}
             scores = {"full": full, "found": full}
         else:
             ranks, scores = search_ranks(model, guide, inputs, target, self.tolerance, reference=self.reference)
             prune(model, guide, ranks=ranks)
-        self.reference = max(self.reference, full)
         return {"epoch": epoch, "ranks": ranks, "reference": self.reference, **scores, "cut": not learning}
