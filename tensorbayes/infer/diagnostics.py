@@ -86,11 +86,8 @@ def check_finite_parameters(model, guide):
         raise NonFiniteError(f"before fitting: {found[0]} parameter '{found[1]}' holds NaN or infinite values")
 
 
-def gradient_norms(model, guide, step, epoch=None):
-    """
-    ``{"model.<name>" or "guide.<name>": 2-norm of its gradient}`` over the parameters that have
-    a gradient; stops with :class:`NonFiniteError` naming the first whose gradient is not finite.
-    """
+def gradients(model, guide):
+    """``(owner, name, gradient)`` of every parameter that has one (a sparse one's values)."""
     grads = []
     for owner, name, p in named_parameters(model, guide):
         if p.grad is None:
@@ -98,17 +95,43 @@ def gradient_norms(model, guide, step, epoch=None):
         if p.grad.is_sparse:
             p.grad = p.grad.coalesce()  # once: SparseAdam's own coalesce then finds it done
         grads.append((owner, name, p.grad.values() if p.grad.is_sparse else p.grad))
-    if not grads:
-        return {}
-    # One pass per gradient and one read to the host: a 2-norm is finite when every entry is
-    # (torch.isfinite would write a mask as large as the gradient, dear on a DLRM's tables). A
-    # norm whose squares overflowed is told apart from a NaN or infinite entry by the exact check.
-    norms = torch.stack(torch._foreach_norm([g.detach() for *_, g in grads])).float().tolist()
+    return grads
+
+
+def read_norms(grads, *scalars):
+    """The scalars (say the loss) and the 2-norms of ``grads``, read to the host together: one
+    pass over each gradient and one read (a 2-norm is finite when every entry is; torch.isfinite
+    would write a mask as large as the gradient, dear on a DLRM's tables)."""
+    device = grads[0][2].device if grads else None
+    parts = [
+        torch.stack([torch.as_tensor(x, dtype=torch.float64, device=device).detach().reshape(()) for x in scalars])
+    ]
+    parts = parts if scalars else []
+    if grads:
+        norms = torch.stack([n.double() for n in torch._foreach_norm([g.detach() for *_, g in grads])])
+        parts.append(norms)
+    values = torch.cat(parts).tolist() if parts else []
+    return values[: len(scalars)], values[len(scalars) :]
+
+
+def check_norms(grads, norms, step, epoch=None):
+    """``{"model.<name>" or "guide.<name>": norm}``; stops with :class:`NonFiniteError` naming the
+    first gradient that is not finite (a norm whose squares overflowed is told apart from a NaN
+    or infinite entry by the exact check)."""
     if not all(math.isfinite(n) for n in norms):
         for owner, name, grad in grads:
             if not torch.isfinite(grad).all():
                 raise NonFiniteError(f"gradient is not finite at {_where(step, epoch)}: {owner} parameter '{name}'")
     return {f"{owner}.{name}": norm for (owner, name, _), norm in zip(grads, norms)}
+
+
+def gradient_norms(model, guide, step, epoch=None):
+    """
+    ``{"model.<name>" or "guide.<name>": 2-norm of its gradient}`` over the parameters that have
+    a gradient; stops with :class:`NonFiniteError` naming the first whose gradient is not finite.
+    """
+    grads = gradients(model, guide)
+    return check_norms(grads, read_norms(grads)[1], step, epoch)
 
 
 def _where(step, epoch):

@@ -26,11 +26,13 @@ from . import distributed as _distributed
 from .diagnostics import (
     DeadGradients,
     NonFiniteError,
+    check_norms,
     diagnose,
-    gradient_norms,
+    gradients,
     guide_parameters,
     model_parameters,
     non_finite_parameter,
+    read_norms,
 )
 from .elbo import MeanFieldELBO
 
@@ -298,13 +300,13 @@ class SVIEngine:
         self._set_learning_rates(step)
         self.optimizer.zero_grad()
         self.backward(loss)
-        if self.process_group is None:
-            value = loss.item()
-        else:
-            value, likelihood = _distributed.all_reduce_step(self._stepped(), loss, likelihood, self.process_group)
+        if self.process_group is not None:  # the same gradients, loss and likelihood on every process
+            loss, likelihood = _distributed.all_reduce_step(self._stepped(), loss, likelihood, self.process_group)
+        grads = gradients(self.model, self.guide)
+        (value, likelihood), norms = read_norms(grads, loss, likelihood)  # one read to the host a step
         if not math.isfinite(value):  # on every process alike: a reduced loss is the same everywhere
             raise NonFiniteError(diagnose(self.model, self.guide, args, kwargs, step, self.epoch))
-        norms = gradient_norms(self.model, self.guide, step, self.epoch)
+        norms = check_norms(grads, norms, step, self.epoch)
         if self.watch_gradients:
             self.dead_gradients.update(norms, step, self.epoch)
         self.optimizer.step()
