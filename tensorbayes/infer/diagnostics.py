@@ -103,10 +103,7 @@ def read_norms(grads, *scalars):
     pass over each gradient and one read (a 2-norm is finite when every entry is; torch.isfinite
     would write a mask as large as the gradient, dear on a DLRM's tables)."""
     device = grads[0][2].device if grads else None
-    parts = [
-        torch.stack([torch.as_tensor(x, dtype=torch.float64, device=device).detach().reshape(()) for x in scalars])
-    ]
-    parts = parts if scalars else []
+    parts = [torch.as_tensor(x, dtype=torch.float64, device=device).detach().reshape(1) for x in scalars]
     if grads:
         norms = torch.stack([n.double() for n in torch._foreach_norm([g.detach() for *_, g in grads])])
         parts.append(norms)

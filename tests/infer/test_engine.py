@@ -230,3 +230,13 @@ def test_after_the_last_rank_search_the_likelihood_counts_the_whole_data(monkeyp
     assert history.rank_search, "the fit must have searched for this test to mean something"
     held = round(0.1 * 4096)
     assert seen[0] == 4096 - held and seen[-1] == 4096
+
+
+def test_gradient_norms_read_with_the_loss_in_one_read():
+    from tensorbayes.infer.diagnostics import read_norms
+
+    grads = [("guide", "a", torch.full((3,), 2.0)), ("model", "b", torch.ones(4, dtype=torch.float64))]
+    scalars, norms = read_norms(grads, torch.tensor(-987.8241217133207, dtype=torch.float64), 0.5)
+    assert scalars == [-987.8241217133207, 0.5]  # float64 kept: a Python float is not cast to float32
+    assert norms == pytest.approx([12**0.5, 2.0], rel=1e-7)
+    assert read_norms(grads)[0] == [] and read_norms([], 1.0) == ([1.0], [])
