@@ -281,18 +281,16 @@ def _deep_has(obj, dotted):
 
 
 def _deep_setparam(obj, dotted, value):
-    """Replace the parameter at ``dotted`` under ``obj`` by ``value`` (constrained, as its
-    :class:`~pyro.nn.PyroParam` was): the param store entry goes, so Pyro rebuilds it."""
+    """Replace the parameter at ``dotted`` under ``obj`` by ``value``, given as its constrained value:
+    a :class:`~pyro.nn.PyroParam` keeps its constraint (an AutoNormal's positive scales stay
+    positive); its param store entry goes with the old one, so Pyro registers the new one."""
     *path, last = dotted.split(".")
     for name in path:
         obj = getattr(obj, name)
-    unconstrained = obj._parameters.get(last)
-    constraint = obj._constraints.get(last) if hasattr(obj, "_constraints") else None
-    if unconstrained is None and last + "_unconstrained" in obj._parameters:
-        unconstrained = obj._parameters[last + "_unconstrained"]
+    constraint, event_dim = getattr(obj, "_pyro_params", {}).get(last, (None, None))
     delattr(obj, last)
     if constraint is not None:
-        setattr(obj, last, pyro.nn.PyroParam(value, constraint=constraint))
+        setattr(obj, last, pyro.nn.PyroParam(value, constraint=constraint, event_dim=event_dim))
     else:
         setattr(obj, last, torch.nn.Parameter(value))
 

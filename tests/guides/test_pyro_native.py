@@ -223,3 +223,19 @@ def test_a_model_function_is_traced_for_its_tensors_as_autoguides_do():
     history = tb.fit(model, MeanField(model, seed=0), (planted.train_index, planted.train_values), epochs=2,
                      progress=False, seed=0)  # fmt: skip
     assert len(history.ranks) == 2 and set(history.ranks[-1]) == {"tensor"}
+
+
+def test_pruning_an_autonormal_keeps_its_scales_positive_parameters():
+    planted, model = _planted(), _model()
+    guide = AutoNormal(model, init_scale=0.01)
+    _svi(model, guide, planted, steps=50)
+    tb.prune(model, guide, ranks={"tensor": (2, 3)})
+    site = model.tensor.factor_site(1)
+    scales = guide.scales
+    for name in site.split("."):
+        scales = getattr(scales, name) if name != site.split(".")[-1] else scales
+    constraint, _ = scales._pyro_params[site.split(".")[-1]]
+    assert constraint is pyro.distributions.constraints.softplus_positive
+    assert tuple(guide.median()[site].shape) == model.tensor.layout.factor_shapes[1]
+    _svi(model, guide, planted, steps=5)  # the pruned autoguide trains on
+    assert tuple(guide.median()[site].shape) == model.tensor.layout.factor_shapes[1]
