@@ -666,3 +666,13 @@ def test_fit_refuses_a_bad_tolerance_or_validation_share(kwargs, message):
     task, model, guide = _searching_student(num_train=512)
     with pytest.raises(ValueError, match=message):
         tb.fit(model, guide, (task.x_train, task.y_train), epochs=1, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("lr", [-0.01, 0, "0.01"])
+def test_a_bad_lr_is_refused_before_the_initialization_changes_anything(lr):
+    # (found by mutation testing: with init="none" the engine's own check hid a gap in fit's)
+    planted, model, guide = _problem()
+    before = _state(model, guide)
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, lr=lr, progress=False, seed=0)
+    assert _same_state(before, _state(model, guide))
