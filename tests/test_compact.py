@@ -269,3 +269,63 @@ def test_export_refuses_what_it_cannot_fix():
         tb.export(model, guide)
     with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
         num_params("net")
+
+
+# ----- gaps found by mutation testing (benchmarks/mutation.py) -----
+
+
+def test_the_export_carries_no_pyro_attributes():
+    model, guide = _classifier("tt")
+    model.net[2].bias = PyroParam(torch.full((3,), 0.5, dtype=D), constraint=constraints.positive)
+    net = tb.export(model, guide)
+    leftovers = [(name, k) for name, m in net.named_modules() for k in vars(m) if k.startswith("_pyro")]
+    assert leftovers == []
+
+
+def test_export_names_the_whole_network_or_model_when_the_top_cannot_be_converted():
+    own = OwnNet()
+    with pytest.raises(TypeError, match=r"export cannot convert the network \(OwnNet\)"):
+        tb.export(own, MeanField(own))
+    tensor = TensorCompletion((3, 4, 5)).tensor
+    with pytest.raises(TypeError, match="export cannot convert the model: a LowRankTensor"):
+        tb.export(tensor, MeanField(tensor))
+
+
+class TorchAndPyro(torch.nn.Linear, PyroModule):
+    """A PyroModule of its own that also subclasses a torch class: no PyroModule[Linear]."""
+
+
+def test_export_refuses_a_pyro_module_of_its_own_even_over_a_torch_class():
+    model, guide = _classifier("cp")
+    model.net[2] = TorchAndPyro(16, 3).double()
+    with pytest.raises(TypeError, match=r"export cannot convert net\.2 \(TorchAndPyro\)"):
+        tb.export(model, guide)
+
+
+class WithExport(torch.nn.Linear):
+    """A torch class with a method called export: a PyroModule[WithExport] is still converted."""
+
+    def export(self, guide):
+        raise AssertionError("a torch class's own export must not be called")
+
+
+def test_export_converts_a_pyro_module_of_a_torch_class_that_has_an_export_method():
+    model, guide = _classifier("cp")
+    head = PyroModule[WithExport](16, 3).double()
+    with torch.no_grad():
+        head.weight.copy_(model.net[2].weight)
+        head.bias.copy_(model.net[2].bias)
+    model.net[2] = head
+    net = tb.export(model, guide)
+    assert type(net[2]) is WithExport
+    torch.testing.assert_close(net[2].weight, head.weight, rtol=0, atol=0)
+    torch.testing.assert_close(net[2].bias, head.bias, rtol=0, atol=0)
+
+
+def test_export_copies_a_plain_parameter_whatever_its_name():
+    # only a PyroParam's "<name>_unconstrained" is replaced by its constrained value
+    model, guide = _classifier("tt")
+    model.net[2].scale_unconstrained = torch.nn.Parameter(torch.full((3,), -1.0, dtype=D))
+    net = tb.export(model, guide)
+    assert set(dict(net[2].named_parameters())) == {"weight", "bias", "scale_unconstrained"}
+    torch.testing.assert_close(net[2].scale_unconstrained, torch.full((3,), -1.0, dtype=D), rtol=0, atol=0)

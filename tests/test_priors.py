@@ -410,3 +410,48 @@ def test_all_priors_under_autodelta_with_helper_init(name):
         assert math.isfinite(svi.step(y))
     lam = guide(y)["lam"].detach()
     assert lam.shape == (3,) and torch.isfinite(lam).all() and (lam > 0).all()
+
+
+# ----- gaps found by mutation testing (benchmarks/mutation.py) -----
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0, 2.0])
+def test_half_cauchy_log_prob_at_zero_is_the_density_at_the_mode(eta):
+    # p(λ) = 2 / (π η (1 + (λ/η)²)): 2 / (π η) at λ = 0, and the limit from above
+    expected = math.log(2.0 / (math.pi * eta))
+    lp = HalfCauchy(eta=eta).log_prob(torch.tensor([0.0, 1e-12], dtype=F64))
+    torch.testing.assert_close(lp, torch.full((2,), expected, dtype=F64))
+
+
+def test_gamma_log_prob_at_zero_and_below_is_minus_infinity():
+    lp = Gamma(concentration=2.5, rate=0.7).log_prob(torch.tensor([0.0, -1.0, 1.0], dtype=F64))
+    assert lp[0] == -math.inf and lp[1] == -math.inf and math.isfinite(float(lp[2]))
+
+
+def test_half_cauchy_update_converges_in_a_few_newton_steps():
+    # Newton from one fixed-point step off the bracket's end: a handful of steps, and it stops
+    # there (bisection alone, or no stop, would run dozens up to max_iter)
+    prior = HalfCauchy()
+    calls = []
+    phi = prior._phi
+    prior._phi = lambda *args: calls.append(1) or phi(*args)
+    M, D = torch.tensor([1.0, 3.7, 0.05, 50.0], dtype=F64), torch.tensor([1.0, 10.0, 100.0, 7.0], dtype=F64)
+    lam = prior.update(M, D)
+    assert len(calls) <= 12
+    expected = torch.stack([numerical_argmax(prior, float(m), float(d))[0] for m, d in zip(M, D)])
+    torch.testing.assert_close(lam, expected.to(F64), rtol=1e-6, atol=0)
+
+
+def test_the_log_uniform_distribution_keeps_its_dtype_and_has_no_rsample():
+    d = ImproperLogUniform((3,), dtype=F64)
+    assert d.dtype == F64 and d.expand((2, 3)).dtype == F64
+    assert d.has_rsample is False and d.expand((2, 3)).has_rsample is False
+    assert ImproperLogUniform().dtype == torch.get_default_dtype()
+
+
+def test_the_feasible_init_of_an_improper_site_is_marked_as_a_default_init():
+    # as Pyro's own init strategies mark theirs, so that poutine.reparam does not warn about it
+    site = {"name": "lam", "fn": LogUniform().distribution((3,)).to_event(1)}
+    value = init_improper_to_feasible(site)
+    assert value.shape == (3,) and bool((value > 0).all())
+    assert value._pyro_custom_init is False

@@ -286,3 +286,61 @@ def test_prune_to_ranks_refuses_what_it_cannot_cut():
     with pytest.raises(TypeError, match="ranks must be a dict"):
         tb.prune(model, guide, ranks=[1])
     assert model.tensor.layout.ranks == (2,)
+
+
+# ----- gaps found by mutation testing (benchmarks/mutation.py) -----
+
+
+def test_prune_to_ranks_refuses_a_rank_of_zero():
+    model, guide, _, _ = _cp_matrix([1.0, 0.5])
+    with pytest.raises(ValueError, match=r"ranks\['tensor'\] must be 1 ints in \[1, current rank\]"):
+        tb.prune(model, guide, ranks={"tensor": (0,)})
+    assert model.tensor.layout.ranks == (2,)
+
+
+def test_a_cut_resets_the_scales_and_sets_lambda_from_the_cut_second_moments():
+    # CP has one bond: M[j] = Σ over both factors of E[factor²] in column j, D = rows + cols
+    model, guide, _, _ = _cp_matrix([1.0, 0.5, 0.1, 0.01])
+    tensor = model.tensor
+    assert tb.prune(model, guide, ranks={"tensor": (2,)}) == {"tensor": (2,)}
+    means, scales = guide.factor_means(tensor), guide.factor_scales(tensor)
+    for m, s in zip(means, scales):
+        expected = torch.full_like(m, tb.rank.CUT_SCALE * float(m.pow(2).mean().sqrt()))
+        torch.testing.assert_close(s, expected, rtol=1e-6, atol=0)
+    second = sum((m**2 + s**2).sum(0) for m, s in zip(means, scales))
+    (lam,) = guide.lambdas("tensor")
+    torch.testing.assert_close(lam, tensor.prior.update(second, 8 + 6), rtol=1e-9, atol=0)
+
+
+def test_the_compression_report_of_a_bare_tensor_names_it_tensor():
+    _, model, _ = _setup("cp", (6, 7, 8), (3,), (5,))
+    (row,) = tb.compression_report(model.tensor)
+    assert row["tensor"] == "tensor" and row["ranks"] == (5,)
+
+
+@pytest.mark.parametrize("tolerance", [True, "0.1", -0.1])
+def test_search_ranks_refuses_a_tolerance_that_is_not_a_non_negative_number(tolerance):
+    model, guide, index, values = _cp_matrix([1.0, 0.5])
+    with pytest.raises(ValueError, match="tolerance must be a non-negative number"):
+        tb.rank.search_ranks(model, guide, index, values, tolerance=tolerance)
+
+
+def test_search_ranks_with_no_tolerance_still_drops_the_components_of_weight_zero():
+    model, guide, index, values = _cp_matrix([1.0, 0.0, 0.0])
+    found, scores = tb.rank.search_ranks(model, guide, index, values, tolerance=0)
+    assert found == {"tensor": (1,)} and scores["found"] == scores["full"]
+
+
+@pytest.mark.parametrize("tolerance, rank", [(0.1, 2), (0.02, 3), (0.005, 4)])
+def test_search_ranks_does_not_depend_on_the_scale_of_the_weights(tolerance, rank):
+    # the case above with every weight doubled: the same relative errors, the same ranks
+    model, guide, index, values = _cp_matrix([2.0, 1.0, 0.2, 0.02])
+    found, _ = tb.rank.search_ranks(model, guide, index, values, tolerance=tolerance)
+    assert found == {"tensor": (rank,)}
+
+
+def test_prune_to_the_current_ranks_is_allowed_and_changes_nothing():
+    model, guide, _, _ = _cp_matrix([1.0, 0.5])
+    before = [m.clone() for m in guide.factor_means(model.tensor)]
+    assert tb.prune(model, guide, ranks={"tensor": (2,)}) == {"tensor": (2,)}
+    assert all(torch.equal(a, b) for a, b in zip(before, guide.factor_means(model.tensor)))
