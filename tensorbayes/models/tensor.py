@@ -40,7 +40,19 @@ __all__ = ["CompactTensor", "LowRankTensor", "TENSOR_KEY", "low_rank_tensors", "
 TENSOR_KEY = "low_rank_tensor"
 
 
-class LowRankTensor(PyroModule):
+class _LayoutNames:
+    """``format`` and ``ranks``, read from the module's ``layout``."""
+
+    @property
+    def format(self):
+        return self.layout.name
+
+    @property
+    def ranks(self):
+        return self.layout.ranks
+
+
+class LowRankTensor(PyroModule, _LayoutNames):
     """
     A tensor of shape ``shape`` in a low-rank ``format`` whose ranks are bounded by
     ``max_rank`` and decided by the posterior.
@@ -86,14 +98,6 @@ class LowRankTensor(PyroModule):
     def factor_site(self, k):
         """The name of the sample site of factor ``k``."""
         return self._site(f"factor{k}")
-
-    @property
-    def format(self):
-        return self.layout.name
-
-    @property
-    def ranks(self):
-        return self.layout.ranks
 
     @property
     def device(self):
@@ -226,7 +230,7 @@ def low_rank_tensors(model: torch.nn.Module) -> dict[str, LowRankTensor]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LowRankTensor)}
 
 
-class CompactTensor(torch.nn.Module):
+class CompactTensor(torch.nn.Module, _LayoutNames):
     """
     A low-rank tensor fixed at given factors: the deterministic counterpart of a
     :class:`LowRankTensor`. Calling it returns ``(factors, None)``, as a draw of a
@@ -247,14 +251,6 @@ class CompactTensor(torch.nn.Module):
         factors = layout.check_factors(factors)
         self.layout = layout
         self.factors = torch.nn.ParameterList([torch.nn.Parameter(f.detach().clone()) for f in factors])
-
-    @property
-    def format(self):
-        return self.layout.name
-
-    @property
-    def ranks(self):
-        return self.layout.ranks
 
     def full(self):
         """The dense tensor."""
