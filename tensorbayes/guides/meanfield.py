@@ -25,7 +25,7 @@ from ..checks import check_number
 from ..models.tensor import low_rank_tensors
 from .base import Draw, TensorGuide, model_module
 
-__all__ = ["MeanField", "low_rank_tensors"]
+__all__ = ["MeanField", "low_rank_tensors", "posterior_key"]
 
 _LAMBDA_GUIDES = ("delta", "lognormal")
 _LAMBDA_UPDATES = ("closed_form", "gradient")
@@ -152,10 +152,10 @@ class MeanField(TensorGuide):
     def _build(self):
         """The posteriors of the tensors, once they are known (at once for a module model)."""
         tensors = self._model_tensors
-        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+        gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
         self.posteriors = torch.nn.ModuleDict(
             {
-                _key(name): TensorPosterior(t, self.init_scale, self.lambda_guide, self.lambda_update, generator)
+                posterior_key(name): TensorPosterior(t, self.init_scale, self.lambda_guide, self.lambda_update, gen)
                 for name, t in tensors.items()
             }
         )
@@ -165,7 +165,7 @@ class MeanField(TensorGuide):
 
     def pairs(self):
         """Pairs ``(model tensor, its posterior parameters)``."""
-        return [(t, self.posteriors[_key(name)]) for name, t in self.tensors().items()]
+        return [(t, self.posteriors[posterior_key(name)]) for name, t in self.tensors().items()]
 
     # ----- the variational draw -----
 
@@ -385,5 +385,7 @@ def _tensor_dtype(model, tensor):
     return torch.get_default_dtype()
 
 
-def _key(name):
+def posterior_key(name):
+    """The key of a tensor's posterior in ``MeanField.posteriors``: its path in the model, with the
+    dots a module name cannot hold replaced."""
     return name.replace(".", "__") or "_root"

@@ -13,6 +13,7 @@ import pyro
 import torch
 
 from ..guides.base import as_tensor_guide
+from ..guides.meanfield import posterior_key
 from ..models.tensor import low_rank_tensors
 
 __all__ = ["load", "load_checkpoint", "save", "save_checkpoint"]
@@ -117,7 +118,7 @@ def _check_checkpoint_fits(path, state, model, guide):
                 f"{fits}: tensor {name!r}: the checkpoint holds ranks {ranks}, the model "
                 f"{_describe(tensor)} (a model is shrunk to a checkpoint's ranks, never grown)"
             )
-        prefix = f"{_guide_path(guide, model)}posteriors.{name.replace('.', '__') or '_root'}."
+        prefix = f"{_guide_path(guide, model)}posteriors.{posterior_key(name)}."
         shapes = layout.with_ranks(ranks).factor_shapes
         for key in expected_guide:
             if not key.startswith(prefix):

@@ -36,7 +36,15 @@ from .diagnostics import (
 )
 from .elbo import MeanFieldELBO
 
-__all__ = ["KLScale", "SVIEngine", "Schedule", "SparseAndDenseAdam", "make_optimizer", "sparse_tables"]
+__all__ = [
+    "KLScale",
+    "SVIEngine",
+    "Schedule",
+    "SparseAndDenseAdam",
+    "check_engine_arguments",
+    "make_optimizer",
+    "sparse_tables",
+]
 
 
 class KLScale(Messenger):
@@ -187,6 +195,24 @@ def make_optimizer(model, guide, lr, optim=None, previous=None):
     return SparseAndDenseAdam(dense, sparse)
 
 
+def check_engine_arguments(
+    num_data=None, lr=None, optim=None, loss=None, schedule=None, lambda_step=0.1, num_particles=1
+):
+    """Refuse a bad argument of :class:`SVIEngine` with an error that names it: what a loop around
+    the engine (:func:`~tensorbayes.fit`) calls before it changes anything."""
+    if num_data is not None:
+        check_int(num_data, "num_data")
+    if lr is not None:
+        check_number(lr, "lr", "(0, inf)", "a positive number")
+    check_number(lambda_step, "lambda_step", "(0, 1]")
+    check_int(num_particles, "num_particles")
+    if loss is not None and not callable(getattr(loss, "differentiable_loss", None)):
+        raise TypeError(f"loss must be a Pyro ELBO (with differentiable_loss), got {type(loss).__name__}")
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a tb.infer.Schedule, got {type(schedule).__name__}")
+    _optimizer_class(optim)
+
+
 def _trainable(model, guide):
     params = [p for _, p in guide_parameters(guide, model) + model_parameters(model, guide)]
     return [p for p in params if p.requires_grad]
@@ -247,17 +273,7 @@ class SVIEngine:
         process_group=None,
         backward=None,
     ) -> None:
-        if num_data is not None:
-            check_int(num_data, "num_data")
-        if lr is not None:
-            check_number(lr, "lr", "(0, inf)", "a positive number")
-        check_number(lambda_step, "lambda_step", "(0, 1]")
-        check_int(num_particles, "num_particles")
-        if loss is not None and not callable(getattr(loss, "differentiable_loss", None)):
-            raise TypeError(f"loss must be a Pyro ELBO (with differentiable_loss), got {type(loss).__name__}")
-        if schedule is not None and not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be a tb.infer.Schedule, got {type(schedule).__name__}")
-        _optimizer_class(optim)  # refuse a bad optimizer now, not at the first step
+        check_engine_arguments(num_data, lr, optim, loss, schedule, lambda_step, num_particles)
         self.model, self.guide, self.num_data = model, guide, num_data
         self.optim, self.lambda_step, self.process_group = optim, lambda_step, process_group
         self.backward = backward or torch.Tensor.backward
@@ -272,6 +288,7 @@ class SVIEngine:
         self.dead_gradients = DeadGradients()
         self.log_likelihood = math.nan
         self.optimizer = None
+        self._called = False  # whether the guide has been called (an autoguide's parameters exist)
         self._tensor_guide = _tensor_guide_or_none(model, guide)
         if self._tensor_guide is not None:
             self._tensor_guide.keep_lambdas()
@@ -296,7 +313,9 @@ class SVIEngine:
         if self.optimizer is not None:
             self.follow_parameters()  # pruned since the last step: before the guide draws
         loss, likelihood = self._loss(args, kwargs)
-        self.follow_parameters()  # a guide whose parameters appeared in this step (an autoguide's first call)
+        if self.optimizer is None or not self._called:  # a guide makes its parameters at its first call
+            self.follow_parameters()
+            self._called = True
         self._set_learning_rates(step)
         self.optimizer.zero_grad()
         self.backward(loss)

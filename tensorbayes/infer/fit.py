@@ -30,7 +30,7 @@ from .batches import TensorBatches, as_tensors, module_device, to_device
 from .cavi import closed_form_start
 from .checkpoint import load_checkpoint, save_checkpoint
 from .diagnostics import DeadGradientWarning, NonFiniteError, check_finite_parameters
-from .engine import Schedule, SVIEngine, sparse_tables
+from .engine import Schedule, SVIEngine, check_engine_arguments, sparse_tables
 from .predict import held_out_metric, predict
 
 __all__ = ["DeadGradientWarning", "History", "NonFiniteError", "fit"]
@@ -293,14 +293,11 @@ def _check_arguments(
     validation, optim, loss,
 ):  # fmt: skip
     """Refuse a bad argument of :func:`fit` with an error that names it, before anything changes."""
-    for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (num_particles, "num_particles"),
-                        (eval_samples, "eval_samples")):  # fmt: skip
+    for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (eval_samples, "eval_samples")):
         check_int(value, name)
-    if lr is not None:
-        check_number(lr, "lr", "(0, inf)", "a positive number")
+    check_engine_arguments(None, lr, optim, loss, None, lambda_step, num_particles)
     check_number(lr_decay, "lr_decay", "[0, 1]")
     check_int(lr_warmup, "lr_warmup (steps)", low=0)
-    check_number(lambda_step, "lambda_step", "(0, 1]")
     if init not in ("auto", "cavi", "none"):
         raise ValueError(f"init must be 'auto', 'cavi' or 'none', got {init!r}")
     for value, name in ((init_sweeps, "init_sweeps"), (trace_every, "trace_every")):
@@ -315,8 +312,6 @@ def _check_arguments(
     if tolerance is not None:
         check_number(tolerance, "tolerance", "(0, 1)", "a number in (0, 1) or None")
     check_number(validation, "validation", "(0, 0.5]", "a share of the data in (0, 0.5]")
-    if loss is not None and not callable(getattr(loss, "differentiable_loss", None)):
-        raise TypeError(f"loss must be a Pyro ELBO (with differentiable_loss), got {type(loss).__name__}")
 
 
 def _check_eval_data(eval_data):

@@ -688,3 +688,12 @@ def test_a_bad_lr_is_refused_before_the_initialization_changes_anything(lr):
     with pytest.raises(ValueError, match="lr must be a positive number"):
         tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, lr=lr, progress=False, seed=0)
     assert _same_state(before, _state(model, guide))
+
+
+def test_a_bad_optimizer_is_refused_before_the_closed_form_start_changes_anything():
+    planted, model, guide = _problem()
+    before = {k: v.clone() for k, v in list(model.state_dict().items()) + list(guide.state_dict().items())}
+    with pytest.raises(TypeError, match="optim"):
+        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, progress=False, optim="adam")
+    after = dict(list(model.state_dict().items()) + list(guide.state_dict().items()))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
