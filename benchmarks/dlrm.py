@@ -324,8 +324,8 @@ def markdown(r):
     return "\n".join(lines) + "\n"
 
 
-def parse(argv=None):
-    p = parser(__doc__, threads=2, device=True)
+def add_training_arguments(p):
+    """The arguments of a DLRM run on the synthetic log that this benchmark and the DLRM study share."""
     p.add_argument("--samples", type=int, default=3_000_000)
     p.add_argument("--epochs", type=int, default=1, help="passes over the training stream")
     p.add_argument("--test", type=int, default=200_000)
@@ -368,6 +368,11 @@ def parse(argv=None):
         help="the tiny log (ClickGenerator.tiny: planted tables of 1000 rows x 8 columns, the same structure)",
     )
     p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def parse(argv=None):
+    p = add_training_arguments(parser(__doc__, threads=2, device=True))
     args = p.parse_args(argv)
     check_device(p, args.device)
     return default_sizes(args)

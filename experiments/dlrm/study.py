@@ -57,7 +57,6 @@ symmetry, their parameters and the turned network's accuracy are reported beside
         [--reference] [--reference-warm 0.7] [--id-order frequency] [--tiny] [--smoke] [--out experiments/dlrm/results]
 """
 
-import argparse
 import itertools
 import math
 import os
@@ -68,9 +67,10 @@ import pyro
 import torch
 
 import tensorbayes as tb
-from benchmarks.common import peak_gpu_gib, peak_rss_gib, write_results
+from benchmarks.common import check_device, parser, peak_gpu_gib, peak_rss_gib, write_results
 from benchmarks.dlrm import (
     PAPER_DENSE_PARAMS,
+    add_training_arguments,
     baseline_net,
     build,
     default_sizes,
@@ -81,7 +81,7 @@ from benchmarks.dlrm import (
     train_dense,
 )
 from experiments.dlrm.align import SearchFailed, align_tables
-from tensorbayes.data.clicks import ID_ORDERS, ClickGenerator, auc, expected_hits
+from tensorbayes.data.clicks import ClickGenerator, auc, expected_hits
 from tensorbayes.formats import TTM
 from tensorbayes.formats.canonical import canonicalize
 from tensorbayes.guides.meanfield import low_rank_tensors
@@ -784,38 +784,13 @@ def rare_lookups_section(r):
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=int, default=3_000_000)
-    p.add_argument("--epochs", type=int, default=1, help="passes over the training stream")
-    p.add_argument("--test", type=int, default=200_000)
-    p.add_argument("--batch", type=int, default=2048)
-    p.add_argument("--eval-batch", type=int, default=16384)
-    p.add_argument("--max-rank", type=int, default=16)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument(
-        "--lr-decay",
-        type=float,
-        default=0.5,
-        help="the share of the steps, at the end, over which every learner's rate falls linearly to 0",
-    )
-    p.add_argument(
-        "--lr-warmup",
-        type=int,
-        default=0,
-        help="steps, at the start, over which every learner's rate rises linearly (tb.fit's lr_warmup)",
-    )
-    p.add_argument("--lambda-step", type=float, default=0.1)
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    p = add_training_arguments(parser(__doc__, threads=2, device=True, out=out))
     p.add_argument(
         "--m-step",
         choices=("em", "mackay"),
         default="em",
         help="the guide's closed-form λ update (tb.guides.MeanField's m_step)",
-    )
-    p.add_argument(
-        "--scale-down",
-        type=int,
-        default=None,
-        help="the hashed baseline's large tables are this many times smaller (default 1000; 10 with --tiny)",
     )
     p.add_argument(
         "--point-estimate",
@@ -828,13 +803,6 @@ def parse(argv=None):
         help="also train the generator's own model class (its logit's form, TTM at the planted ranks) "
         "as a point estimate, from a random start (what the best-specified learner reaches from "
         "these samples) and from the truth (how far the optimizer alone carries it away)",
-    )
-    p.add_argument(
-        "--id-order",
-        choices=ID_ORDERS,
-        default="shuffled",
-        help="category ids: a pseudo-random bijection of the frequency ranks (shuffled, default) or the "
-        "ranks themselves (frequency: the most frequent category first)",
     )
     p.add_argument(
         "--reference-warm",
@@ -850,28 +818,8 @@ def parse(argv=None):
         default=1.0,
         help="divide the large tables' row modes by this (tables about its cube smaller)",
     )
-    p.add_argument("--bottom", type=int, nargs="*", default=None, help="hidden widths (default 256; 32 with --tiny)")
-    p.add_argument("--top", type=int, nargs="*", default=None, help="hidden widths (default 256 64; 32 with --tiny)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument(
-        "--device",
-        type=torch.device,
-        default=torch.device("cpu"),
-        help="where the models train: cpu (default) or cuda; the log is generated on the CPU",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--tiny",
-        action="store_true",
-        help="the tiny log (ClickGenerator.tiny: planted tables of 1000 rows x 8 columns, the same "
-        "structure) trained at full length: small enough for its interactions to be learned",
-    )
-    p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args(argv)
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device {args.device} needs a CUDA device, and torch sees none")
+    check_device(p, args.device)
     return default_sizes(args)
 
 
