@@ -192,17 +192,19 @@ class MedianGuide(TensorGuide):
         with torch.no_grad():
             return self.autoguide.median()
 
-    def _site(self, site):
+    def _sites(self, sites):
+        """The autoguide's medians of ``sites``, from one call of its ``median()``."""
         medians = self._medians()
-        if site not in medians:
+        missing = [site for site in sites if site not in medians]
+        if missing:
             raise GuideError(
-                f"{type(self.autoguide).__name__} has no site {site!r}: call it (or fit it) once first, and "
+                f"{type(self.autoguide).__name__} has no site {missing[0]!r}: call it (or fit it) once first, and "
                 "make sure it covers the model's factor and λ sites"
             )
-        return medians[site].detach()
+        return [medians[site].detach() for site in sites]
 
     def factor_means(self, tensor):
-        return [self._site(tensor.factor_site(k)) for k in range(len(tensor.layout.factor_shapes))]
+        return self._sites([tensor.factor_site(k) for k in range(len(tensor.layout.factor_shapes))])
 
     def factor_scales(self, tensor):
         out = []
@@ -219,7 +221,7 @@ class MedianGuide(TensorGuide):
     def lambdas(self, tensor_name=None):
         tensors = self.tensors()
         out = {
-            name: [self._site(t.lambda_site(b)) for b in range(len(t.layout.ranks))]
+            name: self._sites([t.lambda_site(b) for b in range(len(t.layout.ranks))])
             for name, t in tensors.items()
             if tensor_name is None or name == tensor_name
         }
