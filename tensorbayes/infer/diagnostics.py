@@ -122,15 +122,6 @@ def check_norms(grads, norms, step, epoch=None):
     return {f"{owner}.{name}": norm for (owner, name, _), norm in zip(grads, norms)}
 
 
-def gradient_norms(model, guide, step, epoch=None):
-    """
-    ``{"model.<name>" or "guide.<name>": 2-norm of its gradient}`` over the parameters that have
-    a gradient; stops with :class:`NonFiniteError` naming the first whose gradient is not finite.
-    """
-    grads = gradients(model, guide)
-    return check_norms(grads, read_norms(grads)[1], step, epoch)
-
-
 def _where(step, epoch):
     return f"step {step}" + ("" if epoch is None else f" (epoch {epoch})")
 

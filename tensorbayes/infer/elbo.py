@@ -109,6 +109,10 @@ class _DrawsIntoModel(Messenger):
             self.foreign.append(msg["name"])
 
 
+#: What the draws of a guide return where they do not fit the model: that pair is traced from then on.
+_MISFIT = object()
+
+
 class MeanFieldELBO(TraceMeanField_ELBO):
     """
     :class:`pyro.infer.TraceMeanField_ELBO` that computes a site's log density only where its
@@ -146,7 +150,7 @@ class MeanFieldELBO(TraceMeanField_ELBO):
             result = self._from_draws(model, guide, args, kwargs)
             if isinstance(result, tuple):
                 return result
-            if result == "misfit":  # not a guide that is not set up yet (its first call traces it)
+            if result is _MISFIT:  # not a guide that is not set up yet (its first call traces it)
                 self._traced.add((id(model), id(guide)))
         loss = log_likelihood = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
@@ -161,17 +165,17 @@ class MeanFieldELBO(TraceMeanField_ELBO):
 
     def _from_draws(self, model, guide, args, kwargs):
         """``(loss, log_likelihood)`` from the guide's draws; ``None`` where the guide offers none
-        (yet), ``"misfit"`` where they do not fit the model's sites."""
+        (yet), :data:`_MISFIT` where they do not fit the model's sites."""
         draw = getattr(guide, "draws", None)
         loss = log_likelihood = 0.0
         for _ in range(self.num_particles):
             draws = draw() if callable(draw) else None
             if draws is None:
-                return "misfit" if not callable(draw) else None
+                return _MISFIT if not callable(draw) else None
             with _DrawsIntoModel(draws) as run:
                 model(*args, **kwargs)
             if run.foreign or run.used != set(draws):
-                return "misfit"
+                return _MISFIT
             loss = loss + (run.kl - run.log_likelihood) / self.num_particles
             log_likelihood = log_likelihood + torch.as_tensor(run.log_likelihood).detach() / self.num_particles
         loss = torch.as_tensor(loss)
