@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import pyro
 import torch
 
+from .checks import check_number
 from .formats.canonical import canonicalize
 from .guides.base import as_tensor_guide
 from .infer.fit import DEFAULT_TOLERANCE
@@ -317,8 +318,7 @@ def search_ranks(
     :param int chunk_size: held-out examples per forward pass.
     :returns: ``({tensor name: ranks}, {"full": score, "found": score})``.
     """
-    if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and tolerance >= 0):
-        raise ValueError(f"tolerance must be a non-negative number, got {tolerance!r}")
+    check_number(tolerance, "tolerance", "[0, inf)", "a non-negative number")
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     guide = as_tensor_guide(model, guide)
     tensors = guide.tensors()
