@@ -21,7 +21,7 @@ import time
 import torch
 
 from .data import planted_tensor
-from .data.fashion_mnist import _PREFIX, _find, _root
+from .data.fashion_mnist import fashion_mnist_files
 from .guides import MeanField
 from .infer import distributed, fit
 from .models import TensorCompletion
@@ -290,10 +290,7 @@ def _check_data_files(config):
     check before ``--nproc`` starts its processes (each would fail with the same error)."""
     if config.data != "fashion-mnist":
         return
-    root = _root(config.data_root)
-    for prefix in _PREFIX.values():
-        _find(root, f"{prefix}-images-idx3-ubyte")
-        _find(root, f"{prefix}-labels-idx1-ubyte")
+    fashion_mnist_files(config.data_root)
 
 
 def _train(args):

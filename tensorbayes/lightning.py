@@ -40,8 +40,7 @@ from .guides.base import as_tensor_guide
 from .infer import SVIEngine, predict
 from .infer.engine import Schedule, sparse_tables
 from .infer.fit import default_schedule
-from .infer.predict import held_out_metric
-from .rank import ranks
+from .rank import held_out_metric, ranks
 
 __all__ = ["TensorBayesModule"]
 

@@ -30,8 +30,6 @@ import torch
 from .checks import check_number
 from .formats.canonical import canonicalize
 from .guides.base import as_tensor_guide
-from .infer.fit import DEFAULT_TOLERANCE
-from .infer.predict import held_out_metric
 from .models.tensor import low_rank_tensors
 
 __all__ = [
@@ -42,6 +40,7 @@ __all__ = [
     "active_ranks",
     "bond_weights",
     "compression_report",
+    "held_out_metric",
     "held_out_score",
     "mean_score",
     "prune",
@@ -58,6 +57,10 @@ DEFAULT_GAP = 10.0
 #: The posterior standard deviation of a factor entry after a cut (:func:`prune`), relative to
 #: the root-mean-square of the factor's means.
 CUT_SCALE = 1e-3
+
+#: The held-out score the rank search may give up for smaller ranks: half a point of accuracy
+#: for a classifier, 0.005 of relative error otherwise (:func:`search_ranks`).
+DEFAULT_TOLERANCE = 0.005
 
 
 def _check_readout(threshold, gap):
@@ -226,11 +229,21 @@ def compression_report(
 # ----- the rank search: the smallest ranks within a tolerance on held-out data -----
 
 
+def held_out_metric(mean: torch.Tensor, target: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """
+    ``("accuracy", value)`` for class probabilities ``(n, classes)`` against integer labels,
+    else ``("error", value)``, the relative error ``||mean - target|| / ||target||``.
+    """
+    if mean.dim() == 2 and not target.is_floating_point():
+        return "accuracy", (mean.argmax(-1) == target).double().mean()
+    return "error", (mean - target).norm() / target.norm()
+
+
 def held_out_score(output: torch.Tensor, target: torch.Tensor) -> float:
     """
     The score of a model's output on held-out data, higher is better: the accuracy of class
     probabilities ``(n, classes)`` against integer labels, else minus the relative error
-    (:func:`~tensorbayes.infer.predict.held_out_metric`).
+    (:func:`held_out_metric`).
     """
     name, value = held_out_metric(output, target)
     return float(value) if name == "accuracy" else -float(value)

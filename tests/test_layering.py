@@ -1,8 +1,11 @@
 """
 The package's layers point one way, with no import cycles (issue 24)::
 
-    presets -> formats -> priors -> models -> guides -> infer -> rank / compact
+    presets -> formats -> priors -> models -> guides -> rank -> infer -> compact
             -> plots / runs / report / cli / lightning
+
+The readout (``rank``) sits below inference: it reads a guide and needs no inference, and
+training's rank search and the closed-form start cut the model with it.
 
 A module may import its own layer and the layers before it, never one after it. ``data/`` is a
 side utility: it may read the presets and the formats, and only the top layer imports it (the
@@ -23,7 +26,7 @@ PACKAGE = "tensorbayes"
 ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
 
 #: The layers, lowest first.
-LAYERS = ("presets", "formats", "priors", "models", "guides", "infer", "rank/compact", "top", "facade")
+LAYERS = ("presets", "formats", "priors", "models", "guides", "rank", "infer", "compact", "top", "facade")
 RANK = {layer: i for i, layer in enumerate(LAYERS)}
 
 #: Layers ``data/`` may import.
@@ -36,8 +39,8 @@ MODULE_LAYERS = {
     "tensorbayes.util": "presets",
     "tensorbayes.checks": "presets",
     "tensorbayes.priors": "priors",
-    "tensorbayes.rank": "rank/compact",
-    "tensorbayes.compact": "rank/compact",
+    "tensorbayes.rank": "rank",
+    "tensorbayes.compact": "compact",
     "tensorbayes.plots": "top",
     "tensorbayes.runs": "top",
     "tensorbayes.report": "top",
@@ -52,15 +55,6 @@ PACKAGE_LAYERS = {
     "tensorbayes.models": "models",
     "tensorbayes.guides": "guides",
     "tensorbayes.infer": "infer",
-}
-
-#: Upward imports known, (importer, imported): fit's rank search and the closed-form start cut the
-#: model with the readout of rank.py, which sits above inference (its search scores with
-#: infer.predict). They are imported inside the functions that use them and left out of the cycle
-#: check; empty this set when the readout and the cut move below infer.
-KNOWN_UPWARD = {
-    ("tensorbayes.infer.fit", "tensorbayes.rank"),
-    ("tensorbayes.infer.cavi", "tensorbayes.rank"),
 }
 
 
@@ -180,10 +174,6 @@ def find_cycles(graph):
     return cycles
 
 
-def _without_known(graph):
-    return {a: {b: line for b, line in edges.items() if (a, b) not in KNOWN_UPWARD} for a, edges in graph.items()}
-
-
 def upward_imports(graph):
     """``(importer, imported, line, importer's layer, imported's layer)`` of every forbidden import."""
     bad = []
@@ -202,23 +192,16 @@ def test_every_module_is_in_a_layer():
 
 
 def test_no_import_cycles():
-    cycles = find_cycles(_without_known(imports()))
+    cycles = find_cycles(imports())
     assert cycles == [], f"import cycles between modules: {cycles}"
 
 
 def test_no_module_imports_from_a_layer_above_its_own():
     graph = imports()
-    bad = [b for b in upward_imports(graph) if (b[0], b[1]) not in KNOWN_UPWARD]
+    bad = upward_imports(graph)
     assert bad == [], "upward imports:\n" + "\n".join(
         f"  {a} (line {line}, {la}) imports {b} ({lb})" for a, b, line, la, lb in bad
     )
-
-
-def test_the_known_upward_imports_are_still_there():
-    """An entry of KNOWN_UPWARD that is gone (fixed) must leave the list, so that it cannot come back unseen."""
-    graph = imports()
-    gone = {(a, b) for a, b in KNOWN_UPWARD if b not in graph.get(a, {})}
-    assert gone == set(), f"fixed, remove from KNOWN_UPWARD: {sorted(gone)}"
 
 
 def test_package_modules_import_each_other_at_the_top_of_the_file():
@@ -228,9 +211,7 @@ def test_package_modules_import_each_other_at_the_top_of_the_file():
         if a == PACKAGE:
             continue
         late += [
-            f"  {path}:{line} imports {b} inside a function"
-            for b, line in sorted(edges.items(), key=lambda e: e[1])
-            if (a, b) not in KNOWN_UPWARD  # an upward import must stay inside the function that needs it
+            f"  {path}:{line} imports {b} inside a function" for b, line in sorted(edges.items(), key=lambda e: e[1])
         ]
     assert late == [], "late imports of the package (move them to the top; a cycle they hide is a bug):\n" + "\n".join(
         late
@@ -243,8 +224,10 @@ def test_package_modules_import_each_other_at_the_top_of_the_file():
         ("models", "formats", True),
         ("models", "models", True),
         ("formats", "models", False),
-        ("infer", "rank/compact", False),
-        ("rank/compact", "infer", True),
+        ("infer", "rank", True),
+        ("rank", "infer", False),
+        ("infer", "compact", False),
+        ("compact", "infer", True),
         ("models", "data", False),
         ("top", "data", True),
         ("data", "presets", True),
@@ -262,3 +245,14 @@ def test_the_checks_catch_a_bad_import():
     graph["tensorbayes.formats.tt"]["tensorbayes.models.layers"] = 1  # formats -> models, and a cycle
     assert ("tensorbayes.formats.tt", "tensorbayes.models.layers", 1, "formats", "models") in upward_imports(graph)
     assert any("tensorbayes.formats.tt" in c and "tensorbayes.models.layers" in c for c in find_cycles(graph))
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """A name with a leading underscore is its module's own: no other module of the package
+    imports it (a helper two modules share is public, or lives in a module they both read)."""
+    private = []
+    for module, (path, is_package) in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and _resolve(module, is_package, node):
+                private += [f"  {module}:{node.lineno} imports {a.name}" for a in node.names if a.name.startswith("_")]
+    assert private == [], "private names imported across modules:\n" + "\n".join(private)

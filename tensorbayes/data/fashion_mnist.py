@@ -39,7 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_ROOT", "ENV_VAR", "FASHION_MNIST_CLASSES", "load_fashion_mnist", "read_idx"]
+__all__ = [
+    "DEFAULT_ROOT",
+    "ENV_VAR",
+    "FASHION_MNIST_CLASSES",
+    "fashion_mnist_files",
+    "load_fashion_mnist",
+    "read_idx",
+]
 
 #: Where Debian's package ``dataset-fashion-mnist`` installs the files.
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -150,6 +157,24 @@ def _find(root, name):
     raise FileNotFoundError(f"Fashion-MNIST not found: no file {name} or {name}.gz in {root}; {_INSTALL}")
 
 
+def fashion_mnist_files(root=None) -> dict[str, tuple[Path, Path]]:
+    """
+    The idx files of both splits, ``{"train": (images, labels), "test": (images, labels)}``,
+    looked for as :func:`load_fashion_mnist` does (``root``, else the environment variable, else
+    :data:`DEFAULT_ROOT`; each file plain or ``.gz``), without reading them.
+
+    :raises FileNotFoundError: if the folder or a file is missing; the message says how to
+        install the data set.
+    """
+    root = _root(root)
+    return {split: _split_files(root, split) for split in _PREFIX}
+
+
+def _split_files(root, split):
+    prefix = _PREFIX[split]
+    return _find(root, f"{prefix}-images-idx3-ubyte"), _find(root, f"{prefix}-labels-idx1-ubyte")
+
+
 def load_fashion_mnist(split="train", root=None, dtype=torch.float32, flatten=True):
     """
     Load one split of Fashion-MNIST from its idx files; see the module docs for where they are
@@ -176,10 +201,7 @@ def load_fashion_mnist(split="train", root=None, dtype=torch.float32, flatten=Tr
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if not isinstance(flatten, bool):
         raise TypeError(f"flatten must be a bool, got {flatten!r}")
-    root = _root(root)
-    prefix = _PREFIX[split]
-    image_path = _find(root, f"{prefix}-images-idx3-ubyte")
-    label_path = _find(root, f"{prefix}-labels-idx1-ubyte")
+    image_path, label_path = _split_files(_root(root), split)
 
     images = read_idx(image_path, IMAGE_MAGIC)[1]
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):

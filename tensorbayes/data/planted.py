@@ -122,7 +122,7 @@ class PlantedTensor:
         )
 
 
-def _check_bond_ranks(cls, shape, ranks, what):
+def check_bond_ranks(cls, shape, ranks, what):
     """An int, or a sequence with one rank per bond of ``cls`` at ``shape`` (``what`` names it)."""
     if isinstance(ranks, int) and not isinstance(ranks, bool):
         return ranks
@@ -171,13 +171,13 @@ def planted_tensor(shape, format, ranks, observed=0.3, noise=0.01, seed=0, dtype
     numel = math.prod(shape)
     if numel < 2:
         raise ValueError(f"shape must have at least two entries in all (a standard deviation is needed), got {shape}")
-    ranks = _check_bond_ranks(cls, shape, ranks, f"shape {shape}")
+    ranks = check_bond_ranks(cls, shape, ranks, f"shape {shape}")
     fmt = cls(shape, ranks)
-    _check_attainable(fmt)
-    observed = _check_real(observed, "observed")
+    check_attainable(fmt)
+    observed = check_real(observed, "observed")
     if not 0 < observed <= 1:
         raise ValueError(f"observed must be a fraction in (0, 1], got {observed!r}")
-    noise = _check_real(noise, "noise")
+    noise = check_real(noise, "noise")
     if not math.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -188,7 +188,7 @@ def planted_tensor(shape, format, ranks, observed=0.3, noise=0.01, seed=0, dtype
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
 
     factor_gen, split_gen, noise_gen = _generators(int(seed))
-    factors = _draw(fmt, factor_gen)
+    factors = draw_conditioned_factors(fmt, factor_gen)
     full = fmt.full(factors)
     scale = full.std().item()
     if fmt.name == "tucker":  # keep the U_k orthonormal: the core carries the scale
@@ -224,7 +224,7 @@ def planted_tensor(shape, format, ranks, observed=0.3, noise=0.01, seed=0, dtype
 # ----- validation -----
 
 
-def _check_real(value, name):
+def check_real(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     return float(value)
@@ -235,7 +235,7 @@ def _train_sizes(fmt):
     return [math.prod(s[1:-1]) for s in fmt.factor_shapes]
 
 
-def _check_attainable(fmt):
+def check_attainable(fmt):
     """Ranks within ``max_ranks()`` and jointly attainable by a tensor of that format."""
     top = fmt.max_ranks()
     if any(r > m for r, m in zip(fmt.ranks, top)):
@@ -283,7 +283,7 @@ def _orthonormal(rows, cols, gen):
     return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
 
 
-def _draw(fmt, gen):
+def draw_conditioned_factors(fmt, gen):
     """Factors for ``fmt`` whose every bond passes :func:`_bond_spectra`'s conditioning bound."""
     draws = {"cp": _draw_cp, "tucker": _draw_tucker, "tt": _draw_train, "ttm": _draw_train}
     if fmt.name not in draws:

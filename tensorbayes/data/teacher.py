@@ -75,7 +75,7 @@ import numpy as np
 import torch
 
 from ..formats import TTM, TensorFormat, check_shape, get_format
-from .planted import _check_attainable, _check_bond_ranks, _check_real, _draw
+from .planted import check_attainable, check_bond_ranks, check_real, draw_conditioned_factors
 
 __all__ = ["ACTIVATIONS", "TeacherStudent", "teacher_student"]
 
@@ -219,14 +219,14 @@ def teacher_student(
                 f"rank bond), got in_shape={in_shape} and out_shape={out_shape}"
             )
     shape = out_shape + in_shape
-    ranks = _check_bond_ranks(cls, shape, ranks, f"shape out_shape + in_shape = {shape}")
+    ranks = check_bond_ranks(cls, shape, ranks, f"shape out_shape + in_shape = {shape}")
     fmt = TTM(shape, ranks) if cls is TTM else cls(shape, ranks, row_modes=len(out_shape))
-    _check_attainable(fmt)
+    check_attainable(fmt)
     activation = _check_head(num_classes, hidden_activation)
     seed = _check_int(seed, "seed", 0)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    label_noise = _check_real(label_noise, "label_noise")
+    label_noise = check_real(label_noise, "label_noise")
     if not 0 <= label_noise <= 1:
         raise ValueError(f"label_noise must be a probability in [0, 1], got {label_noise!r}")
 
@@ -234,7 +234,7 @@ def teacher_student(
     in_features, out_features = fmt.matrix_shape[1], fmt.matrix_shape[0]
 
     # first weight: planted factors, the scale spread evenly over them, ||W||_F^2 = out.
-    factors = _draw(fmt, weight_gen)
+    factors = draw_conditioned_factors(fmt, weight_gen)
     scale = fmt.to_matrix(factors).norm().item() / math.sqrt(out_features)
     factors = [f * scale ** (-1.0 / len(factors)) for f in factors]
     weight = fmt.to_matrix(factors)

@@ -23,7 +23,15 @@ from typing import Any, Self
 import opt_einsum
 import torch
 
-__all__ = ["TensorFormat", "check_dense", "check_ranks", "check_shape", "leading_left_singular_vectors", "unfold"]
+__all__ = [
+    "TensorFormat",
+    "check_dense",
+    "check_ranks",
+    "check_shape",
+    "einsum",
+    "leading_left_singular_vectors",
+    "unfold",
+]
 
 
 def check_shape(shape: Iterable[int], name: str = "shape") -> tuple[int, ...]:
@@ -165,8 +173,8 @@ def _plan(equation, shapes):
     return int(best[0][0]), best[1]
 
 
-def _planned_cost(equation, shapes):
-    """The FLOP count of the path that :func:`_einsum` plans for ``equation`` at ``shapes``."""
+def planned_cost(equation, shapes):
+    """The FLOP count of the path that :func:`einsum` plans for ``equation`` at ``shapes``."""
     return _plan(equation, tuple(tuple(s) for s in shapes))[0]
 
 
@@ -176,7 +184,7 @@ def _expression(equation, shapes):
     return opt_einsum.contract_expression(equation, *shapes, optimize=_plan(equation, shapes)[1])
 
 
-def _einsum(equation, *operands):
+def einsum(equation: str, *operands: torch.Tensor) -> torch.Tensor:
     """Contract with a path planned once per (equation, shapes) and reused."""
     return _expression(equation, tuple(tuple(op.shape) for op in operands))(*operands, backend="torch")
 
@@ -321,7 +329,7 @@ class TensorFormat:
         """The dense tensor, of shape :attr:`shape`."""
         factors = self.check_factors(factors)
         modes = [f"m{k}" for k in range(len(self.shape))]
-        return _einsum(self._equation(self.labels, modes), *factors)
+        return einsum(self._equation(self.labels, modes), *factors)
 
     def to_matrix(self, factors: Sequence[torch.Tensor]) -> torch.Tensor:
         """The dense matrix view, of shape :attr:`matrix_shape`."""
@@ -338,7 +346,7 @@ class TensorFormat:
         factors = self.check_factors(factors)
         self._check_contract_input(x)
         batch_shape = x.shape[:-1]
-        y = _einsum(self._contract_equation(), x.reshape(-1, *self.col_shape), *factors)
+        y = einsum(self._contract_equation(), x.reshape(-1, *self.col_shape), *factors)
         return y.reshape(*batch_shape, self.matrix_shape[0])
 
     def _check_contract_input(self, x):
@@ -364,7 +372,7 @@ class TensorFormat:
         contraction order it actually plans.
         """
         shapes = ((batch_size,) + self.col_shape,) + tuple(self.factor_shapes)
-        return _planned_cost(self._contract_equation(), shapes)
+        return planned_cost(self._contract_equation(), shapes)
 
     def _gathered(self, factors, index, modes):
         """Index the mode dimensions ``modes`` of every factor by the columns of ``index``."""
@@ -400,7 +408,7 @@ class TensorFormat:
         factors = self.check_factors(factors)
         index = self.check_index(index, self.shape, "index")
         operands, labels = self._gathered(factors, index, set(range(len(self.shape))))
-        return _einsum(self._equation(labels, ["batch"]), *operands)
+        return einsum(self._equation(labels, ["batch"]), *operands)
 
     def rows(self, factors: Sequence[torch.Tensor], row_index: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """
@@ -424,7 +432,7 @@ class TensorFormat:
         digits = self.unravel(row_index.long(), self.row_shape)
         operands, labels = self._gathered(factors, digits, set(range(p)))
         out = ["batch"] + [f"m{k}" for k in range(p, len(self.shape))]
-        return _einsum(self._equation(labels, out), *operands).reshape(len(row_index), -1)
+        return einsum(self._equation(labels, out), *operands).reshape(len(row_index), -1)
 
     @staticmethod
     def check_index(index: torch.Tensor | Sequence[Sequence[int]], shape: Sequence[int], name: str) -> torch.Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from ..checks import check_int
-from .base import TensorFormat, _einsum, check_dense, leading_left_singular_vectors, unfold
+from .base import TensorFormat, check_dense, einsum, leading_left_singular_vectors, unfold
 
 __all__ = ["CP"]
 
@@ -156,12 +156,12 @@ class CP(TensorFormat):
                 for j in range(order):
                     if j != k:
                         gram = gram * grams[j]
-                mttkrp = _einsum(mttkrp_eqs[k], tensor, *others)
+                mttkrp = einsum(mttkrp_eqs[k], tensor, *others)
                 u = mttkrp @ torch.linalg.pinv(gram, hermitian=True)
                 weights = u.norm(dim=0)
                 factors[k] = u / torch.where(weights > 0, weights, torch.ones_like(weights))
                 grams[k] = factors[k].T @ factors[k]
-            approx = _einsum(full_eq, *factors[:-1], factors[-1] * weights)
+            approx = einsum(full_eq, *factors[:-1], factors[-1] * weights)
             previous, error = error, float((tensor - approx).norm() / norm)
             if error < tol or (previous is not None and previous - error < tol):
                 break

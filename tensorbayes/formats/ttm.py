@@ -31,7 +31,7 @@ import opt_einsum
 import torch
 from torch.autograd.function import once_differentiable
 
-from .base import TensorFormat, _einsum, check_dense, check_shape
+from .base import TensorFormat, check_dense, check_shape, einsum
 from .tt import tt_svd
 
 __all__ = ["Split", "TTM"]
@@ -159,7 +159,7 @@ class TTM(TensorFormat):
         """The cores ``cores`` contracted into one tensor with dimensions ``labels``, flattened to
         one dimension per group of ``labels`` (a list of lists)."""
         flat = [lab for group in labels for lab in group]
-        merged = _einsum(self._equation([self.labels[k] for k in cores], flat), *[factors[k] for k in cores])
+        merged = einsum(self._equation([self.labels[k] for k in cores], flat), *[factors[k] for k in cores])
         return merged.reshape([self._size(group) for group in labels])
 
     def split(self, batch_size: int) -> Split | None:

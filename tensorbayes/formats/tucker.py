@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from ..checks import check_int
-from .base import TensorFormat, _einsum, check_dense, leading_left_singular_vectors, unfold
+from .base import TensorFormat, check_dense, einsum, leading_left_singular_vectors, unfold
 
 __all__ = ["Tucker"]
 
@@ -77,7 +77,7 @@ class Tucker(TensorFormat):
             operands = [factors[j] for j in range(order) if j != skip]
             labels = [fmt.labels[1 + j] for j in range(order) if j != skip]
             out = [f"m{k}" if k == skip else f"b{k}" for k in range(order)]
-            return _einsum(fmt._equation([modes] + labels, out), tensor, *operands)
+            return einsum(fmt._equation([modes] + labels, out), tensor, *operands)
 
         for _ in range(n_iter):
             for k in range(order):

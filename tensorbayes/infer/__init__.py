@@ -5,6 +5,7 @@ Fitting tensorbayes models by variational inference, and predicting with them.
 :func:`fit` is a short loop around it; :class:`MeanFieldELBO` is its ELBO.
 """
 
+from ..rank import held_out_metric
 from .calibration import calibration_bins, expected_calibration_error
 from .cavi import closed_form_start, supports_closed_form
 from .checkpoint import load, load_checkpoint, save, save_checkpoint
@@ -12,7 +13,7 @@ from .diagnostics import DeadGradientWarning, NonFiniteError
 from .elbo import MeanFieldELBO
 from .engine import KLScale, Schedule, SVIEngine, make_optimizer, sparse_tables
 from .fit import History, fit
-from .predict import held_out_metric, predict
+from .predict import predict
 
 __all__ = [
     "DeadGradientWarning",

@@ -22,10 +22,11 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ..formats.base import _einsum
+from ..formats.base import einsum
 from ..formats.canonical import canonicalize
 from ..guides.meanfield import MeanField
 from ..models.completion import TensorCompletion
+from ..rank import prune
 
 __all__ = ["closed_form_start", "coordinate_ascent", "factor_design", "supports_closed_form"]
 
@@ -50,7 +51,7 @@ def factor_design(layout, factors, index, f):
     others = [(op, lab) for g, (op, lab) in enumerate(zip(operands, op_labels)) if g != f]
     if others:
         equation = layout._equation([lab for _, lab in others], ["batch"] + block_labels)
-        design = _einsum(equation, *[op for op, _ in others]).reshape(index.shape[0], -1)
+        design = einsum(equation, *[op for op, _ in others]).reshape(index.shape[0], -1)
     else:
         design = index.new_ones((index.shape[0], 1), dtype=factors[f].dtype)
     slices = torch.zeros(index.shape[0], dtype=torch.long, device=index.device)
@@ -339,8 +340,6 @@ def closed_form_start(
     :returns: whether it ran (``False`` where the pair offers no closed form, see
         :func:`supports_closed_form`; with ``required=True`` that raises a :class:`ValueError`).
     """
-    from ..rank import prune  # the readout sits above inference: borrowed only here
-
     if not supports_closed_form(model, guide):
         if required:
             raise ValueError("init='cavi' needs a TensorCompletion model and a MeanField guide with closed-form λ")

@@ -25,13 +25,14 @@ from tqdm.auto import tqdm
 
 from ..checks import check_int, check_number
 from ..guides.base import GuideError, GuideNotReady, as_tensor_guide
+from ..rank import DEFAULT_TOLERANCE, held_out_metric, mean_score, prune, ranks, search_ranks
 from . import distributed as _distributed
 from .batches import TensorBatches, as_tensors, module_device, to_device
 from .cavi import closed_form_start
 from .checkpoint import load_checkpoint, save_checkpoint
 from .diagnostics import DeadGradientWarning, NonFiniteError, check_finite_parameters
 from .engine import Schedule, SVIEngine, check_engine_arguments, sparse_tables
-from .predict import held_out_metric, predict
+from .predict import predict
 
 __all__ = ["DeadGradientWarning", "History", "NonFiniteError", "fit"]
 
@@ -44,10 +45,6 @@ DEFAULT_VALIDATION = 0.1
 #: The rank search runs at the ends of the epochs between the end of the KL ramp and this share
 #: of the steps, so that the epochs after it train the cut network.
 SEARCH_UNTIL = 0.8
-
-#: The held-out score the rank search may give up for smaller ranks: half a point of accuracy
-#: for a classifier, 0.005 of relative error otherwise (:func:`tensorbayes.rank.search_ranks`).
-DEFAULT_TOLERANCE = 0.005
 
 
 @dataclass
@@ -431,8 +428,6 @@ def _lambdas(guide):
 
 def _record(history, model, guide, tensor_guide, elbo, likelihood, beta, eval_data, eval_samples, ctx=None):
     """Append one epoch's summaries to ``history`` (λ and ranks from ``tensor_guide``, unless ``None``)."""
-    from ..rank import ranks
-
     history.elbo.append(elbo)
     history.log_likelihood.append(likelihood)
     history.kl.append(likelihood - elbo)
@@ -520,8 +515,6 @@ class _RankSearch:
         and cut the model and guide to the ranks found. The last search epoch always searches:
         a network that kept learning until then is cut there, or never. Returns the record.
         """
-        from ..rank import mean_score, prune, search_ranks
-
         *inputs, target = to_device(self.held_out, device)
         full = mean_score(model, guide, inputs, target)
         last_chance = epoch == self.epochs[-1]

@@ -13,7 +13,7 @@ import torch
 
 from ..checks import check_int
 
-__all__ = ["held_out_metric", "predict"]
+__all__ = ["predict"]
 
 
 @torch.no_grad()
@@ -67,13 +67,3 @@ def predict(
         means.append(mean)
         stds.append(std)
     return torch.cat(means), torch.cat(stds)
-
-
-def held_out_metric(mean: torch.Tensor, target: torch.Tensor) -> tuple[str, torch.Tensor]:
-    """
-    ``("accuracy", value)`` for class probabilities ``(n, classes)`` against integer labels,
-    else ``("error", value)``, the relative error ``||mean - target|| / ||target||``.
-    """
-    if mean.dim() == 2 and not target.is_floating_point():
-        return "accuracy", (mean.argmax(-1) == target).double().mean()
-    return "error", (mean - target).norm() / target.norm()

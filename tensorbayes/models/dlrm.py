@@ -37,7 +37,7 @@ from pyro.nn import PyroModule
 
 from ..presets import CRITEO_KAGGLE_CARDINALITIES, PAPER_PRESET
 from .embedding_bag import TensorizedEmbeddingBag
-from .networks import _check_num_data
+from .networks import check_num_data
 
 __all__ = ["DLRM", "DLRMNet", "PAPER_PRESET", "mlp"]
 
@@ -340,7 +340,7 @@ class DLRM(PyroModule):
         batch = dense.shape[0]
         if y is not None:
             y = self._check_clicks(y, batch).to(dense.dtype)
-        size = _check_num_data(num_data, batch)
+        size = check_num_data(num_data, batch)
         logits = self.net(dense, sparse)
         with pyro.plate("data", size=size, subsample=torch.arange(batch, device=logits.device)):
             pyro.sample("obs", dist.Bernoulli(logits=logits), obs=y)

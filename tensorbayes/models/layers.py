@@ -52,8 +52,8 @@ from pyro.nn import PyroModule
 
 from ..checks import check_int
 from ..formats import get_format
-from ..formats.base import _planned_cost
-from .tensor import CompactTensor, LowRankTensor, _clip_ranks
+from ..formats.base import planned_cost
+from .tensor import CompactTensor, LowRankTensor, clip_ranks
 
 __all__ = [
     "CompactConv2d",
@@ -415,7 +415,7 @@ def dense_flops(layout, batch_size):
     modes = [f"m{k}" for k in range(len(layout.shape))]
     equation = layout._equation(layout.labels, modes)
     rows, cols = layout.matrix_shape
-    return _planned_cost(equation, tuple(layout.factor_shapes)) + 2 * batch_size * rows * cols
+    return planned_cost(equation, tuple(layout.factor_shapes)) + 2 * batch_size * rows * cols
 
 
 # ----- layers -----
@@ -520,7 +520,7 @@ class TensorizedLinear(PyroModule, _Exports):
         if max_rank is None:
             max_rank = budget_rank(fmt, out_shape + in_shape, len(out_shape))
         if pair_for_speed and len(in_shape) > 1:
-            ranks = _clip_ranks(max_rank, fmt(out_shape + in_shape, 1))
+            ranks = clip_ranks(max_rank, fmt(out_shape + in_shape, 1))
             in_shape, out_shape = _cheapest_ttm_pairing(in_shape, out_shape, ranks)
         self.in_shape, self.out_shape = in_shape, out_shape
         self.weight = _low_rank_weight(

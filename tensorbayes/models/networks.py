@@ -51,7 +51,7 @@ def _check_inputs(x):
     return x
 
 
-def _check_num_data(num_data, batch):
+def check_num_data(num_data, batch):
     if num_data is None:
         return batch
     if isinstance(num_data, bool) or not isinstance(num_data, Integral) or num_data < batch:
@@ -132,7 +132,7 @@ class BayesianClassifier(PyroModule):
         batch = x.shape[0]
         if y is not None:
             y = self._check_labels(y, batch)
-        size = _check_num_data(num_data, batch)
+        size = check_num_data(num_data, batch)
         logits = self.net(x)
         if not isinstance(logits, torch.Tensor) or logits.shape != (batch, self.num_classes):
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -205,7 +205,7 @@ class BayesianRegressor(PyroModule, NormalNoise):
         batch = x.shape[0]
         if y is not None:
             y = self._check_targets(y, batch)
-        size = _check_num_data(num_data, batch)
+        size = check_num_data(num_data, batch)
         mean = self.net(x)
         if not isinstance(mean, torch.Tensor) or mean.dim() == 0 or mean.shape[0] != batch:
             got = tuple(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__

@@ -77,7 +77,7 @@ class LowRankTensor(PyroModule, _LayoutNames):
         super().__init__()
         cls = get_format(format)
         probe = cls(shape, 1, row_modes=row_modes)
-        ranks = _clip_ranks(max_rank, probe)
+        ranks = clip_ranks(max_rank, probe)
         self.layout = cls(shape, ranks, row_modes=row_modes)
         self.max_ranks = ranks
         self.prior = get_prior(prior, **(prior_kwargs or {}))
@@ -199,7 +199,7 @@ class LowRankTensor(PyroModule, _LayoutNames):
         return (self.init_variance / math.prod(self.layout.ranks)) ** (0.5 / len(self.layout.labels))
 
 
-def _clip_ranks(max_rank, probe):
+def clip_ranks(max_rank, probe):
     limits = probe.max_ranks()
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, tuple, list)):
         raise TypeError(f"max_rank must be an int or a tuple of ints, got {max_rank!r}")

@@ -674,7 +674,7 @@ def test_a_network_that_learns_until_the_last_search_is_cut_there(monkeypatch):
     search epoch, which always searches (else such a network would never be cut)."""
     task, model, guide = _searching_student()
     scores = iter([0.5 + 0.02 * k for k in range(100)])
-    monkeypatch.setattr(tb.rank, "mean_score", lambda *args, **kwargs: next(scores))
+    monkeypatch.setattr(fit_module, "mean_score", lambda *args, **kwargs: next(scores))
     history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=20, batch_size=256, seed=0, progress=False)
     cuts = [r["cut"] for r in history.rank_search]
     assert cuts == [False] * (len(cuts) - 1) + [True]
