@@ -5,7 +5,8 @@ Helpers shared by the tests (import them as ``from tests.common import ...``):
 - :func:`embed`, :data:`EMBEDDED_CASES`, :func:`embedded_completion`: planted factors embedded in
   a layout of larger ranks (the pruning, export and plotting tests);
 - :func:`unfolding`, :func:`assert_rank`: the rank of an unfolding, read from its singular
-  values (the data tests).
+  values (the data tests);
+- :func:`factor_parameter`: a MeanField's unconstrained parameter of one factor site.
 
 ``tests/dlrm.py``, ``tests/embedding.py`` and ``tests/data/rank_checks.py`` re-export them under
 their old paths.
@@ -28,6 +29,7 @@ __all__ = [
     "assert_rank",
     "embed",
     "embedded_completion",
+    "factor_parameter",
     "tiny_dlrm",
     "unfolding",
 ]
@@ -138,3 +140,10 @@ def assert_rank(matrix, rank):
     assert s[rank - 1] >= MIN_RATIO * s[0], f"rank {rank} is barely attained: {s / s[0]}"
     if len(s) > rank:
         assert s[rank] <= ZERO * s[0], f"rank exceeds {rank}: {s / s[0]}"
+
+
+def factor_parameter(guide, kind, k, tensor="tensor"):
+    """A :class:`MeanField`'s unconstrained parameter of factor ``k`` of ``tensor`` (its name in the
+    model): ``kind`` "locs" for the means, "scales" for the raw scales (softplus)."""
+    site = f"{tensor}.factor{k}" if tensor else f"factor{k}"
+    return dict(guide.named_parameters())[f"{kind}.{site}_unconstrained"]

@@ -13,6 +13,7 @@ import tensorbayes as tb
 from tensorbayes.data import planted_tensor
 from tensorbayes.guides import MeanField
 from tensorbayes.models import TensorCompletion
+from tests.common import factor_parameter
 from tests.embedding import EMBEDDED_CASES, embedded_completion
 
 D = torch.float64
@@ -50,10 +51,11 @@ def test_ranks_and_prune_recover_the_embedded_tensor(fmt, shape, ranks, max_rank
     layout = tensor.layout
     assert layout.ranks == tuple(ranks)
     assert tensor.max_ranks == tuple(max_rank)
-    post = guide.posteriors["tensor"]
-    assert [tuple(p.shape) for p in post.locs] == layout.factor_shapes
-    assert [tuple(p.shape) for p in post.raw_scales] == layout.factor_shapes
-    assert all(isinstance(p, torch.nn.Parameter) for p in list(post.locs) + list(post.raw_scales))
+    locs = [factor_parameter(guide, "locs", k) for k in range(len(layout.factor_shapes))]
+    raw_scales = [factor_parameter(guide, "scales", k) for k in range(len(layout.factor_shapes))]
+    assert [tuple(p.shape) for p in locs] == layout.factor_shapes
+    assert [tuple(p.shape) for p in raw_scales] == layout.factor_shapes
+    assert all(isinstance(p, torch.nn.Parameter) for p in locs + raw_scales)
     lambdas = guide.lambdas()["tensor"]
     assert [len(lam) for lam in lambdas] == list(ranks)
     assert all(torch.isfinite(lam).all() and (lam > 0).all() for lam in lambdas)

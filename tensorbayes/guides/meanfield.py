@@ -16,16 +16,20 @@ in a plain :class:`pyro.infer.SVI` loop, with any Pyro optimizer, as under
 
 from __future__ import annotations
 
+import weakref
+from typing import NamedTuple
+
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.distributions import constraints
 
 from ..checks import check_number
 from ..models.tensor import low_rank_tensors
 from .base import Draw, TensorGuide, model_module
 
-__all__ = ["MeanField", "low_rank_tensors", "posterior_key"]
+__all__ = ["MeanField", "low_rank_tensors"]
 
 _LAMBDA_GUIDES = ("delta", "lognormal")
 _LAMBDA_UPDATES = ("closed_form", "gradient")
@@ -39,46 +43,47 @@ def _inverse_softplus(x):
     return x + torch.log(-torch.expm1(-x))
 
 
-class TensorPosterior(torch.nn.Module):
-    """The variational parameters of one low-rank tensor: its factors' locs and scales, its λ."""
+#: Every parameter a guide registered in Pyro's param store, by id: an entry of the store that is
+#: none of these was put there otherwise (a loaded store), and the guide takes its value.
+_REGISTERED = weakref.WeakValueDictionary()
 
-    def __init__(self, tensor, init_scale, lambda_guide, lambda_update, generator=None):
-        super().__init__()
-        layout = tensor.layout
-        loc_std = tensor.init_loc_scale()
-        self.locs = torch.nn.ParameterList(
-            [torch.nn.Parameter(torch.randn(s, generator=generator) * loc_std) for s in layout.factor_shapes]
-        )
-        raw = _inverse_softplus(torch.tensor(init_scale * loc_std))
-        self.raw_scales = torch.nn.ParameterList(
-            [torch.nn.Parameter(torch.full(s, float(raw))) for s in layout.factor_shapes]
-        )
-        lambdas = [torch.full((r,), loc_std**2) for r in layout.ranks]
-        self.lambda_guide = lambda_guide
-        self.lambda_update = lambda_update
-        if lambda_update == "closed_form":
-            for b, lam in enumerate(lambdas):
-                self.register_buffer(f"log_lambda{b}", lam.log())
-        else:
-            self.log_lambdas = torch.nn.ParameterList([torch.nn.Parameter(lam.log()) for lam in lambdas])
-        if lambda_guide == "lognormal":
-            self.raw_lambda_scales = torch.nn.ParameterList(
-                [
-                    torch.nn.Parameter(torch.full((r,), float(_inverse_softplus(torch.tensor(0.1)))))
-                    for r in layout.ranks
-                ]
-            )
 
-    def log_lambda(self, b):
-        if self.lambda_update == "closed_form":
-            return getattr(self, f"log_lambda{b}")
-        return self.log_lambdas[b]
+def _set_site_parameter(root, site, value):
+    """Put ``value`` at the dotted ``site`` under ``root`` (nested modules, as AutoNormal's
+    ``locs.<site>``), as ``<leaf>_unconstrained``: a parameter, or a buffer where ``value`` is no
+    :class:`~torch.nn.Parameter` (a λ that the closed-form step sets); replaces one already there."""
+    *path, leaf = site.split(".")
+    for name in path:
+        if name not in root._modules:
+            root.add_module(name, torch.nn.Module())
+        root = root._modules[name]
+    if isinstance(value, torch.nn.Parameter):
+        root.register_parameter(f"{leaf}_unconstrained", value)
+    else:
+        root.register_buffer(f"{leaf}_unconstrained", value)
 
-    def set_log_lambda(self, b, value):
-        if self.lambda_update == "closed_form":
-            setattr(self, f"log_lambda{b}", value)
-        else:
-            self.log_lambdas[b] = torch.nn.Parameter(value)
+
+def _site_parameter(root, site):
+    *path, leaf = site.split(".")
+    for name in path:
+        root = root._modules[name]
+    key = f"{leaf}_unconstrained"
+    return root._parameters[key] if key in root._parameters else root._buffers[key]
+
+
+def _loaded(held, param):
+    """Whether a param store entry ``held`` was put there otherwise than by a guide (a loaded store)."""
+    return held is not None and held is not param and _REGISTERED.get(id(held)) is not held
+
+
+class _Posterior(NamedTuple):
+    """One tensor's variational parameters, unconstrained: its factors' locs and raw scales
+    (softplus), its log λ, and, for a LogNormal λ, their raw scales."""
+
+    locs: list[torch.nn.Parameter]
+    raw_scales: list[torch.nn.Parameter]
+    log_lambdas: list[torch.nn.Parameter]
+    raw_lambda_scales: list[torch.nn.Parameter]
 
     def scales(self):
         return [F.softplus(raw) for raw in self.raw_scales]
@@ -150,22 +155,116 @@ class MeanField(TensorGuide):
             self._build()
 
     def _build(self):
-        """The posteriors of the tensors, once they are known (at once for a module model)."""
-        tensors = self._model_tensors
+        """
+        The posteriors of the tensors, once they are known (at once for a module model): the
+        parameters are named after the sample sites, ``locs.<site>`` and ``scales.<site>`` as
+        Pyro's AutoNormal names them (a λ site's loc is its point estimate), each stored
+        unconstrained as ``<site>_unconstrained``.
+        """
         gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
-        self.posteriors = torch.nn.ModuleDict(
-            {
-                posterior_key(name): TensorPosterior(t, self.init_scale, self.lambda_guide, self.lambda_update, gen)
-                for name, t in tensors.items()
-            }
-        )
-        module = next(iter(tensors.values()))
+        self.add_module("locs", torch.nn.Module())
+        self.add_module("scales", torch.nn.Module())
+        for tensor in self._model_tensors.values():
+            self._init_posterior(tensor, gen)
+        module = next(iter(self._model_tensors.values()))
         self.to(device=module.device, dtype=_tensor_dtype(self.model, module))
         self.keep_lambdas()
 
+    def _init_posterior(self, tensor, gen):
+        layout, loc_std = tensor.layout, tensor.init_loc_scale()
+        locs, scales = self._modules["locs"], self._modules["scales"]
+        raw = float(_inverse_softplus(torch.tensor(self.init_scale * loc_std)))
+        for k, shape in enumerate(layout.factor_shapes):
+            loc = torch.nn.Parameter(torch.randn(shape, generator=gen) * loc_std)
+            _set_site_parameter(locs, tensor.factor_site(k), loc)
+        for k, shape in enumerate(layout.factor_shapes):
+            _set_site_parameter(scales, tensor.factor_site(k), torch.nn.Parameter(torch.full(shape, raw)))
+        raw_lambda_scale = float(_inverse_softplus(torch.tensor(0.1)))
+        for b, r in enumerate(layout.ranks):
+            log_lambda = torch.full((r,), loc_std**2).log()
+            _set_site_parameter(locs, tensor.lambda_site(b), self._lambda_value(log_lambda))
+            if self.lambda_guide == "lognormal":
+                spread = torch.nn.Parameter(torch.full((r,), raw_lambda_scale))
+                _set_site_parameter(scales, tensor.lambda_site(b), spread)
+
+    def _lambda_value(self, log_lambda):
+        """log λ as the guide holds it: a parameter fitted by gradient, or a buffer the closed-form
+        step sets."""
+        return torch.nn.Parameter(log_lambda) if self.lambda_update == "gradient" else log_lambda
+
+    def _site_parameters(self, tensor):
+        """``[(kind, site, parameter, constraint)]`` of ``tensor``'s posterior."""
+        locs, scales = self._modules["locs"], self._modules["scales"]
+        out = []
+        for k in range(len(tensor.layout.factor_shapes)):
+            site = tensor.factor_site(k)
+            out.append(("locs", site, _site_parameter(locs, site), constraints.real))
+            out.append(("scales", site, _site_parameter(scales, site), constraints.softplus_positive))
+        for b in range(tensor.layout.num_bonds):
+            site = tensor.lambda_site(b)
+            out.append(("locs", site, _site_parameter(locs, site), constraints.positive))
+            if self.lambda_guide == "lognormal":
+                out.append(("scales", site, _site_parameter(scales, site), constraints.softplus_positive))
+        return out
+
+    def _posterior(self, tensor):
+        """``tensor``'s posterior parameters, after taking any value a loaded param store holds."""
+        if tensor not in self._model_tensors.values():
+            raise ValueError("tensor is not part of the model this guide was built for")
+        self._sync_param_store(tensor)
+        params = {(kind, site): p for kind, site, p, _ in self._site_parameters(tensor)}
+        num_factors, bonds = len(tensor.layout.factor_shapes), range(tensor.layout.num_bonds)
+        return _Posterior(
+            [params["locs", tensor.factor_site(k)] for k in range(num_factors)],
+            [params["scales", tensor.factor_site(k)] for k in range(num_factors)],
+            [params["locs", tensor.lambda_site(b)] for b in bonds],
+            [params["scales", tensor.lambda_site(b)] for b in bonds] if self.lambda_guide == "lognormal" else [],
+        )
+
     def pairs(self):
         """Pairs ``(model tensor, its posterior parameters)``."""
-        return [(t, self.posteriors[posterior_key(name)]) for name, t in self.tensors().items()]
+        return [(t, self._posterior(t)) for t in self.tensors().values()]
+
+    def _sync_param_store(self, tensor, register=False):
+        """
+        Keep Pyro's param store and the guide's parameters one: each parameter is the store's
+        entry ``<guide name>.locs.<site>`` (or ``scales``), as an AutoNormal's, so that
+        ``pyro.get_param_store().save`` writes the whole posterior, λ included. An entry no guide
+        put there (a loaded store) is taken into the parameter first, and the entry becomes the
+        parameter. With ``register`` (a call of the guide, as Pyro registers a module's
+        parameters when it runs) every parameter is put in the store, replacing an entry that
+        another guide of the same names put there, so that guides never share values; a readout
+        alone leaves the store as it is.
+        """
+        if pyro.settings.get("module_local_params"):
+            return
+        store = pyro.get_param_store()
+        entries = [(f"{self._pyro_name}.{kind}.{site}", p, c) for kind, site, p, c in self._site_parameters(tensor)]
+        loaded = {name for name, param, _ in entries if _loaded(store._params.get(name), param)}
+        for name, param, _ in entries:  # every shape checked before any value is taken
+            if name in loaded and store._params[name].shape != param.shape:
+                raise ValueError(
+                    f"Pyro's param store holds {name} of shape {tuple(store._params[name].shape)}, the guide's "
+                    f"is {tuple(param.shape)}: a pruned guide is restored with tb.load, which rebuilds its shapes"
+                )
+        for name, param, constraint in entries:
+            if name in loaded:
+                with torch.no_grad():
+                    param.copy_(store._params[name].detach().to(param))
+            if name in loaded or (register and store._params.get(name) is not param):
+                store._params[name], store._constraints[name] = param, constraint
+                store._param_to_name[param] = name
+                _REGISTERED[id(param)] = param
+
+    def _param_sites(self):
+        """A ``pyro.param`` statement for every parameter, so that Pyro's SVI finds and steps them."""
+        if pyro.settings.get("module_local_params"):
+            return
+        for tensor in self.tensors().values():
+            self._sync_param_store(tensor, register=True)
+            for kind, site, param, _ in self._site_parameters(tensor):
+                if param.requires_grad:
+                    pyro.param(f"{self._pyro_name}.{kind}.{site}")
 
     # ----- the variational draw -----
 
@@ -181,6 +280,7 @@ class MeanField(TensorGuide):
             self._find_tensors(*args, **kwargs)
             self._build()
         self._refresh_lambdas()
+        self._param_sites()
         values = {}
         for tensor, post in self.pairs():
             for b in range(len(tensor.layout.ranks)):
@@ -200,6 +300,7 @@ class MeanField(TensorGuide):
             return None  # not called yet: the first step traces it
         with self._pyro_context:  # as a call: Pyro's handlers see the parameters (SVI steps those)
             self._refresh_lambdas()
+            self._param_sites()
             out = {}
             for tensor, post in self.pairs():
                 for b in range(len(tensor.layout.ranks)):
@@ -214,7 +315,7 @@ class MeanField(TensorGuide):
             return out
 
     def _lambda_posterior(self, post, b):
-        log_lam = post.log_lambda(b)
+        log_lam = post.log_lambdas[b]
         if self.lambda_guide == "delta":
             return dist.Delta(log_lam.exp(), event_dim=1, validate_args=False)
         return dist.LogNormal(log_lam, F.softplus(post.raw_lambda_scales[b]), validate_args=False).to_event(1)
@@ -240,7 +341,7 @@ class MeanField(TensorGuide):
         out = {}
         for tensor, post in self.pairs():
             for b in range(len(tensor.layout.ranks)):
-                log_lam = post.log_lambda(b).detach()
+                log_lam = post.log_lambdas[b].detach()
                 if self.lambda_guide == "delta":
                     spread = torch.zeros_like(log_lam)
                 else:
@@ -279,7 +380,7 @@ class MeanField(TensorGuide):
     def lambdas(self, tensor_name: str | None = None):
         """The point estimates (or LogNormal medians) of λ, per tensor and bond."""
         out = {
-            name: [post.log_lambda(b).detach().exp() for b in range(len(t.layout.ranks))]
+            name: [post.log_lambdas[b].detach().exp() for b in range(len(t.layout.ranks))]
             for (name, t), (_, post) in zip(self.tensors().items(), self.pairs())
         }
         return out if tensor_name is None else out[tensor_name]
@@ -289,12 +390,6 @@ class MeanField(TensorGuide):
 
     def factor_scales(self, tensor) -> list[torch.Tensor]:
         return [s.detach() for s in self._posterior(tensor).scales()]
-
-    def _posterior(self, tensor):
-        for t, post in self.pairs():
-            if t is tensor:
-                return post
-        raise ValueError("tensor is not part of the model this guide was built for")
 
     # ----- the closed-form M-step -----
 
@@ -324,25 +419,26 @@ class MeanField(TensorGuide):
         for tensor, post in self.pairs():
             means2, variances = [loc**2 for loc in post.locs], [s**2 for s in post.scales()]
             second = [m + v for m, v in zip(means2, variances)]
-            lambdas = [post.log_lambda(b).exp() for b in range(len(tensor.layout.ranks))]
+            lambdas = [log_lambda.exp() for log_lambda in post.log_lambdas]
             for b in range(len(lambdas)):  # bond by bond, each seeing the ones updated before it
                 ((m, d),) = tensor.slice_moments(second, lambdas, bonds=[b])
                 if self.m_step == "mackay":
                     m, d = _mackay_moments(tensor, means2, variances, lambdas, b, m, d)
                 lambdas[b] = tensor.prior.damped_update(lambdas[b], m, d, step_size, check=False)
-                post.set_log_lambda(b, lambdas[b].log())
+                post.log_lambdas[b].copy_(lambdas[b].log())
         self.keep_lambdas()
 
     @torch.no_grad()
     def set_posterior(self, tensor, locs, scales=None, lambdas=None):
-        """Overwrite the posterior of ``tensor``: factor locs, optionally scales and λ."""
+        """Overwrite the posterior of ``tensor``: factor locs, optionally scales and λ (each of the
+        shape it has)."""
         post = self._posterior(tensor)
         for k, loc in enumerate(locs):
-            post.locs[k].copy_(loc)
+            _copy_into(post.locs[k], loc, "locs")
             if scales is not None:
-                post.raw_scales[k].copy_(_inverse_softplus(scales[k].clamp_min(1e-12)))
+                _copy_into(post.raw_scales[k], _inverse_softplus(scales[k].clamp_min(1e-12)), "scales")
         for b, lam in enumerate(lambdas or []):
-            post.set_log_lambda(b, lam.log().to(post.log_lambda(b)))
+            _copy_into(post.log_lambdas[b], lam.log(), "lambdas")
 
     def truncate(self, tensor, keep: list[torch.Tensor]) -> None:
         """Keep the rank indices ``keep`` (one index tensor per bond) of ``tensor``'s posterior."""
@@ -350,13 +446,23 @@ class MeanField(TensorGuide):
         layout = tensor.layout
         _, locs = layout.truncate(list(post.locs), keep)
         _, raws = layout.truncate(list(post.raw_scales), keep)
+        loc_root, scale_root = self._modules["locs"], self._modules["scales"]
         for k in range(len(locs)):
-            post.locs[k] = torch.nn.Parameter(locs[k].detach().clone())
-            post.raw_scales[k] = torch.nn.Parameter(raws[k].detach().clone())
+            site = tensor.factor_site(k)
+            _set_site_parameter(loc_root, site, torch.nn.Parameter(locs[k].detach().clone()))
+            _set_site_parameter(scale_root, site, torch.nn.Parameter(raws[k].detach().clone()))
         for b, idx in enumerate(keep):
-            post.set_log_lambda(b, post.log_lambda(b).detach()[idx].clone())
+            site = tensor.lambda_site(b)
+            _set_site_parameter(loc_root, site, self._lambda_value(post.log_lambdas[b].detach()[idx].clone()))
             if self.lambda_guide == "lognormal":
-                post.raw_lambda_scales[b] = torch.nn.Parameter(post.raw_lambda_scales[b].detach()[idx].clone())
+                spread = torch.nn.Parameter(post.raw_lambda_scales[b].detach()[idx].clone())
+                _set_site_parameter(scale_root, site, spread)
+
+
+def _copy_into(param, value, what):
+    if tuple(value.shape) != tuple(param.shape):
+        raise ValueError(f"{what} must keep the posterior's shapes: got {tuple(value.shape)} for {tuple(param.shape)}")
+    param.copy_(value.to(param))
 
 
 def _mackay_moments(tensor, means2, variances, lambdas, b, m, d):
@@ -383,9 +489,3 @@ def _tensor_dtype(model, tensor):
         if t.is_floating_point():
             return t.dtype
     return torch.get_default_dtype()
-
-
-def posterior_key(name):
-    """The key of a tensor's posterior in ``MeanField.posteriors``: its path in the model, with the
-    dots a module name cannot hold replaced."""
-    return name.replace(".", "__") or "_root"

@@ -261,15 +261,15 @@ def coordinate_ascent(
         raise ValueError("propagate_variance=True is implemented for CP only")
 
     layout = tensor.layout
-    post = guide._posterior(tensor)
-    locs = [loc.detach().clone() for loc in post.locs]
+    name = next(name for name, t in guide.tensors().items() if t is tensor)
+    locs = [loc.clone() for loc in guide.factor_means(tensor)]
     dtype = locs[0].dtype
     values = values.to(dtype)
     data_var = values.var().clamp_min(torch.finfo(dtype).tiny)
     fresh = model.learns_noise and warmup > 0
     noise_var = warmup_noise**2 * data_var if fresh else model.noise.to(dtype) ** 2
-    lambdas = [post.log_lambda(b).exp().to(dtype) for b in range(len(layout.ranks))]
-    scales = [s.detach().clone() for s in post.scales()]
+    lambdas = [lam.to(dtype) for lam in guide.lambdas(name)]
+    scales = [s.clone() for s in guide.factor_scales(tensor)]
     if layout.name == "cp" and warmup > 0:
         locs = spectral_factors(layout.shape, layout.ranks[0], index, values)
     noises = []

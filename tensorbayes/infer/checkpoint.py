@@ -13,7 +13,6 @@ import pyro
 import torch
 
 from ..guides.base import as_tensor_guide
-from ..guides.meanfield import posterior_key
 from ..models.tensor import low_rank_tensors
 
 __all__ = ["load", "load_checkpoint", "save", "save_checkpoint"]
@@ -85,6 +84,17 @@ def _guide_path(guide, model):
     return ""
 
 
+def _site_of(key, prefix, sites, kinds=("locs", "scales")):
+    """The sample site among ``sites`` whose parameter the guide's state key ``key`` holds, named as
+    Pyro's autoguides name them (``<prefix>locs.<site>_unconstrained``, or ``scales``), or ``None``."""
+    stem = key.removesuffix("_unconstrained")
+    for kind in kinds:
+        head = f"{prefix}{kind}."
+        if stem.startswith(head) and stem[len(head) :] in sites:
+            return stem[len(head) :]
+    return None
+
+
 def _check_checkpoint_fits(path, state, model, guide):
     """
     Raise a :class:`ValueError` naming the first mismatch between the checkpoint ``state``
@@ -118,20 +128,16 @@ def _check_checkpoint_fits(path, state, model, guide):
                 f"{fits}: tensor {name!r}: the checkpoint holds ranks {ranks}, the model "
                 f"{_describe(tensor)} (a model is shrunk to a checkpoint's ranks, never grown)"
             )
-        prefix = f"{_guide_path(guide, model)}posteriors.{posterior_key(name)}."
-        shapes = layout.with_ranks(ranks).factor_shapes
+        sites = {tensor.factor_site(k): shape for k, shape in enumerate(layout.with_ranks(ranks).factor_shapes)}
+        sites.update({tensor.lambda_site(b): (r,) for b, r in enumerate(ranks)})
+        prefix = _guide_path(guide, model)
         for key in expected_guide:
-            if not key.startswith(prefix):
-                continue
-            head, _, tail = key[len(prefix) :].rpartition(".")
-            if head in ("locs", "raw_scales"):
-                expected_guide[key] = shapes[int(tail)]
-            elif head in ("log_lambdas", "raw_lambda_scales"):
-                expected_guide[key] = (ranks[int(tail)],)
-            elif tail.startswith("log_lambda"):
-                expected_guide[key] = (ranks[int(tail[len("log_lambda") :])],)
-        factors = {k: tuple(v.shape) for k, v in state["guide"].items() if k.startswith(prefix + "locs.")}
-        wanted = {k: v for k, v in expected_guide.items() if k.startswith(prefix + "locs.")}
+            site = _site_of(key, prefix, sites)
+            if site is not None:
+                expected_guide[key] = sites[site]
+        factor_sites = [tensor.factor_site(k) for k in range(len(layout.factor_shapes))]
+        factors = {k: tuple(v.shape) for k, v in state["guide"].items() if _site_of(k, prefix, factor_sites, ["locs"])}
+        wanted = {k: v for k, v in expected_guide.items() if _site_of(k, prefix, factor_sites, ["locs"])}
         if factors != wanted:
             raise ValueError(
                 f"{fits}: tensor {name!r}: the checkpoint's factors are {_listed_shapes(factors)}; "

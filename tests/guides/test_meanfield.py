@@ -68,15 +68,14 @@ def test_differentiable_loss_reaches_every_parameter(lambda_update):
     )
     assert loss.dtype == D and torch.isfinite(loss)
     loss.backward()
-    post = guide.posteriors["tensor"]
     named = dict(guide.named_parameters())
-    for k in range(len(post.locs)):
-        for kind in ("locs", "raw_scales"):
-            grad = named[f"posteriors.tensor.{kind}.{k}"].grad
+    for k in range(len(model.tensor.layout.factor_shapes)):
+        for kind in ("locs", "scales"):
+            grad = named[f"{kind}.tensor.factor{k}_unconstrained"].grad
             assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, (kind, k)
     if lambda_update == "gradient":
         for b in range(model.tensor.layout.num_bonds):
-            grad = named[f"posteriors.tensor.log_lambdas.{b}"].grad
+            grad = named[f"locs.tensor.lambda{b}_unconstrained"].grad
             assert grad is not None and grad.abs().sum() > 0
     else:
         assert not any("lambda" in n for n in named)
@@ -85,7 +84,7 @@ def test_differentiable_loss_reaches_every_parameter(lambda_update):
 def test_lambda_buffers_follow_double():
     _, model, guide = _setup("tt")
     buffers = dict(guide.named_buffers())
-    assert set(buffers) == {"posteriors.tensor.log_lambda0", "posteriors.tensor.log_lambda1"}
+    assert set(buffers) == {"locs.tensor.lambda0_unconstrained", "locs.tensor.lambda1_unconstrained"}
     assert all(b.dtype == D for b in buffers.values())
     guide.update_lambdas(0.5)
     assert all(lam.dtype == D for lam in guide.lambdas()["tensor"])
@@ -254,8 +253,8 @@ def test_lognormal_lambda_guide():
     named = dict(guide.named_parameters())
     lam_params = [n for n in named if "lambda" in n]
     assert sorted(lam_params) == sorted(
-        [f"posteriors.tensor.log_lambdas.{b}" for b in range(2)]
-        + [f"posteriors.tensor.raw_lambda_scales.{b}" for b in range(2)]
+        [f"locs.tensor.lambda{b}_unconstrained" for b in range(2)]
+        + [f"scales.tensor.lambda{b}_unconstrained" for b in range(2)]
     )
     trace = poutine.trace(guide).get_trace(planted.train_index, planted.train_values)
     fn = trace.nodes["tensor.lambda0"]["fn"]
@@ -276,19 +275,27 @@ def test_lognormal_lambda_guide():
 def test_truncate_keeps_the_posterior_at_the_kept_indices(fmt, shape, max_rank, lambda_guide):
     _, model, guide = _setup(fmt, shape, max_rank, lambda_guide=lambda_guide)
     tensor = model.tensor
-    post = guide.posteriors["tensor"]
+    named = {**dict(guide.named_parameters()), **dict(guide.named_buffers())}
+    num_factors = len(tensor.layout.factor_shapes)
+    factor_params = [
+        named[f"{kind}.tensor.factor{k}_unconstrained"] for kind in ("locs", "scales") for k in range(num_factors)
+    ]
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # every entry distinct, so that an entry from another index would show
-        for p in list(post.locs) + list(post.raw_scales):
+        for p in factor_params:
             p.copy_(torch.randn(p.shape, generator=generator, dtype=D))
         for b, r in enumerate(tensor.layout.ranks):
-            post.set_log_lambda(b, torch.randn(r, generator=generator, dtype=D))
+            named[f"locs.tensor.lambda{b}_unconstrained"].copy_(torch.randn(r, generator=generator, dtype=D))
             if lambda_guide == "lognormal":
-                post.raw_lambda_scales[b].copy_(torch.randn(r, generator=generator, dtype=D))
+                named[f"scales.tensor.lambda{b}_unconstrained"].copy_(torch.randn(r, generator=generator, dtype=D))
     labels = tensor.layout.labels
     locs, scales = guide.factor_means(tensor), guide.factor_scales(tensor)
     lambdas = guide.lambdas("tensor")
-    raw_lambda_scales = [p.detach().clone() for p in post.raw_lambda_scales] if lambda_guide == "lognormal" else None
+    raw_lambda_scales = [
+        named[f"scales.tensor.lambda{b}_unconstrained"].detach().clone()
+        for b in range(len(tensor.layout.ranks))
+        if lambda_guide == "lognormal"
+    ]
     # not the leading indices: the last, then the first (an order too), or the last alone
     keep = [torch.tensor([r - 1, 0]) if r >= 2 else torch.tensor([0]) for r in tensor.layout.ranks]
     assert any(len(k) > 1 for k in keep)
@@ -304,10 +311,13 @@ def test_truncate_keeps_the_posterior_at_the_kept_indices(fmt, shape, max_rank, 
     for f in range(len(labels)):
         assert torch.equal(guide.factor_means(tensor)[f], kept(locs[f], f)), f
         torch.testing.assert_close(guide.factor_scales(tensor)[f], kept(scales[f], f), rtol=1e-15, atol=0)
+    named = {**dict(guide.named_parameters()), **dict(guide.named_buffers())}
     for b, k in enumerate(keep):
-        torch.testing.assert_close(post.log_lambda(b).exp(), lambdas[b][k], rtol=1e-15, atol=0)
+        torch.testing.assert_close(
+            named[f"locs.tensor.lambda{b}_unconstrained"].exp(), lambdas[b][k], rtol=1e-15, atol=0
+        )
         if lambda_guide == "lognormal":
-            assert torch.equal(post.raw_lambda_scales[b].detach(), raw_lambda_scales[b][k])
+            assert torch.equal(named[f"scales.tensor.lambda{b}_unconstrained"].detach(), raw_lambda_scales[b][k])
 
 
 @pytest.mark.parametrize(
@@ -352,14 +362,17 @@ def test_standalone_tensor_guide_names():
     trace = poutine.trace(guide).get_trace()
     names = [n for n, s in trace.nodes.items() if s["type"] == "sample"]
     assert names == ["lambda0", "factor0", "factor1", "factor2"]
-    assert list(guide.posteriors) == ["_root"]
+    assert sorted(guide.state_dict()) == sorted(
+        [f"{kind}.factor{k}_unconstrained" for kind in ("locs", "scales") for k in range(3)]
+        + ["locs.lambda0_unconstrained"]
+    )
 
 
 def test_guide_scales_are_softplus_of_raw():
     _, model, guide = _setup("cp")
-    post = guide.posteriors["tensor"]
-    for raw, s in zip(post.raw_scales, guide.factor_scales(model.tensor)):
-        torch.testing.assert_close(s, F.softplus(raw.detach()))
+    named = dict(guide.named_parameters())
+    for k, s in enumerate(guide.factor_scales(model.tensor)):
+        torch.testing.assert_close(s, F.softplus(named[f"scales.tensor.factor{k}_unconstrained"].detach()))
 
 
 def test_guide_takes_the_models_dtype():

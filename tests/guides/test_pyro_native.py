@@ -15,6 +15,7 @@ from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
 import tensorbayes as tb
 from tensorbayes.guides import GuideError, MeanField
 from tensorbayes.models import TensorCompletion
+from tests.common import factor_parameter
 
 SHAPE, PLANTED = (10, 12, 14), (2, 3)
 
@@ -71,7 +72,7 @@ def test_the_guides_lambda_step_runs_once_per_change_of_its_parameters():
     guide(*args)
     guide(*args)  # nothing changed since it was built: no step
     with torch.no_grad():
-        guide.posteriors["tensor"].locs[0].mul_(1.01)
+        factor_parameter(guide, "locs", 0).mul_(1.01)
         guide(*args)  # gradients off (as in Predictive): no step
     guide(*args)
     guide(*args)
@@ -239,3 +240,72 @@ def test_pruning_an_autonormal_keeps_its_scales_positive_parameters():
     assert tuple(guide.median()[site].shape) == model.tensor.layout.factor_shapes[1]
     _svi(model, guide, planted, steps=5)  # the pruned autoguide trains on
     assert tuple(guide.median()[site].shape) == model.tensor.layout.factor_shapes[1]
+
+
+def test_the_parameters_are_named_after_the_sample_sites_in_the_param_store():
+    pyro.clear_param_store()
+    planted, model = _planted(), _model()
+    guide = MeanField(model, seed=0)
+    _svi(model, guide, planted, steps=2)
+    store = pyro.get_param_store()
+    sites = [model.tensor.factor_site(k) for k in range(3)]
+    expected = {f"MeanField.{kind}.{site}" for kind in ("locs", "scales") for site in sites}
+    expected |= {f"MeanField.locs.{model.tensor.lambda_site(b)}" for b in range(2)}  # λ too
+    assert expected <= set(store.keys())
+    named = dict(guide.named_parameters())
+    assert (
+        store.get_param("MeanField.locs.tensor.factor1").unconstrained() is named["locs.tensor.factor1_unconstrained"]
+    )
+    torch.testing.assert_close(store["MeanField.locs.tensor.lambda0"], guide.lambdas("tensor")[0], rtol=0, atol=0)
+
+
+def test_a_param_store_round_trip_keeps_the_ranks_and_lambda(tmp_path):
+    pyro.clear_param_store()
+    planted, model = _planted(), _model()
+    guide = MeanField(model, seed=0)
+    _svi(model, guide, planted, steps=600)
+    ranks, lambdas = tb.ranks(model, guide), guide.lambdas("tensor")
+    assert ranks["tensor"] == PLANTED
+    pyro.get_param_store().save(tmp_path / "params.pt")
+
+    pyro.clear_param_store()
+    fresh = _model()
+    fresh_guide = MeanField(fresh, seed=1)  # other initial values
+    assert tb.ranks(fresh, fresh_guide) != ranks
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    assert tb.ranks(fresh, fresh_guide) == ranks
+    for a, b in zip(fresh_guide.lambdas("tensor"), lambdas):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(fresh_guide.factor_means(fresh.tensor), guide.factor_means(model.tensor)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_two_guides_of_the_same_names_share_no_values():
+    pyro.clear_param_store()
+    planted = _planted()
+    first_model, second_model = _model(), _model()
+    first = MeanField(first_model, seed=0)
+    _svi(first_model, first, planted, steps=5)
+    kept = [m.clone() for m in first.factor_means(first_model.tensor)]
+    second = MeanField(second_model, seed=1)
+    start = [m.clone() for m in second.factor_means(second_model.tensor)]
+    _svi(second_model, second, planted, steps=5)
+    assert all(torch.equal(a, b) for a, b in zip(first.factor_means(first_model.tensor), kept))
+    assert not any(torch.equal(a, b) for a, b in zip(second.factor_means(second_model.tensor), start))
+    assert not any(torch.equal(a, b) for a, b in zip(second.factor_means(second_model.tensor), kept))
+
+
+def test_a_param_store_of_pruned_shapes_is_refused_naming_tb_load(tmp_path):
+    pyro.clear_param_store()
+    planted, model = _planted(), _model()
+    guide = MeanField(model, seed=0)
+    _svi(model, guide, planted, steps=5)
+    tb.prune(model, guide, ranks={"tensor": (2, 3)})
+    _svi(model, guide, planted, steps=1)
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    pyro.clear_param_store()
+    fresh = _model()
+    fresh_guide = MeanField(fresh, seed=1)
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    with pytest.raises(ValueError, match=r"MeanField\.locs\.tensor\.factor0 of shape \(1, 10, 2\).*tb\.load"):
+        tb.ranks(fresh, fresh_guide)

@@ -265,8 +265,8 @@ def _written_by(tmp_path, model, guide, shape=SHAPE):
         (
             dict(),
             dict(shape=(6, 7, 9)),
-            r"the checkpoint's factors are posteriors.tensor.locs.0 \(1, 6, 4\), "
-            r".*locs.2 \(4, 8, 1\); .* would be .*locs.2 \(4, 9, 1\)",
+            r"the checkpoint's factors are locs.tensor.factor0_unconstrained \(1, 6, 4\), "
+            r".*factor2_unconstrained \(4, 8, 1\); .* would be .*factor2_unconstrained \(4, 9, 1\)",
         ),
     ],
 )

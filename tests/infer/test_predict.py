@@ -5,15 +5,17 @@ import tensorbayes as tb
 from tensorbayes.data import planted_tensor
 from tensorbayes.guides import MeanField
 from tensorbayes.models import TensorCompletion
+from tests.common import factor_parameter
 
 
 def _model_and_guide(scale):
     model = TensorCompletion((5, 6, 7), format="tt", max_rank=3, noise=0.1).double()
     guide = MeanField(model, seed=0).double()
-    post = guide.posteriors["tensor"]
     with torch.no_grad():
-        for raw in post.raw_scales:
-            raw.fill_(float(torch.log(torch.expm1(torch.tensor(scale, dtype=torch.float64)))))
+        for k in range(len(model.tensor.layout.factor_shapes)):
+            factor_parameter(guide, "scales", k).fill_(
+                float(torch.log(torch.expm1(torch.tensor(scale, dtype=torch.float64))))
+            )
     return model, guide
 
 

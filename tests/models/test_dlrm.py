@@ -57,7 +57,7 @@ def test_sites_for_tensorized_tables_only():
     assert model.net.C3.layout.name == "tt" and model.net.C12.layout.name == "ttm"
     assert isinstance(model.net.C16, torch.nn.EmbeddingBag) and not isinstance(model.net.C16, TensorizedEmbeddingBag)
     guide = tb.guides.MeanField(model, seed=0)
-    assert set(guide.posteriors) == {"net__C3__weight", "net__C12__weight"}
+    assert set(guide.tensors()) == {"net.C3.weight", "net.C12.weight"}
     guide_trace = poutine.trace(guide).get_trace()
     assert {n for n, s in guide_trace.nodes.items() if s["type"] == "sample"} == latent
 

@@ -90,7 +90,7 @@ def test_forward_draws_the_weight_and_matches_bag():
 def test_guide_finds_the_weight_and_compact_export_matches():
     layer = _bag("ttm")
     guide = MeanField(layer, seed=0)
-    assert set(guide.posteriors) == {"weight"}
+    assert set(guide.tensors()) == {"weight"}
     means = guide.factor_means(layer.weight)
     compact = CompactEmbeddingBag(layer, means)
     assert not any(isinstance(m, pyro.nn.PyroModule) for m in compact.modules())

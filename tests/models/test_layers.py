@@ -437,7 +437,7 @@ class TinyClassifier(PyroModule):
 def test_mean_field_elbo_on_a_tiny_classifier(format):
     model = TinyClassifier(format)
     guide = MeanField(model, seed=0)
-    assert set(guide.posteriors.keys()) == {"conv__weight", "fc__weight", "emb__weight"}
+    assert set(guide.tensors()) == {"conv.weight", "fc.weight", "emb.weight"}
     images, tokens, labels = torch.randn(5, 4, 4, 4), torch.randint(0, 30, (5, 3)), torch.randint(0, 3, (5,))
     loss = TraceMeanField_ELBO().differentiable_loss(model, guide, images, tokens, labels, num_data=100)
     assert torch.isfinite(loss)

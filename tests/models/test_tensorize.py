@@ -93,7 +93,7 @@ def test_mean_field_guide_on_a_tensorized_network():
 
     model = Model()
     guide = MeanField(model, seed=0)
-    assert list(guide.posteriors.keys()) == ["body__0__weight"]
+    assert list(guide.tensors()) == ["body.0.weight"]
     guide_sites = _sites(poutine.trace(guide).get_trace(), "sample")
     assert guide_sites == ["body.0.weight.lambda0"] + [
         f"body.0.weight.factor{k}" for k in range(len(body[0].layout.labels))
@@ -101,7 +101,8 @@ def test_mean_field_guide_on_a_tensorized_network():
     loss = TraceMeanField_ELBO().differentiable_loss(model, guide, torch.randn(4, 256), torch.tensor([0, 1, 2, 0]))
     assert torch.isfinite(loss)
     loss.backward()
-    assert all(loc.grad is not None for loc in guide.posteriors["body__0__weight"].locs)
+    locs = [p for n, p in guide.named_parameters() if n.startswith("locs.body.0.weight.factor")]
+    assert locs and all(p.grad is not None for p in locs)
 
 
 def test_a_layer_that_does_not_factor_stays_dense_with_a_warning():
