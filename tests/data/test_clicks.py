@@ -26,7 +26,7 @@ from tensorbayes.data.clicks import (
 def test_cardinalities_are_criteo_kaggles():
     assert len(CRITEO_KAGGLE_CARDINALITIES) == 26
     large = [CRITEO_KAGGLE_CARDINALITIES[t] for t in PAPER_ROW_SHAPES]
-    assert sum(large) == 33_193_281  # PAPER.md
+    assert sum(large) == 33_193_281  # the paper's count (docs/method.md, "The paper's DLRM setting")
     assert all(math.prod(PAPER_ROW_SHAPES[t]) >= CRITEO_KAGGLE_CARDINALITIES[t] for t in PAPER_ROW_SHAPES)
     gen = ClickGenerator(seed=0)
     for t, n in enumerate(gen.cardinalities):

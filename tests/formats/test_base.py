@@ -39,7 +39,7 @@ def case_id(case):
 
 
 def expected_factor_shapes(name, shape, ranks):
-    """The factor shapes, from the formats' definitions (METHOD.md §1)."""
+    """The factor shapes, from the formats' definitions (docs/method.md, "Formats")."""
     order, bonds = len(shape), (1,) + tuple(ranks) + (1,)
     if name == "cp":
         return [(size, ranks[0]) for size in shape]

@@ -230,7 +230,7 @@ def test_mackay_step_shrinks_a_prior_dominated_index_where_em_barely_moves():
 @pytest.mark.parametrize("fmt, shape", [("tt", (4, 5, 6)), ("ttm", (2, 3, 4, 3, 2)), ("tucker", (4, 5, 6))])
 def test_mackay_and_em_steps_share_their_stationary_points(fmt, shape):
     # EM's λ given the factor posteriors, iterated bond by bond to its fixed point, is also a
-    # fixed point of MacKay's step (METHOD.md §3: both maximize the same objective there).
+    # fixed point of MacKay's step (docs/method.md, "The λ M-step": both maximize the same objective there).
     model = TensorCompletion(shape, format=fmt, max_rank=3, noise=0.1)
     guide = MeanField(model, seed=1)
     model.double()
