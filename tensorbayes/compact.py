@@ -102,21 +102,16 @@ def _own_export(module):
     return module.export
 
 
-def _torch_class(module, path):
-    """The torch class of ``module``: ``cls`` for a ``PyroModule[cls]``, its own class otherwise."""
+def _torch_class(module):
+    """The class of ``module``'s copy: ``cls`` for a ``PyroModule[cls]``, ``torch.nn.Module`` for a
+    bare ``PyroModule``, its own class otherwise (a torch module, or a PyroModule subclass of the
+    user's own, whose forward may hold its own Pyro statements: it is kept, its layers swapped)."""
     cls = type(module)
-    if not isinstance(module, PyroModule):
-        return cls
     if cls is PyroModule:
         return torch.nn.Module
-    base = _wrapped_torch_class(cls)
-    if base is not None:
-        return base
-    raise TypeError(
-        f"export cannot convert {path or 'the network'} ({cls.__name__}): a PyroModule subclass of its own has "
-        "no torch class to go back to; define the network as a torch.nn.Module and tensorize it "
-        "(tb.models.tensorize), or hold the tensorized layers in PyroModule[torch class] containers"
-    )
+    if not isinstance(module, PyroModule):
+        return cls
+    return _wrapped_torch_class(cls) or cls
 
 
 def _pyro_param_value(module, name):
@@ -146,7 +141,7 @@ def _convert(module, guide, path, memo):
             f"export cannot convert {path or 'the model'}: a LowRankTensor outside a tensorized layer has no "
             "deterministic forward pass (its posterior mean is layout.full(guide.factor_means(tensor)))"
         )
-    cls = _torch_class(module, path)
+    cls = _torch_class(module)
     samples = module.__dict__.get("_pyro_samples") or {}
     if samples:
         raise TypeError(
@@ -175,6 +170,13 @@ def _convert(module, guide, path, memo):
         (name, None if child is None else _convert(child, guide, _join(path, name), memo))
         for name, child in module._modules.items()
     )
+    if isinstance(new, PyroModule):  # the user's own class: a PyroModule again, its PyroParams plain parameters
+        new.__dict__.update(
+            _pyro_name=module._pyro_name,
+            _pyro_context=type(module._pyro_context)(),
+            _pyro_params=OrderedDict(),
+            _pyro_samples=OrderedDict(),
+        )
     return new
 
 
@@ -204,8 +206,11 @@ def export(model: torch.nn.Module, guide) -> torch.nn.Module:
     Tensorized layers become :class:`CompactLinear`, :class:`CompactConv2d`,
     :class:`CompactEmbedding` and :class:`CompactEmbeddingBag` (each layer's own
     ``export(guide)``); every other module is copied (parameters, buffers, attributes, training
-    flag) and converted from ``PyroModule[cls]`` back to ``cls``. Nothing is shared with
-    ``model`` or ``guide``, which are left unchanged.
+    flag) and converted from ``PyroModule[cls]`` back to ``cls``. A
+    :class:`~pyro.nn.PyroModule` subclass of your own keeps its class, with its tensorized
+    layers swapped in place and its ``PyroParam`` attributes fixed at their values as plain
+    parameters; the Pyro statements of its own ``forward`` (an observation site, say) stay.
+    Nothing is shared with ``model`` or ``guide``, which are left unchanged.
 
     For a :class:`~tensorbayes.models.BayesianClassifier` or
     :class:`~tensorbayes.models.BayesianRegressor` the export is its network ``model.net`` (the
@@ -226,10 +231,10 @@ def export(model: torch.nn.Module, guide) -> torch.nn.Module:
     :param guide: its guide: a :class:`~tensorbayes.guides.MeanField` (or another
         :class:`~tensorbayes.guides.TensorGuide`), an :class:`~pyro.infer.autoguide.AutoGuideList`
         holding one, or a Pyro autoguide (read through its medians).
-    :returns: a :class:`torch.nn.Module` with no Pyro module in it.
+    :returns: a :class:`torch.nn.Module` with no Pyro module in it, but for the user's own
+        ``PyroModule`` subclasses.
     :raises TypeError: for a model part that has no deterministic torch counterpart (a
-        ``PyroSample`` weight, a :class:`~pyro.nn.PyroModule` subclass of its own, a bare
-        :class:`~tensorbayes.models.LowRankTensor`), naming it.
+        ``PyroSample`` weight, a bare :class:`~tensorbayes.models.LowRankTensor`), naming it.
     :raises ValueError: when the guide's factors do not fit a tensor's layout (a guide of
         another model, or one pruned apart from it).
     """
@@ -239,7 +244,10 @@ def export(model: torch.nn.Module, guide) -> torch.nn.Module:
     child = getattr(type(model), "export_child", None)
     if child is not None:
         return _convert(getattr(model, child), guide, child, {})
-    return _convert(model, guide, "", {})
+    try:
+        return _convert(model, guide, "", {})
+    except TypeError as error:  # named after the model, as its user wrote it
+        raise TypeError(f"{type(model).__name__}: {error}") from None
 
 
 def num_params(module: torch.nn.Module) -> int:

@@ -240,15 +240,6 @@ def test_compact_tensor():
         CompactLinear(torch.nn.Linear(4, 4), [])
 
 
-class OwnNet(PyroModule):
-    def __init__(self):
-        super().__init__()
-        self.fc = TensorizedLinear(16, 16, format="tt", max_rank=2, in_shape=(4, 4), out_shape=(4, 4))
-
-    def forward(self, x):
-        return self.fc(x)
-
-
 def test_export_refuses_what_it_cannot_fix():
     model, guide = _classifier("cp")
     with pytest.raises(TypeError, match="guide must offer factor_means"):
@@ -258,9 +249,6 @@ def test_export_refuses_what_it_cannot_fix():
     other, other_guide = _classifier("cp")
     with pytest.raises(ValueError, match="not part of the model"):
         tb.export(model, other_guide)
-    own = OwnNet()
-    with pytest.raises(TypeError, match="OwnNet"):
-        tb.export(own, MeanField(own))
     completion = TensorCompletion((3, 4, 5))
     with pytest.raises(TypeError, match="TensorCompletion"):
         tb.export(completion, MeanField(completion))
@@ -282,24 +270,63 @@ def test_the_export_carries_no_pyro_attributes():
     assert leftovers == []
 
 
-def test_export_names_the_whole_network_or_model_when_the_top_cannot_be_converted():
-    own = OwnNet()
-    with pytest.raises(TypeError, match=r"export cannot convert the network \(OwnNet\)"):
-        tb.export(own, MeanField(own))
+def test_export_names_the_whole_model_when_the_top_cannot_be_converted():
     tensor = TensorCompletion((3, 4, 5)).tensor
     with pytest.raises(TypeError, match="export cannot convert the model: a LowRankTensor"):
         tb.export(tensor, MeanField(tensor))
 
 
+class HeteroscedasticNet(PyroModule):
+    """A researcher's own model: a PyroModule subclass with a tensorized mean, a PyroParam and its
+    own observation site."""
+
+    def __init__(self):
+        super().__init__()
+        self.mean = TensorizedLinear(16, 16, format="tt", max_rank=3, in_shape=(4, 4), out_shape=(4, 4))
+        self.log_scale = PyroParam(torch.full((16,), 0.3), constraints.positive)
+
+    def forward(self, x, y=None):
+        mean = self.mean(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(mean, self.log_scale).to_event(1), obs=y)
+        return mean
+
+
+def test_export_swaps_the_tensorized_layers_of_a_pyro_module_of_your_own_in_place():
+    pyro.clear_param_store()
+    model = HeteroscedasticNet().double()
+    guide = MeanField(model, seed=0)
+    x = _x()
+    guide(x)  # as after a fit: the guide and the PyroParam have met the param store
+    net = tb.export(model, guide)
+    assert type(net) is HeteroscedasticNet and type(net.mean) is tb.compact.CompactLinear
+    assert dict(net.named_parameters()).keys() == {f"mean.weight.factors.{k}" for k in range(4)} | {
+        "mean.bias",
+        "log_scale",
+    }
+    torch.testing.assert_close(net.log_scale, model.log_scale.detach(), rtol=0, atol=0)
+    # the posterior-mean network: the model with every factor site fixed at its mean
+    tensor = model.mean.weight
+    means = {tensor.factor_site(k): m for k, m in enumerate(guide.factor_means(tensor))}
+    expected = poutine.condition(model, data=means)(x)
+    torch.testing.assert_close(net(x), expected, rtol=1e-12, atol=1e-12)
+    # its own observation site stays; the tensor's sites are gone
+    trace = poutine.trace(net).get_trace(x)
+    sampled = [n for n, site in trace.nodes.items() if site["type"] == "sample"]
+    assert sampled == ["data", "obs"]  # the plate's subsample site, and the observation
+
+
 class TorchAndPyro(torch.nn.Linear, PyroModule):
-    """A PyroModule of its own that also subclasses a torch class: no PyroModule[Linear]."""
+    """A PyroModule of its own that also subclasses a torch class: kept as its class."""
 
 
-def test_export_refuses_a_pyro_module_of_its_own_even_over_a_torch_class():
+def test_export_keeps_a_pyro_module_of_its_own_over_a_torch_class():
     model, guide = _classifier("cp")
-    model.net[2] = TorchAndPyro(16, 3).double()
-    with pytest.raises(TypeError, match=r"export cannot convert net\.2 \(TorchAndPyro\)"):
-        tb.export(model, guide)
+    head = TorchAndPyro(16, 3).double()
+    model.net[2] = head
+    net = tb.export(model, guide)
+    assert type(net[2]) is TorchAndPyro and net[2] is not head
+    torch.testing.assert_close(net[2].weight, head.weight, rtol=0, atol=0)
 
 
 class WithExport(torch.nn.Linear):
