@@ -3,10 +3,14 @@ Posterior predictions: the model's output averaged over draws from the guide.
 
 :func:`predict` runs the guide, replays the model on its draw and collects what the model
 returns (a completion model returns the tensor's entries; a classifier its class
-probabilities), ``num_samples`` times, in chunks of inputs so that memory stays bounded.
+probabilities), ``num_samples`` times, in chunks of inputs so that memory stays bounded. With
+``return_sites`` it returns every draw of the named sites instead, as Pyro's
+:class:`~pyro.infer.Predictive` does.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import pyro
 import torch
@@ -36,8 +40,13 @@ def _draws(model, guide, inputs, num_samples):
 
 
 def predict(
-    model, guide, *inputs: torch.Tensor, num_samples: int = 100, chunk_size: int = 4096
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model,
+    guide,
+    *inputs: torch.Tensor,
+    num_samples: int = 100,
+    chunk_size: int = 4096,
+    return_sites: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]:
     """
     The posterior predictive mean and standard deviation of the model's return value.
 
@@ -50,9 +59,18 @@ def predict(
     :param inputs: tensors sharing their first (example) dimension.
     :param int num_samples: posterior draws.
     :param int chunk_size: examples per chunk (memory grows with it, not with the inputs).
+    :param return_sites: names of sample sites of the model (``"_RETURN"`` for its return
+        value), as :class:`~pyro.infer.Predictive` takes them: then every draw of each is
+        returned instead of the mean and spread. Each draw of the guide is replayed on every
+        chunk, so a global site (a factor, a λ) has one value per draw, and a site of the data
+        (an observation, the return value) is joined over the chunks along its first dimension;
+        the guide's sites must then be global (a tensor guide's are), unless one chunk holds
+        every input.
     :returns: ``(mean, std)`` over the draws, each shaped like the model's output: the mean and
         the sample standard deviation (``n - 1`` in the denominator, as :func:`torch.std`, so
-        that a few draws do not understate the spread; NaN when ``num_samples`` is 1).
+        that a few draws do not understate the spread; NaN when ``num_samples`` is 1). With
+        ``return_sites``: ``{site: draws}``, each stacked in a first dimension of
+        ``num_samples``.
     """
     check_int(num_samples, "num_samples")
     check_int(chunk_size, "chunk_size")
@@ -61,9 +79,38 @@ def predict(
     n = inputs[0].shape[0]
     if any(t.shape[0] != n for t in inputs):
         raise ValueError(f"inputs must share their first dimension, got {[tuple(t.shape) for t in inputs]}")
+    if return_sites is not None:
+        sites = _check_sites(return_sites)
+        chunks = [[t[start : start + chunk_size] for t in inputs] for start in range(0, n, chunk_size)]
+        return _site_draws(model, guide, chunks, num_samples, sites)
     means, stds = [], []
     for start in range(0, n, chunk_size):
         mean, std = _draws(model, guide, [t[start : start + chunk_size] for t in inputs], num_samples)
         means.append(mean)
         stds.append(std)
     return torch.cat(means), torch.cat(stds)
+
+
+def _check_sites(return_sites):
+    if isinstance(return_sites, str) or not all(isinstance(site, str) for site in return_sites or [None]):
+        raise TypeError(f"return_sites must be a list of site names, got {return_sites!r}")
+    return list(return_sites)
+
+
+@torch.no_grad()
+def _site_draws(model, guide, chunks, num_samples, sites):
+    """``{site: (num_samples, ...) draws}``: each draw of the guide replayed on every chunk."""
+    draws = {site: [] for site in sites}
+    for _ in range(num_samples):
+        guide_trace = pyro.poutine.trace(guide).get_trace(*chunks[0])
+        parts = {site: [] for site in sites}
+        for chunk in chunks:
+            trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(*chunk)
+            for site in sites:
+                if site not in trace.nodes:
+                    known = sorted(name for name, node in trace.nodes.items() if node["type"] == "sample")
+                    raise KeyError(f"return_sites: the model has no site {site!r} (its sample sites: {known})")
+                parts[site].append(trace.nodes[site]["value"])
+        for site, values in parts.items():  # a replayed global site is the guide's own value in every chunk
+            draws[site].append(values[0] if all(v is values[0] for v in values) else torch.cat(values))
+    return {site: torch.stack(values) for site, values in draws.items()}

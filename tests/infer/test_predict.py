@@ -88,3 +88,44 @@ def test_predict_rejects_bad_arguments(kwargs, match):
     model, guide = _model_and_guide(0.1)
     with pytest.raises(ValueError, match=match):
         tb.predict(model, guide, torch.zeros(3, 3, dtype=torch.long), **kwargs)
+
+
+def _classifier():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(tb.models.TensorizedLinear(16, 12, format="tt", max_rank=3), torch.nn.ReLU())
+    net.append(torch.nn.Linear(12, 3))
+    model = tb.models.BayesianClassifier(tb.models.tensorize(net), num_classes=3).double()
+    return model, MeanField(model, seed=0).double()
+
+
+def test_predict_returns_every_draw_of_the_named_sites_over_chunks():
+    # one draw of the guide for all chunks: each draw's return value is the network at that draw's
+    # factors (float64, the same operations in the same order: equal to rounding, 1e-12)
+    import pyro
+    from pyro import poutine
+
+    model, guide = _classifier()
+    tensor = model.net[0].weight
+    x = torch.randn(10, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    factor, lam = tensor.factor_site(1), tensor.lambda_site(0)
+    pyro.set_rng_seed(0)
+    draws = tb.predict(model, guide, x, num_samples=4, chunk_size=4, return_sites=["obs", "_RETURN", factor, lam])
+    assert tuple(draws["obs"].shape) == (4, 10) and draws["obs"].dtype == torch.int64
+    assert tuple(draws["_RETURN"].shape) == (4, 10, 3)
+    assert tuple(draws[factor].shape) == (4, *tensor.layout.factor_shapes[1])
+    assert tuple(draws[lam].shape) == (4, tensor.layout.ranks[0])
+    assert not torch.equal(draws[factor][0], draws[factor][1])  # four draws, not one
+    sites = tb.guides.tensor_sites(model)
+    draws = tb.predict(model, guide, x, num_samples=4, chunk_size=3, return_sites=[*sites, "_RETURN"])
+    for s in range(4):
+        expected = poutine.condition(model, data={site: draws[site][s] for site in sites})(x)
+        torch.testing.assert_close(draws["_RETURN"][s], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_predict_refuses_bad_return_sites():
+    model, guide = _classifier()
+    x = torch.zeros(2, 16, dtype=torch.float64)
+    with pytest.raises(TypeError, match="return_sites must be a list of site names"):
+        tb.predict(model, guide, x, num_samples=1, return_sites="obs")
+    with pytest.raises(KeyError, match=r"no site 'nope' \(its sample sites: .*obs"):
+        tb.predict(model, guide, x, num_samples=1, return_sites=["nope"])
