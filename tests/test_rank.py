@@ -333,10 +333,12 @@ def test_search_ranks_with_no_tolerance_still_drops_the_components_of_weight_zer
     assert found == {"tensor": (1,)} and scores["found"] == scores["full"]
 
 
+@pytest.mark.parametrize("scale", [2.0, 0.5])
 @pytest.mark.parametrize("tolerance, rank", [(0.1, 2), (0.02, 3), (0.005, 4)])
-def test_search_ranks_does_not_depend_on_the_scale_of_the_weights(tolerance, rank):
-    # the case above with every weight doubled: the same relative errors, the same ranks
-    model, guide, index, values = _cp_matrix([2.0, 1.0, 0.2, 0.02])
+def test_search_ranks_does_not_depend_on_the_scale_of_the_weights(tolerance, rank, scale):
+    # the case above with every weight doubled, or halved (all below 1): the same relative
+    # errors, the same ranks
+    model, guide, index, values = _cp_matrix([scale * w for w in (1.0, 0.5, 0.1, 0.01)])
     found, _ = tb.rank.search_ranks(model, guide, index, values, tolerance=tolerance)
     assert found == {"tensor": (rank,)}
 
@@ -346,3 +348,18 @@ def test_prune_to_the_current_ranks_is_allowed_and_changes_nothing():
     before = [m.clone() for m in guide.factor_means(model.tensor)]
     assert tb.prune(model, guide, ranks={"tensor": (2,)}) == {"tensor": (2,)}
     assert all(torch.equal(a, b) for a, b in zip(before, guide.factor_means(model.tensor)))
+
+
+def test_held_out_metric_is_the_accuracy_of_labels_and_the_relative_error_of_values():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.4, 0.4, 0.2]], dtype=D)
+    labels = torch.tensor([0, 2, 0, 1])  # the third is wrong; the fourth is a tie that argmax breaks to 0
+    name, value = tb.rank.held_out_metric(probs, labels)
+    assert name == "accuracy" and value.item() == pytest.approx(0.5, abs=0)
+    assert tb.rank.held_out_score(probs, labels) == pytest.approx(0.5, abs=0)
+    target = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=D)
+    mean = target + torch.tensor([[0.0, 0.5], [0.0, 0.0]], dtype=D)  # error 0.5 against a norm of 5
+    name, value = tb.rank.held_out_metric(mean, target)
+    assert name == "error" and value.item() == pytest.approx(0.1, rel=1e-15)
+    assert tb.rank.held_out_score(mean, target) == pytest.approx(-0.1, rel=1e-15)
+    # class probabilities against float targets are values, not labels
+    assert tb.rank.held_out_metric(probs, probs.argmax(-1).to(D).unsqueeze(-1).expand(-1, 3))[0] == "error"

@@ -309,3 +309,42 @@ def test_a_param_store_of_pruned_shapes_is_refused_naming_tb_load(tmp_path):
     pyro.get_param_store().load(tmp_path / "params.pt")
     with pytest.raises(ValueError, match=r"MeanField\.locs\.tensor\.factor0 of shape \(1, 10, 2\).*tb\.load"):
         tb.ranks(fresh, fresh_guide)
+
+
+def test_an_autonormal_of_a_model_function_is_read_through_the_tensors_its_trace_found():
+    planted, completion = _planted(), _model()
+
+    def model(index, values=None, num_data=None):
+        return completion(index, values, num_data=num_data)
+
+    guide = AutoNormal(model, init_scale=0.01)
+    _svi(model, guide, planted, steps=5)
+    tensor_guide = tb.guides.as_tensor_guide(model, guide)
+    assert tensor_guide.tensors() == {"tensor": completion.tensor}
+    medians = guide.median()
+    means = tensor_guide.factor_means(completion.tensor)
+    assert all(torch.equal(m, medians[completion.tensor.factor_site(k)]) for k, m in enumerate(means))
+
+
+def test_any_guide_with_medians_is_read_through_them():
+    model = _model()
+    fitted = MeanField(model, seed=0)
+
+    class Medians:  # no Pyro autoguide: only median(), as a hand-written guide might offer
+        def median(self, *args, **kwargs):
+            return fitted.median()
+
+    assert tb.ranks(model, Medians()) == tb.ranks(model, fitted)
+    assert tb.rank.bond_weights(model, Medians())["tensor"][0].shape == (5,)
+
+
+def test_reading_a_guide_leaves_the_param_store_as_it_is():
+    model = _model()
+    guide = MeanField(model, seed=0)
+    pyro.clear_param_store()
+    tb.ranks(model, guide)
+    guide.median()
+    tb.rank.bond_weights(model, guide)
+    assert list(pyro.get_param_store().keys()) == []
+    guide(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2))  # a call registers them, as Pyro's modules
+    assert "MeanField.locs.tensor.factor0" in pyro.get_param_store().keys()
