@@ -12,7 +12,7 @@ import torch
 from pyro.nn import PyroModule
 
 from .noise import NormalNoise
-from .tensor import LowRankTensor
+from .tensor import LowRankTensor, map_particles, particle_dims, place_batch
 
 __all__ = ["TensorCompletion"]
 
@@ -66,11 +66,20 @@ class TensorCompletion(PyroModule, NormalNoise):
         :param torch.Tensor values: observed values, shape ``(batch,)``, or ``None`` to sample.
         :param int num_data: the size of the whole data set this batch was drawn from
             (default: the batch itself); it scales the likelihood.
-        :returns: the tensor's entries at ``index`` (the noiseless mean).
+        :returns: the tensor's entries at ``index`` (the noiseless mean), ``(batch,)``; with
+            the particles' dims ``(S, batch)`` when the factors are drawn with them
+            (``Predictive(parallel=True)``, ``vectorize_particles=True``).
         """
         factors, _ = self.tensor()
-        mean = self.tensor.layout.entries(factors, index)
+        layout = self.tensor.layout
+        lead = particle_dims(layout, factors)
+        if lead:  # vectorized particles: the entries of every particle's tensor, (*lead, batch)
+            mean = map_particles(layout.entries, lead, factors, (index,), min_dims=(index.dim() + 1,))
+        else:
+            mean = layout.entries(factors, index)
         batch = index.shape[0]
-        with pyro.plate("data", size=num_data or batch, subsample=torch.arange(batch, device=index.device)):
+        plate = pyro.plate("data", size=num_data or batch, subsample=torch.arange(batch, device=index.device))
+        with plate:
+            mean = place_batch(mean, len(lead), plate.dim)  # (S, 1, batch) -> (S, batch) under the particle plate
             pyro.sample("obs", self.likelihood(mean), obs=values)
         return mean

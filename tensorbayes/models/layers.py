@@ -53,7 +53,7 @@ from pyro.nn import PyroModule
 from ..checks import check_int
 from ..formats import get_format
 from ..formats.base import planned_cost
-from .tensor import CompactTensor, LowRankTensor, clip_ranks
+from .tensor import CompactTensor, LowRankTensor, clip_ranks, map_particles, particle_dims
 
 __all__ = [
     "CompactConv2d",
@@ -581,11 +581,20 @@ class TensorizedLinear(PyroModule, _Exports):
     def forward(self, x):
         """
         :param torch.Tensor x: inputs of shape ``(..., in_features)``, floating point.
-        :returns: outputs of shape ``(..., out_features)`` in ``x``'s dtype.
+        :returns: outputs of shape ``(..., out_features)`` in ``x``'s dtype. When the weight's
+            factors carry leading particle dims ``lead`` (:func:`~.tensor.particle_dims`), the
+            output is ``(*lead, ..., out_features)``: one pass per particle, on ``x`` itself, or on
+            ``x[p]`` when ``x`` is ``(*lead, batch, in_features)`` (a previous layer's output).
         """
         self._check_input(x)
         factors, _ = self.weight()
         factors = _factors_like(factors, x)
+        lead = particle_dims(self.layout, factors)
+        if lead:  # vectorized particles: x is (..., in), or (*lead, batch, in) from a previous layer
+            return map_particles(self._linear, lead, factors, (x,), min_dims=(2,))
+        return self._linear(factors, x)
+
+    def _linear(self, factors, x):
         bias = None if self.bias is None else self.bias.to(dtype=x.dtype, device=x.device)
         path = self.path
         if path == "auto":
@@ -758,19 +767,29 @@ class TensorizedConv2d(PyroModule, _Exports):
     def forward(self, x):
         """
         :param torch.Tensor x: images ``(batch, in_channels, H, W)`` or ``(in_channels, H, W)``.
-        :returns: :func:`torch.nn.functional.conv2d` of ``x`` with the sampled kernel.
+        :returns: :func:`torch.nn.functional.conv2d` of ``x`` with the sampled kernel; with
+            ``(*lead, ...)`` in front when the factors carry leading particle dims ``lead`` (then
+            ``x`` may also be ``(*lead, batch, in_channels, H, W)``, a previous layer's output).
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating point tensor, got dtype {x.dtype}")
-        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
+        factors, _ = self.weight()
+        factors = _factors_like(factors, x)
+        lead = particle_dims(self.layout, factors)
+        carries = lead and x.dim() == len(lead) + 4 and tuple(x.shape[: len(lead)]) == tuple(lead)
+        if x.dim() not in (3, 4) and not carries or x.shape[-3] != self.in_channels:
             raise ValueError(
                 f"x must have shape (batch, in_channels={self.in_channels}, H, W) or (in_channels, H, W), "
                 f"got {tuple(x.shape)}"
             )
-        factors, _ = self.weight()
-        kernel = self.kernel(_factors_like(factors, x))
+        if lead:  # vectorized particles: x shared, or (*lead, batch, C, H, W) from a previous layer
+            return map_particles(self._conv, lead, factors, (x,), min_dims=(4,))
+        return self._conv(factors, x)
+
+    def _conv(self, factors, x):
+        kernel = self.kernel(factors)
         bias = None if self.bias is None else self.bias.to(dtype=x.dtype, device=x.device)
         return F.conv2d(x, kernel, bias, self.stride, self.padding, self.dilation)
 
@@ -886,10 +905,17 @@ class TensorizedEmbedding(PyroModule, _Exports):
     def forward(self, indices):
         """
         :param torch.Tensor indices: row indices of any shape, int64 or int32.
-        :returns: the rows, of shape ``(*indices.shape, embedding_dim)``.
+        :returns: the rows, of shape ``(*indices.shape, embedding_dim)``; ``(*lead, *indices.shape,
+            embedding_dim)`` when the factors carry leading particle dims ``lead``.
         """
         self._check_indices(indices)
         factors, _ = self.weight()
+        lead = particle_dims(self.layout, factors)
+        if lead:  # vectorized particles: the same indices looked up in every particle's table
+            return map_particles(self._lookup, lead, factors, (indices,), min_dims=(indices.dim() + 1,))
+        return self._lookup(factors, indices)
+
+    def _lookup(self, factors, indices):
         flat = indices.reshape(-1).long()
         rows = self.layout.rows(factors, flat)
         return rows.reshape(*indices.shape, self.embedding_dim)
@@ -945,6 +971,7 @@ class CompactLinear(torch.nn.Module):
     choose_path = TensorizedLinear.choose_path
     _check_input = TensorizedLinear._check_input
     forward = TensorizedLinear.forward
+    _linear = TensorizedLinear._linear
     extra_repr = TensorizedLinear.extra_repr
 
 
@@ -983,6 +1010,7 @@ class CompactConv2d(torch.nn.Module):
     layout = TensorizedConv2d.layout
     kernel = TensorizedConv2d.kernel
     forward = TensorizedConv2d.forward
+    _conv = TensorizedConv2d._conv
     extra_repr = TensorizedConv2d.extra_repr
 
 
@@ -1011,6 +1039,7 @@ class CompactEmbedding(torch.nn.Module):
     num_padding_rows = TensorizedEmbedding.num_padding_rows
     _check_indices = TensorizedEmbedding._check_indices
     forward = TensorizedEmbedding.forward
+    _lookup = TensorizedEmbedding._lookup
     extra_repr = TensorizedEmbedding.extra_repr
 
 

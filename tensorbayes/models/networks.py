@@ -22,8 +22,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
+from pyro.poutine.runtime import get_plates
 
 from .noise import NormalNoise
+from .tensor import place_batch
 
 __all__ = ["BayesianClassifier", "BayesianRegressor"]
 
@@ -126,7 +128,10 @@ class BayesianClassifier(PyroModule):
             ``None`` to sample them.
         :param int num_data: the size of the whole data set this batch was drawn from
             (default: the batch itself); it scales the likelihood by ``num_data / batch``.
-        :returns: the class probabilities ``softmax(net(x))``, ``(batch, num_classes)``.
+        :returns: the class probabilities ``softmax(net(x))``, ``(batch, num_classes)``, or
+            ``(S, batch, num_classes)`` when the network's factors are drawn with ``S`` particles
+            left of the data plate (``Predictive(parallel=True)``, ``vectorize_particles=True``:
+            the network returns ``(S, 1, batch, num_classes)`` and the batch takes the data plate's dim).
         """
         x = _check_inputs(x)
         batch = x.shape[0]
@@ -134,10 +139,16 @@ class BayesianClassifier(PyroModule):
             y = self._check_labels(y, batch)
         size = check_num_data(num_data, batch)
         logits = self.net(x)
-        if not isinstance(logits, torch.Tensor) or logits.shape != (batch, self.num_classes):
+        # (batch, classes), or (*lead, batch, classes) with leading particle dims (vectorized draws)
+        if not isinstance(logits, torch.Tensor) or logits.dim() < 2 or logits.shape[-2:] != (batch, self.num_classes):
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"net(x) must return logits of shape ({batch}, num_classes={self.num_classes}), got {got}")
-        with pyro.plate("data", size=size, subsample=torch.arange(batch, device=logits.device)):
+            raise ValueError(
+                f"net(x) must return logits of shape ({batch}, num_classes={self.num_classes}) (or with leading "
+                f"particle dims in front), got {got}"
+            )
+        plate = pyro.plate("data", size=size, subsample=torch.arange(batch, device=logits.device))
+        with plate:
+            logits = place_batch(logits, logits.dim() - 2, plate.dim)  # (S, 1, batch, C) -> (S, batch, C)
             pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
         return torch.softmax(logits, dim=-1)
 
@@ -207,11 +218,28 @@ class BayesianRegressor(PyroModule, NormalNoise):
             y = self._check_targets(y, batch)
         size = check_num_data(num_data, batch)
         mean = self.net(x)
-        if not isinstance(mean, torch.Tensor) or mean.dim() == 0 or mean.shape[0] != batch:
+        if not isinstance(mean, torch.Tensor) or mean.dim() == 0:
             got = tuple(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__
             raise ValueError(f"net(x) must return outputs of shape ({batch}, ...), got {got}")
-        if y is not None and y.shape != mean.shape:
-            raise ValueError(f"y must have the shape of net(x), {tuple(mean.shape)}, got {tuple(y.shape)}")
-        with pyro.plate("data", size=size, subsample=torch.arange(batch, device=mean.device)):
-            pyro.sample("obs", self.likelihood(mean).to_event(mean.dim() - 1), obs=y)
+        lead = _particle_ndim(mean, batch)
+        if mean.shape[lead] != batch:
+            raise ValueError(f"net(x) must return outputs of shape ({batch}, ...), got {tuple(mean.shape)}")
+        if y is not None and y.shape != mean.shape[lead:]:
+            raise ValueError(f"y must have the shape of net(x), {tuple(mean.shape[lead:])}, got {tuple(y.shape)}")
+        event_dims = mean.dim() - lead - 1
+        plate = pyro.plate("data", size=size, subsample=torch.arange(batch, device=mean.device))
+        with plate:
+            mean = place_batch(mean, lead, plate.dim)  # (S, 1, batch, ...) -> (S, batch, ...)
+            pyro.sample("obs", self.likelihood(mean).to_event(event_dims), obs=y)
         return mean
+
+
+def _particle_ndim(mean, batch):
+    """
+    How many leading (particle) dims the regressor's output ``mean`` carries in front of
+    ``(batch, ...)``: those of the enclosing vectorized plates (Pyro's particle plate, left of the
+    data plate) or fewer, the most that leave ``batch`` next; 0 for a plain draw.
+    """
+    n = max((-f.dim for f in get_plates() if f.vectorized and f.dim is not None), default=0)
+    # the draws may carry fewer (Predictive(parallel=True) draws a plate-less guide at dim -1)
+    return next((k for k in range(min(n, mean.dim() - 1), 0, -1) if mean.shape[k] == batch), 0)

@@ -33,7 +33,16 @@ from pyro.nn import PyroModule
 from ..formats import get_format
 from ..priors import get_prior
 
-__all__ = ["CompactTensor", "LowRankTensor", "TENSOR_KEY", "low_rank_tensors", "traced_tensors"]
+__all__ = [
+    "CompactTensor",
+    "LowRankTensor",
+    "TENSOR_KEY",
+    "low_rank_tensors",
+    "map_particles",
+    "particle_dims",
+    "place_batch",
+    "traced_tensors",
+]
 
 #: The key of a :class:`LowRankTensor`'s sample sites' ``infer`` dict that holds the tensor itself,
 #: so that a trace of a model written as a function finds its tensors (:func:`traced_tensors`).
@@ -121,7 +130,11 @@ class LowRankTensor(PyroModule, _LayoutNames):
         return [self.prior_variance(f, lambdas) for f in range(len(self.layout.labels))]
 
     def prior_variance(self, f, lambdas, skip=None):
-        """The prior variance of factor ``f`` alone (:meth:`prior_variances`), without bond ``skip``'s scales."""
+        """
+        The prior variance of factor ``f`` alone (:meth:`prior_variances`), without bond ``skip``'s
+        scales. λ values with leading dims ``(*lead, rank)`` (vectorized particles) give a variance
+        of shape ``(*lead, *ones or ranks)``.
+        """
         labels = self.layout.labels[f]
         var = (
             torch.ones([1] * len(labels), device=self.device) if not lambdas else lambdas[0].new_ones([1] * len(labels))
@@ -130,7 +143,8 @@ class LowRankTensor(PyroModule, _LayoutNames):
             if lab[0] == "b" and int(lab[1:]) != skip:
                 view = [1] * len(labels)
                 view[d] = -1
-                var = var * lambdas[int(lab[1:])].reshape(view)
+                lam = lambdas[int(lab[1:])]  # (*lead, rank): leading (particle) dims broadcast
+                var = var * lam.reshape(*lam.shape[:-1], *view)
         return var
 
     def slice_moments(self, second_moments, lambdas, bonds=None):
@@ -172,7 +186,8 @@ class LowRankTensor(PyroModule, _LayoutNames):
         ]
         factors = []
         for k, (shape, var) in enumerate(zip(self.layout.factor_shapes, self.prior_variances(lambdas))):
-            scale = var.sqrt().expand(shape)
+            # λ drawn with leading (particle) dims gives the prior those dims as its batch shape
+            scale = var.sqrt().expand(*var.shape[: var.dim() - len(shape)], *shape)
             prior = dist.Normal(torch.zeros_like(scale), scale, validate_args=False).to_event(len(shape))
             factors.append(pyro.sample(self.factor_site(k), prior, infer=dict(infer)))
         return factors, lambdas
@@ -210,6 +225,77 @@ def clip_ranks(max_rank, probe):
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"max_rank must be positive ints (a rank is at least 1), got {max_rank!r}")
     return tuple(min(r, lim) for r, lim in zip(wanted, limits))
+
+
+def particle_dims(layout, factors) -> tuple[int, ...]:
+    """
+    The leading (particle) dims that ``factors`` carry beyond ``layout``'s factor shapes: ``()``
+    for a plain draw, ``(S, 1)`` for ``S`` particles of Pyro's vectorized plate at dim -2 (as
+    ``Predictive(parallel=True)`` or ``vectorize_particles=True`` with ``max_plate_nesting=1``
+    draw them). Every factor must carry the same ones.
+    """
+    if factors[0].dim() <= len(layout.factor_shapes[0]):
+        return ()  # the plain path: its checks are the layout's own
+    lead = None
+    for k, (f, shape) in enumerate(zip(factors, layout.factor_shapes)):
+        n = f.dim() - len(shape)
+        if n < 0 or tuple(f.shape[n:]) != tuple(shape):
+            raise ValueError(
+                f"factor {k} must have shape (..., {', '.join(map(str, shape))}) for the layout, got {tuple(f.shape)}"
+            )
+        if lead is None:
+            lead = tuple(f.shape[:n])
+        elif tuple(f.shape[:n]) != lead:
+            raise ValueError(
+                f"the factors must share their leading (particle) dims, got {lead} and {tuple(f.shape[:n])}"
+            )
+    return lead or ()
+
+
+def map_particles(fn, lead, factors, inputs=(), min_dims=()):
+    """
+    ``fn(factors, *inputs)`` once per particle of the factors' leading dims ``lead``
+    (:func:`particle_dims`, not empty), the results stacked to ``(*lead, *result.shape)``.
+
+    An input whose leading dims are ``lead`` and that has at least ``len(lead) + min_dims[i]``
+    dims (a previous layer's per-particle output) is sliced per particle; any other input (the
+    data) is shared by every particle.
+    """
+    n = math.prod(lead)
+    flat = [f.reshape(n, *f.shape[len(lead) :]) for f in factors]
+    sliced = []
+    for i, x in enumerate(inputs):
+        need = len(lead) + (min_dims[i] if i < len(min_dims) else 1)
+        carries = isinstance(x, torch.Tensor) and x.dim() >= need and tuple(x.shape[: len(lead)]) == tuple(lead)
+        sliced.append(x.reshape(n, *x.shape[len(lead) :]) if carries else None)
+    outs = [fn([f[p] for f in flat], *[x if c is None else c[p] for x, c in zip(inputs, sliced)]) for p in range(n)]
+    out = torch.stack(outs)
+    return out.reshape(*lead, *out.shape[1:])
+
+
+def place_batch(value, lead_ndim, dim):
+    """
+    ``value`` of shape ``(*lead, batch, *rest)`` (a per-example output computed per particle,
+    :func:`map_particles`) reshaped so that ``batch`` takes the data plate's dim ``dim`` (negative,
+    counted in ``lead``) as Pyro's plates expect: ``(S, 1, batch, ...)`` becomes ``(S, batch, ...)``
+    for the particle plate at -2 and the data plate at -1. ``lead[dim]`` must be 1 (the particle
+    plate left of the data plate); a ``value`` without leading dims is returned as it is.
+    """
+    if lead_ndim == 0:
+        return value
+    # particles drawn without the model's plate slots (Predictive(parallel=True) draws a guide that has no
+    # plates at dim -1): they sit left of the plates, as if padded with ones on the right
+    lead = tuple(value.shape[:lead_ndim])
+    if -dim > len(lead) or lead[dim] != 1:
+        lead = lead + (1,) * -dim
+    if dim >= 0 or lead[dim] != 1:
+        raise ValueError(
+            f"leading (particle) dims {lead} leave no place at dim {dim} for the data plate: draw the particles "
+            "left of the model's plates (max_plate_nesting=1, as vectorize_particles and Predictive(parallel=True) do)"
+        )
+    shape = list(lead)
+    shape[dim] = value.shape[lead_ndim]  # a size-1 dim moves freely: a reshape, no copy
+    return value.reshape(*shape, *value.shape[lead_ndim + 1 :])
 
 
 def traced_tensors(trace) -> dict[str, LowRankTensor]:
