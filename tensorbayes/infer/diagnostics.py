@@ -60,7 +60,7 @@ def model_parameters(model, guide=None):
         return list(model.named_parameters())
     if not isinstance(guide, torch.nn.Module):
         return []  # two functions: the param store's parameters count as the guide's
-    taken = {id(p) for p in guide.parameters()}
+    taken = {id(t) for t in [*guide.parameters(), *guide.buffers()]}  # a MeanField's λ: a buffer in the store
     return [(name, p) for name, p in pyro.get_param_store().named_parameters() if id(p) not in taken]
 
 

@@ -6,6 +6,7 @@ of its rank search and their batches on resuming, and pieces of the coordinate a
 spectral start, the CP Gram's variance term, the matrix-free core update of all-zero data).
 """
 
+import math
 import socket
 
 import pyro
@@ -190,3 +191,71 @@ def test_a_rank_search_plans_the_training_share_up_to_and_including_its_last_epo
         history = History()
         history.elbo = [0.0] * done
         assert search.resume(history) is expected
+
+
+# ----- a second sample (after the guides moved to site names) -----
+
+
+def test_spectral_factors_of_a_partly_observed_tensor_scale_by_the_observed_share():
+    # the zero-filled data times total / observed has the full tensor's scale in expectation: the
+    # leading singular value of each unfolding, and so the factors' product, is within about 20 %
+    # of the full tensor's (a rank-1 tensor, 40 % observed, 6x7x8: a spread of a few percent)
+    shape = (6, 7, 8)
+    gen = torch.Generator().manual_seed(0)
+    true = [torch.randn(n, 1, generator=gen, dtype=D) for n in shape]
+    tensor = CP(shape, 1).full(true)
+    index = torch.cartesian_prod(*[torch.arange(n) for n in shape])
+    seen = torch.randperm(len(index), generator=gen)[: int(0.4 * len(index))]
+    factors = spectral_factors(shape, 1, index[seen], tensor[tuple(index[seen].T)])
+    scale = math.prod(float(f[:, 0].norm()) for f in factors)
+    assert scale == pytest.approx(float(tensor.norm()), rel=0.2)
+
+
+def test_a_checkpoint_at_rank_one_resumes(tmp_path):
+    model = tb.models.TensorCompletion((8, 9, 10), format="tt", max_rank=3).to(D)
+    guide = MeanField(model, seed=0)
+    tb.prune(model, guide, ranks={"tensor": (1, 2)})
+    fresh = tb.models.TensorCompletion((8, 9, 10), format="tt", max_rank=3).to(D)
+    fresh_guide = MeanField(fresh, seed=1)
+    tb.save(tmp_path / "m.pt", model, guide)
+    tb.load(tmp_path / "m.pt", fresh, fresh_guide)
+    assert fresh.tensor.layout.ranks == (1, 2)
+    assert all(
+        torch.equal(a, b) for a, b in zip(fresh_guide.factor_means(fresh.tensor), guide.factor_means(model.tensor))
+    )
+
+
+def test_is_main_reads_torchruns_rank_before_a_process_group_exists(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert tbdist.is_main()
+    monkeypatch.setenv("RANK", "1")
+    assert not tbdist.is_main()
+    monkeypatch.setenv("RANK", "0")
+    assert tbdist.is_main()
+
+
+def test_a_site_whose_log_density_is_not_finite_is_named():
+    def model():
+        pyro.sample("z", pyro.distributions.Normal(0.0, float("inf")), obs=torch.tensor(1.0))
+
+    def guide():
+        pass
+
+    message = tb.infer.diagnostics.diagnose(model, guide, (), {}, step=3)
+    assert "the model's log density at site 'z' is not finite" in message
+
+
+def test_a_model_functions_parameters_are_the_stores_that_the_guide_does_not_hold():
+    pyro.clear_param_store()
+    completion = tb.models.TensorCompletion((4, 5, 6), format="tt", max_rank=2)
+
+    def model(index, values=None):
+        pyro.param("offset", torch.zeros(()))
+        return completion(index, values)
+
+    guide = MeanField(completion, seed=0)
+    model(torch.zeros(2, 3, dtype=torch.long))
+    guide(torch.zeros(2, 3, dtype=torch.long))
+    names = [name for name, _ in tb.infer.diagnostics.model_parameters(model, guide)]
+    assert "offset" in names and not any(name.startswith("MeanField.") for name in names)
+    assert tb.infer.diagnostics.model_parameters(model, lambda *a: None) == []  # two functions: all the guide's
