@@ -363,3 +363,12 @@ def test_held_out_metric_is_the_accuracy_of_labels_and_the_relative_error_of_val
     assert tb.rank.held_out_score(mean, target) == pytest.approx(-0.1, rel=1e-15)
     # class probabilities against float targets are values, not labels
     assert tb.rank.held_out_metric(probs, probs.argmax(-1).to(D).unsqueeze(-1).expand(-1, 3))[0] == "error"
+
+
+def test_a_bond_whose_weights_are_all_zero_keeps_one_index():
+    # a dead tensor (every factor zero): the readout and the search keep one index per bond, the
+    # least a layout holds (the data, all zero too, have no relative error to score: NaN)
+    model, guide, index, values = _cp_matrix([0.0, 0.0, 0.0])
+    assert tb.ranks(model, guide) == {"tensor": (1,)}
+    found, _ = tb.rank.search_ranks(model, guide, index, values, tolerance=0.01)
+    assert found == {"tensor": (1,)}
