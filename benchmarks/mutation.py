@@ -131,6 +131,41 @@ NOTES = {
     ("tensorbayes/infer/predict.py", "if num_samples == 1:", "1 -> 0"): (
         "equivalent: with one draw m2 / (n - 1) is 0 / 0, NaN as well"
     ),
+    ("tensorbayes/priors.py", "def update(self, M, D, *, check=True):", "True -> False"): (
+        "equivalent: the base class's abstract update; every prior's own has its default"
+    ),
+    ("tensorbayes/rank.py", "if w.numel() == 0 or w.max() <= 0:", "0 -> 1"): (
+        "equivalent: a bond of one index reads as one index either way"
+    ),
+    ("tensorbayes/rank.py", "if w.numel() == 0 or w.max() <= 0:", "<= -> <"): (
+        "equivalent: all-zero weights pass no threshold, and the count is clamped to 1"
+    ),
+    ("tensorbayes/rank.py", "counts.append(max(1, int(torch.cumprod((above & steady).long(), 0).sum())))", "1 -> 0"): (
+        "equivalent: the largest weight passes both tests, so the count is at least 1"
+    ),
+    (
+        "tensorbayes/rank.py",
+        "best = _cuts(tensors, canon, relative[hi]) if relative else _cuts(tensors, canon, 0.0)",
+        "0.0 -> 1.0",
+    ): "equivalent: with every weight zero both thresholds keep one index per bond",
+    ("tensorbayes/guides/base.py", "def update_lambdas(self, step_size=1.0):", "1.0 -> 0.0"): (
+        "equivalent: the base class's update_lambdas does nothing"
+    ),
+    (
+        "tensorbayes/guides/base.py",
+        'if not self.ready and getattr(guide, "prototype_trace", None) is not None:',
+        "and -> or",
+    ): "equivalent: a module model's traced tensors are the ones it walked",
+    (
+        "tensorbayes/guides/meanfield.py",
+        "lambdas[b] = tensor.prior.damped_update(lambdas[b], m, d, step_size, check=False)",
+        "False -> True",
+    ): "equivalent: the checks pass on the guide's own moments; they only cost a read",
+    (
+        "tensorbayes/infer/fit.py",
+        "if n_held < math.ceil(2 / tolerance) or n - n_held < 1:  # too few to resolve the tolerance",
+        "1 -> 0",
+    ): "unreachable: validation is at most 0.5, so at least one example is left to train on",
 }
 
 

@@ -78,6 +78,15 @@ class Schedule:
     decay: int = 0
     lr_warmup: int = 0
 
+    def __post_init__(self):
+        for name in ("warmup", "ramp", "total", "decay", "lr_warmup"):
+            setattr(self, name, check_int(getattr(self, name), name, low=0))
+        if self.decay > self.total:
+            raise ValueError(
+                f"decay must be at most total: the learning rate falls over the last decay of the total steps, "
+                f"got decay={self.decay}, total={self.total}"
+            )
+
     def beta(self, step: int) -> float:
         if step < self.warmup:
             return 0.0

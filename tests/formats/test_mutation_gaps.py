@@ -9,6 +9,7 @@ import torch
 
 from tensorbayes.formats import CP, TTM
 from tensorbayes.formats import cp as cp_module
+from tensorbayes.formats.base import TensorFormat
 
 DT = torch.float64
 
@@ -79,3 +80,15 @@ def test_ttm_contract_chooses_its_split_for_the_rows_of_the_batch(batch, rows, m
     factors = [torch.randn(s, dtype=DT) for s in layout.factor_shapes]
     y = layout.contract(torch.randn(*batch, 20, dtype=DT), factors)
     assert y.shape == (*batch, 6) and seen == [rows]
+
+
+@pytest.mark.parametrize("shape, rank, row_modes, batch", [((8, 8, 8, 8), 4, 1, 256), ((3, 3, 3, 3, 3, 3), 1, 2, 8)])
+def test_cp_contract_by_its_khatri_rao_path_is_the_matrix_product(shape, rank, row_modes, batch):
+    # shapes where the Khatri-Rao path is the cheaper one (so it is the one taken), with three or
+    # more factors on a side (so the product's loop runs): float64, rounding only
+    layout = CP(shape, rank, row_modes=row_modes)
+    assert layout._khatri_rao_flops(batch) <= TensorFormat.contract_flops(layout, batch)
+    gen = torch.Generator().manual_seed(0)
+    factors = [torch.randn(s, generator=gen, dtype=DT) for s in layout.factor_shapes]
+    x = torch.randn(batch, layout.matrix_shape[1], generator=gen, dtype=DT)
+    torch.testing.assert_close(layout.contract(x, factors), x @ layout.to_matrix(factors).T, rtol=1e-10, atol=1e-10)
