@@ -148,6 +148,11 @@ NOTES = {
         "best = _cuts(tensors, canon, relative[hi]) if relative else _cuts(tensors, canon, 0.0)",
         "0.0 -> 1.0",
     ): "equivalent: with every weight zero both thresholds keep one index per bond",
+    (
+        "tensorbayes/rank.py",
+        "counts = [max(1, int((w / w[0] >= tau).sum())) if w[0] > 0 else 1 for w in weights]",
+        "1 -> 0",
+    ): ("equivalent for max(1 -> 0): τ is at most 1, so the largest index is always kept"),
     ("tensorbayes/guides/base.py", "def update_lambdas(self, step_size=1.0):", "1.0 -> 0.0"): (
         "equivalent: the base class's update_lambdas does nothing"
     ),

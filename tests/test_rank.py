@@ -372,3 +372,9 @@ def test_a_bond_whose_weights_are_all_zero_keeps_one_index():
     assert tb.ranks(model, guide) == {"tensor": (1,)}
     found, _ = tb.rank.search_ranks(model, guide, index, values, tolerance=0.01)
     assert found == {"tensor": (1,)}
+
+
+def test_search_ranks_of_a_tensor_at_rank_one_keeps_it():
+    model, guide, index, values = _cp_matrix([1.0])
+    found, scores = tb.rank.search_ranks(model, guide, index, values, tolerance=0.01)
+    assert found == {"tensor": (1,)} and scores["found"] == scores["full"] == pytest.approx(0.0, abs=1e-12)
