@@ -166,6 +166,9 @@ NOTES = {
         "lambdas[b] = tensor.prior.damped_update(lambdas[b], m, d, step_size, check=False)",
         "False -> True",
     ): "equivalent: the checks pass on the guide's own moments; they only cost a read",
+    ("tensorbayes/infer/fit.py", "train_size = min(batches.batch_size, n - n_held)", "- -> +"): (
+        "equivalent: the steps per epoch, ceil((n - n_held) / train_size), are 1 or the same either way"
+    ),
     (
         "tensorbayes/infer/fit.py",
         "if n_held < math.ceil(2 / tolerance) or n - n_held < 1:  # too few to resolve the tolerance",

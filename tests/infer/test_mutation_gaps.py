@@ -294,3 +294,25 @@ def test_the_held_out_share_joins_the_training_data_after_the_last_search_not_be
     assert len(searched) >= 2, "two searches or more, so that the first and the last differ"
     train = 4096 - round(0.1 * 4096)
     assert seen.count(train) == (searched[-1] + 1) * math.ceil(train / 256)
+
+
+def test_a_warm_up_of_one_sweep_starts_a_learned_noise_fresh():
+    # with a learned noise, the warm-up starts it at warmup_noise times the data's spread, even for
+    # a single warm-up sweep (the first noise reported is that start)
+    from tensorbayes.infer.cavi import coordinate_ascent
+
+    planted = tb.data.planted_tensor((4, 5, 6), "tt", (2, 2), observed=0.7, noise=0.01, seed=0, dtype=D)
+    model = tb.models.TensorCompletion((4, 5, 6), format="tt", max_rank=3).double()
+    guide = MeanField(model, seed=0).double()
+    assert model.learns_noise
+    noises = coordinate_ascent(model, guide, planted.train_index, planted.train_values, sweeps=4, warmup=1)
+    assert noises[0] == pytest.approx(0.5 * float(planted.train_values.std()), rel=1e-12)
+
+
+def test_a_frozen_parameter_of_the_model_is_not_stepped():
+    model = tb.models.TensorCompletion((4, 5, 6), format="tt", max_rank=2)
+    model.log_noise.requires_grad_(False)
+    guide = MeanField(model, seed=0)
+    optimizer = make_optimizer(model, guide, 0.01)
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(model.log_noise) not in stepped and stepped  # the guide's parameters are
