@@ -5,6 +5,8 @@ step; its schedule holds λ in the warm-up; it resumes exactly from its state; i
 torch optimizers and Pyro's ELBOs, and refuses bad ones by name.
 """
 
+import math
+
 import pyro
 import pytest
 import torch
@@ -230,6 +232,10 @@ def test_after_the_last_rank_search_the_likelihood_counts_the_whole_data(monkeyp
     assert history.rank_search, "the fit must have searched for this test to mean something"
     held = round(0.1 * 4096)
     assert seen[0] == 4096 - held and seen[-1] == 4096
+    # and not before: every step up to the last search epoch counts the training share alone
+    searched = [r["epoch"] for r in history.rank_search]
+    assert len(searched) >= 2, "two searches or more, so that the first and the last differ"
+    assert seen.count(4096 - held) == (searched[-1] + 1) * math.ceil((4096 - held) / 256)
 
 
 def test_gradient_norms_read_with_the_loss_in_one_read():

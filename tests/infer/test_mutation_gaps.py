@@ -276,26 +276,6 @@ def test_a_schedule_refuses_steps_it_cannot_follow(kwargs, message):
     assert tb.infer.Schedule(total=8, decay=8).lr_factor(7) == pytest.approx(1 / 8)
 
 
-def test_the_held_out_share_joins_the_training_data_after_the_last_search_not_before(monkeypatch):
-    task = tb.data.teacher_student(num_train=4096, num_test=64, seed=0)
-    torch.manual_seed(0)
-    layer = tb.models.TensorizedLinear(
-        64, 64, format="ttm", max_rank=4, in_shape=task.in_shape, out_shape=task.out_shape
-    )
-    model = tb.models.BayesianClassifier(pyro.nn.PyroModule[torch.nn.Sequential](layer), task.num_classes)
-    guide = MeanField(model, seed=0)
-    seen = []
-    real_step = SVIEngine.step
-    monkeypatch.setattr(
-        SVIEngine, "step", lambda engine, *a, **k: (seen.append(engine.num_data), real_step(engine, *a, **k))[1]
-    )
-    history = tb.fit(model, guide, (task.x_train, task.y_train), epochs=6, batch_size=256, seed=0, progress=False)
-    searched = [r["epoch"] for r in history.rank_search]
-    assert len(searched) >= 2, "two searches or more, so that the first and the last differ"
-    train = 4096 - round(0.1 * 4096)
-    assert seen.count(train) == (searched[-1] + 1) * math.ceil(train / 256)
-
-
 def test_a_warm_up_of_one_sweep_starts_a_learned_noise_fresh():
     # with a learned noise, the warm-up starts it at warmup_noise times the data's spread, even for
     # a single warm-up sweep (the first noise reported is that start)
