@@ -207,25 +207,36 @@ class MeanField(TensorGuide):
                 out.append(("scales", site, _site_parameter(scales, site), constraints.softplus_positive))
         return out
 
-    def _posterior(self, tensor):
-        """``tensor``'s posterior parameters, after taking any value a loaded param store holds."""
+    def _posterior(self, tensor, register=False):
+        """
+        ``tensor``'s posterior parameters, after taking any value a loaded param store holds
+        (:meth:`_sync_param_store`). With ``register`` (a call of the guide) they are registered
+        in the store and each trainable one gets a ``pyro.param`` statement, so that Pyro's SVI
+        finds and steps them.
+        """
         if tensor not in self._model_tensors.values():
             raise ValueError("tensor is not part of the model this guide was built for")
-        self._sync_param_store(tensor)
-        params = {(kind, site): p for kind, site, p, _ in self._site_parameters(tensor)}
-        num_factors, bonds = len(tensor.layout.factor_shapes), range(tensor.layout.num_bonds)
+        entries = self._site_parameters(tensor)
+        self._sync_param_store(entries, register)
+        if register and not pyro.settings.get("module_local_params"):
+            for kind, site, param, _ in entries:
+                if param.requires_grad:
+                    pyro.param(f"{self._pyro_name}.{kind}.{site}")
+        params = {(kind, site): p for kind, site, p, _ in entries}
+        factors = [tensor.factor_site(k) for k in range(len(tensor.layout.factor_shapes))]
+        bonds = [tensor.lambda_site(b) for b in range(tensor.layout.num_bonds)]
         return _Posterior(
-            [params["locs", tensor.factor_site(k)] for k in range(num_factors)],
-            [params["scales", tensor.factor_site(k)] for k in range(num_factors)],
-            [params["locs", tensor.lambda_site(b)] for b in bonds],
-            [params["scales", tensor.lambda_site(b)] for b in bonds] if self.lambda_guide == "lognormal" else [],
+            [params["locs", site] for site in factors],
+            [params["scales", site] for site in factors],
+            [params["locs", site] for site in bonds],
+            [params["scales", site] for site in bonds] if self.lambda_guide == "lognormal" else [],
         )
 
-    def pairs(self):
-        """Pairs ``(model tensor, its posterior parameters)``."""
-        return [(t, self._posterior(t)) for t in self.tensors().values()]
+    def pairs(self, register=False):
+        """Pairs ``(model tensor, its posterior parameters)`` (``register``: see :meth:`_posterior`)."""
+        return [(t, self._posterior(t, register)) for t in self.tensors().values()]
 
-    def _sync_param_store(self, tensor, register=False):
+    def _sync_param_store(self, entries, register):
         """
         Keep Pyro's param store and the guide's parameters one: each parameter is the store's
         entry ``<guide name>.locs.<site>`` (or ``scales``), as an AutoNormal's, so that
@@ -239,7 +250,7 @@ class MeanField(TensorGuide):
         if pyro.settings.get("module_local_params"):
             return
         store = pyro.get_param_store()
-        entries = [(f"{self._pyro_name}.{kind}.{site}", p, c) for kind, site, p, c in self._site_parameters(tensor)]
+        entries = [(f"{self._pyro_name}.{kind}.{site}", p, c) for kind, site, p, c in entries]
         loaded = {name for name, param, _ in entries if _loaded(store._params.get(name), param)}
         for name, param, _ in entries:  # every shape checked before any value is taken
             if name in loaded and store._params[name].shape != param.shape:
@@ -256,16 +267,6 @@ class MeanField(TensorGuide):
                 store._param_to_name[param] = name
                 _REGISTERED[id(param)] = param
 
-    def _param_sites(self):
-        """A ``pyro.param`` statement for every parameter, so that Pyro's SVI finds and steps them."""
-        if pyro.settings.get("module_local_params"):
-            return
-        for tensor in self.tensors().values():
-            self._sync_param_store(tensor, register=True)
-            for kind, site, param, _ in self._site_parameters(tensor):
-                if param.requires_grad:
-                    pyro.param(f"{self._pyro_name}.{kind}.{site}")
-
     # ----- the variational draw -----
 
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
@@ -280,9 +281,8 @@ class MeanField(TensorGuide):
             self._find_tensors(*args, **kwargs)
             self._build()
         self._refresh_lambdas()
-        self._param_sites()
         values = {}
-        for tensor, post in self.pairs():
+        for tensor, post in self.pairs(register=True):
             for b in range(len(tensor.layout.ranks)):
                 values[tensor.lambda_site(b)] = pyro.sample(tensor.lambda_site(b), self._lambda_posterior(post, b))
             for k, (loc, scale) in enumerate(zip(post.locs, post.scales())):
@@ -300,9 +300,8 @@ class MeanField(TensorGuide):
             return None  # not called yet: the first step traces it
         with self._pyro_context:  # as a call: Pyro's handlers see the parameters (SVI steps those)
             self._refresh_lambdas()
-            self._param_sites()
             out = {}
-            for tensor, post in self.pairs():
+            for tensor, post in self.pairs(register=True):
                 for b in range(len(tensor.layout.ranks)):
                     q = self._lambda_posterior(post, b)
                     if self.lambda_guide == "delta":

@@ -92,7 +92,7 @@ def predict(
 
 
 def _check_sites(return_sites):
-    if isinstance(return_sites, str) or not all(isinstance(site, str) for site in return_sites or [None]):
+    if isinstance(return_sites, str) or not return_sites or not all(isinstance(site, str) for site in return_sites):
         raise TypeError(f"return_sites must be a list of site names, got {return_sites!r}")
     return list(return_sites)
 

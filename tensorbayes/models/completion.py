@@ -72,11 +72,8 @@ class TensorCompletion(PyroModule, NormalNoise):
         """
         factors, _ = self.tensor()
         layout = self.tensor.layout
-        lead = particle_dims(layout, factors)
-        if lead:  # vectorized particles: the entries of every particle's tensor, (*lead, batch)
-            mean = map_particles(layout.entries, lead, factors, (index,), min_dims=(index.dim() + 1,))
-        else:
-            mean = layout.entries(factors, index)
+        lead = particle_dims(layout, factors)  # vectorized particles: each particle's entries, (*lead, batch)
+        mean = map_particles(layout.entries, lead, factors, (index,), min_dims=(index.dim() + 1,))
         batch = index.shape[0]
         plate = pyro.plate("data", size=num_data or batch, subsample=torch.arange(batch, device=index.device))
         with plate:

@@ -589,10 +589,8 @@ class TensorizedLinear(PyroModule, _Exports):
         self._check_input(x)
         factors, _ = self.weight()
         factors = _factors_like(factors, x)
-        lead = particle_dims(self.layout, factors)
-        if lead:  # vectorized particles: x is (..., in), or (*lead, batch, in) from a previous layer
-            return map_particles(self._linear, lead, factors, (x,), min_dims=(2,))
-        return self._linear(factors, x)
+        # vectorized particles: x is (..., in), or (*lead, batch, in) from a previous layer
+        return map_particles(self._linear, particle_dims(self.layout, factors), factors, (x,), min_dims=(2,))
 
     def _linear(self, factors, x):
         bias = None if self.bias is None else self.bias.to(dtype=x.dtype, device=x.device)
@@ -784,9 +782,8 @@ class TensorizedConv2d(PyroModule, _Exports):
                 f"x must have shape (batch, in_channels={self.in_channels}, H, W) or (in_channels, H, W), "
                 f"got {tuple(x.shape)}"
             )
-        if lead:  # vectorized particles: x shared, or (*lead, batch, C, H, W) from a previous layer
-            return map_particles(self._conv, lead, factors, (x,), min_dims=(4,))
-        return self._conv(factors, x)
+        # vectorized particles: x shared, or (*lead, batch, C, H, W) from a previous layer
+        return map_particles(self._conv, lead, factors, (x,), min_dims=(4,))
 
     def _conv(self, factors, x):
         kernel = self.kernel(factors)
@@ -910,10 +907,8 @@ class TensorizedEmbedding(PyroModule, _Exports):
         """
         self._check_indices(indices)
         factors, _ = self.weight()
-        lead = particle_dims(self.layout, factors)
-        if lead:  # vectorized particles: the same indices looked up in every particle's table
-            return map_particles(self._lookup, lead, factors, (indices,), min_dims=(indices.dim() + 1,))
-        return self._lookup(factors, indices)
+        lead = particle_dims(self.layout, factors)  # vectorized particles: the same indices in every table
+        return map_particles(self._lookup, lead, factors, (indices,), min_dims=(indices.dim() + 1,))
 
     def _lookup(self, factors, indices):
         flat = indices.reshape(-1).long()

@@ -255,12 +255,15 @@ def particle_dims(layout, factors) -> tuple[int, ...]:
 def map_particles(fn, lead, factors, inputs=(), min_dims=()):
     """
     ``fn(factors, *inputs)`` once per particle of the factors' leading dims ``lead``
-    (:func:`particle_dims`, not empty), the results stacked to ``(*lead, *result.shape)``.
+    (:func:`particle_dims`), the results stacked to ``(*lead, *result.shape)``; for a plain draw
+    (``lead`` empty), ``fn(factors, *inputs)`` itself.
 
     An input whose leading dims are ``lead`` and that has at least ``len(lead) + min_dims[i]``
     dims (a previous layer's per-particle output) is sliced per particle; any other input (the
     data) is shared by every particle.
     """
+    if not lead:
+        return fn(factors, *inputs)
     n = math.prod(lead)
     flat = [f.reshape(n, *f.shape[len(lead) :]) for f in factors]
     sliced = []
