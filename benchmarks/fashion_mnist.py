@@ -75,7 +75,7 @@ FRONTIER_RANKS = {
     "ttm": (1, 2, 4, 8, 12, 20),
     "tt": (2, 4, 8, 12, 20, 40),
     "cp": (5, 10, 25, 60, 150),
-    "tucker": (1, 2, 3),
+    "tucker": (2, 4, 6, 8, 12),
 }
 
 #: The accuracy an automatic point is scored by (its exported, pruned network's).

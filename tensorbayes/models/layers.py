@@ -63,9 +63,11 @@ __all__ = [
     "DEFAULT_BUDGET",
     "EMBEDDING_MAX_RANK",
     "MAX_RATIO",
+    "MIN_SEARCH_RANK",
     "TensorizedConv2d",
     "TensorizedEmbedding",
     "TensorizedLinear",
+    "auto_order",
     "budget_rank",
     "factorize",
     "padded_shape",
@@ -86,6 +88,12 @@ EMBEDDING_MAX_RANK = 8
 
 #: The orders (modes per side) tried, largest first, when a layer picks its own.
 AUTO_ORDERS = (4, 3, 2)
+
+#: The rank per bond that a layer's default budget must allow at the order it picks by itself
+#: (:func:`auto_order`): at fewer indices a bond leaves the rank search little room, each index
+#: it cuts a large share of the layer. A Tucker core grows as ``r ** (2 d)``, so at four modes a
+#: side a ``784 x 625`` weight's budget holds rank 3 (6,687 entries), at two modes rank 12.
+MIN_SEARCH_RANK = 8
 
 _PATHS = ("auto", "contract", "dense")
 
@@ -481,8 +489,10 @@ class TensorizedLinear(PyroModule, _Exports):
         shapes (``784 -> 625``: ``(4, 7, 4, 7) -> (5, 5, 5, 5)``).
     :param bool bias: whether to add a bias.
     :param int order: the number of modes each side is split into when a shape is not given
-        (default: that of the given shape, else the largest of 4, 3, 2 for which both sizes
-        factor with ``largest/smallest <= MAX_RATIO``).
+        (default: that of the given shape, else :func:`auto_order`: the largest of 4, 3, 2 at
+        which both sizes factor with ``largest/smallest <= MAX_RATIO`` and the default budget
+        allows a rank of :data:`MIN_SEARCH_RANK` a bond; ``784 x 625``: 4 for TTM, TT and
+        CP, 2 for Tucker).
     :param dict prior_kwargs: hyperparameters of the prior (e.g. ``{"eta": 1.0}``).
     :param float init_variance: the variance of the guide's initial ``W`` (default
         ``1 / in_features``).
@@ -507,10 +517,11 @@ class TensorizedLinear(PyroModule, _Exports):
         self.out_features = check_int(out_features, "out_features")
         fmt = get_format(format)
         pair_for_speed = fmt.name == "ttm" and in_shape is None and out_shape is None
+        sizes = {"in_features": self.in_features, "out_features": self.out_features}
+        if order is None and in_shape is None and out_shape is None:
+            order = auto_order(fmt, sizes, lambda s: (s["out_features"] + s["in_features"], len(s["out_features"])))
         in_shape, out_shape = _side_shapes(
-            {"in_features": self.in_features, "out_features": self.out_features},
-            {"in_features": ("in_shape", in_shape), "out_features": ("out_shape", out_shape)},
-            order,
+            sizes, {"in_features": ("in_shape", in_shape), "out_features": ("out_shape", out_shape)}, order
         )
         if fmt.name == "ttm" and len(in_shape) != len(out_shape):
             raise ValueError(
@@ -628,6 +639,41 @@ def _side_shapes(sizes, given, order, pad=()):
     return tuple(shapes[k] for k in sizes)
 
 
+def auto_order(format, sizes, modes):
+    """
+    The number of modes a side that a layer picks when neither its order nor a shape is given:
+    the largest of :data:`AUTO_ORDERS` at which every size factors (:func:`factorize`) and the
+    default budget's rank (:func:`budget_rank`) is at least :data:`MIN_SEARCH_RANK`; where no
+    order allows that, the one whose budget rank is largest (the larger order on a tie). It
+    depends on the format and the sizes only, not on ``max_rank``, so a layer built at a fixed
+    rank has the layout of the one built at its default. ``None`` when no order factors.
+
+    Usage::
+
+        matrix = lambda s: (s["out"] + s["in"], len(s["out"]))   # a linear layer's (out, in) weight
+        auto_order("tucker", {"in": 784, "out": 625}, matrix)    # 2: rank 12 (rank 3 at order 4)
+        auto_order("ttm", {"in": 784, "out": 625}, matrix)       # 4: rank 20
+
+    :param format: "cp", "tucker", "tt" or "ttm" (or a format class).
+    :param dict sizes: ``{name: size}`` of the sides, as :func:`factorize` takes them.
+    :param modes: ``modes(shapes) -> (tensor shape, row modes)`` of the layer's weight, given
+        ``{name: shape}``.
+    """
+    fmt = get_format(format) if isinstance(format, str) else format
+    best = None
+    for d in AUTO_ORDERS:
+        try:
+            shape, row_modes = modes(_auto_shapes(sizes, d))
+        except FactorizationError:
+            continue
+        rank = budget_rank(fmt, shape, row_modes)
+        if rank >= MIN_SEARCH_RANK:
+            return d
+        if best is None or rank > best[0]:
+            best = (rank, d)
+    return None if best is None else best[1]
+
+
 def _pair(value, name):
     if isinstance(value, Integral) and not isinstance(value, bool):
         value = (value, value)
@@ -638,6 +684,15 @@ def _pair(value, name):
     if len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, Integral) for v in value):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return tuple(int(v) for v in value)
+
+
+def _kernel_modes(fmt, in_shape, out_shape, window):
+    """``(shape, row modes)`` of a convolution kernel's tensor: the out modes, then the in modes
+    and the window (a TTM pairs the window with an out mode of size 1)."""
+    if window == 1:
+        return out_shape + in_shape, len(out_shape)
+    rows = out_shape + (1,) if fmt.name == "ttm" else out_shape
+    return rows + in_shape + (window,), len(rows)
 
 
 class TensorizedConv2d(PyroModule, _Exports):
@@ -721,10 +776,12 @@ class TensorizedConv2d(PyroModule, _Exports):
         if min(self.dilation) < 1:
             raise ValueError(f"dilation must be positive, got {dilation!r}")
         fmt = get_format(format)
+        window = self.kernel_size[0] * self.kernel_size[1]
+        sizes = {"in_channels": self.in_channels, "out_channels": self.out_channels}
+        if order is None and in_shape is None and out_shape is None:
+            order = auto_order(fmt, sizes, lambda s: _kernel_modes(fmt, s["in_channels"], s["out_channels"], window))
         in_shape, out_shape = _side_shapes(
-            {"in_channels": self.in_channels, "out_channels": self.out_channels},
-            {"in_channels": ("in_shape", in_shape), "out_channels": ("out_shape", out_shape)},
-            order,
+            sizes, {"in_channels": ("in_shape", in_shape), "out_channels": ("out_shape", out_shape)}, order
         )
         if fmt.name == "ttm" and len(in_shape) != len(out_shape):
             raise ValueError(
@@ -732,16 +789,11 @@ class TensorizedConv2d(PyroModule, _Exports):
                 "must have the same number of modes"
             )
         self.in_shape, self.out_shape = in_shape, out_shape
-        window = self.kernel_size[0] * self.kernel_size[1]
-        rows, cols = out_shape, in_shape
-        if window > 1:
-            rows, cols = (
-                (out_shape + (1,), in_shape + (window,)) if fmt.name == "ttm" else (out_shape, in_shape + (window,))
-            )
+        shape, row_modes = _kernel_modes(fmt, in_shape, out_shape, window)
         fan_in = self.in_channels * window
         self.weight = _low_rank_weight(
-            rows + cols,
-            len(rows),
+            shape,
+            row_modes,
             fmt,
             max_rank,
             prior,

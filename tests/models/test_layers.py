@@ -29,7 +29,7 @@ from tensorbayes.models import (
     TensorizedLinear,
     factorize,
 )
-from tensorbayes.models.layers import MAX_RATIO, padded_shape
+from tensorbayes.models.layers import MAX_RATIO, MIN_SEARCH_RANK, auto_order, padded_shape
 
 D = torch.float64
 FORMATS = ["cp", "tucker", "tt", "ttm"]
@@ -193,7 +193,7 @@ def test_choose_path_takes_the_fewer_flops(format, rank):
 
 @pytest.mark.parametrize("format", FORMATS)
 def test_a_single_input_to_a_big_layer_is_contracted(format):
-    layer = TensorizedLinear(784, 625, format=format, max_rank=8)
+    layer = TensorizedLinear(784, 625, format=format, max_rank=8, order=4)
     assert layer.in_shape == (4, 7, 4, 7) and layer.out_shape == (5, 5, 5, 5)
     counts = layer.flop_counts(1)
     assert counts["contract"] * 2 < counts["dense"] and layer.choose_path(1) == "contract"
@@ -537,6 +537,32 @@ def test_default_layers_hold_at_most_a_twentieth_of_the_dense_weight(fmt):
     assert conv.layout.num_params() <= 64 * 128 * 9 / 20
     table = TensorizedEmbedding(10_000, 64, format=fmt)  # a table keeps a fixed default rank
     assert table.weight.max_ranks == TensorizedEmbedding(10_000, 64, format=fmt, max_rank=8).weight.max_ranks
+
+
+def test_a_layer_picks_the_largest_order_whose_budget_leaves_the_search_room():
+    # Tucker 784 x 625: the budget holds rank 3 at four modes a side, (25, 25) x (28, 28) at two
+    # holds 12^4 + 12 * (25 + 25 + 28 + 28) = 22,008 <= 24,500 (rank 13: 29,939); three modes do
+    # not factor 625 within MAX_RATIO. TTM, TT and CP keep four modes (ranks 20, 35, 583).
+    tucker = TensorizedLinear(784, 625, format="tucker")
+    assert (tucker.in_shape, tucker.out_shape) == ((28, 28), (25, 25))
+    assert tucker.layout.ranks == (12,) * 4 and 12 >= MIN_SEARCH_RANK
+    for fmt in ("ttm", "tt", "cp"):
+        assert len(TensorizedLinear(784, 625, format=fmt).in_shape) == 4
+    # the order depends on the format and sizes only: a fixed max_rank gets the default's layout
+    assert TensorizedLinear(784, 625, format="tucker", max_rank=3).in_shape == (28, 28)
+    assert TensorizedLinear(784, 625, format="tucker", order=4).in_shape == (4, 7, 4, 7)
+
+
+def test_where_no_order_leaves_the_search_room_the_largest_budget_rank_decides():
+    # Tucker 64 x 64: budget 204 entries; rank 1 at four modes a side, 2 at three, 3 at two
+    ranks = {d: tb.models.budget_rank("tucker", (s := factorize(64, d)) + s, d) for d in (4, 3, 2)}
+    assert ranks == {4: 1, 3: 2, 2: 3}
+    assert TensorizedLinear(64, 64, format="tucker").in_shape == factorize(64, 2)
+    # TT 64 x 64: rank 3 at every order, and the larger order wins the tie
+    sizes = {"in": 64, "out": 64}
+    assert auto_order("tt", sizes, lambda s: (s["out"] + s["in"], len(s["out"]))) == 4
+    # a size that factors at no order: nothing to pick
+    assert auto_order("tt", {"in": 97, "out": 64}, lambda s: (s["out"] + s["in"], len(s["out"]))) is None
 
 
 def test_budget_rank_refuses_a_budget_outside_zero_one():
