@@ -38,7 +38,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from .checks import check_int, check_number
 from .guides.base import as_tensor_guide
 from .infer import SVIEngine, predict
-from .infer.engine import Schedule, sparse_tables
+from .infer.engine import SCALE_LR, Schedule, sparse_tables
 from .infer.fit import default_schedule
 from .rank import held_out_metric, ranks
 
@@ -63,6 +63,8 @@ class TensorBayesModule(pl.LightningModule):
     :param float lr_decay: the share of the Trainer's steps, at the end, over which the learning
         rate falls linearly to zero (default 0.5, as :func:`tensorbayes.fit`).
     :param float lambda_step: damping of the closed-form λ update, in (0, 1].
+    :param float scale_lr: the share of ``lr`` at which the posterior scales are stepped (as
+        :func:`tensorbayes.fit`).
     :param int num_particles: samples per ELBO estimate.
     :param int eval_samples: posterior draws per validation batch.
     :param int lr_warmup: steps over which the learning rate rises (default 0, as :func:`tensorbayes.fit`).
@@ -85,6 +87,7 @@ class TensorBayesModule(pl.LightningModule):
         lr_warmup=0,
         optim=None,
         loss=None,
+        scale_lr=SCALE_LR,
     ):
         super().__init__()
         check_int(eval_samples, "eval_samples")
@@ -95,7 +98,7 @@ class TensorBayesModule(pl.LightningModule):
         self.model = model
         self.guide = guide
         self.engine = SVIEngine(
-            model, guide, num_data, lr=lr, optim=optim, loss=loss, lambda_step=lambda_step,
+            model, guide, num_data, lr=lr, optim=optim, loss=loss, lambda_step=lambda_step, scale_lr=scale_lr,
             num_particles=num_particles, backward=self.manual_backward,
         )  # fmt: skip
         self.automatic_optimization = False  # the engine steps: one copy of the step for fit and Lightning

@@ -132,6 +132,11 @@ class TensorGuide(AutoGuide):
         """Whether :meth:`update_lambdas` does something (λ is not fitted by gradient)."""
         return False
 
+    def scale_parameters(self):
+        """The trainable parameters of the posterior's scales, which an SVI loop may step more
+        slowly than the means (:func:`~tensorbayes.fit` does); none by default."""
+        return []
+
     def draws(self):
         """``{site: draw}`` of every latent site, or ``None`` where the guide must be traced."""
         return None

@@ -361,6 +361,12 @@ class MeanField(TensorGuide):
     def has_closed_form_lambdas(self):
         return self.lambda_update == "closed_form"
 
+    def scale_parameters(self):
+        """The raw (softplus) scales of the factors and, for a LogNormal λ, of λ (none before a
+        model function's first call has built them)."""
+        scales = self._modules.get("scales")
+        return [] if scales is None else [p for p in scales.parameters() if p.requires_grad]
+
     def _versions(self):
         return tuple(p._version for p in self.parameters())
 

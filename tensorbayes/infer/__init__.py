@@ -11,11 +11,12 @@ from .cavi import closed_form_start, supports_closed_form
 from .checkpoint import load, load_checkpoint, save, save_checkpoint
 from .diagnostics import DeadGradientWarning, NonFiniteError
 from .elbo import MeanFieldELBO
-from .engine import KLScale, Schedule, SVIEngine, make_optimizer, sparse_tables
+from .engine import SCALE_LR, KLScale, Schedule, SVIEngine, make_optimizer, sparse_tables
 from .fit import History, fit
 from .predict import predict
 
 __all__ = [
+    "SCALE_LR",
     "DeadGradientWarning",
     "History",
     "KLScale",

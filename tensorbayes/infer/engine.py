@@ -40,6 +40,7 @@ __all__ = [
     "KLScale",
     "SVIEngine",
     "Schedule",
+    "SCALE_LR",
     "SparseAndDenseAdam",
     "check_engine_arguments",
     "make_optimizer",
@@ -165,10 +166,21 @@ def _optimizer_class(optim):
     )
 
 
-def make_optimizer(model, guide, lr, optim=None, previous=None):
+#: The share of the learning rate at which a tensor guide's posterior scales are stepped
+#: (:meth:`~tensorbayes.guides.TensorGuide.scale_parameters`). The scales are stored raw and
+#: softplus-constrained, so for the small scales of a trained posterior the rate is a relative step
+#: of each scale; once the KL term is on, every scale of a tensor is pushed up together, and the
+#: weight's noise compounds over the factors of a train. At the full rate (1e-2) the noise of the
+#: 7-core TT layers of a deep Fashion-MNIST MLP outgrew the fit within two epochs of the ramp's end
+#: and the network lost 6 points (docs/method.md, "Learning rates").
+SCALE_LR = 0.3
+
+
+def make_optimizer(model, guide, lr, optim=None, previous=None, scale_lr=SCALE_LR):
     """
     The optimizer of an SVI run: ``optim`` (Adam by default) over the guide's and the model's
-    parameters, a learned noise in a group of its own (held during the warm-up), and
+    parameters, a learned noise in a group of its own (held during the warm-up), a tensor
+    guide's posterior scales in a third at ``scale_lr`` of the rate (:data:`SCALE_LR`), and
     :class:`torch.optim.SparseAdam` over the weights of embedding tables built with
     ``sparse=True`` (their gradients hold only the rows a batch looked up), the two stepped as
     one :class:`SparseAndDenseAdam`. With ``previous``, parameters it already optimized keep
@@ -184,8 +196,12 @@ def make_optimizer(model, guide, lr, optim=None, previous=None):
     named = [(n, p) for n, p in model_parameters(model, guide) if p.requires_grad and id(p) not in table_ids]
     noise = [p for n, p in named if n.endswith("log_noise")]
     others = [p for n, p in named if not n.endswith("log_noise")]
-    guide_params = [p for _, p in guide_parameters(guide, model) if p.requires_grad]
-    dense = constructor([{"params": guide_params + others}, {"params": noise}], **defaults)
+    tensor_guide = _tensor_guide_or_none(model, guide)
+    scales = tensor_guide.scale_parameters() if tensor_guide is not None else []
+    scale_ids = {id(p) for p in scales}
+    guide_params = [p for _, p in guide_parameters(guide, model) if p.requires_grad and id(p) not in scale_ids]
+    dense = constructor([{"params": guide_params + others}, {"params": noise}, {"params": scales}], **defaults)
+    dense.param_groups[2]["lr"] = dense.param_groups[0]["lr"] * scale_lr
     for group in dense.param_groups:
         group.setdefault("base_lr", group["lr"])
     if previous is not None:
@@ -205,7 +221,7 @@ def make_optimizer(model, guide, lr, optim=None, previous=None):
 
 
 def check_engine_arguments(
-    num_data=None, lr=None, optim=None, loss=None, schedule=None, lambda_step=0.1, num_particles=1
+    num_data=None, lr=None, optim=None, loss=None, schedule=None, lambda_step=0.1, num_particles=1, scale_lr=SCALE_LR
 ):
     """Refuse a bad argument of :class:`SVIEngine` with an error that names it: what a loop around
     the engine (:func:`~tensorbayes.fit`) calls before it changes anything."""
@@ -214,6 +230,7 @@ def check_engine_arguments(
     if lr is not None:
         check_number(lr, "lr", "(0, inf)", "a positive number")
     check_number(lambda_step, "lambda_step", "(0, 1]")
+    check_number(scale_lr, "scale_lr", "(0, inf)", "a positive number")
     check_int(num_particles, "num_particles")
     if loss is not None and not callable(getattr(loss, "differentiable_loss", None)):
         raise TypeError(f"loss must be a Pyro ELBO (with differentiable_loss), got {type(loss).__name__}")
@@ -260,6 +277,8 @@ class SVIEngine:
         with ``differentiable_loss`` (then the log-likelihood is not split out: ``nan``).
     :param Schedule schedule: warm-up, ramp and learning-rate schedule (default: none).
     :param float lambda_step: damping of the guide's closed-form λ step, in (0, 1].
+    :param float scale_lr: the share of the learning rate at which a tensor guide's posterior
+        scales are stepped (default :data:`SCALE_LR`; 1 steps them as :class:`pyro.infer.SVI` would).
     :param int num_particles: samples per ELBO estimate of the default loss, drawn in turn.
     :param process_group: a :mod:`~tensorbayes.infer.distributed` context: the gradients, loss
         and log-likelihood are averaged over its processes before the checks and the step.
@@ -279,11 +298,13 @@ class SVIEngine:
         schedule: Schedule | None = None,
         lambda_step: float = 0.1,
         num_particles: int = 1,
+        scale_lr: float = SCALE_LR,
         process_group=None,
         backward=None,
     ) -> None:
-        check_engine_arguments(num_data, lr, optim, loss, schedule, lambda_step, num_particles)
+        check_engine_arguments(num_data, lr, optim, loss, schedule, lambda_step, num_particles, scale_lr)
         self.model, self.guide, self.num_data = model, guide, num_data
+        self.scale_lr = scale_lr
         self.optim, self.lambda_step, self.process_group = optim, lambda_step, process_group
         self.backward = backward or torch.Tensor.backward
         if lr is None and not isinstance(optim, pyro.optim.PyroOptim):
@@ -302,7 +323,7 @@ class SVIEngine:
         if self._tensor_guide is not None:
             self._tensor_guide.keep_lambdas()
         if _trainable(model, guide):
-            self.optimizer = make_optimizer(model, guide, lr, optim)
+            self.optimizer = make_optimizer(model, guide, lr, optim, scale_lr=scale_lr)
 
     @property
     def beta(self) -> float:
@@ -382,9 +403,11 @@ class SVIEngine:
         or a guide's first call): parameters it stepped keep their state.
         """
         if self.optimizer is None:
-            self.optimizer = make_optimizer(self.model, self.guide, self.lr, self.optim)
+            self.optimizer = make_optimizer(self.model, self.guide, self.lr, self.optim, scale_lr=self.scale_lr)
         elif {id(p) for p in self._stepped()} != {id(p) for p in _trainable(self.model, self.guide)}:
-            self.optimizer = make_optimizer(self.model, self.guide, self.lr, self.optim, previous=self.optimizer)
+            self.optimizer = make_optimizer(
+                self.model, self.guide, self.lr, self.optim, previous=self.optimizer, scale_lr=self.scale_lr
+            )
             self._tensor_guide = _tensor_guide_or_none(self.model, self.guide)
             if self._tensor_guide is not None:
                 self._tensor_guide.keep_lambdas()  # λ was set with the cut: the engine times the next step

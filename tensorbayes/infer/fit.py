@@ -31,7 +31,7 @@ from .batches import TensorBatches, as_tensors, module_device, to_device
 from .cavi import closed_form_start
 from .checkpoint import load_checkpoint, save_checkpoint
 from .diagnostics import DeadGradientWarning, NonFiniteError, check_finite_parameters
-from .engine import Schedule, SVIEngine, check_engine_arguments, sparse_tables
+from .engine import SCALE_LR, Schedule, SVIEngine, check_engine_arguments, sparse_tables
 from .predict import predict
 
 __all__ = ["DeadGradientWarning", "History", "NonFiniteError", "fit"]
@@ -99,6 +99,7 @@ def fit(
     warmup: int | None = None,
     ramp: int | None = None,
     lambda_step: float = 0.1,
+    scale_lr: float = SCALE_LR,
     num_particles: int = 1,
     init: str = "auto",
     init_sweeps: int | None = None,
@@ -148,6 +149,9 @@ def fit(
     :param int warmup: steps with no KL term and no λ update (default: 20 % of the steps).
     :param int ramp: steps over which β rises from 0 to 1 after the warm-up (default: 20 %).
     :param float lambda_step: damping of the closed-form λ update, in (0, 1].
+    :param float scale_lr: the share of ``lr`` at which a tensor guide's posterior scales are
+        stepped (default :data:`~tensorbayes.infer.engine.SCALE_LR`, 0.3; see
+        :class:`~tensorbayes.infer.SVIEngine`).
     :param int num_particles: samples per ELBO estimate, drawn one after the other.
     :param str init: "auto" (default) starts the model and guide with their closed-form
         initialization where they offer one (:func:`~tensorbayes.infer.closed_form_start`: a
@@ -233,7 +237,7 @@ def fit(
         lr = 1e-3 if initialized else 1e-2  # a closed-form start's fit, which larger steps would first undo
     engine = SVIEngine(
         model, guide, batches.num_data, lr=lr, optim=optim, loss=loss, schedule=schedule,
-        lambda_step=lambda_step, num_particles=num_particles, process_group=ctx,
+        lambda_step=lambda_step, scale_lr=scale_lr, num_particles=num_particles, process_group=ctx,
     )  # fmt: skip
     history, first_epoch = History(), 0
     if state is not None:
@@ -285,14 +289,14 @@ def default_schedule(
 
 
 def _check_arguments(
-    *, epochs, batch_size, lr, lr_decay, lr_warmup, warmup, ramp, lambda_step, num_particles, init, init_sweeps,
-    eval_data, eval_samples, checkpoint, resume, callbacks, trace_every, seed, progress, distributed, tolerance,
-    validation, optim, loss,
+    *, epochs, batch_size, lr, lr_decay, lr_warmup, warmup, ramp, lambda_step, scale_lr, num_particles, init,
+    init_sweeps, eval_data, eval_samples, checkpoint, resume, callbacks, trace_every, seed, progress, distributed,
+    tolerance, validation, optim, loss,
 ):  # fmt: skip
     """Refuse a bad argument of :func:`fit` with an error that names it, before anything changes."""
     for value, name in ((epochs, "epochs"), (batch_size, "batch_size"), (eval_samples, "eval_samples")):
         check_int(value, name)
-    check_engine_arguments(None, lr, optim, loss, None, lambda_step, num_particles)
+    check_engine_arguments(None, lr, optim, loss, None, lambda_step, num_particles, scale_lr)
     check_number(lr_decay, "lr_decay", "[0, 1]")
     check_int(lr_warmup, "lr_warmup (steps)", low=0)
     if init not in ("auto", "cavi", "none"):

@@ -348,3 +348,15 @@ def test_reading_a_guide_leaves_the_param_store_as_it_is():
     assert list(pyro.get_param_store().keys()) == []
     guide(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2))  # a call registers them, as Pyro's modules
     assert "MeanField.locs.tensor.factor0" in pyro.get_param_store().keys()
+
+
+def test_pyros_per_parameter_rates_reach_the_scales_by_their_store_names():
+    """docs/pyro.md's recipe for stepping the scales at tb.fit's share of the rate in Pyro's loop."""
+    planted, model = _planted(), _model()
+    guide = MeanField(model, seed=0)
+    optim = pyro.optim.Adam(lambda name: {"lr": 0.01 * (tb.infer.SCALE_LR if ".scales." in name else 1.0)})
+    svi = pyro.infer.SVI(model, guide, optim, tb.infer.MeanFieldELBO())
+    svi.step(planted.train_index[:64], planted.train_values[:64], num_data=len(planted.train_values))
+    rates = {id(p): opt.param_groups[0]["lr"] for p, opt in optim.optim_objs.items()}
+    assert {rates[id(p)] for p in guide.scale_parameters()} == {0.01 * tb.infer.SCALE_LR}
+    assert {rates[id(p)] for p in guide.locs.parameters()} == {0.01}

@@ -15,6 +15,7 @@ from pyro.infer import TraceMeanField_ELBO
 import tensorbayes as tb
 from tensorbayes.infer import MeanFieldELBO, Schedule, SVIEngine
 from tensorbayes.infer.elbo import MeanFieldELBO as ElboClass
+from tensorbayes.infer.engine import SCALE_LR
 from tests.dlrm import tiny_dlrm
 
 
@@ -118,12 +119,36 @@ def test_the_engine_steps_as_pyros_svi_with_the_guides_lambda_step():
 
     pyro.clear_param_store()
     model, guide, args, kwargs = _svi_problem()
-    engine = SVIEngine(model, guide, kwargs["num_data"], lr=0.01)
+    engine = SVIEngine(model, guide, kwargs["num_data"], lr=0.01, scale_lr=1.0)  # the scales at Pyro's rate too
     pyro.set_rng_seed(3)
     for _ in range(5):
         engine.step(*args)
     for key, value in guide.state_dict().items():
         torch.testing.assert_close(value, want[key], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale_lr", [SCALE_LR, 1.0])
+def test_the_posterior_scales_step_at_their_share_of_the_rate(scale_lr):
+    """Adam's first step moves each parameter by its group's rate times g / (|g| + eps): the
+    largest move of a mean is the rate, of a raw scale the rate times ``scale_lr``."""
+    model, guide, args, kwargs = _svi_problem()
+    engine = SVIEngine(model, guide, kwargs["num_data"], lr=0.01, scale_lr=scale_lr)
+    scales = {id(p) for p in guide.scale_parameters()}
+    assert scales and {id(p) for p in engine.optimizer.param_groups[2]["params"]} == scales
+    before = {name: p.detach().clone() for name, p in guide.named_parameters()}
+    engine.step(*args)
+    moved = {"scales": 0.0, "locs": 0.0}
+    for name, p in guide.named_parameters():
+        kind = "scales" if id(p) in scales else "locs"
+        moved[kind] = max(moved[kind], (p.detach() - before[name]).abs().max().item())
+    assert moved["locs"] == pytest.approx(0.01, rel=1e-4)
+    assert moved["scales"] == pytest.approx(0.01 * scale_lr, rel=1e-4)
+
+
+def test_the_engine_refuses_a_scale_rate_that_is_not_positive():
+    model, guide, _, kwargs = _svi_problem()
+    with pytest.raises(ValueError, match="scale_lr"):
+        SVIEngine(model, guide, kwargs["num_data"], scale_lr=0)
 
 
 def test_the_warm_up_holds_lambda_and_then_lets_it_move():

@@ -20,7 +20,7 @@ from tensorbayes.guides import MeanField
 from tensorbayes.infer import distributed as tbdist
 from tensorbayes.infer.batches import TensorBatches
 from tensorbayes.infer.cavi import _slice_statistics, _tucker_core_update, factor_design, spectral_factors
-from tensorbayes.infer.engine import SparseAndDenseAdam, SVIEngine, make_optimizer, sparse_tables
+from tensorbayes.infer.engine import SCALE_LR, SparseAndDenseAdam, SVIEngine, make_optimizer, sparse_tables
 from tensorbayes.infer.fit import History, _RankSearch
 from tests.common import tiny_dlrm
 
@@ -171,7 +171,8 @@ def test_the_optimizer_of_a_model_with_sparse_tables_gives_them_sparse_adam_at_t
     assert isinstance(optimizer, SparseAndDenseAdam) and isinstance(optimizer.sparse, torch.optim.SparseAdam)
     (group,) = optimizer.sparse.param_groups
     assert group["lr"] == group["base_lr"] == 0.01
-    assert [g["base_lr"] for g in optimizer.param_groups] == [0.01, 0.01, 0.01]
+    # the dense groups (the rest, the noise, the posterior scales at their share), then SparseAdam's
+    assert [g["base_lr"] for g in optimizer.param_groups] == [0.01, 0.01, 0.01 * SCALE_LR, 0.01]
     assert {id(p) for p in group["params"]} == {id(t) for t in sparse_tables(model)}
 
 
