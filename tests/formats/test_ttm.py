@@ -77,10 +77,18 @@ def _cuts(shape):
     return [(bond, reverse) for bond in range(cores - 1) for reverse in (False, True)]
 
 
+@pytest.mark.parametrize("keep_entries", [None, 0], ids=["kept", "recomputed"])
 @pytest.mark.parametrize("chunk_entries", [1, 10**9], ids=["row_chunks", "one_chunk"])
 @pytest.mark.parametrize("batch_shape", [(), (5,), (2, 3)], ids=["nobatch", "batch", "batch2d"])
 @pytest.mark.parametrize("shape,ranks", SPLIT_CASES)
-def test_split_contract_equals_dense_with_gradients(shape, ranks, batch_shape, chunk_entries):
+def test_split_contract_equals_dense_with_gradients(
+    shape, ranks, batch_shape, chunk_entries, keep_entries, monkeypatch
+):
+    # the backward pass reads the intermediate the forward kept, or (above KEEP_ENTRIES) recomputes it
+    import tensorbayes.formats.ttm as ttm
+
+    if keep_entries is not None:
+        monkeypatch.setattr(ttm, "KEEP_ENTRIES", keep_entries)
     fmt = TTM(shape, ranks)
     cores = [torch.randn(s, dtype=DT, requires_grad=True) for s in fmt.factor_shapes]
     x = torch.randn(*batch_shape, fmt.matrix_shape[1], dtype=DT, requires_grad=True)
