@@ -201,7 +201,7 @@ def make_optimizer(model, guide, lr, optim=None, previous=None, scale_lr=SCALE_L
     scale_ids = {id(p) for p in scales}
     guide_params = [p for _, p in guide_parameters(guide, model) if p.requires_grad and id(p) not in scale_ids]
     dense = constructor([{"params": guide_params + others}, {"params": noise}, {"params": scales}], **defaults)
-    dense.param_groups[2]["lr"] = dense.param_groups[0]["lr"] * scale_lr
+    dense.param_groups[2]["lr"] *= scale_lr
     for group in dense.param_groups:
         group.setdefault("base_lr", group["lr"])
     if previous is not None:

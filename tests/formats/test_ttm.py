@@ -183,3 +183,18 @@ def test_split_row_cost_is_what_each_further_row_adds(shape, ranks):
     assert fmt.split(batch)[1:] == fmt.split(2 * batch)[1:]  # the same cut and direction
     assert fmt.contract_flops(2 * batch) - fmt.contract_flops(batch) == 2 * batch * fmt.split_row_cost()
     assert TTM((4, 6), ()).split_row_cost() is None
+
+
+def test_the_split_product_keeps_its_intermediate_only_when_small_and_needed(monkeypatch):
+    """The forward pass keeps ``t`` (S * I * P entries a row) for the backward pass when the merged
+    left cores need a gradient and the whole batch's fits in KEEP_ENTRIES; else nothing."""
+    import tensorbayes.formats.ttm as ttm
+
+    x = torch.randn(4, 3, 5, dtype=DT)  # (B, I, J)
+    a = torch.randn(2, 2 * 3, dtype=DT, requires_grad=True)  # (O, S * I)
+    c = torch.randn(2, 5, 7, dtype=DT, requires_grad=True)  # (S, J, P)
+    entries = 4 * 2 * 3 * 7
+    for keep_entries, a_grad, kept in ((entries, True, 2), (entries - 1, True, 0), (10**9, False, 0)):
+        monkeypatch.setattr(ttm, "KEEP_ENTRIES", keep_entries)
+        y = ttm._SplitProduct.apply(x, a if a_grad else a.detach(), c, 2)  # chunks of 2 rows
+        assert len(y.grad_fn.kept) == kept
