@@ -421,7 +421,14 @@ class SVIEngine:
         """Restore :meth:`state_dict` (into an engine over the same model and guide, restored first)."""
         self.follow_parameters()
         if state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except ValueError as error:
+                raise ValueError(
+                    f"the optimizer state does not fit this engine's optimizer ({error}): it was saved for another "
+                    "model, guide or optimizer, or by a tensorbayes whose optimizer grouped the parameters otherwise "
+                    "(before SCALE_LR the posterior scales had no group of their own); start afresh without it"
+                ) from error
         self.num_steps = state["num_steps"]
         if self._tensor_guide is not None:
             self._tensor_guide.keep_lambdas()

@@ -271,3 +271,13 @@ def test_gradient_norms_read_with_the_loss_in_one_read():
     assert scalars == [-987.8241217133207, 0.5]  # float64 kept: a Python float is not cast to float32
     assert norms == pytest.approx([12**0.5, 2.0], rel=1e-7)
     assert read_norms(grads)[0] == [] and read_norms([], 1.0) == ([1.0], [])
+
+
+def test_an_optimizer_state_of_another_grouping_is_refused_with_a_message_that_says_why():
+    model, guide, args, kwargs = _svi_problem()
+    engine = SVIEngine(model, guide, kwargs["num_data"], lr=0.01)
+    engine.step(*args)
+    state = engine.state_dict()
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:2]  # as saved before SCALE_LR
+    with pytest.raises(ValueError, match="does not fit this engine's optimizer .*SCALE_LR"):
+        SVIEngine(model, guide, kwargs["num_data"], lr=0.01).load_state_dict(state)
