@@ -177,7 +177,6 @@ class MeanField(TensorGuide):
         for k, shape in enumerate(layout.factor_shapes):
             loc = torch.nn.Parameter(torch.randn(shape, generator=gen) * loc_std)
             _set_site_parameter(locs, tensor.factor_site(k), loc)
-        for k, shape in enumerate(layout.factor_shapes):
             _set_site_parameter(scales, tensor.factor_site(k), torch.nn.Parameter(torch.full(shape, raw)))
         raw_lambda_scale = float(_inverse_softplus(torch.tensor(0.1)))
         for b, r in enumerate(layout.ranks):

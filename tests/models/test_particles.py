@@ -55,6 +55,14 @@ def _ready(model, *args):
     return guide
 
 
+def _classifier(format, two=False):
+    """A fresh param store, the data, a classifier of :func:`_net` and its ready guide."""
+    pyro.clear_param_store()
+    x, y = _data()
+    model = BayesianClassifier(_net(format, two=two), num_classes=3)
+    return model, _ready(model, x, y), x, y
+
+
 def _vectorized_draw(guide, *args, n=S, name="particles"):
     with torch.no_grad(), pyro.plate(name, n, dim=-2):
         return poutine.trace(guide).get_trace(*args)
@@ -82,10 +90,7 @@ def _replay_each(model, guide, args, draws):
 
 @pytest.mark.parametrize("format", FORMATS)
 def test_classifier_parallel_predictive_matches_each_particle(format):
-    pyro.clear_param_store()
-    x, y = _data()
-    model = BayesianClassifier(_net(format), num_classes=3)
-    guide = _ready(model, x, y)
+    model, guide, x, y = _classifier(format)
     layout = model.net[0].layout
 
     samples = Predictive(model, guide=guide, num_samples=S, parallel=True)(x)
@@ -110,10 +115,7 @@ def test_classifier_parallel_predictive_matches_each_particle(format):
 
 def test_two_tensorized_layers_pass_the_particles_along():
     """The second layer takes the first one's (S, 1, batch, 16) output particle by particle."""
-    pyro.clear_param_store()
-    x, y = _data()
-    model = BayesianClassifier(_net("tt", two=True), num_classes=3)
-    guide = _ready(model, x, y)
+    model, guide, x, y = _classifier("tt", two=True)
     draws = _vectorized_draw(guide, x, y)
     vec, each = _replay_each(model, guide, (x, y), draws)
     probs = vec.nodes["_RETURN"]["value"]
@@ -143,10 +145,7 @@ def _elbo_vectorized_vs_each(model, guide, args, n=4):
 @pytest.mark.parametrize("format", FORMATS)
 def test_vectorized_elbo_is_the_mean_of_single_particle_elbos(format):
     """Exact on the same draws (replayed): float64 sums in another order differ by roundoff only."""
-    pyro.clear_param_store()
-    x, y = _data()
-    model = BayesianClassifier(_net(format), num_classes=3)
-    guide = _ready(model, x, y)
+    model, guide, x, y = _classifier(format)
     vec, losses = _elbo_vectorized_vs_each(model, guide, (x, y))
     torch.testing.assert_close(vec, losses.mean(), rtol=1e-10, atol=1e-10)
     assert losses.std() > 1e-6  # distinct draws: the comparison would catch a particle mix-up
