@@ -158,19 +158,35 @@ def _candidate_paths(num_operands):
     return [_chain_path(order) for order in orders]
 
 
+#: What a contraction pays, in FLOPs, for each entry of the intermediates it writes: an
+#: intermediate is written and read back at the memory's speed, not at the arithmetic rate. 50 is
+#: a processor's balance of the two: a CPU core's ~100 GFLOP/s over its ~8 GB/s share of memory
+#: bandwidth (2 billion float32 entries a second), a GPU's ~50 TFLOP/s over ~3 TB/s. By FLOPs
+#: alone, a path whose first product is an outer product looks cheap: on the Fashion-MNIST MLP's
+#: 784 x 625 TTM layer at rank 2 such a path (19 MFLOPs, a million entries) ran 2-3x slower than
+#: the split product (38 MFLOPs, half a million entries).
+MEMORY_COST = 50
+
+
+def path_cost(flops: int, entries: int) -> int:
+    """The cost by which contraction paths are compared: ``flops + MEMORY_COST * entries``."""
+    return flops + MEMORY_COST * entries
+
+
 @lru_cache(maxsize=256)
 def _plan(equation, shapes):
     """
-    ``(flops, path)``: the cheapest (by FLOP count, then largest intermediate) of opt_einsum's
-    path and the chains, with its FLOP count as opt_einsum counts it.
+    ``(flops, path, entries)``: the cheapest (by FLOP count, then largest intermediate) of
+    opt_einsum's path and the chains, with its FLOP count as opt_einsum counts it and the
+    entries of the intermediates it writes.
     """
     best = None
     for optimize in ["auto"] + _candidate_paths(len(shapes)):
         info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=optimize)[1]
         key = (info.opt_cost, info.largest_intermediate)
         if best is None or key < best[0]:
-            best = key, optimize
-    return int(best[0][0]), best[1]
+            best = key, optimize, sum(info.size_list)
+    return int(best[0][0]), best[1], int(best[2])
 
 
 def planned_cost(equation, shapes):
@@ -178,15 +194,21 @@ def planned_cost(equation, shapes):
     return _plan(equation, tuple(tuple(s) for s in shapes))[0]
 
 
+def planned_entries(equation, shapes):
+    """The entries of the intermediates that the path :func:`einsum` plans writes (its output included)."""
+    return _plan(equation, tuple(tuple(s) for s in shapes))[2]
+
+
 @lru_cache(maxsize=256)
-def _expression(equation, shapes):
-    """The contraction expression of the planned path (:func:`_plan`)."""
-    return opt_einsum.contract_expression(equation, *shapes, optimize=_plan(equation, shapes)[1])
+def _expression(equation, shapes, path=None):
+    """The contraction expression of ``path``, by default the planned one (:func:`_plan`)."""
+    return opt_einsum.contract_expression(equation, *shapes, optimize=path or _plan(equation, shapes)[1])
 
 
-def einsum(equation: str, *operands: torch.Tensor) -> torch.Tensor:
-    """Contract with a path planned once per (equation, shapes) and reused."""
-    return _expression(equation, tuple(tuple(op.shape) for op in operands))(*operands, backend="torch")
+def einsum(equation: str, *operands: torch.Tensor, path: tuple | None = None) -> torch.Tensor:
+    """Contract with a path planned once per (equation, shapes) and reused, or along ``path`` (an
+    opt_einsum path, a tuple of pairs)."""
+    return _expression(equation, tuple(tuple(op.shape) for op in operands), path)(*operands, backend="torch")
 
 
 class TensorFormat:

@@ -15,9 +15,13 @@ So the split is cheap when the in modes left of the cut and the out modes right 
 small: a 4096 x 4096 matrix with modes ``(8, 8, 8, 8)`` on both sides, cut in the middle at
 rank 16, costs ``16 * (64 + 64) / 4096 = 0.5`` of the dense product; in modes ``(4, 4, 16,
 16)`` with out modes ``(16, 16, 4, 4)`` cost ``16 * (16 + 16) / 4096 = 0.125``. The cut and the
-direction are chosen by FLOP count (:meth:`TTM.split`). The products run over chunks of the
-batch so that their intermediate (``s * I_left * O_right`` entries per row) stays in cache,
-in layouts that need no permuted copy of it, forward or backward (:class:`_SplitProduct`).
+direction, and whether the split or the planned einsum runs, are chosen by cost: FLOPs plus
+:data:`~.base.MEMORY_COST` per entry of the intermediates (:meth:`TTM.split`). The split runs on
+its own kernel (:class:`_SplitProduct`) where the side the input meets first has at least
+:data:`KERNEL_MIN_COLUMNS` out entries: its products run over chunks of the batch so that their
+intermediate (``s * I_left * O_right`` entries per row) stays in cache, in layouts that need no
+permuted copy of it, forward or backward. With fewer columns those products run far below a
+matrix product's rate, and the split runs as an einsum along the same path.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import opt_einsum
 import torch
 from torch.autograd.function import once_differentiable
 
-from .base import TensorFormat, check_dense, check_shape, einsum
+from .base import TensorFormat, check_dense, check_shape, einsum, path_cost, planned_entries
 from .tt import tt_svd
 
 __all__ = ["Split", "TTM"]
@@ -39,6 +43,15 @@ __all__ = ["Split", "TTM"]
 #: The number of entries of the intermediate that one chunk of a split product makes (1 MiB
 #: in float32): small enough to stay in cache between the products that make and use it.
 CHUNK_ENTRIES = 2**18
+
+#: The fewest columns (out entries of the side the input meets first) at which a split product
+#: runs on its own kernel, whose first product is a batch of ``s`` matrix products with that
+#: many columns; a matrix product runs at a fraction of its rate on fewer than 16 (its register
+#: blocks are 16 or more wide), and the split then runs as an einsum along the same path, one
+#: product with ``s`` times the columns and a permuted copy. On the Fashion-MNIST MLP's 784 x 625
+#: layer (25 columns) the kernel took 0.5-0.8x the einsum's time; on 784 x 512, 512 x 256 and
+#: 3136 x 256 layers (8 columns), 1.2-2.5x.
+KERNEL_MIN_COLUMNS = 16
 
 #: The most entries of the intermediate, over the whole batch, that a split product keeps for
 #: its backward pass (16 MiB in float32); a larger one is recomputed there chunk by chunk. On
@@ -90,8 +103,11 @@ def _chain(operands):
 
 @lru_cache(maxsize=256)
 def _best_split(shape, ranks, batch_size):
-    """The cheapest :class:`Split` of a TTM layout for ``batch_size`` rows, or ``None`` for a
-    single core. Its FLOPs are opt_einsum's count of the split's own contraction path."""
+    """
+    ``(split, entries, path)``: the cheapest :class:`Split` of a TTM layout for ``batch_size``
+    rows by :func:`~.base.path_cost`, the entries of the intermediates its contraction path
+    writes and that path (opt_einsum's pairs); ``None`` for a single core.
+    """
     fmt = TTM(shape, ranks)
     cores = _num_cores(len(shape))
     equation = fmt._contract_equation()
@@ -101,10 +117,11 @@ def _best_split(shape, ranks, batch_size):
         left, right = _chain(list(range(1, bond + 2))), _chain(list(range(bond + 2, cores + 1)))
         for reverse in (False, True):
             tree = ((0, left), right) if reverse else ((0, right), left)
-            path = _tree_path(tree, cores + 1)
-            flops = int(opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=path)[1].opt_cost)
-            if best is None or flops < best.flops:
-                best = Split(flops, bond, reverse)
+            path = tuple(_tree_path(tree, cores + 1))
+            info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=list(path))[1]
+            flops, entries = int(info.opt_cost), sum(info.size_list)
+            if best is None or path_cost(flops, entries) < path_cost(best[0].flops, best[1]):
+                best = Split(flops, bond, reverse), entries, path
     return best
 
 
@@ -172,14 +189,32 @@ class TTM(TensorFormat):
         """
         The :class:`Split` product that :meth:`contract` uses for ``batch_size`` rows, or
         ``None`` when the planned einsum (:meth:`TensorFormat.contract
-        <.base.TensorFormat.contract>`) costs fewer FLOPs (on a tie the split is used).
+        <.base.TensorFormat.contract>`) costs less. Paths are compared by
+        :func:`~.base.path_cost`: their FLOPs, plus :data:`~.base.MEMORY_COST` for each entry of
+        the intermediates they write. On a tie the split is used where it runs on the kernel
+        (:meth:`on_kernel`), else the planned einsum.
 
         :param int batch_size: the number of input rows.
         """
         best = _best_split(self.shape, self.ranks, batch_size)
-        if best is None or best.flops > super().contract_flops(batch_size):
+        if best is None:
             return None
-        return best
+        split, entries, _ = best
+        shapes = ((batch_size,) + self.col_shape,) + tuple(self.factor_shapes)
+        equation = self._contract_equation()
+        planned = path_cost(super().contract_flops(batch_size), planned_entries(equation, shapes))
+        own = path_cost(split.flops, entries)
+        return split if own < planned or (own == planned and self.on_kernel(split)) else None
+
+    def on_kernel(self, split: Split) -> bool:
+        """
+        Whether ``split`` runs on the split product's own kernel (:class:`_SplitProduct`): when
+        the side the input meets first has at least :data:`KERNEL_MIN_COLUMNS` out entries.
+        Otherwise it runs as an einsum along the same path.
+        """
+        cores = _num_cores(len(self.shape))
+        first = range(split.bond + 1) if split.reverse else range(split.bond + 1, cores)
+        return self._size(self._side_labels(first)[0]) >= KERNEL_MIN_COLUMNS
 
     def split_row_cost(self) -> int | None:
         """
@@ -208,18 +243,23 @@ class TTM(TensorFormat):
     def contract(self, x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
         """
         ``x @ W.T`` for the matrix view ``W`` (rows: out, columns: in): a split product (see
-        the module docs) or the planned einsum of the base class, whichever costs fewer FLOPs
-        for this batch size (:meth:`split`).
+        the module docs) or the planned einsum of the base class, whichever costs less for this
+        batch size (:meth:`split`).
 
         :param torch.Tensor x: inputs of shape ``(..., prod(col_shape))``.
         :returns: outputs of shape ``(..., prod(row_shape))``.
         """
         factors = self.check_factors(factors)
         self._check_contract_input(x)
-        split = self.split(max(1, math.prod(x.shape[:-1])))
+        batch_size = max(1, math.prod(x.shape[:-1]))
+        split = self.split(batch_size)
         if split is None:
             return super().contract(x, factors)
-        return self._contract_split(x, factors, split.bond, split.reverse)
+        if self.on_kernel(split):
+            return self._contract_split(x, factors, split.bond, split.reverse)
+        _, _, path = _best_split(self.shape, self.ranks, batch_size)
+        y = einsum(self._contract_equation(), x.reshape(batch_size, *self.col_shape), *factors, path=path)
+        return y.reshape(*x.shape[:-1], self.matrix_shape[0])
 
     def _contract_split(self, x, factors, bond, reverse, chunk_entries=CHUNK_ENTRIES):
         """
@@ -317,6 +357,7 @@ class _SplitProduct(torch.autograd.Function):
         grad_x = torch.empty_like(x) if need_x else None
         grad_a = torch.zeros_like(a) if need_a else None
         grad_c = torch.zeros_like(c) if need_c else None
+        c_t = c.transpose(1, 2).reshape(s * p, j) if need_x else None  # [(s, p), j]
         for k, start in enumerate(range(0, batch, ctx.chunk)):
             xc = x[start : start + ctx.chunk]
             n = xc.shape[0]
@@ -331,8 +372,8 @@ class _SplitProduct(torch.autograd.Function):
                 grad_t = torch.mm(a.t(), g).view(s, i * n, p)  # [s, (i, b), p]
                 if need_c:
                     grad_c.baddbmm_(xt.t().expand(s, j, i * n), grad_t)
-                if need_x:
-                    grad_xt = torch.bmm(grad_t, c.transpose(1, 2)).sum(0)  # [(i, b), j]
+                if need_x:  # one product over (s, p), not s products and their sum
+                    grad_xt = torch.mm(grad_t.transpose(0, 1).reshape(i * n, s * p), c_t)  # [(i, b), j]
                     grad_x[start : start + n] = grad_xt.view(i, n, j).transpose(0, 1)
         return grad_x, grad_a, grad_c, None
 
