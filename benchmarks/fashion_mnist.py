@@ -62,7 +62,7 @@ import torch.nn.functional as F
 import tensorbayes as tb
 from benchmarks.common import write_results
 from tensorbayes.models import TensorizedConv2d, TensorizedLinear
-from tensorbayes.models.layers import contract_flops, dense_flops
+from tensorbayes.models.layers import linear_path
 
 FORMATS = ("ttm", "tt", "cp", "tucker")
 
@@ -120,7 +120,7 @@ class FixedRank(torch.nn.Module):
     parameters drawn i.i.d. ``N(0, s^2)`` with ``s = init_loc_scale()`` (the reconstructed
     weight then has the layer's Kaiming variance), the bias is the layer's. A linear layer
     takes the cheaper of contracting and reconstructing by the rule of
-    ``TensorizedLinear.choose_path``; a convolution reconstructs its kernel.
+    ``TensorizedLinear.choose_path`` (``linear_path``); a convolution reconstructs its kernel.
     """
 
     def __init__(self, layer):
@@ -143,7 +143,7 @@ class FixedRank(torch.nn.Module):
             return F.conv2d(x, self.layout.to_matrix(factors).reshape(self.kernel_shape), self.bias, **self.conv)
         n = x.shape[0]
         if n not in self._paths:
-            self._paths[n] = contract_flops(self.layout, n) < dense_flops(self.layout, n)
+            self._paths[n] = linear_path(self.layout, n) == "contract"
         if self._paths[n]:
             return self.layout.contract(x, factors) + self.bias
         return F.linear(x, self.layout.to_matrix(factors), self.bias)

@@ -7,8 +7,8 @@ size one (``"e<j>"``). From that description alone this module derives the einsu
 dense tensor, the contraction of a batch of inputs with the factors, the gather of entries or
 rows by mixed-radix indices, parameter counts and truncation to a subset of rank indices.
 Contractions are planned once with :func:`opt_einsum.contract_expression` and cached per
-operand shapes, so the contraction order (and whether the dense tensor is ever formed) is
-decided by FLOP count.
+operand shapes; the contraction order (and whether the dense tensor is ever formed) is decided
+by :func:`path_cost`: FLOPs plus :data:`MEMORY_COST` per entry of the intermediates written.
 
 This module is pure torch: it knows nothing of Pyro, priors or training.
 """
@@ -24,12 +24,14 @@ import opt_einsum
 import torch
 
 __all__ = [
+    "MEMORY_COST",
     "TensorFormat",
     "check_dense",
     "check_ranks",
     "check_shape",
     "einsum",
     "leading_left_singular_vectors",
+    "path_cost",
     "unfold",
 ]
 
@@ -176,17 +178,18 @@ def path_cost(flops: int, entries: int) -> int:
 @lru_cache(maxsize=256)
 def _plan(equation, shapes):
     """
-    ``(flops, path, entries)``: the cheapest (by FLOP count, then largest intermediate) of
+    ``(flops, path, entries)``: the cheapest (by :func:`path_cost`, then largest intermediate) of
     opt_einsum's path and the chains, with its FLOP count as opt_einsum counts it and the
     entries of the intermediates it writes.
     """
     best = None
     for optimize in ["auto"] + _candidate_paths(len(shapes)):
         info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=optimize)[1]
-        key = (info.opt_cost, info.largest_intermediate)
+        flops, entries = int(info.opt_cost), sum(info.size_list)
+        key = (path_cost(flops, entries), info.largest_intermediate)
         if best is None or key < best[0]:
-            best = key, optimize, sum(info.size_list)
-    return int(best[0][0]), best[1], int(best[2])
+            best = key, (flops, optimize, entries)
+    return best[1]
 
 
 def planned_cost(equation, shapes):
@@ -395,6 +398,16 @@ class TensorFormat:
         """
         shapes = ((batch_size,) + self.col_shape,) + tuple(self.factor_shapes)
         return planned_cost(self._contract_equation(), shapes)
+
+    def contract_cost(self, batch_size: int) -> int:
+        """
+        The :func:`path_cost` of :meth:`contract` on ``batch_size`` rows: the FLOPs of the
+        contraction it runs plus :data:`MEMORY_COST` for each entry of the intermediates it writes
+        (its output included).
+        """
+        shapes = ((batch_size,) + self.col_shape,) + tuple(self.factor_shapes)
+        equation = self._contract_equation()
+        return path_cost(planned_cost(equation, shapes), planned_entries(equation, shapes))
 
     def _gathered(self, factors, index, modes):
         """Index the mode dimensions ``modes`` of every factor by the columns of ``index``."""

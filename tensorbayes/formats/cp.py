@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from ..checks import check_int
-from .base import TensorFormat, check_dense, einsum, leading_left_singular_vectors, unfold
+from .base import TensorFormat, check_dense, einsum, leading_left_singular_vectors, path_cost, unfold
 
 __all__ = ["CP"]
 
@@ -73,6 +73,17 @@ class CP(TensorFormat):
     def contract_flops(self, batch_size: int) -> int:
         """The FLOPs of :meth:`contract`: the cheaper of the Khatri-Rao path and the planned einsum."""
         return min(self._khatri_rao_flops(batch_size), super().contract_flops(batch_size))
+
+    def contract_cost(self, batch_size: int) -> int:
+        """The :func:`~.base.path_cost` of :meth:`contract`: of the Khatri-Rao path where it runs
+        (the Khatri-Rao products, ``x @ B`` and the output written), else of the planned einsum."""
+        if self._khatri_rao_flops(batch_size) > super().contract_flops(batch_size):
+            return super().contract_cost(batch_size)
+        (rank,) = self.ranks
+        sides = (self.row_shape, self.col_shape)
+        products = sum(math.prod(side[:j]) for side in sides for j in range(2, len(side) + 1))
+        entries = rank * (products + batch_size) + batch_size * self.matrix_shape[0]
+        return path_cost(self._khatri_rao_flops(batch_size), entries)
 
     def _khatri_rao_flops(self, batch_size):
         """Twice the multiply-adds of the two Khatri-Rao products and the two matrix products

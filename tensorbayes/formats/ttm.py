@@ -240,6 +240,14 @@ class TTM(TensorFormat):
 
     contract_flops.__doc__ = TensorFormat.contract_flops.__doc__
 
+    def contract_cost(self, batch_size: int) -> int:
+        split = self.split(batch_size)
+        if split is None:
+            return super().contract_cost(batch_size)
+        return path_cost(split.flops, _best_split(self.shape, self.ranks, batch_size)[1])
+
+    contract_cost.__doc__ = TensorFormat.contract_cost.__doc__
+
     def contract(self, x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
         """
         ``x @ W.T`` for the matrix view ``W`` (rows: out, columns: in): a split product (see

@@ -12,7 +12,8 @@ forward pass draws the factors once (from the prior, or from the guide under SVI
 
 - :class:`TensorizedLinear` computes ``x @ W.T + b`` either by contracting the input with the
   factors or by reconstructing ``W`` and calling :func:`torch.nn.functional.linear`, whichever
-  costs fewer FLOPs for the batch at hand (:meth:`TensorizedLinear.choose_path`);
+  costs less for the batch at hand (:meth:`TensorizedLinear.choose_path`: FLOPs, plus
+  :data:`~tensorbayes.formats.base.MEMORY_COST` per entry of the intermediates written);
 - :class:`TensorizedConv2d` reconstructs the kernel and calls
   :func:`torch.nn.functional.conv2d` (the kernel is small next to the activations);
 - :class:`TensorizedEmbedding` gathers only the rows it is asked for, by mixed-radix indexing
@@ -52,7 +53,7 @@ from pyro.nn import PyroModule
 
 from ..checks import check_int
 from ..formats import get_format
-from ..formats.base import planned_cost
+from ..formats.base import path_cost, planned_cost, planned_entries
 from .tensor import CompactTensor, LowRankTensor, clip_ranks, map_particles, particle_dims
 
 __all__ = [
@@ -420,10 +421,29 @@ def contract_flops(layout, batch_size):
 def dense_flops(layout, batch_size):
     """FLOPs of reconstructing ``W`` (the planned einsum of :meth:`full`) plus ``F.linear``
     counted as opt_einsum counts a matrix product, ``2 * batch * out * in``."""
-    modes = [f"m{k}" for k in range(len(layout.shape))]
-    equation = layout._equation(layout.labels, modes)
     rows, cols = layout.matrix_shape
-    return planned_cost(equation, tuple(layout.factor_shapes)) + 2 * batch_size * rows * cols
+    return planned_cost(*_full_plan(layout)) + 2 * batch_size * rows * cols
+
+
+def _full_plan(layout):
+    """The einsum of ``layout.full`` and its operand shapes."""
+    modes = [f"m{k}" for k in range(len(layout.shape))]
+    return layout._equation(layout.labels, modes), tuple(layout.factor_shapes)
+
+
+def linear_path(layout, batch_size):
+    """
+    ``"contract"`` when contracting ``batch_size`` rows with the factors costs less than
+    reconstructing ``W`` and multiplying, else ``"dense"`` (on a tie: ``"dense"``, one BLAS
+    call). Costs are :func:`~tensorbayes.formats.base.path_cost`: the FLOPs of each path plus
+    :data:`~tensorbayes.formats.base.MEMORY_COST` per entry of what it writes (the
+    intermediates, ``W`` and the output). They depend only on the shapes and are cached.
+    """
+    rows, cols = layout.matrix_shape
+    equation, shapes = _full_plan(layout)
+    dense = path_cost(planned_cost(equation, shapes), planned_entries(equation, shapes))
+    dense += path_cost(2 * batch_size * rows * cols, batch_size * rows)
+    return "contract" if layout.contract_cost(batch_size) < dense else "dense"
 
 
 # ----- layers -----
@@ -455,7 +475,7 @@ class TensorizedLinear(PyroModule, _Exports):
     modes are the out modes, then the in modes.
 
     The forward pass draws the factors once and computes the output on the cheaper of two
-    paths (:meth:`choose_path`, by FLOP count): ``"contract"``, the input contracted with the
+    paths (:meth:`choose_path`, by FLOPs and memory written): ``"contract"``, the input contracted with the
     factors (:meth:`~tensorbayes.formats.TensorFormat.contract`, its path planned once per
     batch size by opt_einsum and cached; for TTM, a split product of two matrix products
     when that is cheaper, :meth:`TTM.split <tensorbayes.formats.TTM.split>`), or ``"dense"``,
@@ -575,11 +595,8 @@ class TensorizedLinear(PyroModule, _Exports):
         return {"contract": contract_flops(self.layout, batch_size), "dense": dense_flops(self.layout, batch_size)}
 
     def choose_path(self, batch_size):
-        """``"contract"`` when contracting the input with the factors costs fewer FLOPs than
-        reconstructing ``W`` and multiplying, else ``"dense"`` (on a tie: ``"dense"``, one BLAS
-        call). The FLOP counts depend only on the shapes and are cached."""
-        flops = self.flop_counts(batch_size)
-        return "contract" if flops["contract"] < flops["dense"] else "dense"
+        """The path of ``batch_size`` rows, ``"contract"`` or ``"dense"``, by :func:`linear_path`."""
+        return linear_path(self.layout, check_int(batch_size, "batch_size"))
 
     def _check_input(self, x):
         if not isinstance(x, torch.Tensor):
@@ -991,7 +1008,7 @@ class CompactLinear(torch.nn.Module):
     """
     ``y = x W^T + b`` with ``W`` a low-rank tensor fixed at given factors: a
     :class:`TensorizedLinear` without its priors. The forward pass is the Bayesian layer's: by
-    FLOP count (:meth:`choose_path`), the input is contracted with the factors or ``W`` is
+    cost (:meth:`choose_path`), the input is contracted with the factors or ``W`` is
     reconstructed once; :attr:`path` forces either.
 
     Usage::

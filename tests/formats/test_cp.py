@@ -57,3 +57,18 @@ def test_decompose_n_iter_max_zero_is_the_svd_initialization():
     factors = CP.decompose(tensor, 2, n_iter_max=0)
     for u in factors:
         torch.testing.assert_close(u.T @ u, torch.eye(2, dtype=DT), rtol=1e-10, atol=1e-10)
+
+
+def test_contract_cost_of_the_khatri_rao_path_counted_by_hand():
+    # rows (2, 3), columns (4, 5), R = 3, 256 rows: the Khatri-Rao path runs (fewer FLOPs than the
+    # einsum); it writes the two Khatri-Rao products (2 * 3 and 4 * 5 rows of R), x @ B (256 x R)
+    # and the output (256 x 6), and does 2 R (256 (6 + 20) + 6 + 20) FLOPs
+    from tensorbayes.formats.base import MEMORY_COST, TensorFormat
+
+    layout = CP((2, 3, 4, 5), 3, row_modes=2)
+    flops = 2 * 3 * (256 * (6 + 20) + 6 + 20)
+    assert layout.contract_flops(256) == flops < TensorFormat.contract_flops(layout, 256)
+    entries = 3 * (6 + 20 + 256) + 256 * 6
+    assert layout.contract_cost(256) == flops + MEMORY_COST * entries
+    # one row: the einsum has fewer FLOPs, and its cost is the planned path's
+    assert layout.contract_cost(1) == TensorFormat.contract_cost(layout, 1)

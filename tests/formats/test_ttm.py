@@ -151,25 +151,26 @@ def test_split_contract_with_frozen_left_cores(shape, ranks, chunk_entries, inpu
 def test_split_is_the_cheapest_by_cost_not_by_flops_and_contract_uses_it(monkeypatch):
     import tensorbayes.formats.ttm as ttm
 
-    # the Fashion-MNIST MLP's 784 x 625 layer at rank 2: the planned einsum costs fewer FLOPs (its
-    # first product is an outer product) but writes about twice the entries of the split
+    # the Fashion-MNIST MLP's 784 x 625 layer at rank 2: the path of fewest FLOPs (its first
+    # product is an outer product) writes about twice the entries of the split
     fmt = TTM((5, 5, 5, 5, 4, 7, 4, 7), 2)
     batch = 256
     split = fmt.split(batch)
     assert split is not None and fmt.contract_flops(batch) == split.flops
     equation = fmt._contract_equation()
     shapes = [(batch,) + fmt.col_shape] + fmt.factor_shapes
-    planned_flops = TensorFormat.contract_flops(fmt, batch)
-    assert planned_flops < split.flops
+    fewest_flops = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="optimal")[1]
+    assert fewest_flops.opt_cost < split.flops
     # the split's entries by hand: the right half (2, 5 * 5, 4 * 7), x with it (256, 4 * 7, 2, 5 * 5),
     # the left half (5 * 5, 4 * 7, 2) and the output (256, 625)
     entries = ttm._best_split(fmt.shape, fmt.ranks, batch)[1]
     assert entries == 1400 + batch * 28 * 2 * 25 + 1400 + batch * 625
-    planned = path_cost(planned_flops, planned_entries(equation, shapes))
-    assert path_cost(split.flops, entries) == split.flops + MEMORY_COST * entries < planned
-    # the split's count is opt_einsum's for its own path, so never below the optimum
-    optimal = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="optimal")[1].opt_cost
-    assert optimal <= split.flops
+    cost = path_cost(split.flops, entries)
+    assert cost == split.flops + MEMORY_COST * entries
+    assert fmt.contract_cost(batch) == cost
+    assert cost < path_cost(int(fewest_flops.opt_cost), sum(fewest_flops.size_list))
+    planned = TensorFormat.contract_flops(fmt, batch), planned_entries(equation, shapes)
+    assert cost <= path_cost(*planned)  # the einsum plans by the same cost: at best a tie
     calls = []
     real = ttm._SplitProduct.apply
     monkeypatch.setattr(ttm._SplitProduct, "apply", lambda *args: calls.append(1) or real(*args))
