@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Self
 
 import opt_einsum
@@ -287,17 +287,25 @@ class TensorFormat:
     @property
     def factor_shapes(self) -> list[tuple[int, ...]]:
         """The shape of every factor, in order."""
-        return [tuple(self.label_size(lab) for lab in labels) for labels in self.labels]
+        return list(self._factor_shapes)
 
     @property
     def bonds(self) -> list[list[tuple[int, int]]]:
         """For each rank bond, the ``(factor, dim)`` pairs that carry its index."""
+        return [list(pairs) for pairs in self._bonds]
+
+    @cached_property
+    def _factor_shapes(self):  # a layout does not change: every training step reads it
+        return tuple(tuple(self.label_size(lab) for lab in labels) for labels in self.labels)
+
+    @cached_property
+    def _bonds(self):
         found = [[] for _ in range(self.num_bonds)]
         for f, labels in enumerate(self.labels):
             for d, lab in enumerate(labels):
                 if lab[0] == "b":
                     found[int(lab[1:])].append((f, d))
-        return found
+        return tuple(tuple(pairs) for pairs in found)
 
     @property
     def row_shape(self) -> tuple[int, ...]:
