@@ -152,8 +152,8 @@ class SparseAndDenseAdam:
 def _optimizer_class(optim):
     """``(constructor, default arguments)`` of ``optim``: a Pyro optimizer (its torch optimizer and
     arguments), a :class:`torch.optim.Optimizer` subclass, or a callable ``optim(groups, lr=...)``."""
-    if optim is None:
-        return torch.optim.Adam, {}
+    if optim is None:  # one call per group for every parameter, not a Python loop over them (torch's CPU default)
+        return torch.optim.Adam, {"foreach": True}
     if isinstance(optim, pyro.optim.PyroOptim):
         if callable(optim.pt_optim_args):
             raise ValueError("optim: a Pyro optimizer with per-parameter arguments (a callable) is not supported")
