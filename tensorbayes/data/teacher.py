@@ -75,6 +75,7 @@ import numpy as np
 import torch
 
 from ..formats import TTM, TensorFormat, check_shape, get_format
+from ..formats.tt import layout_options
 from .planted import check_attainable, check_bond_ranks, check_real, draw_conditioned_factors
 
 __all__ = ["ACTIVATIONS", "TeacherStudent", "teacher_student"]
@@ -220,7 +221,8 @@ def teacher_student(
             )
     shape = out_shape + in_shape
     ranks = check_bond_ranks(cls, shape, ranks, f"shape out_shape + in_shape = {shape}")
-    fmt = TTM(shape, ranks) if cls is TTM else cls(shape, ranks, row_modes=len(out_shape))
+    options = layout_options(cls, len(shape), len(out_shape))  # the student layer's layout
+    fmt = TTM(shape, ranks) if cls is TTM else cls(shape, ranks, row_modes=len(out_shape), **options)
     check_attainable(fmt)
     activation = _check_head(num_classes, hidden_activation)
     seed = _check_int(seed, "seed", 0)

@@ -54,6 +54,7 @@ from pyro.nn import PyroModule
 from ..checks import check_int
 from ..formats import get_format
 from ..formats.base import path_cost, planned_cost, planned_entries
+from ..formats.tt import layout_options
 from .tensor import CompactTensor, LowRankTensor, clip_ranks, map_particles, particle_dims
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "TensorizedLinear",
     "auto_order",
     "budget_rank",
+    "layout_options",
     "factorize",
     "padded_shape",
 ]
@@ -366,7 +368,7 @@ def _check_init_variance(value, default):
     return float(value)
 
 
-def budget_rank(format, shape, row_modes, budget=DEFAULT_BUDGET):
+def budget_rank(format, shape, row_modes, budget=DEFAULT_BUDGET, interleave=False):
     """
     The largest rank ``r``, the same on every bond (each clipped to what the shape allows), at
     which a tensor of ``shape`` in ``format`` holds at most ``budget`` of the dense tensor's
@@ -381,11 +383,12 @@ def budget_rank(format, shape, row_modes, budget=DEFAULT_BUDGET):
     :param tuple shape: the tensor's modes.
     :param int row_modes: the leading modes that index the rows of the matrix view.
     :param float budget: the share of the dense entries, in (0, 1].
+    :param bool interleave: a TT's train alternates the row and column modes (:func:`layout_options`).
     """
     if isinstance(budget, bool) or not isinstance(budget, Real) or not 0 < budget <= 1:
         raise ValueError(f"budget must be a share in (0, 1], got {budget!r}")
     fmt = get_format(format) if isinstance(format, str) else format
-    probe = fmt(tuple(shape), 1, row_modes=row_modes)
+    probe = fmt(tuple(shape), 1, row_modes=row_modes, **layout_options(fmt, len(shape), row_modes, interleave))
     limits, allowed = probe.max_ranks(), budget * math.prod(shape)
     rank = 1
     while rank < max(limits) and probe.num_params(tuple(min(rank + 1, lim) for lim in limits)) <= allowed:
@@ -393,12 +396,14 @@ def budget_rank(format, shape, row_modes, budget=DEFAULT_BUDGET):
     return rank
 
 
-def _low_rank_weight(shape, row_modes, format, max_rank, prior, prior_kwargs, init_variance):
+def _low_rank_weight(shape, row_modes, format, max_rank, prior, prior_kwargs, init_variance, interleave=False):
     if max_rank is None:
-        max_rank = budget_rank(format, shape, row_modes)
+        max_rank = budget_rank(format, shape, row_modes, interleave=interleave)
+    options = layout_options(format, len(shape), row_modes, interleave)
     weight = LowRankTensor(
-        shape, format=format, max_rank=max_rank, prior=prior, prior_kwargs=prior_kwargs, row_modes=row_modes
-    )
+        shape, format=format, max_rank=max_rank, prior=prior, prior_kwargs=prior_kwargs, row_modes=row_modes,
+        layout_options=options,
+    )  # fmt: skip
     weight.init_variance = init_variance
     return weight
 
@@ -539,7 +544,9 @@ class TensorizedLinear(PyroModule, _Exports):
         pair_for_speed = fmt.name == "ttm" and in_shape is None and out_shape is None
         sizes = {"in_features": self.in_features, "out_features": self.out_features}
         if order is None and in_shape is None and out_shape is None:
-            order = auto_order(fmt, sizes, lambda s: (s["out_features"] + s["in_features"], len(s["out_features"])))
+            order = auto_order(
+                fmt, sizes, lambda s: (s["out_features"] + s["in_features"], len(s["out_features"])), interleave=True
+            )
         in_shape, out_shape = _side_shapes(
             sizes, {"in_features": ("in_shape", in_shape), "out_features": ("out_shape", out_shape)}, order
         )
@@ -549,7 +556,7 @@ class TensorizedLinear(PyroModule, _Exports):
                 "must have the same number of modes"
             )
         if max_rank is None:
-            max_rank = budget_rank(fmt, out_shape + in_shape, len(out_shape))
+            max_rank = budget_rank(fmt, out_shape + in_shape, len(out_shape), interleave=True)
         if pair_for_speed and len(in_shape) > 1:
             ranks = clip_ranks(max_rank, fmt(out_shape + in_shape, 1))
             in_shape, out_shape = _cheapest_ttm_pairing(in_shape, out_shape, ranks)
@@ -562,6 +569,7 @@ class TensorizedLinear(PyroModule, _Exports):
             prior,
             prior_kwargs,
             _check_init_variance(init_variance, 1.0 / self.in_features),
+            interleave=True,
         )
         if bias:
             bound = 1.0 / math.sqrt(self.in_features)
@@ -656,7 +664,7 @@ def _side_shapes(sizes, given, order, pad=()):
     return tuple(shapes[k] for k in sizes)
 
 
-def auto_order(format, sizes, modes):
+def auto_order(format, sizes, modes, interleave=False):
     """
     The number of modes a side that a layer picks when neither its order nor a shape is given:
     the largest of :data:`AUTO_ORDERS` at which every size factors (:func:`factorize`) and the
@@ -675,6 +683,7 @@ def auto_order(format, sizes, modes):
     :param dict sizes: ``{name: size}`` of the sides, as :func:`factorize` takes them.
     :param modes: ``modes(shapes) -> (tensor shape, row modes)`` of the layer's weight, given
         ``{name: shape}``.
+    :param bool interleave: a TT's train alternates the row and column modes (:func:`layout_options`).
     """
     fmt = get_format(format) if isinstance(format, str) else format
     best = None
@@ -683,7 +692,7 @@ def auto_order(format, sizes, modes):
             shape, row_modes = modes(_auto_shapes(sizes, d))
         except FactorizationError:
             continue
-        rank = budget_rank(fmt, shape, row_modes)
+        rank = budget_rank(fmt, shape, row_modes, interleave=interleave)
         if rank >= MIN_SEARCH_RANK:
             return d
         if best is None or rank > best[0]:

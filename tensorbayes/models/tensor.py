@@ -80,14 +80,25 @@ class LowRankTensor(PyroModule, _LayoutNames):
         :class:`~tensorbayes.priors.RankPrior`.
     :param dict prior_kwargs: hyperparameters of the prior (e.g. ``{"eta": 1.0}``).
     :param int row_modes: leading modes that index the rows of the matrix view.
+    :param dict layout_options: further arguments of the format (e.g. a TT's ``train``).
     """
 
-    def __init__(self, shape, format="tt", max_rank=8, prior="half_cauchy", prior_kwargs=None, row_modes=None):
+    def __init__(
+        self,
+        shape,
+        format="tt",
+        max_rank=8,
+        prior="half_cauchy",
+        prior_kwargs=None,
+        row_modes=None,
+        layout_options=None,
+    ):
         super().__init__()
         cls = get_format(format)
-        probe = cls(shape, 1, row_modes=row_modes)
+        options = dict(layout_options or {})
+        probe = cls(shape, 1, row_modes=row_modes, **options)
         ranks = clip_ranks(max_rank, probe)
-        self.layout = cls(shape, ranks, row_modes=row_modes)
+        self.layout = cls(shape, ranks, row_modes=row_modes, **options)
         self.max_ranks = ranks
         self.prior = get_prior(prior, **(prior_kwargs or {}))
         # no parameters of its own: a one-byte buffer carries the device that .to() gives the

@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
+import tensorbayes as tb
 from tensorbayes.data import TeacherStudent, teacher_student
 from tensorbayes.formats import TT, TTM
+from tensorbayes.formats.tt import interleaved_train
 from tests.common import assert_rank, unfolding
 
 SMALL = dict(num_train=64, num_test=32)
@@ -61,22 +63,24 @@ def test_ttm_ranks(in_shape, out_shape, ranks):
 
 @pytest.mark.parametrize(
     "in_shape, out_shape, ranks",
-    [((4, 4, 4), (4, 4, 4), 3), ((3, 4), (2, 5, 2), (2, 4, 3, 3))],
+    [((4, 4, 4), (4, 4, 4), 3), ((3, 4), (2, 5, 2), (2, 4, 3, 2))],
 )
 def test_tt_ranks(in_shape, out_shape, ranks):
     task = teacher_student(
         **SMALL, in_shape=in_shape, out_shape=out_shape, format="tt", ranks=ranks, dtype=torch.float64
     )
     assert isinstance(task.format, TT) and task.format.row_modes == len(out_shape)
+    # the train alternates out and in modes, as a student layer's TT does
     shape = out_shape + in_shape
+    student = tb.models.TensorizedLinear(math.prod(in_shape), math.prod(out_shape), "tt", 2, in_shape=in_shape,
+                                         out_shape=out_shape)  # fmt: skip
+    assert task.format.train == student.layout.train == interleaved_train(len(shape), len(out_shape))
     expected = (ranks,) * (len(shape) - 1) if isinstance(ranks, int) else ranks
     assert task.ranks == expected
     tensor = task.weight.reshape(shape)
     assert torch.allclose(task.format.to_matrix(list(task.factors)), task.weight, atol=1e-12)
-    for k, r in enumerate(expected):
-        assert_rank(unfolding(tensor, list(range(k + 1))), r)
-    # the middle bond is the matrix rank of the weight
-    assert_rank(task.weight, expected[len(out_shape) - 1])
+    for k, r in enumerate(expected):  # bond k splits the modes of cores 0..k from the rest
+        assert_rank(unfolding(tensor, list(task.format.train[: k + 1])), r)
 
 
 @pytest.mark.parametrize("fmt, ranks", [("cp", 3), ("tucker", (2, 3, 2, 3))])

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+import tensorbayes as tb
 from tensorbayes.formats import TT, clip_train_ranks
+from tensorbayes.formats.tt import interleaved_train, layout_options
 
 DT = torch.float64
 
@@ -62,3 +64,45 @@ def test_decompose_order_one():
     vector = torch.randn(7, dtype=DT)
     (core,) = TT.decompose(vector, ())
     torch.testing.assert_close(core.reshape(-1), vector)
+
+
+# ----- a train over the modes in another order -----
+
+
+def test_interleaved_train_alternates_rows_and_columns():
+    assert interleaved_train(8, 4) == (0, 4, 1, 5, 2, 6, 3, 7)
+    assert interleaved_train(5, 2) == (0, 2, 1, 3, 4)  # the longer side's last modes at the end
+    assert interleaved_train(5, 3) == (0, 3, 1, 4, 2)
+    assert layout_options("tt", 4, 2) == {"train": (0, 2, 1, 3)}
+    assert layout_options("tt", 4, 2, interleave=False) == {} == layout_options("ttm", 4, 2)
+
+
+def test_a_train_in_another_order_is_the_explicit_product():
+    # cores over modes (0, 2, 1, 3) of a (2, 3, 4, 5) tensor: G0[a, i] G1[a, k, b] G2[b, j, c] G3[c, l]
+    fmt = TT((2, 3, 4, 5), (2, 3, 2), row_modes=2, train=(0, 2, 1, 3))
+    assert fmt.factor_shapes == [(1, 2, 2), (2, 4, 3), (3, 3, 2), (2, 5, 1)]
+    assert fmt.max_ranks() == (2, 8, 5)  # sizes along the train: 2 | 4 3 5, 2 4 | 3 5, 2 4 3 | 5
+    cores = [torch.randn(s, dtype=DT) for s in fmt.factor_shapes]
+    want = torch.einsum("xia,akb,bjc,cly->ijkl", *cores)
+    torch.testing.assert_close(fmt.full(cores), want, rtol=1e-12, atol=1e-12)
+    x = torch.randn(3, 20, dtype=DT)
+    torch.testing.assert_close(fmt.contract(x, cores), x @ want.reshape(6, 20).T, rtol=1e-12, atol=1e-12)
+    assert fmt.with_ranks(1).train == fmt.train and "train=(0, 2, 1, 3)" in repr(fmt)
+    # TT-SVD along the same train recovers the tensor at its ranks
+    got = TT.decompose(want, (2, 3, 2), train=(0, 2, 1, 3))
+    assert [tuple(c.shape) for c in got] == fmt.factor_shapes
+    torch.testing.assert_close(fmt.full(got), want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("train", [(0, 1, 2), (0, 1, 1, 3), (1, 2, 3, 4), "0123", (0, 1, 2, True)])
+def test_a_bad_train_is_refused(train):
+    with pytest.raises((ValueError, TypeError), match="train must be a permutation of range"):
+        TT((2, 3, 4, 5), 2, train=train)
+
+
+def test_a_linear_layer_interleaves_its_tt_train():
+    # out modes, then in modes, would bound the weight's rank by the middle bond: the layer alternates them
+    layer = tb.models.TensorizedLinear(784, 625, format="tt")
+    assert layer.layout.train == (0, 4, 1, 5, 2, 6, 3, 7)
+    assert layer.layout.ranks == layer.weight.max_ranks
+    assert max(layer.layout.ranks) <= max(layer.layout.max_ranks())
