@@ -35,7 +35,7 @@ import opt_einsum
 import torch
 from torch.autograd.function import once_differentiable
 
-from .base import TensorFormat, check_dense, check_shape, einsum, path_cost, planned_entries
+from .base import TensorFormat, check_dense, check_shape, einsum, path_cost
 from .tt import tt_svd
 
 __all__ = ["Split", "TTM"]
@@ -200,9 +200,7 @@ class TTM(TensorFormat):
         if best is None:
             return None
         split, entries, _ = best
-        shapes = ((batch_size,) + self.col_shape,) + tuple(self.factor_shapes)
-        equation = self._contract_equation()
-        planned = path_cost(super().contract_flops(batch_size), planned_entries(equation, shapes))
+        planned = super().contract_cost(batch_size)
         own = path_cost(split.flops, entries)
         return split if own < planned or (own == planned and self.on_kernel(split)) else None
 

@@ -71,7 +71,6 @@ __all__ = [
     "TensorizedLinear",
     "auto_order",
     "budget_rank",
-    "layout_options",
     "factorize",
     "padded_shape",
 ]
@@ -477,7 +476,9 @@ class TensorizedLinear(PyroModule, _Exports):
     ``W`` is the matrix view of a :class:`~.tensor.LowRankTensor` of shape ``out_shape +
     in_shape`` (the out modes are its rows): for TTM, core ``k`` pairs out mode ``k`` with in
     mode ``k`` (so ``len(in_shape) == len(out_shape)``); for CP, Tucker and TT the ``2d``
-    modes are the out modes, then the in modes.
+    modes are the out modes, then the in modes, and a TT's cores run over them alternately, out 1,
+    in 1, out 2, ... (:func:`~tensorbayes.formats.tt.layout_options`), so that no bond bounds the
+    weight's rank.
 
     The forward pass draws the factors once and computes the output on the cheaper of two
     paths (:meth:`choose_path`, by FLOPs and memory written): ``"contract"``, the input contracted with the
