@@ -186,11 +186,17 @@ def test_split_is_the_cheapest_by_cost_not_by_flops_and_contract_uses_it(monkeyp
 
 @pytest.mark.parametrize(
     "shape, ranks, kernel",
-    [((4,) * 8, 2, True), ((8, 8, 2, 2, 2, 4, 8, 8), 4, False), ((2, 2, 8, 8, 8, 8, 2, 2), 2, False)],
+    [
+        ((4,) * 8, 2, True),
+        ((8, 8, 2, 2, 2, 4, 8, 8), 4, False),
+        ((2, 2, 8, 8, 8, 8, 2, 2), 2, False),
+        ((2, 8, 4, 2, 16, 4), 2, True),
+    ],
 )
 def test_a_split_runs_on_the_kernel_only_with_enough_columns(shape, ranks, kernel, monkeypatch):
     # the out entries of the side the input meets first: 4 * 4 = 16 (right side), 2 * 2 = 4 (right
-    # side), 2 * 2 = 4 (left side, the reverse direction); either way the result is the dense one
+    # side), 2 * 2 = 4 and 2 * 8 = 16 (the left side, cores 0 and 1, in the reverse direction);
+    # either way the result is the dense one
     import tensorbayes.formats.ttm as ttm
 
     fmt = TTM(shape, ranks)
