@@ -522,6 +522,12 @@ class TensorizedLinear(PyroModule, _Exports):
     :param dict prior_kwargs: hyperparameters of the prior (e.g. ``{"eta": 1.0}``).
     :param float init_variance: the variance of the guide's initial ``W`` (default
         ``1 / in_features``).
+    :param bool interleave: a TT weight's cores run over the out and in modes alternately
+        (default), so that no bond bounds the weight's rank; ``False`` keeps them in order (out
+        modes, then in modes): a cheaper contraction (the 4096 x 4096 layer at rank 32, batch
+        1024: 129 ms in order, 715 ms interleaved, one thread) but a weight of rank at most the
+        middle bond's (on the deep Fashion-MNIST MLP 86.81 % in order, 88.27 % interleaved).
+        Other formats ignore it.
     """
 
     def __init__(
@@ -537,16 +543,19 @@ class TensorizedLinear(PyroModule, _Exports):
         order=None,
         prior_kwargs=None,
         init_variance=None,
+        interleave=True,
     ):
         super().__init__()
         self.in_features = check_int(in_features, "in_features")
         self.out_features = check_int(out_features, "out_features")
+        if not isinstance(interleave, bool):
+            raise TypeError(f"interleave must be True or False, got {interleave!r}")
         fmt = get_format(format)
         pair_for_speed = fmt.name == "ttm" and in_shape is None and out_shape is None
         sizes = {"in_features": self.in_features, "out_features": self.out_features}
         if order is None and in_shape is None and out_shape is None:
             order = auto_order(
-                fmt, sizes, lambda s: (s["out_features"] + s["in_features"], len(s["out_features"])), interleave=True
+                fmt, sizes, lambda s: (s["out_features"] + s["in_features"], len(s["out_features"])), interleave
             )
         in_shape, out_shape = _side_shapes(
             sizes, {"in_features": ("in_shape", in_shape), "out_features": ("out_shape", out_shape)}, order
@@ -557,7 +566,7 @@ class TensorizedLinear(PyroModule, _Exports):
                 "must have the same number of modes"
             )
         if max_rank is None:
-            max_rank = budget_rank(fmt, out_shape + in_shape, len(out_shape), interleave=True)
+            max_rank = budget_rank(fmt, out_shape + in_shape, len(out_shape), interleave=interleave)
         if pair_for_speed and len(in_shape) > 1:
             ranks = clip_ranks(max_rank, fmt(out_shape + in_shape, 1))
             in_shape, out_shape = _cheapest_ttm_pairing(in_shape, out_shape, ranks)
@@ -570,7 +579,7 @@ class TensorizedLinear(PyroModule, _Exports):
             prior,
             prior_kwargs,
             _check_init_variance(init_variance, 1.0 / self.in_features),
-            interleave=True,
+            interleave=interleave,
         )
         if bias:
             bound = 1.0 / math.sqrt(self.in_features)

@@ -106,3 +106,12 @@ def test_a_linear_layer_interleaves_its_tt_train():
     assert layer.layout.train == (0, 4, 1, 5, 2, 6, 3, 7)
     assert layer.layout.ranks == layer.weight.max_ranks
     assert max(layer.layout.ranks) <= max(layer.layout.max_ranks())
+
+
+def test_a_linear_layer_keeps_its_tt_in_order_when_asked():
+    layer = tb.models.TensorizedLinear(784, 625, format="tt", interleave=False)
+    assert layer.layout.train == tuple(range(8))
+    # in order, the middle bond bounds the weight's rank: 5 * 5 * 5 * 5 = 625 at most, and the budget's
+    assert layer.layout.max_ranks()[3] == 625
+    with pytest.raises(TypeError, match="interleave must be True or False"):
+        tb.models.TensorizedLinear(784, 625, format="tt", interleave="yes")
