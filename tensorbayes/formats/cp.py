@@ -61,8 +61,7 @@ class CP(TensorFormat):
         :param torch.Tensor x: inputs of shape ``(..., prod(col_shape))``.
         :returns: outputs of shape ``(..., prod(row_shape))``.
         """
-        batch = max(1, math.prod(x.shape[:-1]))
-        if self._khatri_rao_flops(batch) > super().contract_flops(batch):
+        if not self._by_khatri_rao(max(1, math.prod(x.shape[:-1]))):
             return super().contract(x, factors)
         factors = self.check_factors(factors)
         self._check_contract_input(x)
@@ -77,13 +76,17 @@ class CP(TensorFormat):
     def contract_cost(self, batch_size: int) -> int:
         """The :func:`~.base.path_cost` of :meth:`contract`: of the Khatri-Rao path where it runs
         (the Khatri-Rao products, ``x @ B`` and the output written), else of the planned einsum."""
-        if self._khatri_rao_flops(batch_size) > super().contract_flops(batch_size):
+        if not self._by_khatri_rao(batch_size):
             return super().contract_cost(batch_size)
         (rank,) = self.ranks
         sides = (self.row_shape, self.col_shape)
         products = sum(math.prod(side[:j]) for side in sides for j in range(2, len(side) + 1))
         entries = rank * (products + batch_size) + batch_size * self.matrix_shape[0]
         return path_cost(self._khatri_rao_flops(batch_size), entries)
+
+    def _by_khatri_rao(self, batch_size):
+        """Whether :meth:`contract` takes the Khatri-Rao path: where it costs no more FLOPs."""
+        return self._khatri_rao_flops(batch_size) <= super().contract_flops(batch_size)
 
     def _khatri_rao_flops(self, batch_size):
         """Twice the multiply-adds of the two Khatri-Rao products and the two matrix products

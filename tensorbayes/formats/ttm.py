@@ -125,6 +125,31 @@ def _best_split(shape, ranks, batch_size):
     return best
 
 
+class _Contraction(NamedTuple):
+    """What :meth:`TTM.contract` runs for a batch: ``split`` (``None``: the planned einsum), its
+    :func:`~.base.path_cost`, the split's opt_einsum path and whether it runs on the kernel."""
+
+    split: Split | None
+    cost: int
+    path: tuple | None
+    kernel: bool
+
+
+@lru_cache(maxsize=256)
+def _contraction(shape, ranks, batch_size):
+    """The :class:`_Contraction` of a TTM layout for ``batch_size`` rows (see :meth:`TTM.split`),
+    decided once per shape, ranks and batch size: every forward pass reads it."""
+    fmt = TTM(shape, ranks)
+    planned = TensorFormat.contract_cost(fmt, batch_size)
+    best = _best_split(shape, ranks, batch_size)
+    if best is not None:
+        split, entries, path = best
+        own, kernel = path_cost(split.flops, entries), fmt.on_kernel(split)
+        if own < planned or (own == planned and kernel):
+            return _Contraction(split, own, path, kernel)
+    return _Contraction(None, planned, None, False)
+
+
 class TTM(TensorFormat):
     """
     Tensor-train matrix format. A tensor of shape ``(m_1..m_c, n_1..n_c)`` (the matrix view's
@@ -196,13 +221,7 @@ class TTM(TensorFormat):
 
         :param int batch_size: the number of input rows.
         """
-        best = _best_split(self.shape, self.ranks, batch_size)
-        if best is None:
-            return None
-        split, entries, _ = best
-        planned = super().contract_cost(batch_size)
-        own = path_cost(split.flops, entries)
-        return split if own < planned or (own == planned and self.on_kernel(split)) else None
+        return _contraction(self.shape, self.ranks, batch_size).split
 
     def on_kernel(self, split: Split) -> bool:
         """
@@ -239,10 +258,7 @@ class TTM(TensorFormat):
     contract_flops.__doc__ = TensorFormat.contract_flops.__doc__
 
     def contract_cost(self, batch_size: int) -> int:
-        split = self.split(batch_size)
-        if split is None:
-            return super().contract_cost(batch_size)
-        return path_cost(split.flops, _best_split(self.shape, self.ranks, batch_size)[1])
+        return _contraction(self.shape, self.ranks, batch_size).cost
 
     contract_cost.__doc__ = TensorFormat.contract_cost.__doc__
 
@@ -261,10 +277,10 @@ class TTM(TensorFormat):
         split = self.split(batch_size)
         if split is None:
             return super().contract(x, factors)
-        if self.on_kernel(split):
+        choice = _contraction(self.shape, self.ranks, batch_size)
+        if choice.kernel:
             return self._contract_split(x, factors, split.bond, split.reverse)
-        _, _, path = _best_split(self.shape, self.ranks, batch_size)
-        y = einsum(self._contract_equation(), x.reshape(batch_size, *self.col_shape), *factors, path=path)
+        y = einsum(self._contract_equation(), x.reshape(batch_size, *self.col_shape), *factors, path=choice.path)
         return y.reshape(*x.shape[:-1], self.matrix_shape[0])
 
     def _contract_split(self, x, factors, bond, reverse, chunk_entries=CHUNK_ENTRIES):
