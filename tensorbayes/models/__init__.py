@@ -11,7 +11,15 @@ from .tensor import LowRankTensor, low_rank_tensors
 __all__ = ["LowRankTensor", "TensorCompletion", "low_rank_tensors"]
 
 # Tensorized layers (Linear, Conv2d, Embedding) and the conversion of whole networks.
-from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, budget_rank, factorize
+from .layers import (
+    FactorizationError,
+    TensorizedConv2d,
+    TensorizedEmbedding,
+    TensorizedLinear,
+    budget_rank,
+    default_max_rank,
+    factorize,
+)
 from .tensorize import tensorize
 
 __all__ += [
@@ -20,6 +28,7 @@ __all__ += [
     "TensorizedEmbedding",
     "TensorizedLinear",
     "budget_rank",
+    "default_max_rank",
     "factorize",
     "tensorize",
 ]

@@ -71,6 +71,7 @@ __all__ = [
     "TensorizedLinear",
     "auto_order",
     "budget_rank",
+    "default_max_rank",
     "factorize",
     "padded_shape",
 ]
@@ -96,6 +97,13 @@ AUTO_ORDERS = (4, 3, 2)
 #: it cuts a large share of the layer. A Tucker core grows as ``r ** (2 d)``, so at four modes a
 #: side a ``784 x 625`` weight's budget holds rank 3 (6,687 entries), at two modes rank 12.
 MIN_SEARCH_RANK = 8
+
+#: The share of a small layer's dense entries that its default maximum ranks may take to reach
+#: :data:`MIN_SEARCH_RANK` (:func:`default_max_rank`). A layer is small for a format when no order
+#: lets :data:`DEFAULT_BUDGET` hold that rank: a 64 x 288 convolution kernel's twentieth holds TTM
+#: rank 6 at four modes a side, 3 at two. Such a layer is a small part of a network's weights, and
+#: cut to a twentieth it cost the Fashion-MNIST CNN most of its gap to dense (docs/method.md).
+SMALL_LAYER_BUDGET = 1 / 4
 
 _PATHS = ("auto", "contract", "dense")
 
@@ -395,9 +403,33 @@ def budget_rank(format, shape, row_modes, budget=DEFAULT_BUDGET, interleave=Fals
     return rank
 
 
+def default_max_rank(format, shape, row_modes, interleave=False):
+    """
+    The maximum rank a tensorized linear or convolution layer takes by default
+    (``max_rank=None``): :func:`budget_rank` at :data:`DEFAULT_BUDGET`; where that is below
+    :data:`MIN_SEARCH_RANK` (a small layer), the largest rank up to :data:`MIN_SEARCH_RANK` within
+    :data:`SMALL_LAYER_BUDGET` of the dense entries.
+
+    Usage::
+
+        default_max_rank("ttm", (5, 5, 5, 5, 4, 7, 4, 7), row_modes=4)   # 20: the budget's rank
+        default_max_rank("ttm", (8, 8, 1, 4, 8, 9), row_modes=3)         # 8 (a 64 x 288 kernel; the budget's: 3)
+
+    :param format: "cp", "tucker", "tt" or "ttm" (or a format class).
+    :param tuple shape: the tensor's modes.
+    :param int row_modes: the leading modes that index the rows of the matrix view.
+    :param bool interleave: a TT's train alternates the row and column modes (:func:`layout_options`).
+    """
+    rank = budget_rank(format, shape, row_modes, interleave=interleave)
+    if rank >= MIN_SEARCH_RANK:
+        return rank
+    small = budget_rank(format, shape, row_modes, SMALL_LAYER_BUDGET, interleave=interleave)
+    return max(rank, min(small, MIN_SEARCH_RANK))
+
+
 def _low_rank_weight(shape, row_modes, format, max_rank, prior, prior_kwargs, init_variance, interleave=False):
     if max_rank is None:
-        max_rank = budget_rank(format, shape, row_modes, interleave=interleave)
+        max_rank = default_max_rank(format, shape, row_modes, interleave=interleave)
     options = layout_options(format, len(shape), row_modes, interleave)
     weight = LowRankTensor(
         shape, format=format, max_rank=max_rank, prior=prior, prior_kwargs=prior_kwargs, row_modes=row_modes,
@@ -502,7 +534,8 @@ class TensorizedLinear(PyroModule, _Exports):
     :param int out_features: the width of the output.
     :param str format: "cp", "tucker", "tt" or "ttm".
     :param max_rank: an int or one int per rank bond (clipped to what the shape allows);
-        ``None`` (default): :func:`budget_rank`, a twentieth of the dense weight's entries.
+        ``None`` (default): :func:`default_max_rank`, a twentieth of the dense weight's entries
+        (up to a quarter for a small layer, to reach rank :data:`MIN_SEARCH_RANK`).
     :param prior: the hyperprior on λ: "half_cauchy", "log_uniform" or "gamma" (or an object).
     :param tuple in_shape: the in modes (product ``in_features``); default :func:`factorize`.
     :param tuple out_shape: the out modes (product ``out_features``); default :func:`factorize`.
@@ -566,7 +599,7 @@ class TensorizedLinear(PyroModule, _Exports):
                 "must have the same number of modes"
             )
         if max_rank is None:
-            max_rank = budget_rank(fmt, out_shape + in_shape, len(out_shape), interleave=interleave)
+            max_rank = default_max_rank(fmt, out_shape + in_shape, len(out_shape), interleave=interleave)
         if pair_for_speed and len(in_shape) > 1:
             ranks = clip_ranks(max_rank, fmt(out_shape + in_shape, 1))
             in_shape, out_shape = _cheapest_ttm_pairing(in_shape, out_shape, ranks)
@@ -679,7 +712,8 @@ def auto_order(format, sizes, modes, interleave=False):
     The number of modes a side that a layer picks when neither its order nor a shape is given:
     the largest of :data:`AUTO_ORDERS` at which every size factors (:func:`factorize`) and the
     default budget's rank (:func:`budget_rank`) is at least :data:`MIN_SEARCH_RANK`; where no
-    order allows that, the one whose budget rank is largest (the larger order on a tie). It
+    order allows that (a small layer), the fewest modes that factor, where a bond holds the
+    most rank per entry (:func:`default_max_rank` then lets it reach :data:`MIN_SEARCH_RANK`). It
     depends on the format and the sizes only, not on ``max_rank``, so a layer built at a fixed
     rank has the layout of the one built at its default. ``None`` when no order factors.
 
@@ -696,18 +730,16 @@ def auto_order(format, sizes, modes, interleave=False):
     :param bool interleave: a TT's train alternates the row and column modes (:func:`layout_options`).
     """
     fmt = get_format(format) if isinstance(format, str) else format
-    best = None
+    fewest = None
     for d in AUTO_ORDERS:
         try:
             shape, row_modes = modes(_auto_shapes(sizes, d))
         except FactorizationError:
             continue
-        rank = budget_rank(fmt, shape, row_modes, interleave=interleave)
-        if rank >= MIN_SEARCH_RANK:
+        if budget_rank(fmt, shape, row_modes, interleave=interleave) >= MIN_SEARCH_RANK:
             return d
-        if best is None or rank > best[0]:
-            best = (rank, d)
-    return None if best is None else best[1]
+        fewest = d
+    return fewest
 
 
 def _pair(value, name):
@@ -764,7 +796,8 @@ class TensorizedConv2d(PyroModule, _Exports):
     :param bool bias: whether to add a bias.
     :param str format: "cp", "tucker", "tt" or "ttm".
     :param max_rank: an int or one int per rank bond (clipped to what the shape allows);
-        ``None`` (default): :func:`budget_rank`, a twentieth of the dense weight's entries.
+        ``None`` (default): :func:`default_max_rank`, a twentieth of the dense weight's entries
+        (up to a quarter for a small layer, to reach rank :data:`MIN_SEARCH_RANK`).
     :param prior: the hyperprior on λ.
     :param tuple in_shape: the modes of ``in_channels`` (default :func:`factorize`).
     :param tuple out_shape: the modes of ``out_channels`` (default :func:`factorize`).

@@ -153,8 +153,9 @@ def tensorize(
     :param torch.nn.Module module: the network (not modified).
     :param str format: "cp", "tucker", "tt" or "ttm", for every replaced layer.
     :param max_rank: the rank bound of every replaced layer (default ``None``: each layer's own,
-        :func:`~.layers.budget_rank` for linear and convolution layers, a twentieth of the
-        dense weight's entries, and :data:`~.layers.EMBEDDING_MAX_RANK` for embeddings).
+        :func:`~.layers.default_max_rank` for linear and convolution layers, a twentieth of the
+        dense weight's entries or up to a quarter for a small layer, and
+        :data:`~.layers.EMBEDDING_MAX_RANK` for embeddings).
     :param prior: the rank prior of every replaced layer.
     :param int min_features: the size rule's threshold.
     :param kwargs: passed to every replaced layer's constructor (keywords that all three

@@ -30,7 +30,7 @@ from tensorbayes.models import (
     TensorizedLinear,
     factorize,
 )
-from tensorbayes.models.layers import MAX_RATIO, MIN_SEARCH_RANK, auto_order, padded_shape
+from tensorbayes.models.layers import MAX_RATIO, MIN_SEARCH_RANK, auto_order, default_max_rank, padded_shape
 
 D = torch.float64
 FORMATS = ["cp", "tucker", "tt", "ttm"]
@@ -539,10 +539,27 @@ def test_budget_rank_is_the_largest_uniform_rank_within_the_budget():
 def test_default_layers_hold_at_most_a_twentieth_of_the_dense_weight(fmt):
     linear = TensorizedLinear(784, 625, format=fmt)
     assert linear.layout.num_params() <= 784 * 625 / 20
-    conv = TensorizedConv2d(64, 128, 3, format=fmt)
-    assert conv.layout.num_params() <= 64 * 128 * 9 / 20
+    conv = TensorizedConv2d(512, 512, 3, format=fmt)  # large enough for a Tucker core of rank 8
+    assert conv.layout.num_params() <= 512 * 512 * 9 / 20
     table = TensorizedEmbedding(10_000, 64, format=fmt)  # a table keeps a fixed default rank
     assert table.weight.max_ranks == TensorizedEmbedding(10_000, 64, format=fmt, max_rank=8).weight.max_ranks
+
+
+def test_a_small_layer_reaches_the_search_rank_within_a_quarter_of_its_entries():
+    # a 64 x 288 TTM kernel at two modes a side, (8, 8, 1) x (4, 8, 9): cores of 32 r1, 64 r1 r2
+    # and 9 r2 entries. A twentieth (921) holds rank 3 (699; rank 4: 1,188); a quarter (4,608)
+    # holds rank 8 (4,424), which is where the floor stops
+    shape = (8, 8, 1, 4, 8, 9)
+    assert tb.models.budget_rank("ttm", shape, 3) == 3
+    assert default_max_rank("ttm", shape, 3) == MIN_SEARCH_RANK
+    conv = TensorizedConv2d(32, 64, 3, format="ttm")
+    assert conv.layout.shape == shape and conv.layout.ranks == (8, 8)
+    # Tucker 64 -> 128, 3 x 3: no order holds rank 8 in a twentieth; a quarter (18,432) holds
+    # 7^5 + 7 * (8 + 16 + 8 + 8 + 9) = 17,150 at two modes a side, rank 8 a core of 32,768
+    tucker = TensorizedConv2d(64, 128, 3, format="tucker")
+    assert tucker.layout.shape == (8, 16, 8, 8, 9) and tucker.layout.ranks == (7,) * 5
+    # a layer whose twentieth holds the rank keeps its budget rank
+    assert default_max_rank("ttm", (5, 5, 5, 5, 4, 7, 4, 7), 4) == 20
 
 
 def test_a_layer_picks_the_largest_order_whose_budget_leaves_the_search_room():
@@ -559,14 +576,14 @@ def test_a_layer_picks_the_largest_order_whose_budget_leaves_the_search_room():
     assert TensorizedLinear(784, 625, format="tucker", order=4).in_shape == (4, 7, 4, 7)
 
 
-def test_where_no_order_leaves_the_search_room_the_largest_budget_rank_decides():
+def test_where_no_order_leaves_the_search_room_the_fewest_modes_are_taken():
     # Tucker 64 x 64: budget 204 entries; rank 1 at four modes a side, 2 at three, 3 at two
     ranks = {d: tb.models.budget_rank("tucker", (s := factorize(64, d)) + s, d) for d in (4, 3, 2)}
     assert ranks == {4: 1, 3: 2, 2: 3}
     assert TensorizedLinear(64, 64, format="tucker").in_shape == factorize(64, 2)
-    # TT 64 x 64: rank 3 at every order, and the larger order wins the tie
+    # TT 64 x 64: rank 3 at every order; two modes a side
     sizes = {"in": 64, "out": 64}
-    assert auto_order("tt", sizes, lambda s: (s["out"] + s["in"], len(s["out"]))) == 4
+    assert auto_order("tt", sizes, lambda s: (s["out"] + s["in"], len(s["out"]))) == 2
     # a size that factors at no order: nothing to pick
     assert auto_order("tt", {"in": 97, "out": 64}, lambda s: (s["out"] + s["in"], len(s["out"]))) is None
 
