@@ -1,0 +1,155 @@
+"""
+Where the Fashion-MNIST CNN of ``benchmarks/fashion_mnist.py`` loses its accuracy against dense.
+
+The network is the benchmark's (conv 1->32, conv 32->64, 3136->256, 256->10), tensorized as the
+benchmark does (``min_features=64``: the second convolution and the first linear layer, each at
+its default budget). One run trains it one way and prints (and writes) one line:
+
+- ``--learner svi``: ``tb.fit`` with its defaults (the rank search on, or off with
+  ``--no-search``); reported: the posterior predictive's and the exported network's test
+  accuracy, the ranks the readout keeps and their parameters;
+- ``--learner fixed``: the benchmark's deterministic fixed-rank network (``FixedRank``, Adam at
+  ``--lr``) at the layers' maximum ranks.
+
+``--conv`` sets the second convolution: ``budget`` (the default budget, as the benchmark),
+``dense`` (left a plain convolution: in SVI a point estimate without a prior), or a maximum rank;
+``--conv-order`` its modes a side.
+
+    python -m experiments.cnn.study [--learner svi|fixed] [--conv budget|dense|R] [--conv-order K]
+        [--no-search] [--lr 0.001] [--seed 0] [--epochs 10] [--out experiments/cnn/results]
+"""
+
+import argparse
+import json
+import os
+import time
+import types
+
+import pyro
+import torch
+
+import tensorbayes as tb
+from benchmarks import fashion_mnist as fm
+
+CONV = 4  # the second convolution's index in the benchmark's CNN
+DENSE_PARAMS = 821_248  # the dense weights of the two layers the benchmark tensorizes
+
+
+def network(conv, conv_order, fmt):
+    """The benchmark's CNN tensorized, its second convolution set by ``conv`` and ``conv_order``."""
+    net, min_features = fm.network("cnn")
+    layers = list(net)
+    if conv == "dense":
+        layers[CONV] = _kept(layers[CONV])
+    elif conv != "budget" or conv_order is not None:
+        options = ({} if conv == "budget" else {"max_rank": int(conv)}) | (
+            {} if conv_order is None else {"order": conv_order}
+        )
+        layers[CONV] = tb.models.tensorize(layers[CONV], fmt, min_features=1, **options)
+    model = tb.models.tensorize(torch.nn.Sequential(*layers), fmt, min_features=min_features)
+    return model
+
+
+class _Kept(torch.nn.Conv2d):
+    """A convolution ``tensorize`` leaves dense (it replaces only the exact class)."""
+
+
+def _kept(conv):
+    """``conv`` as a :class:`_Kept`, with its weights (built without drawing from torch's generator)."""
+    kept = torch.nn.utils.skip_init(_Kept, conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+    kept.load_state_dict(conv.state_dict())
+    return kept
+
+
+def low_rank_layers(model):
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, (tb.models.TensorizedLinear, tb.models.TensorizedConv2d))
+    }
+
+
+def kept_params(model):
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, _Kept))
+
+
+def run_svi(args, data):
+    x, y, xt, yt = data
+    pyro.clear_param_store()
+    pyro.set_rng_seed(args.seed)
+    torch.manual_seed(args.seed)
+    model = tb.models.BayesianClassifier(network(args.conv, args.conv_order, args.format), num_classes=10)
+    guide = tb.guides.MeanField(model, seed=args.seed)
+    start_ranks = {n: list(m.layout.ranks) for n, m in low_rank_layers(model.net).items()}
+    search = {} if args.search else {"tolerance": None}
+    history = tb.fit(model, guide, (x, y), epochs=args.epochs, batch_size=256, seed=args.seed, progress=False, **search)
+    with torch.no_grad():
+        probs, _ = tb.predict(model, guide, xt, num_samples=20, chunk_size=2000)
+    fit_ranks = {n: list(m.layout.ranks) for n, m in low_rank_layers(model.net).items()}  # after the search's cuts
+    found = tb.prune(model, guide)
+    exported = tb.export(model, guide).eval()
+    params = sum(r["params"] for r in tb.compression_report(model)) + kept_params(model.net)
+    return {
+        "start_ranks": start_ranks,
+        "fit_ranks": fit_ranks,
+        "ranks": {k: list(v) for k, v in found.items()},
+        "params": params,
+        "accuracy": (probs.argmax(-1) == yt).double().mean().item(),
+        "exported_accuracy": fm.accuracy(exported, xt, yt),
+        "log_likelihood": history.log_likelihood,
+        "kl": history.kl,
+        "rank_search": [{k: v for k, v in r.items() if k != "ranks"} for r in history.rank_search],
+    }
+
+
+def run_fixed(args, data):
+    torch.manual_seed(args.seed)
+    model = network(args.conv, args.conv_order, args.format)
+    net, _ = fm.network("cnn")  # plain torch, its low-rank layers swapped for FixedRank below
+    ranks = {}
+    for name, layer in low_rank_layers(model).items():
+        setattr(net, name, fm.FixedRank(layer))
+        ranks[name] = list(layer.layout.ranks)
+    optimizer = torch.optim.Adam  # fm.train's Adam, at --lr
+    torch.optim.Adam = lambda params, lr=None, **kw: optimizer(params, lr=args.lr, **kw)
+    try:
+        row = fm.train(net, data, types.SimpleNamespace(seed=args.seed, epochs=args.epochs, batch_size=256))
+    finally:
+        torch.optim.Adam = optimizer
+    params = sum(m.layout.num_params() for m in net.modules() if isinstance(m, fm.FixedRank)) + kept_params(model)
+    return {"start_ranks": ranks, "ranks": ranks, "params": params, "accuracy": row["accuracy"]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--learner", choices=("svi", "fixed"), default="svi")
+    parser.add_argument("--format", choices=fm.FORMATS, default="ttm")
+    parser.add_argument("--conv", default="budget", help="budget, dense, or a maximum rank")
+    parser.add_argument("--conv-order", type=int, default=None)
+    parser.add_argument("--no-search", dest="search", action="store_false")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's rate of --learner fixed")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args(argv)
+    if args.conv not in ("budget", "dense") and not args.conv.isdigit():
+        parser.error(f"--conv must be budget, dense or a positive integer, got {args.conv!r}")
+    torch.set_num_threads(args.threads)
+    data = (*tb.data.load_fashion_mnist("train"), *tb.data.load_fashion_mnist("test"))
+    start = time.perf_counter()
+    result = (run_svi if args.learner == "svi" else run_fixed)(args, data)
+    result.update(settings=vars(args), seconds=time.perf_counter() - start, compression=DENSE_PARAMS / result["params"])
+    name = f"{args.learner}_{args.format}_conv-{args.conv}" + (f"_order{args.conv_order}" if args.conv_order else "")
+    name += ("" if args.search or args.learner == "fixed" else "_nosearch") + f"_seed{args.seed}"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, name + ".json"), "w") as f:
+        json.dump(result, f, indent=1)
+    exported = result.get("exported_accuracy", result["accuracy"])
+    print(
+        f"{name}: {exported:.2%} at {result['compression']:.0f}x ({result['params']:,} params), ranks {result['ranks']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
