@@ -28,3 +28,7 @@ def test_a_bad_conv_option_is_refused_on_one_line(capsys):
         study.main(["--conv", "wide"])
     assert stop.value.code == 2
     assert "--conv must be budget, dense or a positive integer, got 'wide'" in capsys.readouterr().err
+
+
+def test_compression_counts_the_dense_weights_of_the_two_layers_the_benchmark_tensorizes():
+    assert study.dense_params() == 64 * 32 * 9 + 256 * 3136
