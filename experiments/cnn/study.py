@@ -1,25 +1,32 @@
 """
 Where the Fashion-MNIST CNN of ``benchmarks/fashion_mnist.py`` loses its accuracy against dense.
 
-The network is the benchmark's (conv 1->32, conv 32->64, 3136->256, 256->10), tensorized as the
-benchmark does (``min_features=64``: the second convolution and the first linear layer, each at
-its default budget). One run trains it one way and prints (and writes) one line:
+The network is the benchmark's (conv 1->32, conv 32->64, 3136->256, 256->10), or with
+``--network unseen`` one the defaults were not tuned on (5 x 5 kernels, 512 hidden units),
+tensorized as the benchmark does (``min_features=64``: the second convolution and the first
+linear layer, each at its default budget). One run trains it one way and prints (and writes)
+one line:
 
 - ``--learner svi``: ``tb.fit`` with its defaults (the rank search on, or off with
   ``--no-search``); reported: the posterior predictive's and the exported network's test
   accuracy, the ranks the readout keeps and their parameters;
 - ``--learner fixed``: the benchmark's deterministic fixed-rank network (``FixedRank``, Adam at
-  ``--lr``) at the layers' maximum ranks.
+  ``--lr``) at the layers' maximum ranks;
+- ``--learner dense``: the plain torch network, as the benchmark's dense baseline.
 
 ``--conv`` sets the second convolution: ``budget`` (the default budget, as the benchmark),
 ``dense`` (left a plain convolution: in SVI a point estimate without a prior), or a maximum rank;
-``--conv-order`` its modes a side.
+``--conv-order`` its modes a side. ``--max-beta`` caps the KL weight of the fit's schedule (1,
+the default, is ``tb.fit``'s own; a smaller cap tempers the KL term for the whole fit).
 
-    python -m experiments.cnn.study [--learner svi|fixed] [--conv budget|dense|R] [--conv-order K]
-        [--no-search] [--lr 0.001] [--seed 0] [--epochs 10] [--out experiments/cnn/results]
+    python -m experiments.cnn.study [--network benchmark|unseen] [--learner svi|fixed|dense]
+        [--conv budget|dense|R] [--conv-order K] [--no-search] [--max-beta 1] [--lr 0.001] [--seed 0]
+        [--epochs 10]
+        [--out experiments/cnn/results]
 """
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -31,13 +38,37 @@ import torch
 import tensorbayes as tb
 from benchmarks import fashion_mnist as fm
 
-CONV = 4  # the second convolution's index in the benchmark's CNN
+CONV = 4  # the second convolution's index in the benchmark's CNN (and the unseen one's)
 LINEAR = 8  # the first linear layer's
 
 
-def network(conv, conv_order, fmt):
-    """The benchmark's CNN tensorized, its second convolution set by ``conv`` and ``conv_order``."""
-    net, min_features = fm.network("cnn")
+def unseen_cnn():
+    """A CNN the defaults were not tuned on: the benchmark's layout with 5 x 5 kernels and 512
+    hidden units (conv 1->32, conv 32->64, 3136->512, 512->10), and its ``min_features`` (64)."""
+    relu, conv, pool, linear = torch.nn.ReLU, torch.nn.Conv2d, torch.nn.MaxPool2d, torch.nn.Linear
+    return torch.nn.Sequential(
+        torch.nn.Unflatten(1, (1, 28, 28)),
+        conv(1, 32, 5, padding=2),
+        relu(),
+        pool(2),
+        conv(32, 64, 5, padding=2),
+        relu(),
+        pool(2),
+        torch.nn.Flatten(),
+        linear(3136, 512),
+        relu(),
+        linear(512, 10),
+    ), 64
+
+
+def dense_network(name):
+    """The plain torch CNN ``name`` (``"benchmark"`` or ``"unseen"``) and its ``min_features``."""
+    return fm.network("cnn") if name == "benchmark" else unseen_cnn()
+
+
+def network(conv, conv_order, fmt, name="benchmark"):
+    """The CNN ``name`` tensorized, its second convolution set by ``conv`` and ``conv_order``."""
+    net, min_features = dense_network(name)
     layers = list(net)
     if conv == "dense":
         layers[CONV] = _kept(layers[CONV])
@@ -61,9 +92,9 @@ def _kept(conv):
     return kept
 
 
-def dense_params():
-    """The dense weights of the two layers the benchmark tensorizes (821,248)."""
-    net, _ = fm.network("cnn")
+def dense_params(name="benchmark"):
+    """The dense weights of the two layers the benchmark tensorizes (821,248; 1,656,832 in the unseen CNN)."""
+    net, _ = dense_network(name)
     return net[CONV].weight.numel() + net[LINEAR].weight.numel()
 
 
@@ -79,16 +110,32 @@ def kept_params(model):
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, _Kept))
 
 
+@contextlib.contextmanager
+def max_beta(cap):
+    """Within the block, the KL weight β of every ``tb.infer.Schedule`` is at most ``cap``: the
+    KL term tempered for the whole fit (``tb.fit`` has no such option; the study's probe of
+    over-pruning)."""
+    beta = tb.infer.Schedule.beta
+    tb.infer.Schedule.beta = lambda self, step: min(cap, beta(self, step))
+    try:
+        yield
+    finally:
+        tb.infer.Schedule.beta = beta
+
+
 def run_svi(args, data):
     x, y, xt, yt = data
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     torch.manual_seed(args.seed)
-    model = tb.models.BayesianClassifier(network(args.conv, args.conv_order, args.format), num_classes=10)
+    model = tb.models.BayesianClassifier(network(args.conv, args.conv_order, args.format, args.network), num_classes=10)
     guide = tb.guides.MeanField(model, seed=args.seed)
     start_ranks = {n: list(m.layout.ranks) for n, m in low_rank_layers(model.net).items()}
     search = {} if args.search else {"tolerance": None}
-    history = tb.fit(model, guide, (x, y), epochs=args.epochs, batch_size=256, seed=args.seed, progress=False, **search)
+    with max_beta(args.max_beta):
+        history = tb.fit(
+            model, guide, (x, y), epochs=args.epochs, batch_size=256, seed=args.seed, progress=False, **search
+        )
     with torch.no_grad():
         probs, _ = tb.predict(model, guide, xt, num_samples=20, chunk_size=2000)
     fit_ranks = {n: list(m.layout.ranks) for n, m in low_rank_layers(model.net).items()}  # after the search's cuts
@@ -110,8 +157,8 @@ def run_svi(args, data):
 
 def run_fixed(args, data):
     torch.manual_seed(args.seed)
-    model = network(args.conv, args.conv_order, args.format)
-    net, _ = fm.network("cnn")  # plain torch, its low-rank layers swapped for FixedRank below
+    model = network(args.conv, args.conv_order, args.format, args.network)
+    net, _ = dense_network(args.network)  # plain torch, its low-rank layers swapped for FixedRank below
     ranks = {}
     for name, layer in low_rank_layers(model).items():
         setattr(net, name, fm.FixedRank(layer))
@@ -126,13 +173,27 @@ def run_fixed(args, data):
     return {"start_ranks": ranks, "ranks": ranks, "params": params, "accuracy": row["accuracy"]}
 
 
+def run_dense(args, data):
+    """The plain torch network, trained as the benchmark trains its dense baseline (``fm.run_dense``)."""
+    torch.manual_seed(args.seed)
+    net, min_features = dense_network(args.network)
+    fm.tensorized(net, min_features, "ttm")  # as fm.run_dense: its random numbers, then the same training
+    row = fm.train(net, data, types.SimpleNamespace(seed=args.seed, epochs=args.epochs, batch_size=256))
+    return {"ranks": {}, "params": dense_params(args.network), "accuracy": row["accuracy"]}
+
+
+LEARNERS = {"svi": run_svi, "fixed": run_fixed, "dense": run_dense}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--learner", choices=("svi", "fixed"), default="svi")
+    parser.add_argument("--network", choices=("benchmark", "unseen"), default="benchmark")
+    parser.add_argument("--learner", choices=tuple(LEARNERS), default="svi")
     parser.add_argument("--format", choices=fm.FORMATS, default="ttm")
     parser.add_argument("--conv", default="budget", help="budget, dense, or a maximum rank")
     parser.add_argument("--conv-order", type=int, default=None)
     parser.add_argument("--no-search", dest="search", action="store_false")
+    parser.add_argument("--max-beta", type=float, default=1.0, help="cap on the KL weight of --learner svi")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam's rate of --learner fixed")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -144,12 +205,17 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     data = (*tb.data.load_fashion_mnist("train"), *tb.data.load_fashion_mnist("test"))
     start = time.perf_counter()
-    result = (run_svi if args.learner == "svi" else run_fixed)(args, data)
+    result = LEARNERS[args.learner](args, data)
     result.update(
-        settings=vars(args), seconds=time.perf_counter() - start, compression=dense_params() / result["params"]
+        settings=vars(args),
+        seconds=time.perf_counter() - start,
+        compression=dense_params(args.network) / result["params"],
     )
-    name = f"{args.learner}_{args.format}_conv-{args.conv}" + (f"_order{args.conv_order}" if args.conv_order else "")
-    name += ("" if args.search or args.learner == "fixed" else "_nosearch") + f"_seed{args.seed}"
+    name = ("" if args.network == "benchmark" else f"{args.network}_") + args.learner
+    if args.learner != "dense":
+        name += f"_{args.format}_conv-{args.conv}" + (f"_order{args.conv_order}" if args.conv_order else "")
+    name += "" if args.search or args.learner != "svi" else "_nosearch"
+    name += ("" if args.max_beta == 1 or args.learner != "svi" else f"_beta{args.max_beta:g}") + f"_seed{args.seed}"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump(result, f, indent=1)

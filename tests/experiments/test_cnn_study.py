@@ -1,5 +1,7 @@
 """The CNN study (``experiments/cnn``): the variants of the benchmark's CNN that it trains."""
 
+import json
+
 import pytest
 import torch
 
@@ -32,3 +34,30 @@ def test_a_bad_conv_option_is_refused_on_one_line(capsys):
 
 def test_compression_counts_the_dense_weights_of_the_two_layers_the_benchmark_tensorizes():
     assert study.dense_params() == 64 * 32 * 9 + 256 * 3136
+
+
+def test_the_unseen_cnn_has_5x5_kernels_and_512_hidden_units_and_its_two_layers_are_tensorized():
+    torch.manual_seed(0)
+    model = study.network("budget", None, "ttm", "unseen")
+    layers = study.low_rank_layers(model)
+    assert set(layers) == {"4", "8"}
+    assert layers["4"].kernel_size == (5, 5) and layers["8"].out_features == 512
+    assert study.dense_params("unseen") == 64 * 32 * 25 + 512 * 3136
+
+
+def test_a_run_is_named_for_its_network_learner_and_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        study.tb.data, "load_fashion_mnist", lambda split: (torch.zeros(4, 784), torch.zeros(4, dtype=torch.long))
+    )
+    monkeypatch.setattr(study, "run_dense", lambda args, data: {"ranks": {}, "params": 10, "accuracy": 0.5})
+    monkeypatch.setitem(study.LEARNERS, "dense", study.run_dense)
+    study.main(["--network", "unseen", "--learner", "dense", "--seed", "3", "--out", str(tmp_path)])
+    written = json.loads((tmp_path / "unseen_dense_seed3.json").read_text())
+    assert written["compression"] == study.dense_params("unseen") / 10 and written["accuracy"] == 0.5
+
+
+def test_max_beta_caps_the_kl_weight_of_every_schedule_in_its_block_and_then_lets_go():
+    schedule = study.tb.infer.Schedule(warmup=2, ramp=4)
+    with study.max_beta(0.1):
+        assert [schedule.beta(s) for s in (0, 2, 3, 5, 9)] == [0.0, 0.1, 0.1, 0.1, 0.1]
+    assert [schedule.beta(s) for s in (0, 2, 3, 5, 9)] == [0.0, 0.25, 0.5, 1.0, 1.0]
