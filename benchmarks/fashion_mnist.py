@@ -91,20 +91,26 @@ def network(name):
         return torch.nn.Sequential(
             linear(784, 512), relu(), linear(512, 512), relu(), linear(512, 256), relu(), linear(256, 10)
         ), 128
-    conv, pool = torch.nn.Conv2d, torch.nn.MaxPool2d
+    return cnn(), 64
+
+
+def cnn(kernel=3, hidden=256):
+    """The CNN of ``network("cnn")``: conv 1->32 and 32->64 (``kernel`` x ``kernel``, each followed
+    by ReLU and 2 x 2 pooling), then 3136->``hidden``->10."""
+    relu, conv, pool = torch.nn.ReLU, torch.nn.Conv2d, torch.nn.MaxPool2d
     return torch.nn.Sequential(
         torch.nn.Unflatten(1, (1, 28, 28)),
-        conv(1, 32, 3, padding=1),
+        conv(1, 32, kernel, padding=kernel // 2),
         relu(),
         pool(2),
-        conv(32, 64, 3, padding=1),
+        conv(32, 64, kernel, padding=kernel // 2),
         relu(),
         pool(2),
         torch.nn.Flatten(),
-        linear(3136, 256),
+        torch.nn.Linear(3136, hidden),
         relu(),
-        linear(256, 10),
-    ), 64
+        torch.nn.Linear(hidden, 10),
+    )
 
 
 def tensorized(net, min_features, fmt, **kwargs):

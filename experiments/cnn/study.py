@@ -45,20 +45,7 @@ LINEAR = 8  # the first linear layer's
 def unseen_cnn():
     """A CNN the defaults were not tuned on: the benchmark's layout with 5 x 5 kernels and 512
     hidden units (conv 1->32, conv 32->64, 3136->512, 512->10), and its ``min_features`` (64)."""
-    relu, conv, pool, linear = torch.nn.ReLU, torch.nn.Conv2d, torch.nn.MaxPool2d, torch.nn.Linear
-    return torch.nn.Sequential(
-        torch.nn.Unflatten(1, (1, 28, 28)),
-        conv(1, 32, 5, padding=2),
-        relu(),
-        pool(2),
-        conv(32, 64, 5, padding=2),
-        relu(),
-        pool(2),
-        torch.nn.Flatten(),
-        linear(3136, 512),
-        relu(),
-        linear(512, 10),
-    ), 64
+    return fm.cnn(kernel=5, hidden=512), 64
 
 
 def dense_network(name):
