@@ -20,9 +20,8 @@ one line:
 the default, is ``tb.fit``'s own; a smaller cap tempers the KL term for the whole fit).
 
     python -m experiments.cnn.study [--network benchmark|unseen] [--learner svi|fixed|dense]
-        [--conv budget|dense|R] [--conv-order K] [--no-search] [--max-beta 1] [--lr 0.001] [--seed 0]
-        [--epochs 10]
-        [--out experiments/cnn/results]
+        [--conv budget|dense|R] [--conv-order K] [--no-search] [--max-beta 1] [--lr 0.001]
+        [--seed 0] [--epochs 10] [--out experiments/cnn/results]
 """
 
 import argparse
@@ -189,6 +188,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.conv not in ("budget", "dense") and not args.conv.isdigit():
         parser.error(f"--conv must be budget, dense or a positive integer, got {args.conv!r}")
+    if not 0 < args.max_beta <= 1:
+        parser.error(f"--max-beta must be in (0, 1], got {args.max_beta!r}")
     torch.set_num_threads(args.threads)
     data = (*tb.data.load_fashion_mnist("train"), *tb.data.load_fashion_mnist("test"))
     start = time.perf_counter()

@@ -25,11 +25,19 @@ def test_a_kernel_at_a_given_rank_and_order_has_that_layout_and_the_linear_layer
     assert study.kept_params(model) == 0
 
 
-def test_a_bad_conv_option_is_refused_on_one_line(capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--conv", "wide"], "--conv must be budget, dense or a positive integer, got 'wide'"),
+        (["--max-beta", "0"], "--max-beta must be in (0, 1], got 0.0"),
+        (["--max-beta", "1.5"], "--max-beta must be in (0, 1], got 1.5"),
+    ],
+)
+def test_a_bad_option_is_refused_on_one_line(capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
-        study.main(["--conv", "wide"])
+        study.main(argv)
     assert stop.value.code == 2
-    assert "--conv must be budget, dense or a positive integer, got 'wide'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_compression_counts_the_dense_weights_of_the_two_layers_the_benchmark_tensorizes():
