@@ -97,7 +97,7 @@ def network(name):
 def cnn(kernel=3, hidden=256):
     """The CNN of ``network("cnn")``: conv 1->32 and 32->64 (``kernel`` x ``kernel``, each followed
     by ReLU and 2 x 2 pooling), then 3136->``hidden``->10."""
-    relu, conv, pool = torch.nn.ReLU, torch.nn.Conv2d, torch.nn.MaxPool2d
+    relu, conv, pool, linear = torch.nn.ReLU, torch.nn.Conv2d, torch.nn.MaxPool2d, torch.nn.Linear
     return torch.nn.Sequential(
         torch.nn.Unflatten(1, (1, 28, 28)),
         conv(1, 32, kernel, padding=kernel // 2),
@@ -107,9 +107,9 @@ def cnn(kernel=3, hidden=256):
         relu(),
         pool(2),
         torch.nn.Flatten(),
-        torch.nn.Linear(3136, hidden),
+        linear(3136, hidden),
         relu(),
-        torch.nn.Linear(hidden, 10),
+        linear(hidden, 10),
     )
 
 
