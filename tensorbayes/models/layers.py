@@ -428,8 +428,6 @@ def default_max_rank(format, shape, row_modes, interleave=False):
 
 
 def _low_rank_weight(shape, row_modes, format, max_rank, prior, prior_kwargs, init_variance, interleave=False):
-    if max_rank is None:
-        max_rank = default_max_rank(format, shape, row_modes, interleave=interleave)
     options = layout_options(format, len(shape), row_modes, interleave)
     weight = LowRankTensor(
         shape, format=format, max_rank=max_rank, prior=prior, prior_kwargs=prior_kwargs, row_modes=row_modes,
@@ -864,7 +862,7 @@ class TensorizedConv2d(PyroModule, _Exports):
             shape,
             row_modes,
             fmt,
-            max_rank,
+            default_max_rank(fmt, shape, row_modes) if max_rank is None else max_rank,
             prior,
             prior_kwargs,
             _check_init_variance(init_variance, 1.0 / fan_in),
