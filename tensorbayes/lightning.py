@@ -59,7 +59,9 @@ class TensorBayesModule(pl.LightningModule):
     :param float lr: the learning rate over the model's and the guide's parameters.
     :param int warmup: steps with no KL term, no λ update and a frozen noise (default: 20 % of
         the Trainer's steps, as :func:`tensorbayes.fit`).
-    :param int ramp: steps over which β rises to 1 after the warm-up (default: 20 %).
+    :param int ramp: steps over which β rises to ``kl_weight`` after the warm-up (default: 20 %).
+    :param float kl_weight: the KL term's weight after the ramp (default 1: the ELBO; as
+        :func:`tensorbayes.fit`).
     :param float lr_decay: the share of the Trainer's steps, at the end, over which the learning
         rate falls linearly to zero (default 0.5, as :func:`tensorbayes.fit`).
     :param float lambda_step: damping of the closed-form λ update, in (0, 1].
@@ -88,10 +90,12 @@ class TensorBayesModule(pl.LightningModule):
         optim=None,
         loss=None,
         scale_lr=SCALE_LR,
+        kl_weight=1.0,
     ):
         super().__init__()
         check_int(eval_samples, "eval_samples")
         check_number(lr_decay, "lr_decay", "[0, 1]")
+        check_number(kl_weight, "kl_weight", "(0, inf)", "a positive number")
         for value, name in ((warmup, "warmup"), (ramp, "ramp"), (lr_warmup, "lr_warmup")):
             if value is not None:
                 check_int(value, name, low=0)
@@ -104,7 +108,9 @@ class TensorBayesModule(pl.LightningModule):
         self.automatic_optimization = False  # the engine steps: one copy of the step for fit and Lightning
         self.num_data = int(num_data)
         self.eval_samples = eval_samples
-        self._schedule_args = dict(warmup=warmup, ramp=ramp, lr_decay=lr_decay, lr_warmup=lr_warmup)
+        self._schedule_args = dict(
+            warmup=warmup, ramp=ramp, lr_decay=lr_decay, lr_warmup=lr_warmup, kl_weight=kl_weight
+        )
 
     # ----- optimization -----
 
@@ -126,8 +132,9 @@ class TensorBayesModule(pl.LightningModule):
             self.engine.schedule = default_schedule(int(total), False, **args)
         else:  # an endless Trainer: no default warm-up, ramp or decay
             self.engine.schedule = Schedule(
-                warmup=args["warmup"] or 0, ramp=args["ramp"] or 0, lr_warmup=args["lr_warmup"]
-            )
+                warmup=args["warmup"] or 0, ramp=args["ramp"] or 0, lr_warmup=args["lr_warmup"],
+                kl_weight=args["kl_weight"],
+            )  # fmt: skip
 
     def on_train_start(self):
         self.engine.optimizer = self.optimizers()  # Lightning's wrapper: it counts the steps

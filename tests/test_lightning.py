@@ -105,6 +105,7 @@ def test_lightning_makes_the_steps_of_fit_and_logs_elbo_ranks_and_accuracy():
         (dict(lr=0), "lr"),
         (dict(lambda_step=2), "lambda_step"),
         (dict(warmup=-1), "warmup"),
+        (dict(kl_weight=-0.5), "kl_weight"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, name):

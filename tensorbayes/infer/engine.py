@@ -67,10 +67,14 @@ class Schedule:
 
     For ``warmup`` steps the KL term is off (β = 0), λ is not updated and a learned noise is
     held at its initial value, so that the factors first fit the data. β then ramps linearly
-    to 1 over ``ramp`` steps; the λ M-step and the noise start with it. The learning rate
-    rises linearly over the first ``lr_warmup`` steps, is constant, and falls linearly over
-    the last ``decay`` of the ``total`` steps. ``Schedule()`` is none of these: β = 1 and a
-    constant learning rate from the first step.
+    to ``kl_weight`` over ``ramp`` steps; the λ M-step and the noise start with it. The
+    learning rate rises linearly over the first ``lr_warmup`` steps, is constant, and falls
+    linearly over the last ``decay`` of the ``total`` steps. ``Schedule()`` is none of these:
+    β = 1 and a constant learning rate from the first step.
+
+    ``kl_weight`` (default 1: the ELBO) is the KL term's weight after the ramp. Below 1 the KL
+    term is tempered: the posterior keeps rank indices that the full KL term would shrink away
+    (docs/method.md, "The KL weight").
     """
 
     warmup: int = 0
@@ -78,10 +82,12 @@ class Schedule:
     total: int = 0
     decay: int = 0
     lr_warmup: int = 0
+    kl_weight: float = 1.0
 
     def __post_init__(self):
         for name in ("warmup", "ramp", "total", "decay", "lr_warmup"):
             setattr(self, name, check_int(getattr(self, name), name, low=0))
+        self.kl_weight = check_number(self.kl_weight, "kl_weight", "(0, inf)", "a positive number")
         if self.decay > self.total:
             raise ValueError(
                 f"decay must be at most total: the learning rate falls over the last decay of the total steps, "
@@ -91,7 +97,7 @@ class Schedule:
     def beta(self, step: int) -> float:
         if step < self.warmup:
             return 0.0
-        return min(1.0, (step - self.warmup + 1) / max(1, self.ramp))
+        return self.kl_weight * min(1.0, (step - self.warmup + 1) / max(1, self.ramp))
 
     def lr_factor(self, step: int) -> float:
         """The learning rate's share at ``step``: rising linearly from ``1 / lr_warmup`` at the

@@ -98,6 +98,7 @@ def fit(
     lr_warmup: int = 0,
     warmup: int | None = None,
     ramp: int | None = None,
+    kl_weight: float = 1.0,
     lambda_step: float = 0.1,
     scale_lr: float = SCALE_LR,
     num_particles: int = 1,
@@ -147,7 +148,11 @@ def fit(
         about ``lr`` at once; in a wide ReLU layer that can switch most units off for good
         within a few steps.
     :param int warmup: steps with no KL term and no λ update (default: 20 % of the steps).
-    :param int ramp: steps over which β rises from 0 to 1 after the warm-up (default: 20 %).
+    :param int ramp: steps over which β rises from 0 to ``kl_weight`` after the warm-up
+        (default: 20 %).
+    :param float kl_weight: the KL term's weight after the ramp (default 1: the ELBO). Below 1
+        the posterior keeps rank indices the full KL term shrinks away: for a network that ends
+        smaller and less accurate than the tolerance asks (docs/method.md, "The KL weight").
     :param float lambda_step: damping of the closed-form λ update, in (0, 1].
     :param float scale_lr: the share of ``lr`` at which a tensor guide's posterior scales are
         stepped (default :data:`~tensorbayes.infer.engine.SCALE_LR`, 0.3; see
@@ -232,7 +237,7 @@ def fit(
     if ctx is not None:
         _distributed.broadcast_state([model, guide], ctx)  # as DDP: every rank starts from rank 0's
     total = epochs * len(batches) if search is None else search.total_steps(epochs)
-    schedule = default_schedule(total, initialized, warmup, ramp, lr_decay, lr_warmup)
+    schedule = default_schedule(total, initialized, warmup, ramp, lr_decay, lr_warmup, kl_weight)
     if lr is None and optim is None:
         lr = 1e-3 if initialized else 1e-2  # a closed-form start's fit, which larger steps would first undo
     engine = SVIEngine(
@@ -272,11 +277,12 @@ def default_schedule(
     ramp: int | None = None,
     lr_decay: float = 0.5,
     lr_warmup: int = 0,
+    kl_weight: float = 1.0,
 ) -> Schedule:
     """
     The :class:`~tensorbayes.infer.Schedule` of :func:`fit` over ``total`` steps: a KL warm-up and a
-    ramp of :data:`WARMUP_SHARE` of the steps each (none after a closed-form start), unless given,
-    and the learning rate's decay over the last ``lr_decay`` share.
+    ramp (to ``kl_weight``) of :data:`WARMUP_SHARE` of the steps each (none after a closed-form
+    start), unless given, and the learning rate's decay over the last ``lr_decay`` share.
     """
     default = 0 if initialized else int(WARMUP_SHARE * total)
     return Schedule(
@@ -285,11 +291,12 @@ def default_schedule(
         total=total,
         decay=round(lr_decay * total),
         lr_warmup=lr_warmup,
+        kl_weight=kl_weight,
     )
 
 
 def _check_arguments(
-    *, epochs, batch_size, lr, lr_decay, lr_warmup, warmup, ramp, lambda_step, scale_lr, num_particles, init,
+    *, epochs, batch_size, lr, lr_decay, lr_warmup, warmup, ramp, kl_weight, lambda_step, scale_lr, num_particles, init,
     init_sweeps, eval_data, eval_samples, checkpoint, resume, callbacks, trace_every, seed, progress, distributed,
     tolerance, validation, optim, loss,
 ):  # fmt: skip
@@ -299,6 +306,7 @@ def _check_arguments(
     check_engine_arguments(None, lr, optim, loss, None, lambda_step, num_particles, scale_lr)
     check_number(lr_decay, "lr_decay", "[0, 1]")
     check_int(lr_warmup, "lr_warmup (steps)", low=0)
+    check_number(kl_weight, "kl_weight", "(0, inf)", "a positive number")
     if init not in ("auto", "cavi", "none"):
         raise ValueError(f"init must be 'auto', 'cavi' or 'none', got {init!r}")
     for value, name in ((init_sweeps, "init_sweeps"), (trace_every, "trace_every")):

@@ -166,6 +166,23 @@ def test_the_warm_up_holds_lambda_and_then_lets_it_move():
     assert engine.beta == 1.0
 
 
+def test_a_kl_weight_scales_the_kl_term_of_the_step_and_nothing_else():
+    """On the same draws (float64), the loss at kl_weight w is -log-likelihood + w * KL, where
+    the KL is what the loss at weight 1 adds to the same log-likelihood."""
+    steps = {}
+    for weight in (1.0, 0.25):
+        model, guide, args, kwargs = _svi_problem()
+        engine = SVIEngine(model, guide, kwargs["num_data"], schedule=Schedule(kl_weight=weight))
+        pyro.set_rng_seed(0)
+        steps[weight] = (engine.step(*args), engine.log_likelihood, engine.beta)
+    (loss, likelihood, beta), (tempered, same_likelihood, tempered_beta) = steps[1.0], steps[0.25]
+    kl = loss + likelihood
+    assert kl > 1.0  # a KL term the weight visibly changes
+    assert same_likelihood == pytest.approx(likelihood, rel=1e-12)
+    assert tempered == pytest.approx(-likelihood + 0.25 * kl, rel=1e-10)
+    assert (beta, tempered_beta) == (1.0, 0.25)
+
+
 def test_the_engine_resumes_exactly_from_its_state():
     model, guide, args, kwargs = _svi_problem()
     engine = SVIEngine(model, guide, kwargs["num_data"], schedule=Schedule(warmup=2, ramp=2, total=8, decay=4))

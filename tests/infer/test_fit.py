@@ -691,6 +691,15 @@ def test_a_bad_lr_is_refused_before_the_initialization_changes_anything(lr):
     assert _same_state(before, _state(model, guide))
 
 
+@pytest.mark.parametrize("kl_weight", [0, -1.0, float("inf"), "0.3"])
+def test_a_bad_kl_weight_is_refused_before_the_closed_form_start_changes_anything(kl_weight):
+    planted, model, guide = _problem()
+    before = _state(model, guide)
+    with pytest.raises(ValueError, match="kl_weight must be a positive number"):
+        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, kl_weight=kl_weight, progress=False)
+    assert _same_state(before, _state(model, guide))
+
+
 def test_a_bad_optimizer_is_refused_before_the_closed_form_start_changes_anything():
     planted, model, guide = _problem()
     before = {k: v.clone() for k, v in list(model.state_dict().items()) + list(guide.state_dict().items())}

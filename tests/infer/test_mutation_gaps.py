@@ -101,6 +101,19 @@ def test_the_engine_refuses_a_num_data_that_is_not_a_positive_int(num_data):
         SVIEngine(model, MeanField(model, seed=0).double(), num_data)
 
 
+def test_fit_ramps_the_kl_weight_to_its_kl_weight_and_holds_it_there():
+    # 5 epochs of 4 steps, as below: β ramps from step 4 to step 7, then stays at kl_weight
+    task, model, guide = _regressor()
+    y = torch.randn(len(task.x_train), 16, generator=torch.Generator().manual_seed(1), dtype=D)
+    history = tb.fit(
+        model, guide, (task.x_train, y), epochs=5, batch_size=8, progress=False,
+        init="none", tolerance=None, seed=0, kl_weight=0.3,
+    )  # fmt: skip
+    assert history.beta == pytest.approx([0.0, 0.3, 0.3, 0.3, 0.3])
+    schedule = tb.infer.Schedule(warmup=4, ramp=4, total=20, kl_weight=0.3)
+    assert [schedule.beta(s) for s in range(4, 8)] == pytest.approx([0.075, 0.15, 0.225, 0.3])
+
+
 def test_fit_warms_up_for_a_fifth_of_the_steps_without_an_initialization():
     # 5 epochs of 4 steps: β is 0 for the first int(0.2 * 20) = 4 steps, then ramps over 4 more
     task, model, guide = _regressor()
@@ -269,6 +282,8 @@ def test_a_model_functions_parameters_are_the_stores_that_the_guide_does_not_hol
         ({"total": 4, "decay": 5}, "decay must be at most total"),
         ({"warmup": -1}, "warmup must be a non-negative int"),
         ({"ramp": 1.5}, "ramp must be a non-negative int"),
+        ({"kl_weight": 0}, "kl_weight must be a positive number, got 0"),
+        ({"kl_weight": float("nan")}, "kl_weight must be a positive number"),
     ],
 )
 def test_a_schedule_refuses_steps_it_cannot_follow(kwargs, message):
