@@ -98,6 +98,14 @@ def test_lightning_makes_the_steps_of_fit_and_logs_elbo_ranks_and_accuracy():
     assert module.ranks() == history.ranks[-1]
 
 
+def test_lightning_ramps_the_kl_term_to_its_kl_weight():
+    task, model, guide = _problem()
+    module = TensorBayesModule(model, guide, num_data=len(task.x_train), kl_weight=0.4)
+    trainer = _fit_lightning(module, _loader(task.x_train, task.y_train, 32), 1)  # 8 steps: warm-up 1, ramp 1
+    assert module.engine.schedule.kl_weight == 0.4
+    assert float(trainer.callback_metrics["beta"]) == pytest.approx(0.4 * 7 / 8)  # the epoch's mean: 0, then 0.4
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
