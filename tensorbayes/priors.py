@@ -39,12 +39,13 @@ a sample to learn the site's shape) fails on it; pass :func:`init_improper_to_fe
 as ``init_loc_fn`` to the autoguide instead (it starts such sites at λ = 1 and defers to
 ``init_to_median`` for every other site).
 
-This module imports only ``torch`` and ``pyro`` (nothing else from ``tensorbayes``).
+This module imports only ``torch``, ``pyro`` and ``numpy`` (nothing else from ``tensorbayes``).
 """
 
 import math
 import numbers
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
@@ -263,8 +264,11 @@ class HalfCauchy(RankPrior):
     (bisection-safeguarded) Newton iteration on :math:`v` converges in a few steps for
     any M and D, in float32 and float64, and never forms :math:`M^2` or
     :math:`\lambda^3`, so nothing overflows. Scaling by M/D keeps the relative precision
-    of λ* at the dtype's epsilon. One last Newton step is taken with autograd on, so
-    that λ* is differentiable in M (implicit-function gradient).
+    of λ* at the dtype's epsilon. The iteration runs on the host in float64 (numpy): it
+    is a few dozen operations on one number per rank index, which cost a torch tensor's
+    dispatch (or a device's kernel launch) each, more than their arithmetic. One last
+    Newton step is taken with autograd on, so that λ* is differentiable in M
+    (implicit-function gradient).
 
     :param float eta: the half-Cauchy scale η > 0 (default 1.0).
     :raises ValueError: if ``eta`` is not a positive finite number.
@@ -297,34 +301,37 @@ class HalfCauchy(RankPrior):
         return torch.where(lam < 0, torch.full_like(lp, -math.inf), lp)
 
     def _phi(self, v, c, D):
-        sigma = torch.sigmoid(c + 2.0 * v)
-        phi = v + torch.log1p(4.0 * sigma / D)
+        """φ(v) and φ'(v) of numpy arrays (the iteration) or of tensors (the last, differentiable step)."""
+        xp = torch if isinstance(v, torch.Tensor) else np
+        sigma = 0.5 * (1.0 + xp.tanh(0.5 * c + v))  # sigmoid(c + 2v), with no overflow for any c
+        phi = v + xp.log1p(4.0 * sigma / D)
         dphi = 1.0 + 8.0 * sigma * (1.0 - sigma) / (D + 4.0 * sigma)
         return phi, dphi
 
+    def _root(self, c, D, tol):
+        """The root ``v`` of φ, elementwise (numpy arrays): Newton's method from one fixed-point step
+        off the upper end of the bracket ``[-log(1 + 4/D), 0]``, kept inside it by bisection, until
+        no step exceeds ``tol``."""
+        lo = -np.log1p(4.0 / D)
+        hi = np.zeros_like(lo)
+        v = -np.log1p(2.0 * (1.0 + np.tanh(0.5 * c)) / D)
+        for _ in range(self.max_iter):
+            phi, dphi = self._phi(v, c, D)
+            above = phi > 0
+            hi, lo = np.where(above, v, hi), np.where(above, lo, v)
+            newton = v - phi / dphi
+            step = np.where((newton >= lo) & (newton <= hi), newton, 0.5 * (lo + hi)) - v
+            v = v + step
+            if not np.any(np.abs(step) > tol):
+                break
+        return v
+
     def update(self, M, D, *, check=True):
         M, D = _prepare_MD(M, D, check)
-        eps = torch.finfo(M.dtype).eps
-        with torch.no_grad():
-            Md, Dd = M.detach(), D.detach()
-            # log M = -inf for M = 0 gives sigma = 0 and the root v = 0 (λ* = 0 -> tiny).
-            c = 2.0 * (torch.log(Md) - torch.log(Dd) - math.log(self.eta))
-            lo = -torch.log1p(4.0 / Dd)
-            hi = torch.zeros_like(lo)
-            # start from one fixed-point step off the upper end of the bracket
-            v = -torch.log1p(4.0 * torch.sigmoid(c) / Dd)
-            for _ in range(self.max_iter):
-                phi, dphi = self._phi(v, c, Dd)
-                pos = phi > 0
-                hi = torch.where(pos, v, hi)
-                lo = torch.where(pos, lo, v)
-                newton = v - phi / dphi
-                inside = (newton >= lo) & (newton <= hi)
-                v_new = torch.where(inside, newton, 0.5 * (lo + hi))
-                step = (v_new - v).abs()
-                v = v_new
-                if not bool(torch.any(step > 4 * eps)):
-                    break
+        Md, Dd = (t.detach().cpu().double().numpy() for t in (M, D))
+        with np.errstate(divide="ignore"):  # log M = -inf for M = 0: σ = 0 and the root v = 0 (λ* = 0 -> tiny)
+            c = 2.0 * (np.log(Md) - np.log(Dd) - math.log(self.eta))
+        v = torch.as_tensor(self._root(c, Dd, 4 * torch.finfo(M.dtype).eps), dtype=M.dtype, device=M.device)
         if M.requires_grad or D.requires_grad:
             # one Newton step with autograd on: the gradient is the implicit-function one
             tiny = torch.finfo(M.dtype).tiny  # keeps the gradient finite (zero) at M = 0
