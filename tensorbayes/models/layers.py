@@ -245,7 +245,9 @@ def factorize(n, d, max_ratio=MAX_RATIO, name="n"):
     )
     primes = _prime_factors(n)
     if len(primes) < d:
-        if len(primes) == 1:
+        if not primes:
+            what = f"{name}=1 has no prime factors"
+        elif len(primes) == 1:
             what = f"{name}={n} is prime"
         else:
             what = f"{name}={n} = {' x '.join(map(str, primes))} has only {len(primes)} prime factors"
@@ -397,6 +399,8 @@ def budget_rank(format, shape, row_modes, budget=DEFAULT_BUDGET, interleave=Fals
     fmt = get_format(format) if isinstance(format, str) else format
     probe = fmt(tuple(shape), 1, row_modes=row_modes, **layout_options(fmt, len(shape), row_modes, interleave))
     limits, allowed = probe.max_ranks(), budget * math.prod(shape)
+    if not limits:  # no rank bond (a TTM of one core): nothing to bound
+        return 1
     rank = 1
     while rank < max(limits) and probe.num_params(tuple(min(rank + 1, lim) for lim in limits)) <= allowed:
         rank += 1

@@ -24,6 +24,8 @@ factors: the weight of the tensorized layers' exports (:func:`tensorbayes.export
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from numbers import Integral
 
 import pyro
 import pyro.distributions as dist
@@ -100,6 +102,8 @@ class LowRankTensor(PyroModule, _LayoutNames):
         ranks = clip_ranks(max_rank, probe)
         self.layout = cls(shape, ranks, row_modes=row_modes, **options)
         self.max_ranks = ranks
+        if prior_kwargs is not None and not isinstance(prior_kwargs, Mapping):
+            raise TypeError(f"prior_kwargs must be a dict of the prior's hyperparameters or None, got {prior_kwargs!r}")
         self.prior = get_prior(prior, **(prior_kwargs or {}))
         # no parameters of its own: a one-byte buffer carries the device that .to() gives the
         # module, so that draws from the prior are made there (not in the state dict)
@@ -227,15 +231,15 @@ class LowRankTensor(PyroModule, _LayoutNames):
 
 def clip_ranks(max_rank, probe):
     limits = probe.max_ranks()
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, tuple, list)):
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (Integral, tuple, list)):
         raise TypeError(f"max_rank must be an int or a tuple of ints, got {max_rank!r}")
-    wanted = (max_rank,) * probe.num_bonds if isinstance(max_rank, int) else tuple(max_rank)
+    wanted = (max_rank,) * probe.num_bonds if isinstance(max_rank, Integral) else tuple(max_rank)
     if len(wanted) != probe.num_bonds:
         raise ValueError(f"max_rank must be an int or one int per bond ({probe.num_bonds}), got {max_rank!r}")
     for r in wanted:
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        if isinstance(r, bool) or not isinstance(r, Integral) or r < 1:
             raise ValueError(f"max_rank must be positive ints (a rank is at least 1), got {max_rank!r}")
-    return tuple(min(r, lim) for r, lim in zip(wanted, limits))
+    return tuple(min(int(r), lim) for r, lim in zip(wanted, limits))
 
 
 def particle_dims(layout, factors) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ classifier, factoring sizes and argument checking.
 import itertools
 import math
 
+import numpy as np
 import opt_einsum
 import pyro
 import pyro.distributions as dist
@@ -77,6 +78,12 @@ def test_factorize_refuses_with_advice(n, d, match):
         factorize(n, d)
     assert isinstance(info.value, ValueError)
     assert "explicit shape" in str(info.value) and "pad n to" in str(info.value)
+
+
+def test_factorize_of_one_says_it_has_no_prime_factors():
+    with pytest.raises(FactorizationError, match="in_features=1 has no prime factors") as info:
+        factorize(1, 2, name="in_features")
+    assert "1 = " not in str(info.value) and "only 0" not in str(info.value)
 
 
 def test_factorize_max_ratio_and_padding():
@@ -586,6 +593,32 @@ def test_where_no_order_leaves_the_search_room_the_fewest_modes_are_taken():
     assert auto_order("tt", sizes, lambda s: (s["out"] + s["in"], len(s["out"]))) == 2
     # a size that factors at no order: nothing to pick
     assert auto_order("tt", {"in": 97, "out": 64}, lambda s: (s["out"] + s["in"], len(s["out"]))) is None
+
+
+def test_a_ttm_of_one_mode_a_side_takes_its_default_max_rank():
+    # one core, no rank bond: the default budget has nothing to bound (a prime size's only shape)
+    assert tb.models.budget_rank("ttm", (7, 13), 1) == 1
+    linear = TensorizedLinear(13, 7, format="ttm", in_shape=(13,), out_shape=(7,)).double()
+    assert linear.layout.ranks == () and linear.layout.shape == (7, 13)
+    data, factors = _site_values(linear.weight)
+    x = torch.randn(5, 13, dtype=D)
+    y = poutine.condition(linear, data=data)(x)
+    torch.testing.assert_close(y, F.linear(x, linear.layout.to_matrix(factors), linear.bias), rtol=1e-12, atol=1e-12)
+    conv = TensorizedConv2d(3, 7, 1, format="ttm", in_shape=(3,), out_shape=(7,))  # a 1 x 1 kernel: no window core
+    assert conv.layout.ranks == ()
+    assert TensorizedLinear(64, 64, format="ttm", order=1).layout.ranks == ()
+
+
+def test_max_rank_may_be_a_numpy_int():
+    layer = TensorizedLinear(12, 8, format="tt", in_shape=(3, 4), out_shape=(2, 4), max_rank=np.int64(2))
+    assert layer.layout.ranks == (2, 2, 2) and all(type(r) is int for r in layer.layout.ranks)
+    layer = TensorizedLinear(12, 8, format="tt", in_shape=(3, 4), out_shape=(2, 4), max_rank=(np.int32(1), 2, 3))
+    assert layer.layout.ranks == (1, 2, 3)
+
+
+def test_prior_kwargs_that_are_not_a_dict_are_named():
+    with pytest.raises(TypeError, match="prior_kwargs must be a dict"):
+        TensorizedLinear(12, 8, in_shape=(3, 4), out_shape=(2, 4), prior_kwargs=[1.0])
 
 
 def test_budget_rank_refuses_a_budget_outside_zero_one():
