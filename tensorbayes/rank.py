@@ -23,11 +23,12 @@ compute shrink; the mean tensor then changes by the weight of what was removed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 
 import pyro
 import torch
 
-from .checks import check_number
+from .checks import check_int, check_number
 from .formats.canonical import canonicalize
 from .guides.base import as_tensor_guide
 from .models.tensor import low_rank_tensors
@@ -159,14 +160,19 @@ def _check_target_ranks(ranks, tensors):
         if name not in tensors:
             raise ValueError(f"ranks names a tensor the model does not hold: {name!r} (it holds {sorted(tensors)})")
         current = tensors[name].layout.ranks
-        wanted = tuple(wanted)
+        try:
+            wanted = tuple(wanted)
+        except TypeError:
+            raise TypeError(
+                f"ranks[{name!r}] must be a tuple of {len(current)} ints in [1, current rank] {current}, got {wanted!r}"
+            ) from None
         if len(wanted) != len(current) or not all(
-            isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= c for r, c in zip(wanted, current)
+            isinstance(r, Integral) and not isinstance(r, bool) and 1 <= r <= c for r, c in zip(wanted, current)
         ):
             raise ValueError(
                 f"ranks[{name!r}] must be {len(current)} ints in [1, current rank] {current}, got {wanted}"
             )
-        checked[name] = wanted
+        checked[name] = tuple(int(r) for r in wanted)
     return checked
 
 
@@ -236,6 +242,11 @@ def held_out_metric(mean: torch.Tensor, target: torch.Tensor) -> tuple[str, torc
     """
     if mean.dim() == 2 and not target.is_floating_point():
         return "accuracy", (mean.argmax(-1) == target).double().mean()
+    if mean.shape != target.shape:
+        raise ValueError(
+            f"target must be integer class labels (n,) for class probabilities (n, classes), or values shaped like "
+            f"the model's output {tuple(mean.shape)}; got a {target.dtype} target of shape {tuple(target.shape)}"
+        )
     return "error", (mean - target).norm() / target.norm()
 
 
@@ -259,6 +270,19 @@ def _cuts(tensors, canon, tau):
         keep = [torch.arange(r, device=means[0].device) for r in counts]
         cut[name] = tensor.layout.truncate(means, keep)
     return cut
+
+
+def _held_out(inputs, target, chunk_size):
+    """``inputs`` as a tuple of tensors with as many (at least one) examples as ``target``."""
+    check_int(chunk_size, "chunk_size")
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    if not isinstance(target, torch.Tensor) or target.dim() == 0 or len(target) == 0:
+        raise ValueError(f"target must be a tensor of at least one held-out example, got {target!r:.80}")
+    for t in inputs:
+        if not isinstance(t, torch.Tensor) or t.dim() == 0 or len(t) != len(target):
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"inputs must be tensors with target's {len(target)} examples along dim 0, got {shape}")
+    return inputs
 
 
 @torch.no_grad()
@@ -288,7 +312,7 @@ def mean_score(model: torch.nn.Module, guide, inputs, target: torch.Tensor, chun
     :param inputs: the held-out inputs, a tensor or a tuple of tensors (the model's arguments).
     :param torch.Tensor target: the held-out targets (class labels, or values).
     """
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    inputs = _held_out(inputs, target, chunk_size)
     guide = as_tensor_guide(model, guide)
     tensors = guide.tensors()
     means = {name: (t.layout, guide.factor_means(t)) for name, t in tensors.items()}
@@ -332,7 +356,7 @@ def search_ranks(
     :returns: ``({tensor name: ranks}, {"full": score, "found": score})``.
     """
     check_number(tolerance, "tolerance", "[0, inf)", "a non-negative number")
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    inputs = _held_out(inputs, target, chunk_size)
     guide = as_tensor_guide(model, guide)
     tensors = guide.tensors()
     canon = {name: canonicalize(t.layout, guide.factor_means(t)) for name, t in tensors.items()}

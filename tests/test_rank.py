@@ -5,6 +5,7 @@ low-rank tensor embedded in larger ranks.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from pyro import poutine
@@ -378,3 +379,39 @@ def test_search_ranks_of_a_tensor_at_rank_one_keeps_it():
     model, guide, index, values = _cp_matrix([1.0])
     found, scores = tb.rank.search_ranks(model, guide, index, values, tolerance=0.01)
     assert found == {"tensor": (1,)} and scores["found"] == scores["full"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ----- held-out data and target ranks of the wrong form are named -----
+
+
+def test_prune_to_ranks_names_a_rank_that_is_not_a_tuple_and_takes_numpy_ints():
+    model, guide, _, _ = _cp_matrix([1.0, 0.5])
+    with pytest.raises(TypeError, match=r"ranks\['tensor'\] must be a tuple of 1 ints"):
+        tb.prune(model, guide, ranks={"tensor": 1})
+    assert tb.prune(model, guide, ranks={"tensor": (np.int64(1),)}) == {"tensor": (1,)}
+    assert model.tensor.layout.ranks == (1,) and type(model.tensor.layout.ranks[0]) is int
+
+
+@pytest.mark.parametrize(
+    "cut, match",
+    [
+        (lambda i, v: (i, v[:10]), "inputs must be tensors with target's 10 examples"),
+        (lambda i, v: (i[:0], v[:0]), "target must be a tensor of at least one held-out example"),
+        (lambda i, v: (i, v.unsqueeze(-1)), r"values shaped like the model's output \(48,\)"),
+    ],
+    ids=["mismatched", "empty", "misshapen"],
+)
+def test_search_ranks_and_mean_score_name_held_out_data_of_the_wrong_form(cut, match):
+    model, guide, index, values = _cp_matrix([1.0, 0.5])
+    inputs, target = cut(index, values)
+    with pytest.raises(ValueError, match=match):
+        tb.rank.search_ranks(model, guide, inputs, target)
+    with pytest.raises(ValueError, match=match):
+        tb.rank.mean_score(model, guide, inputs, target)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.0])
+def test_search_ranks_names_a_chunk_size_that_is_not_a_positive_int(chunk_size):
+    model, guide, index, values = _cp_matrix([1.0, 0.5])
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        tb.rank.search_ranks(model, guide, index, values, chunk_size=chunk_size)
