@@ -152,6 +152,20 @@ def _positive_float(value):
     return number
 
 
+#: Seeds run from 0 to this (``pyro.set_rng_seed`` seeds NumPy, which takes no more).
+MAX_SEED = 2**32 - 1
+
+
+def _seed(value):
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an int in [0, 2**32 - 1], got {value}")
+    return number
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (the usage is in ``--help``); its
     sub-command parsers are of the same class."""
@@ -184,7 +198,7 @@ def _parser():
         "Gaussian inputs; a Bayesian tensorized student starts from larger ranks. Prints planted and found "
         "ranks, accuracy, compression and time. --completion runs the tensor-completion demo instead.",
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the fits (default 0)")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of the data and the fits (default 0)")
     demo.add_argument(
         "--epochs",
         type=_positive,
@@ -247,7 +261,7 @@ def _train_parser(commands):
         f"all), or the number of teacher-student examples generated (default {TEACHER_NUM_TRAIN})",
     )
     train.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files (default: Debian's)")
-    train.add_argument("--seed", type=int, default=defaults.seed, help="seed of data, initialization and fit")
+    train.add_argument("--seed", type=_seed, default=defaults.seed, help="seed of data, initialization and fit")
     train.add_argument("--out", default="runs/latest", help="the run folder (default %(default)s)")
     train.add_argument(
         "--nproc",

@@ -279,3 +279,10 @@ def test_the_teacher_task_says_how_many_examples(tmp_path, capsys):
         ]
     )
     assert "training on 64 generated teacher-student examples" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("command", [["train"], ["demo"]])
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999"])
+def test_a_seed_outside_what_the_generators_take_is_refused_by_name(command, seed, capsys):
+    line = _one_line_error(capsys, lambda: main([*command, "--seed", seed]), code=2)
+    assert f"--seed: must be an int in [0, 2**32 - 1], got {seed}" in line
