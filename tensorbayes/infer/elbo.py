@@ -203,6 +203,12 @@ class MeanFieldELBO(TraceMeanField_ELBO):
             if site["is_observed"]:
                 likelihood = likelihood + _log_prob_sum(site, nesting)
                 continue
+            if name not in guide_trace.nodes:
+                raise ValueError(
+                    f"the model samples the latent site {name!r} and the guide has no site of that name: every "
+                    "latent site of the model needs one in the guide (an observed site whose data the model was "
+                    "not given, such as labels missing from the data, is latent)"
+                )
             guide_site = guide_trace.nodes[name]
             if is_validation_enabled() and not guide_site["fn"].has_rsample:
                 raise NotImplementedError(

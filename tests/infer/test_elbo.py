@@ -124,3 +124,11 @@ def test_svi_steps_as_with_pyros():
     assert MeanFieldELBO().loss(model, guide, *args, **kwargs) == pytest.approx(
         TraceMeanField_ELBO().loss(model, guide, *args, **kwargs), rel=0.5
     )  # both estimate it; not the same draw
+
+
+@pytest.mark.filterwarnings("ignore:Found vars in model but not guide")  # Pyro's validation says it first
+def test_a_latent_site_the_guide_lacks_is_named():
+    """The regressor called without its targets samples them: the error names the site, not a KeyError."""
+    model, guide, (x, _), kwargs = _regressor("tt")
+    with pytest.raises(ValueError, match="the model samples the latent site 'obs' and the guide has no site"):
+        MeanFieldELBO().differentiable_loss(model, guide, x, **kwargs)
