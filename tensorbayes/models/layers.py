@@ -53,7 +53,7 @@ from pyro.nn import PyroModule
 
 from ..checks import check_int
 from ..formats import get_format
-from ..formats.base import path_cost, planned_cost, planned_entries
+from ..formats.base import check_shape, path_cost, planned_cost, planned_entries
 from ..formats.tt import layout_options
 from .tensor import CompactTensor, LowRankTensor, clip_ranks, map_particles, particle_dims
 
@@ -396,8 +396,9 @@ def budget_rank(format, shape, row_modes, budget=DEFAULT_BUDGET, interleave=Fals
     """
     if isinstance(budget, bool) or not isinstance(budget, Real) or not 0 < budget <= 1:
         raise ValueError(f"budget must be a share in (0, 1], got {budget!r}")
+    shape = check_shape(shape)
     fmt = get_format(format) if isinstance(format, str) else format
-    probe = fmt(tuple(shape), 1, row_modes=row_modes, **layout_options(fmt, len(shape), row_modes, interleave))
+    probe = fmt(shape, 1, row_modes=row_modes, **layout_options(fmt, len(shape), row_modes, interleave))
     limits, allowed = probe.max_ranks(), budget * math.prod(shape)
     if not limits:  # no rank bond (a TTM of one core): nothing to bound
         return 1

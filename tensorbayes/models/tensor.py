@@ -43,6 +43,7 @@ __all__ = [
     "map_particles",
     "particle_dims",
     "place_batch",
+    "prior_from",
     "traced_tensors",
 ]
 
@@ -61,6 +62,14 @@ class _LayoutNames:
     @property
     def ranks(self):
         return self.layout.ranks
+
+
+def prior_from(prior, prior_kwargs=None):
+    """The :class:`~tensorbayes.priors.RankPrior` of a ``prior`` argument and its ``prior_kwargs`` (a dict
+    of hyperparameters, or ``None``), as a tensor's constructor takes them."""
+    if prior_kwargs is not None and not isinstance(prior_kwargs, Mapping):
+        raise TypeError(f"prior_kwargs must be a dict of the prior's hyperparameters or None, got {prior_kwargs!r}")
+    return get_prior(prior, **(prior_kwargs or {}))
 
 
 class LowRankTensor(PyroModule, _LayoutNames):
@@ -102,9 +111,7 @@ class LowRankTensor(PyroModule, _LayoutNames):
         ranks = clip_ranks(max_rank, probe)
         self.layout = cls(shape, ranks, row_modes=row_modes, **options)
         self.max_ranks = ranks
-        if prior_kwargs is not None and not isinstance(prior_kwargs, Mapping):
-            raise TypeError(f"prior_kwargs must be a dict of the prior's hyperparameters or None, got {prior_kwargs!r}")
-        self.prior = get_prior(prior, **(prior_kwargs or {}))
+        self.prior = prior_from(prior, prior_kwargs)
         # no parameters of its own: a one-byte buffer carries the device that .to() gives the
         # module, so that draws from the prior are made there (not in the state dict)
         self.register_buffer("_device_anchor", torch.zeros((), dtype=torch.uint8), persistent=False)

@@ -23,8 +23,8 @@ from pyro.nn.module import to_pyro_module_
 
 from ..checks import check_int
 from ..formats import get_format
-from ..priors import get_prior
 from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear
+from .tensor import prior_from
 
 __all__ = ["tensorize", "weight_matrix_shape"]
 
@@ -166,7 +166,7 @@ def tensorize(
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     check_int(min_features, "min_features")
     get_format(format)  # fail early, before copying, on a bad format or prior
-    get_prior(prior, **(kwargs.get("prior_kwargs") or {}))
+    prior_from(prior, kwargs.get("prior_kwargs"))
     if isinstance(module, (TensorizedLinear, TensorizedConv2d, TensorizedEmbedding)):
         new = copy.deepcopy(module)
         to_pyro_module_(new)

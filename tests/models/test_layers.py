@@ -624,3 +624,10 @@ def test_prior_kwargs_that_are_not_a_dict_are_named():
 def test_budget_rank_refuses_a_budget_outside_zero_one():
     with pytest.raises(ValueError, match="budget must be a share in \\(0, 1\\], got 0"):
         tb.models.budget_rank("tt", (4, 4, 4), 1, budget=0)
+
+
+def test_tensorize_and_budget_rank_name_arguments_of_the_wrong_form():
+    with pytest.raises(TypeError, match="prior_kwargs must be a dict"):
+        tb.models.tensorize(torch.nn.Linear(256, 256), prior_kwargs=[1.0])
+    with pytest.raises(TypeError, match="shape must be a sequence of positive ints, got 16"):
+        tb.models.budget_rank("tt", 16, 1)
