@@ -204,8 +204,8 @@ class RankPrior:
             raise ValueError("lam must be >= 0 (and not NaN)")
         dtype = torch.promote_types(lam.dtype, new.dtype)
         lam, new = lam.to(dtype), new.to(dtype)
-        s = _as_float(step_size, like=new).to(dtype)
-        return _clamp_scale(torch.exp((1 - s) * torch.log(_clamp_scale(lam)) + s * torch.log(new)))
+        s = step_size.to(dtype) if isinstance(step_size, torch.Tensor) else float(step_size)
+        return _clamp_scale(torch.lerp(torch.log(_clamp_scale(lam)), torch.log(new), s).exp())
 
     def _hyper_repr(self):
         return ""
@@ -331,14 +331,15 @@ class HalfCauchy(RankPrior):
         Md, Dd = (t.detach().cpu().double().numpy() for t in (M, D))
         with np.errstate(divide="ignore"):  # log M = -inf for M = 0: σ = 0 and the root v = 0 (λ* = 0 -> tiny)
             c = 2.0 * (np.log(Md) - np.log(Dd) - math.log(self.eta))
-        v = torch.as_tensor(self._root(c, Dd, 4 * torch.finfo(M.dtype).eps), dtype=M.dtype, device=M.device)
-        if M.requires_grad or D.requires_grad:
-            # one Newton step with autograd on: the gradient is the implicit-function one
-            tiny = torch.finfo(M.dtype).tiny  # keeps the gradient finite (zero) at M = 0
-            c = 2.0 * (torch.log(M.clamp(min=tiny)) - torch.log(D) - math.log(self.eta))
-            phi, dphi = self._phi(v, c, D)
-            v = v - phi / dphi
-        return _clamp_scale(M / D * torch.exp(v))
+        v = self._root(c, Dd, 4 * torch.finfo(M.dtype).eps)
+        if not (M.requires_grad or D.requires_grad):
+            return _clamp_scale(torch.as_tensor(Md / Dd * np.exp(v), dtype=M.dtype, device=M.device))
+        # one Newton step with autograd on: the gradient is the implicit-function one
+        v = torch.as_tensor(v, dtype=M.dtype, device=M.device)
+        tiny = torch.finfo(M.dtype).tiny  # keeps the gradient finite (zero) at M = 0
+        c = 2.0 * (torch.log(M.clamp(min=tiny)) - torch.log(D) - math.log(self.eta))
+        phi, dphi = self._phi(v, c, D)
+        return _clamp_scale(M / D * torch.exp(v - phi / dphi))
 
 
 def _shape(batch_shape):
