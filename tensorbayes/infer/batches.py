@@ -18,6 +18,10 @@ def as_tensors(data, name="data"):
         data = (data,)
     if not isinstance(data, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in data):
         raise TypeError(f"{name} must be a tensor, a tuple of tensors with the same first dimension, or a DataLoader")
+    if not data or any(t.dim() == 0 for t in data):
+        raise ValueError(
+            f"{name} must be one or more tensors with a first (example) dimension, got {[tuple(t.shape) for t in data]}"
+        )
     n = data[0].shape[0]
     if any(t.shape[0] != n for t in data):
         raise ValueError(f"{name} must be tensors with the same first dimension, got {[tuple(t.shape) for t in data]}")

@@ -214,8 +214,10 @@ def fit(
         ``num_particles``), or any Pyro ELBO such as ``pyro.infer.TraceMeanField_ELBO()``.
     :returns: the :class:`History` of the fit.
     """
+    callbacks = _check_callbacks(callbacks)  # a generator is read once: by the check, then never run
     _check_arguments(**{k: v for k, v in locals().items() if k not in ("model", "guide", "data")})
-    eval_data = None if eval_data is None else _check_eval_data(eval_data)
+    seed = None if seed is None else int(seed)  # a NumPy int, which torch's manual_seed refuses
+    eval_data = None if eval_data is None else _check_eval_data(model, eval_data)
     if distributed and sparse_tables(model):
         raise ValueError("distributed=True averages dense gradients only: build the embedding tables with sparse=False")
     ctx = _distributed.init() if distributed else None
@@ -312,22 +314,73 @@ def _check_arguments(
     for value, name in ((init_sweeps, "init_sweeps"), (trace_every, "trace_every")):
         if value is not None:
             check_int(value, name)
-    if not all(callable(c) for c in callbacks):
-        raise TypeError("callbacks must be a sequence of callables callback(epoch, history)")
+    for value, name in ((warmup, "warmup"), (ramp, "ramp")):
+        if value is not None:
+            check_int(value, f"{name} (steps)", low=0)
+    if seed is not None:
+        check_int(seed, "seed", low=0)
+        if seed > MAX_SEED:
+            raise ValueError(f"seed must be an int in [0, 2**32 - 1] (pyro.set_rng_seed seeds NumPy), got {seed!r}")
+    _check_checkpoint_path(checkpoint)
+    for value, name in ((resume, "resume"), (progress, "progress"), (distributed, "distributed")):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
-    if not isinstance(distributed, bool):
-        raise TypeError(f"distributed must be True or False, got {distributed!r}")
     if tolerance is not None:
         check_number(tolerance, "tolerance", "(0, 1)", "a number in (0, 1) or None")
     check_number(validation, "validation", "(0, 0.5]", "a share of the data in (0, 0.5]")
 
 
-def _check_eval_data(eval_data):
+#: The largest seed :func:`fit` takes (``pyro.set_rng_seed`` seeds NumPy, which takes no more).
+MAX_SEED = 2**32 - 1
+
+
+def _check_callbacks(callbacks):
+    """``callbacks`` as a list of callables (read once, so that a generator is not used up by the check)."""
+    if callable(callbacks) or isinstance(callbacks, (str, bytes)):
+        raise TypeError(f"callbacks must be a sequence of callables callback(epoch, history), got {callbacks!r}")
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        raise TypeError(
+            f"callbacks must be a sequence of callables callback(epoch, history), got {type(callbacks).__name__}"
+        ) from None
+    if not all(callable(c) for c in callbacks):
+        raise TypeError("callbacks must be a sequence of callables callback(epoch, history)")
+    return callbacks
+
+
+def _check_checkpoint_path(checkpoint):
+    """A checkpoint path that can be written after the first epoch: refused now, before anything changes."""
+    if checkpoint is None:
+        return
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be None or a file path, got {type(checkpoint).__name__}")
+    if os.path.isdir(checkpoint):
+        raise ValueError(f"checkpoint must be a file path, got the folder {os.fspath(checkpoint)!r}")
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if not os.path.isdir(folder):
+        raise ValueError(f"checkpoint must be a file in an existing folder: {folder!r} does not exist")
+
+
+def _check_eval_data(model, eval_data):
+    """``eval_data`` as a tuple of tensors, checked by the model as the data are (a ``ValueError`` or
+    ``TypeError`` that names ``eval_data``), before anything changes."""
     eval_data, _ = as_tensors(eval_data, "eval_data")
     if len(eval_data) < 2:
         raise ValueError("eval_data must be (*inputs, target): at least two tensors")
+    if hasattr(model, "check_data"):
+        try:
+            eval_data = tuple(model.check_data(*eval_data))
+        except (TypeError, ValueError) as error:
+            raise _naming(error, "eval_data") from error
     return eval_data
+
+
+def _naming(error, name):
+    """A ``TypeError`` or ``ValueError`` like ``error`` whose message starts with ``name``."""
+    return (TypeError if isinstance(error, TypeError) else ValueError)(f"{name}: {error}")
 
 
 def _batches(model, data, batch_size, generator, ctx):
@@ -335,7 +388,13 @@ def _batches(model, data, batch_size, generator, ctx):
     if isinstance(data, torch.utils.data.DataLoader):
         if ctx is not None:
             _distributed.check_loader(data, ctx)
-        return _LoaderBatches(data)
+        batches = _LoaderBatches(data)
+        if batches.num_data == 0 or len(batches) == 0:
+            raise ValueError(
+                f"data: the DataLoader yields no batches ({batches.num_data} examples, batch_size "
+                f"{data.batch_size}, drop_last={data.drop_last}): give it at least one full batch"
+            )
+        return batches
     batches = (
         TensorBatches(data, batch_size, generator)
         if ctx is None
@@ -448,14 +507,21 @@ def _record(history, model, guide, tensor_guide, elbo, likelihood, beta, eval_da
     if tensor_guide is not None:
         history.lambdas.append(_lambdas(tensor_guide))
         history.ranks.append(ranks(model, tensor_guide))
-    if eval_data is not None and ctx is not None:
-        name, value = _distributed.evaluate(model, guide, eval_data, eval_samples, ctx)
-        getattr(history, name).append(value)
-    elif eval_data is not None:
-        *inputs, target = eval_data
-        mean, _ = predict(model, guide, *inputs, num_samples=eval_samples)
-        name, value = held_out_metric(mean, target)
-        getattr(history, name).append(value.item())
+    if eval_data is None:
+        return
+    try:
+        if ctx is not None:
+            name, value = _distributed.evaluate(model, guide, eval_data, eval_samples, ctx)
+        else:
+            *inputs, target = eval_data
+            mean, _ = predict(model, guide, *inputs, num_samples=eval_samples)
+            name, value = held_out_metric(mean, target)
+            value = value.item()
+    except (TypeError, ValueError) as error:  # what the model's check_data could not see (its shapes)
+        if type(error) not in (TypeError, ValueError):  # the library's own (a guide's) errors say what they are
+            raise
+        raise _naming(error, "eval_data") from error
+    getattr(history, name).append(value)
 
 
 class _RankSearch:

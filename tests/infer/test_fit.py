@@ -8,6 +8,7 @@ import importlib
 import math
 import warnings
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -75,6 +76,16 @@ def _bad_index(p):
         (dict(), lambda p: (p.train_index, p.train_values[:-1]), ValueError, "data"),
         (dict(), lambda p: (p.train_index[:0], p.train_values[:0]), ValueError, "data"),
         (dict(), lambda p: [p.train_index.tolist(), p.train_values], TypeError, "data"),
+        (dict(), lambda p: (), ValueError, "data"),
+        (dict(), lambda p: _loader(p, batch_size=10**4, drop_last=True), ValueError, "data"),
+        (dict(seed=-1), None, ValueError, "seed"),
+        (dict(seed=2**40), None, ValueError, "seed"),
+        (dict(seed=1.5), None, ValueError, "seed"),
+        (dict(callbacks=None), None, TypeError, "callbacks"),
+        (dict(checkpoint=1), None, TypeError, "checkpoint"),
+        (dict(checkpoint="/nonexistent-folder/ck.pt"), None, ValueError, "checkpoint"),
+        (dict(progress="no"), None, TypeError, "progress"),
+        (dict(eval_data=(torch.full((5, 3), 9), torch.zeros(5))), None, ValueError, "eval_data"),
     ],
     ids=[
         "batch_size",
@@ -98,6 +109,16 @@ def _bad_index(p):
         "lengths",
         "empty",
         "not-tensors",
+        "no-tensors",
+        "loader-without-batches",
+        "seed-neg",
+        "seed-huge",
+        "seed-float",
+        "callbacks-none",
+        "checkpoint-int",
+        "checkpoint-folder-missing",
+        "progress-str",
+        "eval_data-index-range",
     ],
 )
 def test_bad_input_names_the_argument_and_changes_nothing(kwargs, data, error, name):
@@ -110,6 +131,35 @@ def test_bad_input_names_the_argument_and_changes_nothing(kwargs, data, error, n
         tb.fit(model, guide, data, **args)
     assert _same_state(before, _state(model, guide))
     assert model.tensor.layout.ranks == (3, 3)
+
+
+def _loader(p, **kwargs):
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(p.train_index, p.train_values), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(warmup=-1), dict(ramp=2.5)], ids=["warmup", "ramp"])
+def test_bad_schedule_is_refused_before_the_closed_form_start(kwargs):
+    """The closed-form start changes the model and guide: a bad warm-up or ramp is refused before it."""
+    planted, model, guide = _problem()
+    before = _state(model, guide)
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, progress=False, seed=0, **kwargs)
+    assert _same_state(before, _state(model, guide))
+
+
+def test_callbacks_may_be_a_generator_and_seed_a_numpy_int():
+    """A generator of callbacks is run (not used up by the check); a NumPy seed is a seed."""
+    planted, model, guide = _problem()
+    data = (planted.train_index, planted.train_values)
+    calls = []
+    history = tb.fit(
+        model, guide, data, epochs=2, batch_size=32, progress=False, seed=np.int64(3), init="none",
+        callbacks=(c for c in [lambda epoch, history: calls.append(epoch)]),
+    )  # fmt: skip
+    assert calls == [0, 1]
+    _, model, guide = _problem()
+    again = tb.fit(model, guide, data, epochs=2, batch_size=32, progress=False, seed=3, init="none")
+    assert again.elbo == history.elbo
 
 
 def test_init_cavi_needs_a_closed_form_meanfield_guide():
