@@ -79,6 +79,8 @@ def predict(
     n = inputs[0].shape[0]
     if any(t.shape[0] != n for t in inputs):
         raise ValueError(f"inputs must share their first dimension, got {[tuple(t.shape) for t in inputs]}")
+    if n == 0:
+        raise ValueError(f"inputs must hold at least one example, got shapes {[tuple(t.shape) for t in inputs]}")
     if return_sites is not None:
         sites = _check_sites(return_sites)
         chunks = [[t[start : start + chunk_size] for t in inputs] for start in range(0, n, chunk_size)]

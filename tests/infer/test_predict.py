@@ -90,6 +90,14 @@ def test_predict_rejects_bad_arguments(kwargs, match):
         tb.predict(model, guide, torch.zeros(3, 3, dtype=torch.long), **kwargs)
 
 
+def test_predict_refuses_inputs_without_examples():
+    model, guide = _model_and_guide(0.1)
+    with pytest.raises(ValueError, match="at least one example"):
+        tb.predict(model, guide, torch.zeros(0, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least one example"):
+        tb.predict(model, guide, torch.zeros(0, 3, dtype=torch.long), return_sites=["_RETURN"])
+
+
 def _classifier():
     torch.manual_seed(0)
     net = torch.nn.Sequential(tb.models.TensorizedLinear(16, 12, format="tt", max_rank=3), torch.nn.ReLU())
