@@ -93,6 +93,7 @@ class TensorBayesModule(pl.LightningModule):
         kl_weight=1.0,
     ):
         super().__init__()
+        check_int(num_data, "num_data")  # the engine takes None (no scale); the module needs the data size
         check_int(eval_samples, "eval_samples")
         check_number(lr_decay, "lr_decay", "[0, 1]")
         check_number(kl_weight, "kl_weight", "(0, inf)", "a positive number")

@@ -110,6 +110,7 @@ def test_lightning_ramps_the_kl_term_to_its_kl_weight():
     "kwargs, name",
     [
         (dict(num_data=0), "num_data"),
+        (dict(num_data=None), "num_data"),
         (dict(lr=0), "lr"),
         (dict(lambda_step=2), "lambda_step"),
         (dict(warmup=-1), "warmup"),
