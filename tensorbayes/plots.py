@@ -31,6 +31,7 @@ Usage::
 """
 
 import math
+from numbers import Integral
 
 import matplotlib
 import torch
@@ -86,7 +87,12 @@ def _panels(num_panels, ax, **kwargs):
         cols = min(num_panels, kwargs.get("max_cols", 3))
         rows = math.ceil(num_panels / cols)
         return [ax.add_subplot(rows, cols, i + 1) for i in range(num_panels)]
-    axes = [ax] if isinstance(ax, Axes) else list(ax)
+    try:
+        axes = [ax] if isinstance(ax, Axes) else list(ax)
+    except TypeError:
+        raise TypeError(
+            f"ax must be None, a Figure, or {num_panels} Axes (one per panel), got {type(ax).__name__}"
+        ) from None
     if len(axes) != num_panels or not all(isinstance(a, Axes) for a in axes):
         raise ValueError(f"ax must be None, a Figure, or {num_panels} Axes (one per panel), got {ax!r}")
     return axes
@@ -358,12 +364,15 @@ def _check_results(results):
     for i, r in enumerate(results):
         if "format" not in r or "accuracy" not in r:
             raise ValueError(f"results[{i}] must have keys 'format' and 'accuracy', got {sorted(r)}")
+        _check_positive(r["accuracy"], f"results[{i}]['accuracy']", low=0)
         if "compression" in r:
-            compression = float(r["compression"])
+            compression = _check_positive(r["compression"], f"results[{i}]['compression']")
         elif r.get("format") == "dense":
             compression = 1.0
         elif "params" in r and (dense and "params" in dense[0] or "dense_params" in r):
-            compression = float(r.get("dense_params", dense[0].get("params") if dense else None)) / float(r["params"])
+            dense_params = r["dense_params"] if "dense_params" in r else dense[0]["params"]
+            name = f"results[{i}]['dense_params']" if "dense_params" in r else "the dense row's 'params'"
+            compression = _check_positive(dense_params, name) / _check_positive(r["params"], f"results[{i}]['params']")
         else:
             raise ValueError(
                 f"results[{i}] must have 'compression', or 'params' with 'dense_params' "
@@ -371,6 +380,18 @@ def _check_results(results):
             )
         rows.append(dict(r, compression=compression))
     return rows
+
+
+def _check_positive(value, name, low=None):
+    """``value`` as a finite float, positive (or at least ``low``): a bad entry of ``results`` is named."""
+    try:
+        number = math.nan if isinstance(value, (bool, str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or (number <= 0 if low is None else number < low):
+        what = "a finite positive number" if low is None else f"a finite number of at least {low}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return number
 
 
 def _frontier(points):
@@ -546,11 +567,13 @@ def factor_posterior(model, guide, layer=None, num_samples=200, level=0.9, seed=
     :returns: the list of Axes, one per bond.
     """
     check_int(num_samples, "num_samples", low=2)
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
+        raise TypeError(f"seed must be an int, got {seed!r}")
     if not (isinstance(level, (int, float)) and 0 < level < 1):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     name, tensor = _resolve_tensor(model, layer)
     guide = as_tensor_guide(model, guide)
-    means, bands = _slice_norm_posterior(tensor, guide, num_samples, level, seed)
+    means, bands = _slice_norm_posterior(tensor, guide, num_samples, level, int(seed))
     axes = _panels(len(means), ax, panel_size=(3.4, 3.0))
     for b, (a, mean, (low, high)) in enumerate(zip(axes, means, bands)):
         idx = list(range(len(mean)))

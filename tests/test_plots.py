@@ -179,6 +179,10 @@ def test_rank_shrinkage_refuses_bad_input():
         plots.rank_shrinkage(model, guide, threshold=1.5)
     with pytest.raises(TypeError, match="guide must be"):
         plots.rank_shrinkage(model, object())
+    with pytest.raises(TypeError, match="ax must be"):
+        plots.rank_shrinkage(model, guide, ax=3)
+    with pytest.raises(TypeError, match="seed"):
+        plots.factor_posterior(model, guide, seed=None)
 
 
 # ----- lambda_trajectories -----
@@ -301,6 +305,15 @@ def test_compression_vs_accuracy_marks_the_frontier_and_the_baseline():
         plots.compression_vs_accuracy([{"format": "tt", "accuracy": 0.5, "params": 3}])
     with pytest.raises(TypeError, match="results must be"):
         plots.compression_vs_accuracy([])
+    for bad, name in [
+        ({"compression": 0.0}, r"results\[0\]\['compression'\]"),
+        ({"compression": float("nan")}, r"results\[0\]\['compression'\]"),
+        ({"compression": "x"}, r"results\[0\]\['compression'\]"),
+        ({"params": 0, "dense_params": 10}, r"results\[0\]\['params'\]"),
+        ({"compression": 2.0, "accuracy": "x"}, r"results\[0\]\['accuracy'\]"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            plots.compression_vs_accuracy([{"format": "tt", "accuracy": 0.5, **bad}])
 
 
 def test_compression_vs_accuracy_draws_a_given_frontier_per_format_under_its_results():
