@@ -342,7 +342,10 @@ def load_run(run_dir):
     summary = {}
     if os.path.exists(paths["summary.json"]):
         with open(paths["summary.json"]) as f:
-            summary = json.load(f)
+            try:
+                summary = json.load(f)
+            except ValueError as error:
+                raise ValueError(f"{paths['summary.json']!r} is not a run's summary: {error}") from None
     _, _, x_test, y_test, info = load_data(config)
     model = build(config, info)
     guide = MeanField(model, seed=config.seed)

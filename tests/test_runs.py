@@ -99,6 +99,14 @@ def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
         load_run(tmp_path)
 
 
+def test_load_run_names_an_unreadable_summary(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"data": "teacher"}))
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(ValueError, match="summary.json"):
+        load_run(tmp_path)
+
+
 @pytest.mark.parametrize(
     "kwargs, name", [(dict(data="mnist"), "data"), (dict(max_rank=0), "max_rank"), (dict(epochs=1.5), "epochs")]
 )
