@@ -24,6 +24,7 @@ from .data import planted_tensor
 from .data.fashion_mnist import fashion_mnist_files
 from .guides import MeanField
 from .infer import distributed, fit
+from .infer.fit import MAX_SEED
 from .models import TensorCompletion
 from .rank import compression_report, prune, ranks
 from .report import add_report_parser
@@ -150,10 +151,6 @@ def _positive_float(value):
     if not 0 < number < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
     return number
-
-
-#: Seeds run from 0 to this (``pyro.set_rng_seed`` seeds NumPy, which takes no more).
-MAX_SEED = 2**32 - 1
 
 
 def _seed(value):
