@@ -66,6 +66,11 @@ class TensorGuide(AutoGuide):
     """
 
     def __init__(self, model):
+        if not callable(model):
+            raise TypeError(
+                "model must be a Pyro model: a PyroModule holding LowRankTensor modules, such a model under Pyro's "
+                f"handlers, or a model function that calls them; got {type(model).__name__}"
+            )
         super().__init__(model)
         module = model_module(model)
         self._model_tensors = None  # plain dict: not registered as submodules of the guide
@@ -302,6 +307,21 @@ def _deep_setparam(obj, dotted, value):
         setattr(obj, last, torch.nn.Parameter(value))
 
 
+def _check_guide_of(model, guide):
+    """``guide``, once it is seen to cover a tensor of ``model`` (a model function is not checked)."""
+    module = model_module(model)
+    if guide.ready and isinstance(module, torch.nn.Module):
+        held = low_rank_tensors(module)
+        ids = {id(t) for t in held.values()}
+        if not any(id(t) in ids for t in guide.tensors().values()):
+            raise ValueError(
+                f"guide was built for another model: its tensors ({', '.join(map(repr, guide.tensors()))}) are not "
+                f"part of the model given (whose tensors are {', '.join(map(repr, held)) or 'none'}, other objects); "
+                "pass the model the guide was built for (a copy of a model holds tensors of its own)"
+            )
+    return guide
+
+
 def as_tensor_guide(model: torch.nn.Module, guide) -> TensorGuide:
     """
     The :class:`TensorGuide` to read ``model``'s tensors from: ``guide`` itself, the one inside an
@@ -309,11 +329,11 @@ def as_tensor_guide(model: torch.nn.Module, guide) -> TensorGuide:
     autoguide. Raises :class:`GuideError` naming what is missing.
     """
     if isinstance(guide, TensorGuide):
-        return guide
+        return _check_guide_of(model, guide)
     if isinstance(guide, AutoGuideList):
         inner = [p for p in _autoguide_parts(guide) if isinstance(p, TensorGuide)]
         if len(inner) == 1:
-            return inner[0]
+            return _check_guide_of(model, inner[0])
     if isinstance(guide, AutoGuide) or callable(getattr(guide, "median", None)):
         return MedianGuide(model, guide)
     raise GuideError(

@@ -17,6 +17,7 @@ in a plain :class:`pyro.infer.SVI` loop, with any Pyro optimizer, as under
 from __future__ import annotations
 
 import weakref
+from numbers import Integral
 from typing import NamedTuple
 
 import pyro
@@ -24,6 +25,8 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
+from torch.autograd.graph import increment_version
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..checks import check_number
 from ..models.tensor import low_rank_tensors
@@ -46,6 +49,26 @@ def _inverse_softplus(x):
 #: Every parameter a guide registered in Pyro's param store, by id: an entry of the store that is
 #: none of these was put there otherwise (a loaded store), and the guide takes its value.
 _REGISTERED = weakref.WeakValueDictionary()
+
+
+#: The guides' parameters, by id, that an optimizer step marks as changed (:func:`_mark_stepped`).
+_STEPPED_BY_OPTIMIZERS = weakref.WeakValueDictionary()
+
+
+def _mark_stepped(optimizer, args, kwargs):
+    """
+    After any torch optimizer's step, bump the version counter of each guide parameter it holds.
+    The guide takes its λ step when a version changed, and an optimizer that writes through
+    ``p.data`` (Pyro's ``ClippedAdam``, ``AdagradRMSProp``, ``DCTAdam``) bumps none: without this
+    mark λ would never move under them.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if _STEPPED_BY_OPTIMIZERS.get(id(p)) is p:
+                increment_version(p)
+
+
+register_optimizer_step_post_hook(_mark_stepped)
 
 
 def _set_site_parameter(root, site, value):
@@ -144,6 +167,8 @@ class MeanField(TensorGuide):
         if m_step != "em" and lambda_update != "closed_form":
             raise ValueError(f"m_step={m_step!r} needs lambda_update='closed_form'")
         check_number(lambda_step, "lambda_step", "(0, 1]")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < 2**64):
+            raise ValueError(f"seed must be an int in [0, 2**64 - 1] or None, got {seed!r}")
         super().__init__(model)
         self.lambda_guide = lambda_guide
         self.lambda_update = lambda_update
@@ -367,7 +392,10 @@ class MeanField(TensorGuide):
         return [] if scales is None else [p for p in scales.parameters() if p.requires_grad]
 
     def _versions(self):
-        return tuple(p._version for p in self.parameters())
+        params = list(self.parameters())
+        for p in params:  # an optimizer's step marks them changed, whatever way it writes (_mark_stepped)
+            _STEPPED_BY_OPTIMIZERS[id(p)] = p
+        return tuple(p._version for p in params)
 
     def keep_lambdas(self):
         """Mark λ as up to date with the current parameters: the next call takes no λ step
@@ -417,9 +445,12 @@ class MeanField(TensorGuide):
         so both steps have the same stationary points, priors included; this one moves λ where
         EM stalls. It never exceeds the EM step's ``λ*`` (which guards a slice whose entries are
         all prior-dominated, ``γ → 0``).
+
+        :param float step_size: the damping ``s``, in (0, 1] (1: the full step to ``λ*``).
         """
         if self.lambda_update != "closed_form":
             raise RuntimeError("update_lambdas needs lambda_update='closed_form'")
+        check_number(step_size, "step_size", "(0, 1]")
         for tensor, post in self.pairs():
             means2, variances = [loc**2 for loc in post.locs], [s**2 for s in post.scales()]
             second = [m + v for m, v in zip(means2, variances)]
@@ -434,15 +465,21 @@ class MeanField(TensorGuide):
 
     @torch.no_grad()
     def set_posterior(self, tensor, locs, scales=None, lambdas=None):
-        """Overwrite the posterior of ``tensor``: factor locs, optionally scales and λ (each of the
-        shape it has)."""
+        """Overwrite the posterior of ``tensor``: its factor locs (one tensor per factor), optionally
+        scales (one per factor, non-negative) and λ (one per bond, positive), each of the shape it
+        has; every value is checked before any is taken."""
         post = self._posterior(tensor)
+        locs = _checked_values(locs, post.locs, "locs", "factor")  # every value checked before any is taken
+        if scales is not None:
+            scales = _checked_values(scales, post.raw_scales, "scales", "factor", "non-negative")
+        if lambdas is not None:
+            lambdas = _checked_values(lambdas, post.log_lambdas, "lambdas", "bond", "positive")
         for k, loc in enumerate(locs):
-            _copy_into(post.locs[k], loc, "locs")
+            post.locs[k].copy_(loc)
             if scales is not None:
-                _copy_into(post.raw_scales[k], _inverse_softplus(scales[k].clamp_min(1e-12)), "scales")
+                post.raw_scales[k].copy_(_inverse_softplus(scales[k].clamp_min(1e-12)))
         for b, lam in enumerate(lambdas or []):
-            _copy_into(post.log_lambdas[b], lam.log(), "lambdas")
+            post.log_lambdas[b].copy_(lam.log())
 
     def truncate(self, tensor, keep: list[torch.Tensor]) -> None:
         """Keep the rank indices ``keep`` (one index tensor per bond) of ``tensor``'s posterior."""
@@ -463,10 +500,31 @@ class MeanField(TensorGuide):
                 _set_site_parameter(scale_root, site, spread)
 
 
-def _copy_into(param, value, what):
-    if tuple(value.shape) != tuple(param.shape):
-        raise ValueError(f"{what} must keep the posterior's shapes: got {tuple(value.shape)} for {tuple(param.shape)}")
-    param.copy_(value.to(param))
+def _checked_values(values, params, what, per, sign=None):
+    """
+    ``values``, one tensor per parameter of ``params`` (each of its shape, finite, and with
+    ``sign`` "positive" or "non-negative"), in the parameters' dtype and device; a
+    :class:`ValueError` names the first that is not, before anything is taken.
+    """
+    if not isinstance(values, (list, tuple)) or len(values) != len(params):
+        got = f"{len(values)}" if isinstance(values, (list, tuple)) else f"a {type(values).__name__}"
+        raise ValueError(f"{what} must be a list of {len(params)} tensors, one per {per}, got {got}")
+    out = []
+    for k, (value, param) in enumerate(zip(values, params)):
+        value = torch.as_tensor(value).to(param)
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(
+                f"{what} must keep the posterior's shapes: got {tuple(value.shape)} for {tuple(param.shape)} "
+                f"({what}[{k}])"
+            )
+        bad = ~torch.isfinite(value)
+        if sign is not None:
+            bad |= value <= 0 if sign == "positive" else value < 0
+        if bool(bad.any()):
+            need = "finite" if sign is None else f"{sign} and finite"
+            raise ValueError(f"{what}[{k}] must be {need}: found other values")
+        out.append(value)
+    return out
 
 
 def _mackay_moments(tensor, means2, variances, lambdas, b, m, d):

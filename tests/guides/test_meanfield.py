@@ -330,12 +330,69 @@ def test_truncate_keeps_the_posterior_at_the_kept_indices(fmt, shape, max_rank, 
         (dict(init_scale="big"), "init_scale"),
         (dict(m_step="newton"), "m_step"),
         (dict(m_step="mackay", lambda_update="gradient"), "m_step"),
+        (dict(seed="a"), "seed"),
+        (dict(seed=1.5), "seed"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=True), "seed"),
+        (dict(seed=2**64), "seed"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, name):
     model = TensorCompletion((3, 4, 5), noise=0.1)
     with pytest.raises(ValueError, match=name):
         MeanField(model, **kwargs)
+
+
+@pytest.mark.parametrize("model", [None, 42, "model"])
+def test_a_model_that_cannot_be_called_is_named(model):
+    with pytest.raises(TypeError, match="model must be a Pyro model"):
+        MeanField(model)
+
+
+def _state(guide):
+    return {k: v.clone() for k, v in guide.state_dict().items()}
+
+
+def _unchanged(guide, state):
+    return all(torch.equal(v, state[k]) for k, v in guide.state_dict().items())
+
+
+@pytest.mark.parametrize("step_size", [0, -1, 2, float("nan"), "a", True])
+def test_update_lambdas_names_a_bad_step_size_and_changes_nothing(step_size):
+    _, model, guide = _setup("tt")
+    _set_random_posterior(model, guide)
+    state = _state(guide)
+    with pytest.raises(ValueError, match=r"step_size must be a number in \(0, 1\]"):
+        guide.update_lambdas(step_size)
+    assert _unchanged(guide, state)
+
+
+def test_set_posterior_checks_every_value_before_taking_any():
+    _, model, guide = _setup("tt")
+    locs, scales, lambdas = _set_random_posterior(model, guide)
+    state = _state(guide)
+    new = [loc + 1 for loc in locs]
+    bad = [
+        (dict(locs=new[:2]), r"locs must be a list of 3 tensors, one per factor, got 2"),
+        (dict(locs=new + new[:1]), r"locs must be a list of 3 tensors, one per factor, got 4"),
+        (dict(locs=new[0]), r"locs must be a list of 3 tensors, one per factor, got a Tensor"),
+        (dict(locs=new[:2] + [new[2][:2]]), r"locs must keep the posterior's shapes.*\(locs\[2\]\)"),
+        (dict(locs=new[:2] + [new[2] * float("nan")]), r"locs\[2\] must be finite"),
+        (dict(locs=new, scales=scales[:2] + [-scales[2]]), r"scales\[2\] must be non-negative and finite"),
+        (dict(locs=new, scales=scales, lambdas=lambdas[:1]), r"lambdas must be a list of 2 tensors, one per bond"),
+        (dict(locs=new, scales=scales, lambdas=[lambdas[0], -lambdas[1]]), r"lambdas\[1\] must be positive"),
+        (dict(locs=new, scales=scales, lambdas=[lambdas[0], 0 * lambdas[1]]), r"lambdas\[1\] must be positive"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            guide.set_posterior(model.tensor, **kwargs)
+        assert _unchanged(guide, state), kwargs
+    guide.set_posterior(model.tensor, new, scales, lambdas)
+    assert all(torch.equal(a, b) for a, b in zip(guide.factor_means(model.tensor), new))
+    for a, b in zip(guide.factor_scales(model.tensor), scales):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    for a, b in zip(guide.lambdas("tensor"), lambdas):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
 
 
 def test_model_without_tensor_is_rejected():

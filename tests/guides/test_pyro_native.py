@@ -79,6 +79,49 @@ def test_the_guides_lambda_step_runs_once_per_change_of_its_parameters():
     assert calls == [guide.lambda_step]
 
 
+@pytest.mark.parametrize(
+    "optim",
+    [
+        pytest.param(lambda: pyro.optim.ClippedAdam({"lr": 0.03}), id="ClippedAdam"),
+        pytest.param(lambda: pyro.optim.AdagradRMSProp({"eta": 0.1}), id="AdagradRMSProp"),
+        pytest.param(lambda: pyro.optim.DCTAdam({"lr": 0.03}), id="DCTAdam"),
+    ],
+)
+def test_the_lambda_step_runs_under_pyros_optimizers_that_write_through_data(optim):
+    """Pyro's ClippedAdam, AdagradRMSProp and DCTAdam step ``p.data``, which bumps no version
+    counter: the guide must still see each step and take its λ step once after it."""
+    planted, model = _planted(), _model()
+    guide = MeanField(model, seed=0)
+    start = [v.clone() for v in guide.lambdas()["tensor"]]
+    calls = []
+    real = guide.update_lambdas
+    guide.update_lambdas = lambda step: (calls.append(step), real(step))
+    svi = pyro.infer.SVI(model, guide, optim(), tb.infer.MeanFieldELBO())
+    for _ in range(3):
+        svi.step(planted.train_index[:64], planted.train_values[:64], num_data=len(planted.train_values))
+    assert calls == [guide.lambda_step] * 2  # after the first and the second optimizer step
+    assert not any(torch.equal(a, b) for a, b in zip(start, guide.lambdas()["tensor"]))
+
+
+@pytest.mark.parametrize("call", [tb.ranks, tb.prune, tb.rank.bond_weights])
+def test_a_guide_of_another_model_is_refused_and_changes_nothing(call):
+    model, other = _model(), _model()
+    guide = MeanField(other, seed=0)
+    means = [m.clone() for m in guide.factor_means(other.tensor)]
+    with pytest.raises(ValueError, match="guide was built for another model.*not part of the model"):
+        call(model, guide)
+    with pytest.raises(ValueError, match="guide was built for another model"):
+        call(model, _listed(model, guide))
+    assert other.tensor.layout.ranks == model.tensor.layout.ranks == (5, 5)
+    assert all(torch.equal(a, b) for a, b in zip(guide.factor_means(other.tensor), means))
+
+
+def _listed(model, guide):
+    listed = AutoGuideList(model)
+    listed.append(guide)
+    return listed
+
+
 def test_an_autoguide_list_with_meanfield_inside_fits_reads_prunes_and_exports():
     planted, model = _planted(), _model()
     sites = _tensor_sites(model)
