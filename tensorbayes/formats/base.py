@@ -56,6 +56,8 @@ def check_ranks(ranks: int | Iterable[int], num_bonds: int, name: str = "ranks")
     Returns a tuple of length ``num_bonds``.
     """
     if isinstance(ranks, int) and not isinstance(ranks, bool):
+        if ranks < 1:  # checked here too: a layout with no bonds would drop it unseen
+            raise ValueError(f"{name} must be positive ints (a rank is at least 1), got {ranks!r}")
         ranks = (ranks,) * num_bonds
     try:
         ranks = tuple(ranks)
@@ -475,7 +477,7 @@ class TensorFormat:
         digits = self.unravel(row_index.long(), self.row_shape)
         operands, labels = self._gathered(factors, digits, set(range(p)))
         out = ["batch"] + [f"m{k}" for k in range(p, len(self.shape))]
-        return einsum(self._equation(labels, out), *operands).reshape(len(row_index), -1)
+        return einsum(self._equation(labels, out), *operands).reshape(len(row_index), self.matrix_shape[1])
 
     @staticmethod
     def check_index(index: torch.Tensor | Sequence[Sequence[int]], shape: Sequence[int], name: str) -> torch.Tensor:

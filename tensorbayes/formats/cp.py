@@ -61,10 +61,10 @@ class CP(TensorFormat):
         :param torch.Tensor x: inputs of shape ``(..., prod(col_shape))``.
         :returns: outputs of shape ``(..., prod(row_shape))``.
         """
-        if not self._by_khatri_rao(max(1, math.prod(x.shape[:-1]))):
-            return super().contract(x, factors)
         factors = self.check_factors(factors)
         self._check_contract_input(x)
+        if not self._by_khatri_rao(max(1, math.prod(x.shape[:-1]))):
+            return super().contract(x, factors)
         rows, cols = _khatri_rao(factors[: self.row_modes]), _khatri_rao(factors[self.row_modes :])
         y = (x.reshape(-1, cols.shape[0]) @ cols) @ rows.T
         return y.reshape(*x.shape[:-1], self.matrix_shape[0])

@@ -280,7 +280,7 @@ class TTM(TensorFormat):
         choice = _contraction(self.shape, self.ranks, batch_size)
         if choice.kernel:
             return self._contract_split(x, factors, split.bond, split.reverse)
-        y = einsum(self._contract_equation(), x.reshape(batch_size, *self.col_shape), *factors, path=choice.path)
+        y = einsum(self._contract_equation(), x.reshape(-1, *self.col_shape), *factors, path=choice.path)
         return y.reshape(*x.shape[:-1], self.matrix_shape[0])
 
     def _contract_split(self, x, factors, bond, reverse, chunk_entries=CHUNK_ENTRIES):

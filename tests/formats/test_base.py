@@ -205,6 +205,24 @@ def test_bad_layout(cls):
         cls((3, 4, 5), 2, row_modes=7)
 
 
+@pytest.mark.parametrize("cls, shape", [(TT, (5,)), (TTM, (5,)), (TTM, (5, 4))])
+def test_a_bad_int_rank_is_refused_with_no_bonds(cls, shape):
+    # no bond to give it to: the int was dropped unchecked
+    for ranks in (0, -3):
+        with pytest.raises(ValueError, match="ranks must be positive ints"):
+            cls(shape, ranks)
+    assert cls(shape, 2).ranks == ()
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_rows_of_no_indices(case):
+    cls, shape, ranks, row_modes = case
+    fmt = cls(shape, ranks, row_modes=row_modes)
+    factors = [torch.randn(s, dtype=DT) for s in fmt.factor_shapes]
+    rows = fmt.rows(factors, torch.zeros(0, dtype=torch.long))
+    assert rows.shape == (0, fmt.matrix_shape[1]) and rows.dtype == DT
+
+
 @pytest.fixture
 def tt():
     fmt = TT((3, 4, 5), (2, 3))
@@ -231,6 +249,9 @@ def test_bad_contract_input(tt):
         fmt.contract(torch.tensor(1.0, dtype=DT), factors)
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         fmt.contract([[0.0] * 20], factors)
+    cp = CP((3, 4, 5), 2)  # its own contract: the input checked before its shape is read
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        cp.contract([[0.0] * 20], [torch.randn(s, dtype=DT) for s in cp.factor_shapes])
 
 
 def test_bad_index(tt):

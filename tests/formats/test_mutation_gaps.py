@@ -70,6 +70,20 @@ def test_ttm_contracts_an_empty_batch_or_a_batch_of_one(batch):
     torch.testing.assert_close(y, x @ layout.full(factors).reshape(6, 20).T if x.numel() else y)
 
 
+@pytest.mark.parametrize("batch", [(0,), (3, 0), (1,)])
+def test_ttm_contracts_an_empty_batch_on_a_split_run_as_an_einsum(batch):
+    # a split off the kernel ran its einsum on the input viewed as one row, not as none
+    layout = TTM((2,) * 8, 50)
+    split = layout.split(1)
+    assert split is not None and not layout.on_kernel(split)
+    gen = torch.Generator().manual_seed(0)
+    factors = [torch.randn(s, generator=gen, dtype=DT) for s in layout.factor_shapes]
+    x = torch.randn(*batch, 16, generator=gen, dtype=DT)
+    y = layout.contract(x, factors)
+    assert y.shape == (*batch, 16)
+    torch.testing.assert_close(y, x @ layout.full(factors).reshape(16, 16).T, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("batch, rows", [((2, 3), 6), ((5,), 5), ((0,), 1), ((), 1)])
 def test_ttm_contract_chooses_its_split_for_the_rows_of_the_batch(batch, rows, monkeypatch):
     # the cheapest split depends on the number of rows (at least one) the product runs over
