@@ -36,7 +36,8 @@ import torch
 from pyro.nn import PyroModule
 
 from ..presets import CRITEO_KAGGLE_CARDINALITIES, PAPER_PRESET
-from .embedding_bag import TensorizedEmbeddingBag
+from .embedding_bag import TensorizedEmbeddingBag, check_mode
+from .layers import check_init_variance
 from .networks import check_num_data
 
 __all__ = ["DLRM", "DLRMNet", "PAPER_PRESET", "mlp"]
@@ -211,7 +212,8 @@ class DLRM(PyroModule):
             _check_sizes([tensorize_min_rows], "tensorize_min_rows")
         options = _table_options(tables, len(cardinalities))
         embedding_dim = _check_sizes([embedding_dim], "embedding_dim")[0]
-        init_variance = 1.0 / embedding_dim if init_variance is None else float(init_variance)
+        init_variance = check_init_variance(init_variance, 1.0 / embedding_dim)
+        check_mode(mode)
         built = []
         for t, rows in enumerate(cardinalities):
             opts = options.get(t, {})
@@ -295,6 +297,8 @@ class DLRM(PyroModule):
                 f"sparse must have shape (batch={dense.shape[0]}, tables={tables}) or (batch, tables, bag length), "
                 f"got {tuple(sparse.shape)}"
             )
+        if sparse.dim() == 3 and sparse.shape[2] == 0:
+            raise ValueError(f"sparse must have bags of at least one id, got a bag length of 0: {tuple(sparse.shape)}")
 
     def _check_clicks(self, y, batch):
         if not isinstance(y, torch.Tensor):

@@ -40,7 +40,8 @@ BAG_MODES = ("sum", "mean")
 _INDEX_DTYPES = (torch.int64, torch.int32)
 
 
-def _check_mode(mode):
+def check_mode(mode):
+    """``mode`` if it is one of :data:`BAG_MODES` (how a bag reduces its rows)."""
     if mode not in BAG_MODES:
         raise ValueError(f"mode must be one of {BAG_MODES}, got {mode!r}")
     return mode
@@ -54,6 +55,8 @@ def _check_offsets(offsets, length):
     if offsets.dim() != 1:
         raise ValueError(f"offsets must be 1-d (one start per bag), got shape {tuple(offsets.shape)}")
     if offsets.numel() == 0:
+        if length:  # torch's embedding_bag crashes (a segmentation fault) on no bags of some indices
+            raise ValueError(f"offsets must start every bag, at least offsets=[0] for len(input)={length}, got none")
         return offsets.long()
     if offsets.min() < 0:
         raise ValueError(f"offsets must be non-negative, got a minimum of {int(offsets.min())}")
@@ -81,7 +84,7 @@ def check_bags(input, offsets, per_sample_weights, mode, num_embeddings):
     :param int num_embeddings: the number of rows; every index must lie in ``[0, num_embeddings)``.
     :raises TypeError, ValueError: naming the argument at fault and the expected form.
     """
-    _check_mode(mode)
+    check_mode(mode)
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor of row indices, got {type(input).__name__}")
     if input.dtype not in _INDEX_DTYPES:
@@ -174,7 +177,7 @@ class TensorizedEmbeddingBag(TensorizedEmbedding):
         self, num_embeddings, embedding_dim, format="ttm", max_rank=8, prior="half_cauchy", *, mode="sum", **kwargs
     ):
         super().__init__(num_embeddings, embedding_dim, format=format, max_rank=max_rank, prior=prior, **kwargs)
-        self.mode = _check_mode(mode)
+        self.mode = check_mode(mode)
 
     def bag(self, factors, input, offsets=None, per_sample_weights=None):
         """The bags of ``input`` at given factors (validated as :meth:`forward`'s arguments)."""

@@ -369,7 +369,8 @@ def _cheapest_ttm_pairing(in_shape, out_shape, ranks):
     return best
 
 
-def _check_init_variance(value, default):
+def check_init_variance(value, default):
+    """``init_variance`` as a float, ``default`` for ``None``; anything but a positive number is refused."""
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, Real) or not (0 < value < math.inf):
@@ -614,7 +615,7 @@ class TensorizedLinear(PyroModule, _Exports):
             max_rank,
             prior,
             prior_kwargs,
-            _check_init_variance(init_variance, 1.0 / self.in_features),
+            check_init_variance(init_variance, 1.0 / self.in_features),
             interleave=interleave,
         )
         if bias:
@@ -870,7 +871,7 @@ class TensorizedConv2d(PyroModule, _Exports):
             default_max_rank(fmt, shape, row_modes) if max_rank is None else max_rank,
             prior,
             prior_kwargs,
-            _check_init_variance(init_variance, 1.0 / fan_in),
+            check_init_variance(init_variance, 1.0 / fan_in),
         )
         if bias:
             bound = 1.0 / math.sqrt(fan_in)
@@ -1000,7 +1001,7 @@ class TensorizedEmbedding(PyroModule, _Exports):
             max_rank,
             prior,
             prior_kwargs,
-            _check_init_variance(init_variance, 1.0),
+            check_init_variance(init_variance, 1.0),
         )
 
     @property

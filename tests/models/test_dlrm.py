@@ -143,6 +143,13 @@ def test_bad_input():
         DLRM([10, 10], tables={5: {}})
     with pytest.raises(ValueError, match="tables\\[0\\] must be a dict"):
         DLRM([10, 10], tables={0: {"bogus": 1}})
+    with pytest.raises(ValueError, match="sparse must have bags of at least one id"):
+        model(dense, sparse[:, :, None][:, :, :0])  # a dense table's EmbeddingBag fails on it unclearly
+    for variance in (-1.0, 0.0, float("nan")):  # checked before a dense table is drawn with it
+        with pytest.raises(ValueError, match="init_variance must be a positive number"):
+            DLRM([10, 10], embedding_dim=4, init_variance=variance)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        DLRM([10, 10], embedding_dim=4, mode="max")
 
 
 def _fitted_tables(sparse, epochs=1, checkpoint=None, resume=False):

@@ -336,6 +336,15 @@ def test_embedding_rows_equal_the_table(format):
     torch.testing.assert_close(poutine.condition(emb, data=data)(torch.tensor(7)), table[7])
 
 
+@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize("shape", [(0,), (3, 0)])
+def test_embedding_of_no_indices(format, shape):
+    emb = TensorizedEmbedding(29, 12, format=format, max_rank=3, row_shape=(2, 3, 5), col_shape=(2, 2, 3))
+    data, _ = _site_values(emb.weight)
+    out = poutine.condition(emb, data=data)(torch.zeros(shape, dtype=torch.long))
+    assert out.shape == (*shape, 12)
+
+
 def test_embedding_gradients():
     emb = TensorizedEmbedding(30, 12, format="ttm", max_rank=3, row_shape=(5, 6), col_shape=(3, 4))
     data, factors = _site_values(emb.weight, requires_grad=True)
