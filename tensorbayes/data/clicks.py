@@ -166,6 +166,8 @@ class ClickGenerator:
     ):
         if id_order not in ID_ORDERS:
             raise ValueError(f"id_order must be one of {ID_ORDERS}, got {id_order!r}")
+        if isinstance(click_rate, bool) or not isinstance(click_rate, (int, float)) or not 0 < click_rate < 1:
+            raise ValueError(f"click_rate must be a probability in (0, 1) (the logit's bias), got {click_rate!r}")
         self.id_order = id_order
         row_shapes = dict(PAPER_ROW_SHAPES if row_shapes is None else row_shapes)
         ranks = dict(PLANTED_RANKS if ranks is None and row_shapes.keys() == PAPER_ROW_SHAPES.keys() else ranks or {})

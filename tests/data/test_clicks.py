@@ -234,3 +234,6 @@ def test_bad_arguments():
         ClickGenerator.tiny(main_scale=1.0, interaction_scale=0.0)
     with pytest.raises(ValueError, match="id_order must be one of"):
         ClickGenerator.tiny(id_order="sorted")
+    for rate in (0.0, 1.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"click_rate must be a probability in \(0, 1\)"):
+            ClickGenerator.tiny(click_rate=rate)
