@@ -42,13 +42,14 @@ def canonicalize(
         non-negative, non-increasing weight vector per bond.
     """
     factors = layout.check_factors(factors)
-    if layout.name in ("tt", "ttm"):
-        return _canonical_train(factors)
-    if layout.name == "tucker":
-        return _canonical_tucker(factors)
-    if layout.name == "cp":
-        return _canonical_cp(factors)
-    raise ValueError(f"no canonical form for format {layout.name!r}")
+    forms = {"tt": _canonical_train, "ttm": _canonical_train, "tucker": _canonical_tucker, "cp": _canonical_cp}
+    if layout.name not in forms:
+        raise ValueError(f"no canonical form for format {layout.name!r}")
+    dtype = factors[0].dtype if factors else torch.get_default_dtype()
+    if dtype in (torch.float16, torch.bfloat16):  # torch's QR and SVD take no half precision
+        out, weights = forms[layout.name]([f.float() for f in factors])
+        return [f.to(dtype) for f in out], [w.to(dtype) for w in weights]
+    return forms[layout.name](factors)
 
 
 def _padded(matrix, rows, cols):

@@ -138,3 +138,15 @@ def test_canonicalize_rejects_wrong_factors():
     factors = _random_factors(layout)
     with pytest.raises(ValueError, match="factors"):
         canonicalize(layout, factors[:2])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_factors_are_canonicalized_in_float32(layout, dtype):
+    """torch's QR and SVD take no half precision: the gauge is found in float32 and cast back."""
+    factors = [f.to(dtype) for f in _random_factors(layout)]
+    new, weights = canonicalize(layout, factors)
+    assert all(f.dtype == dtype for f in new + weights)
+    ref_new, ref_weights = canonicalize(layout, [f.float() for f in factors])
+    for got, want in zip(new + weights, ref_new + ref_weights):
+        assert torch.equal(got, want.to(dtype))
