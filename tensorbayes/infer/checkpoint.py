@@ -173,6 +173,9 @@ def save(path: str | os.PathLike, model: torch.nn.Module, guide) -> None:
         model2, guide2 = build()                 # the same constructor calls as the original
         tb.load("net.pt", model2, guide2)
     """
+    for value, name in ((model, "model"), (guide, "guide")):
+        if not isinstance(value, torch.nn.Module):
+            raise TypeError(f"{name} must be a torch.nn.Module (a model, or its guide), got {type(value).__name__}")
     state = {
         "model": model.state_dict(),
         "guide": guide.state_dict(),

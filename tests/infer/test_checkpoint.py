@@ -354,3 +354,11 @@ def test_a_pruned_checkpoint_still_shrinks_the_model_it_fits(tmp_path):
     assert fresh.tensor.layout.ranks == (2, 3)
     for a, b in zip(fresh_guide.factor_means(fresh.tensor), guide.factor_means(model.tensor)):
         assert torch.equal(a, b)
+
+
+def test_save_names_a_model_or_guide_that_is_not_a_module(tmp_path):
+    _, model, guide = _problem()
+    for args, name in (((model, None), "guide"), ((None, guide), "model")):
+        with pytest.raises(TypeError, match=f"{name} must be a torch.nn.Module"):
+            tb.save(tmp_path / "m.pt", *args)
+    assert list(tmp_path.iterdir()) == []
