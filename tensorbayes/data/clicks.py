@@ -62,8 +62,9 @@ import math
 
 import torch
 
-from ..checks import check_int
+from ..checks import check_int, check_number
 from ..formats import get_format
+from ..formats.base import check_shape
 from ..presets import CRITEO_KAGGLE_CARDINALITIES, PAPER_COL_SHAPE, PAPER_ROW_SHAPES
 
 __all__ = [
@@ -166,8 +167,17 @@ class ClickGenerator:
     ):
         if id_order not in ID_ORDERS:
             raise ValueError(f"id_order must be one of {ID_ORDERS}, got {id_order!r}")
-        if isinstance(click_rate, bool) or not isinstance(click_rate, (int, float)) or not 0 < click_rate < 1:
-            raise ValueError(f"click_rate must be a probability in (0, 1) (the logit's bias), got {click_rate!r}")
+        check_number(click_rate, "click_rate", "(0, 1)", "a probability in (0, 1) (the logit's bias)")
+        for value, name in (
+            (interaction_scale, "interaction_scale"),
+            (main_scale, "main_scale"),
+            (dense_scale, "dense_scale"),
+            (small_scale, "small_scale"),
+        ):
+            check_number(value, name, "[0, inf)", "a finite non-negative number")
+        zipf = check_number(zipf, "zipf", "(0, inf)", "a finite positive number")
+        seed = check_int(seed, "seed", low=0)
+        col_shape = check_shape(col_shape, "col_shape")
         self.id_order = id_order
         row_shapes = dict(PAPER_ROW_SHAPES if row_shapes is None else row_shapes)
         ranks = dict(PLANTED_RANKS if ranks is None and row_shapes.keys() == PAPER_ROW_SHAPES.keys() else ranks or {})
@@ -184,9 +194,7 @@ class ClickGenerator:
         self.row_shapes, self.col_shape = row_shapes, tuple(col_shape)
         self.embedding_dim = math.prod(self.col_shape)
         self.num_dense = check_int(num_dense, "num_dense")
-        if not (isinstance(zipf, (int, float)) and zipf > 0):
-            raise ValueError(f"zipf must be a positive number, got {zipf!r}")
-        self.zipf, self.seed = float(zipf), int(seed)
+        self.zipf, self.seed = zipf, seed
         gen = torch.Generator().manual_seed(self.seed)
         ttm = get_format("ttm")
         self.layouts, self.factors, self.ranks = {}, {}, {}

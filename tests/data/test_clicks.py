@@ -237,3 +237,12 @@ def test_bad_arguments():
     for rate in (0.0, 1.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"click_rate must be a probability in \(0, 1\)"):
             ClickGenerator.tiny(click_rate=rate)
+    for kwargs, match in (
+        (dict(dense_scale=float("nan")), "dense_scale must be a finite non-negative number"),
+        (dict(zipf=True), "zipf must be a finite positive number"),
+        (dict(zipf=float("inf")), "zipf must be a finite positive number"),
+        (dict(seed=1.5), "seed must be a non-negative int"),
+        (dict(col_shape=(0, 2)), "col_shape must be a sequence of positive ints"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            ClickGenerator.tiny(**kwargs)
