@@ -143,7 +143,7 @@ def _root(root):
         root = os.environ.get(ENV_VAR) or DEFAULT_ROOT
     elif not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a str or path-like folder, or None, got {root!r}")
-    root = Path(root)
+    root = Path(root).expanduser()  # "~/data", as a shell would read it
     if not root.is_dir():
         raise FileNotFoundError(f"Fashion-MNIST not found: no folder {root}; {_INSTALL}")
     return root

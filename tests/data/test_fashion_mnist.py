@@ -104,6 +104,13 @@ def test_env_var_and_root_precedence(tmp_path, monkeypatch):
     assert len(load_fashion_mnist("train", root=arg)[1]) == 6
 
 
+def test_a_root_under_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "fm").mkdir()
+    make_split(tmp_path / "fm", "train", n=3)
+    assert len(load_fashion_mnist("train", root="~/fm")[1]) == 3
+
+
 def test_read_idx(tmp_path):
     data = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     path = write(tmp_path / "x", idx_bytes(data, 2051), gz=False)
