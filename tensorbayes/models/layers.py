@@ -493,7 +493,8 @@ class _Exports:
     """
     A tensorized layer's ``export(guide)``: itself as its plain, deterministic counterpart
     (:attr:`compact_class`) at the guide's posterior-mean factors ``guide.factor_means(self.weight)``,
-    at the ranks the weight has now (what :func:`tensorbayes.export` makes of the layer).
+    at the ranks the weight has now and in its training mode (what :func:`tensorbayes.export`
+    makes of the layer).
     """
 
     #: The deterministic counterpart, set below each class's definition.
@@ -501,7 +502,7 @@ class _Exports:
 
     def export(self, guide):
         """:param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`."""
-        return self.compact_class(self, guide.factor_means(self.weight))
+        return self.compact_class(self, guide.factor_means(self.weight)).train(self.training)
 
 
 class TensorizedLinear(PyroModule, _Exports):

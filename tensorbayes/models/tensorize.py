@@ -24,7 +24,7 @@ from pyro.nn.module import to_pyro_module_
 from ..checks import check_int
 from ..formats import get_format
 from .layers import FactorizationError, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear
-from .tensor import prior_from
+from .tensor import LowRankTensor, prior_from
 
 __all__ = ["tensorize", "weight_matrix_shape"]
 
@@ -77,6 +77,37 @@ def _unsupported(module):
     return None
 
 
+def _parameter_holders(root):
+    """The paths of the modules of ``root`` that hold each parameter, by the parameter's id."""
+    holders = {}
+    for path, module in root.named_modules():
+        for p in module._parameters.values():
+            if p is not None:
+                holders.setdefault(id(p), []).append(path or "the module")
+    return holders
+
+
+def _shared(module, paths):
+    """Why ``module`` cannot be replaced because the network holds it in two places, or ``None``."""
+    where = paths.get(id(module), [])
+    if len(where) > 1:
+        return (
+            f"it is held in {len(where)} places ({', '.join(where)}); a forward pass through two of them would "
+            "meet its weight's sample sites twice"
+        )
+    return None
+
+
+def _tied(module, holders):
+    """Why ``module`` cannot be replaced because another module holds one of its parameters (tied
+    weights, as a language model's embedding and output layer), or ``None``."""
+    for name, p in module._parameters.items():
+        others = holders.get(id(p), []) if p is not None else []
+        if len(others) > 1:
+            return f"its {name} is tied, held by {', '.join(others)} (tied parameters are not tensorized)"
+    return None
+
+
 def _replacement(module, format, max_rank, prior, kwargs):
     weight = module.weight
     factory = dict(dtype=weight.dtype, device=weight.device)
@@ -109,6 +140,7 @@ def _replacement(module, format, max_rank, prior, kwargs):
             module.num_embeddings, module.embedding_dim, format=format, max_rank=max_rank, prior=prior, **kwargs
         )
     new.to(**factory)
+    new.train(module.training)
     if getattr(module, "bias", None) is not None:
         new.bias = torch.nn.Parameter(module.bias.detach().clone())
     return new
@@ -141,8 +173,13 @@ def tensorize(
     initial value of a plain parameter); its weight is not copied: it becomes a low-rank
     tensor whose initial posterior is set by the guide (Kaiming-scaled, see
     :mod:`~tensorbayes.models.layers`). A layer whose sizes cannot be factored into balanced
-    modes (e.g. a prime width), or with options the tensorized layers do not reproduce
-    (grouped convolutions, ``padding_idx``, ...), is left dense with a warning naming it.
+    modes (e.g. a prime width), with options the tensorized layers do not reproduce
+    (grouped convolutions, ``padding_idx``, ...), is left dense with a warning naming it; so is
+    a shared layer, held in two places (the same module twice, or inside a module held twice)
+    or whose weight or bias another module holds too (tied parameters), where a tensorized
+    weight would be a sample site met twice. (A layer held once but called twice by its
+    parent's ``forward`` cannot be seen here: tensorized, it meets its sample sites twice.) A
+    network that already holds tensorized layers keeps them.
 
     Usage::
 
@@ -173,7 +210,11 @@ def tensorize(
         return new
 
     root = copy.deepcopy(module)
-    seen, replaced = [], []
+    seen = []
+    holders = _parameter_holders(root)
+    paths = {}  # id of a module -> every path that reaches it (a module held in two places has two)
+    for path, m in root.named_modules(remove_duplicate=False):
+        paths.setdefault(id(m), []).append(path or "the module")
 
     def replace(child, path):
         """The tensorized layer for ``child`` (at ``path``), or ``None`` to keep it."""
@@ -184,7 +225,7 @@ def tensorize(
         seen.append((name, min(rows, cols) >= min_features))
         if min(rows, cols) < min_features:
             return None
-        reason = _unsupported(child)
+        reason = _unsupported(child) or _shared(child, paths) or _tied(child, holders)
         if reason is None:
             try:
                 return _replacement(child, format, max_rank, prior, kwargs)
@@ -196,15 +237,17 @@ def tensorize(
     top = replace(root, "")
     if top is not None:
         root = top
-        replaced.append(top)
     else:
+        done = set()  # a shared layer is decided (and warned about) once
         for path, parent in list(root.named_modules()):
-            for name, child in list(parent.named_children()):
+            for name, child in list(parent._modules.items()):
+                if child is None or id(child) in done:
+                    continue
+                done.add(id(child))
                 new = replace(child, f"{path}.{name}" if path else name)
-                if new is not None:
-                    setattr(parent, name, new)
-                    replaced.append(new)
-    if not replaced:
+                if new is not None:  # in place: a PyroModule's setattr would move it to the end of a Sequential
+                    parent._modules[name] = new
+    if not any(isinstance(m, LowRankTensor) for m in root.modules()):
         warnings.warn(_nothing_tensorized(seen, min_features), stacklevel=2)
     to_pyro_module_(root)
     return root

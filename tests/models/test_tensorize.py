@@ -14,6 +14,7 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from pyro.nn import PyroModule
 
+import tensorbayes as tb
 from tensorbayes.guides import MeanField
 from tensorbayes.models import TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, tensorize
 from tensorbayes.models.tensorize import weight_matrix_shape
@@ -179,3 +180,72 @@ def test_no_warning_when_something_is_tensorized():
         warnings.simplefilter("error")
         model = tensorize(net, min_features=64)
     assert isinstance(model[0], TensorizedLinear)
+
+
+def _at_means(net, guide, x):
+    """``net`` with every factor site conditioned to the guide's posterior mean."""
+    data = {}
+    for tensor in guide.tensors().values():
+        data.update({tensor.factor_site(k): m for k, m in enumerate(guide.factor_means(tensor))})
+    return poutine.condition(net, data=data)(x)
+
+
+def test_a_network_already_under_pyro_keeps_the_order_of_its_layers():
+    # a PyroModule's setattr moves a replaced child to the end: the Sequential ran Tanh, ReLU, then the layers
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64)
+    ).double()
+    pyro.nn.module.to_pyro_module_(net)
+    model = tensorize(net, format="ttm", max_rank=2, min_features=64)
+    assert [name for name, _ in model.named_children()] == ["0", "1", "2", "3", "4"]
+    assert [type(m) for m in model] == [TensorizedLinear, PyroModule[torch.nn.Tanh], TensorizedLinear] + [
+        PyroModule[torch.nn.ReLU],
+        TensorizedLinear,
+    ]
+    guide = MeanField(model, seed=0)
+    guide.double()
+    x = torch.randn(5, 64, dtype=torch.float64)
+    exported = tb.export(model, guide)
+    expected = x
+    for layer in exported:  # in index order
+        expected = layer(expected)
+    torch.testing.assert_close(_at_means(model, guide, x), expected, rtol=0, atol=1e-10)
+
+
+def test_shared_layers_and_tied_weights_stay_dense_with_a_warning():
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(128, 128)
+            self.b = self.a  # the same layer twice
+            self.c, self.d = torch.nn.Linear(128, 128), torch.nn.Linear(128, 128, bias=False)
+            self.d.weight = self.c.weight  # tied weights
+            self.e = torch.nn.Linear(128, 128)
+
+        def forward(self, x):
+            return self.e(self.d(self.c(self.b(self.a(x)))))
+
+    net = Shared()
+    with pytest.warns(UserWarning) as caught:
+        model = tensorize(net)
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("tensorize: left a (Linear) dense: it is held in 2 places (a, b)") for m in messages)
+    assert any("left c (Linear) dense: its weight is tied, held by c, d" in m for m in messages)
+    assert any("left d (Linear) dense: its weight is tied, held by c, d" in m for m in messages)
+    assert model.a is model.b and type(model.a) is PyroModule[torch.nn.Linear]
+    assert model.d.weight is model.c.weight and type(model.c) is PyroModule[torch.nn.Linear]
+    assert isinstance(model.e, TensorizedLinear)
+    # the dense layers compute what the original's do
+    x = torch.randn(3, 128)
+    torch.testing.assert_close(model.c(model.a(x)), net.c(net.a(x)))
+
+
+def test_a_tensorized_network_tensorized_again_and_an_eval_network():
+    net = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.Dropout(0.5), torch.nn.Linear(128, 10)).eval()
+    model = tensorize(net)
+    assert not any(m.training for m in model.modules())  # the replaced layer too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not "replaced nothing ... a MeanField guide will refuse the model"
+        again = tensorize(model)
+    assert isinstance(again[0], TensorizedLinear) and again[0] is not model[0]
+    assert not any(m.training for m in tb.export(again, MeanField(again, seed=0)).modules())
