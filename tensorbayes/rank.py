@@ -32,6 +32,7 @@ from .checks import check_int, check_number
 from .formats.canonical import canonicalize
 from .guides.base import as_tensor_guide
 from .models.tensor import low_rank_tensors
+from .util import evaluating
 
 __all__ = [
     "CUT_SCALE",
@@ -296,7 +297,7 @@ def _score(model, tensors, cut, inputs, target, chunk_size):
             tensor.set_layout(layout)
             sites.update({tensor.factor_site(k): f for k, f in enumerate(factors)})
         conditioned = pyro.poutine.condition(model, data=sites)
-        with torch.random.fork_rng(devices=[]):  # the prior's λ draws must not move training's stream
+        with torch.random.fork_rng(devices=[]), evaluating(model):  # training's random stream and modes stay
             outputs = [conditioned(*[t[i : i + chunk_size] for t in inputs]) for i in range(0, len(target), chunk_size)]
     finally:
         for name, tensor in tensors.items():
@@ -339,6 +340,7 @@ def search_ranks(
     weight is at least ``τ`` times its bond's largest; the search bisects over the thresholds
     that change the ranks for the largest ``τ`` (the smallest network) whose
     :func:`held_out_score` stays at least the current ranks' score minus ``tolerance``. The
+    network is scored in evaluation mode (dropout off, batch norm on its running statistics). The
     model and guide are not changed: cut them with ``prune(model, guide, ranks=found)``.
 
     Usage::

@@ -415,3 +415,16 @@ def test_search_ranks_names_a_chunk_size_that_is_not_a_positive_int(chunk_size):
     model, guide, index, values = _cp_matrix([1.0, 0.5])
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         tb.rank.search_ranks(model, guide, index, values, chunk_size=chunk_size)
+
+
+def test_the_search_scores_in_evaluation_mode_and_leaves_batch_norm_as_it_was():
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3))
+    model = tb.models.BayesianClassifier(tb.models.tensorize(net, format="tt", min_features=16), num_classes=3)
+    guide = MeanField(model, seed=0)
+    norm = model.net[1]
+    x, y = torch.randn(50, 16), torch.randint(0, 3, (50,))
+    tb.rank.search_ranks(model, guide, x, y)
+    tb.rank.mean_score(model, guide, x, y)
+    assert torch.all(norm.running_mean == 0) and norm.num_batches_tracked == 0 and model.training

@@ -16,6 +16,7 @@ import pyro
 import torch
 
 from ..checks import check_int
+from ..util import evaluating
 
 __all__ = ["predict"]
 
@@ -54,6 +55,9 @@ def predict(
 
         mean, std = tb.predict(model, guide, test_index, num_samples=200)
 
+    The model and guide run in evaluation mode (dropout off, batch norm on its running
+    statistics, which the predictions leave as they were); each module gets its mode back after.
+
     :param model: a tensorbayes model; it is called as ``model(*inputs)`` with no observations.
     :param guide: its guide.
     :param inputs: tensors sharing their first (example) dimension.
@@ -81,15 +85,11 @@ def predict(
         raise ValueError(f"inputs must share their first dimension, got {[tuple(t.shape) for t in inputs]}")
     if n == 0:
         raise ValueError(f"inputs must hold at least one example, got shapes {[tuple(t.shape) for t in inputs]}")
-    if return_sites is not None:
-        sites = _check_sites(return_sites)
-        chunks = [[t[start : start + chunk_size] for t in inputs] for start in range(0, n, chunk_size)]
-        return _site_draws(model, guide, chunks, num_samples, sites)
-    means, stds = [], []
-    for start in range(0, n, chunk_size):
-        mean, std = _draws(model, guide, [t[start : start + chunk_size] for t in inputs], num_samples)
-        means.append(mean)
-        stds.append(std)
+    chunks = [[t[start : start + chunk_size] for t in inputs] for start in range(0, n, chunk_size)]
+    with evaluating(model, guide):  # dropout off, batch norm on its running statistics, and left as it was
+        if return_sites is not None:
+            return _site_draws(model, guide, chunks, num_samples, _check_sites(return_sites))
+        means, stds = zip(*(_draws(model, guide, chunk, num_samples) for chunk in chunks))
     return torch.cat(means), torch.cat(stds)
 
 

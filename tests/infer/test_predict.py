@@ -137,3 +137,29 @@ def test_predict_refuses_bad_return_sites():
         tb.predict(model, guide, x, num_samples=1, return_sites="obs")
     with pytest.raises(KeyError, match=r"no site 'nope' \(its sample sites: .*obs"):
         tb.predict(model, guide, x, num_samples=1, return_sites=["nope"])
+
+
+def _network_with_batch_norm_and_dropout():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(16, 32),
+        torch.nn.BatchNorm1d(32),
+        torch.nn.Dropout(0.5),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 3),
+    )
+    model = tb.models.BayesianClassifier(tb.models.tensorize(net, format="tt", min_features=16), num_classes=3)
+    return model, tb.guides.MeanField(model, seed=0)
+
+
+def test_predict_runs_in_evaluation_mode_and_gives_each_module_its_mode_back():
+    """Dropout off and batch norm on its running statistics, which predicting leaves unchanged."""
+    model, guide = _network_with_batch_norm_and_dropout()
+    norm, dropout = model.net[1], model.net[2]
+    norm.running_mean.fill_(0.5)
+    dropout.eval()  # one submodule in evaluation mode already: it stays so
+    x = torch.randn(40, 16)
+    mean, _ = tb.predict(model, guide, x, num_samples=2)
+    assert torch.all(norm.running_mean == 0.5) and norm.num_batches_tracked == 0
+    assert model.training and norm.training and not dropout.training
+    torch.testing.assert_close(mean.sum(-1), torch.ones(40))
