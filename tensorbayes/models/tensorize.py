@@ -42,6 +42,18 @@ def _replaceable_type(module):
     return None
 
 
+#: Layers with a weight that :func:`tensorize` does not replace: named when it replaces nothing.
+OTHER_WEIGHTED = (
+    torch.nn.Conv1d,
+    torch.nn.Conv3d,
+    torch.nn.ConvTranspose1d,
+    torch.nn.ConvTranspose2d,
+    torch.nn.ConvTranspose3d,
+    torch.nn.EmbeddingBag,
+    torch.nn.Bilinear,
+)
+
+
 def weight_matrix_shape(module):
     """
     The ``(rows, cols)`` of a layer's weight as a matrix, which the size rule of
@@ -210,7 +222,7 @@ def tensorize(
         return new
 
     root = copy.deepcopy(module)
-    seen = []
+    seen, others = [], []
     holders = _parameter_holders(root)
     paths = {}  # id of a module -> every path that reaches it (a module held in two places has two)
     for path, m in root.named_modules(remove_duplicate=False):
@@ -219,6 +231,8 @@ def tensorize(
     def replace(child, path):
         """The tensorized layer for ``child`` (at ``path``), or ``None`` to keep it."""
         if _replaceable_type(child) is None:
+            if isinstance(child, OTHER_WEIGHTED):
+                others.append(f"{path or 'the module'} ({type(child).__name__})")
             return None
         rows, cols = weight_matrix_shape(child)
         name = f"{path or 'the module'} ({type(child).__name__}, {rows}x{cols})"
@@ -248,24 +262,28 @@ def tensorize(
                 if new is not None:  # in place: a PyroModule's setattr would move it to the end of a Sequential
                     parent._modules[name] = new
     if not any(isinstance(m, LowRankTensor) for m in root.modules()):
-        warnings.warn(_nothing_tensorized(seen, min_features), stacklevel=2)
+        warnings.warn(_nothing_tensorized(seen, others, min_features), stacklevel=2)
     to_pyro_module_(root)
     return root
 
 
-def _nothing_tensorized(seen, min_features):
+def _nothing_tensorized(seen, others, min_features):
     """The warning of a :func:`tensorize` call that replaced no layer: what it saw, what the rule asks."""
+    kinds = f"; it does not replace layers of other kinds, such as {_listed(others)}" if others else ""
     if not seen:
         return (
             "tensorize replaced nothing: the module holds no torch.nn.Linear, Conv2d or Embedding (subclasses "
-            "are left alone), so it has no low-rank tensor and a MeanField guide will refuse it"
+            f"are left alone){kinds}, so it has no low-rank tensor and a MeanField guide will refuse it"
         )
-    listed = ", ".join(name for name, _ in seen[:6]) + (f" and {len(seen) - 6} more" if len(seen) > 6 else "")
     met = sum(ok for _, ok in seen)
     return (
         f"tensorize replaced nothing: the size rule replaces a layer when both sides of its weight as a matrix "
-        f"are at least min_features={min_features}; the layers seen were {listed}"
+        f"are at least min_features={min_features}; the layers seen were {_listed([name for name, _ in seen])}"
         + (f" ({met} of them met the rule but {'was' if met == 1 else 'were'} left dense, as warned)" if met else "")
-        + "; pass a smaller min_features to tensorize them. Without a low-rank tensor a MeanField guide will "
-        "refuse the model"
+        + f"; pass a smaller min_features to tensorize them{kinds}. Without a low-rank tensor a MeanField guide "
+        "will refuse the model"
     )
+
+
+def _listed(names, most=6):
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")

@@ -249,3 +249,12 @@ def test_a_tensorized_network_tensorized_again_and_an_eval_network():
         again = tensorize(model)
     assert isinstance(again[0], TensorizedLinear) and again[0] is not model[0]
     assert not any(m.training for m in tb.export(again, MeanField(again, seed=0)).modules())
+
+
+def test_a_network_of_other_layer_kinds_is_told_which_it_holds():
+    """Conv1d, ConvTranspose2d or EmbeddingBag are not replaced: the warning names them, not only the size rule."""
+    net = torch.nn.Sequential(torch.nn.Conv1d(64, 64, 3), torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.warns(UserWarning, match=r"the layers seen were 2 \(Linear, 10x64\); .*such as 0 \(Conv1d\)\."):
+        tensorize(net)
+    with pytest.warns(UserWarning, match=r"no torch.nn.Linear.*such as the module \(EmbeddingBag\), so it has"):
+        tensorize(torch.nn.EmbeddingBag(1000, 64))
