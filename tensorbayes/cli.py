@@ -27,7 +27,7 @@ from .infer import distributed, fit
 from .infer.fit import MAX_SEED
 from .models import TensorCompletion
 from .rank import compression_report, prune, ranks
-from .report import add_report_parser
+from .report import add_report_parser, path_argument
 from .runs import DATA_SETS, TEACHER_NUM_TRAIN, RunConfig, fit_run
 from .runs import train as train_run
 
@@ -257,9 +257,14 @@ def _train_parser(commands):
         help="training examples: the first N of Fashion-MNIST's 60,000 training images (default: "
         f"all), or the number of teacher-student examples generated (default {TEACHER_NUM_TRAIN})",
     )
-    train.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files (default: Debian's)")
+    train.add_argument(
+        "--data-root",
+        type=path_argument,
+        default=None,
+        help="folder of the Fashion-MNIST idx files (default: Debian's)",
+    )
     train.add_argument("--seed", type=_seed, default=defaults.seed, help="seed of data, initialization and fit")
-    train.add_argument("--out", default="runs/latest", help="the run folder (default %(default)s)")
+    train.add_argument("--out", type=path_argument, default="runs/latest", help="the run folder (default %(default)s)")
     train.add_argument(
         "--nproc",
         type=_positive,

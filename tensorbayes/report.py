@@ -28,6 +28,7 @@ or, from a shell::
     tensorbayes report runs/ttm-r16 --out runs/ttm-r16/report
 """
 
+import argparse
 import dataclasses
 import json
 import os
@@ -205,6 +206,8 @@ def write_report_for(
     if eval_data is not None and (not isinstance(eval_data, (tuple, list)) or len(eval_data) < 2):
         raise ValueError("eval_data must be (*inputs, labels): at least two tensors")
     out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir must be a folder, but {out_dir!r} is a file")
     os.makedirs(out_dir, exist_ok=True)
     probs = _class_probs(model, guide, eval_data)
     labels = None if probs is None else eval_data[-1]
@@ -251,6 +254,24 @@ def write_report(run_dir, out_dir=None, threshold=DEFAULT_THRESHOLD):
     )
 
 
+def path_argument(value):
+    """An argparse ``type`` for a path: ``~`` expanded (as a shell does not, e.g. in
+    ``--out=~/runs``); an empty path is refused."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must be a path, got an empty string")
+    return os.path.expanduser(value)
+
+
+def _threshold(value):
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {value}")
+    return number
+
+
 def run_report(args):
     """Run the ``report`` sub-command from its parsed arguments; prints the paths written."""
     if not (0 < args.threshold < 1):
@@ -278,11 +299,13 @@ def add_report_parser(subparsers):
         "(rank shrinkage against the pruning threshold, λ over training, ELBO/accuracy/active parameters "
         "per epoch, the factors' posterior) and report.md (ranks, parameter counts, compression, accuracy).",
     )
-    parser.add_argument("run_dir", help="the run directory (from tensorbayes train --out RUN_DIR)")
-    parser.add_argument("--out", default=None, help="folder to write the report into (default RUN_DIR/report)")
+    parser.add_argument("run_dir", type=path_argument, help="the run directory (from tensorbayes train --out RUN_DIR)")
+    parser.add_argument(
+        "--out", type=path_argument, default=None, help="folder to write the report into (default RUN_DIR/report)"
+    )
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=_threshold,
         default=DEFAULT_THRESHOLD,
         help=f"relative bond weight below which a rank index is inactive (default {DEFAULT_THRESHOLD:g})",
     )

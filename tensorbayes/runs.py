@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 import pyro
@@ -38,6 +39,7 @@ from .guides import MeanField
 from .infer import fit, load_checkpoint
 from .infer.distributed import is_main
 from .models import BayesianClassifier, TensorizedLinear, tensorize
+from .models.tensor import low_rank_tensors
 from .rank import compression_report, prune
 
 __all__ = [
@@ -193,13 +195,23 @@ def build(config, info):
         )
         # the hidden layer is tensorized at any width (tensorize's size rule alone would leave a
         # narrow one dense, and a network without a low-rank tensor has nothing to fit)
-        net = tensorize(
-            dense,
-            format=config.format,
-            max_rank=config.max_rank,
-            prior=config.prior,
-            min_features=min(128, config.hidden),
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            net = tensorize(
+                dense,
+                format=config.format,
+                max_rank=config.max_rank,
+                prior=config.prior,
+                min_features=min(128, config.hidden),
+            )
+        if not low_rank_tensors(net):
+            reason = str(caught[0].message).split(": ", 1)[-1].split("; pass ")[0] if caught else "left dense"
+            raise ValueError(
+                f"hidden must be a width that tensorize can split into balanced modes (such as 16 = 4 x 4, or "
+                f"the default 625 = 25 x 25), got {config.hidden}: tensorize {reason}"
+            )
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return BayesianClassifier(net, info["num_classes"])
 
 
@@ -274,11 +286,16 @@ def train(config, out_dir, progress=True, callbacks=(), distributed=False, log=N
     """
     Train (or resume) the run of ``config`` in the folder ``out_dir`` (created): writes
     ``config.json``, ``checkpoint.pt`` and ``summary.json`` (from process 0 only when
-    ``distributed``); returns the summary dict. The data are loaded first, so data that cannot
-    be loaded leave ``out_dir`` untouched. ``log`` is given one line: the training examples used.
+    ``distributed``); returns the summary dict. The data are loaded, the model built and a
+    checkpoint there checked first, so that data that cannot be loaded, settings the model cannot
+    be built with, or a run folder of another model or other settings leave ``out_dir``
+    untouched. ``log`` is given one line: the training examples used.
     """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir (--out) must be a folder, but {os.fspath(out_dir)!r} is a file")
     _check_same_model(config, out_dir)
     data = load_data(config)
+    _check_resumable(config, data[-1], os.path.join(out_dir, "checkpoint.pt"))
     os.makedirs(out_dir, exist_ok=True)
     if is_main():
         with open(os.path.join(out_dir, "config.json"), "w") as f:
@@ -292,12 +309,16 @@ def train(config, out_dir, progress=True, callbacks=(), distributed=False, log=N
     return summary
 
 
-#: The settings that decide a run's model: a run folder is resumed only with the same ones.
+#: The settings that decide a run's model: a run folder of another model cannot be resumed.
 MODEL_SETTINGS = ("data", "format", "max_rank", "prior", "hidden", "teacher_format", "teacher_ranks")
+
+#: The settings a run folder may be resumed with when they differ from its own (where the data lie).
+FREE_SETTINGS = ("data_root",)
 
 
 def _check_same_model(config, out_dir):
-    """Refuse, before anything is written, to resume a run folder whose checkpoint is of another model."""
+    """Refuse, before anything is written, to resume a run folder whose checkpoint is of another model
+    or was trained with other settings (a resumed run equals an uninterrupted one only with the same)."""
     path = os.path.join(out_dir, "config.json")
     if not (os.path.exists(path) and os.path.exists(os.path.join(out_dir, "checkpoint.pt"))):
         return
@@ -306,19 +327,37 @@ def _check_same_model(config, out_dir):
             saved = json.load(f)
         except ValueError as error:
             raise ValueError(f"{path!r} is not a run's config: {error}") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path!r} is not a run's config: it holds a JSON {type(saved).__name__}, not an object")
     ours = dataclasses.asdict(config)
     differ = [
         name
-        for name in MODEL_SETTINGS
-        if name in saved and (tuple(saved[name]) if isinstance(saved[name], list) else saved[name]) != ours[name]
+        for name in ours
+        if name not in FREE_SETTINGS
+        and name in saved
+        and (tuple(saved[name]) if isinstance(saved[name], list) else saved[name]) != ours[name]
     ]
     if differ:
         there = ", ".join(f"{name}={saved[name]!r}" for name in differ)
         here = ", ".join(f"{name}={ours[name]!r}" for name in differ)
+        if any(name in MODEL_SETTINGS for name in differ):
+            raise ValueError(
+                f"{out_dir!r} holds a run of another model ({there}; asked for {here}): its checkpoint "
+                f"cannot be resumed; choose another out_dir (--out) or the run's settings"
+            )
         raise ValueError(
-            f"{out_dir!r} holds a run of another model ({there}; asked for {here}): its checkpoint "
-            f"cannot be resumed; choose another out_dir (--out) or the run's settings"
+            f"{out_dir!r} holds a run trained with other settings ({there}; asked for {here}): resuming it "
+            f"would mix the two; choose another out_dir (--out) or the run's settings"
         )
+
+
+def _check_resumable(config, info, checkpoint):
+    """Build the run's model (refusing settings it cannot be built with) and, when ``checkpoint``
+    exists, check that it can be restored into it: before anything is written."""
+    model = build(config, info)
+    guide = MeanField(model, seed=config.seed)
+    if os.path.exists(checkpoint):
+        load_checkpoint(checkpoint, model, guide)
 
 
 def load_run(run_dir):

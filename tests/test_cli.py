@@ -286,3 +286,68 @@ def test_the_teacher_task_says_how_many_examples(tmp_path, capsys):
 def test_a_seed_outside_what_the_generators_take_is_refused_by_name(command, seed, capsys):
     line = _one_line_error(capsys, lambda: main([*command, "--seed", seed]), code=2)
     assert f"--seed: must be an int in [0, 2**32 - 1], got {seed}" in line
+
+
+_SMALL_RUN = ["--num-train", "64", "--batch-size", "64", "--max-rank", "2", "--no-progress"]
+
+
+@pytest.mark.parametrize("other", [["--epochs", "1"], ["--seed", "7"], ["--num-train", "128"], ["--lr", "0.5"]])
+def test_a_run_folder_is_resumed_only_with_its_own_settings_else_nothing_changes(other, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--epochs", "2", *_SMALL_RUN, "--out", str(out)])
+    capsys.readouterr()
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    line = _one_line_error(capsys, lambda: main(["train", "--epochs", "2", *_SMALL_RUN, *other, "--out", str(out)]))
+    assert f"holds a run trained with other settings ({other[0][2:].replace('-', '_')}=" in line, line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+def test_a_checkpoint_that_cannot_be_resumed_leaves_the_folder_as_it_was(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--format", "tt", "--epochs", "1", *_SMALL_RUN, "--out", str(out)])
+    capsys.readouterr()
+    (out / "config.json").unlink()  # the settings check cannot run: the checkpoint itself is checked
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    line = _one_line_error(
+        capsys, lambda: main(["train", "--format", "ttm", "--epochs", "1", *_SMALL_RUN, "--out", str(out)])
+    )
+    assert "does not fit this model" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    (out / "checkpoint.pt").write_bytes(b"garbage")
+    (out / "config.json").write_text('"data"')
+    line = _one_line_error(capsys, lambda: main(["train", "--epochs", "1", *_SMALL_RUN, "--out", str(out)]))
+    assert "is not a run's config: it holds a JSON str" in line
+    (out / "config.json").write_text('{"data": "teacher"}')
+    line = _one_line_error(capsys, lambda: main(["train", "--epochs", "1", *_SMALL_RUN, "--out", str(out)]))
+    assert "cannot be read" in line and (out / "config.json").read_text() == '{"data": "teacher"}'
+
+
+def test_a_hidden_width_that_cannot_be_tensorized_is_one_line_and_writes_nothing(tmp_path, capsys):
+    root = _fake_fashion_mnist(tmp_path / "fmnist")
+    command = ["train", "--data", "fashion-mnist", "--data-root", str(root), "--hidden", "7", "--epochs", "1"]
+    line = _one_line_error(capsys, lambda: main([*command, "--no-progress", "--out", str(tmp_path / "run")]))
+    assert "hidden must be a width that tensorize can split into balanced modes" in line and "got 7" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_paths_a_file_for_a_folder_an_empty_path_and_a_tilde(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    line = _one_line_error(capsys, lambda: main(["train", "--epochs", "1", *_SMALL_RUN, "--out", str(a_file)]))
+    assert line == f"tensorbayes train: out_dir (--out) must be a folder, but {str(a_file)!r} is a file"
+    assert a_file.read_text() == "keep"
+    for command in (["train", "--out", ""], ["train", "--data-root", " "], ["report", ""], ["report", "x", "--out="]):
+        line = _one_line_error(capsys, lambda command=command: main(command), code=2)
+        assert "must be a path, got an empty string" in line
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    main(["train", "--epochs", "1", *_SMALL_RUN, "--out=~/run"])  # a shell leaves this ~ alone
+    assert (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "~").exists()
+    line = _one_line_error(capsys, lambda: main(["report", "~/run", "--out", str(a_file)]))
+    assert line == f"tensorbayes report: out_dir must be a folder, but {str(a_file)!r} is a file"
+
+
+@pytest.mark.parametrize("threshold", ["0", "1", "2", "nan", "inf", "-0.5", "abc"])
+def test_a_threshold_outside_zero_one_is_a_bad_argument(threshold, capsys):
+    line = _one_line_error(capsys, lambda: main(["report", "somewhere", f"--threshold={threshold}"]), code=2)
+    assert f"argument --threshold: must be a number in (0, 1), got {threshold}" in line

@@ -140,7 +140,10 @@ def test_report_subcommand(run_dir, tmp_path, capsys):
     assert args.handler(args) == 0
     printed = capsys.readouterr().out.split()
     assert printed[-1] == str(tmp_path / "r" / "report.md") and all(os.path.exists(p) for p in printed)
-    with pytest.raises(SystemExit, match="threshold"):
-        args.handler(parser.parse_args(["report", str(run_dir), "--threshold", "2"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["report", str(run_dir), "--threshold", "2"])  # refused as argparse refuses
+    assert "argument --threshold: must be a number in (0, 1), got 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="threshold"):  # a handler given arguments from elsewhere checks too
+        args.handler(argparse.Namespace(run_dir=str(run_dir), out=None, threshold=2.0))
     with pytest.raises(SystemExit, match="not a directory"):
         args.handler(parser.parse_args(["report", str(tmp_path / "missing")]))
