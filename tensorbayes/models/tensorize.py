@@ -187,11 +187,14 @@ def tensorize(
     :mod:`~tensorbayes.models.layers`). A layer whose sizes cannot be factored into balanced
     modes (e.g. a prime width), with options the tensorized layers do not reproduce
     (grouped convolutions, ``padding_idx``, ...), is left dense with a warning naming it; so is
-    a shared layer, held in two places (the same module twice, or inside a module held twice)
-    or whose weight or bias another module holds too (tied parameters), where a tensorized
-    weight would be a sample site met twice. (A layer held once but called twice by its
-    parent's ``forward`` cannot be seen here: tensorized, it meets its sample sites twice.) A
-    network that already holds tensorized layers keeps them.
+    a layer with a frozen parameter, and a shared layer, held in two places (the same module
+    twice, or inside a module held twice) or whose weight or bias another module holds too
+    (tied parameters), where a tensorized weight would be a sample site met twice. (A layer held
+    once but called twice by its parent's ``forward`` cannot be seen here: tensorized, it meets
+    its sample sites twice.) A frozen parameter (``requires_grad=False``) stays frozen: it is
+    held as a buffer of the same name, since Pyro's param store makes every parameter of a
+    :class:`~pyro.nn.PyroModule` trainable. A network that already holds tensorized layers
+    keeps them.
 
     Usage::
 
@@ -239,7 +242,7 @@ def tensorize(
         seen.append((name, min(rows, cols) >= min_features))
         if min(rows, cols) < min_features:
             return None
-        reason = _unsupported(child) or _shared(child, paths) or _tied(child, holders)
+        reason = _unsupported(child) or _frozen(child) or _shared(child, paths) or _tied(child, holders)
         if reason is None:
             try:
                 return _replacement(child, format, max_rank, prior, kwargs)
@@ -263,8 +266,27 @@ def tensorize(
                     parent._modules[name] = new
     if not any(isinstance(m, LowRankTensor) for m in root.modules()):
         warnings.warn(_nothing_tensorized(seen, others, min_features), stacklevel=2)
+    _keep_frozen(root)
     to_pyro_module_(root)
     return root
+
+
+def _frozen(module):
+    """Why ``module`` is not replaced because a parameter of it is frozen, or ``None``."""
+    frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
+    if frozen:
+        return f"its {', '.join(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False)"
+    return None
+
+
+def _keep_frozen(root):
+    """Hold every frozen parameter of ``root`` (``requires_grad=False``) as a buffer of the same name:
+    Pyro's param store makes any parameter a module registers trainable, a buffer it leaves alone."""
+    for module in root.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and not p.requires_grad:
+                del module._parameters[name]
+                module.register_buffer(name, p.detach())
 
 
 def _nothing_tensorized(seen, others, min_features):

@@ -258,3 +258,24 @@ def test_a_network_of_other_layer_kinds_is_told_which_it_holds():
         tensorize(net)
     with pytest.warns(UserWarning, match=r"no torch.nn.Linear.*such as the module \(EmbeddingBag\), so it has"):
         tensorize(torch.nn.EmbeddingBag(1000, 64))
+
+
+def test_frozen_layers_stay_dense_and_frozen_through_a_fit():
+    """Pyro's param store makes a PyroModule's parameters trainable: a frozen one is held as a buffer."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)
+    )
+    net[2].requires_grad_(False)  # a frozen layer that meets the size rule
+    net[4].requires_grad_(False)  # a frozen head too small to be tensorized
+    frozen = {k: v.clone() for k, v in net.state_dict().items() if k.startswith(("2.", "4."))}
+    with pytest.warns(UserWarning, match=r"left 2 \(Linear\) dense: its weight, bias are frozen"):
+        model = tensorize(net, format="tt", min_features=32)
+    assert isinstance(model[0], TensorizedLinear) and not isinstance(model[2], TensorizedLinear)
+    classifier = tb.models.BayesianClassifier(model, num_classes=4)
+    guide = MeanField(classifier, seed=0)
+    x, y = torch.randn(256, 64), torch.randint(0, 4, (256,))
+    tb.fit(classifier, guide, (x, y), epochs=2, batch_size=64, progress=False, seed=0, tolerance=None)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())  # the same keys, the same values
+    assert all(not name.startswith(("2.", "4.")) for name, _ in classifier.named_parameters())
