@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from . import __version__
 from .data import planted_tensor
 from .data.fashion_mnist import fashion_mnist_files
 from .guides import MeanField
@@ -187,7 +188,8 @@ def _parser():
     parser = _Parser(
         prog="tensorbayes", description="Bayesian low-rank tensors whose ranks are learned by shrinkage priors."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"tensorbayes {__version__}")
+    commands = parser.add_subparsers(dest="command")  # required, checked in main: an unknown option is named first
     demo = commands.add_parser(
         "demo",
         help="train tensorized students on a teacher with planted ranks and print the ranks found",
@@ -333,7 +335,12 @@ def main(argv=None):
     checkpoint of another model, ...), 130 when interrupted. With the environment variable
     ``TENSORBAYES_DEBUG=1`` an unexpected error shows its traceback.
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.error("the following arguments are required: command")
     try:
         return _run(args, argv)
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+import tensorbayes as tb
 from tensorbayes.cli import DEMO_CASES, NETWORK_DEMO, main, run_demo, run_network_demo
 
 
@@ -351,3 +352,13 @@ def test_paths_a_file_for_a_folder_an_empty_path_and_a_tilde(tmp_path, capsys, m
 def test_a_threshold_outside_zero_one_is_a_bad_argument(threshold, capsys):
     line = _one_line_error(capsys, lambda: main(["report", "somewhere", f"--threshold={threshold}"]), code=2)
     assert f"argument --threshold: must be a number in (0, 1), got {threshold}" in line
+
+
+def test_an_unknown_option_before_the_command_is_named_and_version_is_printed(capsys):
+    line = _one_line_error(capsys, lambda: main(["--bogus"]), code=2)
+    assert "unrecognized arguments: --bogus" in line
+    line = _one_line_error(capsys, lambda: main([]), code=2)
+    assert "the following arguments are required: command" in line
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"tensorbayes {tb.__version__}"
