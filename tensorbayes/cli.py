@@ -13,6 +13,7 @@ The ``tensorbayes`` command.
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -20,7 +21,6 @@ import time
 
 import torch
 
-from . import __version__
 from .data import planted_tensor
 from .data.fashion_mnist import fashion_mnist_files
 from .guides import MeanField
@@ -188,7 +188,8 @@ def _parser():
     parser = _Parser(
         prog="tensorbayes", description="Bayesian low-rank tensors whose ranks are learned by shrinkage priors."
     )
-    parser.add_argument("--version", action="version", version=f"tensorbayes {__version__}")
+    version = importlib.metadata.version("tensorbayes")
+    parser.add_argument("--version", action="version", version=f"tensorbayes {version}")
     commands = parser.add_subparsers(dest="command")  # required, checked in main: an unknown option is named first
     demo = commands.add_parser(
         "demo",
