@@ -28,6 +28,8 @@ Usage::
 
 import math
 
+import torch
+
 try:
     import lightning.pytorch as pl
 except ImportError as error:  # pragma: no cover - depends on the environment
@@ -38,8 +40,10 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from .checks import check_int, check_number
 from .guides.base import as_tensor_guide
 from .infer import SVIEngine, predict
+from .infer.checkpoint import shrink_to_ranks
 from .infer.engine import SCALE_LR, Schedule, sparse_tables
 from .infer.fit import default_schedule
+from .models.tensor import low_rank_tensors
 from .rank import held_out_metric, ranks
 
 __all__ = ["TensorBayesModule"]
@@ -139,12 +143,49 @@ class TensorBayesModule(pl.LightningModule):
 
     def on_train_start(self):
         self.engine.optimizer = self.optimizers()  # Lightning's wrapper: it counts the steps
+        # the schedule's position: a run resumed from a checkpoint goes on from the checkpoint's step,
+        # a new fit starts afresh (continuing a finished schedule would step with a negative rate)
+        self.engine.num_steps = self.__dict__.pop("_resumed_steps", 0)
+        if self.engine._tensor_guide is not None:  # λ is that of the (perhaps just restored) parameters:
+            self.engine._tensor_guide.keep_lambdas()  # the engine times the next λ step, not the guide
+
+    def on_save_checkpoint(self, checkpoint):
+        """Save what Lightning does not: the engine's step count (the schedule's position) and the
+        random state (the ELBO's draws), so that a resumed run makes the uninterrupted run's steps."""
+        rng = {"torch": torch.get_rng_state()}  # tensors: Lightning loads checkpoints with weights_only
+        if torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        ranks = {name: t.layout.ranks for name, t in low_rank_tensors(self.model).items()}  # pruned ones
+        checkpoint["tensorbayes"] = {"num_steps": self.engine.num_steps, "rng": rng, "ranks": ranks}
+
+    def on_load_checkpoint(self, checkpoint):
+        saved = checkpoint.get("tensorbayes")
+        if saved is None:  # not saved by this module
+            return
+        shrink_to_ranks(self.model, self.guide, saved["ranks"])  # a pruned model's state fits it
+        self._resumed_steps = saved["num_steps"]  # set at the start of training (a new fit starts at 0)
+        torch.set_rng_state(saved["rng"]["torch"])  # the ELBO's draws of the uninterrupted run
+        if "cuda" in saved["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+
+    def _follow_parameters(self):
+        """Hand Lightning the engine's optimizer where the engine rebuilt it (after pruning, or a
+        guide's first call), so that Lightning counts its steps and checkpoints its state."""
+        optimizer, previous = self.engine.follow_parameters(), self.optimizers()
+        if optimizer is not previous:
+            self.trainer.strategy.optimizers = [optimizer]
+            self.engine.optimizer = self.optimizers()
+            # the hooks by which Lightning's manual optimization counts this batch's step
+            self.engine.optimizer._on_before_step = previous._on_before_step
+            self.engine.optimizer._on_after_step = previous._on_after_step
 
     def training_step(self, batch, batch_idx):
         """One step of the engine; logs the ELBO, its parts and β."""
         batch = list(batch) if isinstance(batch, (tuple, list)) else [batch]
         beta = self.engine.beta
+        self._follow_parameters()  # pruned since the last step
         loss = self.engine.step(*batch)
+        self._follow_parameters()  # a guide that made its parameters in the step
         size = len(batch[0])
         likelihood = self.engine.log_likelihood
         self.log("elbo", -loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)

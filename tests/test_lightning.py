@@ -37,13 +37,13 @@ def _loader(x, y, batch_size, shuffle=True):
     )
 
 
-def _trainer(epochs, **kwargs):
+def _trainer(epochs, checkpointing=False, **kwargs):
     return pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=checkpointing,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -164,3 +164,77 @@ def test_sparse_embedding_tables_are_refused():
     module = TensorBayesModule(model, MeanField(model, seed=0), num_data=64)
     with pytest.raises(ValueError, match="build the model's embedding tables with sparse=False"):
         module.configure_optimizers()
+
+
+def _checkpointing_trainer(epochs, folder, callbacks=()):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    every_epoch = ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    return _trainer(epochs, checkpointing=True, callbacks=[*callbacks, every_epoch])
+
+
+class _PruneAfterFirstEpoch(pl.Callback):
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.current_epoch == 0:
+            tb.prune(module.model, module.guide, ranks={name: (1,) for name in module.ranks()})
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_a_run_resumed_from_a_lightning_checkpoint_makes_the_uninterrupted_steps(tmp_path, prune):
+    # Lightning's checkpoint holds neither the engine's step (the schedule restarted with its warm-up)
+    # nor the random state of the ELBO's draws, and a pruned model's state did not fit the unpruned one
+    callbacks = [_PruneAfterFirstEpoch()] if prune else []
+    task, model, guide = _problem()
+    module = TensorBayesModule(model, guide, num_data=len(task.x_train))
+    pl.seed_everything(3, verbose=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        _checkpointing_trainer(3, tmp_path, callbacks).fit(module, _loader(task.x_train, task.y_train, 32, False))
+    expected = {k: v.clone() for k, v in list(model.state_dict().items()) + list(guide.state_dict().items())}
+
+    task, model, guide = _problem()
+    module = TensorBayesModule(model, guide, num_data=len(task.x_train))
+    pl.seed_everything(3, verbose=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer = _trainer(3)
+        trainer.fit(module, _loader(task.x_train, task.y_train, 32, False), ckpt_path=tmp_path / "epoch=1.ckpt")
+    assert module.engine.num_steps == trainer.global_step == 24
+    state = dict(list(model.state_dict().items()) + list(guide.state_dict().items()))
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():
+        assert state[key].shape == value.shape and torch.allclose(state[key], value, rtol=1e-9, atol=1e-9), key
+
+
+def test_lightning_steps_and_checkpoints_the_optimizer_that_follows_pruned_parameters(tmp_path):
+    # the engine rebuilt its optimizer after pruning, but Lightning kept the old one: its steps were not
+    # counted (global_step stalled, no later checkpoint was written) and it saved the old parameters' state
+    task, model, guide = _problem()
+    module = TensorBayesModule(model, guide, num_data=len(task.x_train))
+    trainer = _checkpointing_trainer(2, tmp_path, [_PruneAfterFirstEpoch()])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer.fit(module, _loader(task.x_train, task.y_train, 32))
+    assert trainer.global_step == module.engine.num_steps == 16
+    assert trainer.optimizers[0] is module.engine.optimizer.optimizer
+    stepped = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert stepped == {id(p) for p in list(model.parameters()) + list(guide.parameters()) if p.requires_grad}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0.ckpt", "epoch=1.ckpt"]
+
+
+def test_a_second_fit_of_the_module_starts_a_new_schedule():
+    # the engine's step went on from the first fit past the new schedule's end: a negative learning rate
+    task, model, guide = _problem()
+    module = TensorBayesModule(model, guide, num_data=len(task.x_train))
+    rates = []
+
+    class Rates(pl.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            rates.append(module.engine.optimizer.param_groups[0]["lr"])
+
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            _trainer(1, callbacks=[Rates()]).fit(module, _loader(task.x_train, task.y_train, 32))
+    assert module.engine.num_steps == 8
+    assert rates[8:] == rates[:8] and min(rates) > 0

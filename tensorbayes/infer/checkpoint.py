@@ -49,15 +49,21 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, guide) -> d
     except Exception as error:
         raise ValueError(f"checkpoint {path!r} cannot be read: {error}") from error
     _check_checkpoint_fits(path, state, model, guide)  # before anything changes
-    for name, tensor in low_rank_tensors(model).items():
-        ranks = state["ranks"].get(name)
-        if ranks is not None and tuple(ranks) != tensor.layout.ranks:
-            keep = [torch.arange(r, device=tensor.device) for r in ranks]
-            as_tensor_guide(model, guide).truncate(tensor, keep)
-            tensor.set_layout(tensor.layout.with_ranks(ranks))
+    shrink_to_ranks(model, guide, state["ranks"])
     model.load_state_dict(state["model"])
     guide.load_state_dict(state["guide"])
     return state
+
+
+def shrink_to_ranks(model, guide, ranks):
+    """Cut the low-rank tensors of ``model`` (and their guide's parameters) to ``ranks``, ``{tensor
+    name: ranks}`` as a checkpoint saved them, so that the checkpoint's state loads into them."""
+    for name, tensor in low_rank_tensors(model).items():
+        target = ranks.get(name)
+        if target is not None and tuple(target) != tensor.layout.ranks:
+            keep = [torch.arange(r, device=tensor.device) for r in target]
+            as_tensor_guide(model, guide).truncate(tensor, keep)
+            tensor.set_layout(tensor.layout.with_ranks(target))
 
 
 def _describe(tensor):
