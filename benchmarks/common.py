@@ -19,20 +19,60 @@ import torch
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit 2 (the usage is in ``--help``)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text):
+    """An option's value as an int of at least 1 (argparse names the option when it is not)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
+    return value
+
+
+def nonnegative_int(text):
+    """An option's value as an int of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative int, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    """An option's value as a finite positive float."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def device_type(text):
+    """An option's value as a :class:`torch.device` (torch's RuntimeError for a bad name would
+    escape argparse as a traceback)."""
+    try:
+        return torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"must be a device such as cpu, cuda or cuda:1, got {text!r}") from None
+
+
 def parser(doc, threads=1, device=False, out=RESULTS):
     """
-    An argument parser described by the first paragraph of ``doc`` (a script's docstring), with
+    A :class:`Parser` described by the first paragraph of ``doc`` (a script's docstring), with
     ``--threads`` (default ``threads``), ``--out`` (default ``out``), ``--smoke`` (tiny sizes) and,
     with ``device=True``, ``--device`` (``cpu`` or ``cuda``, checked by :func:`check_device`).
     """
-    p = argparse.ArgumentParser(description=doc.strip().split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=threads, help="torch threads (default %(default)s)")
+    p = Parser(description=doc.strip().split("\n\n")[0])
+    p.add_argument("--threads", type=positive_int, default=threads, help="torch threads (default %(default)s)")
     p.add_argument("--out", default=out, help="folder of the JSON and Markdown results (default %(default)s)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     if device:
         p.add_argument(
             "--device",
-            type=torch.device,
+            type=device_type,
             default=torch.device("cpu"),
             help="where the models run: cpu (default) or cuda",
         )

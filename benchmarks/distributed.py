@@ -34,7 +34,7 @@ import torch.multiprocessing as mp
 from pyro.nn import PyroModule
 
 import tensorbayes as tb
-from benchmarks.common import parser, write_results
+from benchmarks.common import parser, positive_int, write_results
 from tensorbayes.infer import distributed as tbdist
 
 EPOCHS = 2
@@ -218,7 +218,7 @@ def markdown(results, meta):
 
 def main(argv=None):
     p = parser(__doc__)  # its --threads is unused: each configuration sets its own
-    p.add_argument("--repeats", type=int, default=2, help="rounds of the three configurations (default 2)")
+    p.add_argument("--repeats", type=positive_int, default=2, help="rounds of the three configurations (default 2)")
     args = p.parse_args(argv)
     meta = {
         "cpus": os.cpu_count(),

@@ -34,7 +34,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import tensorbayes as tb
-from benchmarks.common import check_device, parser, peak_gpu_gib, peak_rss_gib, write_results
+from benchmarks.common import (
+    check_device,
+    nonnegative_int,
+    parser,
+    peak_gpu_gib,
+    peak_rss_gib,
+    positive_float,
+    positive_int,
+    write_results,
+)
 from tensorbayes.data.clicks import ID_ORDERS, PAPER_ROW_SHAPES, ClickGenerator, auc
 from tensorbayes.infer import Schedule, sparse_tables
 from tensorbayes.infer.batches import module_device, to_device
@@ -326,13 +335,13 @@ def markdown(r):
 
 def add_training_arguments(p):
     """The arguments of a DLRM run on the synthetic log that this benchmark and the DLRM study share."""
-    p.add_argument("--samples", type=int, default=3_000_000)
-    p.add_argument("--epochs", type=int, default=1, help="passes over the training stream")
-    p.add_argument("--test", type=int, default=200_000)
-    p.add_argument("--batch", type=int, default=2048)
-    p.add_argument("--eval-batch", type=int, default=16384)
-    p.add_argument("--max-rank", type=int, default=16)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--samples", type=positive_int, default=3_000_000)
+    p.add_argument("--epochs", type=positive_int, default=1, help="passes over the training stream")
+    p.add_argument("--test", type=positive_int, default=200_000)
+    p.add_argument("--batch", type=positive_int, default=2048)
+    p.add_argument("--eval-batch", type=positive_int, default=16384)
+    p.add_argument("--max-rank", type=positive_int, default=16)
+    p.add_argument("--lr", type=positive_float, default=0.01)
     p.add_argument(
         "--lr-decay",
         type=float,
@@ -341,14 +350,14 @@ def add_training_arguments(p):
     )
     p.add_argument(
         "--lr-warmup",
-        type=int,
+        type=nonnegative_int,
         default=0,
         help="steps, at the start, over which every learner's rate rises linearly (tb.fit's lr_warmup)",
     )
     p.add_argument("--lambda-step", type=float, default=0.1)
     p.add_argument(
         "--scale-down",
-        type=int,
+        type=positive_int,
         default=None,
         help="the hashed baseline's large tables are this many times smaller (default 1000; 10 with --tiny)",
     )
@@ -359,8 +368,12 @@ def add_training_arguments(p):
         help="category ids: a pseudo-random bijection of the frequency ranks (shuffled, default) or the "
         "ranks themselves (frequency: the most frequent category first)",
     )
-    p.add_argument("--bottom", type=int, nargs="*", default=None, help="hidden widths (default 256; 32 with --tiny)")
-    p.add_argument("--top", type=int, nargs="*", default=None, help="hidden widths (default 256 64; 32 with --tiny)")
+    p.add_argument(
+        "--bottom", type=positive_int, nargs="*", default=None, help="hidden widths (default 256; 32 with --tiny)"
+    )
+    p.add_argument(
+        "--top", type=positive_int, nargs="*", default=None, help="hidden widths (default 256 64; 32 with --tiny)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--tiny",

@@ -50,7 +50,6 @@ JSON). ``python docs/make_figures.py --frontier <json>...`` draws the figure.
 Needs Debian's ``dataset-fashion-mnist`` (or ``--data-root``).
 """
 
-import argparse
 import os
 import platform
 import time
@@ -60,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 import tensorbayes as tb
-from benchmarks.common import write_results
+from benchmarks.common import Parser, write_results
 from tensorbayes.models import TensorizedConv2d, TensorizedLinear
 from tensorbayes.models.layers import linear_path
 
@@ -396,7 +395,7 @@ def markdown(result):
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = Parser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--network", choices=("mlp", "deep", "cnn"), default="mlp")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=256)

@@ -46,7 +46,7 @@ import pyro
 import torch
 
 import tensorbayes as tb
-from benchmarks.common import parser, peak_rss_gib, write_results
+from benchmarks.common import check_device, device_type, parser, peak_rss_gib, positive_int, write_results
 from tensorbayes.models import BayesianRegressor, TensorizedLinear
 
 #: The repository root, where a lookup's fresh process imports ``benchmarks.layers`` from.
@@ -472,29 +472,30 @@ def markdown(r):
 
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--device", default="cpu", help="where the steps run: cpu (default) or cuda")
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--batch", type=int, default=4096, help="bags per lookup batch")
+    p.add_argument("--device", type=device_type, default="cpu", help="where the steps run: cpu (default) or cuda")
+    p.add_argument("--repeats", type=positive_int, default=None)
+    p.add_argument("--batch", type=positive_int, default=4096, help="bags per lookup batch")
     p.add_argument(
         "--parts",
         default="linear,lookup,profile",
         help="parts to measure; the others are taken from the existing JSON in --out",
     )
     args = p.parse_args(argv)
+    device = args.device
+    check_device(p, device)
+    cuda = device.type == "cuda"
+    parts = set(args.parts.split(","))
+    if not parts <= {"linear", "lookup", "profile"}:
+        p.error(f"--parts must be among linear, lookup, profile, got {args.parts!r}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device} needs a CUDA device, and torch sees none")
     repeats = args.repeats or (3 if args.smoke else 7)
     grid, rows = (SMOKE_GRID, SMOKE_ROWS) if args.smoke else (CUDA_GRID, CUDA_ROWS) if cuda else (GRID, ROWS)
     batch = 256 if args.smoke else args.batch
     name = ("layers_smoke" if args.smoke else "layers") + ("_cuda" if cuda else "")
-    parts = set(args.parts.split(","))
-    if not parts <= {"linear", "lookup", "profile"}:
-        raise ValueError(f"--parts must be among linear, lookup, profile, got {args.parts!r}")
     previous = os.path.join(args.out, f"{name}.json")
+    if parts != {"linear", "lookup", "profile"} and not os.path.exists(previous):
+        p.error(f"--parts {args.parts} takes the other parts from {previous}, which does not exist: measure all first")
     result = json.load(open(previous)) if parts != {"linear", "lookup", "profile"} else {}
     result.update(
         {"threads": args.threads, "repeats": repeats, "gpu": torch.cuda.get_device_name(device) if cuda else None}

@@ -49,7 +49,7 @@ import signal
 import sys
 import time
 
-from benchmarks.common import parser, write_results
+from benchmarks.common import nonnegative_int, parser, write_results
 
 #: The repository root: the paths below are relative to it.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -476,7 +476,9 @@ def markdown(result):
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--modules", nargs="+", choices=list(MODULES), default=list(MODULES), help="default: all")
-    p.add_argument("--sample", type=int, default=40, help="mutants per module, 0 for all (default %(default)s)")
+    p.add_argument(
+        "--sample", type=nonnegative_int, default=40, help="mutants per module, 0 for all (default %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="the sample's seed (default %(default)s)")
     p.add_argument(
         "--only",

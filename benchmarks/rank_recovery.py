@@ -15,7 +15,7 @@ import time
 import torch
 
 import tensorbayes as tb
-from benchmarks.common import parser, write_results
+from benchmarks.common import nonnegative_int, parser, positive_int, write_results
 
 FIXED = [
     ("cp", (20, 12, 14), (4,)),
@@ -65,8 +65,8 @@ def run_case(fmt, shape, ranks, seed):
 
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--random", type=int, default=4, help="random cases per format (default 4)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per fixed case (default 3)")
+    p.add_argument("--random", type=nonnegative_int, default=4, help="random cases per format (default 4)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per fixed case (default 3)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     fixed = FIXED[:1] if args.smoke else FIXED

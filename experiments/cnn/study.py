@@ -24,7 +24,6 @@ the default, is ``tb.fit``'s own; a smaller cap tempers the KL term for the whol
         [--seed 0] [--epochs 10] [--out experiments/cnn/results]
 """
 
-import argparse
 import contextlib
 import json
 import os
@@ -36,6 +35,7 @@ import torch
 
 import tensorbayes as tb
 from benchmarks import fashion_mnist as fm
+from benchmarks.common import Parser, positive_int
 
 CONV = 4  # the second convolution's index in the benchmark's CNN (and the unseen one's)
 LINEAR = 8  # the first linear layer's
@@ -172,21 +172,21 @@ LEARNERS = {"svi": run_svi, "fixed": run_fixed, "dense": run_dense}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--network", choices=("benchmark", "unseen"), default="benchmark")
     parser.add_argument("--learner", choices=tuple(LEARNERS), default="svi")
     parser.add_argument("--format", choices=fm.FORMATS, default="ttm")
     parser.add_argument("--conv", default="budget", help="budget, dense, or a maximum rank")
-    parser.add_argument("--conv-order", type=int, default=None)
+    parser.add_argument("--conv-order", type=positive_int, default=None)
     parser.add_argument("--no-search", dest="search", action="store_false")
     parser.add_argument("--max-beta", type=float, default=1.0, help="cap on the KL weight of --learner svi")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam's rate of --learner fixed")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=positive_int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
-    if args.conv not in ("budget", "dense") and not args.conv.isdigit():
+    if args.conv not in ("budget", "dense") and not (args.conv.isdigit() and int(args.conv) > 0):
         parser.error(f"--conv must be budget, dense or a positive integer, got {args.conv!r}")
     if not 0 < args.max_beta <= 1:
         parser.error(f"--max-beta must be in (0, 1], got {args.max_beta!r}")

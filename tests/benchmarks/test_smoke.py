@@ -131,6 +131,34 @@ def test_fashion_mnist_refuses_bad_arguments_naming_them(argv, name, capsys):
     assert name in error
 
 
+@pytest.mark.parametrize(
+    "name, argv, message",
+    [
+        ("layers", ["--device", "bogus"], "--device: must be a device such as cpu, cuda or cuda:1, got 'bogus'"),
+        ("layers", ["--parts", "bogus"], "--parts must be among linear, lookup, profile, got 'bogus'"),
+        ("layers", ["--threads", "0"], "--threads: must be a positive int, got '0'"),
+        ("layers", ["--smoke", "--parts", "linear"], "--parts linear takes the other parts from"),
+        ("dlrm", ["--device", "bogus"], "--device: must be a device such as cpu, cuda or cuda:1, got 'bogus'"),
+        ("dlrm", ["--epochs", "0"], "--epochs: must be a positive int, got '0'"),
+        ("dlrm", ["--lr", "-1"], "--lr: must be a positive number, got '-1'"),
+        ("rank_recovery", ["--seeds", "-1"], "--seeds: must be a positive int, got '-1'"),
+        ("distributed", ["--repeats", "0"], "--repeats: must be a positive int, got '0'"),
+        ("mutation", ["--sample", "-1"], "--sample: must be a non-negative int, got '-1'"),
+        ("fashion_mnist", ["--epochs", "0"], "--epochs must be a positive int, got 0"),
+    ],
+)
+def test_a_bad_option_is_one_line_and_exit_2_before_any_work(name, argv, message, tmp_path, capsys):
+    # these raised tracebacks (torch.device, torch.set_num_threads, a missing JSON, tensorbayes' checks
+    # deep in the run, a KeyError after zero repeats) or printed argparse's usage over several lines
+    module = _load(name)
+    with pytest.raises(SystemExit) as stop:
+        (module.parse if name in ("dlrm", "fashion_mnist") else module.main)([*argv, "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert message in line and "error:" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not _fashion_mnist_installed(), reason="needs `apt-get install dataset-fashion-mnist`")
 @pytest.mark.parametrize("network,fmt", [("mlp", "ttm"), ("deep", "tt"), ("cnn", "cp")])

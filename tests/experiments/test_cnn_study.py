@@ -31,13 +31,18 @@ def test_a_kernel_at_a_given_rank_and_order_has_that_layout_and_the_linear_layer
         (["--conv", "wide"], "--conv must be budget, dense or a positive integer, got 'wide'"),
         (["--max-beta", "0"], "--max-beta must be in (0, 1], got 0.0"),
         (["--max-beta", "1.5"], "--max-beta must be in (0, 1], got 1.5"),
+        (["--conv", "0"], "--conv must be budget, dense or a positive integer, got '0'"),
+        (["--threads", "0"], "--threads: must be a positive int, got '0'"),
+        (["--epochs", "0"], "--epochs: must be a positive int, got '0'"),
+        (["--conv-order", "-1"], "--conv-order: must be a positive int, got '-1'"),
     ],
 )
 def test_a_bad_option_is_refused_on_one_line(capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
         study.main(argv)
     assert stop.value.code == 2
-    assert message in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.splitlines()  # argparse's usage is in --help
+    assert message in line
 
 
 def test_compression_counts_the_dense_weights_of_the_two_layers_the_benchmark_tensorizes():
