@@ -136,6 +136,20 @@ def broadcast_seed(seed, ctx, modules=()):
     return int(value.item())
 
 
+def check_same_settings(settings, ctx):
+    """
+    Refuse, on every rank alike, settings that differ between the ranks (``{name: value}`` of
+    plain values): ranks that disagree on their batches or schedule would wait on each other
+    for ever, or drift apart and stop later with a misleading message.
+    """
+    gathered = [None] * ctx.world_size
+    dist.all_gather_object(gathered, settings)
+    differ = [name for name in settings if any(other.get(name) != settings[name] for other in gathered)]
+    if differ:
+        by_rank = "; ".join(f"{name}: {[other.get(name) for other in gathered]}" for name in differ)
+        raise ValueError(f"distributed=True needs the same settings on every process; by rank: {by_rank}")
+
+
 @torch.no_grad()
 def broadcast_state(modules, ctx):
     """Copy rank 0's parameters and buffers of ``modules`` to every rank (as DDP does at start)."""

@@ -222,6 +222,7 @@ def fit(
         raise ValueError("distributed=True averages dense gradients only: build the embedding tables with sparse=False")
     ctx = _distributed.init() if distributed else None
     if ctx is not None:
+        _distributed.check_same_settings(_shared_settings(locals(), data), ctx)
         seed = _distributed.broadcast_seed(seed, ctx, [model, guide])  # every rank draws the same batches and samples
     generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
     batches = _batches(model, data, batch_size, generator, ctx)
@@ -330,6 +331,24 @@ def _check_arguments(
     if tolerance is not None:
         check_number(tolerance, "tolerance", "(0, 1)", "a number in (0, 1) or None")
     check_number(validation, "validation", "(0, 0.5]", "a share of the data in (0, 0.5]")
+
+
+#: The arguments of :func:`fit` that every process of a distributed fit must be given alike.
+SHARED_SETTINGS = (
+    "epochs", "batch_size", "lr", "lr_decay", "lr_warmup", "warmup", "ramp", "kl_weight", "lambda_step", "scale_lr",
+    "num_particles", "init", "init_sweeps", "eval_samples", "tolerance", "validation", "trace_every",
+)  # fmt: skip
+
+
+def _shared_settings(arguments, data):
+    """What the processes of a distributed fit must agree on: :data:`SHARED_SETTINGS`, the size of
+    the data set, and whether there are held-out data and a checkpoint."""
+    settings = {name: arguments[name] for name in SHARED_SETTINGS}
+    loader = isinstance(data, torch.utils.data.DataLoader)
+    settings["len(data)"] = len(getattr(data, "dataset", ())) if loader else len(as_tensors(data, "data")[0][0])
+    settings["eval_data given"] = arguments["eval_data"] is not None
+    settings["checkpoint given"] = arguments["checkpoint"] is not None
+    return settings
 
 
 #: The largest seed :func:`fit` takes (``pyro.set_rng_seed`` seeds NumPy, which takes no more).

@@ -179,9 +179,29 @@ def _drift_job(rank, out):
             f.write(str(error))
 
 
+def _settings_job(rank, out):
+    """Rank 1 is given more epochs and a different batch size: both ranks refuse, naming them."""
+    task, model, guide = _problem()
+    try:
+        tb.fit(
+            model,
+            guide,
+            (task.x_train, task.y_train),
+            epochs=2 + rank,
+            batch_size=64 - rank,
+            seed=1,
+            progress=False,
+            distributed=True,
+        )
+    except ValueError as error:
+        with open(os.path.join(out, f"settings{rank}.txt"), "w") as f:
+            f.write(str(error))
+
+
 _JOBS = {
     "exact": _exact_job,
     "drift": _drift_job,
+    "settings": _settings_job,
     "uninterrupted": _uninterrupted_job,
     "crash": _crash_job,
     "resume": _resume_job,
@@ -256,6 +276,14 @@ def test_ranks_that_drift_apart_are_stopped_on_every_rank(tmp_path):
     _launch("drift", tmp_path)
     for rank in range(WORLD):
         assert "differ after epoch 0" in (tmp_path / f"drift{rank}.txt").read_text()
+
+
+def test_ranks_given_different_settings_are_refused_on_every_rank_before_a_step(tmp_path):
+    _launch("settings", tmp_path)
+    for rank in range(WORLD):
+        message = (tmp_path / f"settings{rank}.txt").read_text()
+        assert "the same settings on every process" in message
+        assert "epochs: [2, 3]" in message and "batch_size: [64, 63]" in message and "lr:" not in message
 
 
 # ----- one process: the switch, its errors, the launcher -----
