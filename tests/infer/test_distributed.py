@@ -157,45 +157,38 @@ def _resume_job(rank, out):
     )
 
 
+def _fit_recording_the_error(task, model, guide, path, error_type, epochs=2, batch_size=64):
+    """A two-epoch distributed fit; the message of an ``error_type`` it raises is written to ``path``."""
+    try:
+        tb.fit(
+            model,
+            guide,
+            (task.x_train, task.y_train),
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=1,
+            progress=False,
+            distributed=True,
+        )
+    except error_type as error:
+        with open(path, "w") as f:
+            f.write(str(error))
+
+
 def _drift_job(rank, out):
     """Rank 1 damps its λ updates differently: the ranks drift apart, and both stop saying so."""
     task, model, guide = _problem()
     if rank == 1:
         real_update = guide.update_lambdas
         guide.update_lambdas = lambda step_size: real_update(step_size / 2)
-    try:
-        tb.fit(
-            model,
-            guide,
-            (task.x_train, task.y_train),
-            epochs=2,
-            batch_size=64,
-            seed=1,
-            progress=False,
-            distributed=True,
-        )
-    except RuntimeError as error:
-        with open(os.path.join(out, f"drift{rank}.txt"), "w") as f:
-            f.write(str(error))
+    _fit_recording_the_error(task, model, guide, os.path.join(out, f"drift{rank}.txt"), RuntimeError)
 
 
 def _settings_job(rank, out):
     """Rank 1 is given more epochs and a different batch size: both ranks refuse, naming them."""
     task, model, guide = _problem()
-    try:
-        tb.fit(
-            model,
-            guide,
-            (task.x_train, task.y_train),
-            epochs=2 + rank,
-            batch_size=64 - rank,
-            seed=1,
-            progress=False,
-            distributed=True,
-        )
-    except ValueError as error:
-        with open(os.path.join(out, f"settings{rank}.txt"), "w") as f:
-            f.write(str(error))
+    path = os.path.join(out, f"settings{rank}.txt")
+    _fit_recording_the_error(task, model, guide, path, ValueError, epochs=2 + rank, batch_size=64 - rank)
 
 
 _JOBS = {
