@@ -62,6 +62,8 @@ def _mark_stepped(optimizer, args, kwargs):
     ``p.data`` (Pyro's ``ClippedAdam``, ``AdagradRMSProp``, ``DCTAdam``) bumps none: without this
     mark λ would never move under them.
     """
+    if not _STEPPED_BY_OPTIMIZERS:  # no guide's parameters alive: nothing to look up in another model's step
+        return
     for group in optimizer.param_groups:
         for p in group["params"]:
             if _STEPPED_BY_OPTIMIZERS.get(id(p)) is p:
