@@ -143,11 +143,10 @@ class TensorBayesModule(pl.LightningModule):
 
     def on_train_start(self):
         self.engine.optimizer = self.optimizers()  # Lightning's wrapper: it counts the steps
-        # the schedule's position: a run resumed from a checkpoint goes on from the checkpoint's step,
-        # a new fit starts afresh (continuing a finished schedule would step with a negative rate)
-        self.engine.num_steps = self.__dict__.pop("_resumed_steps", 0)
-        if self.engine._tensor_guide is not None:  # λ is that of the (perhaps just restored) parameters:
-            self.engine._tensor_guide.keep_lambdas()  # the engine times the next λ step, not the guide
+        # the schedule's position (a run resumed from a checkpoint goes on from the checkpoint's step,
+        # a new fit starts afresh: continuing a finished schedule would step with a negative rate), and
+        # λ marked as that of the (perhaps just restored) parameters; Lightning restored the optimizer
+        self.engine.load_state_dict({"optimizer": None, "num_steps": self.__dict__.pop("_resumed_steps", 0)})
 
     def on_save_checkpoint(self, checkpoint):
         """Save what Lightning does not: the engine's step count (the schedule's position) and the
@@ -168,10 +167,10 @@ class TensorBayesModule(pl.LightningModule):
         if "cuda" in saved["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
 
-    def _follow_parameters(self):
-        """Hand Lightning the engine's optimizer where the engine rebuilt it (after pruning, or a
+    def _hand_over(self, optimizer):
+        """Hand Lightning the engine's ``optimizer`` where the engine rebuilt it (after pruning, or a
         guide's first call), so that Lightning counts its steps and checkpoints its state."""
-        optimizer, previous = self.engine.follow_parameters(), self.optimizers()
+        previous = self.optimizers()
         if optimizer is not previous:
             self.trainer.strategy.optimizers = [optimizer]
             self.engine.optimizer = self.optimizers()
@@ -183,9 +182,9 @@ class TensorBayesModule(pl.LightningModule):
         """One step of the engine; logs the ELBO, its parts and β."""
         batch = list(batch) if isinstance(batch, (tuple, list)) else [batch]
         beta = self.engine.beta
-        self._follow_parameters()  # pruned since the last step
+        self._hand_over(self.engine.follow_parameters())  # pruned since the last step
         loss = self.engine.step(*batch)
-        self._follow_parameters()  # a guide that made its parameters in the step
+        self._hand_over(self.engine.optimizer)  # a guide that made its parameters in the step
         size = len(batch[0])
         likelihood = self.engine.log_likelihood
         self.log("elbo", -loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
