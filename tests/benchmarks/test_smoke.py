@@ -5,6 +5,7 @@ the keys the reports are read from.
 
 import importlib
 import json
+import math
 import os
 import pathlib
 
@@ -76,6 +77,7 @@ def test_layers_smoke(tmp_path, monkeypatch):
     assert {x["format"] for x in result["linear"]} == {"cp", "tucker", "tt", "ttm"}
     for x in result["linear"]:
         assert x["svi_s"] > 0 and x["svi_over_dense"] > 0 and x["svi_over_deterministic"] > 0
+        assert x["floor_s"] > 0 and x["floor_over_deterministic"] == x["floor_s"] / x["deterministic_s"]
     kinds = {(x["kind"], x["rows"]) for x in result["lookup"]}
     assert {("tensorized", 10**3), ("tensorized", 10**5), ("dense", 10**3)} <= kinds
     assert {"ttm_4096_svi_over_dense", "lookup_peak_ratio", "lookup_flat"} <= set(result["targets"])
@@ -215,3 +217,40 @@ def test_fashion_mnist_smoke(tmp_path, network, fmt):
     spec.loader.exec_module(figures)
     figures.frontier_fashion_mnist([str(tmp_path / f"fashion_mnist_{network}.json")], out=str(tmp_path / "figures"))
     assert (tmp_path / "figures" / "frontier_fashion_mnist.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("fmt", ["cp", "tucker", "tt", "ttm"])
+def test_layers_floor_is_the_engines_estimator_on_the_same_draws(fmt):
+    """The floor the SVI step is measured against computes what the engine's step does: the same
+    loss and gradients on the same random numbers, and the same λ step (float64, to rounding)."""
+    import pyro
+
+    layers = _load("layers")
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 64, dtype=torch.float64), torch.randn(16, 64, dtype=torch.float64)
+    layer = layers.TensorizedLinear(64, 64, format=fmt, max_rank=4).double()
+    model = layers.BayesianRegressor(layer, noise=1.0)
+    guide = tb.guides.MeanField(model, seed=0)
+    elbo = tb.infer.MeanFieldELBO()
+    elbo.loss_and_log_likelihood(model, guide, x, y, num_data=1600)  # the guide makes its parameters
+    with torch.no_grad():  # a posterior away from its start: the scales and λ differ by index
+        for p in guide.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    guide.keep_lambdas()
+    floor = layers.PlainMeanField(layer, guide)
+    torch.manual_seed(1)
+    loss, _ = elbo.loss_and_log_likelihood(model, guide, x, y, num_data=1600)
+    torch.manual_seed(1)
+    out = torch.nn.functional.linear(x, layer.layout.to_matrix(floor()[0]), layer.bias)
+    floor_loss = 100 * ((out - y) ** 2 / 2 + 0.5 * math.log(2 * math.pi)).sum() + floor.kl()
+    torch.testing.assert_close(floor_loss, loss, rtol=1e-12, atol=0)
+    ((_, post),) = guide.pairs()
+    expected = torch.autograd.grad(loss, [*post.locs, *post.raw_scales])
+    got = torch.autograd.grad(floor_loss, [*floor.locs, *floor.raw_scales])
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9)
+    guide.update_lambdas(0.1)
+    floor.lambda_step()
+    for e, g in zip(guide.lambdas()[next(iter(guide.tensors()))], floor.lambdas):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=0)
