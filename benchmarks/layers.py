@@ -235,7 +235,8 @@ def linear_grid(grid, repeats, device):
             )
             print(
                 f"linear {fmt:6s} {size:5d} batch {batch:5d} rank {rank:3d}: dense {1e3 * dense:8.2f} ms, "
-                f"det {1e3 * det:8.2f} ms, floor {1e3 * floor:8.2f} ms, svi {1e3 * svi:8.2f} ms ({svi / dense:.2f}x dense)",
+                f"det {1e3 * det:8.2f} ms, floor {1e3 * floor:8.2f} ms, svi {1e3 * svi:8.2f} ms "
+                f"({svi / dense:.2f}x dense)",
                 flush=True,
             )
     return rows
@@ -474,8 +475,8 @@ def markdown(r):
         "",
         "## SVI step of TensorizedLinear against dense nn.Linear + Adam and the same layer without Pyro",
         "",
-        "| format | size | modes (in -> out) | batch | max rank | path | params | dense ms | deterministic ms | floor ms "
-        "| SVI ms | SVI / dense | SVI / deterministic | floor / deterministic |",
+        "| format | size | modes (in -> out) | batch | max rank | path | params | dense ms | deterministic ms "
+        "| floor ms | SVI ms | SVI / dense | SVI / deterministic | floor / deterministic |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["linear"]:
