@@ -8,7 +8,8 @@ optimization), so that both have the same ELBO, schedule (the KL warm-up and ram
 rate's rise and decay, a learned noise held during the warm-up), λ M-step and checks. It logs
 ``elbo``, ``log_likelihood``, ``kl`` and ``beta`` per epoch, the rank of every bond
 (``rank/<tensor>/<bond>``) at the end of every epoch, and ``val_accuracy`` (a classifier) or
-``val_error`` for validation batches.
+``val_error`` for validation batches (``test_*`` under ``Trainer.test``). ``Trainer.predict`` gives
+the posterior predictive mean and spread of each batch.
 
 Under Lightning's DDP each process's loss is its shard's ELBO (likelihood scaled by
 ``num_data`` over the *local* batch), and DDP averages the gradients, which is the gradient of
@@ -22,8 +23,11 @@ Usage::
 
     module = TensorBayesModule(model, guide, num_data=len(x_train), lr=1e-2)
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=256, shuffle=True)
-    pl.Trainer(max_epochs=20).fit(module, loader)     # strategy="ddp", devices=4, ... as usual
+    trainer = pl.Trainer(max_epochs=20)
+    trainer.fit(module, loader)                       # strategy="ddp", devices=4, ... as usual
     tb.ranks(module.model, module.guide)
+    trainer.test(module, test_loader)                 # test_accuracy
+    (mean, std), *_ = trainer.predict(module, test_loader)
 """
 
 import math
@@ -200,11 +204,29 @@ class TensorBayesModule(pl.LightningModule):
     # ----- evaluation -----
 
     def validation_step(self, batch, batch_idx):
-        """Posterior predictive accuracy (integer targets) or relative error of the batch."""
+        """Posterior predictive accuracy (integer targets) or relative error of the batch, as ``val_*``."""
+        self._score(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        """As :meth:`validation_step`, logged as ``test_accuracy`` or ``test_error`` (``Trainer.test``)."""
+        self._score(batch, "test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        """
+        ``(mean, std)`` of the posterior predictive over ``eval_samples`` draws for a batch
+        (``Trainer.predict`` collects them): :func:`tensorbayes.predict` of the batch's tensors, the
+        model's inputs. A batch that ends with its targets, as the training batches do, is passed
+        whole: the model then conditions on them instead of drawing them, which leaves its output
+        (class probabilities, a regression mean) as it is.
+        """
+        inputs = list(batch) if isinstance(batch, (tuple, list)) else [batch]
+        return predict(self.model, self.guide, *inputs, num_samples=self.eval_samples)
+
+    def _score(self, batch, stage):
         *inputs, target = batch
         mean, _ = predict(self.model, self.guide, *inputs, num_samples=self.eval_samples)
         name, value = held_out_metric(mean, target)
-        self.log(f"val_{name}", value, batch_size=len(target), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}_{name}", value, batch_size=len(target), prog_bar=True, sync_dist=True)
 
     # ----- summaries -----
 

@@ -238,3 +238,51 @@ def test_a_second_fit_of_the_module_starts_a_new_schedule():
             _trainer(1, callbacks=[Rates()]).fit(module, _loader(task.x_train, task.y_train, 32))
     assert module.engine.num_steps == 8
     assert rates[8:] == rates[:8] and min(rates) > 0
+
+
+def _quiet(run):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        return run()
+
+
+class _SeedEachBatch(pl.Callback):
+    """Seed torch right before each test or predict step: Lightning's loops draw from it themselves."""
+
+    def on_test_batch_start(self, *args):
+        torch.manual_seed(5)
+
+    def on_predict_batch_start(self, *args):
+        torch.manual_seed(5)
+
+
+def test_trainer_test_and_predict_give_the_posterior_predictive_of_tb_predict():
+    task, model, guide = _problem()
+    module = TensorBayesModule(model, guide, num_data=len(task.x_train), eval_samples=7)
+    _fit_lightning(module, _loader(task.x_train, task.y_train, 32), 1)
+    x, y = task.x_test, task.y_test
+    torch.manual_seed(5)
+    mean, std = tb.predict(model, guide, x, num_samples=7)
+    accuracy = (mean.argmax(-1) == y).double().mean().item()
+
+    trainer = _trainer(1, callbacks=[_SeedEachBatch()])  # one batch each: the same draws as tb.predict's
+    (scores,) = _quiet(lambda: trainer.test(module, _loader(x, y, len(x), shuffle=False), verbose=False))
+    assert scores["test_accuracy"] == pytest.approx(accuracy)
+    inputs_only = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=len(x))
+    ((got_mean, got_std),) = _quiet(lambda: trainer.predict(module, inputs_only))
+    torch.testing.assert_close(got_mean, mean, rtol=1e-12, atol=0)
+    torch.testing.assert_close(got_std, std, rtol=1e-12, atol=0)
+    # a batch that ends with its targets is passed whole, as to tb.predict: the labels are then not drawn
+    torch.manual_seed(5)
+    expected = tb.predict(model, guide, x, y, num_samples=7)
+    got = _quiet(lambda: trainer.predict(module, _loader(x, y, len(x), shuffle=False)))
+    torch.testing.assert_close(got, [expected], rtol=1e-12, atol=0)
+    assert (expected[0] - mean).abs().max() < 0.1  # the same posterior predictive, other draws
+
+
+def test_a_warm_up_longer_than_the_trainers_run_is_warned_of():
+    task, model, guide = _problem()
+    module = TensorBayesModule(model, guide, num_data=len(task.x_train), warmup=100)
+    with pytest.warns(UserWarning, match=r"outlast the run \(8 steps\): the KL term never comes on"):
+        _fit_lightning(module, _loader(task.x_train, task.y_train, 32), 1)
+    assert module.engine.schedule.beta(7) == 0.0
