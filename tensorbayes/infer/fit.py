@@ -288,7 +288,7 @@ def default_schedule(
     start), unless given, and the learning rate's decay over the last ``lr_decay`` share.
     """
     default = 0 if initialized else int(WARMUP_SHARE * total)
-    return Schedule(
+    schedule = Schedule(
         warmup=default if warmup is None else warmup,
         ramp=default if ramp is None else ramp,
         total=total,
@@ -296,6 +296,18 @@ def default_schedule(
         lr_warmup=lr_warmup,
         kl_weight=kl_weight,
     )
+    if total and schedule.warmup + schedule.ramp > total:
+        reached = schedule.beta(total - 1)
+        warnings.warn(
+            f"the KL warm-up ({schedule.warmup} steps) and ramp ({schedule.ramp}) outlast the run ({total} steps): "
+            + (
+                "the KL term never comes on and λ is never updated"
+                if reached == 0
+                else f"the KL term's weight reaches only {reached:.3g} of {kl_weight:g}"
+            ),
+            stacklevel=3,
+        )
+    return schedule
 
 
 def _check_arguments(

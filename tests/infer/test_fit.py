@@ -757,3 +757,24 @@ def test_a_bad_optimizer_is_refused_before_the_closed_form_start_changes_anythin
         tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, progress=False, optim="adam")
     after = dict(list(model.state_dict().items()) + list(guide.state_dict().items()))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("never", [True, False], ids=["never-on", "short-of-its-weight"])
+def test_a_warm_up_and_ramp_longer_than_the_run_are_warned_of(never):
+    planted, model, guide = _problem()
+    data = (planted.train_index, planted.train_values)
+    steps = 2 * math.ceil(len(planted.train_values) / 16)
+    # the last step's β: 0 after a warm-up past the end; 2/4 two steps into a ramp of 4
+    warmup, ramp, message = (steps, 1, "never comes on") if never else (steps - 2, 4, "reaches only 0.5 of 1")
+    with pytest.warns(UserWarning, match=f"outlast the run \\({steps} steps\\): the KL term.* {message}"):
+        history = tb.fit(
+            model, guide, data, epochs=2, batch_size=16, init="none", warmup=warmup, ramp=ramp, seed=0, progress=False
+        )
+    assert history.beta[-1] == (0.0 if never else 0.5)
+
+
+def test_the_default_warm_up_and_ramp_are_not_warned_of(recwarn):
+    planted, model, guide = _problem()
+    tb.fit(model, guide, (planted.train_index, planted.train_values), epochs=1, batch_size=64, init="none",
+           seed=0, progress=False)  # fmt: skip
+    assert not [w for w in recwarn if "outlast the run" in str(w.message)]
