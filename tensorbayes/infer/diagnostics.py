@@ -158,9 +158,23 @@ def _listed(names, most=4):
     return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
+#: Where a model or guide holds float16 parameters, a NonFiniteError says why it likely happened.
+_HALF_PRECISION_HINT = (
+    "; the parameters are float16, whose largest value is 65504: the ELBO, scaled to the whole data set, "
+    "likely overflowed it. Train in float32 or bfloat16 (Lightning: precision='32-true', 'bf16-true' or "
+    "'bf16-mixed')"
+)
+
+
 def diagnose(model, guide, args, kwargs, step, epoch=None):
-    """The message of a :class:`NonFiniteError`: the first parameter or sample site that is not finite."""
-    where = f"at {_where(step, epoch)}"
+    """The message of a :class:`NonFiniteError`: the first parameter or sample site that is not finite
+    (and, for float16 parameters, why float16 likely overflowed)."""
+    message = _first_non_finite(model, guide, args, kwargs, f"at {_where(step, epoch)}")
+    half = any(p.dtype == torch.float16 for *_, p in named_parameters(model, guide))
+    return message + (_HALF_PRECISION_HINT if half else "")
+
+
+def _first_non_finite(model, guide, args, kwargs, where):
     found = non_finite_parameter(model, guide)
     if found is not None:
         return f"ELBO is not finite {where}: {found[0]} parameter '{found[1]}' holds NaN or infinite values"

@@ -298,3 +298,20 @@ def test_an_optimizer_state_of_another_grouping_is_refused_with_a_message_that_s
     state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:2]  # as saved before SCALE_LR
     with pytest.raises(ValueError, match="does not fit this engine's optimizer .*SCALE_LR"):
         SVIEngine(model, guide, kwargs["num_data"], lr=0.01).load_state_dict(state)
+
+
+def test_a_float16_fit_that_overflows_is_told_why_and_a_float32_one_is_not():
+    model, (x, y), _ = _classifier()
+    for dtype, hint in ((torch.float16, True), (torch.float32, False)):
+        pyro.clear_param_store()
+        model = model.to(dtype)
+        guide = tb.guides.MeanField(model, seed=0).to(dtype)
+        engine = SVIEngine(model, guide, num_data=10**6)
+        if dtype == torch.float32:  # a NaN of its own: the message names it, and says nothing of float16
+            engine.step(x.to(dtype), y)
+            with torch.no_grad():
+                next(p for name, p in guide.named_parameters() if name.startswith("locs."))[0] = math.nan
+        with pytest.raises(tb.infer.NonFiniteError) as error:
+            for _ in range(5):
+                engine.step(x.to(dtype), y)
+        assert ("float16, whose largest value is 65504" in str(error.value)) == hint
