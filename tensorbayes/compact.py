@@ -134,7 +134,12 @@ def _convert(module, guide, path, memo):
         return memo[id(module)]
     own = _own_export(module)
     if own is not None:
-        memo[id(module)] = new = own(guide)
+        try:
+            memo[id(module)] = new = own(guide)
+        except ValueError as error:  # a guide pruned apart from the model: name the layer it does not fit
+            raise ValueError(
+                f"export cannot fix {path or type(module).__name__} at the guide's factors: {error}"
+            ) from error
         return new
     if isinstance(module, LowRankTensor):
         raise TypeError(

@@ -356,3 +356,35 @@ def test_export_copies_a_plain_parameter_whatever_its_name():
     net = tb.export(model, guide)
     assert set(dict(net[2].named_parameters())) == {"weight", "bias", "scale_unconstrained"}
     torch.testing.assert_close(net[2].scale_unconstrained, torch.full((3,), -1.0, dtype=D), rtol=0, atol=0)
+
+
+# ----- a user's robustness sweep -----
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize("format", FORMATS)
+def test_a_traced_export_computes_what_the_export_computes(format):
+    # under torch.jit.trace the batch size that picks the linear path is a 0-d tensor
+    model, guide = _classifier(format)
+    net = tb.export(model, guide)
+    traced = torch.jit.trace(net, _x(5))
+    for n in (1, 5, 300):  # the path is fixed at tracing; both paths compute the same output
+        torch.testing.assert_close(traced(_x(n, seed=1)), net(_x(n, seed=1)), rtol=0, atol=1e-12)
+
+
+def test_export_names_the_layer_a_guide_pruned_apart_from_the_model_does_not_fit():
+    model, guide = _classifier("tt")
+    other = MeanField(model, seed=1).double()
+    tb.prune(model, guide, ranks={"net.0.weight": (2, 2, 2)})
+    with pytest.raises(ValueError, match=r"export cannot fix net\.0 at the guide's factors: factors\[0\]"):
+        tb.export(model, other)
+    assert model.net[0].layout.ranks == (2, 2, 2)  # nothing changed
+    assert tb.export(model, guide)[0].layout.ranks == (2, 2, 2)
+
+
+def test_a_layer_export_names_a_guide_without_factor_means():
+    model, guide = _classifier("ttm")
+    for bad in (None, "guide", model):
+        with pytest.raises(TypeError, match=r"guide must offer factor_means\(tensor\).*tb\.export\(model, guide\)"):
+            model.net[0].export(bad)
+    torch.testing.assert_close(model.net[0].export(guide)(_x()), tb.export(model, guide)[0](_x()), rtol=0, atol=0)

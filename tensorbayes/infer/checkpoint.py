@@ -11,6 +11,7 @@ import tempfile
 
 import pyro
 import torch
+from pyro.infer.autoguide import AutoGuide
 
 from ..guides.base import as_tensor_guide
 from ..models.tensor import low_rank_tensors
@@ -38,14 +39,15 @@ def save_checkpoint(path, model, guide, optimizer, history, step, epoch, generat
     _write_atomically(state, path, ".checkpoint-")
 
 
-def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, guide) -> dict:
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, guide, map_location=None) -> dict:
     """
     Restore model and guide from a :func:`~tensorbayes.fit` checkpoint, shrinking them first to
     its pruned ranks; returns the checkpoint's state (optimizer, history, step, random states).
     Raises a :class:`ValueError` naming the first mismatch, before anything changes.
+    ``map_location`` is :func:`torch.load`'s (``None``: each tensor where it was saved).
     """
     try:
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location=map_location)
     except Exception as error:
         raise ValueError(f"checkpoint {path!r} cannot be read: {error}") from error
     _check_checkpoint_fits(path, state, model, guide)  # before anything changes
@@ -171,7 +173,9 @@ def save(path: str | os.PathLike, model: torch.nn.Module, guide) -> None:
     """
     Save a model and its guide, pruned or not, to ``path``: their states and the ranks of every
     low-rank tensor. :func:`load` restores them into a model and guide built as the originals
-    were (at their maximum ranks), shrinking them to the saved ranks first.
+    were (at their maximum ranks), shrinking them to the saved ranks first. A path that is a
+    folder or lies in no folder, arguments out of order or a guide of another model raise a
+    :class:`TypeError` or :class:`ValueError` before anything is written.
 
     Usage::
 
@@ -179,9 +183,8 @@ def save(path: str | os.PathLike, model: torch.nn.Module, guide) -> None:
         model2, guide2 = build()                 # the same constructor calls as the original
         tb.load("net.pt", model2, guide2)
     """
-    for value, name in ((model, "model"), (guide, "guide")):
-        if not isinstance(value, torch.nn.Module):
-            raise TypeError(f"{name} must be a torch.nn.Module (a model, or its guide), got {type(value).__name__}")
+    _check_model_and_guide(model, guide)
+    _check_file_path(path)
     state = {
         "model": model.state_dict(),
         "guide": guide.state_dict(),
@@ -207,5 +210,33 @@ def _write_atomically(state, path, prefix):
 def load(path: str | os.PathLike, model: torch.nn.Module, guide) -> None:
     """Restore what :func:`save` (or :func:`~tensorbayes.fit`'s checkpoint) wrote into ``model`` and
     ``guide``, shrinking them to its ranks first; a mismatch raises a :class:`ValueError` naming it
-    before anything changes."""
-    load_checkpoint(path, model, guide)
+    before anything changes. The file is read onto the CPU and copied into the model's and guide's
+    tensors where they are, so that a model saved on a GPU loads on a machine without one."""
+    if not isinstance(path, (str, os.PathLike)) and not callable(getattr(path, "read", None)):
+        raise TypeError(f"path must be a file path (a str or os.PathLike), got {type(path).__name__}")
+    _check_model_and_guide(model, guide)
+    load_checkpoint(path, model, guide, map_location="cpu")
+
+
+def _check_model_and_guide(model, guide):
+    """Raise a :class:`TypeError` unless ``model`` and ``guide`` are modules, the model first (a
+    :class:`ValueError` for a guide of another model), before :func:`save` or :func:`load` starts."""
+    for value, name in ((model, "model"), (guide, "guide")):
+        if not isinstance(value, torch.nn.Module):
+            raise TypeError(f"{name} must be a torch.nn.Module (a model, or its guide), got {type(value).__name__}")
+    if isinstance(model, AutoGuide):
+        raise TypeError(f"model must be the model, got a guide ({type(model).__name__}): pass (path, model, guide)")
+    if low_rank_tensors(model):
+        as_tensor_guide(model, guide)
+
+
+def _check_file_path(path):
+    """Raise unless :func:`save` can write a file at ``path``: a str or os.PathLike, not a folder, in
+    a folder that exists."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (a str or os.PathLike), got {type(path).__name__}")
+    if os.path.isdir(path):
+        raise ValueError(f"path must be a file path, got the folder {os.fspath(path)!r} (e.g. give folder/model.pt)")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"path {os.fspath(path)!r} is in a folder that does not exist: {folder!r}")

@@ -502,6 +502,11 @@ class _Exports:
 
     def export(self, guide):
         """:param guide: anything with ``factor_means(tensor)``, e.g. :class:`~tensorbayes.guides.MeanField`."""
+        if not callable(getattr(guide, "factor_means", None)):
+            raise TypeError(
+                "guide must offer factor_means(tensor), as a tb.guides.MeanField does, got "
+                f"{type(guide).__name__} (export an autoguide, or an AutoGuideList, with tb.export(model, guide))"
+            )
         return self.compact_class(self, guide.factor_means(self.weight)).train(self.training)
 
 
@@ -1086,10 +1091,16 @@ class CompactLinear(torch.nn.Module):
         self.bias = _copy_bias(layer)
         self.path = layer.path
 
+    def choose_path(self, batch_size):
+        """:meth:`TensorizedLinear.choose_path`; under :func:`torch.jit.trace` the batch size is a
+        0-d integer tensor, read as its int (the traced module keeps the path chosen at tracing)."""
+        if isinstance(batch_size, torch.Tensor) and batch_size.dim() == 0 and not batch_size.is_floating_point():
+            batch_size = int(batch_size)
+        return TensorizedLinear.choose_path(self, batch_size)
+
     path = TensorizedLinear.path
     layout = TensorizedLinear.layout
     flop_counts = TensorizedLinear.flop_counts
-    choose_path = TensorizedLinear.choose_path
     _check_input = TensorizedLinear._check_input
     forward = TensorizedLinear.forward
     _linear = TensorizedLinear._linear

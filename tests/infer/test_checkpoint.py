@@ -362,3 +362,62 @@ def test_save_names_a_model_or_guide_that_is_not_a_module(tmp_path):
         with pytest.raises(TypeError, match=f"{name} must be a torch.nn.Module"):
             tb.save(tmp_path / "m.pt", *args)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----- tb.save / tb.load: a user's robustness sweep -----
+
+
+def test_save_refuses_a_folder_a_missing_folder_and_a_path_of_another_type(tmp_path):
+    model, guide = _completion()
+    for path, error, message in (
+        (tmp_path, ValueError, "path must be a file path, got the folder"),
+        (tmp_path / "missing" / "m.pt", ValueError, "in a folder that does not exist"),
+        (None, TypeError, r"path must be a file path \(a str or os.PathLike\), got NoneType"),
+        (str(tmp_path / "m.pt").encode(), TypeError, "got bytes"),
+    ):
+        with pytest.raises(error, match=message):
+            tb.save(path, model, guide)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary file
+
+
+def test_save_and_load_refuse_arguments_out_of_order_and_a_guide_of_another_model(tmp_path):
+    model, guide = _completion()
+    other, other_guide = _completion()
+    path = tmp_path / "m.pt"
+    for args, error, message in (
+        ((guide, model), TypeError, r"model must be the model, got a guide \(MeanField\)"),
+        ((model, other_guide), ValueError, "guide was built for another model"),
+    ):
+        with pytest.raises(error, match=message):
+            tb.save(path, *args)
+    assert list(tmp_path.iterdir()) == []
+    tb.save(path, other, other_guide)
+    before = _state(model, guide)
+    for args, error, message in (
+        ((guide, model), TypeError, r"model must be the model, got a guide \(MeanField\)"),
+        ((model, other_guide), ValueError, "guide was built for another model"),
+        ((model, None), TypeError, "guide must be a torch.nn.Module"),
+    ):
+        with pytest.raises(error, match=message):
+            tb.load(path, *args)
+    with pytest.raises(TypeError, match="path must be a file path"):
+        tb.load(None, model, guide)
+    after = _state(model, guide)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_model_saved_on_a_gpu_loads_on_a_machine_without_one(tmp_path, monkeypatch):
+    model, guide = _completion()
+    tb.prune(model, guide, ranks={"tensor": (2, 3)})
+    path = tmp_path / "m.pt"
+    with monkeypatch.context() as patch:  # every tensor written as a GPU's
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        tb.save(path, model, guide)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="CUDA"):  # what a plain torch.load makes of the file
+        torch.load(path, weights_only=False)
+    fresh, fresh_guide = _completion()
+    tb.load(path, fresh, fresh_guide)
+    assert fresh.tensor.layout.ranks == (2, 3)
+    for a, b in zip(fresh_guide.factor_means(fresh.tensor), guide.factor_means(model.tensor)):
+        assert a.device.type == "cpu" and torch.equal(a, b)
