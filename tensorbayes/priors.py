@@ -99,7 +99,10 @@ def _prepare_MD(M, D, check=True):
     else:
         M, D = _as_float(M), _as_float(D)
     dtype = torch.promote_types(M.dtype, D.dtype)
-    M, D = torch.broadcast_tensors(M.to(dtype), D.to(dtype))
+    try:
+        M, D = torch.broadcast_tensors(M.to(dtype), D.to(dtype))
+    except RuntimeError:
+        raise ValueError(f"M and D must broadcast together, got shapes {tuple(M.shape)} and {tuple(D.shape)}") from None
     if not check:
         return M, D
     if not bool(torch.all(torch.isfinite(M) & (M >= 0))):
@@ -107,6 +110,35 @@ def _prepare_MD(M, D, check=True):
     if not bool(torch.all(torch.isfinite(D) & (D > 0))):
         raise ValueError("D (the number of entries attached to each rank index) must be finite and > 0")
     return M, D
+
+
+def _check_lam(lam, new):
+    """The current λ of :meth:`RankPrior.damped_update` as a floating tensor: >= 0, not NaN, and
+    broadcasting with λ* ``new``."""
+    lam = _as_float(lam, like=new)
+    if not bool(torch.all(lam >= 0)):
+        raise ValueError("lam must be >= 0 (and not NaN)")
+    try:
+        torch.broadcast_shapes(lam.shape, new.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"lam must broadcast with M and D, got shapes {tuple(lam.shape)} and {tuple(new.shape)}"
+        ) from None
+    return lam
+
+
+def _nan_where_nan(lam, lp):
+    """``lp`` with NaN where λ is NaN: a log density of NaN is not a number."""
+    return torch.where(torch.isnan(lam), lam, lp)
+
+
+def _float_dtype(dtype):
+    """``dtype`` (default: torch's default dtype), once it is seen to be a floating torch dtype."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype (such as torch.float64), got {dtype!r}")
+    return dtype
 
 
 def _clamp_scale(lam):
@@ -192,16 +224,16 @@ class RankPrior:
         :param step_size: :math:`0 < s \le 1` (float or tensor broadcasting with λ).
         :param bool check: validate the arguments (see :meth:`update`).
         :rtype: torch.Tensor
-        :raises ValueError: if ``step_size`` is outside (0, 1] or ``lam`` is negative / NaN.
+        :raises ValueError: if ``step_size`` is outside (0, 1], or ``lam`` is negative, NaN or
+            does not broadcast with ``M`` and ``D`` (with ``check``, whatever the step size).
         """
         if check:
             _check_step_size(step_size)
         new = self.update(M, D, check=check)
+        lam = _check_lam(lam, new) if check else lam  # checked even where the full step does not read it
         if not isinstance(step_size, torch.Tensor) and float(step_size) == 1.0:
             return new
         lam = _as_float(lam, like=new)
-        if check and not bool(torch.all(lam >= 0)):
-            raise ValueError("lam must be >= 0 (and not NaN)")
         dtype = torch.promote_types(lam.dtype, new.dtype)
         lam, new = lam.to(dtype), new.to(dtype)
         s = step_size.to(dtype) if isinstance(step_size, torch.Tensor) else float(step_size)
@@ -287,7 +319,7 @@ class HalfCauchy(RankPrior):
         return f"eta={self.eta!r}"
 
     def distribution(self, batch_shape=(), *, dtype=None, device=None, validate_args=None):
-        eta = torch.tensor(self.eta, dtype=dtype or torch.get_default_dtype(), device=device)
+        eta = torch.tensor(self.eta, dtype=_float_dtype(dtype), device=device)
         return _PositiveHalfCauchy(eta, validate_args=validate_args).expand(torch.Size(_shape(batch_shape)))
 
     def log_prob(self, lam):
@@ -298,7 +330,7 @@ class HalfCauchy(RankPrior):
         x = 2.0 * (torch.log(safe) - math.log(self.eta))
         lp = math.log(2.0 / (math.pi * self.eta)) - torch.logaddexp(torch.zeros_like(x), x)
         lp = torch.where(lam == 0, torch.full_like(lp, math.log(2.0 / (math.pi * self.eta))), lp)
-        return torch.where(lam < 0, torch.full_like(lp, -math.inf), lp)
+        return _nan_where_nan(lam, torch.where(lam < 0, torch.full_like(lp, -math.inf), lp))
 
     def _phi(self, v, c, D):
         """φ(v) and φ'(v) of numpy arrays (the iteration) or of tensors (the last, differentiable step)."""
@@ -343,9 +375,16 @@ class HalfCauchy(RankPrior):
 
 
 def _shape(batch_shape):
-    if isinstance(batch_shape, numbers.Integral):
-        return (int(batch_shape),)
-    return tuple(batch_shape)
+    """``batch_shape`` (an int, a tuple of ints or a ``torch.Size``) as a tuple of non-negative ints."""
+    shape = (batch_shape,) if isinstance(batch_shape, numbers.Integral) else batch_shape
+    if not (
+        isinstance(shape, (tuple, list, torch.Size))
+        and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
+        raise ValueError(
+            f"batch_shape must be a torch.Size, a tuple of non-negative ints or an int, got {batch_shape!r}"
+        )
+    return tuple(int(n) for n in shape)
 
 
 # ----------------------------------------------------------------------------- log-uniform
@@ -371,7 +410,7 @@ class ImproperLogUniform(TorchDistribution):
     improper = True
 
     def __init__(self, batch_shape=torch.Size(), *, dtype=None, device=None, validate_args=None):
-        self._proto = torch.zeros((), dtype=dtype or torch.get_default_dtype(), device=device)
+        self._proto = torch.zeros((), dtype=_float_dtype(dtype), device=device)
         super().__init__(torch.Size(_shape(batch_shape)), torch.Size(), validate_args=validate_args)
 
     @property
@@ -433,7 +472,7 @@ class LogUniform(RankPrior):
         safe = torch.where(lam > 0, lam, torch.ones_like(lam))
         lp = -torch.log(safe)
         lp = torch.where(lam == 0, torch.full_like(lp, math.inf), lp)
-        return torch.where(lam < 0, torch.full_like(lp, -math.inf), lp)
+        return _nan_where_nan(lam, torch.where(lam < 0, torch.full_like(lp, -math.inf), lp))
 
     def update(self, M, D, *, check=True):
         M, D = _prepare_MD(M, D, check)
@@ -483,7 +522,7 @@ class Gamma(RankPrior):
         return f"concentration={self.concentration!r}, rate={self.rate!r}"
 
     def distribution(self, batch_shape=(), *, dtype=None, device=None, validate_args=None):
-        dtype = dtype or torch.get_default_dtype()
+        dtype = _float_dtype(dtype)
         a = torch.tensor(self.concentration, dtype=dtype, device=device)
         b = torch.tensor(self.rate, dtype=dtype, device=device)
         return dist.InverseGamma(a, b, validate_args=validate_args).expand(torch.Size(_shape(batch_shape)))
@@ -493,7 +532,7 @@ class Gamma(RankPrior):
         a, b = self.concentration, self.rate
         safe = torch.where(lam > 0, lam, torch.ones_like(lam))
         lp = a * math.log(b) - math.lgamma(a) - (a + 1.0) * torch.log(safe) - b / safe
-        return torch.where(lam > 0, lp, torch.full_like(lp, -math.inf))
+        return _nan_where_nan(lam, torch.where(lam > 0, lp, torch.full_like(lp, -math.inf)))
 
     def update(self, M, D, *, check=True):
         M, D = _prepare_MD(M, D, check)

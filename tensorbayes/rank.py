@@ -22,8 +22,9 @@ compute shrink; the mean tensor then changes by the weight of what was removed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from numbers import Integral
+from numbers import Integral, Real
 
 import pyro
 import torch
@@ -65,11 +66,17 @@ CUT_SCALE = 1e-3
 DEFAULT_TOLERANCE = 0.005
 
 
+def _is_number(value):
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
 def _check_readout(threshold, gap):
-    if not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+    """``(threshold, gap)`` as floats (numpy scalars included), or a ValueError naming the one out of range."""
+    if not (_is_number(threshold) and 0 < threshold < 1):
         raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
-    if not (isinstance(gap, (int, float)) and gap > 1):
+    if not (_is_number(gap) and gap > 1):
         raise ValueError(f"gap must be a number > 1 (a factor between consecutive weights), got {gap!r}")
+    return float(threshold), float(gap)
 
 
 def active_ranks(
@@ -82,7 +89,7 @@ def active_ranks(
 
     :param list weights: one non-increasing, non-negative weight vector per bond.
     """
-    _check_readout(threshold, gap)
+    threshold, gap = _check_readout(threshold, gap)
     counts = []
     for w in weights:
         if w.numel() == 0 or w.max() <= 0:
@@ -98,7 +105,20 @@ def active_ranks(
 def bond_weights(model: torch.nn.Module, guide) -> dict[str, list[torch.Tensor]]:
     """The canonical weight of every rank index, per tensor and bond (non-increasing)."""
     guide = as_tensor_guide(model, guide)
-    return {name: canonicalize(t.layout, guide.factor_means(t))[1] for name, t in guide.tensors().items()}
+    return {name: _canonical(name, t, guide)[1] for name, t in guide.tensors().items()}
+
+
+def _canonical(name, tensor, guide):
+    """:func:`~tensorbayes.formats.canonical.canonicalize` of ``tensor``'s posterior means in ``guide``
+    (``(means, weights)``), once they are seen to be finite: a fit that diverged leaves NaN, whose
+    weights would read as rank 1 or fail inside the SVD."""
+    means = guide.factor_means(tensor)
+    if not all(bool(torch.isfinite(m).all()) for m in means):
+        raise ValueError(
+            f"guide holds non-finite (NaN or infinite) factor means for tensor {name!r}: the fit diverged, "
+            "and no ranks can be read from it"
+        )
+    return canonicalize(tensor.layout, means)
 
 
 def ranks(
@@ -111,8 +131,9 @@ def ranks(
     :param guide: its :class:`~tensorbayes.guides.MeanField` guide.
     :param float threshold: relative weight below which an index is inactive.
     :param float gap: a drop by this factor between consecutive weights ends the active indices.
+    :raises ValueError: for a threshold or gap out of range, or factor means that are not finite.
     """
-    _check_readout(threshold, gap)
+    threshold, gap = _check_readout(threshold, gap)
     return {name: tuple(active_ranks(w, threshold, gap)) for name, w in bond_weights(model, guide).items()}
 
 
@@ -140,17 +161,18 @@ def prune(
         indices of every bond in the canonical order are kept (each rank at most the current
         one; tensors not named are read as usual).
     :returns: the ranks after pruning, as :func:`ranks` gives them.
+    :raises ValueError: for an argument out of range, or factor means that are not finite; nothing
+        is cut then (every tensor is read before any is cut).
     """
-    _check_readout(threshold, gap)
+    threshold, gap = _check_readout(threshold, gap)
     guide = as_tensor_guide(model, guide)
     tensors = guide.tensors()
     ranks = _check_target_ranks(ranks or {}, tensors)
-    found = {}
+    plan = {}
     for name, tensor in tensors.items():
-        means, weights = canonicalize(tensor.layout, guide.factor_means(tensor))
-        counts = ranks.get(name) or active_ranks(weights, threshold, gap)
-        found[name] = _cut(name, tensor, guide, means, counts)
-    return found
+        means, weights = _canonical(name, tensor, guide)
+        plan[name] = means, ranks.get(name) or active_ranks(weights, threshold, gap)
+    return {name: _cut(name, tensors[name], guide, means, counts) for name, (means, counts) in plan.items()}
 
 
 def _check_target_ranks(ranks, tensors):
@@ -238,16 +260,27 @@ def compression_report(
 
 def held_out_metric(mean: torch.Tensor, target: torch.Tensor) -> tuple[str, torch.Tensor]:
     """
-    ``("accuracy", value)`` for class probabilities ``(n, classes)`` against integer labels,
-    else ``("error", value)``, the relative error ``||mean - target|| / ||target||``.
+    ``("accuracy", value)`` for class probabilities ``(n, classes)`` against integer labels ``(n,)``
+    in ``[0, classes)``, else ``("error", value)``, the relative error ``||mean - target|| / ||target||``
+    of values shaped like ``mean``.
+
+    :raises TypeError: if ``mean`` or ``target`` is not a tensor.
+    :raises ValueError: for a target of neither form, or labels outside ``[0, classes)``.
     """
-    if mean.dim() == 2 and not target.is_floating_point():
+    if not isinstance(mean, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError(f"mean and target must be tensors, got {type(mean).__name__} and {type(target).__name__}")
+    labels = not target.is_floating_point()
+    if labels and mean.dim() == 2 and target.shape == mean.shape[:1]:
+        if not bool(((target >= 0) & (target < mean.shape[1])).all()):
+            raise ValueError(f"target's class labels must be in [0, {mean.shape[1]}), one per column of mean")
         return "accuracy", (mean.argmax(-1) == target).double().mean()
     if mean.shape != target.shape:
         raise ValueError(
             f"target must be integer class labels (n,) for class probabilities (n, classes), or values shaped like "
             f"the model's output {tuple(mean.shape)}; got a {target.dtype} target of shape {tuple(target.shape)}"
         )
+    if labels and mean.is_floating_point():  # integer values (counts) against a real-valued output
+        target = target.to(mean.dtype)
     return "error", (mean - target).norm() / target.norm()
 
 
@@ -284,6 +317,15 @@ def _held_out(inputs, target, chunk_size):
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"inputs must be tensors with target's {len(target)} examples along dim 0, got {shape}")
     return inputs
+
+
+def _check_reference(reference):
+    """``reference`` as a float (``None`` kept), or a ValueError: a NaN would silently be ignored."""
+    if isinstance(reference, torch.Tensor) and reference.numel() == 1:
+        reference = reference.item()
+    if reference is None or (_is_number(reference) and not math.isnan(reference)):
+        return reference if reference is None else float(reference)
+    raise ValueError(f"reference must be a number (a held-out score, not NaN) or None, got {reference!r:.80}")
 
 
 @torch.no_grad()
@@ -352,16 +394,17 @@ def search_ranks(
     :param torch.Tensor target: the held-out targets (class labels, or values).
     :param float tolerance: the score the cut may give up (accuracy, or relative error).
     :param float reference: the score to stay within ``tolerance`` of (default: the current
-        ranks' score); where the current ranks already score below ``reference - tolerance``,
-        they are kept.
+        ranks' score; a number, not NaN); where the current ranks already score below
+        ``reference - tolerance``, they are kept.
     :param int chunk_size: held-out examples per forward pass.
     :returns: ``({tensor name: ranks}, {"full": score, "found": score})``.
     """
     check_number(tolerance, "tolerance", "[0, inf)", "a non-negative number")
+    reference = _check_reference(reference)
     inputs = _held_out(inputs, target, chunk_size)
     guide = as_tensor_guide(model, guide)
     tensors = guide.tensors()
-    canon = {name: canonicalize(t.layout, guide.factor_means(t)) for name, t in tensors.items()}
+    canon = {name: _canonical(name, t, guide) for name, t in tensors.items()}
     relative = sorted(
         {float(r) for _, ws in canon.values() for w in ws if w[0] > 0 for r in w / w[0]}, reverse=True
     )  # τ from the largest (smallest ranks) down

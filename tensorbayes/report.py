@@ -37,6 +37,7 @@ import re
 import torch
 
 from . import plots
+from .checks import check_number
 from .guides.meanfield import low_rank_tensors
 from .infer import predict
 from .infer.calibration import expected_calibration_error
@@ -196,7 +197,9 @@ def write_report_for(
         reliability diagram and the expected calibration error.
     :param float threshold: the rank readout's relative threshold.
     :returns: the paths written, the figures first and ``report.md`` last.
+    :raises ValueError: for an argument of the wrong form, before anything is written.
     """
+    check_number(threshold, "threshold", "(0, 1)")
     if summary is None:
         summary = {}
     if not isinstance(summary, dict):
@@ -236,12 +239,10 @@ def write_report(run_dir, out_dir=None, threshold=DEFAULT_THRESHOLD):
             f"run_dir must be a run directory (from tensorbayes train --out), "
             f"but {os.fspath(run_dir)!r} is not a directory"
         )
+    check_number(threshold, "threshold", "(0, 1)")
     run = load_run(run_dir)
     summary = {f"config.{k}": v for k, v in dataclasses.asdict(run.config).items() if v is not None}
-    found = run.summary or {}
-    summary.update({k: found[k] for k in ("accuracy", "exported_accuracy", "seconds", "epochs_run") if k in found})
-    if "planted_ranks" in found.get("data", {}):
-        summary["planted ranks"] = tuple(found["data"]["planted_ranks"])
+    summary.update(_run_results(run.summary or {}, run_dir))
     out_dir = os.path.join(os.fspath(run_dir), "report") if out_dir is None else out_dir
     return write_report_for(
         run.model,
@@ -252,6 +253,20 @@ def write_report(run_dir, out_dir=None, threshold=DEFAULT_THRESHOLD):
         eval_data=getattr(run, "eval_data", None),
         threshold=threshold,
     )
+
+
+def _run_results(found, run_dir):
+    """What a run's ``summary.json`` (read as ``found``) adds to the report's summary; a
+    ValueError names the file where it is not a JSON object of the form ``train`` writes."""
+    data = found.get("data", {}) if isinstance(found, dict) else None
+    planted = data.get("planted_ranks", ()) if isinstance(data, dict) else None
+    if not isinstance(planted, (list, tuple)):
+        raise ValueError(
+            f"{os.path.join(os.fspath(run_dir), 'summary.json')!r} is not a run's summary: it must hold a JSON "
+            'object whose "data" is an object (with a list "planted_ranks", if any)'
+        )
+    results = {k: found[k] for k in ("accuracy", "exported_accuracy", "seconds", "epochs_run") if k in found}
+    return {**results, "planted ranks": tuple(planted)} if "planted_ranks" in data else results
 
 
 def path_argument(value):

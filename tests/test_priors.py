@@ -455,3 +455,43 @@ def test_the_feasible_init_of_an_improper_site_is_marked_as_a_default_init():
     value = init_improper_to_feasible(site)
     assert value.shape == (3,) and bool((value > 0).all())
     assert value._pyro_custom_init is False
+
+
+# ----------------------------------------------------------------------------- arguments of the wrong form
+
+
+@pytest.mark.parametrize("lam", [[-1.0, 1.0], [float("nan"), 1.0], [1.0, 1.0, 1.0]], ids=["negative", "nan", "shape"])
+@pytest.mark.parametrize("step_size", [1.0, 0.5])
+def test_damped_update_checks_lam_at_every_step_size(prior, lam, step_size):
+    # the docstring: a negative or NaN λ is refused, the full step included (which returns λ* alone);
+    # a λ that does not broadcast with M is named rather than failing inside torch
+    M = torch.tensor([1.0, 2.0], dtype=F64)
+    with pytest.raises(ValueError, match="lam must"):
+        prior.damped_update(torch.tensor(lam, dtype=F64), M, 3.0, step_size)
+    # the guide's own M-step (check=False) takes the full step without reading λ
+    assert torch.equal(prior.damped_update(None, M, 3.0, 1.0, check=False), prior.update(M, 3.0))
+
+
+def test_update_names_M_and_D_that_do_not_broadcast(prior):
+    with pytest.raises(ValueError, match=r"M and D must broadcast together, got shapes \(3,\) and \(2,\)"):
+        prior.update(torch.ones(3, dtype=F64), torch.ones(2, dtype=F64))
+
+
+def test_log_prob_of_nan_is_nan(prior):
+    # not a finite number (half-Cauchy, log-uniform) or -inf (Gamma): a NaN λ must not look like a density
+    lam = torch.tensor([float("nan"), 0.5], dtype=F64)
+    lp = prior.log_prob(lam)
+    assert torch.isnan(lp[0]) and torch.isfinite(lp[1])
+    assert torch.isnan(prior.distribution(2, dtype=F64, validate_args=False).log_prob(lam)[0])
+
+
+@pytest.mark.parametrize("batch_shape", [-1, 2.5, (2, -1), "3", (True,), None])
+def test_distribution_names_a_batch_shape_of_the_wrong_form(prior, batch_shape):
+    with pytest.raises(ValueError, match="batch_shape must be a torch.Size, a tuple of non-negative ints or an int"):
+        prior.distribution(batch_shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float64"])
+def test_distribution_names_a_dtype_that_is_not_floating(prior, dtype):
+    with pytest.raises(ValueError, match="dtype must be a floating torch dtype"):
+        prior.distribution(2, dtype=dtype)

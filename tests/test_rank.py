@@ -428,3 +428,75 @@ def test_the_search_scores_in_evaluation_mode_and_leaves_batch_norm_as_it_was():
     tb.rank.search_ranks(model, guide, x, y)
     tb.rank.mean_score(model, guide, x, y)
     assert torch.all(norm.running_mean == 0) and norm.num_batches_tracked == 0 and model.training
+
+
+# ----- a diverged fit, and held-out data and arguments of the wrong form -----
+
+
+def _two_layer_classifier(fmt):
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
+    model = tb.models.BayesianClassifier(tb.models.tensorize(net, format=fmt, min_features=16, max_rank=3), 3)
+    return model.to(D), MeanField(model.to(D), seed=0)
+
+
+@pytest.mark.parametrize("fmt", ["cp", "tt", "tucker", "ttm"])
+def test_non_finite_factor_means_are_named_and_nothing_is_cut(fmt):
+    # a fit that diverged: one NaN in the last tensor. CP read it as rank 1, the others failed inside
+    # the SVD; prune cut the tensors before it (and CP's own layout) and then raised
+    model, guide = _two_layer_classifier(fmt)
+    first, last = tb.ranks(model, guide)
+    before = {name: t.layout.ranks for name, t in guide.tensors().items()}
+    with torch.no_grad():
+        factor_parameter(guide, "locs", 0, tensor=last).view(-1)[0] = math.nan
+    match = f"non-finite .* factor means for tensor '{last}'"
+    for read in (tb.ranks, tb.rank.bond_weights, tb.compression_report):
+        with pytest.raises(ValueError, match=match):
+            read(model, guide)
+    with pytest.raises(ValueError, match=match):
+        tb.prune(model, guide, ranks={first: (1,) * len(before[first])})
+    with pytest.raises(ValueError, match=match):
+        tb.rank.search_ranks(model, guide, torch.randn(8, 32, dtype=D), torch.randint(0, 3, (8,)))
+    assert {name: t.layout.ranks for name, t in guide.tensors().items()} == before
+
+
+def test_held_out_metric_refuses_labels_of_the_wrong_shape_or_range():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]], dtype=D)
+    # labels (n, 1) broadcast against the argmax (n,) to an (n, n) comparison: 5/9 instead of 2/3
+    with pytest.raises(ValueError, match=r"integer class labels \(n,\).*shape \(3, 1\)"):
+        tb.rank.held_out_metric(probs, torch.tensor([[0], [2], [0]]))
+    for labels in ([1, 2, 3], [-1, 0, 1]):  # 1-based labels scored 0 everywhere, so the search cut everything
+        with pytest.raises(ValueError, match=r"class labels must be in \[0, 3\)"):
+            tb.rank.held_out_metric(probs, torch.tensor(labels))
+    with pytest.raises(TypeError, match="mean and target must be tensors"):
+        tb.rank.held_out_metric(probs, [0, 2, 0])
+    assert tb.rank.held_out_metric(probs, torch.tensor([0, 2, 0]))[1].item() == pytest.approx(2 / 3, abs=0)
+    # integer values (counts) against a real-valued output are values: ||(0.5, 0, 0)|| / ||(1, 2, 2)||
+    name, value = tb.rank.held_out_metric(torch.tensor([1.5, 2.0, 2.0], dtype=D), torch.tensor([1, 2, 2]))
+    assert name == "error" and value.item() == pytest.approx(0.5 / 3, rel=1e-15)
+
+
+@pytest.mark.parametrize("reference", [math.nan, "0.05", torch.tensor([0.1, 0.2])])
+def test_search_ranks_refuses_a_reference_that_is_not_a_number(reference):
+    # a NaN reference was silently ignored (max(full, nan) is full)
+    model, guide, index, values = _cp_matrix([1.0, 0.5, 0.1, 0.01])
+    with pytest.raises(ValueError, match="reference must be a number"):
+        tb.rank.search_ranks(model, guide, index, values, tolerance=0.1, reference=reference)
+
+
+def test_search_ranks_takes_a_reference_as_a_number_or_a_one_element_tensor():
+    model, guide, index, values = _cp_matrix([1.0, 0.5, 0.1, 0.01])
+    for reference in (0.05, np.float32(0.05), torch.tensor(0.05, dtype=D)):
+        found, _ = tb.rank.search_ranks(model, guide, index, values, tolerance=0.1, reference=reference)
+        assert found == {"tensor": (3,)}
+    found, _ = tb.rank.search_ranks(model, guide, index, values, tolerance=0.1, reference=-math.inf)
+    assert found == {"tensor": (2,)}  # as without a reference: within .1 of the full score 0
+
+
+def test_the_readout_takes_numpy_numbers():
+    # np.float32 is a number in (0, 1); the error said "threshold must be a number in (0, 1), got 0.99"
+    planted, model, guide = _setup("tt", (6, 7, 8), (2, 3), (5, 5))
+    assert tb.ranks(model, guide, threshold=np.float32(0.99)) == {"tensor": (1, 1)}
+    assert tb.rank.active_ranks([torch.tensor([1.0, 0.5, 0.2, 0.1])], gap=np.float32(2.4)) == [2]
+    assert tb.prune(model, guide, threshold=np.float32(0.99), gap=np.int64(10)) == {"tensor": (1, 1)}

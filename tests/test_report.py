@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 
 import argparse  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import types  # noqa: E402
 
 import pytest  # noqa: E402
@@ -147,3 +148,33 @@ def test_report_subcommand(run_dir, tmp_path, capsys):
         args.handler(argparse.Namespace(run_dir=str(run_dir), out=None, threshold=2.0))
     with pytest.raises(SystemExit, match="not a directory"):
         args.handler(parser.parse_args(["report", str(tmp_path / "missing")]))
+
+
+@pytest.mark.parametrize("threshold", [2, 0, "0.1", float("nan")])
+def test_a_threshold_out_of_range_is_refused_before_anything_is_written(run, run_dir, tmp_path, threshold):
+    # it was found only after the held-out predictions, with the output folder already made
+    out = tmp_path / "report"
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\)"):
+        write_report_for(run.model, run.guide, run.history, out_dir=out, threshold=threshold)
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\)"):
+        write_report(str(run_dir), str(out), threshold=threshold)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"data": 3}', '{"data": {"planted_ranks": 3}}'])
+def test_a_run_summary_of_the_wrong_form_is_named(run_dir, tmp_path, text):
+    # valid JSON, but not the object `tensorbayes train` writes: an AttributeError or TypeError deep inside
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    (folder / "summary.json").write_text(text)
+    with pytest.raises(ValueError, match=r"summary.json' is not a run's summary: it must hold a JSON object"):
+        write_report(str(folder), str(tmp_path / "report"))
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_run_summary_lists_its_results_and_planted_ranks(run_dir, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    (folder / "summary.json").write_text('{"epochs_run": 7, "other": 1, "data": {"planted_ranks": [2, 3]}}')
+    text = open(write_report(str(folder), str(tmp_path / "report"))[-1], encoding="utf-8").read()
+    assert "| epochs_run | 7 |" in text and "| planted ranks | [2, 3] |" in text and "| other |" not in text
