@@ -22,6 +22,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import check_int, check_number
 from ..formats.base import einsum
 from ..formats.canonical import canonicalize
 from ..guides.meanfield import MeanField
@@ -224,15 +225,16 @@ def coordinate_ascent(
 
     :param model: a :class:`~tensorbayes.models.TensorCompletion`.
     :param guide: a :class:`~tensorbayes.guides.MeanField` guide of ``model``.
-    :param torch.Tensor index: observed multi-indices ``(n, order)``.
-    :param torch.Tensor values: observed values ``(n,)``.
-    :param int sweeps: passes over the factors.
+    :param torch.Tensor index: observed multi-indices ``(n, order)``, at least one.
+    :param torch.Tensor values: observed values ``(n,)``; if the model learns its noise, not all
+        equal (the warm-up's noise and the noise floor are relative to their variance).
+    :param int sweeps: passes over the factors, at least one.
     :param int warmup: sweeps with λ held (learning λ and the noise from the start collapses
         every rank while the fit is still poor, docs/method.md); with a learned noise, the number
         of times the warm-up lowers it (see ``noise_decay``); 0 continues from the current state.
         The warm-up never takes more than half of the sweeps.
-    :param float warmup_noise: the noise during the warm-up, relative to the data's spread.
-    :param float noise_decay: during the warm-up a learned noise is annealed: it starts at
+    :param float warmup_noise: the noise during the warm-up, relative to the data's spread (positive).
+    :param float noise_decay: in ``(0, 1]``; during the warm-up a learned noise is annealed: it starts at
         ``warmup_noise`` times the data's spread and is multiplied by ``noise_decay`` after
         every sweep whose mean squared residual is within twice its variance (the fit has
         caught up), so that the dominant structure is fitted first (a small noise from the
@@ -240,7 +242,8 @@ def coordinate_ascent(
         warm-up it is the expected squared residual under the posterior (the squared residual
         of the mean plus each entry's variance through every factor, given the others' means),
         and never rises.
-    :param float noise_floor: lower bound on the learned noise variance, relative to the data's.
+    :param float noise_floor: lower bound on the learned noise variance, relative to the data's
+        (positive: a zero noise would divide the updates by zero).
     A fresh CP fit (``warmup > 0``) starts from :func:`spectral_factors`: from random factors
     an over-factored CP fit forms near-cancelling pairs of components that never separate.
 
@@ -253,7 +256,16 @@ def coordinate_ascent(
         lets the rank scales separate there.
     :returns: the noise standard deviation after each sweep (a list).
     """
+    _check_pair(model, guide)
+    _check_schedule(sweeps, warmup, warmup_noise, noise_decay, noise_floor)
     index, values = model.check_data(index, values)
+    if index.shape[0] == 0:
+        raise ValueError("index must hold at least one observed multi-index, got none")
+    if model.learns_noise and not bool(values.max() > values.min()):
+        raise ValueError(
+            "values must not all be equal when the model learns its noise: its warm-up and floor are "
+            "relative to their variance (fix the noise, TensorCompletion(..., noise=...), or fit with init='none')"
+        )
     tensor = model.tensor
     if propagate_variance is None:
         propagate_variance = tensor.layout.name == "cp"
@@ -315,6 +327,23 @@ def coordinate_ascent(
     return noises
 
 
+def _check_pair(model, guide):
+    if not isinstance(model, TensorCompletion):
+        raise TypeError(f"model must be a TensorCompletion, got {type(model).__name__}")
+    if not isinstance(guide, MeanField):
+        raise TypeError(f"guide must be a MeanField guide, got {type(guide).__name__}")
+    if not any(t is model.tensor for t in guide.tensors().values()):
+        raise ValueError("guide must be the MeanField guide of this model (built as MeanField(model))")
+
+
+def _check_schedule(sweeps, warmup, warmup_noise, noise_decay, noise_floor):
+    check_int(sweeps, "sweeps")
+    check_int(warmup, "warmup", low=0)
+    check_number(warmup_noise, "warmup_noise", "(0, inf)", "a positive number")
+    check_number(noise_decay, "noise_decay", "(0, 1]")
+    check_number(noise_floor, "noise_floor", "(0, inf)", "a positive number")
+
+
 def supports_closed_form(model, guide) -> bool:
     """Whether ``model`` and ``guide`` have the closed-form start of :func:`closed_form_start`: a
     :class:`~tensorbayes.models.TensorCompletion` under a :class:`~tensorbayes.guides.MeanField`
@@ -337,6 +366,7 @@ def closed_form_start(
             tb.fit(model, guide, (index, values), init="none", lr=1e-3, warmup=0, ramp=0)
 
     :param data: the model's data, ``(index, values)`` for a completion model.
+    :param int sweeps: a positive int, or ``None`` for the format's default.
     :returns: whether it ran (``False`` where the pair offers no closed form, see
         :func:`supports_closed_form`; with ``required=True`` that raises a :class:`ValueError`).
     """
@@ -344,8 +374,10 @@ def closed_form_start(
         if required:
             raise ValueError("init='cavi' needs a TensorCompletion model and a MeanField guide with closed-form λ")
         return False
+    if len(data) != 2:
+        raise ValueError(f"data must be (index, values) for a completion model, got {len(data)} tensors")
     index, values = data
-    sweeps = sweeps or DEFAULT_SWEEPS[model.tensor.layout.name]
+    sweeps = DEFAULT_SWEEPS[model.tensor.layout.name] if sweeps is None else check_int(sweeps, "sweeps")
     coordinate_ascent(model, guide, index, values, sweeps=sweeps, progress=progress)
     prune(model, guide)
     coordinate_ascent(model, guide, index, values, sweeps=max(1, sweeps // 2), warmup=0, progress=progress)

@@ -29,6 +29,12 @@ def _draws(model, guide, inputs, num_samples):
     for k in range(1, num_samples + 1):
         guide_trace = pyro.poutine.trace(guide).get_trace(*inputs)
         out = pyro.poutine.replay(model, trace=guide_trace)(*inputs)
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            got = out.dtype if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TypeError(
+                f"predict averages the model's return value, which must be a floating point tensor, got {got}: "
+                "give return_sites to collect the draws of sample sites instead"
+            )
         if mean is None:
             mean, m2 = out.clone(), torch.zeros_like(out)
             continue
@@ -80,6 +86,8 @@ def predict(
     check_int(chunk_size, "chunk_size")
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise TypeError("inputs must be one or more tensors sharing their first dimension")
+    if any(t.dim() == 0 for t in inputs):
+        raise ValueError(f"inputs must have a first (example) dimension, got shapes {[tuple(t.shape) for t in inputs]}")
     n = inputs[0].shape[0]
     if any(t.shape[0] != n for t in inputs):
         raise ValueError(f"inputs must share their first dimension, got {[tuple(t.shape) for t in inputs]}")

@@ -11,6 +11,7 @@ import pyro
 import torch
 from pyro.nn import PyroModule
 
+from .networks import check_num_data
 from .noise import NormalNoise
 from .tensor import LowRankTensor, map_particles, particle_dims, place_batch
 
@@ -60,22 +61,41 @@ class TensorCompletion(PyroModule, NormalNoise):
                 raise ValueError("values must be finite: found NaN or infinite observed values")
         return index, values
 
+    @staticmethod
+    def _check_batch(index, values):
+        """The batch size of ``index``, checked with ``values`` by shape and dtype only (the index's
+        range is the layout's to check), as cheap as a training step needs."""
+        if not isinstance(index, torch.Tensor):
+            raise TypeError(f"index must be an integer tensor of multi-indices, got {type(index).__name__}")
+        if index.dim() != 2 or index.shape[0] == 0:
+            raise ValueError(f"index must have shape (batch, order) with batch >= 1, got {tuple(index.shape)}")
+        batch = index.shape[0]
+        if values is None:
+            return batch
+        if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+            got = values.dtype if isinstance(values, torch.Tensor) else type(values).__name__
+            raise TypeError(f"values must be a floating point tensor, got {got}")
+        if values.shape != (batch,):
+            raise ValueError(f"values must have shape ({batch},), one per row of index, got {tuple(values.shape)}")
+        return batch
+
     def forward(self, index, values=None, *, num_data=None):
         """
         :param torch.Tensor index: observed multi-indices, shape ``(batch, order)``.
         :param torch.Tensor values: observed values, shape ``(batch,)``, or ``None`` to sample.
-        :param int num_data: the size of the whole data set this batch was drawn from
-            (default: the batch itself); it scales the likelihood.
+        :param int num_data: the size of the whole data set this batch was drawn from, at least
+            the batch (default: the batch itself); it scales the likelihood by ``num_data / batch``.
         :returns: the tensor's entries at ``index`` (the noiseless mean), ``(batch,)``; with
             the particles' dims ``(S, batch)`` when the factors are drawn with them
             (``Predictive(parallel=True)``, ``vectorize_particles=True``).
         """
+        batch = self._check_batch(index, values)
+        size = check_num_data(num_data, batch)
         factors, _ = self.tensor()
         layout = self.tensor.layout
         lead = particle_dims(layout, factors)  # vectorized particles: each particle's entries, (*lead, batch)
         mean = map_particles(layout.entries, lead, factors, (index,), min_dims=(index.dim() + 1,))
-        batch = index.shape[0]
-        plate = pyro.plate("data", size=num_data or batch, subsample=torch.arange(batch, device=index.device))
+        plate = pyro.plate("data", size=size, subsample=torch.arange(batch, device=index.device))
         with plate:
             mean = place_batch(mean, len(lead), plate.dim)  # (S, 1, batch) -> (S, batch) under the particle plate
             pyro.sample("obs", self.likelihood(mean), obs=values)

@@ -12,6 +12,8 @@ import math
 import pyro.distributions as dist
 import torch
 
+from ..checks import check_number
+
 __all__ = ["NormalNoise", "SharedScaleNormal"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -75,10 +77,8 @@ class NormalNoise:
         if noise is None:
             self.log_noise = torch.nn.Parameter(torch.zeros(()))
             self.fixed_noise = None
-        elif isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 < noise < math.inf:
-            self.fixed_noise = float(noise)
-        else:
-            raise ValueError(f"noise must be None (learned) or a positive number, got {noise!r}")
+        else:  # any real number, a NumPy scalar (np.std of float32 data) included
+            self.fixed_noise = check_number(noise, "noise", "(0, inf)", "None (learned) or a positive number")
 
     @property
     def learns_noise(self):

@@ -99,3 +99,95 @@ def test_matrix_free_tucker_core_update_equals_the_direct_solve():
     assert torch.allclose(free_mean, mean, rtol=1e-8, atol=1e-10)
     assert torch.allclose(free_var, var, rtol=1e-10)
     assert torch.allclose(spread, (design**2 * var[slices]).sum(-1), rtol=1e-10)
+
+
+def _pair(shape=(4, 5, 6), noise=None):
+    model = TensorCompletion(shape, format="tt", max_rank=2, noise=noise).double()
+    return model, MeanField(model, seed=0).double()
+
+
+def _state(model, guide):
+    return {k: v.clone() for k, v in [*model.state_dict().items(), *guide.state_dict().items()]}
+
+
+def _assert_unchanged(before, model, guide):
+    after = _state(model, guide)
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sweeps": 0}, "sweeps must be a positive int"),
+        ({"sweeps": -1}, "sweeps must be a positive int"),
+        ({"sweeps": 2.5}, "sweeps must be a positive int"),
+        ({"warmup": -1}, "warmup must be a non-negative int"),
+        ({"warmup_noise": -0.5}, "warmup_noise must be a positive number"),
+        ({"noise_decay": 0.0}, r"noise_decay must be a number in \(0, 1\]"),
+        ({"noise_decay": 1.5}, r"noise_decay must be a number in \(0, 1\]"),
+        ({"noise_floor": 0.0}, "noise_floor must be a positive number"),
+    ],
+)
+def test_coordinate_ascent_refuses_bad_arguments_before_changing_anything(kwargs, match):
+    # sweeps=0 or -1 returned no sweeps yet wrote the guide and the noise; a negative warmup or
+    # warmup_noise ran as if positive; noise_decay=0 failed deep in the prior's update
+    planted = planted_tensor((4, 5, 6), "tt", (2, 2), observed=0.5, noise=0.01, seed=0, dtype=D)
+    model, guide = _pair()
+    before = _state(model, guide)
+    with pytest.raises(ValueError, match=match):
+        coordinate_ascent(model, guide, planted.train_index, planted.train_values, **kwargs)
+    _assert_unchanged(before, model, guide)
+
+
+def test_coordinate_ascent_refuses_a_guide_of_another_model():
+    # a MeanField guide of another model failed with a bare StopIteration
+    planted = planted_tensor((4, 5, 6), "tt", (2, 2), observed=0.5, noise=0.01, seed=0, dtype=D)
+    model, _ = _pair()
+    other, other_guide = _pair()
+    before = _state(other, other_guide)
+    with pytest.raises(ValueError, match="guide must be the MeanField guide of this model"):
+        coordinate_ascent(model, other_guide, planted.train_index, planted.train_values, sweeps=2)
+    _assert_unchanged(before, other, other_guide)
+    with pytest.raises(TypeError, match="guide must be a MeanField guide"):
+        coordinate_ascent(model, object(), planted.train_index, planted.train_values, sweeps=2)
+
+
+@pytest.mark.parametrize("case", ["no-observation", "one-observation", "constant"])
+def test_coordinate_ascent_names_data_it_cannot_start_from(case):
+    # none: a ZeroDivisionError or a reshape error; one observation (NaN variance) or equal values
+    # (zero variance) with a learned noise: a failed SVD or "M ... must be finite" from the prior
+    planted = planted_tensor((4, 5, 6), "tt", (2, 2), observed=0.5, noise=0.01, seed=0, dtype=D)
+    index, values = planted.train_index, planted.train_values
+    index, values = {
+        "no-observation": (index[:0], values[:0]),
+        "one-observation": (index[:1], values[:1]),
+        "constant": (index, torch.full_like(values, 2.0)),
+    }[case]
+    model, guide = _pair()
+    before = _state(model, guide)
+    match = "index must hold at least one" if case == "no-observation" else "values must not all be equal"
+    with pytest.raises(ValueError, match=match):
+        coordinate_ascent(model, guide, index, values, sweeps=4, warmup=1)
+    _assert_unchanged(before, model, guide)
+    if case != "no-observation":  # a fixed noise needs no spread of the data: the fit runs
+        model, guide = _pair(noise=0.1)
+        assert coordinate_ascent(model, guide, index, values, sweeps=4, warmup=1) == [0.1] * 4
+
+
+def test_closed_form_start_checks_sweeps_and_data():
+    # sweeps=-2 ran the coordinate ascent with no sweeps, pruned, then one sweep; sweeps=0 took
+    # the default; one or three data tensors failed to unpack
+    from tensorbayes.infer.cavi import closed_form_start
+
+    planted = planted_tensor((4, 5, 6), "tt", (2, 2), observed=0.5, noise=0.01, seed=0, dtype=D)
+    data = (planted.train_index, planted.train_values)
+    model, guide = _pair()
+    before = _state(model, guide)
+    for sweeps in (0, -2, 3.0):
+        with pytest.raises(ValueError, match="sweeps must be a positive int"):
+            closed_form_start(model, guide, *data, sweeps=sweeps)
+    for bad in (data[:1], (*data, data[1])):
+        with pytest.raises(ValueError, match=r"data must be \(index, values\)"):
+            closed_form_start(model, guide, *bad, sweeps=2)
+    _assert_unchanged(before, model, guide)
+    assert closed_form_start(model, guide, *data, sweeps=2)

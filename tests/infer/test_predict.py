@@ -163,3 +163,32 @@ def test_predict_runs_in_evaluation_mode_and_gives_each_module_its_mode_back():
     assert torch.all(norm.running_mean == 0.5) and norm.num_batches_tracked == 0
     assert model.training and norm.training and not dropout.training
     torch.testing.assert_close(mean.sum(-1), torch.ones(40))
+
+
+def test_predict_refuses_an_input_without_an_example_dimension():
+    # a 0-d input failed with a bare IndexError from its shape
+    model, guide = _model_and_guide(0.1)
+    with pytest.raises(ValueError, match=r"first \(example\) dimension, got shapes \[\(\)\]"):
+        tb.predict(model, guide, torch.tensor(3))
+
+
+@pytest.mark.parametrize("returned", [None, "labels"])
+def test_predict_asks_for_return_sites_when_the_model_returns_no_floating_tensor(returned):
+    # a Pyro model that returns nothing (or integer labels) failed with an AttributeError on
+    # None.clone (or a dtype error in the running mean) instead of pointing at return_sites
+    import pyro
+    import pyro.distributions as dist
+
+    def model(x):
+        w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Bernoulli(logits=x @ w)).long()
+        return y if returned == "labels" else None
+
+    def guide(x):
+        pyro.sample("w", dist.Normal(torch.zeros(2, dtype=torch.float64), 0.1).to_event(1))
+
+    x = torch.randn(5, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="must be a floating point tensor.*return_sites"):
+        tb.predict(model, guide, x, num_samples=2)
+    assert tb.predict(model, guide, x, num_samples=2, return_sites=["y"])["y"].shape == (2, 5)

@@ -8,6 +8,8 @@ import torch
 from pyro import poutine
 
 from tensorbayes.data import planted_tensor
+from tensorbayes.guides import MeanField
+from tensorbayes.infer import MeanFieldELBO
 from tensorbayes.models import TensorCompletion
 
 D = torch.float64
@@ -152,3 +154,36 @@ def test_check_data_errors_name_the_argument(change, error, name):
     index, values = change(*_good())
     with pytest.raises(error, match=name):
         model.check_data(index, values)
+
+
+@pytest.mark.parametrize("num_data", [2, 0, -30, 30.0, True])
+def test_forward_refuses_a_num_data_that_is_not_a_data_set_size(num_data):
+    # a num_data below the batch (or 0, negative, not an int) scaled the likelihood by a
+    # meaningless factor without a word: -30 made it negative, 0 fell back to the batch
+    planted, _, conditioned = _fixed_model()
+    index, values = planted.train_index[:3], planted.train_values[:3]
+    with pytest.raises(ValueError, match="num_data must be an int at least the batch size"):
+        conditioned(index, values, num_data=num_data)
+
+
+@pytest.mark.parametrize(
+    "index, values, error, match",
+    [
+        (torch.tensor([[0, 1, 2], [2, 3, 4]]), torch.tensor([[0.5], [1.0]], dtype=D), ValueError, r"values.*\(2,\)"),
+        (torch.tensor([[0, 1, 2], [2, 3, 4]]), torch.tensor([0.5, 1.0, 2.0], dtype=D), ValueError, r"values.*\(2,\)"),
+        (torch.tensor([[0, 1, 2], [2, 3, 4]]), torch.tensor([1, 2]), TypeError, "values must be a floating point"),
+        (torch.tensor([[0, 1, 2], [2, 3, 4]]), [0.5, 1.0], TypeError, "values must be a floating point"),
+        (torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=D), ValueError, "index.*batch >= 1"),
+        ([[0, 1, 2]], None, TypeError, "index must be an integer tensor"),
+    ],
+    ids=["values-column", "values-too-long", "int-values", "list-values", "empty-batch", "list-index"],
+)
+def test_forward_refuses_values_that_are_not_one_per_index(index, values, error, match):
+    # values of shape (batch, 1) broadcast against the (batch,) entries to a (batch, batch)
+    # likelihood, which MeanFieldELBO summed into a wrong loss without a word
+    _, model, conditioned = _fixed_model()
+    with pytest.raises(error, match=match):
+        conditioned(index, values)
+    guide = MeanField(model, seed=0).double()
+    with pytest.raises(error, match=match):
+        MeanFieldELBO().loss(model, guide, index, values)

@@ -89,3 +89,23 @@ def test_validation_follows_torchs_default_when_not_given():
     finally:
         torch.distributions.Distribution.set_default_validate_args(saved)
     assert SharedScaleNormal(torch.zeros(1), 1.0)._validate_args == saved
+
+
+@pytest.mark.parametrize("model", ["completion", "regressor"])
+def test_a_numpy_scalar_noise_is_a_positive_number(model):
+    # noise=np.std(y) of float32 data is a np.float32, which was refused as "not a positive number"
+    import numpy as np
+
+    from tensorbayes.models import BayesianRegressor, TensorCompletion, tensorize
+
+    def build(noise):
+        if model == "completion":
+            return TensorCompletion((3, 4, 5), noise=noise)
+        net = tensorize(torch.nn.Sequential(torch.nn.Linear(16, 16)), format="tt", max_rank=2, min_features=16)
+        return BayesianRegressor(net, noise=noise)
+
+    built = build(np.float32(0.25))
+    assert not built.learns_noise and built.fixed_noise == 0.25 and type(built.fixed_noise) is float
+    for bad in (np.float32(0.0), np.float64(-1.0), np.float32("nan"), np.bool_(True)):
+        with pytest.raises(ValueError, match="noise must be None"):
+            build(bad)
