@@ -16,7 +16,7 @@ from pyro.infer.autoguide import AutoGuide
 from ..guides.base import as_tensor_guide
 from ..models.tensor import low_rank_tensors
 
-__all__ = ["load", "load_checkpoint", "save", "save_checkpoint"]
+__all__ = ["check_file_path", "load", "load_checkpoint", "save", "save_checkpoint"]
 
 
 def save_checkpoint(path, model, guide, optimizer, history, step, epoch, generator, initialized):
@@ -184,7 +184,7 @@ def save(path: str | os.PathLike, model: torch.nn.Module, guide) -> None:
         tb.load("net.pt", model2, guide2)
     """
     _check_model_and_guide(model, guide)
-    _check_file_path(path)
+    check_file_path(path)
     state = {
         "model": model.state_dict(),
         "guide": guide.state_dict(),
@@ -230,13 +230,14 @@ def _check_model_and_guide(model, guide):
         as_tensor_guide(model, guide)
 
 
-def _check_file_path(path):
-    """Raise unless :func:`save` can write a file at ``path``: a str or os.PathLike, not a folder, in
-    a folder that exists."""
+def check_file_path(path, name="path"):
+    """Raise, naming the argument ``name``, unless a file can be written at ``path``: a str or
+    os.PathLike, not a folder, in a folder that exists (what :func:`save` and :func:`~tensorbayes.fit`'s
+    ``checkpoint`` check before anything changes)."""
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file path (a str or os.PathLike), got {type(path).__name__}")
+        raise TypeError(f"{name} must be a file path (a str or os.PathLike), got {type(path).__name__}")
     if os.path.isdir(path):
-        raise ValueError(f"path must be a file path, got the folder {os.fspath(path)!r} (e.g. give folder/model.pt)")
+        raise ValueError(f"{name} must be a file path, got the folder {os.fspath(path)!r} (e.g. give folder/model.pt)")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise ValueError(f"path {os.fspath(path)!r} is in a folder that does not exist: {folder!r}")
+        raise ValueError(f"{name} {os.fspath(path)!r} is in a folder that does not exist: {folder!r}")

@@ -29,7 +29,7 @@ from ..rank import DEFAULT_TOLERANCE, held_out_metric, mean_score, prune, ranks,
 from . import distributed as _distributed
 from .batches import TensorBatches, as_tensors, module_device, to_device
 from .cavi import closed_form_start
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_file_path, load_checkpoint, save_checkpoint
 from .diagnostics import DeadGradientWarning, NonFiniteError, check_finite_parameters
 from .engine import SCALE_LR, Schedule, SVIEngine, check_engine_arguments, sparse_tables
 from .predict import predict
@@ -334,7 +334,8 @@ def _check_arguments(
         check_int(seed, "seed", low=0)
         if seed > MAX_SEED:
             raise ValueError(f"seed must be an int in [0, 2**32 - 1] (pyro.set_rng_seed seeds NumPy), got {seed!r}")
-    _check_checkpoint_path(checkpoint)
+    if checkpoint is not None:  # written after the first epoch: refused now, before anything changes
+        check_file_path(checkpoint, "checkpoint")
     for value, name in ((resume, "resume"), (progress, "progress"), (distributed, "distributed")):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -380,19 +381,6 @@ def _check_callbacks(callbacks):
     if not all(callable(c) for c in callbacks):
         raise TypeError("callbacks must be a sequence of callables callback(epoch, history)")
     return callbacks
-
-
-def _check_checkpoint_path(checkpoint):
-    """A checkpoint path that can be written after the first epoch: refused now, before anything changes."""
-    if checkpoint is None:
-        return
-    if not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be None or a file path, got {type(checkpoint).__name__}")
-    if os.path.isdir(checkpoint):
-        raise ValueError(f"checkpoint must be a file path, got the folder {os.fspath(checkpoint)!r}")
-    folder = os.path.dirname(os.path.abspath(checkpoint))
-    if not os.path.isdir(folder):
-        raise ValueError(f"checkpoint must be a file in an existing folder: {folder!r} does not exist")
 
 
 def _check_eval_data(model, eval_data):
