@@ -150,7 +150,12 @@ class PlainMeanField(torch.nn.Module):
         scales = guide.factor_scales(self.tensor)
         self.locs = torch.nn.ParameterList([p.clone() for p in guide.factor_means(self.tensor)])
         self.raw_scales = torch.nn.ParameterList([s.expm1().log() for s in scales])  # softplus⁻¹
-        self.lambdas = [lam.clone() for lam in guide.lambdas(next(iter(guide.tensors())))]
+        for b, lam in enumerate(guide.lambdas(next(iter(guide.tensors())))):
+            self.register_buffer(f"lambda{b}", lam.clone())  # buffers: .to(device) moves them
+
+    @property
+    def lambdas(self):
+        return [getattr(self, f"lambda{b}") for b in range(self.layout.num_bonds)]
 
     def scales(self):
         return [torch.nn.functional.softplus(raw) for raw in self.raw_scales]
@@ -170,9 +175,9 @@ class PlainMeanField(torch.nn.Module):
     @torch.no_grad()
     def lambda_step(self):
         second = [loc**2 + s**2 for loc, s in zip(self.locs, self.scales())]
-        for b, lam in enumerate(self.lambdas):
+        for b, lam in enumerate(self.lambdas):  # in place: each bond sees the ones updated before it
             ((m, d),) = self.tensor.slice_moments(second, self.lambdas, bonds=[b])
-            self.lambdas[b] = self.tensor.prior.damped_update(lam, m, d, self.step_size, check=False)
+            lam.copy_(self.tensor.prior.damped_update(lam, m, d, self.step_size, check=False))
 
 
 def _floor_step(layer, x, y):
