@@ -210,7 +210,7 @@ class CompactEmbeddingBag(torch.nn.Module):
 
     Usage::
 
-        bag = CompactEmbeddingBag(model.bags["C3"], guide.factor_means(model.bags["C3"].weight))
+        bag = CompactEmbeddingBag(model.net.C3, guide.factor_means(model.net.C3.weight))  # = model.net.C3.export(guide)
         out = bag(indices, offsets)
 
     :param layer: the :class:`TensorizedEmbeddingBag` whose sizes, shapes and mode to take.

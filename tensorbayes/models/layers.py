@@ -459,8 +459,9 @@ def contract_flops(layout, batch_size):
 
 
 def dense_flops(layout, batch_size):
-    """FLOPs of reconstructing ``W`` (the planned einsum of :meth:`full`) plus ``F.linear``
-    counted as opt_einsum counts a matrix product, ``2 * batch * out * in``."""
+    """FLOPs of reconstructing ``W`` (the planned einsum of the layout's
+    :meth:`~tensorbayes.formats.TensorFormat.full`) plus ``F.linear`` counted as opt_einsum counts
+    a matrix product, ``2 * batch * out * in``."""
     rows, cols = layout.matrix_shape
     return planned_cost(*_full_plan(layout)) + 2 * batch_size * rows * cols
 
