@@ -120,6 +120,7 @@ def train_bayesian(model, guide, train, args):
             lr_warmup=args.lr_warmup,
             lambda_step=args.lambda_step,
             init="none",
+            tolerance=None,  # a stream: no share held out, no rank search
             seed=args.seed,
             progress=not args.no_progress,
         )
