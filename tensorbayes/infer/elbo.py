@@ -137,7 +137,7 @@ class MeanFieldELBO(TraceMeanField_ELBO):
     def loss_and_grads(self, model, guide, *args, **kwargs):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         if loss.requires_grad:
-            loss.backward()
+            loss.backward(retain_graph=self.retain_graph)
         return torch_item(loss)
 
     def loss_and_log_likelihood(self, model, guide, *args, **kwargs):

@@ -21,7 +21,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from ..checks import check_int, check_number
-from ..guides.base import GuideError, as_tensor_guide
+from ..guides.base import GuideError, TensorGuide, as_tensor_guide
 from . import distributed as _distributed
 from .diagnostics import (
     DeadGradients,
@@ -31,6 +31,7 @@ from .diagnostics import (
     gradients,
     guide_parameters,
     model_parameters,
+    named_parameters,
     non_finite_parameter,
     read_norms,
 )
@@ -102,9 +103,9 @@ class Schedule:
     def lr_factor(self, step: int) -> float:
         """The learning rate's share at ``step``: rising linearly from ``1 / lr_warmup`` at the
         first step to 1, then falling linearly over the last ``decay`` steps to ``1 / decay`` at
-        the last one."""
+        the last one; 0 past the ``total`` steps (a rate below zero would climb the loss)."""
         rise = min(1.0, (step + 1) / self.lr_warmup) if self.lr_warmup else 1.0
-        return rise * (min(1.0, (self.total - step) / self.decay) if self.decay else 1.0)
+        return rise * (min(1.0, max(0.0, (self.total - step) / self.decay)) if self.decay else 1.0)
 
 
 def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -161,15 +162,41 @@ def _optimizer_class(optim):
     if optim is None:  # one call per group for every parameter, not a Python loop over them (torch's CPU default)
         return torch.optim.Adam, {"foreach": True}
     if isinstance(optim, pyro.optim.PyroOptim):
-        if callable(optim.pt_optim_args):
-            raise ValueError("optim: a Pyro optimizer with per-parameter arguments (a callable) is not supported")
+        _check_pyro_optimizer(optim)
         return optim.pt_optim_constructor, dict(optim.pt_optim_args)
+    if isinstance(optim, torch.optim.Optimizer):
+        raise TypeError(
+            f"optim must be an optimizer's class or a factory, not an optimizer built over parameters: the engine "
+            f"builds it over its own parameter groups; pass torch.optim.{type(optim).__name__}, got an instance"
+        )
+    if callable(optim) and not isinstance(optim, type) and getattr(optim, "__module__", "").startswith("pyro.optim"):
+        raise TypeError(
+            "optim: a Pyro optimizer is made by calling Pyro's factory with the optimizer's arguments, as "
+            "pyro.optim.Adam({'lr': 0.01}); got the factory itself"
+        )
     if callable(optim):
         return optim, {}
     raise TypeError(
         "optim must be a Pyro optimizer (pyro.optim.Adam({'lr': 0.01})), a torch.optim.Optimizer class, or a "
         f"callable optim(param_groups, lr=...) returning one; got {type(optim).__name__}"
     )
+
+
+def _check_pyro_optimizer(optim):
+    """Refuse what of a Pyro optimizer the engine would not apply: per-parameter arguments, gradient
+    clipping (``clip_args``) and a learning-rate scheduler (the :class:`Schedule` sets the rate)."""
+    if isinstance(optim, pyro.optim.PyroLRScheduler):
+        raise ValueError(
+            "optim: a Pyro learning-rate scheduler is not supported: the engine's tb.infer.Schedule sets the "
+            "learning rate (lr_warmup, decay, total); pass the optimizer itself, as pyro.optim.Adam({'lr': 0.01})"
+        )
+    if callable(optim.pt_optim_args):
+        raise ValueError("optim: a Pyro optimizer with per-parameter arguments (a callable) is not supported")
+    if optim.pt_clip_args:
+        raise ValueError(
+            f"optim: a Pyro optimizer's gradient clipping (clip_args={optim.pt_clip_args!r}) is not applied by the "
+            "engine; clip with pyro.optim.ClippedAdam({'lr': 0.01, 'clip_norm': 10.0}), or pass no clip_args"
+        )
 
 
 #: The share of the learning rate at which a tensor guide's posterior scales are stepped
@@ -207,6 +234,8 @@ def make_optimizer(model, guide, lr, optim=None, previous=None, scale_lr=SCALE_L
     scale_ids = {id(p) for p in scales}
     guide_params = [p for _, p in guide_parameters(guide, model) if p.requires_grad and id(p) not in scale_ids]
     dense = constructor([{"params": guide_params + others}, {"params": noise}, {"params": scales}], **defaults)
+    if not callable(getattr(dense, "step", None)) or not isinstance(getattr(dense, "param_groups", None), list):
+        raise TypeError(f"optim must return a torch optimizer from (param_groups, lr=...), got {type(dense).__name__}")
     dense.param_groups[2]["lr"] *= scale_lr
     for group in dense.param_groups:
         group.setdefault("base_lr", group["lr"])
@@ -240,6 +269,11 @@ def check_engine_arguments(
     check_int(num_particles, "num_particles")
     if loss is not None and not callable(getattr(loss, "differentiable_loss", None)):
         raise TypeError(f"loss must be a Pyro ELBO (with differentiable_loss), got {type(loss).__name__}")
+    if loss is not None and num_particles != 1:
+        raise ValueError(
+            f"num_particles={num_particles} is that of the default loss, and a loss was given: give the loss its "
+            f"particles, as {type(loss).__name__}(num_particles={num_particles})"
+        )
     if schedule is not None and not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a tb.infer.Schedule, got {type(schedule).__name__}")
     _optimizer_class(optim)
@@ -276,8 +310,9 @@ class SVIEngine:
         scales a minibatch's likelihood); ``None`` passes nothing.
     :param float lr: the learning rate (default 0.01, or the Pyro optimizer's own ``lr``).
     :param optim: the optimizer: ``None`` (Adam), a Pyro optimizer such as
-        ``pyro.optim.ClippedAdam({"lr": 0.01})``, a :class:`torch.optim.Optimizer` subclass, or
-        a callable ``optim(param_groups, lr=...)``. Sparse embedding tables always get
+        ``pyro.optim.ClippedAdam({"lr": 0.01})`` (not a scheduler, nor one with ``clip_args``
+        or per-parameter arguments), a :class:`torch.optim.Optimizer` subclass, or a callable
+        ``optim(param_groups, lr=...)``. Sparse embedding tables always get
         :class:`torch.optim.SparseAdam`.
     :param loss: the ELBO: :class:`~tensorbayes.infer.MeanFieldELBO` (default) or any Pyro ELBO
         with ``differentiable_loss`` (then the log-likelihood is not split out: ``nan``).
@@ -285,7 +320,8 @@ class SVIEngine:
     :param float lambda_step: damping of the guide's closed-form λ step, in (0, 1].
     :param float scale_lr: the share of the learning rate at which a tensor guide's posterior
         scales are stepped (default :data:`SCALE_LR`; 1 steps them as :class:`pyro.infer.SVI` would).
-    :param int num_particles: samples per ELBO estimate of the default loss, drawn in turn.
+    :param int num_particles: samples per ELBO estimate of the default loss, drawn in turn (a
+        ``loss`` given takes its own).
     :param process_group: a :mod:`~tensorbayes.infer.distributed` context: the gradients, loss
         and log-likelihood are averaged over its processes before the checks and the step.
     :param backward: how the loss's gradients are computed (default ``loss.backward()``; a
@@ -343,12 +379,16 @@ class SVIEngine:
         :returns: the loss (the negative ELBO, its KL term weighted by β) as a float; its
             log-likelihood part is left in ``engine.log_likelihood``.
         """
+        if not torch.is_grad_enabled():
+            raise RuntimeError("step computes gradients: it was called under torch.no_grad() or torch.inference_mode()")
         if self.num_data is not None:
             kwargs.setdefault("num_data", self.num_data)
         step = self.num_steps
         if self.optimizer is not None:
             self.follow_parameters()  # pruned since the last step: before the guide draws
         loss, likelihood = self._loss(args, kwargs)
+        if not getattr(loss, "requires_grad", False):
+            raise ValueError("model and guide hold no trainable parameter: the loss depends on none, nothing to fit")
         if self.optimizer is None or not self._called:  # a guide makes its parameters at its first call
             self.follow_parameters()
             self._called = True
@@ -420,28 +460,74 @@ class SVIEngine:
         return self.optimizer
 
     def state_dict(self) -> dict:
-        """What resumes the engine exactly: the optimizer's state and the step count."""
-        return {"optimizer": self.optimizer.state_dict() if self.optimizer else None, "num_steps": self.num_steps}
+        """What resumes the engine exactly: the optimizer's state and the step count (and the shapes of
+        the parameters it steps, which :meth:`load_state_dict` checks)."""
+        return {
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "num_steps": self.num_steps,
+            "parameter_shapes": [tuple(p.shape) for p in self._stepped()] if self.optimizer else [],
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` (into an engine over the same model and guide, restored first)."""
+        """Restore :meth:`state_dict` (into an engine over the same model and guide, restored first: a
+        pruned model pruned to the same ranks). A state that does not fit is refused, and nothing changes."""
+        if not isinstance(state, dict) or not {"optimizer", "num_steps"} <= set(state):
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be what SVIEngine.state_dict() returned (optimizer, num_steps), got {found}")
+        num_steps = check_int(state["num_steps"], "num_steps", low=0)
         self.follow_parameters()
         if state["optimizer"] is not None:
+            self._check_shapes(state.get("parameter_shapes"))  # absent from a tb.fit checkpoint's
             try:
                 self.optimizer.load_state_dict(state["optimizer"])
-            except ValueError as error:
+            except (KeyError, ValueError) as error:
                 raise ValueError(
-                    f"the optimizer state does not fit this engine's optimizer ({error}): it was saved for another "
+                    f"the optimizer state does not fit this engine's optimizer ({error!r}): it was saved for another "
                     "model, guide or optimizer, or by a tensorbayes whose optimizer grouped the parameters otherwise "
                     "(before SCALE_LR the posterior scales had no group of their own); start afresh without it"
+                    + self._uncalled_hint()
                 ) from error
-        self.num_steps = state["num_steps"]
+        self.num_steps = num_steps
         if self._tensor_guide is not None:
             self._tensor_guide.keep_lambdas()
 
+    def _check_shapes(self, saved):
+        """Refuse an optimizer state saved for parameters of other shapes or number (torch's own
+        load takes it, and the next step fails deep inside the optimizer)."""
+        params = self._stepped()
+        if saved is None or [tuple(s) for s in saved] == [tuple(p.shape) for p in params]:
+            return
+        names = {id(p): f"{owner} parameter '{name}'" for owner, name, p in named_parameters(self.model, self.guide)}
+        bad = next(((p, tuple(s)) for p, s in zip(params, saved) if tuple(s) != tuple(p.shape)), None)
+        where = (
+            f"{names.get(id(bad[0]), 'a parameter')} has shape {tuple(bad[0].shape)}, the state's {bad[1]}"
+            if bad is not None
+            else f"the optimizer steps {len(params)} parameters, the state was saved for {len(saved)}"
+        )
+        raise ValueError(
+            f"the optimizer state does not fit this engine's parameters ({where}): it was saved for another model or "
+            "guide, or for a model pruned to other ranks (restore or prune this one to them first: tb.load restores "
+            "a pruned model); start afresh without it" + self._uncalled_hint()
+        )
+
+    def _uncalled_hint(self):
+        if self._called or guide_parameters(self.guide, self.model):
+            return ""
+        return (
+            ". A guide that makes its parameters at its first call (Pyro's autoguides) has none before it: "
+            "call it once with the model's arguments before load_state_dict"
+        )
+
 
 def _tensor_guide_or_none(model, guide):
+    """The tensor guide of ``model`` in ``guide``, or ``None``: a guide that holds none (a Pyro
+    guide of a model without low-rank tensors, which no :class:`~tensorbayes.guides.MedianGuide`
+    can read, included)."""
     try:
         return as_tensor_guide(model, guide)
     except GuideError:
+        return None
+    except ValueError:  # "model holds no LowRankTensor", or a tensor guide built for another model
+        if isinstance(guide, torch.nn.Module) and any(isinstance(m, TensorGuide) for m in guide.modules()):
+            raise
         return None

@@ -132,3 +132,29 @@ def test_a_latent_site_the_guide_lacks_is_named():
     model, guide, (x, _), kwargs = _regressor("tt")
     with pytest.raises(ValueError, match="the model samples the latent site 'obs' and the guide has no site"):
         MeanFieldELBO().differentiable_loss(model, guide, x, **kwargs)
+
+
+def test_loss_and_grads_keeps_the_graph_when_asked_as_pyros():
+    """``retain_graph=True`` (an ELBO argument of Pyro's): a model that reads a tensor computed
+    once outside it is differentiated through that tensor's graph at every call."""
+    pyro.clear_param_store()
+    w = torch.nn.Parameter(torch.tensor([0.5, -1.0], dtype=torch.float64))
+    shift = (2 * w).sum()  # computed once, outside the model
+    y = torch.tensor([0.3, 1.2], dtype=torch.float64)
+
+    def model():
+        z = pyro.sample("z", dist.Normal(torch.zeros((), dtype=torch.float64), 1.0))
+        pyro.sample("y", dist.Normal(z + shift, 1.0).expand(y.shape).to_event(1), obs=y)
+
+    def guide():
+        loc = pyro.param("loc", torch.tensor(0.1, dtype=torch.float64))
+        pyro.sample("z", dist.Normal(loc, 0.5))
+
+    grads = []
+    for elbo in (TraceMeanField_ELBO(retain_graph=True), MeanFieldELBO(retain_graph=True)):
+        w.grad = None
+        for _ in range(2):  # the second call goes through the first's graph of ``shift`` again
+            pyro.set_rng_seed(0)
+            elbo.loss_and_grads(model, guide)
+        grads.append(w.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=0)

@@ -315,3 +315,142 @@ def test_a_float16_fit_that_overflows_is_told_why_and_a_float32_one_is_not():
             for _ in range(5):
                 engine.step(x.to(dtype), y)
         assert ("float16, whose largest value is 65504" in str(error.value)) == hint
+
+
+class _PlainRegression(pyro.nn.PyroModule):
+    """A Pyro model of no low-rank tensor: a linear layer whose weights are PyroSample sites."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = pyro.nn.PyroModule[torch.nn.Linear](3, 1).double()
+        prior = pyro.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+        self.lin.weight = pyro.nn.PyroSample(prior.expand([1, 3]).to_event(2))
+        self.lin.bias = pyro.nn.PyroSample(prior.expand([1]).to_event(1))
+
+    def forward(self, x, y=None, num_data=None):
+        mean = self.lin(x).squeeze(-1)
+        with pyro.plate("data", num_data or len(x), subsample_size=len(x)):
+            pyro.sample("obs", pyro.distributions.Normal(mean, 1.0), obs=y)
+        return mean
+
+
+def _plain_problem():
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    x = torch.randn(20, 3, dtype=torch.float64)
+    model = _PlainRegression()
+    return model, pyro.infer.autoguide.AutoNormal(model), (x, x.sum(-1))
+
+
+def test_a_model_without_low_rank_tensors_steps_as_pyros_svi_with_an_autoguide():
+    """Any Pyro guide: an AutoNormal over a plain PyroModule, whose parameters appear at its first call."""
+    model, guide, args = _plain_problem()
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), TraceMeanField_ELBO())
+    pyro.set_rng_seed(3)
+    want = [svi.step(*args, num_data=40) for _ in range(4)]
+    want_params = {name: p.detach().clone() for name, p in guide.named_parameters()}
+
+    model, guide, args = _plain_problem()
+    engine = SVIEngine(model, guide, 40, lr=0.05)
+    pyro.set_rng_seed(3)
+    got = [engine.step(*args) for _ in range(4)]
+    assert got == pytest.approx(want, rel=1e-12)
+    assert want_params and want_params.keys() == dict(guide.named_parameters()).keys()
+    for name, p in guide.named_parameters():
+        torch.testing.assert_close(p.detach(), want_params[name], rtol=1e-10, atol=1e-12)
+
+
+def test_the_learning_rate_is_never_below_zero_past_the_schedules_total():
+    """A step past ``total`` is at rate 0: a negative one would step up the loss."""
+    schedule = Schedule(total=4, decay=2)
+    assert [schedule.lr_factor(step) for step in range(7)] == [1.0, 1.0, 1.0, 0.5, 0.0, 0.0, 0.0]
+    model, guide, args, kwargs = _svi_problem()
+    engine = SVIEngine(model, guide, kwargs["num_data"], schedule=schedule)
+    for _ in range(4):
+        engine.step(*args)
+    before = {name: p.detach().clone() for name, p in guide.named_parameters() if name.startswith("locs.")}
+    engine.step(*args)  # the sixth step, past the total
+    assert all(group["lr"] == 0.0 for group in engine.optimizer.param_groups)
+    for name, p in guide.named_parameters():
+        if name in before and "lambda" not in name:  # λ takes its closed-form step, not the optimizer's
+            assert torch.equal(p.detach(), before[name]), name
+
+
+def _returns_no_optimizer(groups, lr):
+    return None
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(optim=pyro.optim.ExponentialLR({"optimizer": torch.optim.SGD, "optim_args": {}, "gamma": 0.9})),
+         ValueError, "learning-rate scheduler"),
+        (dict(optim=pyro.optim.Adam({"lr": 0.01}, {"clip_norm": 1.0})), ValueError, "clip_args"),
+        (dict(optim=pyro.optim.Adam), TypeError, r"pyro\.optim\.Adam\(\{'lr': 0\.01\}\)"),
+        (dict(optim=torch.optim.Adam([torch.zeros(1, requires_grad=True)])), TypeError, "got an instance"),
+        (dict(optim=_returns_no_optimizer), TypeError, "optim must return a torch optimizer"),
+        (dict(loss=TraceMeanField_ELBO(), num_particles=4), ValueError, r"TraceMeanField_ELBO\(num_particles=4\)"),
+    ],
+    ids=["pyro-scheduler", "pyro-clip-args", "pyro-factory", "torch-instance", "bad-factory", "particles-and-loss"],
+)  # fmt: skip
+def test_what_the_engine_would_ignore_or_misuse_is_refused_by_name(kwargs, error, match):
+    """A Pyro optimizer's clipping and scheduler, and num_particles beside a loss, would be silently ignored."""
+    model, guide, _, _ = _svi_problem()
+    before = {k: v.clone() for k, v in guide.state_dict().items()}
+    with pytest.raises(error, match=match):
+        SVIEngine(model, guide, 90, **kwargs)
+    assert all(torch.equal(v, before[k]) for k, v in guide.state_dict().items())
+
+
+def test_an_optimizer_state_of_other_shapes_is_refused_before_anything_changes():
+    """torch's load takes a state of the same count of parameters whatever their shapes, and the
+    next step fails deep inside Adam: a state saved after pruning, loaded into the unpruned model."""
+    model, guide, args, kwargs = _svi_problem()
+    engine = SVIEngine(model, guide, kwargs["num_data"])
+    engine.step(*args)
+    tb.prune(model, guide, ranks={"tensor": (2, 2)})
+    engine.step(*args)
+    state = engine.state_dict()
+    model, guide, args, kwargs = _svi_problem()
+    fresh = SVIEngine(model, guide, kwargs["num_data"])
+    with pytest.raises(ValueError, match=r"guide parameter 'locs\.tensor\.factor0_unconstrained' has shape .*pruned"):
+        fresh.load_state_dict(state)
+    assert fresh.num_steps == 0 and not fresh.optimizer.state
+    fresh.step(*args)  # the engine is as it was
+    with pytest.raises(ValueError, match="state must be what SVIEngine.state_dict"):
+        fresh.load_state_dict(model.state_dict())
+
+
+def test_a_state_loaded_before_an_autoguide_has_parameters_says_to_call_it_first():
+    model, guide, args = _plain_problem()
+    engine = SVIEngine(model, guide, 40)
+    engine.step(*args)
+    state = engine.state_dict()
+    model, guide, args = _plain_problem()
+    engine = SVIEngine(model, guide, 40)
+    with pytest.raises(ValueError, match="call it once with the model's arguments before load_state_dict"):
+        engine.load_state_dict(state)
+    with torch.no_grad():
+        guide(*args)
+    engine.load_state_dict(state)
+    assert engine.num_steps == 1
+
+
+def test_a_step_without_gradients_or_parameters_is_refused_by_name():
+    model, guide, args, kwargs = _svi_problem()
+    engine = SVIEngine(model, guide, kwargs["num_data"])
+    with torch.no_grad(), pytest.raises(RuntimeError, match="torch.no_grad"):
+        engine.step(*args)
+    assert engine.num_steps == 0
+
+    def fixed_guide(x, y=None, num_data=None):
+        pyro.sample("w", pyro.distributions.Normal(torch.zeros(3, dtype=torch.float64), 1.0).to_event(1))
+
+    def linear(x, y=None, num_data=None):
+        w = pyro.sample("w", pyro.distributions.Normal(torch.zeros(3, dtype=torch.float64), 1.0).to_event(1))
+        pyro.sample("obs", pyro.distributions.Normal(x @ w, 1.0).to_event(1), obs=y)
+
+    pyro.clear_param_store()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        SVIEngine(linear, fixed_guide).step(x, x.sum(-1))
