@@ -398,7 +398,7 @@ def budget_rank(format, shape, row_modes, budget=DEFAULT_BUDGET, interleave=Fals
     if isinstance(budget, bool) or not isinstance(budget, Real) or not 0 < budget <= 1:
         raise ValueError(f"budget must be a share in (0, 1], got {budget!r}")
     shape = check_shape(shape)
-    fmt = get_format(format) if isinstance(format, str) else format
+    fmt = get_format(format)
     probe = fmt(shape, 1, row_modes=row_modes, **layout_options(fmt, len(shape), row_modes, interleave))
     limits, allowed = probe.max_ranks(), budget * math.prod(shape)
     if not limits:  # no rank bond (a TTM of one core): nothing to bound
@@ -740,7 +740,7 @@ def auto_order(format, sizes, modes, interleave=False):
         ``{name: shape}``.
     :param bool interleave: a TT's train alternates the row and column modes (:func:`layout_options`).
     """
-    fmt = get_format(format) if isinstance(format, str) else format
+    fmt = get_format(format)
     fewest = None
     for d in AUTO_ORDERS:
         try:
@@ -772,6 +772,12 @@ def _kernel_modes(fmt, in_shape, out_shape, window):
         return out_shape + in_shape, len(out_shape)
     rows = out_shape + (1,) if fmt.name == "ttm" else out_shape
     return rows + in_shape + (window,), len(rows)
+
+
+def _image_shape_error(x, in_channels):
+    return ValueError(
+        f"x must have shape (batch, in_channels={in_channels}, H, W) or (in_channels, H, W), got {tuple(x.shape)}"
+    )
 
 
 class TensorizedConv2d(PyroModule, _Exports):
@@ -905,15 +911,14 @@ class TensorizedConv2d(PyroModule, _Exports):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating point tensor, got dtype {x.dtype}")
+        if x.dim() < 3 or x.shape[-3] != self.in_channels:  # before the draw (random stream, sample sites)
+            raise _image_shape_error(x, self.in_channels)
         factors, _ = self.weight()
         factors = _factors_like(factors, x)
         lead = particle_dims(self.layout, factors)
         carries = lead and x.dim() == len(lead) + 4 and tuple(x.shape[: len(lead)]) == tuple(lead)
-        if x.dim() not in (3, 4) and not carries or x.shape[-3] != self.in_channels:
-            raise ValueError(
-                f"x must have shape (batch, in_channels={self.in_channels}, H, W) or (in_channels, H, W), "
-                f"got {tuple(x.shape)}"
-            )
+        if x.dim() not in (3, 4) and not carries:
+            raise _image_shape_error(x, self.in_channels)
         # vectorized particles: x shared, or (*lead, batch, C, H, W) from a previous layer
         return map_particles(self._conv, lead, factors, (x,), min_dims=(4,))
 

@@ -136,9 +136,18 @@ class LowRankTensor(PyroModule, _LayoutNames):
         return self._device_anchor.device
 
     def set_layout(self, layout):
-        """Replace the layout (used by pruning, which shrinks the ranks)."""
-        if type(layout) is not type(self.layout) or layout.shape != self.layout.shape:
-            raise ValueError(f"layout must be a {type(self.layout).__name__} of shape {self.layout.shape}")
+        """
+        Replace the layout by the same one at other ranks (used by pruning, which shrinks the
+        ranks): the same format and shape, matrix view (``row_modes``) and factor labels (a TT's
+        train), as ``self.layout.with_ranks(ranks)`` or ``self.layout.truncate(...)`` give it.
+        """
+        old = self.layout
+        same = type(layout) is type(old) and layout.shape == old.shape and layout.row_modes == old.row_modes
+        if not same or layout.labels != old.labels:
+            raise ValueError(
+                f"layout must be the tensor's {old!r} with row_modes={old.row_modes} at other ranks (as layout."
+                f"with_ranks(ranks) gives it), got {layout!r} with row_modes={getattr(layout, 'row_modes', None)}"
+            )
         self.layout = layout
 
     # ----- the prior -----
@@ -149,7 +158,8 @@ class LowRankTensor(PyroModule, _LayoutNames):
         scales of the rank indices each entry touches (one for a factor with no rank bond,
         such as the single core of a one-core train).
         """
-        return [self.prior_variance(f, lambdas) for f in range(len(self.layout.labels))]
+        self._check_lambdas(lambdas)
+        return [self._variance(f, lambdas) for f in range(len(self.layout.labels))]
 
     def prior_variance(self, f, lambdas, skip=None):
         """
@@ -157,6 +167,10 @@ class LowRankTensor(PyroModule, _LayoutNames):
         scales. λ values with leading dims ``(*lead, rank)`` (vectorized particles) give a variance
         of shape ``(*lead, *ones or ranks)``.
         """
+        self._check_lambdas(lambdas)
+        return self._variance(f, lambdas, skip)
+
+    def _variance(self, f, lambdas, skip=None):
         labels = self.layout.labels[f]
         var = (
             torch.ones([1] * len(labels), device=self.device) if not lambdas else lambdas[0].new_ones([1] * len(labels))
@@ -169,23 +183,62 @@ class LowRankTensor(PyroModule, _LayoutNames):
                 var = var * lam.reshape(*lam.shape[:-1], *view)
         return var
 
-    def slice_moments(self, second_moments, lambdas, bonds=None):
+    def _check_lambdas(self, lambdas, lead=True):
+        """Refuse ``lambdas`` that are not one tensor ``(..., rank)`` per bond at the layout's ranks (a
+        guide's scales at other ranks, say, as after :meth:`set_layout` without the guide's truncate)."""
+        ranks = self.layout.ranks
+        if not isinstance(lambdas, (list, tuple)) or not all(isinstance(lam, torch.Tensor) for lam in lambdas):
+            raise TypeError(f"lambdas must be a list of tensors, one per bond (ranks {ranks}), got {lambdas!r:.120}")
+        shapes = [tuple(lam.shape) for lam in lambdas]
+        fits = [len(s) >= 1 and s[-1] == r and (lead or len(s) == 1) for s, r in zip(shapes, ranks)]
+        if len(lambdas) != len(ranks) or not all(fits):
+            form = "(..., rank)" if lead else "(rank,)"
+            raise ValueError(f"lambdas must be one tensor {form} per bond at the ranks {ranks}, got shapes {shapes}")
+
+    def _check_moments(self, second_moments, bonds):
+        """``bonds`` as bond indices (all by default), checked, and ``second_moments`` checked: a list with
+        one tensor of its factor's shape for every factor those bonds touch (the others are not read)."""
+        num = len(self.layout.bonds)
+        bonds = range(num) if bonds is None else list(bonds)
+        if any(isinstance(b, bool) or not isinstance(b, Integral) or not 0 <= b < num for b in bonds):
+            raise ValueError(f"bonds must be bond indices in [0, {num}), got {list(bonds)}")
+        shapes = self.layout.factor_shapes
+        if not isinstance(second_moments, (list, tuple)):
+            raise TypeError(f"second_moments must be a list of tensors, got {type(second_moments).__name__}")
+        if len(second_moments) != len(shapes):
+            raise ValueError(
+                f"second_moments must hold {len(shapes)} tensors, one per factor, got {len(second_moments)}"
+            )
+        for f in sorted({f for b in bonds for f, _ in self.layout.bonds[b]}):
+            m = second_moments[f]
+            if not isinstance(m, torch.Tensor) or tuple(m.shape) != shapes[f]:
+                got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+                raise ValueError(f"second_moments[{f}] must be a tensor of factor {f}'s shape {shapes[f]}, got {got}")
+        return bonds
+
+    def slice_moments(self, second_moments, lambdas, bonds=None, *, check=True):
         """
         For every bond, ``(M, D)``: ``M[j]`` is the expected squared norm of the entries
         attached to rank index ``j``, each divided by the other scales in its variance
         (so that ``E log p(factors | λ) = Σ_j -D[j]/2 log λ_j - M[j]/(2 λ_j) + const``), and
         ``D[j]`` the number of those entries.
 
-        :param list second_moments: ``E[factor²]`` for every factor, elementwise.
+        :param list second_moments: ``E[factor²]`` for every factor, elementwise, each of its factor's
+            shape (a factor no bond of ``bonds`` touches is not read).
         :param list lambdas: the current scales, one vector per bond.
         :param bonds: the bonds to compute (default: all), in the order returned.
+        :param bool check: check the arguments' forms (``False``: the caller made them, as the
+            guide's λ step does at every training step).
         """
+        if check:
+            self._check_lambdas(lambdas, lead=False)
+            bonds = self._check_moments(second_moments, bonds)
         moments = []
         for b in range(len(self.layout.bonds)) if bonds is None else bonds:
             m = torch.zeros_like(lambdas[b])
             count = 0
             for f, d in self.layout.bonds[b]:  # only the factors bond b touches
-                scaled = second_moments[f] / self.prior_variance(f, lambdas, skip=b)
+                scaled = second_moments[f] / self._variance(f, lambdas, skip=b)
                 dims = [i for i in range(scaled.dim()) if i != d]
                 m = m + scaled.sum(dims) if dims else m + scaled
                 count += second_moments[f].numel() // self.layout.ranks[b]
@@ -221,6 +274,12 @@ class LowRankTensor(PyroModule, _LayoutNames):
         if key not in cache:
             cache[key] = self.prior.distribution((rank,), device=self.device, validate_args=False).to_event(1)
         return cache[key]
+
+    def extra_repr(self):
+        return (
+            f"format={self.layout.name!r}, shape={self.layout.shape}, ranks={self.layout.ranks}, "
+            f"max_ranks={self.max_ranks}, prior={self.prior!r}"
+        )
 
     #: The variance :meth:`init_loc_scale` aims the tensor's entries at (1 by default; a
     #: tensorized layer sets its own, e.g. ``1 / fan_in`` for Kaiming (fan_in, gain 1)).

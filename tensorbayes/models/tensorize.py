@@ -211,7 +211,9 @@ def tensorize(
     :param prior: the rank prior of every replaced layer.
     :param int min_features: the size rule's threshold.
     :param kwargs: passed to every replaced layer's constructor (keywords that all three
-        take: ``order``, ``prior_kwargs``, ``init_variance``).
+        take: ``order``, ``prior_kwargs``, ``init_variance``). An argument a layer refuses (a
+        ``max_rank`` tuple of another number of bonds than the layer's) raises its error, with the
+        layer's path in front.
     :returns: the tensorized copy, a :class:`~pyro.nn.PyroModule` (of ``module``'s class).
     """
     if not isinstance(module, torch.nn.Module):
@@ -248,6 +250,10 @@ def tensorize(
                 return _replacement(child, format, max_rank, prior, kwargs)
             except FactorizationError as e:
                 reason = str(e)
+            except (TypeError, ValueError) as e:  # an argument that does not fit this layer (say, max_rank's bonds)
+                raise (ValueError if isinstance(e, ValueError) else TypeError)(
+                    f"tensorize could not replace {name}: {e}"
+                ) from e
         warnings.warn(f"tensorize: left {path or 'the module'} ({type(child).__name__}) dense: {reason}", stacklevel=3)
         return None
 

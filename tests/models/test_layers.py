@@ -640,3 +640,26 @@ def test_tensorize_and_budget_rank_name_arguments_of_the_wrong_form():
         tb.models.tensorize(torch.nn.Linear(256, 256), prior_kwargs=[1.0])
     with pytest.raises(TypeError, match="shape must be a sequence of positive ints, got 16"):
         tb.models.budget_rank("tt", 16, 1)
+
+
+def test_a_conv_refuses_an_input_before_drawing_its_kernel():
+    """A wrong channel count or too few dims is refused before the draw: the random stream and a
+    trace are left as they were."""
+    conv = TensorizedConv2d(4, 6, 3, in_shape=(2, 2), out_shape=(2, 3), format="tt", max_rank=2)
+    for x in (torch.randn(1, 5, 6, 6), torch.randn(6, 6), torch.randn(2, 1, 5, 6, 6)):
+        state = torch.get_rng_state()
+        with poutine.trace() as tracer, pytest.raises(ValueError, match="in_channels=4"):
+            conv(x)
+        assert torch.equal(torch.get_rng_state(), state)
+        assert not [name for name, site in tracer.trace.nodes.items() if site["type"] == "sample"]
+    with pytest.raises(ValueError, match="in_channels=4"):  # five dims without particles: after the draw
+        conv(torch.randn(2, 1, 4, 6, 6))
+
+
+def test_budget_rank_and_auto_order_name_a_format_of_the_wrong_kind():
+    layout = get_format("cp")((4, 4, 4, 4), 2, row_modes=2)
+    with pytest.raises(ValueError, match="format must be one of"):
+        tb.models.budget_rank(layout, (4, 4, 4, 4), 2)  # a layout, not its format
+    with pytest.raises(ValueError, match="format must be one of"):
+        auto_order(3, {"in": 64, "out": 64}, lambda s: (s["out"] + s["in"], len(s["out"])))
+    assert tb.models.budget_rank(get_format("cp"), (4, 4, 4, 4), 2) == tb.models.budget_rank("CP", (4, 4, 4, 4), 2)

@@ -10,6 +10,8 @@ import pytest
 import torch
 from pyro import poutine
 
+import tensorbayes as tb
+from tensorbayes.formats import get_format
 from tensorbayes.models import LowRankTensor, TensorCompletion
 from tensorbayes.priors import HalfCauchy
 
@@ -205,3 +207,74 @@ def test_bad_arguments_are_named(kwargs, error, name):
     args.update(kwargs)
     with pytest.raises(error, match=name):
         LowRankTensor(**args)
+
+
+# ----- a layout at other ranks, and scales or moments that do not fit it -----
+
+
+def test_set_layout_refuses_another_train_or_matrix_view():
+    """A TT weight's interleaved train and its row modes are part of what the factors mean: a layout with
+    the same shape and factor shapes but another train would silently compute another weight."""
+    layer = tb.models.TensorizedLinear(16, 16, format="tt", max_rank=2, in_shape=(4, 4), out_shape=(4, 4))
+    tensor = layer.weight
+    old = tensor.layout
+    in_order = get_format("tt")(old.shape, old.ranks, row_modes=old.row_modes)  # the default train
+    factors = [torch.randn(s, dtype=D) for s in old.factor_shapes]
+    assert in_order.factor_shapes == old.factor_shapes
+    assert not torch.allclose(in_order.full(factors), old.full(factors))  # the same factors, another weight
+    with pytest.raises(ValueError, match="with_ranks"):
+        tensor.set_layout(in_order)
+    with pytest.raises(ValueError, match="row_modes=2"):
+        tensor.set_layout(get_format("tt")(old.shape, old.ranks, row_modes=1, train=old.train))
+    with pytest.raises(ValueError, match="layout must be"):
+        tensor.set_layout(get_format("ttm")(old.shape, 2))
+    assert tensor.layout is old
+    tensor.set_layout(old.with_ranks((1, 2, 1)))
+    assert tensor.layout.ranks == (1, 2, 1) and tensor.layout.labels == old.labels
+
+
+def test_scales_that_do_not_fit_the_ranks_are_named():
+    tensor = LowRankTensor((3, 4, 5), format="tt", max_rank=(2, 3))
+    lambdas = _lambdas(tensor)
+    stale = [torch.ones(2, dtype=D), torch.ones(2, dtype=D)]  # a guide's scales at other ranks
+    for call in (
+        lambda lam: tensor.prior_variances(lam),
+        lambda lam: tensor.prior_variance(1, lam),
+        lambda lam: tensor.slice_moments([torch.ones(s, dtype=D) for s in tensor.layout.factor_shapes], lam),
+    ):
+        with pytest.raises(ValueError, match=r"lambdas must be one tensor .* at the ranks \(2, 3\)"):
+            call(stale)
+        with pytest.raises(ValueError, match="lambdas"):
+            call(lambdas[:1])
+        with pytest.raises(TypeError, match="lambdas must be a list of tensors"):
+            call([[1.0, 1.0], [1.0, 1.0, 1.0]])
+    # vectorized particles: leading dims are fine for the variances, not for the M-step's moments
+    lead = [lam.expand(4, 1, -1) for lam in lambdas]
+    assert tensor.prior_variances(lead)[1].shape == (4, 1, 2, 1, 3)
+    with pytest.raises(ValueError, match=r"\(rank,\)"):
+        tensor.slice_moments([torch.ones(s, dtype=D) for s in tensor.layout.factor_shapes], lead)
+
+
+def test_slice_moments_refuse_moments_of_other_shapes_and_unknown_bonds():
+    tensor = LowRankTensor((3, 4, 5), format="tt", max_rank=(2, 3))
+    lambdas = _lambdas(tensor)
+    second = [torch.rand(s, dtype=D) for s in tensor.layout.factor_shapes]
+    with pytest.raises(ValueError, match="one per factor, got 2"):
+        tensor.slice_moments(second[:2], lambdas)
+    # a scalar would broadcast against the variances: a wrong M, and D = 0, without an error
+    with pytest.raises(ValueError, match=r"second_moments\[1\] must be a tensor of factor 1's shape \(2, 4, 3\)"):
+        tensor.slice_moments([second[0], torch.tensor(1.0, dtype=D), second[2]], lambdas)
+    with pytest.raises(TypeError, match="second_moments must be a list"):
+        tensor.slice_moments(torch.stack([s.sum() for s in second]), lambdas)
+    with pytest.raises(ValueError, match=r"bonds must be bond indices in \[0, 2\)"):
+        tensor.slice_moments(second, lambdas, bonds=[2])
+    # a factor the asked bonds do not touch is not read (the mean-field guide passes None there)
+    ((m, d),) = tensor.slice_moments([second[0], second[1], None], lambdas, bonds=[0])
+    torch.testing.assert_close(m, tensor.slice_moments(second, lambdas)[0][0])
+
+
+def test_repr_names_the_format_shape_and_ranks():
+    tensor = LowRankTensor((3, 4, 5), format="tt", max_rank=(2, 3))
+    assert repr(tensor) == (
+        "LowRankTensor(format='tt', shape=(3, 4, 5), ranks=(2, 3), max_ranks=(2, 3), prior=HalfCauchy(eta=1.0))"
+    )

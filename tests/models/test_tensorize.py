@@ -279,3 +279,15 @@ def test_frozen_layers_stay_dense_and_frozen_through_a_fit():
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in frozen.items())  # the same keys, the same values
     assert all(not name.startswith(("2.", "4.")) for name, _ in classifier.named_parameters())
+
+
+def test_an_argument_a_layer_refuses_is_raised_naming_the_layer():
+    net = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3), torch.nn.Flatten(), torch.nn.Linear(128, 256))
+    # a max_rank tuple of the linear layer's bonds does not fit the convolution's
+    with pytest.raises(ValueError, match=r"could not replace 0 \(Conv2d, 32x144\): max_rank must be .* per bond"):
+        tensorize(net, format="ttm", max_rank=(4, 4, 4), min_features=16)
+    with pytest.raises(ValueError, match=r"could not replace 2 \(Linear, 256x128\): in_shape=\(4, 4\)"):
+        tensorize(net[1:], in_shape=(4, 4), min_features=16)
+    with pytest.raises(TypeError, match=r"could not replace 0 \(Conv2d, 32x144\): .*'interleave'"):
+        tensorize(net, format="tt", interleave=False, min_features=16)
+    assert type(net[0]) is torch.nn.Conv2d  # the original is left alone
