@@ -14,6 +14,7 @@ medians, and :func:`as_tensor_guide` finds the tensor guide inside whatever a us
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import pyro
@@ -86,8 +87,21 @@ class TensorGuide(AutoGuide):
             )
         self._model_tensors = tensors
 
+    def __getstate__(self):
+        """The state to copy or pickle, without the model, as Pyro's autoguides leave it out; unlike
+        theirs, the guide itself keeps its model (``copy.deepcopy(guide)`` leaves ``guide`` whole)."""
+        model, master = self._model, self.master
+        state = dict(super().__getstate__())
+        self._model, self.master = model, master
+        return state
+
     def _find_tensors(self, *args, **kwargs):
         """Trace a model written as a function once, as Pyro's autoguides do, for its tensors."""
+        if self._model is None:
+            raise GuideNotReady(
+                f"this {type(self).__name__} was copied (or unpickled) before its first call: a copy has no model "
+                "to find its tensors in; build a guide of the model instead"
+            )
         with torch.no_grad(), poutine.block():
             trace = poutine.trace(self.model).get_trace(*args, **kwargs)
         self._set_tensors(traced_tensors(trace))
@@ -153,6 +167,25 @@ class TensorGuide(AutoGuide):
             out.update({tensor.factor_site(k): m for k, m in enumerate(self.factor_means(tensor))})
             out.update({tensor.lambda_site(b): lam for b, lam in enumerate(self.lambdas(name))})
         return out
+
+
+def check_tensor_name(tensor_name, tensors):
+    """Raise unless ``tensor_name`` is ``None`` or a key of ``tensors`` (a guide's :meth:`~TensorGuide.tensors`):
+    a :class:`TypeError` for what is no name (a tensor itself), a :class:`KeyError` for another name."""
+    if tensor_name is None or (isinstance(tensor_name, str) and tensor_name in tensors):
+        return
+    names = ", ".join(map(repr, tensors))
+    if not isinstance(tensor_name, str):
+        raise TypeError(
+            f"tensor_name must be None or a name of the guide's tensors ({names}), got a {type(tensor_name).__name__}"
+        )
+    raise KeyError(f"tensor_name must be None or a name of the guide's tensors ({names}), got {tensor_name!r}")
+
+
+def flat_indices(keep):
+    """``keep``, one sequence of rank indices per bond that a layout's ``truncate`` has accepted, as
+    one flat index tensor per bond, as the layout reads it (so that λ is cut as the factors are)."""
+    return [torch.as_tensor(k).reshape(-1) for k in keep]
 
 
 def model_module(model):
@@ -230,6 +263,7 @@ class MedianGuide(TensorGuide):
 
     def lambdas(self, tensor_name=None):
         tensors = self.tensors()
+        check_tensor_name(tensor_name, tensors)
         out = {
             name: self._sites([t.lambda_site(b) for b in range(len(t.layout.ranks))])
             for name, t in tensors.items()
@@ -249,6 +283,9 @@ class MedianGuide(TensorGuide):
     def truncate(self, tensor, keep):
         layout = tensor.layout
         sites = [tensor.factor_site(k) for k in range(len(layout.factor_shapes))]
+        keep = list(keep) if isinstance(keep, Iterable) else keep  # an iterator is read once
+        layout.truncate(self.factor_means(tensor), keep)  # checks keep before anything is cut
+        keep = flat_indices(keep)
         for attribute in ("locs", "scales", None):
             parts = [self._part_with(s, attribute) for s in sites]
             if any(p is None for p in parts):

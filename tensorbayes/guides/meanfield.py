@@ -17,6 +17,7 @@ in a plain :class:`pyro.infer.SVI` loop, with any Pyro optimizer, as under
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 from numbers import Integral
 from typing import NamedTuple
 
@@ -30,7 +31,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..checks import check_number
 from ..models.tensor import low_rank_tensors
-from .base import Draw, TensorGuide, model_module
+from .base import Draw, TensorGuide, check_tensor_name, flat_indices, model_module
 
 __all__ = ["MeanField", "low_rank_tensors"]
 
@@ -233,16 +234,20 @@ class MeanField(TensorGuide):
                 out.append(("scales", site, _site_parameter(scales, site), constraints.softplus_positive))
         return out
 
-    def _posterior(self, tensor, register=False):
+    def _posterior(self, tensor, register=False, fitted=False):
         """
         ``tensor``'s posterior parameters, after taking any value a loaded param store holds
         (:meth:`_sync_param_store`). With ``register`` (a call of the guide) they are registered
         in the store and each trainable one gets a ``pyro.param`` statement, so that Pyro's SVI
-        finds and steps them.
+        finds and steps them. With ``register`` or ``fitted`` (what reads them with the
+        tensor's layout: the model, the λ step) they must have its shapes (a model cut
+        without this guide raises).
         """
-        if tensor not in self._model_tensors.values():
+        if tensor not in self.tensors().values():
             raise ValueError("tensor is not part of the model this guide was built for")
         entries = self._site_parameters(tensor)
+        if register or fitted:
+            _check_shapes(tensor, entries)
         self._sync_param_store(entries, register)
         if register and not pyro.settings.get("module_local_params"):
             for kind, site, param, _ in entries:
@@ -258,9 +263,9 @@ class MeanField(TensorGuide):
             [params["scales", site] for site in bonds] if self.lambda_guide == "lognormal" else [],
         )
 
-    def pairs(self, register=False):
-        """Pairs ``(model tensor, its posterior parameters)`` (``register``: see :meth:`_posterior`)."""
-        return [(t, self._posterior(t, register)) for t in self.tensors().values()]
+    def pairs(self, register=False, fitted=False):
+        """Pairs ``(model tensor, its posterior parameters)`` (``register``, ``fitted``: see :meth:`_posterior`)."""
+        return [(t, self._posterior(t, register, fitted)) for t in self.tensors().values()]
 
     def _sync_param_store(self, entries, register):
         """
@@ -360,11 +365,12 @@ class MeanField(TensorGuide):
     def quantiles(self, quantiles, *args, **kwargs) -> dict[str, torch.Tensor]:
         """``{site: values}`` of every site at each of ``quantiles`` (stacked in the first
         dimension), as Pyro's autoguides give them."""
+        pairs = self.pairs()  # a guide not called yet has no parameters: it says so
         qs = torch.as_tensor(quantiles, dtype=self._dtype())
         if qs.dim() != 1 or not bool(((qs > 0) & (qs < 1)).all()):
             raise ValueError(f"quantiles must be a list of numbers in (0, 1), got {quantiles!r}")
         out = {}
-        for tensor, post in self.pairs():
+        for tensor, post in pairs:
             for b in range(len(tensor.layout.ranks)):
                 log_lam = post.log_lambdas[b].detach()
                 if self.lambda_guide == "delta":
@@ -412,7 +418,9 @@ class MeanField(TensorGuide):
     # ----- summaries of the posterior -----
 
     def lambdas(self, tensor_name: str | None = None):
-        """The point estimates (or LogNormal medians) of λ, per tensor and bond."""
+        """The point estimates (or LogNormal medians) of λ, per tensor and bond (or the list of the
+        tensor named ``tensor_name``, a key of :meth:`tensors`)."""
+        check_tensor_name(tensor_name, self.tensors())
         out = {
             name: [post.log_lambdas[b].detach().exp() for b in range(len(t.layout.ranks))]
             for (name, t), (_, post) in zip(self.tensors().items(), self.pairs())
@@ -453,12 +461,12 @@ class MeanField(TensorGuide):
         if self.lambda_update != "closed_form":
             raise RuntimeError("update_lambdas needs lambda_update='closed_form'")
         check_number(step_size, "step_size", "(0, 1]")
-        for tensor, post in self.pairs():
+        for tensor, post in self.pairs(fitted=True):
             means2, variances = [loc**2 for loc in post.locs], [s**2 for s in post.scales()]
             second = [m + v for m, v in zip(means2, variances)]
             lambdas = [log_lambda.exp() for log_lambda in post.log_lambdas]
             for b in range(len(lambdas)):  # bond by bond, each seeing the ones updated before it
-                ((m, d),) = tensor.slice_moments(second, lambdas, bonds=[b])
+                ((m, d),) = tensor.slice_moments(second, lambdas, bonds=[b], check=False)  # made here
                 if self.m_step == "mackay":
                     m, d = _mackay_moments(tensor, means2, variances, lambdas, b, m, d)
                 lambdas[b] = tensor.prior.damped_update(lambdas[b], m, d, step_size, check=False)
@@ -487,8 +495,10 @@ class MeanField(TensorGuide):
         """Keep the rank indices ``keep`` (one index tensor per bond) of ``tensor``'s posterior."""
         post = self._posterior(tensor)
         layout = tensor.layout
-        _, locs = layout.truncate(list(post.locs), keep)
+        keep = list(keep) if isinstance(keep, Iterable) else keep  # an iterator is read once
+        _, locs = layout.truncate(list(post.locs), keep)  # checks keep before anything is cut
         _, raws = layout.truncate(list(post.raw_scales), keep)
+        keep = flat_indices(keep)
         loc_root, scale_root = self._modules["locs"], self._modules["scales"]
         for k in range(len(locs)):
             site = tensor.factor_site(k)
@@ -529,6 +539,21 @@ def _checked_values(values, params, what, per, sign=None):
     return out
 
 
+def _check_shapes(tensor, entries):
+    """Raise unless ``tensor``'s posterior ``entries`` have the shapes of its layout: a model cut to
+    other ranks without this guide (pruned or restored with another) does not fit it."""
+    layout = tensor.layout
+    shapes = {tensor.factor_site(k): shape for k, shape in enumerate(layout.factor_shapes)}
+    shapes.update({tensor.lambda_site(b): (r,) for b, r in enumerate(layout.ranks)})
+    for _, site, param, _ in entries:
+        if tuple(param.shape) != shapes[site]:
+            raise ValueError(
+                f"the guide's posterior of site {site!r} has shape {tuple(param.shape)}, the model's tensor is at "
+                f"ranks {layout.ranks} (shape {shapes[site]}): the model was cut without this guide; cut them together "
+                "(tb.prune(model, guide), tb.load(path, model, guide)), or build a new guide for the model as it is"
+            )
+
+
 def _mackay_moments(tensor, means2, variances, lambdas, b, m, d):
     """
     ``(M, D)`` of MacKay's update for bond ``b`` (see :meth:`MeanField.update_lambdas`), or the
@@ -538,8 +563,8 @@ def _mackay_moments(tensor, means2, variances, lambdas, b, m, d):
     clipped = [
         torch.minimum(v, tensor.prior_variance(f, lambdas)) if f in touched else None for f, v in enumerate(variances)
     ]
-    ((m_loc, _),) = tensor.slice_moments(means2, lambdas, bonds=[b])
-    ((spread, _),) = tensor.slice_moments(clipped, lambdas, bonds=[b])
+    ((m_loc, _),) = tensor.slice_moments(means2, lambdas, bonds=[b], check=False)
+    ((spread, _),) = tensor.slice_moments(clipped, lambdas, bonds=[b], check=False)
     gamma = (d - spread / lambdas[b]).clamp(min=1e-3)  # a thousandth of an entry: keeps M / γ finite
     faster = tensor.prior.update(m_loc, gamma) < tensor.prior.update(m, d)
     return torch.where(faster, m_loc, m), torch.where(faster, gamma, torch.as_tensor(d, dtype=m.dtype, device=m.device))
