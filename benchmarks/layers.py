@@ -166,8 +166,7 @@ class PlainMeanField(torch.nn.Module):
     def kl(self):
         """The KL term: the factors' closed-form KL and the λ point estimates' ``-log p(λ)``."""
         total = -sum(self.tensor.prior.log_prob(lam).sum() for lam in self.lambdas)
-        for f, (loc, s) in enumerate(zip(self.locs, self.scales())):
-            var = self.tensor.prior_variance(f, self.lambdas)
+        for loc, s, var in zip(self.locs, self.scales(), self.tensor.prior_variances(self.lambdas)):
             ratio = s**2 / var
             total = total + 0.5 * (ratio + loc**2 / var - 1 - ratio.log()).sum()
         return total
@@ -176,7 +175,7 @@ class PlainMeanField(torch.nn.Module):
     def lambda_step(self):
         second = [loc**2 + s**2 for loc, s in zip(self.locs, self.scales())]
         for b, lam in enumerate(self.lambdas):  # in place: each bond sees the ones updated before it
-            ((m, d),) = self.tensor.slice_moments(second, self.lambdas, bonds=[b])
+            ((m, d),) = self.tensor.slice_moments(second, self.lambdas, bonds=[b], check=False)  # made here
             lam.copy_(self.tensor.prior.damped_update(lam, m, d, self.step_size, check=False))
 
 

@@ -22,9 +22,8 @@ compute shrink; the mean tensor then changes by the weight of what was removed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from numbers import Integral, Real
+from numbers import Integral
 
 import pyro
 import torch
@@ -66,17 +65,12 @@ CUT_SCALE = 1e-3
 DEFAULT_TOLERANCE = 0.005
 
 
-def _is_number(value):
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
 def _check_readout(threshold, gap):
     """``(threshold, gap)`` as floats (numpy scalars included), or a ValueError naming the one out of range."""
-    if not (_is_number(threshold) and 0 < threshold < 1):
-        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
-    if not (_is_number(gap) and gap > 1):
-        raise ValueError(f"gap must be a number > 1 (a factor between consecutive weights), got {gap!r}")
-    return float(threshold), float(gap)
+    return (
+        check_number(threshold, "threshold", "(0, 1)"),
+        check_number(gap, "gap", "(1, inf]", "a number > 1 (a factor between consecutive weights)"),
+    )
 
 
 def active_ranks(
@@ -323,9 +317,9 @@ def _check_reference(reference):
     """``reference`` as a float (``None`` kept), or a ValueError: a NaN would silently be ignored."""
     if isinstance(reference, torch.Tensor) and reference.numel() == 1:
         reference = reference.item()
-    if reference is None or (_is_number(reference) and not math.isnan(reference)):
-        return reference if reference is None else float(reference)
-    raise ValueError(f"reference must be a number (a held-out score, not NaN) or None, got {reference!r:.80}")
+    if reference is None:
+        return None
+    return check_number(reference, "reference", "[-inf, inf]", "a number (a held-out score, not NaN) or None")
 
 
 @torch.no_grad()

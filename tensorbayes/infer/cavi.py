@@ -312,7 +312,7 @@ def coordinate_ascent(
             continue
         second = [loc**2 + s**2 for loc, s in zip(locs, scales)]
         for b in range(len(lambdas)):
-            m, d = tensor.slice_moments(second, lambdas)[b]
+            ((m, d),) = tensor.slice_moments(second, lambdas, bonds=[b])  # this bond's only
             lambdas[b] = tensor.prior.update(m, d)
         if model.learns_noise:
             residual = values - layout.entries(locs, index)
