@@ -32,7 +32,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ..formats import get_format
+from ..formats import TensorFormat, get_format
 from ..priors import get_prior
 
 __all__ = [
@@ -417,6 +417,11 @@ class CompactTensor(torch.nn.Module, _LayoutNames):
     """
 
     def __init__(self, layout, factors):
+        if not isinstance(layout, TensorFormat):
+            raise TypeError(
+                "layout must be a tb.formats.TensorFormat (a LowRankTensor's .layout, or one built as "
+                f"tb.formats.get_format('tt')(shape, ranks)), got {type(layout).__name__}"
+            )
         super().__init__()
         factors = layout.check_factors(factors)
         self.layout = layout

@@ -13,6 +13,7 @@ from pyro import poutine
 import tensorbayes as tb
 from tensorbayes.formats import get_format
 from tensorbayes.models import LowRankTensor, TensorCompletion
+from tensorbayes.models.tensor import CompactTensor
 from tensorbayes.priors import HalfCauchy
 
 D = torch.float64
@@ -278,3 +279,15 @@ def test_repr_names_the_format_shape_and_ranks():
     assert repr(tensor) == (
         "LowRankTensor(format='tt', shape=(3, 4, 5), ranks=(2, 3), max_ranks=(2, 3), prior=HalfCauchy(eta=1.0))"
     )
+
+
+@pytest.mark.parametrize("layout", [None, "tt", get_format("tt"), "tensor"], ids=["None", "name", "class", "tensor"])
+def test_compact_tensor_names_a_layout_that_is_no_tensor_format(layout):
+    tensor = LowRankTensor((3, 4, 5), format="tt", max_rank=2)
+    factors = [torch.rand(s) for s in tensor.layout.factor_shapes]
+    layout = tensor if layout == "tensor" else layout  # the tensor itself, not its .layout
+    with pytest.raises(TypeError, match=r"layout must be a tb\.formats\.TensorFormat .*, got "):
+        CompactTensor(layout, factors)
+    compact = CompactTensor(tensor.layout, factors)
+    assert all(torch.equal(a, b) for a, b in zip(compact.factors, factors))
+
