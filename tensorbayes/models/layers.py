@@ -444,7 +444,7 @@ def _low_rank_weight(shape, row_modes, format, max_rank, prior, prior_kwargs, in
 
 
 def _factors_like(factors, x):
-    """The factors in ``x``'s dtype and device (a draw from the prior is in the default dtype)."""
+    """The factors in ``x``'s dtype and device (a draw from the prior is in the module's dtype)."""
     return [f.to(dtype=x.dtype, device=x.device) for f in factors]
 
 

@@ -112,9 +112,10 @@ class LowRankTensor(PyroModule, _LayoutNames):
         self.layout = cls(shape, ranks, row_modes=row_modes, **options)
         self.max_ranks = ranks
         self.prior = prior_from(prior, prior_kwargs)
-        # no parameters of its own: a one-byte buffer carries the device that .to() gives the
-        # module, so that draws from the prior are made there (not in the state dict)
-        self.register_buffer("_device_anchor", torch.zeros((), dtype=torch.uint8), persistent=False)
+        # no parameters of its own: a 0-d buffer carries the device and floating dtype that .to()
+        # (or .double()) gives the module, so that draws from the prior are made there, in that
+        # dtype (not in the state dict)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     # ----- site names -----
 
@@ -133,7 +134,12 @@ class LowRankTensor(PyroModule, _LayoutNames):
     @property
     def device(self):
         """The device the module was moved to (where draws from the prior are made)."""
-        return self._device_anchor.device
+        return self._anchor.device
+
+    @property
+    def dtype(self):
+        """The floating dtype the module was given (default: torch's): its prior's draws and densities are in it."""
+        return self._anchor.dtype
 
     def set_layout(self, layout):
         """
@@ -172,9 +178,7 @@ class LowRankTensor(PyroModule, _LayoutNames):
 
     def _variance(self, f, lambdas, skip=None):
         labels = self.layout.labels[f]
-        var = (
-            torch.ones([1] * len(labels), device=self.device) if not lambdas else lambdas[0].new_ones([1] * len(labels))
-        )
+        var = self._anchor.new_ones([1] * len(labels)) if not lambdas else lambdas[0].new_ones([1] * len(labels))
         for d, lab in enumerate(labels):
             if lab[0] == "b" and int(lab[1:]) != skip:
                 view = [1] * len(labels)
@@ -268,11 +272,13 @@ class LowRankTensor(PyroModule, _LayoutNames):
         return factors, lambdas
 
     def _lambda_prior(self, rank):
-        """The hyperprior of ``rank`` scales (made once per rank and device: it does not change)."""
+        """The hyperprior of ``rank`` scales (made once per rank, device and dtype: it does not change)."""
         cache = self.__dict__.setdefault("_lambda_priors", {})
-        key = (rank, self.device)
+        key = (rank, self.device, self.dtype)
         if key not in cache:
-            cache[key] = self.prior.distribution((rank,), device=self.device, validate_args=False).to_event(1)
+            cache[key] = self.prior.distribution(
+                (rank,), dtype=self.dtype, device=self.device, validate_args=False
+            ).to_event(1)
         return cache[key]
 
     def extra_repr(self):

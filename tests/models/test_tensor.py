@@ -291,3 +291,30 @@ def test_compact_tensor_names_a_layout_that_is_no_tensor_format(layout):
     compact = CompactTensor(tensor.layout, factors)
     assert all(torch.equal(a, b) for a, b in zip(compact.factors, factors))
 
+
+# ----- dtype -----
+
+
+@pytest.mark.parametrize("prior", ["half_cauchy", "gamma"])
+def test_a_float64_tensor_draws_and_scores_its_prior_in_float64(prior):
+    """``.double()`` (or tensorize of a float64 layer) puts the prior's λ and factor draws, and
+    the λ sites' log densities, in float64: a float32 hyperparameter (log(π η) rounded to 7
+    digits) would leave a float64 ELBO wrong in its eighth digit."""
+    tensor = LowRankTensor((3, 4, 5), format="tucker", max_rank=(2, 3, 4), prior=prior).double()
+    pyro.set_rng_seed(0)
+    trace = poutine.trace(tensor).get_trace()
+    trace.compute_log_prob()
+    for b in range(tensor.layout.num_bonds):
+        site = trace.nodes[tensor.lambda_site(b)]
+        assert site["value"].dtype == D
+        expected = tensor.prior.log_prob(site["value"]).sum()
+        torch.testing.assert_close(site["log_prob_sum"], expected, rtol=1e-14, atol=0)
+    assert all(trace.nodes[tensor.factor_site(k)]["value"].dtype == D for k in range(4))
+
+
+def test_a_float64_embedding_samples_from_its_prior():
+    """A ``.double()`` tensorized embedding's prior predictive runs in float64 (its draws were float32)."""
+    layer = tb.models.TensorizedEmbedding(64, 16, format="ttm", max_rank=3).double()
+    pyro.set_rng_seed(0)
+    out = layer(torch.tensor([0, 5, 63]))
+    assert out.dtype == D and out.shape == (3, 16)
