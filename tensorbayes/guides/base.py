@@ -21,6 +21,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoCallable, AutoGuide, AutoGuideList
+from torch.distributions import biject_to
 
 from ..models.tensor import low_rank_tensors, traced_tensors
 
@@ -306,13 +307,73 @@ class MedianGuide(TensorGuide):
 
     @torch.no_grad()
     def set_posterior(self, tensor, locs, scales=None, lambdas=None):
-        for k, loc in enumerate(locs):
-            site = tensor.factor_site(k)
-            for attribute in ("locs", None):
-                part = self._part_with(site, attribute)
+        """Overwrite the autoguide's posterior of ``tensor``: its factor locs (one tensor per factor),
+        optionally scales (one per factor, non-negative: its per-site scales, as an AutoNormal's; a point
+        mass, as an AutoDelta's, has no spread to set) and λ (one per bond, positive: its λ sites' locs or
+        point masses), each of the shape it has; every value is checked before any is taken."""
+        factors = [tensor.factor_site(k) for k in range(len(tensor.layout.factor_shapes))]
+        means = self._sites(factors)
+        sets = self._loc_sets(factors, checked_values(locs, means, "locs", "factor"), "locs")
+        if scales is not None:
+            for site, scale in zip(factors, checked_values(scales, means, "scales", "factor", "non-negative")):
+                part = self._part_with(site, "scales")
                 if part is not None:
-                    _deep_setparam(getattr(part, attribute) if attribute else part, site, loc.clone())
-                    break
+                    sets.append((part.scales, site, scale.clamp_min(1e-12)))
+                elif self._part_with(site, None) is None:  # neither per-site scales nor a point mass
+                    raise GuideError(
+                        f"scales cannot be set: {type(self.autoguide).__name__} has no per-site scale for {site!r} "
+                        "(an AutoNormal or a tb.guides.MeanField has)"
+                    )
+        if lambdas is not None:
+            bonds = [tensor.lambda_site(b) for b in range(len(tensor.layout.ranks))]
+            lambdas = checked_values(lambdas, self._sites(bonds), "lambdas", "bond", "positive")
+            sets += self._loc_sets(bonds, lambdas, "lambdas")
+        for holder, site, value in sets:
+            _deep_setparam(holder, site, value.clone())
+
+    def _loc_sets(self, sites, values, what):
+        """``(holder, site, value)`` that put each of ``sites`` at its (constrained) value: an AutoNormal's
+        loc, in its unconstrained space, or an AutoDelta's point mass."""
+        out = []
+        for site, value in zip(sites, values):
+            part = self._part_with(site, "locs")
+            if part is not None:
+                out.append((part.locs, site, biject_to(part.prototype_trace.nodes[site]["fn"].support).inv(value)))
+            elif (part := self._part_with(site, None)) is not None:
+                out.append((part, site, value))
+            else:
+                raise GuideError(
+                    f"{what} cannot be set: {type(self.autoguide).__name__} has no per-site loc for {site!r} "
+                    "(an AutoNormal, an AutoDelta or a tb.guides.MeanField has)"
+                )
+        return out
+
+
+def checked_values(values, params, what, per, sign=None):
+    """
+    ``values``, one tensor per tensor of ``params`` (each of its shape, finite, and with ``sign``
+    "positive" or "non-negative"), in the dtype and device of ``params``; a :class:`ValueError`
+    names the first that is not, before anything is taken.
+    """
+    if not isinstance(values, (list, tuple)) or len(values) != len(params):
+        got = f"{len(values)}" if isinstance(values, (list, tuple)) else f"a {type(values).__name__}"
+        raise ValueError(f"{what} must be a list of {len(params)} tensors, one per {per}, got {got}")
+    out = []
+    for k, (value, param) in enumerate(zip(values, params)):
+        value = torch.as_tensor(value).to(param)
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(
+                f"{what} must keep the posterior's shapes: got {tuple(value.shape)} for {tuple(param.shape)} "
+                f"({what}[{k}])"
+            )
+        bad = ~torch.isfinite(value)
+        if sign is not None:
+            bad |= value <= 0 if sign == "positive" else value < 0
+        if bool(bad.any()):
+            need = "finite" if sign is None else f"{sign} and finite"
+            raise ValueError(f"{what}[{k}] must be {need}: found other values")
+        out.append(value)
+    return out
 
 
 def _deep_getattr(obj, dotted):

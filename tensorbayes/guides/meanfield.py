@@ -31,7 +31,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..checks import check_number
 from ..models.tensor import low_rank_tensors
-from .base import Draw, TensorGuide, check_tensor_name, flat_indices, model_module
+from .base import Draw, TensorGuide, check_tensor_name, checked_values, flat_indices, model_module
 
 __all__ = ["MeanField", "low_rank_tensors"]
 
@@ -479,11 +479,11 @@ class MeanField(TensorGuide):
         scales (one per factor, non-negative) and λ (one per bond, positive), each of the shape it
         has; every value is checked before any is taken."""
         post = self._posterior(tensor)
-        locs = _checked_values(locs, post.locs, "locs", "factor")  # every value checked before any is taken
+        locs = checked_values(locs, post.locs, "locs", "factor")  # every value checked before any is taken
         if scales is not None:
-            scales = _checked_values(scales, post.raw_scales, "scales", "factor", "non-negative")
+            scales = checked_values(scales, post.raw_scales, "scales", "factor", "non-negative")
         if lambdas is not None:
-            lambdas = _checked_values(lambdas, post.log_lambdas, "lambdas", "bond", "positive")
+            lambdas = checked_values(lambdas, post.log_lambdas, "lambdas", "bond", "positive")
         for k, loc in enumerate(locs):
             post.locs[k].copy_(loc)
             if scales is not None:
@@ -510,33 +510,6 @@ class MeanField(TensorGuide):
             if self.lambda_guide == "lognormal":
                 spread = torch.nn.Parameter(post.raw_lambda_scales[b].detach()[idx].clone())
                 _set_site_parameter(scale_root, site, spread)
-
-
-def _checked_values(values, params, what, per, sign=None):
-    """
-    ``values``, one tensor per parameter of ``params`` (each of its shape, finite, and with
-    ``sign`` "positive" or "non-negative"), in the parameters' dtype and device; a
-    :class:`ValueError` names the first that is not, before anything is taken.
-    """
-    if not isinstance(values, (list, tuple)) or len(values) != len(params):
-        got = f"{len(values)}" if isinstance(values, (list, tuple)) else f"a {type(values).__name__}"
-        raise ValueError(f"{what} must be a list of {len(params)} tensors, one per {per}, got {got}")
-    out = []
-    for k, (value, param) in enumerate(zip(values, params)):
-        value = torch.as_tensor(value).to(param)
-        if tuple(value.shape) != tuple(param.shape):
-            raise ValueError(
-                f"{what} must keep the posterior's shapes: got {tuple(value.shape)} for {tuple(param.shape)} "
-                f"({what}[{k}])"
-            )
-        bad = ~torch.isfinite(value)
-        if sign is not None:
-            bad |= value <= 0 if sign == "positive" else value < 0
-        if bool(bad.any()):
-            need = "finite" if sign is None else f"{sign} and finite"
-            raise ValueError(f"{what}[{k}] must be {need}: found other values")
-        out.append(value)
-    return out
 
 
 def _check_shapes(tensor, entries):
