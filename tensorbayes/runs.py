@@ -357,7 +357,7 @@ def _check_resumable(config, info, checkpoint):
     model = build(config, info)
     guide = MeanField(model, seed=config.seed)
     if os.path.exists(checkpoint):
-        load_checkpoint(checkpoint, model, guide)
+        load_checkpoint(checkpoint, model, guide, map_location="cpu")  # a run trains on the CPU
 
 
 def load_run(run_dir):
@@ -388,7 +388,7 @@ def load_run(run_dir):
     _, _, x_test, y_test, info = load_data(config)
     model = build(config, info)
     guide = MeanField(model, seed=config.seed)
-    state = load_checkpoint(paths["checkpoint.pt"], model, guide)
+    state = load_checkpoint(paths["checkpoint.pt"], model, guide, map_location="cpu")  # wherever it was written
     return Run(
         model=model, guide=guide, history=state["history"], config=config, summary=summary, eval_data=(x_test, y_test)
     )

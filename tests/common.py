@@ -6,7 +6,8 @@ Helpers shared by the tests (import them as ``from tests.common import ...``):
   a layout of larger ranks (the pruning, export and plotting tests);
 - :func:`unfolding`, :func:`assert_rank`: the rank of an unfolding, read from its singular
   values (the data tests);
-- :func:`factor_parameter`: a MeanField's unconstrained parameter of one factor site.
+- :func:`factor_parameter`: a MeanField's unconstrained parameter of one factor site;
+- :func:`as_if_written_on_a_gpu`: a checkpoint rewritten as a GPU run's (the checkpoint tests).
 
 ``tests/dlrm.py``, ``tests/embedding.py`` and ``tests/data/rank_checks.py`` re-export them under
 their old paths.
@@ -26,6 +27,7 @@ __all__ = [
     "EMBEDDED_CASES",
     "MIN_RATIO",
     "ZERO",
+    "as_if_written_on_a_gpu",
     "assert_rank",
     "embed",
     "embedded_completion",
@@ -147,3 +149,14 @@ def factor_parameter(guide, kind, k, tensor="tensor"):
     model): ``kind`` "locs" for the means, "scales" for the raw scales (softplus)."""
     site = f"{tensor}.factor{k}" if tensor else f"factor{k}"
     return dict(guide.named_parameters())[f"{kind}.{site}_unconstrained"]
+
+
+def as_if_written_on_a_gpu(path, monkeypatch):
+    """Rewrite the checkpoint at ``path`` as a GPU's: every storage tagged ``cuda:0`` (which a machine
+    without one cannot read where it was saved: torch.load without map_location raises) but the
+    random states', which are CPU tensors wherever the run was."""
+    state = torch.load(path, weights_only=False)
+    on_cpu = {state["generator"].untyped_storage().data_ptr(), state["rng"]["torch"].untyped_storage().data_ptr()}
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda s: "cpu" if s.data_ptr() in on_cpu else "cuda:0")
+        torch.save(state, path)

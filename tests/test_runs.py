@@ -10,6 +10,7 @@ import tensorbayes as tb
 from tensorbayes.cli import NETWORK_DEMO, main
 from tensorbayes.guides.meanfield import low_rank_tensors
 from tensorbayes.runs import RunConfig, fit_run, load_run
+from tests.common import as_if_written_on_a_gpu
 
 
 def _at_means(model, guide, x):
@@ -92,6 +93,19 @@ def test_train_writes_a_run_that_load_run_restores(tmp_path):
         "report.md",
     } <= written
     assert "(4, 4)" in (out / "report" / "report.md").read_text()
+
+
+def test_load_run_reads_a_checkpoint_written_on_a_gpu(tmp_path, monkeypatch):
+    # load_run read the checkpoint where it was saved: a GPU's failed on a machine without one
+    out = tmp_path / "run"
+    argv = ["train", "--data", "teacher", "--format", "tt", "--max-rank", "3", "--epochs", "1"]
+    main([*argv, "--num-train", "256", "--batch-size", "64", "--no-progress", "--out", str(out)])
+    expected = {k: v.clone() for k, v in load_run(out).guide.state_dict().items()}
+    as_if_written_on_a_gpu(out / "checkpoint.pt", monkeypatch)
+    run = load_run(out)
+    assert run.guide.state_dict().keys() == expected.keys()
+    for key, value in run.guide.state_dict().items():
+        assert value.device.type == "cpu" and torch.equal(value, expected[key]), key
 
 
 def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -44,8 +44,15 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, guide, map_
     Restore model and guide from a :func:`~tensorbayes.fit` checkpoint, shrinking them first to
     its pruned ranks; returns the checkpoint's state (optimizer, history, step, random states).
     Raises a :class:`ValueError` naming the first mismatch, before anything changes.
-    ``map_location`` is :func:`torch.load`'s (``None``: each tensor where it was saved).
+
+    ``map_location`` is :func:`torch.load`'s (``None``: each tensor where it was saved), except
+    that a device (a :class:`torch.device` or a str such as ``"cpu"``) takes only the tensors saved
+    on an accelerator: those saved on the CPU stay there (the random states, which must be CPU
+    tensors, and the optimizer's step counts, which torch keeps on the CPU), so that a checkpoint
+    written on a GPU resumes on a machine without one, and one written anywhere resumes on a GPU.
     """
+    if isinstance(map_location, (str, torch.device)):
+        map_location = _accelerator_tensors_onto(map_location)
     try:
         state = torch.load(path, weights_only=False, map_location=map_location)
     except Exception as error:
@@ -55,6 +62,17 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, guide, map_
     model.load_state_dict(state["model"])
     guide.load_state_dict(state["guide"])
     return state
+
+
+def _accelerator_tensors_onto(device):
+    """A :func:`torch.load` ``map_location`` that reads the storages saved on an accelerator onto
+    ``device`` and leaves those saved on the CPU there."""
+    device = str(torch.device(device))
+
+    def restore(storage, location):  # storage: read onto the CPU; location: where it was saved
+        return storage if location == "cpu" else torch.serialization.default_restore_location(storage, device)
+
+    return restore
 
 
 def shrink_to_ranks(model, guide, ranks):

@@ -171,7 +171,8 @@ def fit(
     :param checkpoint: a file written after every epoch (to a temporary file, then renamed, so
         a crash never leaves it half-written): model, guide, optimizer, random states, history.
     :param bool resume: continue from ``checkpoint`` if it exists (the same seed and data then
-        give the same parameters as an uninterrupted run).
+        give the same parameters as an uninterrupted run). Its tensors are read onto the device
+        of the model's parameters, so that a checkpoint written on a GPU resumes without one.
     :param callbacks: callables ``callback(epoch, history)`` run after every epoch (after the
         checkpoint), e.g. to print or log progress, or to prune (:func:`tensorbayes.prune`):
         the optimizer then follows the pruned parameters (those pruning replaced start with a
@@ -233,7 +234,8 @@ def fit(
     eval_data = None if eval_data is None else to_device(eval_data, device)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    state = load_checkpoint(checkpoint, model, guide) if resume and os.path.exists(checkpoint) else None
+    resuming = resume and os.path.exists(checkpoint)  # read onto the model's device: a GPU's resumes on a CPU
+    state = load_checkpoint(checkpoint, model, guide, map_location=device) if resuming else None
     initialized = (
         state["initialized"] if state else _initialize(model, guide, batches, device, init, init_sweeps, progress)
     )

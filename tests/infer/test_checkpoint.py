@@ -7,6 +7,7 @@ import tensorbayes as tb
 from tensorbayes.data import planted_tensor
 from tensorbayes.guides import MeanField
 from tensorbayes.models import TensorCompletion
+from tests.common import as_if_written_on_a_gpu
 
 SHAPE = (6, 7, 8)
 
@@ -49,6 +50,54 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, init):
     for key in expected:
         assert torch.allclose(resumed[key], expected[key], rtol=0, atol=1e-12), key
     assert len(history.elbo) == 3
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_on_the_models_device(tmp_path, monkeypatch):
+    # fit read the checkpoint without map_location: a GPU's checkpoint failed on a CPU-only machine
+    kwargs = dict(batch_size=64, seed=3, progress=False, init="none")
+    planted, model, guide = _problem()
+    data = (planted.train_index, planted.train_values)
+    uninterrupted = tb.fit(model, guide, data, epochs=3, **kwargs)
+    expected = _state(model, guide)
+
+    path = tmp_path / "run.pt"
+    planted, model, guide = _problem()
+
+    def crash_after_the_second_epoch(epoch, history):  # the schedule is the 3 epochs' (its checkpoint is written)
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        tb.fit(model, guide, data, epochs=3, checkpoint=str(path), callbacks=[crash_after_the_second_epoch], **kwargs)
+    as_if_written_on_a_gpu(path, monkeypatch)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=False)
+    planted, model, guide = _problem()
+    history = tb.fit(model, guide, data, epochs=3, checkpoint=str(path), resume=True, **kwargs)
+    resumed = _state(model, guide)
+    assert all(t.device.type == "cpu" for t in resumed.values())
+    for key in expected:  # the optimizer state and random states restored too: the same run
+        assert torch.allclose(resumed[key], expected[key], rtol=0, atol=1e-12), key
+    assert history.elbo == uninterrupted.elbo
+
+
+def test_a_checkpoint_read_onto_a_device_keeps_its_random_states_on_the_cpu(tmp_path, monkeypatch):
+    # a map_location device took every tensor there: a GPU's random states, which torch restores from
+    # CPU tensors only (the meta device stands in for a GPU: the model's tensors go there)
+    planted, model, guide = _problem()
+    path = tmp_path / "run.pt"
+    data = (planted.train_index, planted.train_values)
+    tb.fit(model, guide, data, epochs=1, batch_size=64, seed=0, progress=False, init="none", checkpoint=str(path))
+    as_if_written_on_a_gpu(path, monkeypatch)
+    planted, model, guide = _problem()
+    model.to("meta"), guide.to("meta")
+    state = tb.infer.load_checkpoint(str(path), model, guide, map_location=torch.device("meta"))
+    assert all(t.device.type == "meta" for t in state["model"].values())
+    assert all(t.device.type == "meta" for t in state["guide"].values())
+    for rng in (state["generator"], state["rng"]["torch"]):
+        assert rng.device.type == "cpu" and rng.dtype == torch.uint8
+        torch.Generator().set_state(rng)  # as fit restores them: a tensor elsewhere is refused
 
 
 def test_a_crash_mid_epoch_leaves_the_last_complete_checkpoint(tmp_path, monkeypatch):
