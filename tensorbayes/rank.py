@@ -22,6 +22,7 @@ compute shrink; the mean tensor then changes by the weight of what was removed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from numbers import Integral
 
@@ -45,6 +46,7 @@ __all__ = [
     "held_out_metric",
     "held_out_score",
     "mean_score",
+    "min_held_out",
     "prune",
     "ranks",
     "search_ranks",
@@ -63,6 +65,17 @@ CUT_SCALE = 1e-3
 #: The held-out score the rank search may give up for smaller ranks: half a point of accuracy
 #: for a classifier, 0.005 of relative error otherwise (:func:`search_ranks`).
 DEFAULT_TOLERANCE = 0.005
+
+
+def min_held_out(tolerance: float) -> int:
+    """
+    The fewest held-out examples a rank search of ``tolerance`` (a non-negative number) scores
+    on: ``2 / tolerance`` rounded up (400 at :data:`DEFAULT_TOLERANCE`), so that one example
+    weighs at most half the tolerance. A tolerance of 0 gives nothing up (a cut that lowers the
+    score at all is refused), whatever the number of examples: it asks for one.
+    :func:`search_ranks` refuses fewer; :func:`~tensorbayes.fit` runs no search on fewer.
+    """
+    return 1 if tolerance == 0 else max(1, math.ceil(2 / tolerance))
 
 
 def _check_readout(threshold, gap):
@@ -385,13 +398,17 @@ def search_ranks(
         tb.prune(model, guide, ranks=found)
 
     :param inputs: the held-out inputs, a tensor or a tuple of tensors (the model's arguments).
-    :param torch.Tensor target: the held-out targets (class labels, or values).
+    :param torch.Tensor target: the held-out targets (class labels, or values): at least
+        :func:`min_held_out` of ``tolerance`` examples (``2 / tolerance``, 400 at the default), so
+        that one example weighs at most half the tolerance.
     :param float tolerance: the score the cut may give up (accuracy, or relative error).
     :param float reference: the score to stay within ``tolerance`` of (default: the current
         ranks' score; a number, not NaN); where the current ranks already score below
         ``reference - tolerance``, they are kept.
     :param int chunk_size: held-out examples per forward pass.
     :returns: ``({tensor name: ranks}, {"full": score, "found": score})``.
+    :raises ValueError: for held-out data of the wrong form, or fewer examples than
+        :func:`min_held_out` asks (named after those of the wrong form), before anything changes.
     """
     check_number(tolerance, "tolerance", "[0, inf)", "a non-negative number")
     reference = _check_reference(reference)
@@ -402,7 +419,13 @@ def search_ranks(
     relative = sorted(
         {float(r) for _, ws in canon.values() for w in ws if w[0] > 0 for r in w / w[0]}, reverse=True
     )  # τ from the largest (smallest ranks) down
-    full = _score(model, tensors, _cuts(tensors, canon, 0.0), inputs, target, chunk_size)
+    full = _score(model, tensors, _cuts(tensors, canon, 0.0), inputs, target, chunk_size)  # checks target's form
+    if len(target) < min_held_out(tolerance):
+        raise ValueError(
+            f"target must hold at least {min_held_out(tolerance)} held-out examples at tolerance={tolerance} "
+            f"(2 / tolerance: one example then weighs at most half the tolerance), got {len(target)}: "
+            "hold more out, or raise the tolerance"
+        )
     lo, hi = 0, len(relative) - 1  # relative[hi] keeps every index with a nonzero weight
     best = _cuts(tensors, canon, relative[hi]) if relative else _cuts(tensors, canon, 0.0)
     best_score = full

@@ -234,11 +234,32 @@ def _cp_matrix(weights, rows=8, cols=6, seed=0):
     return model, guide, index, values.reshape(-1)
 
 
+@pytest.mark.parametrize("tolerance, minimum", [(0.1, 20), (0.02, 100), (0.005, 400)])
+def test_search_ranks_refuses_held_out_data_too_few_for_the_tolerance(tolerance, minimum):
+    # where one example weighs more than half the tolerance the search cut on the luck of a few
+    # examples (tb.fit runs no search there): 2 / tolerance examples at least
+    model, guide, index, values = _cp_matrix([1.0, 0.5, 0.1, 0.01], rows=20, cols=20)
+    before = [m.clone() for m in guide.factor_means(model.tensor)]
+    match = rf"target must hold at least {minimum} held-out examples at tolerance={tolerance} .*got {minimum - 1}"
+    with pytest.raises(ValueError, match=match):
+        tb.rank.search_ranks(model, guide, index[: minimum - 1], values[: minimum - 1], tolerance=tolerance)
+    assert model.tensor.layout.ranks == (4,)
+    assert all(torch.equal(a, b) for a, b in zip(before, guide.factor_means(model.tensor)))
+    found, scores = tb.rank.search_ranks(model, guide, index[:minimum], values[:minimum], tolerance=tolerance)
+    assert 1 <= found["tensor"][0] <= 4 and scores["found"] >= scores["full"] - tolerance  # the minimum is enough
+
+
+def test_min_held_out_is_2_over_the_tolerance_rounded_up():
+    assert tb.rank.min_held_out(tb.rank.DEFAULT_TOLERANCE) == 400
+    assert tb.rank.min_held_out(0.003) == 667 and tb.rank.min_held_out(2.5) == 1
+    assert tb.rank.min_held_out(0) == 1  # nothing given up: a cut that lowers the score at all is refused
+
+
 @pytest.mark.parametrize("tolerance, rank", [(0.5, 1), (0.1, 2), (0.02, 3), (0.005, 4)])
 def test_search_ranks_keeps_the_fewest_components_within_the_tolerance(tolerance, rank):
     # Cutting orthogonal components k+1.. leaves the relative error sqrt(Σ_{j>k} w_j²) / ‖w‖
     # by hand: for w = (1, .5, .1, .01) that is .454, .0895, .0089 at k = 1, 2, 3 (0 at 4)
-    model, guide, index, values = _cp_matrix([1.0, 0.5, 0.1, 0.01])
+    model, guide, index, values = _cp_matrix([1.0, 0.5, 0.1, 0.01], rows=20, cols=20)  # 400 entries: 2 / 0.005
     found, scores = tb.rank.search_ranks(model, guide, index, values, tolerance=tolerance)
     assert found == {"tensor": (rank,)}
     w = torch.tensor([1.0, 0.5, 0.1, 0.01], dtype=D)
@@ -256,7 +277,7 @@ def test_search_ranks_stays_within_a_reference_above_the_current_score():
 
 
 def test_prune_to_searched_ranks_scores_what_the_search_found():
-    model, guide, index, values = _cp_matrix([1.0, 0.5, 0.1, 0.01])
+    model, guide, index, values = _cp_matrix([1.0, 0.5, 0.1, 0.01], rows=20, cols=20)
     found, scores = tb.rank.search_ranks(model, guide, index, values, tolerance=0.02)
     assert tb.prune(model, guide, ranks=found) == {"tensor": (3,)}
     mean = model.tensor.layout.entries(guide.factor_means(model.tensor), index)
@@ -339,7 +360,7 @@ def test_search_ranks_with_no_tolerance_still_drops_the_components_of_weight_zer
 def test_search_ranks_does_not_depend_on_the_scale_of_the_weights(tolerance, rank, scale):
     # the case above with every weight doubled, or halved (all below 1): the same relative
     # errors, the same ranks
-    model, guide, index, values = _cp_matrix([scale * w for w in (1.0, 0.5, 0.1, 0.01)])
+    model, guide, index, values = _cp_matrix([scale * w for w in (1.0, 0.5, 0.1, 0.01)], rows=20, cols=20)
     found, _ = tb.rank.search_ranks(model, guide, index, values, tolerance=tolerance)
     assert found == {"tensor": (rank,)}
 
@@ -369,14 +390,14 @@ def test_held_out_metric_is_the_accuracy_of_labels_and_the_relative_error_of_val
 def test_a_bond_whose_weights_are_all_zero_keeps_one_index():
     # a dead tensor (every factor zero): the readout and the search keep one index per bond, the
     # least a layout holds (the data, all zero too, have no relative error to score: NaN)
-    model, guide, index, values = _cp_matrix([0.0, 0.0, 0.0])
+    model, guide, index, values = _cp_matrix([0.0, 0.0, 0.0], rows=20, cols=20)
     assert tb.ranks(model, guide) == {"tensor": (1,)}
     found, _ = tb.rank.search_ranks(model, guide, index, values, tolerance=0.01)
     assert found == {"tensor": (1,)}
 
 
 def test_search_ranks_of_a_tensor_at_rank_one_keeps_it():
-    model, guide, index, values = _cp_matrix([1.0])
+    model, guide, index, values = _cp_matrix([1.0], rows=20, cols=20)
     found, scores = tb.rank.search_ranks(model, guide, index, values, tolerance=0.01)
     assert found == {"tensor": (1,)} and scores["found"] == scores["full"] == pytest.approx(0.0, abs=1e-12)
 
@@ -424,7 +445,7 @@ def test_the_search_scores_in_evaluation_mode_and_leaves_batch_norm_as_it_was():
     model = tb.models.BayesianClassifier(tb.models.tensorize(net, format="tt", min_features=16), num_classes=3)
     guide = MeanField(model, seed=0)
     norm = model.net[1]
-    x, y = torch.randn(50, 16), torch.randint(0, 3, (50,))
+    x, y = torch.randn(400, 16), torch.randint(0, 3, (400,))  # the default tolerance's 2 / 0.005
     tb.rank.search_ranks(model, guide, x, y)
     tb.rank.mean_score(model, guide, x, y)
     assert torch.all(norm.running_mean == 0) and norm.num_batches_tracked == 0 and model.training

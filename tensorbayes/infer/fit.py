@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..checks import check_int, check_number
 from ..guides.base import GuideError, GuideNotReady, as_tensor_guide
-from ..rank import DEFAULT_TOLERANCE, held_out_metric, mean_score, prune, ranks, search_ranks
+from ..rank import DEFAULT_TOLERANCE, held_out_metric, mean_score, min_held_out, prune, ranks, search_ranks
 from . import distributed as _distributed
 from .batches import TensorBatches, as_tensors, module_device, to_device
 from .cavi import closed_form_start
@@ -203,10 +203,11 @@ def fit(
         (:func:`~tensorbayes.prune` with ``ranks=``; the optimizer follows), so that later
         epochs run at the smaller ranks. After the last search the held-out share joins the
         training data. Each search is recorded in ``history.rank_search``. None runs where the
-        held-out share would hold fewer than ``2 / tolerance`` examples (400 at the default:
-        one example then weighs at most half the tolerance), in a fit too short for a search
-        epoch, nor with a DataLoader (which warns: pass tensors, or
-        ``tolerance=None``). With ``distributed=True`` every process runs the same search.
+        held-out share would hold fewer than ``2 / tolerance`` examples
+        (:func:`~tensorbayes.rank.min_held_out`, 400 at the default: one example then weighs at
+        most half the tolerance), in a fit too short for a search epoch, nor with a DataLoader
+        (which warns: pass tensors, or ``tolerance=None``). With ``distributed=True`` every
+        process runs the same search.
     :param float validation: the share of ``data`` held out for the rank search, in (0, 0.5].
     :param optim: the optimizer (default Adam): a Pyro optimizer such as
         ``pyro.optim.ClippedAdam({"lr": 0.01})``, a :class:`torch.optim.Optimizer` subclass, or a
@@ -572,7 +573,7 @@ class _RankSearch:
             return None
         n = batches.num_data
         n_held = int(round(validation * n))
-        if n_held < math.ceil(2 / tolerance) or n - n_held < 1:  # too few to resolve the tolerance
+        if n_held < min_held_out(tolerance) or n - n_held < 1:  # too few to resolve the tolerance
             return None
         train_size = min(batches.batch_size, n - n_held)
         per_epoch = math.ceil((n - n_held) / train_size)
