@@ -17,11 +17,15 @@ Speed and memory of the tensorized layers against dense ones, measured in the sa
    :class:`~tensorbayes.models.TensorizedLinear`); the same layer with the balanced shapes
    ``(8, 8, 8, 8)`` on both sides (the same cores and parameters, a split product four times
    dearer) is measured beside it.
-2. The bag lookup (forward and backward) of a :class:`~tensorbayes.models.embedding_bag.TensorizedEmbeddingBag`
+2. The same inside a network: the Fashion-MNIST MLP (784-625-10, batch 256) with its first layer
+   TTM at max ranks 2 to 20 (``tb.fit``'s start): the deterministic, floor and SVI steps of
+   the network against the dense MLP's, in interleaved rounds. A fit that spends its epochs at
+   those ranks cannot take less than the floor's share of the dense training time.
+3. The bag lookup (forward and backward) of a :class:`~tensorbayes.models.embedding_bag.TensorizedEmbeddingBag`
    (TTM, 128 columns, max rank 16) at 1e4 to 1e9 rows, each size in a fresh process: time per
    batch and peak resident memory; a dense :class:`torch.nn.EmbeddingBag` where it fits.
    Target: the peak memory flat (within 2x) from 1e4 to 1e9 rows.
-3. Where the SVI step spends its time beyond the deterministic one: a torch.profiler table of
+4. Where the SVI step spends its time beyond the deterministic one: a torch.profiler table of
    the 4096 TTM step and the share of the step outside torch operators (Python: Pyro's
    tracing, the guide, the prior's log densities).
 
@@ -34,7 +38,8 @@ The profile part also times the SVI step with Pyro's validation off, as a user m
 Writes ``layers.json`` and ``layers.md`` (``layers_smoke.*`` with ``--smoke``, ``layers_cuda.*``
 with ``--device cuda``).
 
-    python -m benchmarks.layers [--smoke] [--threads 1] [--device cpu] [--out benchmarks/results]
+    python -m benchmarks.layers [--smoke] [--threads 1] [--device cpu] [--parts linear,network,lookup,profile]
+        [--out benchmarks/results]
 """
 
 import json
@@ -56,6 +61,8 @@ from tensorbayes.models import BayesianRegressor, TensorizedLinear
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FORMATS = ("cp", "tucker", "tt", "ttm")
+#: What ``--parts`` may name.
+PARTS = ("linear", "network", "lookup", "profile")
 #: (size, batch, max rank): a grid along the diagonal, not the full product.
 GRID = [(256, 64, 8), (1024, 256, 16), (4096, 256, 16), (4096, 1024, 32)]
 SMOKE_GRID = [(64, 16, 4)]
@@ -203,6 +210,133 @@ def _floor_step(layer, x, y):
         weight.lambda_step()
 
     return step, net
+
+
+# ----- the SVI step inside a network -----
+
+#: The max ranks of the Fashion-MNIST MLP's TTM layer measured by ``--parts network``: from the
+#: smallest to the one ``tb.fit`` starts it at by default (20).
+NETWORK_RANKS = (2, 4, 8, 20)
+SMOKE_NETWORK_RANKS = (2,)
+#: The batch and data size of ``benchmarks/fashion_mnist.py``'s fits.
+NETWORK_BATCH, NETWORK_DATA = 256, 60000
+
+
+def _classifier_step(net, x, y):
+    """A plain torch step of ``net`` on the cross-entropy, with Adam at 1e-3, as the Fashion-MNIST benchmark's."""
+    net = net.to(x.device)
+    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
+    return step
+
+
+def network_floor(net, layer, guide):
+    """
+    The plain torch network ``net`` with its first layer replaced by the tensorized ``layer`` at
+    the posterior of ``guide`` (a :class:`~tensorbayes.guides.MeanField` of ``layer``), drawn by a
+    :class:`PlainMeanField`; returns ``(net, weight)``.
+    """
+    from tensorbayes.compact import CompactLinear
+
+    net[0] = first = CompactLinear(layer, guide.factor_means(layer.weight))
+    first.weight = weight = PlainMeanField(layer, guide)
+    return net, weight
+
+
+def network_floor_loss(net, weight, x, y, num_data=NETWORK_DATA):
+    """The floor's loss: the classifier's negative log likelihood scaled to ``num_data`` examples, and the KL term."""
+    return num_data / len(x) * torch.nn.functional.cross_entropy(net(x), y, reduction="sum") + weight.kl()
+
+
+def _network_floor_step(net, layer, x, y):
+    """
+    The floor's step (:func:`network_floor`) of ``net``: the other layers are point estimates
+    stepped with the factor means (as in a :class:`~tensorbayes.models.BayesianClassifier`).
+    """
+    net, weight = network_floor(net, layer, tb.guides.MeanField(layer, seed=0))
+    net = net.to(x.device)
+    others = [p for name, p in net.named_parameters() if not name.startswith("0.weight.")]
+    lr = 1e-3
+    optim = torch.optim.Adam(
+        [{"params": [*weight.locs, *others]}, {"params": list(weight.raw_scales), "lr": lr * tb.infer.SCALE_LR}],
+        lr=lr,
+        foreach=True,
+    )
+
+    def step():
+        loss = network_floor_loss(net, weight, x, y)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        weight.lambda_step()
+
+    return step
+
+
+def network_steps(rank, x, y):
+    """
+    ``(steps, params)``: the training steps, on the batch ``(x, y)``, of the Fashion-MNIST MLP
+    (784-625-10, ``benchmarks/fashion_mnist.py``'s ``mlp``) with its first layer TTM at max rank
+    ``rank`` (``{"deterministic": its factors plain parameters, as the benchmark's frontier,
+    "floor": the floor of the SVI step, "svi": tb.fit's step of a BayesianClassifier}``), and the
+    layer's parameter count.
+    """
+    from benchmarks.fashion_mnist import fixed_rank_network, network, tensorized
+
+    pyro.clear_param_store()
+    net, min_features = network("mlp")
+    model = tb.models.BayesianClassifier(tensorized(net, min_features, "ttm", max_rank=rank)[0], 10).to(x.device)
+    guide = tb.guides.MeanField(model, seed=0)
+    engine = tb.infer.SVIEngine(model, guide, num_data=NETWORK_DATA, lr=1e-3)
+    net, min_features = network("mlp")
+    layer = tensorized(net, min_features, "ttm", max_rank=rank)[0][0]
+    steps = {
+        "deterministic": _classifier_step(fixed_rank_network("mlp", "ttm", rank, seed=0)[0], x, y),
+        "floor": _network_floor_step(net, layer, x, y),
+        "svi": lambda: engine.step(x, y),
+    }
+    return steps, layer.layout.num_params()
+
+
+def network_table(ranks, repeats, rounds, device):
+    """
+    The steps of :func:`network_steps` at each of ``ranks`` and the dense MLP's, timed in
+    ``rounds`` interleaved rounds (each the median of ``repeats`` steps); the median round of each.
+    """
+    from benchmarks.fashion_mnist import network
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(NETWORK_BATCH, 784, generator=gen).to(device)
+    y = torch.randint(10, (NETWORK_BATCH,), generator=gen).to(device)
+    steps, params = {("dense", None): _classifier_step(network("mlp")[0], x, y)}, {}
+    for rank in ranks:
+        by_kind, params[rank] = network_steps(rank, x, y)
+        steps.update({(kind, rank): step for kind, step in by_kind.items()})
+    times = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            times[key].append(_time(step, repeats, device))
+    median = {key: statistics.median(t) for key, t in times.items()}
+    dense = median["dense", None]
+    rows = []
+    for rank in ranks:
+        row = {"rank": rank, "params": params[rank], "dense_s": dense}
+        for kind in ("deterministic", "floor", "svi"):
+            row[f"{kind}_s"] = median[kind, rank]
+            row[f"{kind}_over_dense"] = median[kind, rank] / dense
+        rows.append(row)
+        print(
+            f"network mlp ttm rank {rank:3d}: dense {1e3 * dense:.2f} ms, det {row['deterministic_over_dense']:.2f}x, "
+            f"floor {row['floor_over_dense']:.2f}x, svi {row['svi_over_dense']:.2f}x",
+            flush=True,
+        )
+    return rows
 
 
 def linear_grid(grid, repeats, device):
@@ -470,6 +604,30 @@ def _modes(shape):
     return "x".join(map(str, shape))
 
 
+def network_markdown(rows):
+    """The section of the ``network`` part (none for results measured before it existed)."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"## The step inside a network: the Fashion-MNIST MLP (784-625-10, batch {NETWORK_BATCH})",
+        "",
+        "Its first layer TTM at fixed max ranks: the frontier's deterministic step, the floor of the SVI step "
+        "and `tb.fit`'s SVI step (a `BayesianClassifier`), each against the dense MLP's step with Adam, "
+        "measured in interleaved rounds. A fit of this network that stays at these ranks takes at least the "
+        "floor's share of the dense training time.",
+        "",
+        "| max rank | layer params | compression | dense ms | deterministic / dense | floor / dense | SVI / dense |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for x in rows:
+        lines.append(
+            f"| {x['rank']} | {x['params']:,} | {784 * 625 / x['params']:.0f}x | {1e3 * x['dense_s']:.2f} | "
+            f"{x['deterministic_over_dense']:.2f} | {x['floor_over_dense']:.2f} | {x['svi_over_dense']:.2f} |"
+        )
+    return lines
+
+
 def markdown(r):
     where = "GPU: " + r["gpu"] if r.get("gpu") else f"{r['threads']} thread(s)"
     memory = "peak GPU memory" if r.get("gpu") else "peak RSS"
@@ -497,6 +655,7 @@ def markdown(r):
         "KL and λ step, the same loss and gradients to rounding), without Pyro and without the engine's checks, "
         "schedule and parameter tracking: what the SVI step of this design costs on this machine.",
     ]
+    lines += network_markdown(r.get("network"))
     t = r["targets"]
     p = r["profile"]
     q = p["balanced_shapes"]
@@ -569,7 +728,7 @@ def main(argv=None):
     p.add_argument("--batch", type=positive_int, default=4096, help="bags per lookup batch")
     p.add_argument(
         "--parts",
-        default="linear,lookup,profile",
+        default="linear,network,lookup,profile",
         help="parts to measure; the others are taken from the existing JSON in --out",
     )
     args = p.parse_args(argv)
@@ -577,8 +736,8 @@ def main(argv=None):
     check_device(p, device)
     cuda = device.type == "cuda"
     parts = set(args.parts.split(","))
-    if not parts <= {"linear", "lookup", "profile"}:
-        p.error(f"--parts must be among linear, lookup, profile, got {args.parts!r}")
+    if not parts <= set(PARTS):
+        p.error(f"--parts must be among {', '.join(PARTS)}, got {args.parts!r}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     repeats = args.repeats or (3 if args.smoke else 7)
@@ -586,14 +745,17 @@ def main(argv=None):
     batch = 256 if args.smoke else args.batch
     name = ("layers_smoke" if args.smoke else "layers") + ("_cuda" if cuda else "")
     previous = os.path.join(args.out, f"{name}.json")
-    if parts != {"linear", "lookup", "profile"} and not os.path.exists(previous):
+    if parts != set(PARTS) and not os.path.exists(previous):
         p.error(f"--parts {args.parts} takes the other parts from {previous}, which does not exist: measure all first")
-    result = json.load(open(previous)) if parts != {"linear", "lookup", "profile"} else {}
+    result = json.load(open(previous)) if parts != set(PARTS) else {}
     result.update(
         {"threads": args.threads, "repeats": repeats, "gpu": torch.cuda.get_device_name(device) if cuda else None}
     )
     if "linear" in parts:
         result["linear"] = linear_grid(grid, repeats, device)
+    if "network" in parts:
+        ranks = SMOKE_NETWORK_RANKS if args.smoke else NETWORK_RANKS
+        result["network"] = network_table(ranks, repeats, 3 if args.smoke else 5, device)
     if "lookup" in parts:
         dense_max = 10**4 if args.smoke else 10**7 if cuda else 10**6
         result["lookup"] = lookup_table(rows, batch, repeats, args.threads, dense_max, device)

@@ -78,6 +78,10 @@ def test_layers_smoke(tmp_path, monkeypatch):
     for x in result["linear"]:
         assert x["svi_s"] > 0 and x["svi_over_dense"] > 0 and x["svi_over_deterministic"] > 0
         assert x["floor_s"] > 0 and x["floor_over_deterministic"] == x["floor_s"] / x["deterministic_s"]
+    assert [x["rank"] for x in result["network"]] == list(layers.SMOKE_NETWORK_RANKS)
+    for x in result["network"]:
+        for kind in ("deterministic", "floor", "svi"):
+            assert x[f"{kind}_s"] > 0 and x[f"{kind}_over_dense"] == x[f"{kind}_s"] / x["dense_s"]
     kinds = {(x["kind"], x["rows"]) for x in result["lookup"]}
     assert {("tensorized", 10**3), ("tensorized", 10**5), ("dense", 10**3)} <= kinds
     assert {"ttm_4096_svi_over_dense", "lookup_peak_ratio", "lookup_flat"} <= set(result["targets"])
@@ -137,7 +141,7 @@ def test_fashion_mnist_refuses_bad_arguments_naming_them(argv, name, capsys):
     "name, argv, message",
     [
         ("layers", ["--device", "bogus"], "--device: must be a device such as cpu, cuda or cuda:1, got 'bogus'"),
-        ("layers", ["--parts", "bogus"], "--parts must be among linear, lookup, profile, got 'bogus'"),
+        ("layers", ["--parts", "bogus"], "--parts must be among linear, network, lookup, profile, got 'bogus'"),
         ("layers", ["--threads", "0"], "--threads: must be a positive int, got '0'"),
         ("layers", ["--smoke", "--parts", "linear"], "--parts linear takes the other parts from"),
         ("dlrm", ["--device", "bogus"], "--device: must be a device such as cpu, cuda or cuda:1, got 'bogus'"),
@@ -254,3 +258,30 @@ def test_layers_floor_is_the_engines_estimator_on_the_same_draws(fmt):
     floor.lambda_step()
     for e, g in zip(guide.lambdas()[next(iter(guide.tensors()))], floor.lambdas):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=0)
+
+
+def test_layers_network_floor_is_the_classifiers_elbo_on_the_same_draws():
+    """The network part's floor computes the loss of tb.fit's step for a BayesianClassifier: the
+    likelihood scaled to the data set and the KL term (float64, the same random numbers)."""
+    import pyro
+
+    layers = _load("layers")
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 64, dtype=torch.float64), torch.randint(4, (16,))
+    dense = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).double()
+    net = tb.models.tensorize(dense, format="ttm", max_rank=3, min_features=16)
+    model = tb.models.BayesianClassifier(net, num_classes=4)
+    guide = tb.guides.MeanField(model, seed=0)
+    elbo = tb.infer.MeanFieldELBO()
+    elbo.loss_and_log_likelihood(model, guide, x, y, num_data=1600)  # the guide makes its parameters
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    guide.keep_lambdas()
+    floor, weight = layers.network_floor(dense, net[0], guide)
+    floor[2].load_state_dict(net[2].state_dict())
+    torch.manual_seed(1)
+    loss, _ = elbo.loss_and_log_likelihood(model, guide, x, y, num_data=1600)
+    torch.manual_seed(1)
+    torch.testing.assert_close(layers.network_floor_loss(floor, weight, x, y, num_data=1600), loss, rtol=1e-12, atol=0)
