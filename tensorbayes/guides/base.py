@@ -286,6 +286,11 @@ class MedianGuide(TensorGuide):
         sites = [tensor.factor_site(k) for k in range(len(layout.factor_shapes))]
         keep = list(keep) if isinstance(keep, Iterable) else keep  # an iterator is read once
         layout.truncate(self.factor_means(tensor), keep)  # checks keep before anything is cut
+        if not any(all(self._part_with(s, attribute) is not None for s in sites) for attribute in ("locs", None)):
+            raise GuideError(
+                f"{type(self.autoguide).__name__} cannot be cut to other ranks: it has no per-site loc or point mass "
+                f"for {sites[0]!r} (an AutoNormal, an AutoDelta or a tb.guides.MeanField has): fit one to prune"
+            )
         keep = flat_indices(keep)
         for attribute in ("locs", "scales", None):
             parts = [self._part_with(s, attribute) for s in sites]

@@ -120,3 +120,19 @@ def test_an_autoguide_with_no_per_site_loc_is_refused_by_name():
     with pytest.raises(GuideError, match="locs cannot be set: AutoMultivariateNormal has no per-site loc"):
         guide.set_posterior(tensor, guide.factor_means(tensor))
     assert all(torch.equal(v, before[k]) for k, v in _params(auto).items())
+
+
+def test_prune_with_an_autoguide_that_cannot_be_cut_changes_nothing():
+    # truncate skipped an AutoMultivariateNormal's joint parameters without a word, and prune then
+    # failed in set_posterior with the model's layout already cut
+    pyro.clear_param_store()
+    model = _model()
+    auto = _called(model, AutoMultivariateNormal(model))
+    guide, tensor = as_tensor_guide(model, auto), model.tensor
+    ranks, before = tensor.layout.ranks, _params(auto)
+    with pytest.raises(GuideError, match="AutoMultivariateNormal cannot be cut to other ranks"):
+        tb.prune(model, auto, ranks={"tensor": (1, 1)})
+    assert tensor.layout.ranks == ranks
+    assert all(torch.equal(v, before[k]) for k, v in _params(auto).items())
+    with pytest.raises(GuideError, match="cannot be cut"):
+        guide.truncate(tensor, [torch.tensor([0]), torch.tensor([0])])
