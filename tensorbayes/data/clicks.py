@@ -110,6 +110,19 @@ def _uniforms(index, key, slots):
     return (h.double() + 0.5) / 2.0**32
 
 
+def _as_index(index, name):
+    """``index`` as a flat int64 tensor; floats and bools are refused (``.long()`` would truncate them)."""
+    try:
+        index = torch.as_tensor(index)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"{name} must be integer indices (an int, a sequence or a tensor of ints), got {index!r}"
+        ) from None
+    if index.numel() and (index.is_floating_point() or index.is_complex() or index.dtype == torch.bool):
+        raise TypeError(f"{name} must be integer indices, got dtype {index.dtype} (it would be truncated)")
+    return index.to(torch.int64).reshape(-1)
+
+
 def _coprime_multiplier(n, salt):
     """An odd multiplier coprime with ``n`` near ``0.618 n``: ``rank -> (a * rank + b) % n`` is a bijection."""
     a = max(1, int(n * 0.6180339887) + salt) | 1
@@ -183,8 +196,8 @@ class ClickGenerator:
         ranks = dict(PLANTED_RANKS if ranks is None and row_shapes.keys() == PAPER_ROW_SHAPES.keys() else ranks or {})
         cards = list(CRITEO_KAGGLE_CARDINALITIES if cardinalities is None else cardinalities)
         for t, shape in row_shapes.items():
-            if not 0 <= t < len(cards):
-                raise ValueError(f"row_shapes has table {t}, but there are {len(cards)} tables")
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < len(cards):
+                raise ValueError(f"row_shapes has table {t!r}, but the tables are the ints 0 to {len(cards) - 1}")
             cards[t] = math.prod(shape)
         self.cardinalities = tuple(check_int(c, "cardinalities") for c in cards)
         if set(ranks) != set(row_shapes):
@@ -254,7 +267,7 @@ class ClickGenerator:
         """The true embeddings of ``ids`` in a planted table, gathered from its cores: ``(n, D)`` float64."""
         if table not in self.layouts:
             raise ValueError(f"table must be a planted table {self.planted_tables}, got {table!r}")
-        return self.layouts[table].rows(self.factors[table], torch.as_tensor(ids).long())
+        return self.layouts[table].rows(self.factors[table], _as_index(ids, "ids"))
 
     def categories(self, table, u):
         """Category ids of uniforms ``u`` in ``table``: a power-law rank, then the ids' order (``id_order``)."""
@@ -283,9 +296,14 @@ class ClickGenerator:
         ids = torch.as_tensor(ids)
         if ids.dtype != torch.int64:
             raise TypeError(f"ids must be int64 category ids, got dtype {ids.dtype}")
+        n = self.cardinalities[table]
+        if ids.numel() and (ids.min() < 0 or ids.max() >= n):
+            raise ValueError(
+                f"ids must be category ids of table {table}, in [0, {n}), "
+                f"got values in [{int(ids.min())}, {int(ids.max())}]"
+            )
         if self.id_order == "frequency":
             return ids
-        n = self.cardinalities[table]
         inverse = pow(self.multipliers[table], -1, n)
         return ((ids - self.shifts[table]) % n) * inverse % n
 
@@ -296,6 +314,7 @@ class ClickGenerator:
         :param bool interactions: include the planted tables' pairwise dot products; without
             them, the logit is what a learner knows that has learned everything but those.
         """
+        self._check_batch(dense, sparse)
         dense = dense.double()
         logit = self.bias + dense @ self.dense_weight
         embedded = {t: self.embeddings(t, sparse[:, t]) for t in self.planted_tables}
@@ -309,6 +328,24 @@ class ClickGenerator:
             logit = logit + self.effects[t][sparse[:, t]]
         return logit
 
+    def _check_batch(self, dense, sparse):
+        """``dense`` float ``(n, num_dense)`` and ``sparse`` integer ``(n, num_tables)`` ids in range."""
+        if not isinstance(dense, torch.Tensor) or not dense.is_floating_point():
+            raise TypeError(f"dense must be a floating point tensor (n, {self.num_dense}), got {_describe(dense)}")
+        if not isinstance(sparse, torch.Tensor) or sparse.is_floating_point() or sparse.dtype == torch.bool:
+            raise TypeError(f"sparse must be an integer tensor (n, {self.num_tables}) of ids, got {_describe(sparse)}")
+        if dense.dim() != 2 or dense.shape[1] != self.num_dense:
+            raise ValueError(f"dense must have shape (n, {self.num_dense}), got {tuple(dense.shape)}")
+        if sparse.shape != (len(dense), self.num_tables):
+            raise ValueError(f"sparse must have shape ({len(dense)}, {self.num_tables}), got {tuple(sparse.shape)}")
+        bad = (sparse < 0) | (sparse >= sparse.new_tensor(self.cardinalities))
+        if bad.any():
+            t = int(bad.any(0).nonzero()[0])
+            raise ValueError(
+                f"sparse[:, {t}] must hold category ids of table {t}, in [0, {self.cardinalities[t]}), "
+                f"got values in [{int(sparse[:, t].min())}, {int(sparse[:, t].max())}]"
+            )
+
     def sample(self, index, stream="train"):
         """
         The examples of ``index`` (int64 ``(n,)``) in a stream: ``(dense, sparse, clicks, prob)``
@@ -316,7 +353,7 @@ class ClickGenerator:
         clicks ``(n,)`` float32 in {0, 1} and the true click probabilities ``(n,)`` float64.
         """
         key = _mix32(torch.tensor((self.seed * 1000003 + _stream_id(stream)) & _MASK32, dtype=torch.int64)).item()
-        index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+        index = _as_index(index, "index")
         d, t = self.num_dense, self.num_tables
         u = _uniforms(index, key, 2 * d + t + 1)
         r = torch.sqrt(-2.0 * torch.log(u[:, :d]))
@@ -339,6 +376,9 @@ class ClickGenerator:
         tables' pairwise interactions (:meth:`logits` with ``interactions=False``), the floor of a
         learner that has learned everything else.
         """
+        if not isinstance(stream, ClickStream):
+            raise TypeError(f"stream must be a ClickStream (ClickGenerator.stream), got {type(stream).__name__}")
+        check_int(batch_size, "batch_size")
         expected, floor, hits, count, clicks, probs, labels = 0.0, 0.0, 0.0, 0, 0.0, [], []
         for start in range(0, len(stream), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(stream)))
@@ -359,6 +399,10 @@ class ClickGenerator:
         }
 
 
+def _describe(value):
+    return f"dtype {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _stream_id(stream):
     if isinstance(stream, int) and not isinstance(stream, bool) and stream >= 0:
         return stream + len(_STREAMS)
@@ -370,6 +414,8 @@ def _stream_id(stream):
 def expected_hits(logits, prob):
     """Per example, the probability that deciding "click" where ``logits > 0`` is right, clicks
     drawn with probability ``prob``: ``prob`` where ``logits > 0``, else ``1 - prob``."""
+    if logits.shape != prob.shape:
+        raise ValueError(f"logits and prob must have the same shape, got {tuple(logits.shape)} and {tuple(prob.shape)}")
     return torch.where(logits > 0, prob, 1 - prob)
 
 
@@ -382,6 +428,12 @@ def expected_accuracy(logits, prob):
 def auc(scores, labels):
     """The area under the ROC curve of ``scores`` for binary ``labels`` (ties averaged), by ranks."""
     scores, labels = scores.reshape(-1).double(), labels.reshape(-1).double()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores and labels must have as many entries, got {len(scores)} and {len(labels)}")
+    if not torch.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    if ((labels != 0) & (labels != 1)).any():
+        raise ValueError("labels must be binary, 0 or 1")
     order = torch.argsort(scores)
     ranks = torch.empty_like(scores)
     ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
@@ -428,7 +480,7 @@ class ClickStream(torch.utils.data.Dataset):
     def _index(self, key):
         if isinstance(key, slice):
             return torch.arange(*key.indices(self.num_samples))
-        index = torch.as_tensor(key, dtype=torch.int64).reshape(-1)
+        index = _as_index(key, "index")
         if index.numel() and (index.min() < -self.num_samples or index.max() >= self.num_samples):
             raise IndexError(
                 f"index must lie in [0, {self.num_samples}), got values in [{int(index.min())}, {int(index.max())}]"
@@ -454,6 +506,7 @@ class ClickStream(torch.utils.data.Dataset):
         :param bool shuffle: visit the examples in a random order (seeded by ``seed``).
         """
         check_int(batch_size, "batch_size")
+        check_int(seed, "seed", low=0)
         if shuffle:
             sampler = torch.utils.data.RandomSampler(self, generator=torch.Generator().manual_seed(seed))
         else:

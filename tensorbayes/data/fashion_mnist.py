@@ -100,10 +100,13 @@ def read_idx(path, magic=None):
     :returns: ``(magic, array)``: the magic number and the data, shaped by the file's sizes,
         in native byte order.
     :raises FileNotFoundError: if there is no such file.
+    :raises TypeError: if ``magic`` is neither an int nor ``None``.
     :raises ValueError: naming the file, if it is not an idx file (too short for its header, an
         unknown type code, zero dimensions, not the expected magic number), or its data is cut
         short or followed by extra bytes, or it is a corrupt gzip stream.
     """
+    if magic is not None and (isinstance(magic, bool) or not isinstance(magic, int)):
+        raise TypeError(f"magic must be an int magic number (e.g. {IMAGE_MAGIC}) or None, got {magic!r}")
     path = Path(path)
     with open(path, "rb") as handle:
         raw = handle.read()

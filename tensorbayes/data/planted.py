@@ -103,8 +103,14 @@ class PlantedTensor:
         :returns: a float.
         :raises ValueError: if the shape of ``prediction`` is not ``(n_test,)``, or if no entry
             was held out (``observed=1``).
+        :raises TypeError: if ``prediction`` is not real numbers (complex ones, say).
         """
-        prediction = torch.as_tensor(prediction)
+        try:
+            prediction = torch.as_tensor(prediction)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"prediction must be a tensor of real values, got {type(prediction).__name__}") from None
+        if prediction.is_complex():
+            raise TypeError(f"prediction must hold real values, got dtype {prediction.dtype}")
         if tuple(prediction.shape) != tuple(self.test_values.shape):
             raise ValueError(
                 f"prediction must have shape {tuple(self.test_values.shape)} (one value per row of "

@@ -246,3 +246,61 @@ def test_bad_arguments():
     ):
         with pytest.raises(ValueError, match=match):
             ClickGenerator.tiny(**kwargs)
+
+
+def test_float_and_bool_indices_are_refused_not_truncated():
+    gen = ClickGenerator.tiny()
+    stream = gen.stream(100)
+    # 2.5 would be example 2, a mask of 100 Trues would be example 1 a hundred times
+    for key in (2.5, torch.tensor([1.7, 2.2]), torch.ones(100, dtype=torch.bool)):
+        with pytest.raises(TypeError, match="index must be integer indices"):
+            stream[key]
+    with pytest.raises(TypeError, match="index must be integer indices"):
+        gen.sample(torch.tensor([1.5]))
+    with pytest.raises(TypeError, match="ids must be integer indices"):
+        gen.embeddings(2, torch.tensor([1.5]))
+    with pytest.raises(TypeError, match="index must be integer indices"):
+        stream["a"]
+    assert [len(x) for x in stream[[]]] == [0, 0, 0]  # an empty list is no index at all
+    assert torch.equal(stream[torch.tensor([3, 4])][1], stream[3:5][1])
+
+
+def test_logits_and_frequency_ranks_refuse_ids_out_of_their_table():
+    gen = ClickGenerator.tiny()
+    dense, sparse, _ = gen.stream(4)[0:4]
+    small = gen.small[0]
+    wrapped = sparse.clone()
+    wrapped[:, small] = -1  # indexing would read the table's last effect
+    with pytest.raises(ValueError, match=rf"sparse\[:, {small}\] must hold category ids of table {small}"):
+        gen.logits(dense, wrapped)
+    with pytest.raises(ValueError, match="sparse must have shape"):
+        gen.logits(dense, sparse[:, :-1])
+    with pytest.raises(ValueError, match="dense must have shape"):
+        gen.logits(dense[:, :-1], sparse)
+    with pytest.raises(TypeError, match="sparse must be an integer tensor"):
+        gen.logits(dense, sparse.double())
+    with pytest.raises(TypeError, match="dense must be a floating point tensor"):
+        gen.logits(dense.numpy(), sparse)
+    n = gen.cardinalities[0]
+    with pytest.raises(ValueError, match=rf"ids must be category ids of table 0, in \[0, {n}\)"):
+        gen.frequency_ranks(0, torch.tensor([0, n]))  # the modulo would give it a rank
+
+
+def test_scores_of_mismatched_or_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="logits and prob must have the same shape"):
+        expected_accuracy(torch.tensor([1.0, -1.0]), torch.tensor([0.9]))  # would broadcast
+    with pytest.raises(ValueError, match="scores and labels must have as many entries"):
+        auc(torch.tensor([0.1, 0.9, 0.5]), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="scores must be finite"):
+        auc(torch.tensor([0.1, float("nan"), 0.3]), torch.tensor([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="labels must be binary"):
+        auc(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.0, 2.0, 1.0]))
+    gen = ClickGenerator.tiny()
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        gen.bayes_optimal(gen.stream(10), batch_size=0)
+    with pytest.raises(TypeError, match="stream must be a ClickStream"):
+        gen.bayes_optimal([1, 2])
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        gen.stream(10).loader(4, shuffle=True, seed=None)
+    with pytest.raises(ValueError, match="row_shapes has table 'a'"):
+        ClickGenerator(cardinalities=(5,) * 3, row_shapes={"a": (2, 2, 2)}, ranks={"a": (1, 1)})

@@ -207,3 +207,11 @@ def test_real_data():
         assert y.min() == 0 and y.max() == 9
         # Fashion-MNIST is balanced: n / 10 examples of every class
         assert torch.equal(torch.bincount(y, minlength=10), torch.full((10,), n // 10))
+
+
+def test_read_idx_names_a_magic_number_of_the_wrong_type(tmp_path):
+    path = write(tmp_path / "labels", idx_bytes([1, 2], 2049), gz=False)
+    assert read_idx(path, 2049)[0] == 2049
+    for magic in ("2049", 2049.0, True):  # a str would never equal the int read from the file
+        with pytest.raises(TypeError, match="magic must be an int magic number"):
+            read_idx(path, magic)

@@ -211,3 +211,14 @@ def test_bad_input(kwargs, error, name):
     args.update(kwargs)
     with pytest.raises(error, match=name):
         planted_tensor(**args)
+
+
+def test_relative_error_refuses_complex_or_non_numeric_predictions():
+    data = planted_tensor((4, 5), "cp", 2, seed=0)
+    n = len(data.test_values)
+    truth = data.test_values.to(torch.complex128)
+    with pytest.raises(TypeError, match="prediction must hold real values"):
+        data.relative_error(truth + 1j)  # the imaginary part would be dropped: error 0
+    with pytest.raises(TypeError, match="prediction must be a tensor of real values"):
+        data.relative_error("x" * n)
+    assert data.relative_error(data.test_values.numpy()) == 0.0
