@@ -217,13 +217,23 @@ def _lambda_records(history):
     """``(x, records, xlabel)``: the finest λ record a history holds."""
     trace = getattr(history, "lambda_trace", None) or {}
     if trace.get("lambdas"):
-        return list(trace["step"]), trace["lambdas"], "SVI step"
-    records = getattr(history, "lambdas", None) or []
-    if not records:
-        raise ValueError(
-            "history must hold λ records (history.lambda_trace or history.lambdas): fit with a MeanField guide"
-        )
-    return list(range(1, len(records) + 1)), records, "epoch"
+        x, records, xlabel, where = list(trace["step"]), trace["lambdas"], "SVI step", "history.lambda_trace"
+        if len(x) != len(records):
+            raise ValueError(f"{where} must have one step per λ record, got {len(x)} steps and {len(records)} records")
+    else:
+        records, xlabel, where = getattr(history, "lambdas", None) or [], "epoch", "history.lambdas"
+        if not records:
+            raise ValueError(
+                "history must hold λ records (history.lambda_trace or history.lambdas): fit with a MeanField guide"
+            )
+        x = list(range(1, len(records) + 1))
+    if not records[-1]:
+        raise ValueError(f"{where} must end with a record of λ per tensor, got {records[-1]!r}")
+    for i, record in enumerate(records):
+        for name, bonds in record.items():
+            if any(not torch.isfinite(v).all() or (v < 0).any() for v in map(torch.as_tensor, bonds)):
+                raise ValueError(f"{where}[{i}][{name!r}] must hold finite non-negative λ, got {bonds!r}")
+    return x, records, xlabel
 
 
 def lambda_trajectories(history, ax=None):
@@ -303,11 +313,11 @@ def training_curves(history, model=None, ax=None):
     :param ax: ``None``, a Figure, or one Axes per panel.
     :returns: the list of Axes: ELBO, then accuracy or error, then parameters (those recorded).
     """
-    elbo = list(getattr(history, "elbo", None) or [])
+    elbo = _finite_series(history, "elbo")
     if not elbo:
         raise ValueError("history must hold at least one epoch of history.elbo: pass what tb.fit returned")
-    accuracy = list(getattr(history, "accuracy", None) or [])
-    error = list(getattr(history, "error", None) or [])
+    accuracy = _finite_series(history, "accuracy")
+    error = _finite_series(history, "error")
     ranks = list(getattr(history, "ranks", None) or [])
     panels = ["elbo"] + (["accuracy"] if accuracy else ["error"] if error else [])
     if model is not None and ranks:
@@ -338,12 +348,26 @@ def training_curves(history, model=None, ax=None):
     return axes
 
 
+def _finite_series(history, key):
+    """``history.<key>`` as a list of floats, every one finite (a NaN would leave a plausible gap)."""
+    values = list(getattr(history, key, None) or [])
+    for i, v in enumerate(values):
+        try:
+            ok = not isinstance(v, (bool, str, bytes)) and math.isfinite(float(v))
+        except (TypeError, ValueError, RuntimeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"history.{key}[{i}] must be a finite number, got {v!r}")
+    return [float(v) for v in values]
+
+
 def _elbo_panel(ax, history, elbo):
     epochs = range(1, len(elbo) + 1)
     ax.plot(epochs, elbo, marker="o", markersize=3, color="black", label="ELBO")
     likelihood = list(getattr(history, "log_likelihood", None) or [])
     kl = list(getattr(history, "kl", None) or [])
-    if len(likelihood) == len(elbo) and len(kl) == len(elbo):
+    split = all(math.isfinite(float(v)) for v in likelihood + kl)  # not split out by a differentiable_loss: nan
+    if len(likelihood) == len(elbo) and len(kl) == len(elbo) and split:
         ax.plot(epochs, likelihood, color="tab:blue", linewidth=1, label="E log-likelihood")
         ax.plot(epochs, [-k for k in kl], color="tab:orange", linewidth=1, label="−KL (β-weighted)")
         ax.legend(fontsize="small")
@@ -364,7 +388,7 @@ def _check_results(results):
     for i, r in enumerate(results):
         if "format" not in r or "accuracy" not in r:
             raise ValueError(f"results[{i}] must have keys 'format' and 'accuracy', got {sorted(r)}")
-        _check_positive(r["accuracy"], f"results[{i}]['accuracy']", low=0)
+        _check_positive(r["accuracy"], f"results[{i}]['accuracy']", low=0, high=1)
         if "compression" in r:
             compression = _check_positive(r["compression"], f"results[{i}]['compression']")
         elif r.get("format") == "dense":
@@ -382,14 +406,19 @@ def _check_results(results):
     return rows
 
 
-def _check_positive(value, name, low=None):
-    """``value`` as a finite float, positive (or at least ``low``): a bad entry of ``results`` is named."""
+def _check_positive(value, name, low=None, high=None):
+    """``value`` as a finite float, positive (or in ``[low, high]``): a bad entry of ``results`` is named."""
     try:
         number = math.nan if isinstance(value, (bool, str, bytes)) else float(value)
     except (TypeError, ValueError):
         number = math.nan
-    if not math.isfinite(number) or (number <= 0 if low is None else number < low):
+    if (
+        not math.isfinite(number)
+        or (number <= 0 if low is None else number < low)
+        or (high is not None and number > high)
+    ):
         what = "a finite positive number" if low is None else f"a finite number of at least {low}"
+        what = what if high is None else f"a number in [{low}, {high}]"
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return number
 
@@ -416,8 +445,11 @@ def _check_frontier(frontier):
             pairs = [(float(c), float(a)) for c, a in points]
         except (TypeError, ValueError):
             raise ValueError(f"frontier[{fmt!r}] must be a sequence of (compression, accuracy) pairs") from None
-        if not pairs or any(not c > 0 for c, _ in pairs):
-            raise ValueError(f"frontier[{fmt!r}] must hold at least one pair, every compression positive")
+        if not pairs or any(not (0 < c < math.inf and 0 <= a <= 1) for c, a in pairs):
+            raise ValueError(
+                f"frontier[{fmt!r}] must hold at least one pair, every compression finite and positive and every "
+                f"accuracy in [0, 1], got {pairs!r}"
+            )
         lines[fmt] = sorted(pairs)
     return lines
 

@@ -439,3 +439,59 @@ def test_every_plot_on_a_real_fit_agrees_with_the_readout():
     assert len(plots.factor_posterior(model, guide, num_samples=20)) == 3
     _assert_same_state(before, _state(model, guide))
     assert history.elbo == snapshot.elbo and history.ranks == snapshot.ranks
+
+
+# ----- corrupt histories and results are refused before anything is drawn -----
+
+
+def test_lambda_trajectories_refuse_corrupt_records():
+    bad = {}
+    for key, lambdas in (("nan", [1.0, float("nan")]), ("negative", [1.0, -0.5])):
+        history = History()
+        history.lambdas.append({"t": [torch.tensor(lambdas)]})
+        bad[key] = history
+    empty_last = History()
+    empty_last.lambdas += [{"t": [torch.tensor([1.0, 0.5])]}, {}]
+    short_steps = History()
+    short_steps.lambda_trace = {"step": [0, 10], "lambdas": [{"t": [torch.tensor([1.0])]}] * 3}
+    fig = plt.figure()
+    for history, match in (
+        (bad["nan"], r"history.lambdas\[0\]\['t'\] must hold finite non-negative λ"),
+        (bad["negative"], r"history.lambdas\[0\]\['t'\] must hold finite non-negative λ"),
+        (empty_last, "history.lambdas must end with a record of λ per tensor"),
+        (short_steps, "history.lambda_trace must have one step per λ record, got 2 steps and 3 records"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            plots.lambda_trajectories(history, ax=fig)
+    assert fig.axes == []  # nothing drawn
+
+
+def test_training_curves_refuse_non_finite_records():
+    for key, values in (("elbo", [-10.0, float("nan"), -5.0]), ("elbo", ["a", "b"]), ("accuracy", [0.5, float("inf")])):
+        history = History()
+        history.elbo += [-10.0, -5.0, -1.0]
+        getattr(history, key)[:] = values
+        fig = plt.figure()
+        with pytest.raises(ValueError, match=rf"history.{key}\[\d\] must be a finite number"):
+            plots.training_curves(history, ax=fig)
+        assert fig.axes == []
+
+
+def test_compression_vs_accuracy_refuses_accuracies_outside_0_1():
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match=r"results\[0\]\['accuracy'\] must be a number in \[0, 1\]"):
+        plots.compression_vs_accuracy([{"format": "tt", "accuracy": 86.0, "compression": 2.0}], ax=ax)  # a percentage
+    row = [{"format": "tt", "accuracy": 0.5, "compression": 2.0}]
+    for points in ([(2.0, float("nan"))], [(float("inf"), 0.5)], [(2.0, 86.0)]):
+        with pytest.raises(ValueError, match=r"frontier\['tt'\] must hold at least one pair"):
+            plots.compression_vs_accuracy(row, ax=ax, frontier={"tt": points})
+    assert ax.get_xscale() == "linear" and not ax.lines and not ax.collections
+
+
+def test_training_curves_leave_out_parts_a_loss_did_not_split():
+    history = History()
+    history.elbo += [-10.0, -5.0]
+    history.log_likelihood += [float("nan")] * 2  # what fit records with a differentiable_loss
+    history.kl += [float("nan")] * 2
+    (ax,) = plots.training_curves(history)
+    assert [line.get_label() for line in ax.get_lines()] == ["ELBO"]
