@@ -101,6 +101,11 @@ class TensorBayesModule(pl.LightningModule):
         kl_weight=1.0,
     ):
         super().__init__()
+        for value, name in ((model, "model"), (guide, "guide")):
+            if not callable(value):
+                raise TypeError(
+                    f"{name} must be a callable Pyro {name} (a torch.nn.Module), got {type(value).__name__}"
+                )
         check_int(num_data, "num_data")  # the engine takes None (no scale); the module needs the data size
         check_int(eval_samples, "eval_samples")
         check_number(lr_decay, "lr_decay", "[0, 1]")
@@ -223,6 +228,12 @@ class TensorBayesModule(pl.LightningModule):
         return predict(self.model, self.guide, *inputs, num_samples=self.eval_samples)
 
     def _score(self, batch, stage):
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            got = f"a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+            raise ValueError(
+                f"{stage} batches must be tuples (*inputs, target), as a TensorDataset of inputs and targets "
+                f"gives, got {got}"
+            )
         *inputs, target = batch
         mean, _ = predict(self.model, self.guide, *inputs, num_samples=self.eval_samples)
         name, value = held_out_metric(mean, target)

@@ -286,3 +286,23 @@ def test_a_warm_up_longer_than_the_trainers_run_is_warned_of():
     with pytest.warns(UserWarning, match=r"outlast the run \(8 steps\): the KL term never comes on"):
         _fit_lightning(module, _loader(task.x_train, task.y_train, 32), 1)
     assert module.engine.schedule.beta(7) == 0.0
+
+
+def test_a_missing_model_or_guide_is_named():
+    _, model, guide = _problem()
+    with pytest.raises(TypeError, match="guide must be a callable"):
+        TensorBayesModule(model, None, num_data=256)
+    with pytest.raises(TypeError, match="model must be a callable"):
+        TensorBayesModule(None, guide, num_data=256)
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_evaluation_batches_without_targets_are_refused(stage):
+    task, model, guide = _problem()
+    module = TensorBayesModule(model, guide, num_data=len(task.x_train))
+    name = {"validate": "val", "test": "test"}[stage]
+    inputs_only = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(task.x_test), batch_size=16)
+    plain = torch.utils.data.DataLoader(task.x_test, batch_size=16)  # rows would be unpacked as inputs and target
+    for loader, got in ((inputs_only, "a list of 1"), (plain, "a Tensor")):
+        with pytest.raises(ValueError, match=rf"{name} batches must be tuples \(\*inputs, target\).*got {got}"):
+            _quiet(lambda loader=loader: getattr(_trainer(1), stage)(module, loader, verbose=False))
