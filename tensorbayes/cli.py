@@ -22,14 +22,15 @@ import time
 import torch
 
 from .data import planted_tensor
-from .data.fashion_mnist import fashion_mnist_files
+from .data.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
+from .data.fashion_mnist import ENV_VAR as FASHION_MNIST_VAR
 from .guides import MeanField
 from .infer import distributed, fit
 from .infer.fit import MAX_SEED
 from .models import TensorCompletion
 from .rank import compression_report, prune, ranks
 from .report import add_report_parser, path_argument
-from .runs import DATA_SETS, TEACHER_NUM_TRAIN, RunConfig, fit_run
+from .runs import DATA_SETS, TEACHER_NUM_TRAIN, RunConfig, check_run, fit_run
 from .runs import train as train_run
 
 __all__ = ["main"]
@@ -144,13 +145,17 @@ def _positive(value):
     return number
 
 
-def _positive_float(value):
+def _learning_rate(value):
     try:
         number = float(value)
     except ValueError:
         number = 0.0
     if not 0 < number < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    if number > 1:  # Adam moves every parameter by about lr a step: beyond 1 the fit diverges or overflows
+        raise argparse.ArgumentTypeError(
+            f"must be at most 1 (Adam moves every parameter by about lr a step), got {value}"
+        )
     return number
 
 
@@ -206,7 +211,9 @@ def _parser():
         help="SVI epochs (default 20; 3 after the closed-form start with --completion)",
     )
     demo.add_argument("--completion", action="store_true", help="tensor completion of one planted tensor per format")
-    demo.add_argument("--progress", action="store_true", help="show progress bars")
+    demo.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars (default on)"
+    )
     _train_parser(commands)
     add_report_parser(commands)
     return parser
@@ -245,7 +252,7 @@ def _train_parser(commands):
         "--batch-size", type=_positive, default=defaults.batch_size, help="examples per step (default %(default)s)"
     )
     train.add_argument(
-        "--lr", type=_positive_float, default=None, help="Adam's learning rate (default: tb.fit's, 0.01)"
+        "--lr", type=_learning_rate, default=None, help="Adam's learning rate, in (0, 1] (default: tb.fit's, 0.01)"
     )
     train.add_argument(
         "--hidden",
@@ -264,7 +271,7 @@ def _train_parser(commands):
         "--data-root",
         type=path_argument,
         default=None,
-        help="folder of the Fashion-MNIST idx files (default: Debian's)",
+        help=f"folder of the Fashion-MNIST idx files (default: ${FASHION_MNIST_VAR} if set, else {FASHION_MNIST_ROOT})",
     )
     train.add_argument("--seed", type=_seed, default=defaults.seed, help="seed of data, initialization and fit")
     train.add_argument("--out", type=path_argument, default="runs/latest", help="the run folder (default %(default)s)")
@@ -302,14 +309,6 @@ def _config(args):
         seed=args.seed,
         data_root=args.data_root,
     )
-
-
-def _check_data_files(config):
-    """Raise FileNotFoundError, as loading would, when Fashion-MNIST's files are missing: a cheap
-    check before ``--nproc`` starts its processes (each would fail with the same error)."""
-    if config.data != "fashion-mnist":
-        return
-    fashion_mnist_files(config.data_root)
 
 
 def _train(args):
@@ -370,7 +369,8 @@ def _run(args, argv):
             run_network_demo(seed=args.seed, epochs=args.epochs or 20, progress=args.progress)
     elif args.command == "train":
         if args.nproc > 1 and not distributed.in_torchrun():
-            _check_data_files(_config(args))
+            # bad input is refused here, in one line: each process would fail alike, under torchrun's report
+            check_run(_config(args), args.out)
             return distributed.launch(sys.argv[1:] if argv is None else list(argv), args.nproc)
         _train(args)
     elif args.command == "report":

@@ -48,6 +48,7 @@ __all__ = [
     "Run",
     "RunConfig",
     "build",
+    "check_run",
     "describe_training_set",
     "fit_run",
     "load_data",
@@ -291,11 +292,7 @@ def train(config, out_dir, progress=True, callbacks=(), distributed=False, log=N
     be built with, or a run folder of another model or other settings leave ``out_dir``
     untouched. ``log`` is given one line: the training examples used.
     """
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"out_dir (--out) must be a folder, but {os.fspath(out_dir)!r} is a file")
-    _check_same_model(config, out_dir)
-    data = load_data(config)
-    _check_resumable(config, data[-1], os.path.join(out_dir, "checkpoint.pt"))
+    data = check_run(config, out_dir)
     os.makedirs(out_dir, exist_ok=True)
     if is_main():
         with open(os.path.join(out_dir, "config.json"), "w") as f:
@@ -309,6 +306,21 @@ def train(config, out_dir, progress=True, callbacks=(), distributed=False, log=N
     return summary
 
 
+def check_run(config, out_dir):
+    """
+    The checks :func:`train` makes before it writes anything: ``out_dir`` is a folder or missing,
+    a run there is of the same model and settings and its checkpoint can be restored, the data
+    can be loaded and the model built. Raises the error :func:`train` would; returns the data
+    (what :func:`load_data` returns).
+    """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir (--out) must be a folder, but {os.fspath(out_dir)!r} is a file")
+    _check_same_model(config, out_dir)
+    data = load_data(config)
+    _check_resumable(config, data[-1], os.path.join(out_dir, "checkpoint.pt"))
+    return data
+
+
 #: The settings that decide a run's model: a run folder of another model cannot be resumed.
 MODEL_SETTINGS = ("data", "format", "max_rank", "prior", "hidden", "teacher_format", "teacher_ranks")
 
@@ -317,10 +329,11 @@ FREE_SETTINGS = ("data_root",)
 
 
 def _check_same_model(config, out_dir):
-    """Refuse, before anything is written, to resume a run folder whose checkpoint is of another model
-    or was trained with other settings (a resumed run equals an uninterrupted one only with the same)."""
+    """Refuse, before anything is written, to overwrite a config.json that is not a run's, or to resume
+    a run folder whose checkpoint is of another model or was trained with other settings (a resumed run
+    equals an uninterrupted one only with the same)."""
     path = os.path.join(out_dir, "config.json")
-    if not (os.path.exists(path) and os.path.exists(os.path.join(out_dir, "checkpoint.pt"))):
+    if not os.path.exists(path):
         return
     with open(path) as f:
         try:
@@ -329,6 +342,12 @@ def _check_same_model(config, out_dir):
             raise ValueError(f"{path!r} is not a run's config: {error}") from None
     if not isinstance(saved, dict):
         raise ValueError(f"{path!r} is not a run's config: it holds a JSON {type(saved).__name__}, not an object")
+    try:
+        RunConfig(**saved)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path!r} is not a run's config: {error}; choose another out_dir (--out)") from None
+    if not os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
+        return  # nothing to resume: the run starts afresh
     ours = dataclasses.asdict(config)
     differ = [
         name

@@ -362,3 +362,68 @@ def test_an_unknown_option_before_the_command_is_named_and_version_is_printed(ca
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"tensorbayes {tb.__version__}"
+
+
+@pytest.mark.parametrize("lr", ["1e38", "3e38", "2"])
+def test_a_learning_rate_above_one_is_a_bad_argument_and_writes_nothing(lr, tmp_path, capsys):
+    # --lr 1e38 overflowed in Adam's step: an "unexpected RuntimeError", with config.json already written
+    out = tmp_path / "run"
+    line = _one_line_error(
+        capsys, lambda: main(["train", "--epochs", "1", *_SMALL_RUN, "--lr", lr, "--out", str(out)]), 2
+    )
+    assert f"argument --lr: must be at most 1 (Adam moves every parameter by about lr a step), got {lr}" in line
+    assert not out.exists()
+
+
+def test_the_demo_shows_progress_bars_unless_no_progress(monkeypatch):
+    import tensorbayes.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "run_network_demo", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(cli, "run_demo", lambda **kwargs: calls.append(kwargs))
+    for command in (
+        ["demo"],
+        ["demo", "--no-progress"],
+        ["demo", "--completion"],
+        ["demo", "--completion", "--no-progress"],
+    ):
+        assert main(command) == 0
+    assert [call["progress"] for call in calls] == [True, False, True, False]
+
+
+def test_the_data_root_help_names_the_environment_variable_it_defaults_to(capsys):
+    from tensorbayes.data.fashion_mnist import ENV_VAR
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: ${ENV_VAR} if set, else" in text
+
+
+def test_bad_input_with_several_processes_is_one_line_before_they_start(tmp_path, capsys, monkeypatch):
+    # each process found it, and torchrun added its own report and traceback
+    import tensorbayes.infer.distributed as distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("launched despite bad input"))
+    monkeypatch.delenv("RANK", raising=False)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    command = ["train", "--epochs", "1", *_SMALL_RUN, "--nproc", "2"]
+    line = _one_line_error(capsys, lambda: main([*command, "--out", str(a_file)]))
+    assert line == f"tensorbayes train: out_dir (--out) must be a folder, but {str(a_file)!r} is a file"
+    out = tmp_path / "run"
+    main(["train", "--format", "ttm", "--epochs", "1", *_SMALL_RUN, "--out", str(out)])
+    capsys.readouterr()
+    line = _one_line_error(capsys, lambda: main([*command, "--format", "tt", "--out", str(out)]))
+    assert "holds a run of another model (format='ttm'; asked for format='tt')" in line
+
+
+def test_a_folder_whose_config_json_is_not_a_run_s_is_left_alone(tmp_path, capsys):
+    # train overwrote any config.json there (and then wrote a run beside it) when no checkpoint.pt was there
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.json").write_text('{"name": "my settings"}')
+    line = _one_line_error(capsys, lambda: main(["train", "--epochs", "1", *_SMALL_RUN, "--out", str(out)]))
+    assert f"{str(out / 'config.json')!r} is not a run's config" in line and "'name'" in line
+    assert [p.name for p in out.iterdir()] == ["config.json"]
+    assert (out / "config.json").read_text() == '{"name": "my settings"}'
