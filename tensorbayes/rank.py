@@ -65,6 +65,12 @@ CUT_SCALE = 1e-3
 #: The held-out score the rank search may give up for smaller ranks: half a point of accuracy
 #: for a classifier, 0.005 of relative error otherwise (:func:`search_ranks`).
 DEFAULT_TOLERANCE = 0.005
+#: Sweeps of the closed-form λ step that set λ after a cut (:func:`prune`), from λ = 1. The joint
+#: optimum is approached slowly only along directions that trade λ between neighbouring bonds and
+#: keep every prior variance; on fitted Fashion-MNIST layers (Tucker, TT, TTM) ten sweeps come
+#: within 30 nats of its objective, where the λ held before the cut, taken by position, were up to
+#: 7,000 nats off (Tucker: its core's prior variances 60,000 times too large).
+CUT_SWEEPS = 10
 
 
 def min_held_out(tolerance: float) -> int:
@@ -223,10 +229,22 @@ def _cut(name, tensor, guide, means, counts):
     guide.truncate(tensor, keep)
     tensor.set_layout(new_layout)
     second = [m**2 + s**2 for m, s in zip(new_means, new_scales)]
-    current = guide.lambdas(name)
-    lambdas = [tensor.prior.update(m, d) for m, d in tensor.slice_moments(second, current)]
-    guide.set_posterior(tensor, new_means, new_scales, lambdas)
+    guide.set_posterior(tensor, new_means, new_scales, _closed_form_lambdas(tensor, second))
     return new_layout.ranks
+
+
+def _closed_form_lambdas(tensor, second):
+    """
+    λ maximizing ``E log p(factors | λ) + log p(λ)`` given the factors' second moments ``second``:
+    :data:`CUT_SWEEPS` sweeps of every bond's closed-form step, bond after bond, from λ = 1. The
+    λ held before a cut belong to the old gauge's indices, not to the canonical ones kept.
+    """
+    lambdas = [second[0].new_ones(r) for r in tensor.layout.ranks]
+    for _ in range(CUT_SWEEPS if len(lambdas) > 1 else 1):  # one bond: one step is the optimum
+        for b in range(len(lambdas)):
+            ((m, d),) = tensor.slice_moments(second, lambdas, bonds=[b])
+            lambdas[b] = tensor.prior.update(m, d)
+    return lambdas
 
 
 def compression_report(

@@ -336,6 +336,35 @@ def test_a_cut_resets_the_scales_and_sets_lambda_from_the_cut_second_moments():
     torch.testing.assert_close(lam, tensor.prior.update(second, 8 + 6), rtol=1e-9, atol=0)
 
 
+@pytest.mark.parametrize("fmt, shape, ranks, max_rank", CASES)
+def test_lambda_after_a_cut_is_the_closed_form_of_the_cut_factors_whatever_lambda_was_before(
+    fmt, shape, ranks, max_rank
+):
+    # λ after a cut was each bond's step given the other bonds' old λ taken by position: after the
+    # change of gauge those belong to other indices, and a shrunk old index made its neighbours'
+    # λ blow up. It is now the joint closed form of the cut factors alone (CUT_SWEEPS sweeps from 1).
+    found = []
+    for old in (None, 1e-12):
+        _, model, guide = _setup(fmt, shape, ranks, max_rank)
+        tensor = model.tensor
+        if old is not None:  # the leading old index of every bond shrunk, the others unequal
+            lambdas = [torch.linspace(1.0, 3.0, r, dtype=D) for r in tensor.layout.ranks]
+            for lam in lambdas:
+                lam[0] = old
+            guide.set_posterior(tensor, guide.factor_means(tensor), guide.factor_scales(tensor), lambdas)
+        tb.prune(model, guide, ranks={"tensor": ranks})
+        found.append(guide.lambdas("tensor"))
+        second = [m**2 + s**2 for m, s in zip(guide.factor_means(tensor), guide.factor_scales(tensor))]
+        again = [lam.clone() for lam in found[-1]]
+        for b in range(len(again)):  # one more sweep moves the prior variances by little: near the optimum
+            ((m, d),) = tensor.slice_moments(second, again, bonds=[b])
+            again[b] = tensor.prior.update(m, d)
+        for v, w in zip(tensor.prior_variances(found[-1]), tensor.prior_variances(again)):
+            assert float((v / w).log().abs().max()) < 0.05
+    for a, b in zip(*found):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
 def test_the_compression_report_of_a_bare_tensor_names_it_tensor():
     _, model, _ = _setup("cp", (6, 7, 8), (3,), (5,))
     (row,) = tb.compression_report(model.tensor)
