@@ -284,20 +284,26 @@ def _layer(tensor):
     return tensor.removeprefix("net.").removesuffix(".weight")
 
 
+def points_below(reference, accuracy):
+    """``reference - accuracy`` in points, without float error: both are counts over the same
+    test images, so a difference is a whole number of images (0.50 is at most 0.5, not above)."""
+    return round(100 * (reference - accuracy), 9)
+
+
 def at_same_size(auto, points):
     """The best frontier accuracy among ``points`` with at most ``auto``'s parameters (``None``
     when none is that small), and the automatic point's gap to it in points."""
     fits = [p["accuracy"] for p in points if p["layer_params"] <= auto["layer_params"]]
     if not fits:
         return None, None
-    return max(fits), 100 * (max(fits) - auto[SCORE])
+    return max(fits), points_below(max(fits), auto[SCORE])
 
 
 def targets(result):
     """One line per target: ``{"format", "target", "holds"}`` (``holds`` None: nothing to compare)."""
     dense, network_name, found = result["dense"], result["settings"]["network"], []
     for fmt, auto in result["automatic"].items():
-        below = 100 * (dense["accuracy"] - auto[SCORE])
+        below = points_below(dense["accuracy"], auto[SCORE])
         if network_name == "mlp" and fmt == "ttm":
             found += [
                 {

@@ -285,3 +285,17 @@ def test_layers_network_floor_is_the_classifiers_elbo_on_the_same_draws():
     loss, _ = elbo.loss_and_log_likelihood(model, guide, x, y, num_data=1600)
     torch.manual_seed(1)
     torch.testing.assert_close(layers.network_floor_loss(floor, weight, x, y, num_data=1600), loss, rtol=1e-12, atol=0)
+
+
+def test_fashion_mnist_targets_count_a_gap_of_exactly_half_a_point_as_within_it():
+    """Accuracies are counts over the test images: 88.87 % against 88.37 % is 0.50 points below, which
+    ``<= 0.5`` holds (in floats, 100 * (0.8887 - 0.8837) is 0.5000000000000004)."""
+    fm = _load("fashion_mnist")
+    auto = {"accuracy": 0.8837, "exported_accuracy": 0.8837, "compression": 187.0, "total_ratio": 1.5}
+    result = {"dense": {"accuracy": 0.8887}, "settings": {"network": "mlp"}, "automatic": {"ttm": auto}}
+    below = next(t for t in fm.targets(result) if "points below dense" in t["target"])
+    assert below["holds"] and "(0.50)" in below["target"]
+    result["dense"]["accuracy"] = 0.8888  # one image more is above
+    assert not next(t for t in fm.targets(result) if "points below dense" in t["target"])["holds"]
+    frontier = [{"accuracy": 0.8887, "layer_params": 10}]
+    assert fm.at_same_size({"accuracy": 0.8837, "exported_accuracy": 0.8837, "layer_params": 10}, frontier)[1] == 0.5
