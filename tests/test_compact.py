@@ -240,6 +240,17 @@ def test_compact_tensor():
         CompactLinear(torch.nn.Linear(4, 4), [])
 
 
+@pytest.mark.parametrize("format", FORMATS)
+def test_compact_tensor_refuses_factors_of_mixed_dtypes(format):
+    """One float32 factor among float64 ones is refused where the factors enter, not promoted
+    (CP's dense tensor came out float64) or failed on deep in the forward pass."""
+    layout = tb.formats.get_format(format)((2, 3, 2, 3), 2)
+    factors = [torch.randn(shape, dtype=D) for shape in layout.factor_shapes]
+    factors[0] = factors[0].float()
+    with pytest.raises(TypeError, match="factors must share one dtype and device"):
+        CompactTensor(layout, factors)
+
+
 def test_export_refuses_what_it_cannot_fix():
     model, guide = _classifier("cp")
     with pytest.raises(TypeError, match="guide must offer factor_means"):

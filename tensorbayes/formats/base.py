@@ -18,10 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from functools import cached_property, lru_cache
+from numbers import Integral
 from typing import Any, Self
 
 import opt_einsum
 import torch
+
+from ..checks import check_int
 
 __all__ = [
     "MEMORY_COST",
@@ -37,7 +40,7 @@ __all__ = [
 
 
 def check_shape(shape: Iterable[int], name: str = "shape") -> tuple[int, ...]:
-    """Validate a tensor shape: a non-empty sequence of positive ints. Returns a tuple."""
+    """Validate a tensor shape: a non-empty sequence of positive ints (NumPy ints too). Returns a tuple of ints."""
     try:
         shape = tuple(shape)
     except TypeError:
@@ -45,17 +48,17 @@ def check_shape(shape: Iterable[int], name: str = "shape") -> tuple[int, ...]:
     if not shape:
         raise ValueError(f"{name} must have at least one mode, got {shape!r}")
     for size in shape:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
             raise ValueError(f"{name} must be a sequence of positive ints, got {shape!r}")
-    return shape
+    return tuple(int(size) for size in shape)
 
 
 def check_ranks(ranks: int | Iterable[int], num_bonds: int, name: str = "ranks") -> tuple[int, ...]:
     """
-    Validate ranks: an int (the same for every bond) or one positive int per bond.
-    Returns a tuple of length ``num_bonds``.
+    Validate ranks: an int (the same for every bond) or one positive int per bond (NumPy ints too).
+    Returns a tuple of ``num_bonds`` ints.
     """
-    if isinstance(ranks, int) and not isinstance(ranks, bool):
+    if isinstance(ranks, Integral) and not isinstance(ranks, bool):
         if ranks < 1:  # checked here too: a layout with no bonds would drop it unseen
             raise ValueError(f"{name} must be positive ints (a rank is at least 1), got {ranks!r}")
         ranks = (ranks,) * num_bonds
@@ -66,9 +69,9 @@ def check_ranks(ranks: int | Iterable[int], num_bonds: int, name: str = "ranks")
     if len(ranks) != num_bonds:
         raise ValueError(f"{name} must have one entry per rank bond ({num_bonds}), got {ranks!r}")
     for rank in ranks:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, Integral) or rank < 1:
             raise ValueError(f"{name} must be positive ints (a rank is at least 1), got {ranks!r}")
-    return ranks
+    return tuple(int(rank) for rank in ranks)
 
 
 def check_dense(tensor: torch.Tensor, shape: Sequence[int] | None = None, name: str = "tensor") -> torch.Tensor:
@@ -241,9 +244,9 @@ class TensorFormat:
         self.ranks: tuple[int, ...] = check_ranks(ranks, self.num_bonds)
         if row_modes is None:
             row_modes = self._default_row_modes(len(self.shape))
-        if isinstance(row_modes, bool) or not isinstance(row_modes, int) or not 0 <= row_modes <= len(self.shape):
+        if isinstance(row_modes, bool) or not isinstance(row_modes, Integral) or not 0 <= row_modes <= len(self.shape):
             raise ValueError(f"row_modes must be an int in [0, {len(self.shape)}], got {row_modes!r}")
-        self.row_modes: int = row_modes
+        self.row_modes: int = int(row_modes)
         self.labels: list[tuple[str, ...]] = self._layout()
 
     # ----- what a subclass defines -----
@@ -343,7 +346,8 @@ class TensorFormat:
         return inputs + "->" + "".join(sym[lab] for lab in output_labels)
 
     def check_factors(self, factors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-        """Validate factors: one tensor per factor, each of the layout's shape. Returns a list."""
+        """Validate factors: one tensor per factor, each of the layout's shape, all of one dtype and device.
+        Returns a list."""
         try:
             factors = list(factors)
         except TypeError:
@@ -356,6 +360,11 @@ class TensorFormat:
                 raise TypeError(f"factors[{k}] must be a torch.Tensor, got {type(factor).__name__}")
             if tuple(factor.shape) != shape:
                 raise ValueError(f"factors[{k}] must have shape {shape} for {self!r}, got {tuple(factor.shape)}")
+            if factor.dtype != factors[0].dtype or factor.device != factors[0].device:
+                raise TypeError(
+                    f"factors must share one dtype and device: factors[0] is {factors[0].dtype} on "
+                    f"{factors[0].device}, factors[{k}] is {factor.dtype} on {factor.device}"
+                )
         return factors
 
     # ----- the algebra -----
@@ -406,6 +415,10 @@ class TensorFormat:
         contraction with a summed index) of :meth:`contract` on ``batch_size`` rows, for the
         contraction order it actually plans.
         """
+        return self._einsum_flops(check_int(batch_size, "batch_size", low=0))
+
+    def _einsum_flops(self, batch_size):
+        """The FLOPs of the planned einsum of :meth:`contract` (``batch_size`` already checked)."""
         shapes = ((batch_size,) + self.col_shape,) + tuple(self.factor_shapes)
         return planned_cost(self._contract_equation(), shapes)
 
@@ -415,6 +428,7 @@ class TensorFormat:
         contraction it runs plus :data:`MEMORY_COST` for each entry of the intermediates it writes
         (its output included).
         """
+        batch_size = check_int(batch_size, "batch_size", low=0)
         shapes = ((batch_size,) + self.col_shape,) + tuple(self.factor_shapes)
         equation = self._contract_equation()
         return path_cost(planned_cost(equation, shapes), planned_entries(equation, shapes))
@@ -462,6 +476,8 @@ class TensorFormat:
         """
         factors = self.check_factors(factors)
         row_index = torch.as_tensor(row_index)
+        if row_index.dim() == 1 and not row_index.numel():  # no rows (an empty list is float32 to torch)
+            row_index = row_index.long()
         if row_index.dtype not in (torch.int32, torch.int64) or row_index.dim() != 1:
             raise TypeError(
                 f"row_index must be a 1-d integer tensor, got {row_index.dtype} of shape {tuple(row_index.shape)}"

@@ -41,6 +41,10 @@ def canonicalize(
     :returns: ``(factors, weights)``: new factors in the layout's shapes, and one
         non-negative, non-increasing weight vector per bond.
     """
+    if not isinstance(layout, TensorFormat):
+        raise TypeError(
+            f"layout must be a TensorFormat (e.g. TT(shape, ranks), not the class or a format name), got {layout!r}"
+        )
     factors = layout.check_factors(factors)
     forms = {"tt": _canonical_train, "ttm": _canonical_train, "tucker": _canonical_tucker, "cp": _canonical_cp}
     if layout.name not in forms:

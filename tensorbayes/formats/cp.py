@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..checks import check_int
+from ..checks import check_int, check_number
 from .base import TensorFormat, check_dense, einsum, leading_left_singular_vectors, path_cost, unfold
 
 __all__ = ["CP"]
@@ -71,11 +71,13 @@ class CP(TensorFormat):
 
     def contract_flops(self, batch_size: int) -> int:
         """The FLOPs of :meth:`contract`: the cheaper of the Khatri-Rao path and the planned einsum."""
-        return min(self._khatri_rao_flops(batch_size), super().contract_flops(batch_size))
+        batch_size = check_int(batch_size, "batch_size", low=0)
+        return min(self._khatri_rao_flops(batch_size), self._einsum_flops(batch_size))
 
     def contract_cost(self, batch_size: int) -> int:
         """The :func:`~.base.path_cost` of :meth:`contract`: of the Khatri-Rao path where it runs
         (the Khatri-Rao products, ``x @ B`` and the output written), else of the planned einsum."""
+        batch_size = check_int(batch_size, "batch_size", low=0)
         if not self._by_khatri_rao(batch_size):
             return super().contract_cost(batch_size)
         (rank,) = self.ranks
@@ -86,7 +88,7 @@ class CP(TensorFormat):
 
     def _by_khatri_rao(self, batch_size):
         """Whether :meth:`contract` takes the Khatri-Rao path: where it costs no more FLOPs."""
-        return self._khatri_rao_flops(batch_size) <= super().contract_flops(batch_size)
+        return self._khatri_rao_flops(batch_size) <= self._einsum_flops(batch_size)
 
     def _khatri_rao_flops(self, batch_size):
         """Twice the multiply-adds of the two Khatri-Rao products and the two matrix products
@@ -136,7 +138,8 @@ class CP(TensorFormat):
         fmt = cls(tensor.shape, ranks)
         (rank,) = fmt.ranks
         check_int(n_iter_max, "n_iter_max", low=0)
-        tol = max(float(tol), 10 * torch.finfo(tensor.dtype).eps)  # below: rounding noise
+        seed = check_int(seed, "seed", low=0)
+        tol = max(check_number(tol, "tol", "[0, inf)"), 10 * torch.finfo(tensor.dtype).eps)  # below: rounding noise
         order = tensor.dim()
         if order == 1:  # a vector: R equal columns that sum to it
             return [(tensor / rank).unsqueeze(1).repeat(1, rank)]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Integral
 
 import torch
 
-from .base import TensorFormat, check_dense, check_shape
+from .base import TensorFormat, check_dense, check_ranks, check_shape
 
 __all__ = ["TT", "clip_train_ranks", "interleaved_train", "layout_options", "tt_svd"]
 
@@ -51,9 +52,9 @@ def _check_train(train, order):
         train = tuple(train)
     except TypeError:
         raise TypeError(f"train must be a permutation of range({order}), got {train!r}") from None
-    if sorted(train) != list(range(order)) or any(isinstance(m, bool) for m in train):
+    if any(isinstance(m, bool) or not isinstance(m, Integral) for m in train) or sorted(train) != list(range(order)):
         raise ValueError(f"train must be a permutation of range({order}) (the mode each core carries), got {train!r}")
-    return train
+    return tuple(int(m) for m in train)
 
 
 def clip_train_ranks(sizes: Sequence[int], ranks: Sequence[int]) -> tuple[int, ...]:
@@ -86,7 +87,7 @@ def tt_svd(tensor: torch.Tensor, ranks: Sequence[int]) -> list[torch.Tensor]:
     :returns: the cores, core ``k`` of shape ``(r_{k-1}, I_k, r_k)``.
     """
     sizes = tuple(tensor.shape)
-    ranks = clip_train_ranks(sizes, ranks)
+    ranks = clip_train_ranks(sizes, check_ranks(ranks, len(sizes) - 1))
     cores, rest, left = [], tensor.reshape(1, -1), 1
     for k, rank in enumerate(ranks):
         u, s, vh = torch.linalg.svd(rest.reshape(left * sizes[k], -1), full_matrices=False)

@@ -29,12 +29,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from numbers import Integral
 from typing import NamedTuple
 
 import opt_einsum
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..checks import check_int
 from .base import TensorFormat, check_dense, check_shape, einsum, path_cost
 from .tt import tt_svd
 
@@ -168,7 +170,9 @@ class TTM(TensorFormat):
     def __init__(self, shape: Sequence[int], ranks: int | Sequence[int], row_modes: int | None = None) -> None:
         shape = check_shape(shape)
         cores = _num_cores(len(shape))
-        if row_modes is not None and row_modes != cores:
+        if row_modes is not None and (
+            isinstance(row_modes, bool) or not isinstance(row_modes, Integral) or row_modes != cores
+        ):
             raise ValueError(f"row_modes of a TTM with {len(shape)} modes must be {cores}, got {row_modes!r}")
         super().__init__(shape, ranks, row_modes=cores)
 
@@ -221,7 +225,7 @@ class TTM(TensorFormat):
 
         :param int batch_size: the number of input rows.
         """
-        return _contraction(self.shape, self.ranks, batch_size).split
+        return _contraction(self.shape, self.ranks, check_int(batch_size, "batch_size", low=0)).split
 
     def on_kernel(self, split: Split) -> bool:
         """
@@ -252,13 +256,14 @@ class TTM(TensorFormat):
         return min(costs, default=None)
 
     def contract_flops(self, batch_size: int) -> int:
+        batch_size = check_int(batch_size, "batch_size", low=0)
         split = self.split(batch_size)
-        return super().contract_flops(batch_size) if split is None else split.flops
+        return self._einsum_flops(batch_size) if split is None else split.flops
 
     contract_flops.__doc__ = TensorFormat.contract_flops.__doc__
 
     def contract_cost(self, batch_size: int) -> int:
-        return _contraction(self.shape, self.ranks, batch_size).cost
+        return _contraction(self.shape, self.ranks, check_int(batch_size, "batch_size", low=0)).cost
 
     contract_cost.__doc__ = TensorFormat.contract_cost.__doc__
 
