@@ -33,13 +33,16 @@ import pyro
 import torch
 from pyro.nn import PyroModule
 
+from .checks import check_int, check_number
 from .compact import export
 from .data import load_fashion_mnist, teacher_student
+from .formats import FORMATS
 from .guides import MeanField
 from .infer import fit, load_checkpoint
 from .infer.distributed import is_main
 from .models import BayesianClassifier, TensorizedLinear, tensorize
 from .models.tensor import low_rank_tensors
+from .priors import PRIORS
 from .rank import compression_report, prune
 
 __all__ = [
@@ -113,6 +116,18 @@ class RunConfig:
                 raise ValueError(
                     f"{name} must be a positive int{' or None' if name == 'num_train' else ''}, got {value!r}"
                 )
+        for name, allowed in (
+            ("format", tuple(FORMATS)),
+            ("prior", tuple(PRIORS)),
+            ("teacher_format", (None, "ttm", "tt")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.lr is not None:
+            check_number(self.lr, "lr", "(0, inf)", "a positive number or None")
+        check_int(self.seed, "seed", low=0)
+        if self.data_root is not None and not isinstance(self.data_root, (str, os.PathLike)):
+            raise ValueError(f"data_root must be a folder's path or None, got {self.data_root!r}")
         if self.teacher_ranks is not None:
             self.teacher_ranks = tuple(self.teacher_ranks)
 

@@ -129,6 +129,25 @@ def test_run_config_refuses_bad_settings(kwargs, name):
         RunConfig(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(format="svd"), "format"),
+        (dict(prior="laplace"), "prior"),
+        (dict(teacher_format="cp"), "teacher_format"),
+        (dict(lr="fast"), "lr"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=1.5), "seed"),
+        (dict(data_root=3), "data_root"),
+    ],
+)
+def test_run_config_names_each_setting_a_run_cannot_have(kwargs, name):
+    # a hand-edited config.json with such a setting was taken by report and load_run
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        RunConfig(**kwargs)
+
+
 @pytest.mark.slow
 def test_train_with_two_processes_writes_one_run(tmp_path):
     common = ["--epochs", "2", "--num-train", "256", "--batch-size", "64", "--max-rank", "4", "--no-progress"]
