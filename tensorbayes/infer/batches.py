@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from ..checks import check_int
 from ..util import module_device, to_device
 
 __all__ = ["TensorBatches", "as_tensors", "module_device", "to_device"]
@@ -35,7 +36,7 @@ class TensorBatches:
 
     def __init__(self, data, batch_size, generator):
         self.data, self.num_data = as_tensors(data)
-        self.batch_size = min(batch_size, self.num_data)
+        self.batch_size = min(check_int(batch_size, "batch_size"), self.num_data)  # a NumPy int as an int
         self.generator = generator
 
     def __len__(self):

@@ -29,6 +29,13 @@ def _check_num_bins(num_bins):
     check_int(num_bins, "num_bins")
 
 
+def _as_tensor(value, name):
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):  # None, a string, ragged lists: torch's own words name nothing
+        raise TypeError(f"{name} must be a tensor (or array) of numbers, got {type(value).__name__}") from None
+
+
 def check_probs(probs, labels):
     """
     Validate class probabilities and labels; returns them as ``(float64 (N, C), int64 (N,))``.
@@ -37,7 +44,7 @@ def check_probs(probs, labels):
         1), or ``(N,)`` probabilities of the positive class of a binary problem.
     :param labels: ``(N,)`` integer class labels in ``[0, C)``.
     """
-    probs, labels = torch.as_tensor(probs), torch.as_tensor(labels)
+    probs, labels = _as_tensor(probs, "probs"), _as_tensor(labels, "labels")
     if not probs.is_floating_point():
         raise TypeError(f"probs must be a floating point tensor of probabilities, got dtype {probs.dtype}")
     probs = probs.detach().to(torch.float64)
@@ -51,7 +58,7 @@ def check_probs(probs, labels):
         raise ValueError("probs must be finite probabilities in [0, 1]")
     if ((probs.sum(-1) - 1).abs() > 1e-3).any():
         raise ValueError("probs must have rows that sum to 1 (class probabilities, not logits)")
-    if labels.is_floating_point() or labels.dtype == torch.bool:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor of class labels, got dtype {labels.dtype}")
     if labels.shape != probs.shape[:1]:
         raise ValueError(f"labels must have shape ({probs.shape[0]},), one per row of probs, got {tuple(labels.shape)}")

@@ -22,9 +22,10 @@ __all__ = ["predict"]
 
 
 @torch.no_grad()
-def _draws(model, guide, inputs, num_samples):
+def _draws(model, guide, inputs, num_samples, joined):
     """Mean and sample standard deviation (``n - 1`` in the denominator, as :func:`torch.std`)
-    over draws, accumulated by Welford's stable recurrence; NaN from a single draw."""
+    over draws, accumulated by Welford's stable recurrence; NaN from a single draw. ``joined``:
+    the chunks are joined after, so the output must have one row per example of the chunk."""
     mean = m2 = None
     for k in range(1, num_samples + 1):
         guide_trace = pyro.poutine.trace(guide).get_trace(*inputs)
@@ -34,6 +35,12 @@ def _draws(model, guide, inputs, num_samples):
             raise TypeError(
                 f"predict averages the model's return value, which must be a floating point tensor, got {got}: "
                 "give return_sites to collect the draws of sample sites instead"
+            )
+        if joined and (out.dim() == 0 or out.shape[0] != inputs[0].shape[0]):
+            raise ValueError(
+                f"predict joins the model's outputs over chunks of chunk_size inputs along their first dimension, "
+                f"which must then be one per example ({inputs[0].shape[0]}), got shape {tuple(out.shape)}: "
+                "give a chunk_size of at least the number of examples"
             )
         if mean is None:
             mean, m2 = out.clone(), torch.zeros_like(out)
@@ -68,7 +75,9 @@ def predict(
     :param guide: its guide.
     :param inputs: tensors sharing their first (example) dimension.
     :param int num_samples: posterior draws.
-    :param int chunk_size: examples per chunk (memory grows with it, not with the inputs).
+    :param int chunk_size: examples per chunk (memory grows with it, not with the inputs). The
+        chunks' outputs are joined along their first dimension, which must then be one per
+        example; an output of another shape (a global quantity) needs a single chunk.
     :param return_sites: names of sample sites of the model (``"_RETURN"`` for its return
         value), as :class:`~pyro.infer.Predictive` takes them: then every draw of each is
         returned instead of the mean and spread. Each draw of the guide is replayed on every
@@ -78,7 +87,10 @@ def predict(
         every input.
     :returns: ``(mean, std)`` over the draws, each shaped like the model's output: the mean and
         the sample standard deviation (``n - 1`` in the denominator, as :func:`torch.std`, so
-        that a few draws do not understate the spread; NaN when ``num_samples`` is 1). With
+        that a few draws do not understate the spread). With ``num_samples=1`` the mean is the
+        one draw and the spread is NaN, as :func:`torch.std` of one value: one draw estimates no
+        spread, and 0 would claim a certain prediction (``tb.fit(eval_samples=1)`` and the
+        Lightning validation step use only the mean; ask for 2 or more draws for a spread). With
         ``return_sites``: ``{site: draws}``, each stacked in a first dimension of
         ``num_samples``.
     """
@@ -97,14 +109,18 @@ def predict(
     with evaluating(model, guide):  # dropout off, batch norm on its running statistics, and left as it was
         if return_sites is not None:
             return _site_draws(model, guide, chunks, num_samples, _check_sites(return_sites))
-        means, stds = zip(*(_draws(model, guide, chunk, num_samples) for chunk in chunks))
-    return torch.cat(means), torch.cat(stds)
+        means, stds = zip(*(_draws(model, guide, chunk, num_samples, len(chunks) > 1) for chunk in chunks))
+    return (torch.cat(means), torch.cat(stds)) if len(chunks) > 1 else (means[0], stds[0])
 
 
 def _check_sites(return_sites):
-    if isinstance(return_sites, str) or not return_sites or not all(isinstance(site, str) for site in return_sites):
+    try:  # read once: a generator that the checks had read would leave no sites
+        sites = [] if isinstance(return_sites, str) else list(return_sites)
+    except TypeError:
+        sites = []
+    if not sites or not all(isinstance(site, str) for site in sites):
         raise TypeError(f"return_sites must be a list of site names, got {return_sites!r}")
-    return list(return_sites)
+    return sites
 
 
 @torch.no_grad()

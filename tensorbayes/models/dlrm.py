@@ -35,6 +35,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from ..checks import check_int
 from ..presets import CRITEO_KAGGLE_CARDINALITIES, PAPER_PRESET
 from .embedding_bag import TensorizedEmbeddingBag, check_mode
 from .layers import check_init_variance
@@ -94,7 +95,7 @@ class DLRMNet(torch.nn.Module):
         if len(widths) != 1 or None in widths:
             raise ValueError(f"tables must all have the same embedding_dim attribute, got {sorted(map(str, widths))}")
         self.embedding_dim = widths.pop()
-        self.num_dense = _check_sizes([num_dense], "num_dense")[0]
+        self.num_dense = check_int(num_dense, "num_dense")
         self.table_names = [f"C{t + 1}" for t in range(len(tables))]
         for name, table in zip(self.table_names, tables):
             setattr(self, name, table)
@@ -121,6 +122,14 @@ class DLRMNet(torch.nn.Module):
             bags of ``L`` ids per feature, int64 or int32.
         :returns: the click logits ``(B,)``.
         """
+        tables = len(self.table_names)
+        if dense.dim() != 2 or dense.shape[1] != self.num_dense:
+            raise ValueError(f"dense must have shape (batch, num_dense={self.num_dense}), got {tuple(dense.shape)}")
+        if sparse.dim() not in (2, 3) or sparse.shape[:2] != (dense.shape[0], tables):
+            raise ValueError(
+                f"sparse must have shape (batch={dense.shape[0]}, tables={tables}) or (batch, tables, bag length), "
+                f"got {tuple(sparse.shape)}"
+            )
         b = self.bottom(dense)
         vectors = [b]
         for t, (_, table) in enumerate(self.tables()):
@@ -209,9 +218,11 @@ class DLRM(PyroModule):
         if not cardinalities:
             raise ValueError("cardinalities must name at least one table")
         if tensorize_min_rows is not None:
-            _check_sizes([tensorize_min_rows], "tensorize_min_rows")
+            check_int(tensorize_min_rows, "tensorize_min_rows")
+        if not isinstance(sparse, bool):
+            raise TypeError(f"sparse must be a bool (sparse gradients for the dense tables), got {sparse!r}")
         options = _table_options(tables, len(cardinalities))
-        embedding_dim = _check_sizes([embedding_dim], "embedding_dim")[0]
+        embedding_dim = check_int(embedding_dim, "embedding_dim")
         init_variance = check_init_variance(init_variance, 1.0 / embedding_dim)
         check_mode(mode)
         built = []
@@ -333,7 +344,8 @@ class DLRM(PyroModule):
 
     def forward(self, dense, sparse, y=None, *, num_data=None):
         """
-        :param torch.Tensor dense: ``(batch, num_dense)`` floating point.
+        :param torch.Tensor dense: ``(batch, num_dense)`` floating point (taken in the model's dtype,
+            so that float64 features go into a float32 model and float32 ones into a float64 one).
         :param torch.Tensor sparse: ``(batch, tables)`` or ``(batch, tables, L)`` category ids.
         :param torch.Tensor y: clicks ``(batch,)`` in {0, 1} (float, int or bool), or ``None`` to sample them.
         :param int num_data: the size of the data set the batch was drawn from (default: the
@@ -341,6 +353,7 @@ class DLRM(PyroModule):
         :returns: the click probabilities ``sigmoid(net(dense, sparse))``, ``(batch,)``.
         """
         self._check_inputs(dense, sparse)
+        dense = dense.to(self.net.bottom[0].weight.dtype)  # a no-op when they agree (torch's Linear refuses a mix)
         batch = dense.shape[0]
         if y is not None:
             y = self._check_clicks(y, batch).to(dense.dtype)

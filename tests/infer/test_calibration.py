@@ -78,3 +78,17 @@ def test_a_calibrated_sample_has_small_ece():
 def test_bad_input_names_the_argument(probs, labels, num_bins, error, match):
     with pytest.raises(error, match=match):
         expected_calibration_error(probs, labels, num_bins)
+
+
+@pytest.mark.parametrize(
+    "probs, labels, match",
+    [
+        (None, LABELS, "probs must be a tensor"),  # was torch's RuntimeError "Could not infer dtype of NoneType"
+        ("0.5", LABELS, "probs must be a tensor"),
+        (PROBS, None, "labels must be a tensor"),
+        (PROBS, LABELS.to(torch.complex64), "labels must be an integer tensor"),  # its imaginary part was dropped
+    ],
+)
+def test_what_is_not_a_tensor_of_numbers_is_named(probs, labels, match):
+    with pytest.raises(TypeError, match=match):
+        expected_calibration_error(probs, labels)

@@ -192,3 +192,42 @@ def test_predict_asks_for_return_sites_when_the_model_returns_no_floating_tensor
     with pytest.raises(TypeError, match="must be a floating point tensor.*return_sites"):
         tb.predict(model, guide, x, num_samples=2)
     assert tb.predict(model, guide, x, num_samples=2, return_sites=["y"])["y"].shape == (2, 5)
+
+
+def test_predict_reads_return_sites_given_as_a_generator_once():
+    # a generator of names was read up by the checks and left no sites: {} came back, silently
+    model, guide = _model_and_guide(0.1)
+    index = planted_tensor((5, 6, 7), "tt", (2, 2), seed=0).test_index[:4]
+    draws = tb.predict(model, guide, index, num_samples=2, return_sites=(site for site in ["_RETURN"]))
+    assert set(draws) == {"_RETURN"} and draws["_RETURN"].shape == (2, 4)
+    with pytest.raises(TypeError, match="return_sites must be a list of site names"):
+        tb.predict(model, guide, index, num_samples=2, return_sites=3)
+
+
+def _global_model_and_guide(shape):
+    """A Pyro model returning a draw of shape ``shape`` whatever its inputs (no example dimension)."""
+    import pyro
+    import pyro.distributions as dist
+
+    def model(x):
+        return pyro.sample("w", dist.Normal(torch.zeros(shape, dtype=torch.float64), 1.0).to_event(len(shape)))
+
+    def guide(x):
+        pyro.sample("w", dist.Normal(torch.ones(shape, dtype=torch.float64), 0.1).to_event(len(shape)))
+
+    return model, guide
+
+
+def test_predict_of_an_output_without_one_row_per_example():
+    # chunked, a (3,) global output was joined into a (6,) one; a 0-d output failed in torch.cat
+    x = torch.randn(5, dtype=torch.float64)
+    model, guide = _global_model_and_guide((3,))
+    with pytest.raises(ValueError, match=r"one per example \(2\), got shape \(3,\).*chunk_size"):
+        tb.predict(model, guide, x, num_samples=2, chunk_size=2)
+    mean, std = tb.predict(model, guide, x, num_samples=2)  # one chunk: nothing to join
+    assert mean.shape == std.shape == (3,)
+    model, guide = _global_model_and_guide(())
+    mean, std = tb.predict(model, guide, x, num_samples=2)
+    assert mean.shape == std.shape == () and torch.isfinite(std)
+    with pytest.raises(ValueError, match=r"got shape \(\)"):
+        tb.predict(model, guide, x, num_samples=2, chunk_size=2)

@@ -271,3 +271,44 @@ def test_a_dlrm_represents_the_planted_click_model_exactly():
         net.top[2].bias.fill_(gen.bias)
     dense, sparse, _ = gen.stream(512, "test")[:]
     torch.testing.assert_close(net(dense.double(), sparse), gen.logits(dense, sparse), rtol=1e-12, atol=1e-12)
+
+
+def test_dlrm_takes_dense_features_of_another_float_dtype():
+    # float64 features into a float32 model (or float32 into a float64 one) failed in the bottom
+    # MLP with torch's "mat1 and mat2 must have the same dtype"
+    gen, model = _tiny()
+    dense, sparse, clicks = gen.stream(8)[:]
+    pyro.set_rng_seed(0)
+    expected = model(dense, sparse, clicks)
+    pyro.set_rng_seed(0)
+    got = model(dense.double(), sparse, clicks)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
+    model = model.double()
+    assert model(dense, sparse, clicks).dtype == torch.float64
+
+
+def test_dlrm_net_refuses_sparse_of_another_number_of_tables():
+    # a third feature column was ignored silently; one column too few failed in embedding_bag
+    net = DLRMNet([torch.nn.EmbeddingBag(5, 4), torch.nn.EmbeddingBag(6, 4)], num_dense=2, bottom=(3,), top=(3,))
+    dense = torch.randn(3, 2)
+    assert net(dense, torch.randint(0, 5, (3, 2))).shape == (3,)
+    for shape in [(3, 3), (3, 1), (3,), (4, 2)]:
+        with pytest.raises(ValueError, match=r"sparse must have shape \(batch=3, tables=2\)"):
+            net(dense, torch.randint(0, 5, shape))
+    with pytest.raises(ValueError, match=r"dense must have shape \(batch, num_dense=2\)"):
+        net(torch.randn(3, 5), torch.randint(0, 5, (3, 2)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"num_dense": True}, ValueError, "num_dense must be a positive int, got True"),
+        ({"embedding_dim": 0}, ValueError, "embedding_dim must be a positive int, got 0"),
+        ({"tensorize_min_rows": 2.5}, ValueError, "tensorize_min_rows must be a positive int, got 2.5"),
+        ({"sparse": "no"}, TypeError, "sparse must be a bool"),  # a truthy string made sparse tables
+    ],
+)
+def test_dlrm_names_a_bad_scalar_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        DLRM([10, 10], **kwargs)
