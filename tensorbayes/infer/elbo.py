@@ -84,12 +84,14 @@ class _DrawsIntoModel(Messenger):
     """
     Put a guide's draws into the model's latent sites and sum the ELBO's two terms as the model
     runs: the scaled log density of the observed sites and the scaled KL of the drawn ones.
-    ``foreign`` lists the latent sites it had no draw for (and masked ones).
+    ``foreign`` lists the latent sites it had no draw for (and masked ones). An observed site's
+    shape is checked against ``max_plate_nesting`` unless that is ``None``, as Pyro's validation does.
     """
 
-    def __init__(self, draws):
+    def __init__(self, draws, max_plate_nesting=None):
         super().__init__()
         self.draws, self.used, self.foreign = draws, set(), []
+        self.max_plate_nesting = max_plate_nesting
         self.log_likelihood = self.kl = 0.0
 
     def _process_message(self, msg):
@@ -100,8 +102,7 @@ class _DrawsIntoModel(Messenger):
         if msg["type"] != "sample" or isinstance(msg["fn"], _Subsample):
             return
         if msg["is_observed"]:
-            log_p = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
-            self.log_likelihood = self.log_likelihood + scale_and_mask(log_p, msg["scale"], msg["mask"]).sum()
+            self.log_likelihood = self.log_likelihood + _log_prob_sum(msg, self.max_plate_nesting)
         elif msg["name"] in self.draws and msg["mask"] is None:
             self.used.add(msg["name"])
             self.kl = self.kl + scale_and_mask(_site_kl(self.draws[msg["name"]], msg["fn"]), msg["scale"]).sum()
@@ -167,12 +168,13 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         """``(loss, log_likelihood)`` from the guide's draws; ``None`` where the guide offers none
         (yet), :data:`_MISFIT` where they do not fit the model's sites."""
         draw = getattr(guide, "draws", None)
+        nesting = self.max_plate_nesting if is_validation_enabled() else None
         loss = log_likelihood = 0.0
         for _ in range(self.num_particles):
             draws = draw() if callable(draw) else None
             if draws is None:
                 return _MISFIT if not callable(draw) else None
-            with _DrawsIntoModel(draws) as run:
+            with _DrawsIntoModel(draws, nesting) as run:
                 model(*args, **kwargs)
             if run.foreign or run.used != set(draws):
                 return _MISFIT

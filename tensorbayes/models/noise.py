@@ -34,6 +34,9 @@ class SharedScaleNormal(dist.Normal):
     """
 
     def __init__(self, loc, scale, validate_args=None):
+        if not isinstance(loc, torch.Tensor) or not loc.is_floating_point():
+            got = f"dtype {loc.dtype}" if isinstance(loc, torch.Tensor) else f"a {type(loc).__name__}"
+            raise TypeError(f"loc must be a floating point tensor (the scale takes its dtype), got {got}")
         scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
         if scale.dim() != 0:
             raise ValueError(

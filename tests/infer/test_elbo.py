@@ -158,3 +158,29 @@ def test_loss_and_grads_keeps_the_graph_when_asked_as_pyros():
             elbo.loss_and_grads(model, guide)
         grads.append(w.grad.clone())
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=0)
+
+
+class _BroadcastingTargets(PyroModule):
+    """A model whose ``(n, 1)`` mean against ``(n,)`` targets makes an ``(n, n)`` likelihood."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = tb.models.TensorizedLinear(16, 4, format="tt", max_rank=2).double()
+
+    def forward(self, x, y):
+        mean = self.layer(x)[:, :1]
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(mean, 1.0), obs=y)
+
+
+def test_a_likelihood_broadcast_over_the_plate_is_refused_as_by_pyro():
+    """The guide's draws go straight into the model (no trace), and the observed site's shape is
+    still checked, as Pyro's validation does: not a silent ``(n, n)`` log-likelihood."""
+    torch.manual_seed(0)
+    model = _BroadcastingTargets()
+    guide = tb.guides.MeanField(model, seed=1).double()
+    x, y = torch.randn(6, 16, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    assert guide.draws() is not None  # the fast path
+    for elbo in (TraceMeanField_ELBO(), MeanFieldELBO()):
+        with pytest.raises(ValueError, match='at site "obs", invalid log_prob shape'):
+            elbo.differentiable_loss(model, guide, x, y)

@@ -74,6 +74,14 @@ def test_bad_parameters_are_named(loc, scale, match):
         SharedScaleNormal(loc, scale, validate_args=True)
 
 
+@pytest.mark.parametrize("loc", [[0.0, 1.0], torch.tensor([0, 1])], ids=["list", "int64"])
+def test_a_loc_that_is_no_floating_tensor_is_refused(loc):
+    # an integer loc truncated the shared scale to its dtype (0.5 -> 0: NaN log densities); a list
+    # raised an AttributeError
+    with pytest.raises(TypeError, match="loc must be a floating point tensor"):
+        SharedScaleNormal(loc, 0.5, validate_args=False)
+
+
 def test_a_value_outside_the_support_is_refused_when_validating():
     d = SharedScaleNormal(torch.zeros(2), 1.0, validate_args=True)
     with pytest.raises(ValueError, match="support"):
