@@ -26,8 +26,9 @@ FORMATS: dict[str, type[TensorFormat]] = {"cp": CP, "tucker": Tucker, "tt": TT, 
 
 
 def get_format(name: str | type[TensorFormat]) -> type[TensorFormat]:
-    """The format class for a ``format=`` string ("cp", "tucker", "tt" or "ttm")."""
-    if isinstance(name, type) and issubclass(name, TensorFormat):
+    """The format class for a ``format=`` string ("cp", "tucker", "tt" or "ttm"), or a format class
+    given as it is (a subclass of one of them; not the abstract :class:`TensorFormat`)."""
+    if isinstance(name, type) and issubclass(name, TensorFormat) and name is not TensorFormat:
         return name
     if not isinstance(name, str) or name.lower() not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {name!r}")

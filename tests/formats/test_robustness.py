@@ -110,3 +110,12 @@ def test_cp_decompose_refuses_a_bad_seed(seed):
 def test_tt_svd_refuses_bad_ranks(ranks):
     with pytest.raises(ValueError, match="ranks must"):
         tt_svd(torch.randn(3, 4, 2, dtype=D), ranks)
+
+
+def test_get_format_refuses_the_abstract_base_class():
+    # it was returned as a format, and failed only when a layout was built from it
+    from tensorbayes.formats import TensorFormat, get_format
+
+    with pytest.raises(ValueError, match="format must be one of"):
+        get_format(TensorFormat)
+    assert get_format(get_format("tt")) is get_format("tt")
