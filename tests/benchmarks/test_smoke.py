@@ -299,3 +299,19 @@ def test_fashion_mnist_targets_count_a_gap_of_exactly_half_a_point_as_within_it(
     assert not next(t for t in fm.targets(result) if "points below dense" in t["target"])["holds"]
     frontier = [{"accuracy": 0.8887, "layer_params": 10}]
     assert fm.at_same_size({"accuracy": 0.8837, "exported_accuracy": 0.8837, "layer_params": 10}, frontier)[1] == 0.5
+
+
+@pytest.mark.slow
+def test_layers_parts_rerun_keeps_the_largest_peak_memory(tmp_path, monkeypatch):
+    """A ``--parts`` rerun keeps the other parts, and with them the largest peak resident memory
+    measured (it used to write its own, smaller one over the lookups' run's)."""
+    layers = _load("layers")
+    monkeypatch.setattr(layers, "SMOKE_ROWS", [10**3])
+    layers.main(["--smoke", "--repeats", "2", "--out", str(tmp_path)])
+    path = tmp_path / "layers_smoke.json"
+    result = json.loads(path.read_text())
+    result["peak_rss_gib"] = 1e3  # as if a lookup of a huge table had run
+    path.write_text(json.dumps(result))
+    layers.main(["--smoke", "--repeats", "2", "--parts", "network", "--out", str(tmp_path)])
+    again = json.loads(path.read_text())
+    assert again["peak_rss_gib"] == 1e3 and again["lookup"] == result["lookup"]
