@@ -237,9 +237,14 @@ def test_pyro_and_torch_optimizers_and_pyros_elbos_are_taken(optim, expected):
     ],
 )
 def test_bad_arguments_are_named_and_change_nothing(kwargs, error, name):
-    model, guide, args, _ = _svi_problem()
+    _assert_engine_refuses(kwargs, error, name)
+
+
+def _assert_engine_refuses(kwargs, error, match):
+    """``SVIEngine(..., **kwargs)`` raises ``error`` matching ``match`` and leaves the guide as it was."""
+    model, guide, _, _ = _svi_problem()
     before = {k: v.clone() for k, v in guide.state_dict().items()}
-    with pytest.raises(error, match=name):
+    with pytest.raises(error, match=match):
         SVIEngine(model, guide, 90, **kwargs)
     assert all(torch.equal(v, before[k]) for k, v in guide.state_dict().items())
 
@@ -395,11 +400,7 @@ def _returns_no_optimizer(groups, lr):
 )  # fmt: skip
 def test_what_the_engine_would_ignore_or_misuse_is_refused_by_name(kwargs, error, match):
     """A Pyro optimizer's clipping and scheduler, and num_particles beside a loss, would be silently ignored."""
-    model, guide, _, _ = _svi_problem()
-    before = {k: v.clone() for k, v in guide.state_dict().items()}
-    with pytest.raises(error, match=match):
-        SVIEngine(model, guide, 90, **kwargs)
-    assert all(torch.equal(v, before[k]) for k, v in guide.state_dict().items())
+    _assert_engine_refuses(kwargs, error, match)
 
 
 def test_an_optimizer_state_of_other_shapes_is_refused_before_anything_changes():
